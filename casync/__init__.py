@@ -1,0 +1,9 @@
+"""casync: a git-like, content-addressed, versioned data store on IPLD, for fleets of
+edge sites that sync over slow, flaky links.  See README.md and docs/."""
+
+from casync.api import Repository
+from casync.errors import CasyncError
+
+__all__ = ["CasyncError", "Repository", "__version__"]
+
+__version__ = "0.1.0"

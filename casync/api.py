@@ -1,0 +1,55 @@
+"""The Python API for applications: :class:`Repository` with working-tree porcelain.
+
+>>> from casync import Repository
+>>> repo = Repository.init("site-data", replica="edge-1")       # doctest: +SKIP
+>>> with repo.transaction(branch="main", message="reading") as tx:  # doctest: +SKIP
+...     tx.write("sensors/t1.json", b'{"t": 21.5}')
+>>> repo.read("sensors/t1.json")                                 # doctest: +SKIP
+b'{"t": 21.5}'
+
+Revisions are strings (``HEAD``, ``main``, ``HEAD~2``, a CID or CID prefix); commit
+identifiers returned to callers are text CIDs.
+"""
+
+from __future__ import annotations
+
+from casync import repo as _repo
+from casync import workdir
+from casync.dag import Entry, TreeChange
+from casync.errors import CasyncError
+from casync.ids import cid_str
+from casync.progress import NULL_PROGRESS, Progress
+from casync.repo import FsckReport, LogEntry, Transaction
+from casync.workdir import Status
+
+__all__ = ["CasyncError", "Entry", "FsckReport", "LogEntry", "Repository", "Status", "Transaction",
+           "TreeChange"]
+
+
+class Repository(_repo.Repository):
+    """A repository with its working tree: everything the CLI can do, as methods."""
+
+    def commit(self, message: str, author: str | None = None, allow_empty: bool = False,
+               progress: Progress = NULL_PROGRESS) -> str:
+        """Snapshot the whole working tree; return the new commit's CID.
+
+        Raises :class:`casync.errors.NothingToCommit` when nothing changed.
+        """
+        return cid_str(workdir.commit_worktree(self, message, author, allow_empty, progress))
+
+    def status(self, progress: Progress = NULL_PROGRESS) -> Status:
+        return workdir.status(self, progress)
+
+    def checkout(self, rev: str, force: bool = False, progress: Progress = NULL_PROGRESS) -> str:
+        return cid_str(workdir.checkout(self, rev, force, progress))
+
+    def restore(self, paths: list[str], source: str = "HEAD", progress: Progress = NULL_PROGRESS) -> list[str]:
+        return workdir.restore(self, source, paths, progress)
+
+    def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
+        """What the working tree holds now, as tree entries (hashes files; stores nothing)."""
+        return workdir.worktree_entries(self, progress)
+
+    def resolve_cid(self, rev: str) -> str:
+        """The text CID of the commit ``rev`` names."""
+        return cid_str(self.resolve(rev))

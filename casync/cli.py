@@ -1,0 +1,472 @@
+"""The ``casync`` command line.  The only module that prints or reads the environment.
+
+Exit codes: 0 success, 1 failure, 2 usage error (see docs/cli.md).  User errors print
+one ``error:`` line and an optional ``hint:`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from casync.api import Repository
+from casync.dag import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
+from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit, UsageError
+from casync.ids import cid_str, short
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Progress:
+    """A progress bar on stderr that appears only for work lasting over a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._label = ""
+        self._total: int | None = None
+        self._done = 0
+        self._t0 = 0.0
+
+    def start(self, label: str, total: int | None) -> None:
+        self.finish()
+        self._label, self._total, self._done, self._t0 = label, total, 0, time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        if not self.enabled:
+            return
+        if self._bar is None:
+            if time.monotonic() - self._t0 < 1.0:
+                return
+            self._bar = click.progressbar(length=self._total or 0, label=self._label, file=sys.stderr,
+                                          show_pos=self._total is None)
+            self._bar.__enter__()
+            self._bar.update(self._done - n)
+        self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+class _Context:
+    def __init__(self, directory: str, quiet: bool) -> None:
+        self.directory = directory
+        self.quiet = quiet
+        self._repo: Repository | None = None
+
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = Repository.open(self.directory)
+        return self._repo
+
+    def progress(self) -> _Progress:
+        return _Progress(enabled=not self.quiet and sys.stderr.isatty())
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns CasyncError and OS errors into one-line messages with exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NothingToCommit as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
+        except CasyncError as exc:
+            _fail(exc.message, exc.hint, exc.exit_code)
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename}", None, EXIT_FAILURE)
+        except FileNotFoundError as exc:
+            _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _pass(f: F) -> F:
+    @click.pass_obj
+    @wraps(f)
+    def inner(obj: _Context, *args: Any, **kwargs: Any) -> Any:
+        return f(obj, *args, **kwargs)
+
+    return inner  # type: ignore[return-value]
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "directory", default=".", metavar="DIR", help="Run as if started in DIR.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(package_name="casync")
+@click.pass_context
+def main(ctx: click.Context, directory: str, quiet: bool) -> None:
+    """casync: a git-like, content-addressed, versioned data store on IPFS.
+
+    Exit codes: 0 ok, 1 failure, 2 usage error.
+    """
+    obj = _Context(directory, quiet)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+@main.command()
+@click.argument("directory", required=False, default=None)
+@click.option("--replica", help="This replica's id (default: random r-XXXXXXXXXXXX).")
+@click.option("--hash", "hash_name", type=click.Choice(["blake3", "sha2-256"]), default="blake3", show_default=True)
+@click.option("--chunker", type=click.Choice(["cdc", "fixed"]), default="cdc", show_default=True,
+              help="cdc: content-defined (dedupes insertions); fixed: 256 KiB, same CIDs as 'ipfs add'.")
+@click.option("--branch", default="main", show_default=True, help="Name of the initial branch.")
+@_pass
+def init(obj: _Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
+         branch: str) -> None:
+    """Create a repository in DIRECTORY (default: the current directory)."""
+    path = os.path.join(obj.directory, directory) if directory else obj.directory
+    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch)
+    click.echo(f"Initialized casync repository in {repo.root} (replica {repo.replica}, {hash_name}, {chunker})")
+    repo.close()
+
+
+@main.command()
+@click.option("-m", "--message", required=True, help="Commit message.")
+@click.option("--author", help="Author name (default: config 'author' or $USER).")
+@click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
+@_pass
+def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
+    """Snapshot the whole working tree; print the new commit's CID."""
+    repo = obj.repo()
+    cid = repo.commit(message, author=author or os.environ.get("CASYNC_AUTHOR"), allow_empty=allow_empty,
+                      progress=obj.progress())
+    click.echo(cid)
+
+
+@main.command()
+@json_option
+@_pass
+def status(obj: _Context, as_json: bool) -> None:
+    """Show what changed in the working tree since HEAD."""
+    st = obj.repo().status(progress=obj.progress())
+    if as_json:
+        _json(st.to_json())
+        return
+    where = f"on branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}" if st.head else ""
+    click.echo(where + ("" if st.head else " (no commits yet)"))
+    if st.clean:
+        click.echo("nothing to commit, working tree clean")
+    for label, paths in (("new", st.added), ("modified", st.modified), ("deleted", st.deleted)):
+        for p in paths:
+            click.echo(f"  {label + ':':10} {p}")
+    for p in st.skipped:
+        click.echo(f"  {'skipped:':10} {p} (not a regular file or symlink)")
+
+
+def _format_time(wall_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(wall_ms / 1000))
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@json_option
+@_pass
+def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
+    """Show the history reachable from REV (default HEAD), newest first."""
+    entries = obj.repo().log(rev, limit=max_count)
+    if as_json:
+        _json([e.to_json() for e in entries])
+        return
+    for e in entries:
+        c = e.commit
+        if oneline:
+            click.echo(f"{short(e.cid, 16)} {c.message.splitlines()[0] if c.message else ''}")
+            continue
+        click.echo(f"commit {cid_str(e.cid)}")
+        if len(c.parents) > 1:
+            click.echo("merge:  " + " ".join(short(p, 16) for p in c.parents))
+        click.echo(f"author: {c.author}  (replica {c.replica})")
+        click.echo(f"date:   {_format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
+        click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())))
+        click.echo("")
+        for line in c.message.splitlines() or [""]:
+            click.echo(f"    {line}")
+        click.echo("")
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@json_option
+@_pass
+def show(obj: _Context, rev: str, as_json: bool) -> None:
+    """Show one commit and the files it changed relative to its first parent."""
+    repo = obj.repo()
+    cid = repo.resolve(rev)
+    entry = repo.log(cid_str(cid), limit=1)[0]
+    parent = entry.commit.parents[0] if entry.commit.parents else None
+    changes = diff_flat(repo.flat_tree(parent), repo.flat_tree(cid))
+    if as_json:
+        data = entry.to_json()
+        data["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+        _json(data)
+        return
+    c = entry.commit
+    click.echo(f"commit {cid_str(cid)}\ntree   {cid_str(c.tree)}")
+    click.echo(f"author: {c.author}  (replica {c.replica})\ndate:   {_format_time(c.time.wall_ms)}")
+    click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())) + "\n")
+    for line in c.message.splitlines() or [""]:
+        click.echo(f"    {line}")
+    click.echo("")
+    for ch in changes:
+        click.echo(f"{ch.status[0].upper()}  {ch.path}")
+
+
+@main.command("ls")
+@click.argument("spec", default="HEAD", metavar="REV[:PATH]")
+@click.option("-r", "--recursive", is_flag=True, help="List files of all subdirectories.")
+@json_option
+@_pass
+def ls_cmd(obj: _Context, spec: str, recursive: bool, as_json: bool) -> None:
+    """List a directory (or describe a file) in a commit."""
+    repo = obj.repo()
+    _commit, path, entry = repo.entry_at(spec if ":" in spec else spec + ":")
+    rows: list[dict[str, Any]] = []
+    if entry.kind != "dir":
+        rows.append({"path": path, "type": entry.kind, "size": _size(repo, entry), "cid": cid_str(entry.cid),
+                     "executable": entry.executable})
+    elif recursive:
+        for p, e in sorted(flatten_tree(repo.blocks, entry.cid, path).items()):
+            rows.append({"path": p, "type": e.kind, "size": _size(repo, e), "cid": cid_str(e.cid),
+                         "executable": e.executable})
+    else:
+        for link in read_dir(repo.blocks, entry.cid):
+            e = entry_for(repo.blocks, link.cid, link.tsize)
+            rows.append({"path": f"{path}/{link.name}" if path else link.name, "type": e.kind,
+                         "size": _size(repo, e), "cid": cid_str(e.cid), "executable": e.executable})
+    if as_json:
+        _json(rows)
+        return
+    for r in rows:
+        suffix = "/" if r["type"] == "dir" else ("*" if r["executable"] else "")
+        size = "-" if r["size"] is None else str(r["size"])
+        click.echo(f"{r['type']:7} {size:>12}  {r['cid']}  {r['path']}{suffix}")
+
+
+def _size(repo: Repository, e: Any) -> int | None:
+    if e.kind == "file":
+        return file_size(repo.blocks, e.cid)
+    return None
+
+
+@main.command()
+@click.argument("spec", metavar="REV:PATH")
+@_pass
+def cat(obj: _Context, spec: str) -> None:
+    """Write a committed file's bytes to stdout (streamed)."""
+    repo = obj.repo()
+    if ":" not in spec:
+        raise UsageError(f"expected REV:PATH, got {spec!r}", hint="for example: casync cat HEAD:docs/readme.txt")
+    _commit, path, entry = repo.entry_at(spec)
+    if entry.kind == "dir":
+        raise UsageError(f"{path!r} is a directory", hint=f"use 'casync ls {spec}'")
+    out = click.get_binary_stream("stdout")
+    if entry.kind == "symlink":
+        out.write(read_symlink(repo.blocks, entry.cid).encode())
+        return
+    for chunk in repo.iter_file(entry.cid):
+        out.write(chunk)
+    out.flush()
+
+
+@main.command()
+@click.argument("rev_a", metavar="REV")
+@click.argument("rev_b", metavar="[REV]", required=False)
+@json_option
+@_pass
+def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
+    """Files that differ between REV and the working tree, or between two REVs."""
+    repo = obj.repo()
+    old = repo.flat_tree(repo.resolve(rev_a))
+    if rev_b is not None:
+        changes = diff_flat(old, repo.flat_tree(repo.resolve(rev_b)))
+    else:
+        changes = diff_flat(old, repo.worktree_entries())
+    if as_json:
+        _json([{"path": c.path, "status": c.status,
+                "old": cid_str(c.old.cid) if c.old else None,
+                "new": cid_str(c.new.cid) if c.new else None} for c in changes])
+        return
+    for c in changes:
+        click.echo(f"{c.status[0].upper()}  {c.path}")
+
+
+@main.command()
+@click.argument("rev")
+@click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes that are in the way.")
+@_pass
+def checkout(obj: _Context, rev: str, force: bool) -> None:
+    """Make the working tree match REV (a branch name also switches to that branch)."""
+    repo = obj.repo()
+    cid = repo.checkout(rev, force=force, progress=obj.progress())
+    branch = repo.current_branch()
+    click.echo(f"switched to branch {branch} at {short(repo.resolve(cid))}" if branch and branch == rev
+               else f"HEAD is now at {cid[:16]} (detached)", err=True)
+
+
+@main.command()
+@click.option("--source", "-s", default="HEAD", show_default=True, help="Revision to restore from.")
+@click.argument("paths", nargs=-1, required=True)
+@_pass
+def restore(obj: _Context, source: str, paths: tuple[str, ...]) -> None:
+    """Restore PATHS in the working tree from --source (files under them that REV lacks are removed)."""
+    repo = obj.repo()
+    rel = [_repo_relative(repo, p) for p in paths]
+    written = repo.restore(rel, source=source, progress=obj.progress())
+    click.echo(f"restored {len(written)} file(s) from {source}", err=True)
+
+
+def _repo_relative(repo: Repository, path: str) -> str:
+    """Interpret PATH relative to the current directory; refuse paths outside the tree."""
+    absolute = os.path.abspath(os.path.join(os.getcwd(), path))
+    root = str(repo.root)
+    if absolute != root and not absolute.startswith(root + os.sep):
+        raise UsageError(f"path {path!r} is outside the working tree {root}")
+    rel = os.path.relpath(absolute, root)
+    return "" if rel == "." else rel.replace(os.sep, "/")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.argument("start", required=False, default="HEAD")
+@click.option("-d", "--delete", "delete", metavar="NAME", help="Delete branch NAME.")
+@json_option
+@_pass
+def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_json: bool) -> None:
+    """List branches, create NAME at START (default HEAD), or delete one with -d."""
+    repo = obj.repo()
+    if delete:
+        current = repo.branches().get(delete)
+        if current is None:
+            raise UsageError(f"branch {delete!r} not found")
+        if repo.current_branch() == delete:
+            raise UsageError(f"cannot delete branch {delete!r}: it is checked out",
+                             hint="switch to another branch first")
+        repo.update_branch(delete, current, None, "branch: deleted")
+        click.echo(f"deleted branch {delete} (was {short(current)})")
+        return
+    if name:
+        if name in repo.branches():
+            raise UsageError(f"branch {name!r} already exists")
+        target = repo.resolve(start)
+        repo.update_branch(name, None, target, f"branch: created from {start}")
+        click.echo(f"created branch {name} at {short(target)}")
+        return
+    branches = repo.branches()
+    current = repo.current_branch()
+    if as_json:
+        _json([{"name": b, "commit": cid_str(c), "current": b == current} for b, c in branches.items()])
+        return
+    for b, c in branches.items():
+        click.echo(f"{'*' if b == current else ' '} {b:20} {short(c)}")
+
+
+@main.command()
+@click.argument("branch_name", metavar="BRANCH")
+@click.option("-c", "--create", is_flag=True, help="Create BRANCH at HEAD first.")
+@click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes that are in the way.")
+@_pass
+def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
+    """Switch the working tree and HEAD to BRANCH."""
+    repo = obj.repo()
+    if create:
+        if branch_name in repo.branches():
+            raise UsageError(f"branch {branch_name!r} already exists")
+        head = repo.head()
+        if head is None:
+            raise UsageError("cannot create a branch before the first commit")
+        repo.update_branch(branch_name, None, head, "switch -c")
+    elif branch_name not in repo.branches():
+        raise UsageError(f"no branch named {branch_name!r}", hint="create it with 'casync switch -c NAME'")
+    repo.checkout(branch_name, force=force, progress=obj.progress())
+    click.echo(f"switched to branch {branch_name}", err=True)
+
+
+@main.command()
+@json_option
+@_pass
+def fsck(obj: _Context, as_json: bool) -> None:
+    """Verify every block reachable from refs: present, hash-valid, well-formed.  Exit 1 if not."""
+    report = obj.repo().fsck(progress=obj.progress())
+    if as_json:
+        _json(report.to_json())
+    else:
+        for cid, where in report.missing.items():
+            click.echo(f"missing  {cid}  (needed by {where})")
+        for cid, why in report.corrupt.items():
+            click.echo(f"corrupt  {cid}  {why}")
+        click.echo(f"checked {report.checked} blocks: "
+                   + ("ok" if report.ok else f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"))
+    if not report.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command("config")
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@json_option
+@_pass
+def config_cmd(obj: _Context, key: str | None, value: str | None, as_json: bool) -> None:
+    """Show the configuration, one KEY, or set KEY to VALUE (author, ...)."""
+    repo = obj.repo()
+    readonly = {"format", "repository_id", "replica", "hash", "chunker"}
+    if key is None:
+        if as_json:
+            _json(repo.config)
+        else:
+            for k, v in sorted(repo.config.items()):
+                click.echo(f"{k} = {v}")
+        return
+    if value is None:
+        if key not in repo.config:
+            raise UsageError(f"config key {key!r} is not set")
+        click.echo(json.dumps(repo.config[key]) if as_json else repo.config[key])
+        return
+    if key in readonly:
+        raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
+    repo.set_config(key, value)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m casync`
+    main(prog_name="casync")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(EXIT_USAGE if main() else 0)

@@ -1,0 +1,133 @@
+"""One exception hierarchy for casync.
+
+Every error a user can cause or fix is a :class:`CasyncError` carrying a one-line
+message that names the object, path or argument involved, an optional hint saying
+what to do, and the process exit code the CLI uses (see ``docs/cli.md``):
+
+* 0 — success
+* 1 — the operation failed (missing or corrupt data, conflicts, I/O, remote down)
+* 2 — usage error (bad arguments, not a repository, unknown revision)
+
+Anything that is not a ``CasyncError`` is a bug and is reported with a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "BlockNotFound",
+    "CasyncError",
+    "ConflictError",
+    "CorruptBlock",
+    "InvalidObject",
+    "InvalidPath",
+    "NotARepository",
+    "NothingToCommit",
+    "RefConflict",
+    "RemoteError",
+    "StorageFull",
+    "UnknownRevision",
+    "UsageError",
+    "WorktreeDirty",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CasyncError(Exception):
+    """Base class: a user-facing error with a hint and an exit code."""
+
+    exit_code: int = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CasyncError):
+    """The command was called wrongly (bad argument, option or combination)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotARepository(UsageError):
+    """No ``.casync`` directory at or above the given path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"not a casync repository (or any parent up to /): {path}",
+            hint="run 'casync init' there, or pass -C DIR to point at a repository",
+        )
+        self.path = path
+
+
+class UnknownRevision(UsageError):
+    """A REV or REV:PATH that does not resolve."""
+
+
+class InvalidPath(UsageError):
+    """A path that is not allowed (escapes the tree, reserved name, ...)."""
+
+
+class NothingToCommit(CasyncError):
+    """The working tree matches HEAD; not an error for scripts that check first."""
+
+    exit_code = EXIT_FAILURE
+
+
+class WorktreeDirty(CasyncError):
+    """An operation would overwrite uncommitted changes."""
+
+
+class BlockNotFound(CasyncError):
+    """A block that should be present is not in the store."""
+
+    def __init__(self, cid: str, where: str = "store") -> None:
+        super().__init__(
+            f"block {cid} is missing from the {where}",
+            hint="run 'casync fsck' to list all missing blocks; fetch them again from a remote",
+        )
+        self.cid = cid
+
+
+class CorruptBlock(CasyncError):
+    """A block whose bytes do not hash to its CID (bit rot, truncation, a lying peer)."""
+
+    def __init__(self, cid: str, where: str = "store") -> None:
+        super().__init__(
+            f"block {cid} in the {where} is corrupt: its bytes do not match its CID",
+            hint="run 'casync fsck' to list every damaged block; fetch it again from a remote",
+        )
+        self.cid = cid
+
+
+class InvalidObject(CasyncError):
+    """Bytes that do not decode as the object they claim to be, or break a format rule."""
+
+
+class RefConflict(CasyncError):
+    """A compare-and-swap ref update lost a race: the ref moved meanwhile."""
+
+
+class ConflictError(CasyncError):
+    """A merge or update stopped because of conflicts the policy left to the user."""
+
+
+class StorageFull(CasyncError):
+    """The disk or the LMDB map is full; nothing was committed."""
+
+
+class RemoteError(CasyncError):
+    """A remote (IPFS node, peer) failed or could not be reached."""
+
+    def __init__(self, message: str, hint: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, hint)
+        self.transient = transient

@@ -1,0 +1,67 @@
+"""Validation of names, paths and sizes that arrive from elsewhere.
+
+Paths are data, not instructions: a tree entry name from a remote, a bundle or a
+corrupted store must never make casync write outside the working tree or into
+``.casync``.  Every path that reaches the file system goes through here first.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from casync.errors import InvalidPath
+
+__all__ = ["MAX_NAME_BYTES", "REPO_DIR", "is_reserved_name", "split_path", "validate_name"]
+
+REPO_DIR = ".casync"
+MAX_NAME_BYTES = 255
+
+# Code points that file systems (HFS+, some normalisers) ignore when comparing names,
+# which an attacker can use to disguise ".casync" (cf. git's CVE-2014-9390 handling).
+_IGNORABLE = {
+    "\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d",
+    "\u202e", "\u206a", "\u206b", "\u206c", "\u206d", "\u206e", "\u206f", "\ufeff", "\u00ad",
+    "\u2060", "\u2061", "\u2062", "\u2063", "\u2064",
+}
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for names that are ``.casync`` in any case, normal form or disguise."""
+    folded = unicodedata.normalize("NFKC", name)
+    folded = "".join(ch for ch in folded if ch not in _IGNORABLE and unicodedata.category(ch) != "Cf")
+    folded = folded.casefold().rstrip(" .")  # Windows drops trailing dots and spaces
+    return folded == REPO_DIR or folded.startswith(REPO_DIR + "~") or folded == "casync~1"
+
+
+def validate_name(name: str, context: str = "tree entry") -> None:
+    """Raise :class:`InvalidPath` unless ``name`` is a safe single path component."""
+    if not name:
+        raise InvalidPath(f"{context}: empty name")
+    if name in (".", ".."):
+        raise InvalidPath(f"{context}: name {name!r} is not allowed")
+    for bad in ("/", "\\", "\x00"):
+        if bad in name:
+            raise InvalidPath(f"{context}: name {name!r} contains {bad!r}")
+    if any(ord(ch) < 0x20 for ch in name):
+        raise InvalidPath(f"{context}: name {name!r} contains a control character")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise InvalidPath(f"{context}: name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    if is_reserved_name(name):
+        raise InvalidPath(f"{context}: name {name!r} is reserved for the repository directory")
+
+
+def split_path(path: str, context: str = "path") -> tuple[str, ...]:
+    """Split a repository-relative path into validated components.
+
+    Accepts ``a/b/c`` (and tolerates ``./`` and repeated slashes); refuses absolute
+    paths, ``..`` and anything :func:`validate_name` refuses.  The empty path (or
+    ``.``) is the root and yields ``()``.
+    """
+    if path.startswith("/"):
+        raise InvalidPath(f"{context} {path!r} is absolute", hint="give a path relative to the repository root")
+    parts = tuple(p for p in path.split("/") if p not in ("", "."))
+    for part in parts:
+        if part == "..":
+            raise InvalidPath(f"{context} {path!r} escapes the working tree")
+        validate_name(part, f"{context} {path!r}")
+    return parts

@@ -1,0 +1,329 @@
+"""Working-directory operations: snapshot (commit), status, checkout and restore.
+
+The stat cache makes unchanged files free: a file whose (mtime, ctime, size, inode,
+mode) match the cache is not re-read.  Files modified within the last
+:data:`RACY_NS` of a cache write are never cached ("racily clean", as git calls it),
+so an edit in the same timestamp tick as a commit is not missed.  When the cache is
+known to describe exactly HEAD's tree, ``status`` on an unchanged tree reads no tree
+blocks at all.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from casync.dag import Entry, FileWriter, diff_flat, flatten_tree, read_symlink, write_symlink
+from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
+from casync.ids import Cid, cid_str
+from casync.progress import NULL_PROGRESS, Progress
+from casync.repo import Repository
+from casync.store.lmdb import StatEntry
+from casync.store.memory import MemoryBlockStore
+from casync.worktree import Ignore, WorktreeWriter, scan
+
+__all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status"]
+
+RACY_NS = 1_000_000_000
+MAX_RETRIES = 3
+
+
+@dataclass
+class Status:
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    branch: str | None = None
+    head: Cid | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.added or self.modified or self.deleted)
+
+    def paths(self) -> set[str]:
+        return {*self.added, *self.modified, *self.deleted}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"branch": self.branch, "head": cid_str(self.head) if self.head else None, "clean": self.clean,
+                "added": self.added, "modified": self.modified, "deleted": self.deleted,
+                "skipped": self.skipped}
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
+
+
+class _Snapshotter:
+    """Turns working-tree files into entries, reusing the stat cache, writing blocks to
+    ``writer.store`` (the repository, or a throwaway store for a dry run)."""
+
+    def __init__(self, repo: Repository, writer: FileWriter, progress: Progress) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.progress = progress
+        self.cache = repo.store.load_stat_cache()
+        self.new_cache: dict[str, StatEntry] = {}
+        self.now_ns = time.time_ns()
+
+    def entry(self, path: str, st: os.stat_result) -> Entry | None:
+        """The entry for ``path`` (None if it vanished).  Re-reads until stable."""
+        cached = self.cache.get(path)
+        key = _stat_key(st)
+        if cached is not None and cached[:5] == key:
+            mode = st.st_mode
+            kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
+            entry = Entry(cached[6], kind, cached[5], kind == "file" and bool(mode & stat_mod.S_IXUSR))
+            self._remember(path, st, entry)
+            return entry
+        for _attempt in range(MAX_RETRIES):
+            try:
+                entry, st_after = self._read(path, st)
+            except FileNotFoundError:
+                return None
+            if st_after is not None and _stat_key(st_after)[:3] == key[:3] and st_after.st_size == st.st_size:
+                self._remember(path, st_after, entry)
+                return entry
+            try:
+                st = os.lstat(self.repo.root / path)
+            except FileNotFoundError:
+                return None
+            key = _stat_key(st)
+        raise CasyncError(f"file {path} kept changing while it was being committed",
+                          hint="stop the process writing it, or add it to .casyncignore, and retry")
+
+    def _read(self, path: str, st: os.stat_result) -> tuple[Entry, os.stat_result | None]:
+        abs_path = self.repo.root / path
+        if stat_mod.S_ISLNK(st.st_mode):
+            target = os.readlink(abs_path)
+            after = os.lstat(abs_path)
+            return write_symlink(self.writer.store, target, self.repo.hash_name), after
+        fd = os.open(abs_path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            before = os.fstat(fd)
+            if (before.st_size, before.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                return Entry(b"", "file", 0), None  # changed between scan and open: retry
+            entry = self.writer.write(f, bool(before.st_mode & stat_mod.S_IXUSR), self.progress.advance)
+            after = os.fstat(fd)
+        return entry, after
+
+    def _remember(self, path: str, st: os.stat_result, entry: Entry) -> None:
+        if st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS:
+            return  # racily clean: hash it again next time
+        self.new_cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+
+    def snapshot(self) -> tuple[dict[str, Entry], list[str]]:
+        ignore = Ignore.load(self.repo.root)
+        files, skipped = scan(self.repo.root, ignore)
+        total = sum(st.st_size for p, st in files.items() if self.cache.get(p, (None,))[:5] != _stat_key(st))
+        self.progress.start("hashing", total)
+        out: dict[str, Entry] = {}
+        for path in sorted(files):
+            entry = self.entry(path, files[path])
+            if entry is not None:
+                out[path] = entry
+        self.progress.finish()
+        return out, skipped
+
+
+def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
+                    progress: Progress = NULL_PROGRESS) -> Cid:
+    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD."""
+    if not message:
+        raise UsageError("empty commit message", hint="pass -m MESSAGE")
+    with repo.store.writer_lock():
+        head = repo.head()
+        snap = _Snapshotter(repo, repo.new_file_writer(), progress)
+        try:
+            files, _skipped = snap.snapshot()
+            tree = _build(repo, files)
+            if head is not None and tree == repo.tree_of(head) and not allow_empty:
+                repo.blocks.discard()
+                repo.store.save_stat_cache(snap.new_cache, tree)
+                raise NothingToCommit(f"nothing to commit: the working tree matches {cid_str(head)[:12]}")
+            cid = repo.commit_tree(tree, message, author=author)
+        except BaseException:
+            repo.blocks.discard()
+            raise
+        repo.store.save_stat_cache(snap.new_cache, tree)
+        return cid
+
+
+def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
+    from casync.dag import build_tree
+
+    return build_tree(repo.blocks, files, repo.hash_name).cid
+
+
+def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
+    """Compare the working tree with HEAD without storing anything."""
+    head = repo.head()
+    result = Status(branch=repo.current_branch(), head=head)
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, progress)
+    ignore = Ignore.load(repo.root)
+    files, result.skipped = scan(repo.root, ignore)
+    head_tree = repo.tree_of(head) if head is not None else None
+    cache_tree = repo.store.get("meta", b"statcache_tree")
+    if head_tree is not None and cache_tree == head_tree:
+        cache = snap.cache
+        unchanged = True
+        for path, st in files.items():
+            c = cache.get(path)
+            if c is None or c[:5] != _stat_key(st):
+                unchanged = False
+                break
+        if unchanged and len(files) == len(cache):
+            return result
+    committed = flatten_tree(repo.blocks, head_tree) if head_tree is not None else {}
+    current: dict[str, Entry] = {}
+    for path in sorted(files):
+        entry = snap.entry(path, files[path])
+        if entry is not None:
+            current[path] = entry
+    for change in diff_flat(committed, current):
+        getattr(result, change.status).append(change.path)
+    _save_cache_opportunistically(repo, snap.new_cache, head_tree if result.clean else None)
+    return result
+
+
+def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry], tree: Cid | None) -> None:
+    """Like ``git status``, refresh the stat cache when no writer is busy (never wait)."""
+    with repo.store.try_writer_lock() as locked:
+        if locked:
+            repo.store.save_stat_cache(cache, tree)
+
+
+def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
+    """``{path: Entry}`` for the working tree as it is now (nothing is stored)."""
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, progress)
+    files, _ = scan(repo.root, Ignore.load(repo.root))
+    out = {}
+    for path in sorted(files):
+        entry = snap.entry(path, files[path])
+        if entry is not None:
+            out[path] = entry
+    return out
+
+
+def _apply(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], paths: Iterable[str] | None = None,
+           progress: Progress = NULL_PROGRESS) -> None:
+    """Make the working tree go from ``old`` to ``new`` (restricted to ``paths`` if given)."""
+    writer = WorktreeWriter(repo.root)
+    changes = diff_flat(old, new)
+    if paths is not None:
+        wanted = set(paths)
+        changes = [c for c in changes if c.path in wanted]
+    progress.start("checking out", sum(c.new.tsize for c in changes if c.new is not None))
+    for change in changes:
+        if change.new is None:
+            writer.remove(change.path)
+    for change in changes:
+        e = change.new
+        if e is None:
+            continue
+        if e.kind == "symlink":
+            writer.write_symlink(change.path, read_symlink(repo.blocks, e.cid))
+        else:
+            writer.write_file(change.path, _counting(repo.iter_file(e.cid), progress), e.executable)
+    progress.finish()
+
+
+def _counting(chunks: Iterable[bytes], progress: Progress) -> Iterable[bytes]:
+    for chunk in chunks:
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress = NULL_PROGRESS) -> Cid:
+    """Make the working tree match ``rev``; a branch name switches HEAD to that branch.
+
+    Refuses (unless ``force``) when an uncommitted change would be overwritten or removed;
+    changes to paths the checkout does not touch are kept.
+    """
+    with repo.store.writer_lock():
+        target = repo.resolve(rev)
+        head = repo.head()
+        if head is not None and target == head and not force:
+            branch_now = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
+            if branch_now is not None:
+                repo.set_head(branch_now)
+            return target
+        branch = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
+        old = repo.flat_tree(head)
+        new = repo.flat_tree(target)
+        st = status(repo)
+        dirty = st.paths()
+        if force:
+            # discard local edits to tracked files; untracked files survive unless in the way
+            placeholder = Entry(b"", "file", 0)
+            current = {p: e for p, e in old.items() if p not in st.deleted}
+            for path in st.modified:
+                current[path] = placeholder
+            for path in st.added:
+                if path in new or any(q.startswith(path + "/") for q in new):
+                    current[path] = placeholder
+            old = current
+        touched = {c.path for c in diff_flat(old, new)}
+        if not force:
+            in_the_way = {p for p in st.added if any(q.startswith(p + "/") for q in new)}
+            dirty_touch = (dirty & touched) | in_the_way
+            if dirty_touch:
+                listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
+                raise WorktreeDirty(f"checkout of {rev} would overwrite uncommitted changes in: {listed}",
+                                    hint="commit them first, or pass --force to discard them")
+        _apply(repo, old, new, touched, progress)
+        if branch is not None:
+            repo.set_head(branch)
+        else:
+            repo.set_head(None, target)
+        keep_dirty = set() if force else dirty - touched
+        _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, repo.tree_of(target))
+        return target
+
+
+def _refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> None:
+    """After writing a tree out, record stat data so the next status reads nothing."""
+    now = time.time_ns()
+    cache: dict[str, StatEntry] = {}
+    for path, entry in entries.items():
+        try:
+            st = os.lstat(repo.root / path)
+        except FileNotFoundError:
+            continue
+        if st.st_mtime_ns >= now - RACY_NS or st.st_ctime_ns >= now - RACY_NS:
+            continue
+        cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+    repo.store.save_stat_cache(cache, tree)
+
+
+def restore(repo: Repository, source: str, paths: list[str], progress: Progress = NULL_PROGRESS) -> list[str]:
+    """Overwrite ``paths`` (files or directories, repository-relative) with their content
+    in ``source``; files under them that ``source`` lacks are removed.  Returns the paths written."""
+    from casync.validate import split_path
+
+    with repo.store.writer_lock():
+        target = repo.resolve(source)
+        new_all = repo.flat_tree(target)
+        files, _ = scan(repo.root, Ignore.load(repo.root))
+        prefixes = []
+        for p in paths:
+            parts = split_path(p)
+            prefixes.append("/".join(parts))
+        def under(path: str) -> bool:
+            return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
+        selected_new = {p: e for p, e in new_all.items() if under(p)}
+        missing = [pre for pre in prefixes if pre and not any(p == pre or p.startswith(pre + "/")
+                                                             for p in new_all)]
+        if missing and not any(under(p) for p in files):
+            raise UsageError(f"path {missing[0]!r} does not exist in {source}")
+        # everything currently on disk under the prefixes is "old"; entries are placeholders
+        old = {p: Entry(b"", "file", 0) for p in files if under(p)}
+        _apply(repo, old, selected_new, None, progress)
+        repo.store.save_stat_cache({}, None)
+        return sorted(selected_new)

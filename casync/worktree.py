@@ -1,0 +1,220 @@
+"""The working tree on disk: scanning (with ``.casyncignore``) and safe writes.
+
+Writes never follow symlinks: every path is opened component by component relative to
+a directory file descriptor with ``O_NOFOLLOW``, so a symlink planted in the tree (or a
+hostile tree entry) cannot redirect a checkout outside the working tree.  Files are
+written to a temporary name and renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import stat as stat_mod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from casync.errors import InvalidPath
+from casync.validate import REPO_DIR, split_path
+
+__all__ = ["IGNORE_FILE", "Ignore", "WorktreeWriter", "scan"]
+
+IGNORE_FILE = ".casyncignore"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    regex: re.Pattern[str]
+    negate: bool
+    dir_only: bool
+
+
+class Ignore:
+    """gitignore-style rules from the root ``.casyncignore``.
+
+    Supported: ``#`` comments, blank lines, ``!`` negation, a trailing ``/`` for
+    directories only, a leading or inner ``/`` anchoring to the root, ``*``, ``?``,
+    ``[...]`` and ``**``.  The last matching rule wins.
+    """
+
+    def __init__(self, lines: Iterable[str] = ()) -> None:
+        self.rules: list[_Rule] = []
+        for raw in lines:
+            line = raw.rstrip("\n").rstrip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            if negate:
+                line = line[1:]
+            dir_only = line.endswith("/")
+            line = line.strip("/") if dir_only else line
+            anchored = "/" in line.lstrip("/") or line.startswith("/")
+            line = line.lstrip("/")
+            self.rules.append(_Rule(self._compile(line, anchored), negate, dir_only))
+
+    @staticmethod
+    def _compile(pattern: str, anchored: bool) -> re.Pattern[str]:
+        parts = []
+        for i, piece in enumerate(pattern.split("**")):
+            if i:
+                parts.append(".*")
+            parts.append(fnmatch.translate(piece)[4:-3].replace(".*", "[^/]*"))
+        body = "".join(parts)
+        prefix = "" if anchored else "(?:.*/)?"
+        return re.compile(rf"(?s:{prefix}{body})\Z")
+
+    @classmethod
+    def load(cls, root: Path) -> Ignore:
+        try:
+            text = (root / IGNORE_FILE).read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            return cls()
+        return cls(text.splitlines())
+
+    def ignored(self, path: str, is_dir: bool) -> bool:
+        result = False
+        for rule in self.rules:
+            if rule.dir_only and not is_dir:
+                continue
+            if rule.regex.match(path):
+                result = not rule.negate
+        return result
+
+
+def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[str]]:
+    """``({path: lstat}, skipped)`` for every regular file and symlink under ``root``.
+
+    Skips ``.casync`` and ignored paths; sockets, FIFOs and devices are listed in
+    ``skipped``.  Paths use ``/`` and are relative to ``root``.
+    """
+    files: dict[str, os.stat_result] = {}
+    skipped: list[str] = []
+    stack = [("", str(root))]
+    has_rules = bool(ignore.rules)
+    while stack:
+        rel, abs_dir = stack.pop()
+        try:
+            it = os.scandir(abs_dir)
+        except FileNotFoundError:
+            continue  # vanished while scanning: it is simply not in this snapshot
+        with it:
+            for de in it:
+                name = de.name
+                path = f"{rel}/{name}" if rel else name
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                mode = st.st_mode
+                if stat_mod.S_ISDIR(mode):
+                    if not rel and name == REPO_DIR:
+                        continue
+                    if has_rules and ignore.ignored(path, True):
+                        continue
+                    stack.append((path, de.path))
+                    continue
+                if has_rules and ignore.ignored(path, False):
+                    continue
+                if stat_mod.S_ISREG(mode) or stat_mod.S_ISLNK(mode):
+                    files[path] = st
+                else:
+                    skipped.append(path)
+    return files, skipped
+
+
+class WorktreeWriter:
+    """Applies file writes and removals under ``root`` without following symlinks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @contextlib.contextmanager
+    def _parent_fd(self, parts: tuple[str, ...], create: bool) -> Iterator[int]:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except (NotADirectoryError, OSError) as exc:
+                    if not isinstance(exc, NotADirectoryError) and exc.errno != 40:  # ELOOP
+                        raise
+                    sub = "/".join(parts[: i + 1])
+                    raise InvalidPath(f"{sub} is a file or symlink, not a directory; refusing to write "
+                                      f"{'/'.join(parts)} through it",
+                                      hint="move it away or use --force to let checkout replace it") from None
+                os.close(fd)
+                fd = nfd
+            yield fd
+        finally:
+            os.close(fd)
+
+    def write_file(self, path: str, chunks: Iterable[bytes], executable: bool) -> None:
+        parts = split_path(path)
+        with self._parent_fd(parts, create=True) as dfd:
+            name = parts[-1]
+            self._clear_dir_at(dfd, name)
+            tmp = f".{name}.casync-tmp-{os.getpid()}"
+            mode = 0o777 if executable else 0o666
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dfd)
+            try:
+                with os.fdopen(fd, "wb", closefd=True) as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+
+    def write_symlink(self, path: str, target: str) -> None:
+        parts = split_path(path)
+        with self._parent_fd(parts, create=True) as dfd:
+            name = parts[-1]
+            self._clear_dir_at(dfd, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dfd)
+            os.symlink(target, name, dir_fd=dfd)
+
+    def _clear_dir_at(self, dfd: int, name: str) -> None:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat_mod.S_ISDIR(st.st_mode):
+            self._rmtree_at(dfd, name)
+
+    def _rmtree_at(self, dfd: int, name: str) -> None:
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            for entry in os.listdir(sub):
+                st = os.stat(entry, dir_fd=sub, follow_symlinks=False)
+                if stat_mod.S_ISDIR(st.st_mode):
+                    self._rmtree_at(sub, entry)
+                else:
+                    os.unlink(entry, dir_fd=sub)
+        finally:
+            os.close(sub)
+        os.rmdir(name, dir_fd=dfd)
+
+    def remove(self, path: str) -> None:
+        """Remove a file or symlink, then any parent directories left empty."""
+        parts = split_path(path)
+        try:
+            with self._parent_fd(parts, create=False) as dfd:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(parts[-1], dir_fd=dfd)
+        except (FileNotFoundError, InvalidPath):
+            return
+        for i in range(len(parts) - 1, 0, -1):
+            try:
+                os.rmdir(self.root.joinpath(*parts[:i]))
+            except OSError:
+                break
