@@ -464,6 +464,23 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, as_json: bool)
     repo.set_config(key, value)
 
 
+def _register_extensions() -> None:
+    """Commands that live in their own modules (remotes, sync) register on ``main``."""
+    import importlib
+
+    for module in ("casync.cli_remote",):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(main)
+
+
+_register_extensions()
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m casync`
     main(prog_name="casync")
 

@@ -1,0 +1,65 @@
+"""Shared fixtures.  Tests use real stores (LMDB + packs on tmp_path, or the in-memory
+store) and a real Kubo node for IPFS tests; nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from casync import Repository
+from casync.cli import main
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    r = Repository.init(tmp_path / "wt", replica="test-a")
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+class Cli:
+    """Runs the real CLI in-process against one working directory."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True, input: bytes | None = None) -> Result:
+        result = self.runner.invoke(main, ["-C", str(self.cwd), *args], input=input, catch_exceptions=False)
+        if ok and result.exit_code != 0:
+            raise AssertionError(f"casync {' '.join(args)} exited {result.exit_code}:\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    return Cli(wt)
+
+
+def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    if mode is not None:
+        os.chmod(p, mode)
+    return p
+
+
+def age(root: Path, seconds: float = 10.0) -> None:
+    """Back-date every file so the stat cache may trust it (not 'racily clean')."""
+    for dirpath, _dirs, files in os.walk(root):
+        if ".casync" in dirpath.split(os.sep):
+            continue
+        for f in files:
+            p = os.path.join(dirpath, f)
+            st = os.lstat(p)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)), follow_symlinks=False)
