@@ -297,7 +297,7 @@ def cat(obj: _Context, spec: str) -> None:
     _commit, path, entry = repo.entry_at(spec)
     if entry.kind == "dir":
         raise UsageError(f"{path!r} is a directory", hint=f"use 'casync ls {spec}'")
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     if entry.kind == "symlink":
         out.write(read_symlink(repo.blocks, entry.cid).encode())
         return
@@ -348,14 +348,14 @@ def checkout(obj: _Context, rev: str, force: bool) -> None:
 def restore(obj: _Context, source: str, paths: tuple[str, ...]) -> None:
     """Restore PATHS in the working tree from --source (files under them that REV lacks are removed)."""
     repo = obj.repo()
-    rel = [_repo_relative(repo, p) for p in paths]
+    rel = [_repo_relative(repo, obj.directory, p) for p in paths]
     written = repo.restore(rel, source=source, progress=obj.progress())
     click.echo(f"restored {len(written)} file(s) from {source}", err=True)
 
 
-def _repo_relative(repo: Repository, path: str) -> str:
-    """Interpret PATH relative to the current directory; refuse paths outside the tree."""
-    absolute = os.path.abspath(os.path.join(os.getcwd(), path))
+def _repo_relative(repo: Repository, base: str, path: str) -> str:
+    """Interpret PATH relative to the directory casync runs in (-C); refuse paths outside the tree."""
+    absolute = os.path.abspath(os.path.join(os.path.abspath(base), path))
     root = str(repo.root)
     if absolute != root and not absolute.startswith(root + os.sep):
         raise UsageError(f"path {path!r} is outside the working tree {root}")

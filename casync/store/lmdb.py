@@ -44,6 +44,7 @@ _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, ts
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 INITIAL_MAP_SIZE = 1 << 32
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 MAX_MAP_SIZE = 1 << 40
 
 
@@ -60,6 +61,39 @@ StatEntry = tuple[int, int, int, int, int, int, Cid]
 """(mtime_ns, ctime_ns, size, inode, st_mode, tsize, cid) of a file when it was last hashed."""
 
 
+_ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount]
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: Path, create: bool) -> Any:
+    """py-lmdb allows one Environment per path per process: share it, refcounted."""
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        held = _ENVS.get(key)
+        if held is not None:
+            held[1] += 1
+            return held[0]
+        try:
+            env = lmdb.open(key, map_size=INITIAL_MAP_SIZE, max_dbs=16, subdir=True, create=create,
+                            readahead=False)
+        except lmdb.Error as exc:
+            raise CasyncError(f"cannot open the store at {key}: {exc}",
+                              hint="check permissions and free disk space") from None
+        _ENVS[key] = [env, 1]
+        return env
+
+
+def _close_env(env: Any) -> None:
+    with _ENVS_LOCK:
+        for key, held in list(_ENVS.items()):
+            if held[0] is env:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _ENVS[key]
+                    env.close()
+                return
+
+
 class LmdbStore:
     """The LMDB environment under ``.casync/`` plus its pack directory."""
 
@@ -70,10 +104,7 @@ class LmdbStore:
         if create:
             self.db_path.mkdir(parents=True, exist_ok=True)
             self.pack_dir.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(self.db_path), map_size=INITIAL_MAP_SIZE, max_dbs=16, subdir=True,
-            create=create, readahead=False,
-        )
+        self.env = _open_env(self.db_path, create)
         self._dbs = {
             name: self.env.open_db(name.encode())
             for name in ("index", "refs", "reflog", "config", "meta", "statcache")
@@ -103,7 +134,7 @@ class LmdbStore:
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
-                if "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+                if "No space left" in str(exc) or getattr(exc, "errno", None) in _DISK_FULL:
                     raise StorageFull(f"disk full writing {self.db_path}", hint="free disk space and retry") from None
                 raise
         raise StorageFull(f"LMDB map at {self.db_path} could not grow", hint="free disk space and retry")
@@ -213,8 +244,11 @@ class LmdbStore:
             os.close(fd)
 
     def close(self) -> None:
+        if self.env is None:
+            return
         self.blocks.close()
-        self.env.close()
+        _close_env(self.env)
+        self.env = None
 
 
 class PackBlockStore:
@@ -307,7 +341,8 @@ class PackBlockStore:
         if path.exists() and path.stat().st_size >= PACK_ROTATE_BYTES:
             number += 1
             path = self._store.pack_dir / f"{number:08d}.pack"
-        self._store.put("meta", b"pack_current", str(number).encode())
+        if meta is None or int(meta) != number:
+            self._store.put("meta", b"pack_current", str(number).encode())
         f = open(path, "ab")  # noqa: SIM115 - kept open across puts, closed in close()
         if f.tell() == 0:
             f.write(PACK_MAGIC)
@@ -327,7 +362,7 @@ class PackBlockStore:
                 self._writer.write(data)
             except OSError as exc:
                 self._abort_writes()
-                if exc.errno == errno.ENOSPC:
+                if exc.errno in _DISK_FULL:
                     raise StorageFull(f"disk full writing pack {self._writer_no:08d}",
                                       hint="free disk space and retry; nothing was committed") from None
                 raise
@@ -356,7 +391,7 @@ class PackBlockStore:
                 os.fdatasync(self._writer.fileno())
             except OSError as exc:
                 self._abort_writes()
-                if exc.errno == errno.ENOSPC:
+                if exc.errno in _DISK_FULL:
                     raise StorageFull("disk full syncing pack", hint="free disk space and retry") from None
                 raise
             pending = sorted(self._pending.items())
@@ -372,10 +407,11 @@ class PackBlockStore:
                 self._abort_writes()
                 raise
             self._pending.clear()
-            self._writer_durable = self._writer_pos
+            # Close after every durable batch: the next batch re-reads the pack's length,
+            # so another writer (process or object) appending meanwhile cannot skew offsets.
+            self._writer.close()
+            self._writer = None
             if self._writer_pos >= PACK_ROTATE_BYTES:
-                self._writer.close()
-                self._writer = None
                 self._store.put("meta", b"pack_current", str(self._writer_no + 1).encode())
 
     def discard(self) -> None:

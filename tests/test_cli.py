@@ -1,0 +1,270 @@
+"""End-to-end CLI behaviour, as a new user would drive it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
+from casync.ids import parse_cid
+
+from .conftest import Cli, age, write
+
+
+def test_first_session(cli: Cli) -> None:
+    wt = cli.cwd
+    cli("init", "--replica", "site-1")
+    write(wt, "a.txt", "one\n")
+    write(wt, "dir/b.bin", os.urandom(3 << 20))
+    first = cli("commit", "-m", "first").stdout.strip()
+    write(wt, "a.txt", "two\n")
+    write(wt, "later.txt", "added later\n")
+    second = cli("commit", "-m", "second").stdout.strip()
+    entries = json.loads(cli("log", "--json").stdout)
+    assert [e["cid"] for e in entries] == [second, first]
+    assert entries[0]["parents"] == [first] and entries[1]["parents"] == []
+    assert entries[0]["clock"] == {"site-1": 2}
+    assert entries[0]["time"]["wall_ms"] >= entries[1]["time"]["wall_ms"]
+    assert entries[0]["replica"] == "site-1" and entries[0]["message"] == "second"
+    assert cli("cat", "HEAD:a.txt").stdout_bytes == b"two\n"
+    big = (wt / "dir/b.bin").read_bytes()
+    cli("checkout", "HEAD~1")
+    assert (wt / "a.txt").read_text() == "one\n"
+    assert (wt / "dir/b.bin").read_bytes() == big
+    assert not (wt / "later.txt").exists()
+    assert cli("fsck").exit_code == 0
+    cli("checkout", "main")
+    assert (wt / "later.txt").read_text() == "added later\n"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+def test_nothing_to_commit_is_clear(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "x")
+    cli("commit", "-m", "one")
+    r = cli("commit", "-m", "again", ok=False)
+    assert r.exit_code == 1 and "nothing to commit" in r.stderr
+
+
+def test_status_reports_added_modified_deleted(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "keep", "k")
+    write(cli.cwd, "mod", "1")
+    write(cli.cwd, "gone", "g")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    write(cli.cwd, "mod", "2")
+    (cli.cwd / "gone").unlink()
+    write(cli.cwd, "new", "n")
+    st = json.loads(cli("status", "--json").stdout)
+    assert (st["added"], st["modified"], st["deleted"]) == (["new"], ["mod"], ["gone"])
+    diff = json.loads(cli("diff", "HEAD", "--json").stdout)
+    assert {d["path"]: d["status"] for d in diff} == {"new": "added", "mod": "modified", "gone": "deleted"}
+
+
+def test_same_size_same_mtime_edit_is_seen(cli: Cli) -> None:
+    """A racily-clean file (edited within the stat granularity) is re-hashed."""
+    cli("init")
+    p = write(cli.cwd, "f", "aaaa")
+    cli("commit", "-m", "one")
+    st = p.stat()
+    p.write_text("bbbb")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert json.loads(cli("status", "--json").stdout)["modified"] == ["f"]
+
+
+def test_ignore_file(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, ".casyncignore", "*.tmp\nbuild/\n!keep.tmp\n/rootonly\n")
+    write(cli.cwd, "a.tmp", "x")
+    write(cli.cwd, "keep.tmp", "x")
+    write(cli.cwd, "build/out", "x")
+    write(cli.cwd, "src/build", "file named build is kept")
+    write(cli.cwd, "rootonly", "x")
+    write(cli.cwd, "sub/rootonly", "x")
+    cli("commit", "-m", "c")
+    paths = {r["path"] for r in json.loads(cli("ls", "-r", "--json").stdout)}
+    assert paths == {".casyncignore", "keep.tmp", "src/build", "sub/rootonly"}
+
+
+def test_ls_show_and_branches(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "d/x", "1")
+    write(cli.cwd, "run.sh", "#!/bin/sh\n", mode=0o755)
+    c1 = cli("commit", "-m", "c1").stdout.strip()
+    rows = json.loads(cli("ls", "HEAD:", "--json").stdout)
+    assert [(r["path"], r["type"]) for r in rows] == [("d", "dir"), ("run.sh", "file")]
+    assert rows[1]["executable"] is True
+    assert json.loads(cli("ls", "HEAD:d/x", "--json").stdout)[0]["size"] == 1
+    cli("switch", "-c", "feature")
+    write(cli.cwd, "d/y", "2")
+    cli("commit", "-m", "c2")
+    show = json.loads(cli("show", "--json").stdout)
+    assert show["changes"] == [{"path": "d/y", "status": "added"}]
+    branches = {b["name"]: b for b in json.loads(cli("branch", "--json").stdout)}
+    assert branches["feature"]["current"] and branches["main"]["commit"] == c1
+    cli("switch", "main")
+    assert not (cli.cwd / "d/y").exists()
+    assert os.access(cli.cwd / "run.sh", os.X_OK)
+    r = cli("branch", "-d", "main", ok=False)
+    assert r.exit_code == 2 and "checked out" in r.stderr
+    cli("branch", "-d", "feature")
+    assert "feature" not in cli("branch").stdout
+
+
+def test_rev_syntax(cli: Cli) -> None:
+    cli("init")
+    cids = []
+    for i in range(3):
+        write(cli.cwd, "f", str(i))
+        cids.append(cli("commit", "-m", str(i)).stdout.strip())
+    assert cli("log", "-n", "1", "--json", "HEAD~2").stdout.count(cids[0]) == 1
+    assert json.loads(cli("log", "--json", "-n", "1", cids[1][:20]).stdout)[0]["cid"] == cids[1]
+    assert json.loads(cli("log", "--json", "-n", "1", "main^").stdout)[0]["cid"] == cids[1]
+    r = cli("log", "HEAD~5", ok=False)
+    assert r.exit_code == 2 and "past the first commit" in r.stderr
+
+
+def test_symlinks_roundtrip_and_are_not_followed(cli: Cli, tmp_path: Path) -> None:
+    cli("init")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(cli.cwd, "real/file", "data")
+    os.symlink("real/file", cli.cwd / "link")
+    cli("commit", "-m", "c")
+    assert cli("cat", "HEAD:link").stdout == "real/file"
+    (cli.cwd / "link").unlink()
+    cli("restore", "--source", "HEAD", "link")
+    assert os.readlink(cli.cwd / "link") == "real/file"
+
+
+def test_checkout_refuses_to_clobber(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "1")
+    cli("commit", "-m", "1")
+    write(cli.cwd, "f", "2")
+    cli("commit", "-m", "2")
+    write(cli.cwd, "f", "local edit")
+    r = cli("checkout", "HEAD~1", ok=False)
+    assert r.exit_code == 1 and "uncommitted changes" in r.stderr and "f" in r.stderr
+    assert (cli.cwd / "f").read_text() == "local edit"
+    cli("checkout", "--force", "HEAD~1")
+    assert (cli.cwd / "f").read_text() == "1"
+
+
+def test_checkout_keeps_untouched_local_changes(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "a", "1")
+    write(cli.cwd, "b", "1")
+    cli("commit", "-m", "1")
+    write(cli.cwd, "a", "2")
+    cli("commit", "-m", "2")
+    write(cli.cwd, "b", "local")
+    write(cli.cwd, "untracked", "u")
+    cli("checkout", "HEAD~1")
+    assert (cli.cwd / "a").read_text() == "1"
+    assert (cli.cwd / "b").read_text() == "local"
+    assert (cli.cwd / "untracked").exists()
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["modified"] == ["b"] and st["added"] == ["untracked"]
+
+
+def test_restore_paths(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "d/a", "1")
+    write(cli.cwd, "d/b", "1")
+    cli("commit", "-m", "1")
+    write(cli.cwd, "d/a", "changed")
+    write(cli.cwd, "d/new", "new")
+    cli("restore", "d")
+    assert (cli.cwd / "d/a").read_text() == "1"
+    assert not (cli.cwd / "d/new").exists()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_not_a_repository(cli: Cli) -> None:
+    r = cli("log", ok=False)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == f"error: not a casync repository (or any parent up to /): {cli.cwd}"
+    assert "Traceback" not in r.output
+
+
+def test_unknown_rev_and_path(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "x")
+    cli("commit", "-m", "c")
+    r = cli("log", "nosuchbranch", ok=False)
+    assert r.exit_code == 2 and "unknown revision 'nosuchbranch'" in r.stderr
+    r = cli("cat", "HEAD:nope.txt", ok=False)
+    assert r.exit_code == 2 and "'nope.txt' does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("spec", ["HEAD:../etc/passwd", "HEAD:/etc/passwd", "HEAD:.casync/db"])
+def test_cat_refuses_escaping_paths(cli: Cli, spec: str) -> None:
+    cli("init")
+    write(cli.cwd, "f", "x")
+    cli("commit", "-m", "c")
+    r = cli("cat", spec, ok=False)
+    assert r.exit_code == 2 and "error:" in r.stderr and "Traceback" not in r.output
+
+
+def test_restore_refuses_paths_outside_tree(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "x")
+    cli("commit", "-m", "c")
+    r = cli("restore", "../outside", ok=False)
+    assert r.exit_code == 2 and "outside the working tree" in r.stderr
+
+
+def test_corrupted_block_is_named(cli: Cli) -> None:
+    cli("init")
+    data = os.urandom(200_000)
+    write(cli.cwd, "f.bin", data)
+    cli("commit", "-m", "c")
+    cid = json.loads(cli("ls", "HEAD:f.bin", "--json").stdout)[0]["cid"]
+    pack = next((cli.cwd / ".casync" / "packs").glob("*.pack"))
+    raw = bytearray(pack.read_bytes())
+    at = raw.find(data[1000:1100])
+    raw[at] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    r = cli("cat", "HEAD:f.bin", ok=False)
+    assert r.exit_code == 1 and f"block {cid}" in r.stderr and "corrupt" in r.stderr
+    r = cli("fsck", ok=False)
+    assert r.exit_code == 1 and f"corrupt  {cid}" in r.stdout
+    report = json.loads(cli("fsck", "--json", ok=False).stdout)
+    assert list(report["corrupt"]) == [cid] and report["ok"] is False
+
+
+def test_missing_block_fails_fsck(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "x" * 100)
+    cli("commit", "-m", "c")
+    repo = Repository.open(cli.cwd)
+    cid = json.loads(cli("ls", "HEAD:f", "--json").stdout)[0]["cid"]
+    repo.blocks.delete(parse_cid(cid))
+    repo.close()
+    r = cli("fsck", ok=False)
+    assert r.exit_code == 1 and f"missing  {cid}" in r.stdout
+
+
+def test_init_twice_and_bad_options(cli: Cli) -> None:
+    cli("init")
+    r = cli("init", ok=False)
+    assert r.exit_code == 2 and "already a casync repository" in r.stderr
+    r = cli("init", "other", "--hash", "md5", ok=False)
+    assert r.exit_code == 2
+    r = cli("init", "other2", "--replica", "bad name!", ok=False)
+    assert r.exit_code == 2 and "invalid replica name" in r.stderr
+
+
+def test_help_on_every_command(cli: Cli) -> None:
+    from casync.cli import main
+
+    for name in main.commands:
+        assert cli(name, "--help").exit_code == 0

@@ -1,0 +1,179 @@
+"""Codec tests with known vectors and format rules."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import dag_cbor
+import pytest
+from multiformats import CID
+
+from casync.chunking import FixedChunker, chunker_for
+from casync.dag import FileWriter, iter_file
+from casync.errors import CorruptBlock, InvalidObject
+from casync.ids import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid, verify_block
+from casync.objects import (
+    Commit,
+    DirLink,
+    FileLayoutBuilder,
+    HybridTime,
+    PBLink,
+    PBNode,
+    UnixFSData,
+    decode_commit,
+    decode_pbnode,
+    decode_unixfs,
+    encode_commit,
+    encode_directory,
+    encode_pbnode,
+    encode_unixfs,
+)
+from casync.store.memory import MemoryBlockStore
+
+# Well-known IPFS vectors (sha2-256): the empty UnixFS directory and the empty raw block.
+EMPTY_DIR_SHA256 = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+EMPTY_RAW_SHA256 = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def test_empty_directory_vector() -> None:
+    block = encode_directory([])
+    assert block == bytes.fromhex("0a020801")
+    assert cid_str(compute_cid(DAG_PB, block, "sha2-256")) == EMPTY_DIR_SHA256
+
+
+def test_empty_raw_vector() -> None:
+    assert cid_str(compute_cid(RAW, b"", "sha2-256")) == EMPTY_RAW_SHA256
+
+
+def test_cid_text_matches_multiformats() -> None:
+    for codec in (RAW, DAG_PB, DAG_CBOR):
+        for h in ("blake3", "sha2-256"):
+            cid = compute_cid(codec, os.urandom(50), h)
+            assert cid_str(cid) == CID.decode(cid).encode("base32")
+            assert parse_cid(cid_str(cid)) == cid
+    assert cid_str(compute_cid(RAW, b"x")).startswith("bafkr4i")  # raw + blake3 prefix
+
+
+def test_verify_block_names_cid() -> None:
+    cid = compute_cid(RAW, b"good")
+    verify_block(cid, b"good")
+    with pytest.raises(CorruptBlock, match=cid_str(cid)):
+        verify_block(cid, b"evil")
+
+
+def test_dagpb_canonical_roundtrip_and_order() -> None:
+    leaf = compute_cid(RAW, b"abc")
+    node = PBNode((PBLink(leaf, b"a", 3),), encode_unixfs(UnixFSData(1)))
+    raw = encode_pbnode(node)
+    # Links (field 2, tag 0x12) come before Data (field 1, tag 0x0a)
+    assert raw[0] == 0x12 and raw[-4:] == bytes.fromhex("0a020801")
+    assert decode_pbnode(raw) == node
+    data_first = bytes.fromhex("0a020801") + raw[:-4]
+    with pytest.raises(InvalidObject, match="not canonical"):
+        decode_pbnode(data_first)
+
+
+def test_unixfs_file_fields_in_go_unixfs_order() -> None:
+    u = UnixFSData(2, filesize=300, blocksizes=(100, 200))
+    assert encode_unixfs(u) == bytes.fromhex("0802" "18ac02" "2064" "20c801")
+    assert decode_unixfs(encode_unixfs(u)) == u
+
+
+def test_directory_links_sorted_by_bytes_and_unique() -> None:
+    c = compute_cid(RAW, b"")
+    block = encode_directory([DirLink("b", c, 0), DirLink("a", c, 0), DirLink("B", c, 0)])
+    names = [link.name for link in decode_pbnode(block).links]
+    assert names == [b"B", b"a", b"b"]
+    with pytest.raises(InvalidObject, match="duplicate"):
+        encode_directory([DirLink("a", c, 0), DirLink("a", c, 0)])
+
+
+def _layout(n_leaves: int) -> tuple[bytes, list[bytes]]:
+    emitted: list[bytes] = []
+    b = FileLayoutBuilder(lambda cid, block: emitted.append(block))
+    for i in range(n_leaves):
+        b.add_leaf(compute_cid(RAW, i.to_bytes(4, "big")), 10)
+    root, _ = b.finish()
+    return root, emitted
+
+
+@pytest.mark.parametrize(("leaves", "nodes", "root_links"), [
+    (1, 0, None), (2, 1, 2), (174, 1, 174), (175, 3, 2), (174 * 174, 175, 174), (174 * 174 + 1, 178, 2),
+])
+def test_balanced_layout_matches_kubo_shape(leaves: int, nodes: int, root_links: int | None) -> None:
+    root, emitted = _layout(leaves)
+    assert len(emitted) == nodes
+    if root_links is None:
+        assert root == compute_cid(RAW, (0).to_bytes(4, "big"))
+        return
+    top = decode_pbnode(emitted[-1])
+    assert len(top.links) == root_links
+    u = decode_unixfs(top.data or b"")
+    assert u.filesize == leaves * 10 and sum(u.blocksizes) == leaves * 10
+
+
+def test_file_roundtrip_and_tsize() -> None:
+    store = MemoryBlockStore()
+    data = os.urandom(3 * 256 * 1024 + 17)
+    entry = FileWriter(store, FixedChunker(), "blake3").write(io.BytesIO(data))
+    assert b"".join(iter_file(store, entry.cid)) == data
+    root = decode_pbnode(store.get(entry.cid))
+    assert [link.tsize for link in root.links] == [262144, 262144, 262144, 17]
+    assert entry.tsize == len(store.get(entry.cid)) + len(data)
+
+
+def test_executable_single_chunk_file_gets_mode_node() -> None:
+    store = MemoryBlockStore()
+    entry = FileWriter(store, chunker_for("cdc"), "blake3").write(io.BytesIO(b"#!/bin/sh\n"), executable=True)
+    node = decode_pbnode(store.get(entry.cid))
+    assert decode_unixfs(node.data or b"").mode == 0o755
+    assert b"".join(iter_file(store, entry.cid)) == b"#!/bin/sh\n"
+
+
+def test_cdc_insertion_changes_few_chunks() -> None:
+    data = bytearray(os.urandom(8 << 20))
+    chunker = chunker_for("cdc")
+    before = [bytes(c) for c in chunker.chunks(io.BytesIO(bytes(data)))]
+    data[len(data) // 2 : len(data) // 2] = b"!"
+    after = [bytes(c) for c in chunker.chunks(io.BytesIO(bytes(data)))]
+    assert max(len(c) for c in after) <= 1 << 20
+    new = set(after) - set(before)
+    assert 1 <= len(new) <= 3
+
+
+def _commit(**kw: object) -> Commit:
+    base: dict[str, object] = dict(tree=compute_cid(DAG_PB, encode_directory([])), parents=(),
+                                   clock={"a": 1}, time=HybridTime(1000, 0), replica="a", author="me",
+                                   message="m", generation=1)
+    base.update(kw)
+    return Commit(**base)  # type: ignore[arg-type]
+
+
+def test_commit_roundtrip_and_signing_bytes_exclude_sig() -> None:
+    c = _commit(meta={"k": "v"}, signature=b"\x01" * 64)
+    raw = encode_commit(c)
+    assert decode_commit(raw) == c
+    assert dag_cbor.decode(raw)["tree"].codec.name == "dag-pb"
+    unsigned = _commit(meta={"k": "v"})
+    assert c.signing_bytes() == unsigned.signing_bytes() == encode_commit(unsigned)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"clock": {"b": 1}}, "does not count its own replica"),
+    ({"generation": 2}, "generation"),
+    ({"replica": ""}, "without replica"),
+    ({"tree": compute_cid(RAW, b"x")}, "not a dag-pb directory"),
+])
+def test_commit_check_rejects(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidObject, match=match):
+        encode_commit(_commit(**kw))
+
+
+def test_decode_commit_rejects_unknown_fields_and_garbage() -> None:
+    obj = dag_cbor.decode(encode_commit(_commit()))
+    obj["extra"] = 1
+    with pytest.raises(InvalidObject, match="unknown fields"):
+        decode_commit(dag_cbor.encode(obj))
+    with pytest.raises(InvalidObject, match="not valid DAG-CBOR"):
+        decode_commit(b"\xff\x00garbage")
