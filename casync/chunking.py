@@ -64,7 +64,7 @@ class FixedChunker:
         while True:
             filled = 0
             while filled < self._size:
-                n = stream.readinto(view[filled:])
+                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
                 if not n:
                     break
                 filled += n

@@ -373,14 +373,14 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_j
     """List branches, create NAME at START (default HEAD), or delete one with -d."""
     repo = obj.repo()
     if delete:
-        current = repo.branches().get(delete)
-        if current is None:
+        tip = repo.branches().get(delete)
+        if tip is None:
             raise UsageError(f"branch {delete!r} not found")
         if repo.current_branch() == delete:
             raise UsageError(f"cannot delete branch {delete!r}: it is checked out",
                              hint="switch to another branch first")
-        repo.update_branch(delete, current, None, "branch: deleted")
-        click.echo(f"deleted branch {delete} (was {short(current)})")
+        repo.update_branch(delete, tip, None, "branch: deleted")
+        click.echo(f"deleted branch {delete} (was {short(tip)})")
         return
     if name:
         if name in repo.branches():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import blake3
 from multiformats import CID, multihash
@@ -61,14 +61,14 @@ HASHES: dict[str, Callable[[bytes | memoryview], bytes]] = {"blake3": _blake3, "
 """Supported multihash functions (both with 32-byte digests)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _prefix(codec: int, hash_name: str) -> bytes:
     """The binary CID bytes that precede the digest, computed by multiformats."""
     wrapped = multihash.wrap(b"\x00" * 32, hash_name)
     return bytes(CID("base32", 1, _CODEC_NAMES[codec], wrapped))[:-32]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_prefixes() -> dict[bytes, tuple[int, str]]:
     return {_prefix(c, h): (c, h) for c in _CODEC_NAMES for h in HASHES}
 

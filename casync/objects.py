@@ -8,6 +8,7 @@ content-addressed store must never hold two encodings of one value.  See
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,16 @@ from typing import Any
 import dag_cbor
 
 from casync.errors import InvalidObject
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid, from_cid_object, to_cid_object
+from casync.ids import (
+    DAG_CBOR,
+    DAG_PB,
+    Cid,
+    cid_codec,
+    cid_str,
+    compute_cid,
+    from_cid_object,
+    to_cid_object,
+)
 
 __all__ = [
     "MAX_BLOCK_SIZE",
@@ -250,7 +260,7 @@ class DirLink:
 def encode_directory(entries: Iterable[DirLink]) -> bytes:
     """A UnixFS Directory node; links sorted by name bytes (dag-pb canonical order)."""
     items = sorted(entries, key=lambda e: e.name.encode("utf-8"))
-    for a, b in zip(items, items[1:], strict=False):
+    for a, b in itertools.pairwise(items):
         if a.name == b.name:
             raise InvalidObject(f"duplicate directory entry {a.name!r}")
     links = tuple(PBLink(e.cid, e.name.encode("utf-8"), e.tsize) for e in items)
@@ -409,7 +419,7 @@ def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
     """Decode and validate a commit block; non-canonical encodings are rejected."""
     where = f"commit {cid_str(cid)}" if cid else "commit"
     try:
-        obj = dag_cbor.decode(block)
+        obj: Any = dag_cbor.decode(block)
     except Exception as exc:
         raise InvalidObject(f"{where}: not valid DAG-CBOR ({exc})") from None
     if not isinstance(obj, dict):

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, Self
 
 from casync import clock as vclock
 from casync.chunking import CHUNKERS, chunker_for
@@ -129,7 +129,7 @@ class Repository:
 
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", *, replica: str | None = None, hash: str = "blake3",
-             chunker: str = "cdc", repository_id: str | None = None, branch: str = "main") -> Repository:
+             chunker: str = "cdc", repository_id: str | None = None, branch: str = "main") -> Self:
         """Create a repository in ``path`` (created if needed) and return it opened."""
         root = Path(path).resolve()
         if hash not in HASHES:
@@ -154,7 +154,7 @@ class Repository:
         return cls(root, store)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] = ".", *, search_parents: bool = True) -> Repository:
+    def open(cls, path: str | os.PathLike[str] = ".", *, search_parents: bool = True) -> Self:
         """Open the repository at ``path`` or (by default) the nearest one above it."""
         start = Path(path).resolve()
         candidates = [start, *start.parents] if search_parents else [start]
@@ -362,7 +362,7 @@ class Repository:
         return flatten_tree(self.blocks, self.tree_of(commit)) if commit is not None else {}
 
     def log(self, rev: str = "HEAD", limit: int | None = None) -> list[LogEntry]:
-        out = []
+        out: list[LogEntry] = []
         for cid, commit in self.graph.walk([self.resolve(rev)]):
             if limit is not None and len(out) >= limit:
                 break

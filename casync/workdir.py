@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, FileWriter, diff_flat, flatten_tree, read_symlink, write_symlink
+from casync.dag import Entry, Kind, FileWriter, diff_flat, flatten_tree, read_symlink, write_symlink
 from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -76,7 +76,7 @@ class _Snapshotter:
         key = _stat_key(st)
         if cached is not None and cached[:5] == key:
             mode = st.st_mode
-            kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
+            kind: Kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
             entry = Entry(cached[6], kind, cached[5], kind == "file" and bool(mode & stat_mod.S_IXUSR))
             self._remember(path, st, entry)
             return entry

@@ -1,0 +1,132 @@
+"""The Python API for applications."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
+from casync.errors import NothingToCommit, RefConflict, UnknownRevision
+
+from .conftest import write
+
+
+def test_transaction_without_worktree(repo: Repository) -> None:
+    with repo.transaction(branch="main", message="first", author="app") as tx:
+        tx.write("sensors/t1.json", b'{"t": 21.5}')
+        tx.write("big.bin", io.BytesIO(os.urandom(2 << 20)))
+    assert tx.commit_cid is not None
+    assert repo.read("sensors/t1.json") == b'{"t": 21.5}'
+    with repo.transaction(branch="main", message="second") as tx2:
+        tx2.delete("sensors/t1.json")
+        tx2.write("sensors/t2.json", b"{}")
+    log = repo.log("main")
+    assert [e.commit.message for e in log] == ["second", "first"]
+    assert log[0].commit.parents == (tx.commit_cid,)
+    with pytest.raises(UnknownRevision):
+        repo.read("sensors/t1.json")
+    # the emptied directory keeps its sibling; deleting the last file drops the directory
+    with repo.transaction(branch="main", message="third") as tx3:
+        tx3.delete("sensors/t2.json")
+    assert [c.path for c in repo.diff("HEAD~1", "HEAD")] == ["sensors/t2.json"]
+    assert "sensors" not in {p.split("/")[0] for p in repo.flat_tree(repo.resolve("HEAD"))}
+
+
+def test_transaction_exception_commits_nothing(repo: Repository) -> None:
+    with pytest.raises(RuntimeError), repo.transaction(message="boom") as tx:
+        tx.write("a", b"x")
+        raise RuntimeError("application failed")
+    assert repo.head() is None
+
+
+def test_transaction_on_other_branch_leaves_head(repo: Repository) -> None:
+    with repo.transaction(branch="main", message="m") as tx:
+        tx.write("a", b"1")
+    with repo.transaction(branch="ingest", message="i") as tx:
+        tx.write("b", b"2")
+    assert repo.read("b", rev="ingest") == b"2"
+    assert repo.current_branch() == "main"
+    with pytest.raises(UnknownRevision):
+        repo.read("b")
+
+
+def test_open_file_streams(repo: Repository) -> None:
+    data = os.urandom(5 << 20)
+    with repo.transaction(message="big") as tx:
+        tx.write("big", io.BytesIO(data))
+    with repo.open_file("big") as f:
+        assert f.read(10) == data[:10]
+        rest = f.read()
+    assert data[10:] == rest
+
+
+def test_concurrent_transactions_never_lose_a_commit(tmp_path: Path) -> None:
+    Repository.init(tmp_path / "r", replica="x").close()
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        r = Repository.open(tmp_path / "r")
+        try:
+            for j in range(5):
+                while True:
+                    try:
+                        with r.transaction(message=f"{i}-{j}") as tx:
+                            tx.write(f"w{i}/{j}", f"{i}-{j}".encode())
+                        break
+                    except RefConflict:
+                        continue
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            r.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    r = Repository.open(tmp_path / "r")
+    assert len(r.log()) == 15
+    assert len(r.flat_tree(r.resolve("HEAD"))) == 15
+    assert r.fsck().ok
+    r.close()
+
+
+def test_commit_status_checkout_api(repo: Repository) -> None:
+    write(repo.root, "a", "1")
+    c1 = repo.commit("one", author="me")
+    write(repo.root, "a", "2")
+    assert repo.status().modified == ["a"]
+    c2 = repo.commit("two")
+    with pytest.raises(NothingToCommit):
+        repo.commit("again")
+    repo.checkout(c1)
+    assert (repo.root / "a").read_text() == "1"
+    assert repo.resolve_cid("HEAD") == c1
+    repo.checkout("main")
+    assert repo.resolve_cid("HEAD") == c2
+    assert repo.log()[0].commit.author != ""
+
+
+def test_open_searches_parents(repo: Repository) -> None:
+    sub = repo.root / "deep" / "er"
+    sub.mkdir(parents=True)
+    r2 = Repository.open(sub)
+    assert r2.root == repo.root
+    r2.close()
+
+
+def test_sha256_and_fixed_chunker(tmp_path: Path) -> None:
+    r = Repository.init(tmp_path / "s", hash="sha2-256", chunker="fixed")
+    with r.transaction(message="m") as tx:
+        tx.write("f", b"hello")
+    from casync.ids import cid_str
+
+    assert cid_str(r.resolve("HEAD")).startswith("bafyrei")  # dag-cbor + sha2-256
+    assert r.fsck().ok
+    r.close()
