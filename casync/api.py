@@ -13,11 +13,15 @@ identifiers returned to callers are text CIDs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from casync import merger, workdir
 from casync import repo as _repo
-from casync import workdir
 from casync.dag import Entry, TreeChange
 from casync.errors import CasyncError
 from casync.ids import cid_str
+from casync.merge import ResolverFn
+from casync.merger import MergeOutcome
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import FsckReport, LogEntry, Transaction
 from casync.workdir import Status
@@ -49,6 +53,27 @@ class Repository(_repo.Repository):
     def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
         """What the working tree holds now, as tree entries (hashes files; stores nothing)."""
         return workdir.worktree_entries(self, progress)
+
+    def merge(self, rev: str, policy: str | None = None, message: str | None = None,
+              resolver: ResolverFn | None = None, resolvers: Mapping[str, ResolverFn] | None = None,
+              progress: Progress = NULL_PROGRESS) -> MergeOutcome:
+        """Merge ``rev`` into the current branch.
+
+        ``resolver(path, base, ours, theirs) -> bytes | None`` decides every path both
+        sides changed (policy ``custom:api``); ``resolvers`` registers named ones for
+        ``custom:NAME`` rules in the config.
+        """
+        named = dict(resolvers or {})
+        if resolver is not None:
+            named["api"] = resolver
+            policy = policy or "custom:api"
+        return merger.merge(self, rev, policy, message, named, progress)
+
+    def conflicts(self) -> list[merger.OpenConflict]:
+        return merger.list_conflicts(self)
+
+    def resolve_conflict(self, path: str, pick: str | None = None, data: bytes | None = None) -> str:
+        return merger.resolve_conflict(self, path, pick, data)
 
     def resolve_cid(self, rev: str) -> str:
         """The text CID of the commit ``rev`` names."""

@@ -468,7 +468,7 @@ def _register_extensions() -> None:
     """Commands that live in their own modules (remotes, sync) register on ``main``."""
     import importlib
 
-    for module in ("casync.cli_remote",):
+    for module in ("casync.cli_merge", "casync.cli_remote"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, Kind, FileWriter, diff_flat, flatten_tree, read_symlink, write_symlink
+from casync.dag import Entry, FileWriter, Kind, diff_flat, flatten_tree, read_symlink, write_symlink
 from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -26,7 +26,8 @@ from casync.store.lmdb import StatEntry
 from casync.store.memory import MemoryBlockStore
 from casync.worktree import Ignore, WorktreeWriter, scan
 
-__all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status"]
+__all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status", "update_worktree",
+           "worktree_entries"]
 
 RACY_NS = 1_000_000_000
 MAX_RETRIES = 3
@@ -131,7 +132,7 @@ class _Snapshotter:
 
 
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
-                    progress: Progress = NULL_PROGRESS) -> Cid:
+                    progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = ()) -> Cid:
     """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD."""
     if not message:
         raise UsageError("empty commit message", hint="pass -m MESSAGE")
@@ -145,7 +146,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
                 repo.blocks.discard()
                 repo.store.save_stat_cache(snap.new_cache, tree)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {cid_str(head)[:12]}")
-            cid = repo.commit_tree(tree, message, author=author)
+            cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
         except BaseException:
             repo.blocks.discard()
             raise
@@ -249,42 +250,60 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
     with repo.store.writer_lock():
         target = repo.resolve(rev)
         head = repo.head()
-        if head is not None and target == head and not force:
-            branch_now = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
-            if branch_now is not None:
-                repo.set_head(branch_now)
-            return target
         branch = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
-        old = repo.flat_tree(head)
-        new = repo.flat_tree(target)
-        st = status(repo)
-        dirty = st.paths()
-        if force:
-            # discard local edits to tracked files; untracked files survive unless in the way
-            placeholder = Entry(b"", "file", 0)
-            current = {p: e for p, e in old.items() if p not in st.deleted}
-            for path in st.modified:
-                current[path] = placeholder
-            for path in st.added:
-                if path in new or any(q.startswith(path + "/") for q in new):
-                    current[path] = placeholder
-            old = current
-        touched = {c.path for c in diff_flat(old, new)}
-        if not force:
-            in_the_way = {p for p in st.added if any(q.startswith(p + "/") for q in new)}
-            dirty_touch = (dirty & touched) | in_the_way
-            if dirty_touch:
-                listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
-                raise WorktreeDirty(f"checkout of {rev} would overwrite uncommitted changes in: {listed}",
-                                    hint="commit them first, or pass --force to discard them")
-        _apply(repo, old, new, touched, progress)
+        if head is not None and target == head and not force:
+            if branch is not None:
+                repo.set_head(branch)
+            return target
+        update_worktree(repo, repo.flat_tree(head), repo.flat_tree(target), repo.tree_of(target),
+                        f"checkout of {rev}", force, progress)
         if branch is not None:
             repo.set_head(branch)
         else:
             repo.set_head(None, target)
-        keep_dirty = set() if force else dirty - touched
-        _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, repo.tree_of(target))
         return target
+
+
+def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], new_tree: Cid | None,
+                    what: str, force: bool = False, progress: Progress = NULL_PROGRESS,
+                    dry_run: bool = False, st: Status | None = None) -> Status:
+    """Move the working tree from ``old`` (what HEAD holds) to ``new``.
+
+    Uncommitted changes on paths this touches make it refuse with :class:`WorktreeDirty`
+    (unless ``force``); with ``dry_run`` it only checks.  ``new_tree`` is the tree CID
+    ``new`` was read from (None for an uncommitted tree), recorded for the stat cache.
+    ``st`` is the working tree's status against ``old`` when the caller already has it
+    (e.g. from a dry run before moving HEAD).  Returns that status.
+    """
+    st = st if st is not None else status(repo)
+    dirty = st.paths()
+    if force:
+        # discard local edits to tracked files; untracked files survive unless in the way
+        placeholder = Entry(b"", "file", 0)
+        current = {p: e for p, e in old.items() if p not in st.deleted}
+        for path in st.modified:
+            current[path] = placeholder
+        for path in st.added:
+            if path in new or any(q.startswith(path + "/") for q in new):
+                current[path] = placeholder
+        old = current
+    touched = {c.path for c in diff_flat(old, new)}
+    if not force:
+        in_the_way = {p for p in st.added if any(q.startswith(p + "/") for q in new)}
+        dirty_touch = (dirty & touched) | in_the_way
+        if dirty_touch:
+            listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
+            raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
+                                hint="commit them first, or pass --force to discard them")
+    if dry_run:
+        return st
+    _apply(repo, old, new, touched, progress)
+    keep_dirty = set() if force else dirty - touched
+    if new_tree is None:
+        repo.store.save_stat_cache({}, None)
+    else:
+        _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, new_tree)
+    return st
 
 
 def _refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> None:

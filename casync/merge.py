@@ -1,0 +1,310 @@
+"""Three-way tree merge under a conflict policy.  Pure logic: conflicts are values.
+
+Inputs are flat trees (``{path: Entry}``) for the merge base and both sides, plus, for
+every path both sides changed, a :class:`Write` per side saying when and where that
+side last wrote it.  The result is the merged flat tree, the decisions taken, and the
+conflicts the policy left open (``manual``) or kept as siblings (``siblings``).
+
+Every replica must compute the same merge from the same inputs, so nothing here
+depends on which side is "local" except the ``ours``/``theirs`` policies, which are
+explicitly asymmetric.  Invariant 4 (nothing lost): a concurrent write is only
+dropped by a policy that decides to drop it, and every such decision is reported.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from casync.dag import Entry
+from casync.errors import UsageError
+from casync.objects import HybridTime
+
+__all__ = [
+    "POLICIES",
+    "Conflict",
+    "Decision",
+    "MergeInput",
+    "MergeResult",
+    "PolicyRules",
+    "ResolverFn",
+    "Side",
+    "Write",
+    "json_merge",
+    "merge_trees",
+    "sibling_name",
+]
+
+POLICIES = ("lww", "siblings", "ours", "theirs", "priority", "json", "manual")
+
+Side = Literal["ours", "theirs"]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """When and by whom a side last wrote a path (since the merge base)."""
+
+    time: HybridTime
+    replica: str
+    priority: int = 0  # lower number = higher priority, as the seed's regions use it
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    path: str
+    kind: Literal["modify/modify", "add/add", "delete/modify", "modify/delete", "file/directory"]
+    base: Entry | None
+    ours: Entry | None
+    theirs: Entry | None
+    sibling: str | None = None  # where the other version was kept, for siblings/manual
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    path: str
+    policy: str
+    winner: str  # "ours", "theirs", "merged", "siblings", "deleted"
+
+
+@dataclass
+class MergeResult:
+    tree: dict[str, Entry]
+    decisions: list[Decision] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)  # left for the user (manual)
+    siblings: list[Conflict] = field(default_factory=list)  # kept both (siblings)
+
+    @property
+    def clean(self) -> bool:
+        return not self.conflicts
+
+
+ResolverFn = Callable[[str, bytes | None, bytes | None, bytes | None], bytes | None]
+
+
+@dataclass(frozen=True)
+class PolicyRules:
+    """The default policy plus per-path glob rules (first match wins)."""
+
+    default: str = "lww"
+    rules: tuple[tuple[str, str], ...] = ()
+    skew_tolerance_ms: int = 0
+
+    def __post_init__(self) -> None:
+        for policy in (self.default, *(p for _, p in self.rules)):
+            check_policy(policy)
+
+    def policy_for(self, path: str) -> str:
+        for pattern, policy in self.rules:
+            if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern):
+                return policy
+        return self.default
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], override: str | None = None) -> PolicyRules:
+        merge_cfg = cfg.get("merge", {}) if isinstance(cfg.get("merge"), dict) else {}
+        default = override or merge_cfg.get("policy", "lww")
+        rules = () if override else tuple((str(k), str(v)) for k, v in merge_cfg.get("rules", {}).items())
+        return cls(default, rules, int(merge_cfg.get("skew_tolerance_ms", 0)))
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES and not policy.startswith("custom:"):
+        raise UsageError(f"unknown merge policy {policy!r}",
+                         hint=f"use one of: {', '.join(POLICIES)}, or custom:NAME for a registered resolver")
+
+
+@dataclass
+class MergeInput:
+    base: Mapping[str, Entry]
+    ours: Mapping[str, Entry]
+    theirs: Mapping[str, Entry]
+    writes: Mapping[tuple[str, Side], Write]  # last write per (path, side) for changed paths
+    rules: PolicyRules = field(default_factory=PolicyRules)
+    load: Callable[[Entry], bytes] | None = None  # needed by json and custom policies
+    store_bytes: Callable[[bytes], Entry] | None = None  # ditto, to write merged content
+    resolvers: Mapping[str, ResolverFn] = field(default_factory=dict)
+
+
+def sibling_name(path: str, replica: str) -> str:
+    return f"{path}.~{replica}"
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.cid, a.kind, a.executable) == (b.cid, b.kind, b.executable)
+
+
+def lww_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
+    """The later HLC time wins.  Times within ``tolerance_ms`` of each other (clock skew
+    the fleet tolerates) count as simultaneous; then the higher replica priority (lower
+    number), then the larger replica id wins.  Symmetric: swapping the sides swaps the
+    answer, so every replica computes the same winner."""
+    simultaneous = (abs(ours.time.wall_ms - theirs.time.wall_ms) <= tolerance_ms if tolerance_ms > 0
+                    else ours.time == theirs.time)
+    if not simultaneous:
+        return "ours" if ours.time > theirs.time else "theirs"
+    if ours.priority != theirs.priority:
+        return "ours" if ours.priority < theirs.priority else "theirs"
+    if ours.replica != theirs.replica:
+        return "ours" if ours.replica > theirs.replica else "theirs"
+    return "ours" if ours.time >= theirs.time else "theirs"
+
+
+def priority_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
+    if ours.priority != theirs.priority:
+        return "ours" if ours.priority < theirs.priority else "theirs"
+    return lww_winner(ours, theirs, tolerance_ms)
+
+
+def merge_trees(inp: MergeInput) -> MergeResult:
+    """Merge ``theirs`` into ``ours`` relative to ``base``."""
+    result = MergeResult(tree={})
+    paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
+    for path in sorted(paths):
+        b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
+        if _same(o, t) or _same(b, t):
+            if o is not None:
+                result.tree[path] = o
+        elif _same(b, o):
+            if t is not None:
+                result.tree[path] = t
+        else:
+            _resolve(inp, result, path, b, o, t)
+    _fix_file_directory_clashes(inp, result)
+    return result
+
+
+def _kind(b: Entry | None, o: Entry | None, t: Entry | None) -> Any:
+    if o is None:
+        return "delete/modify"
+    if t is None:
+        return "modify/delete"
+    return "add/add" if b is None else "modify/modify"
+
+
+def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o: Entry | None,
+             t: Entry | None) -> None:
+    policy = inp.rules.policy_for(path)
+    wo = inp.writes.get((path, "ours")) or Write(HybridTime(0, 0), "", 0)
+    wt = inp.writes.get((path, "theirs")) or Write(HybridTime(0, 0), "", 0)
+    kind = _kind(b, o, t)
+
+    def take(side: Side, name: str = policy) -> None:
+        entry = o if side == "ours" else t
+        if entry is not None:
+            result.tree[path] = entry
+        result.decisions.append(Decision(path, name, side if entry is not None else "deleted"))
+
+    if policy == "ours":
+        take("ours")
+    elif policy == "theirs":
+        take("theirs")
+    elif policy == "lww":
+        take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms))
+    elif policy == "priority":
+        take(priority_winner(wo, wt, inp.rules.skew_tolerance_ms))
+    elif policy == "json" and o is not None and t is not None and inp.load and inp.store_bytes:
+        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t),
+                            lww_winner(wo, wt, inp.rules.skew_tolerance_ms))
+        if merged is None:  # not JSON objects: fall back to the default policy for the whole file
+            take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms), "json->lww")
+        else:
+            result.tree[path] = inp.store_bytes(merged)
+            result.decisions.append(Decision(path, "json", "merged"))
+    elif policy.startswith("custom:"):
+        name = policy[len("custom:"):]
+        fn = inp.resolvers.get(name)
+        if fn is None or inp.load is None or inp.store_bytes is None:
+            raise UsageError(f"merge policy {policy!r} for {path!r}: no resolver named {name!r} is registered",
+                             hint="register it with repo.merge(..., resolvers={...}) or the 'casync.resolvers' "
+                                  "entry point group")
+        out = fn(path, inp.load(b) if b else None, inp.load(o) if o else None, inp.load(t) if t else None)
+        if out is not None:
+            result.tree[path] = inp.store_bytes(out)
+        result.decisions.append(Decision(path, policy, "merged" if out is not None else "deleted"))
+    else:  # siblings, manual, and json on a delete/modify: keep every version
+        _keep_both(inp, result, path, b, o, t, wo, wt, kind, policy)
+
+
+def _keep_both(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o: Entry | None,
+               t: Entry | None, wo: Write, wt: Write, kind: Any, policy: str) -> None:
+    if o is None or t is None:
+        # delete/modify: keeping the modified version loses nothing
+        kept = o if o is not None else t
+        assert kept is not None
+        result.tree[path] = kept
+        conflict = Conflict(path, kind, b, o, t, None)
+    else:
+        sib = sibling_name(path, wt.replica or "theirs")
+        if sib in inp.ours or sib in inp.theirs:
+            sib = sibling_name(path, f"{wt.replica or 'theirs'}.{t.cid.hex()[-8:]}")
+        result.tree[path] = o
+        result.tree[sib] = t
+        conflict = Conflict(path, kind, b, o, t, sib)
+    if policy == "manual":
+        result.conflicts.append(conflict)
+    else:
+        result.siblings.append(conflict)
+    result.decisions.append(Decision(path, policy, "siblings"))
+
+
+def _fix_file_directory_clashes(inp: MergeInput, result: MergeResult) -> None:
+    """A path that is a file on one side and a directory on the other: the directory
+    keeps the name, the file moves to a sibling name; reported as a conflict."""
+    tree = result.tree
+    dirs: set[str] = set()
+    for p in tree:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            dirs.add("/".join(parts[:i]))
+    for path in sorted(dirs & set(tree)):
+        entry = tree.pop(path)
+        side: Side = "ours" if _same(inp.ours.get(path), entry) else "theirs"
+        replica = (inp.writes.get((path, side)) or Write(HybridTime(0, 0), side)).replica or side
+        sib = sibling_name(path, replica)
+        tree[sib] = entry
+        conflict = Conflict(path, "file/directory", inp.base.get(path), inp.ours.get(path),
+                            inp.theirs.get(path), sib)
+        policy = inp.rules.policy_for(path)
+        (result.conflicts if policy == "manual" else result.siblings).append(conflict)
+        result.decisions.append(Decision(path, policy, "siblings"))
+
+
+_MISSING = object()
+
+
+def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: Side) -> bytes | None:
+    """Key-level three-way merge of JSON objects (recursively); a key both sides changed
+    differently goes to ``tie`` (the default policy's winner).  None if not JSON objects."""
+    try:
+        b = json.loads(base) if base else {}
+        o, t = json.loads(ours), json.loads(theirs)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
+        return None
+    merged = _merge_obj(b, o, t, tie)
+    return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: Side) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(set(b) | set(o) | set(t)):
+        bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
+        if ov == tv or tv == bv:
+            value = ov
+        elif ov == bv:
+            value = tv
+        elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
+            value = _merge_obj(bv, ov, tv, tie)
+        elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
+            value = _merge_obj({}, ov, tv, tie)
+        else:
+            value = ov if tie == "ours" else tv
+        if value is not _MISSING:
+            out[key] = value
+    return out

@@ -1,0 +1,349 @@
+"""Merging histories: fast-forward, or merge-base + three-way tree merge + merge commit.
+
+The pure decision logic is :mod:`casync.merge`; this module gathers its inputs from the
+repository (flat trees, the last write of each conflicting path on each side), writes
+merged content, makes the merge commit (both parents, joined vector clock), and moves
+the branch by compare-and-swap and the working tree with the usual dirty checks.
+
+Criss-cross histories have several best common ancestors; they are merged first into
+a virtual base (recursively, under ``lww`` so the result is deterministic), as git's
+``recursive`` strategy does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from casync.dag import Entry, build_tree, lookup
+from casync.errors import ConflictError, UsageError
+from casync.ids import Cid, cid_str, parse_cid
+from casync.merge import (
+    Conflict,
+    Decision,
+    MergeInput,
+    MergeResult,
+    PolicyRules,
+    ResolverFn,
+    Side,
+    Write,
+    merge_trees,
+)
+from casync.progress import NULL_PROGRESS, Progress
+from casync.repo import Repository
+from casync.workdir import update_worktree
+
+__all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
+           "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
+
+_STATE_KEY = b"merge_state"
+DEFAULT_PRIORITY = 100
+
+
+@dataclass
+class MergeOutcome:
+    kind: str  # "up-to-date", "fast-forward", "merged", "conflicts"
+    commit: Cid | None
+    decisions: list[Decision] = field(default_factory=list)
+    siblings: list[Conflict] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def conflict(c: Conflict) -> dict[str, Any]:
+            return {"path": c.path, "kind": c.kind, "sibling": c.sibling}
+
+        return {"result": self.kind, "commit": cid_str(self.commit) if self.commit else None,
+                "decisions": [{"path": d.path, "policy": d.policy, "winner": d.winner} for d in self.decisions],
+                "siblings": [conflict(c) for c in self.siblings],
+                "conflicts": [conflict(c) for c in self.conflicts]}
+
+
+def _priorities(repo: Repository) -> dict[str, int]:
+    raw = repo.config.get("priorities", {})
+    return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+class _WriteFinder:
+    """Finds, for a path, the newest commit on one side (since the base) that wrote the
+    side's current version: the commit whose entry differs from all its parents'."""
+
+    def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
+        self.repo = repo
+        self.priorities = priorities
+        self._entries: dict[tuple[Cid, str], Entry | None] = {}
+
+    def entry(self, commit: Cid, path: str) -> Entry | None:
+        key = (commit, path)
+        if key not in self._entries:
+            tree = self.repo.tree_of(commit)
+            self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
+        return self._entries[key]
+
+    def last_write(self, head: Cid, bases: list[Cid], path: str) -> Write:
+        graph = self.repo.graph
+        target = self.entry(head, path)
+        for cid, commit in graph.walk([head]):
+            if any(graph.is_ancestor(cid, b) for b in bases):
+                continue
+            here = self.entry(cid, path)
+            if not _same(here, target):
+                continue
+            if all(not _same(self.entry(p, path), here) for p in commit.parents):
+                return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
+        commit = graph.get(head)
+        return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.cid, a.executable) == (b.cid, b.executable)
+
+
+def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
+                   resolvers: Mapping[str, ResolverFn], depth: int = 0) -> tuple[MergeResult, list[Cid]]:
+    graph = repo.graph
+    bases = graph.merge_bases(ours, theirs)
+    if not bases:
+        base_flat: dict[str, Entry] = {}
+    elif len(bases) == 1 or depth > 8:
+        base_flat = repo.flat_tree(bases[0])
+    else:
+        virtual = bases[0]
+        base_flat = repo.flat_tree(virtual)
+        for other in bases[1:]:
+            sub, _ = _merge_commits(repo, virtual, other, PolicyRules("lww"), {}, depth + 1)
+            base_flat = sub.tree
+    ours_flat, theirs_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
+    finder = _WriteFinder(repo, _priorities(repo))
+    writes: dict[tuple[str, Side], Write] = {}
+    for path in set(ours_flat) | set(theirs_flat):
+        b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
+        if not _same(o, t) and not _same(b, o) and not _same(b, t):
+            writes[(path, "ours")] = finder.last_write(ours, bases, path)
+            writes[(path, "theirs")] = finder.last_write(theirs, bases, path)
+
+    def load(entry: Entry) -> bytes:
+        return b"".join(repo.iter_file(entry.cid))
+
+    def store_bytes(data: bytes) -> Entry:
+        return repo.new_file_writer().write(io.BytesIO(data))
+
+    result = merge_trees(MergeInput(base_flat, ours_flat, theirs_flat, writes, rules, load, store_bytes,
+                                    resolvers))
+    return result, bases
+
+
+def load_entry_point_resolvers() -> dict[str, ResolverFn]:
+    """Resolvers registered by installed packages in the ``casync.resolvers`` group."""
+    from importlib.metadata import entry_points
+
+    out: dict[str, ResolverFn] = {}
+    for ep in entry_points(group="casync.resolvers"):
+        out[ep.name] = ep.load()
+    return out
+
+
+def merge(repo: Repository, rev: str, policy: str | None = None, message: str | None = None,
+          resolvers: Mapping[str, ResolverFn] | None = None, progress: Progress = NULL_PROGRESS) -> MergeOutcome:
+    """Merge ``rev`` into the current branch (or detached HEAD)."""
+    with repo.store.writer_lock():
+        if merge_state(repo) is not None:
+            raise UsageError("a merge is in progress", hint="finish it with 'casync merge --continue' or "
+                             "'casync merge --abort'")
+        ours = repo.head()
+        theirs = repo.resolve(rev)
+        branch = repo.current_branch()
+        rules = PolicyRules.from_config(repo.config, policy)
+        all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
+        if ours is None or repo.graph.is_ancestor(ours, theirs):
+            if ours == theirs:
+                return MergeOutcome("up-to-date", ours)
+            old_flat, new_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
+            st = update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
+                                 progress=progress, dry_run=True)
+            _move(repo, branch, ours, theirs, f"merge {rev}: fast-forward")
+            update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
+                            progress=progress, st=st)
+            return MergeOutcome("fast-forward", theirs)
+        if repo.graph.is_ancestor(theirs, ours):
+            return MergeOutcome("up-to-date", ours)
+        result, _bases = _merge_commits(repo, ours, theirs, rules, all_resolvers)
+        ours_flat = repo.flat_tree(ours)
+        what = f"merge of {rev}"
+        st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)
+        if result.conflicts:
+            written = build_tree(repo.blocks, result.tree, repo.hash_name).cid
+            repo.blocks.flush()  # merged/json blocks the user may commit later
+            _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, written)
+            update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, st=st)
+            return MergeOutcome("conflicts", None, result.decisions, result.siblings, result.conflicts)
+        tree = build_tree(repo.blocks, result.tree, repo.hash_name)
+        meta = _conflict_meta(result.siblings)
+        cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
+        repo.blocks.flush()
+        _move(repo, branch, ours, cid, f"merge {rev}")
+        update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st)
+        return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
+
+
+def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
+    if not siblings:
+        return {}
+    return {"casync.siblings": json.dumps({c.path: c.sibling for c in siblings}, sort_keys=True)}
+
+
+def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str) -> None:
+    if branch is not None:
+        repo.update_branch(branch, old, new, reason)
+    else:
+        repo.set_head(None, new)
+
+
+def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:
+    state = {"theirs": cid_str(theirs), "message": message, "written_tree": cid_str(written),
+             "conflicts": [{"path": c.path, "kind": c.kind, "sibling": c.sibling,
+                            "ours": _entry_json(c.ours), "theirs": _entry_json(c.theirs)} for c in conflicts]}
+    repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
+
+
+def merge_state(repo: Repository) -> dict[str, Any] | None:
+    raw = repo.store.get("meta", _STATE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def continue_merge(repo: Repository, message: str | None = None) -> Cid:
+    """Commit the working tree as the merge commit, once every conflict is resolved."""
+    from casync.workdir import commit_worktree
+
+    state = merge_state(repo)
+    if state is None:
+        raise UsageError("no merge in progress")
+    open_conflicts = [c for c in list_conflicts(repo) if c.source == "merge"]
+    if open_conflicts:
+        paths = ", ".join(c.path for c in open_conflicts)
+        raise ConflictError(f"unresolved conflicts: {paths}",
+                            hint="pick a version with 'casync resolve PATH --pick ours|theirs' first")
+    with repo.store.writer_lock():
+        cid = commit_worktree(repo, message or state["message"], allow_empty=True,
+                              extra_parents=(parse_cid(state["theirs"]),))
+        repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
+        return cid
+
+
+def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
+    """Throw the merge away: the working tree goes back to HEAD."""
+    from casync.dag import flatten_tree
+
+    state = merge_state(repo)
+    if state is None:
+        raise UsageError("no merge in progress")
+    with repo.store.writer_lock():
+        head = repo.head()
+        written = flatten_tree(repo.blocks, parse_cid(state["written_tree"]))
+        head_tree = repo.tree_of(head) if head is not None else None
+        update_worktree(repo, written, repo.flat_tree(head), head_tree, "merge --abort", force=True,
+                        progress=progress)
+        repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
+
+
+def _entry_json(e: Entry | None) -> dict[str, Any] | None:
+    return None if e is None else {"cid": cid_str(e.cid), "kind": e.kind, "tsize": e.tsize,
+                                   "executable": e.executable}
+
+
+def _entry_from_json(d: dict[str, Any] | None) -> Entry | None:
+    return None if d is None else Entry(parse_cid(d["cid"]), d["kind"], d["tsize"], d["executable"])
+
+
+@dataclass(frozen=True)
+class OpenConflict:
+    path: str
+    kind: str
+    siblings: tuple[str, ...]
+    source: str  # "merge" (a merge in progress) or "tree" (siblings committed in HEAD)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "siblings": list(self.siblings), "source": self.source}
+
+
+def list_conflicts(repo: Repository) -> list[OpenConflict]:
+    """Conflicts of a merge in progress, then sibling versions kept in HEAD's tree."""
+    out: list[OpenConflict] = []
+    state = merge_state(repo)
+    seen: set[str] = set()
+    if state is not None:
+        for c in state["conflicts"]:
+            sib = c.get("sibling")
+            alive = sib is not None and (repo.root / sib).exists()
+            if alive or (sib is None and c["path"] not in state.get("resolved", [])):
+                out.append(OpenConflict(c["path"], c["kind"], (sib,) if alive and sib else (), "merge"))
+                seen.add(c["path"])
+    head = repo.head()
+    if head is not None:
+        flat = repo.flat_tree(head)
+        groups: dict[str, list[str]] = {}
+        for path in flat:
+            stem, sep, _replica = path.rpartition(".~")
+            if sep and stem and "/" not in _replica:
+                groups.setdefault(stem, []).append(path)
+        for stem, sibs in sorted(groups.items()):
+            if stem not in seen:
+                out.append(OpenConflict(stem, "siblings", tuple(sorted(sibs)), "tree"))
+    return out
+
+
+def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_bytes: bytes | None = None
+                     ) -> str:
+    """Settle one conflict in the working tree: keep ``ours``, ``theirs``, a replica's
+    sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after."""
+    from casync.worktree import WorktreeWriter
+
+    if (pick is None) == (file_bytes is None):
+        raise UsageError("give exactly one of --pick or --file")
+    conflicts = {c.path: c for c in list_conflicts(repo)}
+    conflict = conflicts.get(path)
+    if conflict is None:
+        raise UsageError(f"no conflict at {path!r}", hint="list them with 'casync conflicts'")
+    writer = WorktreeWriter(repo.root)
+    state = merge_state(repo)
+    recorded = next((c for c in (state or {}).get("conflicts", []) if c["path"] == path), None)
+    chosen: str
+    if file_bytes is not None:
+        writer.write_file(path, [file_bytes], False)
+        chosen = "file"
+    elif pick == "ours":
+        if recorded is not None and recorded["ours"] is None:
+            writer.remove(path)
+        chosen = "ours"
+    elif pick == "theirs" and recorded is not None and conflict.source == "merge" and not conflict.siblings:
+        theirs = _entry_from_json(recorded["theirs"])
+        if theirs is None:
+            writer.remove(path)
+        else:
+            writer.write_file(path, repo.iter_file(theirs.cid), theirs.executable)
+        chosen = "theirs"
+    else:
+        if pick == "theirs":
+            if len(conflict.siblings) != 1:
+                raise UsageError(f"{path!r} has {len(conflict.siblings)} sibling versions",
+                                 hint="pick one by replica: --pick REPLICA")
+            sibling = conflict.siblings[0]
+        else:
+            sibling = f"{path}.~{pick}"
+            if sibling not in conflict.siblings:
+                options = ", ".join(s.rpartition(".~")[2] for s in conflict.siblings) or "none"
+                raise UsageError(f"no version of {path!r} from {pick!r}",
+                                 hint=f"use ours, theirs, or one of: {options}")
+        data = (repo.root / sibling).read_bytes()
+        writer.write_file(path, [data], False)
+        chosen = sibling
+    for sib in conflict.siblings:
+        writer.remove(sib)
+    if state is not None and recorded is not None:
+        state.setdefault("resolved", []).append(path)
+        repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
+    return chosen

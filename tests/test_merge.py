@@ -1,0 +1,216 @@
+"""Three-way merges: the pure policy engine and merges between replicas' histories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
+from casync.dag import Entry, walk_dag
+from casync.ids import RAW, compute_cid
+from casync.merge import MergeInput, PolicyRules, Write, json_merge, lww_winner, merge_trees
+from casync.objects import HybridTime
+
+from .conftest import Cli, write
+
+
+def E(data: str) -> Entry:
+    return Entry(compute_cid(RAW, data.encode()), "file", len(data))
+
+
+def W(ms: int, replica: str, priority: int = 100) -> Write:
+    return Write(HybridTime(ms, 0), replica, priority)
+
+
+def run(base: dict[str, Entry], ours: dict[str, Entry], theirs: dict[str, Entry], policy: str = "lww",
+        writes: dict[tuple[str, str], Write] | None = None) -> dict[str, Entry]:
+    result = merge_trees(MergeInput(base, ours, theirs, writes or {}, PolicyRules(policy)))  # type: ignore[arg-type]
+    return result.tree
+
+
+def test_disjoint_changes_merge_cleanly() -> None:
+    base = {"a": E("a"), "b": E("b"), "gone": E("g")}
+    ours = {"a": E("a2"), "b": E("b"), "gone": E("g")}
+    theirs = {"a": E("a"), "b": E("b2"), "new": E("n")}
+    assert run(base, ours, theirs) == {"a": E("a2"), "b": E("b2"), "new": E("n")}
+
+
+def test_lww_later_write_wins_and_is_symmetric() -> None:
+    base, ours, theirs = {"f": E("0")}, {"f": E("ours")}, {"f": E("theirs")}
+    writes = {("f", "ours"): W(2000, "x"), ("f", "theirs"): W(1000, "y")}
+    assert run(base, ours, theirs, writes=writes)["f"] == E("ours")
+    swapped = {("f", "ours"): W(1000, "y"), ("f", "theirs"): W(2000, "x")}
+    assert run(base, theirs, ours, writes=swapped)["f"] == E("ours")
+
+
+def test_lww_tie_breaks_by_priority_then_replica() -> None:
+    assert lww_winner(W(1000, "a", 1), W(1000, "b", 2), 0) == "ours"
+    assert lww_winner(W(1000, "a"), W(1000, "b"), 0) == "theirs"  # larger replica id
+    assert lww_winner(W(1000, "a", 2), W(1400, "b", 1), 500) == "theirs"  # within skew: priority
+    assert lww_winner(W(1000, "a", 1), W(1600, "b", 2), 500) == "theirs"  # beyond skew: time
+
+
+def test_siblings_keep_both_and_delete_modify_keeps_the_write() -> None:
+    base = {"f": E("0"), "d": E("0")}
+    ours = {"f": E("ours")}
+    theirs = {"f": E("theirs"), "d": E("modified")}
+    writes = {("f", "ours"): W(1, "x"), ("f", "theirs"): W(2, "y"),
+              ("d", "ours"): W(1, "x"), ("d", "theirs"): W(2, "y")}
+    result = merge_trees(MergeInput(base, ours, theirs, writes, PolicyRules("siblings")))
+    assert result.tree == {"f": E("ours"), "f.~y": E("theirs"), "d": E("modified")}
+    assert {c.path for c in result.siblings} == {"f", "d"} and result.clean
+
+
+def test_ours_theirs_and_rules_by_glob() -> None:
+    base, ours, theirs = {"x.log": E("0"), "y": E("0")}, {"x.log": E("o"), "y": E("o")}, \
+        {"x.log": E("t"), "y": E("t")}
+    rules = PolicyRules("ours", (("*.log", "theirs"),))
+    tree = merge_trees(MergeInput(base, ours, theirs, {}, rules)).tree
+    assert tree == {"x.log": E("t"), "y": E("o")}
+
+
+def test_manual_leaves_conflicts() -> None:
+    result = merge_trees(MergeInput({"f": E("0")}, {"f": E("o")}, {"f": E("t")}, {}, PolicyRules("manual")))
+    assert not result.clean and result.conflicts[0].kind == "modify/modify"
+
+
+def test_file_directory_clash_keeps_both() -> None:
+    base: dict[str, Entry] = {}
+    ours = {"p": E("file")}
+    theirs = {"p/inner": E("x")}
+    tree = run(base, ours, theirs, writes={("p", "ours"): W(1, "a")})
+    assert tree == {"p/inner": E("x"), "p.~a": E("file")}
+
+
+def test_json_key_level_merge() -> None:
+    base = b'{"a": 1, "b": 1, "n": {"x": 1, "y": 1}}'
+    ours = b'{"a": 2, "b": 1, "n": {"x": 2, "y": 1}, "o": true}'
+    theirs = b'{"a": 3, "b": 5, "n": {"x": 1, "y": 9}}'
+    merged = json.loads(json_merge(base, ours, theirs, "theirs") or b"")
+    assert merged == {"a": 3, "b": 5, "n": {"x": 2, "y": 9}, "o": True}
+    assert json_merge(b"[1]", b"[2]", b"[3]", "ours") is None
+
+
+# --- merges between replicas ---------------------------------------------------------------------
+
+
+def transfer(src: Repository, dst: Repository, rev: str, as_branch: str) -> None:
+    """Copy a history between two local repositories (what fetch does over a network)."""
+    head = src.resolve(rev)
+    held = set()
+    for cid, block in walk_dag(src.blocks.get, head):
+        if not dst.blocks.has(cid):
+            dst.blocks.put(cid, block)
+        held.add(cid)
+    dst.blocks.flush()
+    old = dst.refs.get_ref(f"heads/{as_branch}")
+    dst.update_branch(as_branch, old, head, "test transfer")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Repository, Repository]:
+    a = Repository.init(tmp_path / "a", replica="site-a")
+    write(a.root, "shared.txt", "base\n")
+    write(a.root, "conf.json", '{"rate": 1, "mode": "x"}')
+    a.commit("base")
+    b = Repository.init(tmp_path / "b", replica="site-b", repository_id=a.repo_id)
+    transfer(a, b, "main", "main")
+    b.checkout("main", force=True)
+    return a, b
+
+
+def test_merge_lww_between_replicas(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "only-a.txt", "a")
+    write(a.root, "shared.txt", "from a\n")
+    a.commit("a edits")
+    write(b.root, "only-b.txt", "b")
+    write(b.root, "shared.txt", "from b\n")
+    b.commit("b edits")  # later HLC time: b's write wins under lww
+    transfer(b, a, "main", "site-b")
+    outcome = a.merge("site-b", policy="lww")
+    assert outcome.kind == "merged"
+    head = a.log()[0].commit
+    assert len(head.parents) == 2 and head.clock == {"site-a": 3, "site-b": 1}
+    assert a.read("shared.txt") == b"from b\n" and a.read("only-a.txt") == b"a" and a.read("only-b.txt") == b"b"
+    assert (a.root / "shared.txt").read_text() == "from b\n" and (a.root / "only-b.txt").exists()
+    # the other replica merging the other way computes the same tree
+    transfer(a, b, "HEAD~1", "site-a")
+    b.merge("site-a", policy="lww")
+    assert b.log()[0].commit.tree == head.tree
+    assert a.status().clean and b.status().clean
+
+
+def test_merge_siblings_then_resolve(pair: tuple[Repository, Repository], tmp_path: Path) -> None:
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    outcome = a.merge("site-b", policy="siblings")
+    assert outcome.kind == "merged" and [c.sibling for c in outcome.siblings] == ["shared.txt.~site-b"]
+    assert a.read("shared.txt") == b"A\n" and a.read("shared.txt.~site-b") == b"B\n"
+    cli = Cli(a.root)
+    listed = json.loads(cli("conflicts", "--json").stdout)
+    assert listed == [{"path": "shared.txt", "kind": "siblings", "siblings": ["shared.txt.~site-b"],
+                       "source": "tree"}]
+    cli("resolve", "shared.txt", "--pick", "site-b")
+    assert (a.root / "shared.txt").read_text() == "B\n" and not (a.root / "shared.txt.~site-b").exists()
+    cli("commit", "-m", "resolved")
+    assert json.loads(cli("conflicts", "--json").stdout) == []
+
+
+def test_manual_merge_continue_and_abort(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    write(b.root, "new-from-b", "n")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    cli = Cli(a.root)
+    r = cli("merge", "site-b", "--policy", "manual", ok=False)
+    assert r.exit_code == 1 and "CONFLICT (modify/modify): shared.txt" in r.stderr
+    assert (a.root / "new-from-b").exists()
+    r = cli("merge", "--continue", ok=False)
+    assert r.exit_code == 1 and "unresolved conflicts: shared.txt" in r.stderr
+    cli("merge", "--abort")
+    assert (a.root / "shared.txt").read_text() == "A\n"
+    assert not (a.root / "new-from-b").exists() and not (a.root / "shared.txt.~site-b").exists()
+    cli("merge", "site-b", "--policy", "manual", ok=False)
+    cli("resolve", "shared.txt", "--pick", "theirs")
+    cli("merge", "--continue")
+    head = a.log()[0].commit
+    assert len(head.parents) == 2 and a.read("shared.txt") == b"B\n" and a.read("new-from-b") == b"n"
+
+
+def test_json_policy_and_custom_resolver(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "conf.json", '{"rate": 2, "mode": "x"}')
+    write(a.root, "counter", "5")
+    a.commit("a")
+    write(b.root, "conf.json", '{"rate": 1, "mode": "y"}')
+    write(b.root, "counter", "7")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json", "counter": "custom:sum"}})
+
+    def add(path: str, base: bytes | None, ours: bytes | None, theirs: bytes | None) -> bytes:
+        return str(int(ours or b"0") + int(theirs or b"0") - int(base or b"0")).encode()
+
+    a.merge("site-b", resolvers={"sum": add})
+    assert json.loads(a.read("conf.json")) == {"rate": 2, "mode": "y"}
+    assert a.read("counter") == b"12"
+
+
+def test_fast_forward_and_up_to_date(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(b.root, "x", "1")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    assert a.merge("site-b").kind == "fast-forward"
+    assert (a.root / "x").read_text() == "1" and a.status().clean
+    assert a.merge("site-b").kind == "up-to-date"
