@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from casync.chunking import Chunker
-from casync.errors import InvalidObject
+from casync.errors import InvalidObject, InvalidPath
 from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
 from casync.objects import (
     MAX_BLOCK_SIZE,
@@ -156,7 +156,10 @@ def read_dir_block(cid: Cid, node: PBNode) -> list[DirLink]:
             name = link.name.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidObject(f"directory {cid_str(cid)} has a name that is not UTF-8") from None
-        validate_name(name, f"directory {cid_str(cid)}")
+        try:
+            validate_name(name, f"directory {cid_str(cid)}")
+        except InvalidPath as exc:
+            raise InvalidObject(f"refusing tree {cid_str(cid)}: {exc.message}") from None
         out.append(DirLink(name, link.cid, link.tsize or 0))
     return out
 
@@ -343,6 +346,9 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
         else:
             links[name] = DirLink(name, new.cid, new.tsize)
     block = encode_directory(links.values())
+    if len(block) > MAX_BLOCK_SIZE:
+        raise InvalidObject(f"a directory would have too many entries for one block ({len(links)}); "
+                            "HAMT sharding is not implemented yet")
     cid = compute_cid(DAG_PB, block, hash_name)
     store.put(cid, block)
     if not links:

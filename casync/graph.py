@@ -99,3 +99,64 @@ class CommitGraph:
         # a common ancestor found early can still be an ancestor of one found later
         best = [r for r in results if not any(o != r and self.is_ancestor(r, o) for o in results)]
         return sorted(best, key=lambda c: (-self.get(c).generation, c))
+
+    def missing(self, wants: Iterable[Cid], haves: Iterable[Cid]) -> list[Cid]:
+        """Commits reachable from ``wants`` but not from ``haves``, oldest first.
+
+        git's rev-list walk: both sides advance together in generation order; commits
+        reached from ``haves`` are "uninteresting" and so are their ancestors.  The walk
+        ends when only uninteresting commits are queued, so the cost is proportional to
+        the commits between the two sides, not to the whole history.  ``haves`` the
+        graph cannot load are ignored (they are hints from a peer).
+        """
+        flags: dict[Cid, bool] = {}  # cid -> uninteresting
+        heap: list[tuple[int, Cid]] = []
+
+        def push(cid: Cid, uninteresting: bool) -> None:
+            prev = flags.get(cid)
+            if prev is None:
+                flags[cid] = uninteresting
+                heapq.heappush(heap, (-self.get(cid).generation, cid))
+            elif uninteresting and not prev:
+                flags[cid] = True
+
+        for h in haves:
+            try:
+                self.get(h)
+            except Exception:
+                continue
+            push(h, True)
+        for w in wants:
+            push(w, False)
+        out: list[Cid] = []
+        while heap and not all(flags[c] for _, c in heap):
+            _, cid = heapq.heappop(heap)
+            uninteresting = flags[cid]
+            if not uninteresting:
+                out.append(cid)
+            for p in self.get(cid).parents:
+                push(p, uninteresting)
+        out.reverse()
+        return [c for c in out if not flags[c]]
+
+    def sample(self, heads: Iterable[Cid], min_distance: int = 0, max_distance: int = 64) -> list[Cid]:
+        """"have" hints for negotiation: first-parent ancestors of each head at distances
+        0, 1, 2, 4, 8, ... within ``[min_distance, max_distance]``.  O(log n) CIDs let a
+        peer find a common commit within twice the divergence; negotiation widens the
+        window round by round, so a short divergence costs one round and a walk of
+        ``max_distance`` commits, never the whole history."""
+        out: list[Cid] = []
+        seen: set[Cid] = set()
+        for head in heads:
+            cid: Cid | None = head
+            distance, next_pick = 0, 0
+            while cid is not None and distance <= max_distance:
+                if distance == next_pick:
+                    if distance >= min_distance and cid not in seen:
+                        seen.add(cid)
+                        out.append(cid)
+                    next_pick = max(1, next_pick * 2)
+                parents = self.get(cid).parents
+                cid = parents[0] if parents else None
+                distance += 1
+        return out

@@ -427,6 +427,7 @@ def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
     try:
         if obj.get("v") != 1:
             raise InvalidObject(f"{where}: unsupported commit format version {obj.get('v')!r}")
+        _check_types(obj, where)
         t = obj["time"]
         commit = Commit(
             tree=from_cid_object(obj["tree"]),
@@ -455,3 +456,40 @@ def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
     if bytes(dag_cbor.encode(obj)) != bytes(block):
         raise InvalidObject(f"{where}: not canonical DAG-CBOR")
     return commit
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(obj: dict[str, Any], where: str) -> None:
+    """Exact IPLD kinds for every field: the canonical-bytes check cannot catch a string
+    where an integer belongs, so a peer could otherwise smuggle in ambiguous commits."""
+    from multiformats import CID
+
+    def bad(field: str, kind: str) -> InvalidObject:
+        return InvalidObject(f"{where}: field {field!r} must be {kind}")
+
+    if not _is_int(obj.get("v")):
+        raise bad("v", "an integer")
+    if not isinstance(obj.get("tree"), CID):
+        raise bad("tree", "a link")
+    parents = obj.get("parents")
+    if not isinstance(parents, list) or not all(isinstance(p, CID) for p in parents):
+        raise bad("parents", "a list of links")
+    clock = obj.get("clock")
+    if not isinstance(clock, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in clock.items()):
+        raise bad("clock", "a map of replica ids to integers")
+    t = obj.get("time")
+    if not isinstance(t, dict) or set(t) != {"wall_ms", "logical"} or not all(_is_int(v) for v in t.values()):
+        raise bad("time", "a map {wall_ms: int, logical: int}")
+    for name in ("replica", "author", "message"):
+        if not isinstance(obj.get(name), str):
+            raise bad(name, "a string")
+    if not _is_int(obj.get("generation")):
+        raise bad("generation", "an integer")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("meta", "a map of strings to strings")
+    if "sig" in obj and not isinstance(obj["sig"], bytes):
+        raise bad("sig", "bytes")

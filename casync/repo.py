@@ -3,7 +3,7 @@ transactions, reading, history and integrity checks.
 
 A repository is a working tree with a ``.casync/`` directory holding the embedded
 store (:mod:`casync.store.lmdb`).  Working-tree operations (status, checkout,
-restore) live in :mod:`casync.checkout`, which builds on this module.
+restore) live in :mod:`casync.workdir`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class FsckReport:
     missing: dict[str, str] = field(default_factory=dict)  # cid -> where it was needed
     corrupt: dict[str, str] = field(default_factory=dict)  # cid -> reason
     refs: dict[str, str] = field(default_factory=dict)
+    pack_bytes: int = 0
+    reclaimable_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -106,7 +108,8 @@ class FsckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
-                "corrupt": self.corrupt, "refs": self.refs}
+                "corrupt": self.corrupt, "refs": self.refs, "pack_bytes": self.pack_bytes,
+                "reclaimable_bytes": self.reclaimable_bytes}
 
 
 class Repository:
@@ -223,6 +226,9 @@ class Repository:
         assert m is not None
         base, suffix = m.group(1), m.group(2)
         cid = self._resolve_base(base or "HEAD", rev)
+        if cid_codec(cid) != DAG_CBOR:
+            raise UnknownRevision(f"{rev!r} names a file or directory block, not a commit",
+                                  hint="give a commit CID (see 'casync log'); 'casync ls' shows tree CIDs")
         for op in re.findall(r"[~^]\d*", suffix):
             n = int(op[1:]) if len(op) > 1 else 1
             if op[0] == "~":
@@ -305,7 +311,7 @@ class Repository:
             clock=vclock.tick([c.clock for c in parent_commits], self.replica),
             time=now,
             replica=self.replica,
-            author=author or self.config.get("author") or os.environ.get("USER", "unknown"),
+            author=author or self.config.get("author") or "unknown",
             message=message,
             generation=1 + max((c.generation for c in parent_commits), default=0),
             meta=meta or {},
@@ -335,8 +341,14 @@ class Repository:
                 self.set_head(None, cid)
             return cid
 
-    def transaction(self, branch: str = "main", message: str = "", author: str | None = None) -> Transaction:
-        """Commit changes without a working tree: ``tx.write(path, data)``, ``tx.delete(path)``."""
+    def transaction(self, branch: str | None = None, message: str = "", author: str | None = None) -> Transaction:
+        """Commit changes without a working tree: ``tx.write(path, data)``, ``tx.delete(path)``.
+
+        ``branch`` defaults to HEAD's branch.  The working tree is not touched: an
+        application writing through transactions normally has none; if the branch is
+        checked out, ``casync checkout -f BRANCH`` brings the files up to date.
+        """
+        branch = branch or self.current_branch() or "main"
         validate_branch_name(branch)
         return Transaction(self, branch, message, author)
 
@@ -388,6 +400,9 @@ class Repository:
         for name, root in roots.items():
             self._fsck_from(root, name, seen, report, progress)
         progress.finish()
+        total, used = self.blocks.pack_bytes()
+        report.pack_bytes = total
+        report.reclaimable_bytes = total - used
         return report
 
     def _fsck_from(self, root: Cid, name: str, seen: set[Cid], report: FsckReport, progress: Progress) -> None:
@@ -491,8 +506,13 @@ class Transaction:
         self.author = author
         self.changes: dict[str, Entry | None] = {}
         self.base: Cid | None = None
-        self.commit_cid: Cid | None = None
+        self.commit: Cid | None = None
         self._lock: contextlib.ExitStack | None = None
+
+    @property
+    def commit_cid(self) -> str | None:
+        """The new commit's text CID once the transaction committed (None if nothing changed)."""
+        return cid_str(self.commit) if self.commit is not None else None
 
     def __enter__(self) -> Transaction:
         self._lock = contextlib.ExitStack()
@@ -532,7 +552,7 @@ class Transaction:
             cid = self.repo.make_commit(root.cid, [self.base] if self.base else [], self.message, self.author)
             self.repo.blocks.flush()
             self.repo.update_branch(self.branch, self.base, cid, f"transaction: {self.message}")
-            self.commit_cid = cid
+            self.commit = cid
         finally:
             self._lock.close()
 

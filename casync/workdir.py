@@ -254,6 +254,8 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         if head is not None and target == head and not force:
             if branch is not None:
                 repo.set_head(branch)
+            elif rev != "HEAD":
+                repo.set_head(None, target)
             return target
         update_worktree(repo, repo.flat_tree(head), repo.flat_tree(target), repo.tree_of(target),
                         f"checkout of {rev}", force, progress)

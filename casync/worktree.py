@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casync.errors import InvalidPath
-from casync.validate import REPO_DIR, split_path
+from casync.validate import REPO_DIR, is_reserved_name, split_path, validate_name
 
 __all__ = ["IGNORE_FILE", "Ignore", "WorktreeWriter", "scan"]
 
@@ -87,8 +87,10 @@ class Ignore:
 def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[str]]:
     """``({path: lstat}, skipped)`` for every regular file and symlink under ``root``.
 
-    Skips ``.casync`` and ignored paths; sockets, FIFOs and devices are listed in
-    ``skipped``.  Paths use ``/`` and are relative to ``root``.
+    Skips ``.casync`` and ignored paths.  ``skipped`` lists, with the reason, what cannot
+    be stored: sockets, FIFOs, devices, names that are not UTF-8 or that tree validation
+    refuses (``\\``, control characters, nested ``.casync`` repositories in any disguise) —
+    so a commit never writes a tree that checkout would refuse.  Paths use ``/``.
     """
     files: dict[str, os.stat_result] = {}
     skipped: list[str] = []
@@ -104,14 +106,18 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[st
             for de in it:
                 name = de.name
                 path = f"{rel}/{name}" if rel else name
+                if name == REPO_DIR and not rel:
+                    continue
+                problem = _unstorable(name)
+                if problem:
+                    skipped.append(f"{path} ({problem})")
+                    continue
                 try:
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
                 mode = st.st_mode
                 if stat_mod.S_ISDIR(mode):
-                    if not rel and name == REPO_DIR:
-                        continue
                     if has_rules and ignore.ignored(path, True):
                         continue
                     stack.append((path, de.path))
@@ -121,8 +127,23 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[st
                 if stat_mod.S_ISREG(mode) or stat_mod.S_ISLNK(mode):
                     files[path] = st
                 else:
-                    skipped.append(path)
+                    skipped.append(f"{path} (not a regular file or symlink)")
     return files, skipped
+
+
+def _unstorable(name: str) -> str | None:
+    """Why a file name cannot go into a tree (None if it can)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    try:
+        validate_name(name)
+    except InvalidPath as exc:
+        if is_reserved_name(name):
+            return "reserved name: a nested repository or a disguised .casync"
+        return exc.message.split(": ", 1)[-1]
+    return None
 
 
 class WorktreeWriter:

@@ -26,7 +26,8 @@ def test_transaction_without_worktree(repo: Repository) -> None:
         tx2.write("sensors/t2.json", b"{}")
     log = repo.log("main")
     assert [e.commit.message for e in log] == ["second", "first"]
-    assert log[0].commit.parents == (tx.commit_cid,)
+    assert log[0].commit.parents == (tx.commit,)
+    assert tx.commit_cid is not None and tx.commit_cid.startswith("bafyr4i")
     with pytest.raises(UnknownRevision):
         repo.read("sensors/t1.json")
     # the emptied directory keeps its sibling; deleting the last file drops the directory

@@ -181,3 +181,25 @@ class TestLmdbRefStore(RefStoreContract):
         s = LmdbStore(tmp_path / "s", create=True)
         yield s.refs
         s.close()
+
+
+def test_torn_pack_tail_is_cut_and_deleted_bytes_are_reclaimable(tmp_path: Path) -> None:
+    s = LmdbStore(tmp_path / "s", create=True)
+    cid, data = block(20, 1000)
+    s.blocks.put(cid, data)
+    s.blocks.flush()
+    pack = next((tmp_path / "s" / "packs").glob("*.pack"))
+    clean_size = pack.stat().st_size
+    assert s.blocks.pack_bytes() == (clean_size, clean_size)
+    with open(pack, "ab") as f:  # what a crash in the middle of an append leaves behind
+        f.write(b"\x24" + b"torn")
+    cid2, data2 = block(21, 500)
+    s.blocks.put(cid2, data2)
+    s.blocks.flush()
+    assert s.blocks.get(cid2) == data2
+    records = pack.read_bytes()[16:]
+    assert b"torn" not in records  # the next writer cut the torn tail off first
+    s.blocks.delete(cid)
+    total, used = s.blocks.pack_bytes()
+    assert total - used == 1000 + 1 + len(cid) + 2
+    s.close()

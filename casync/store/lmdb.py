@@ -10,8 +10,11 @@ write transaction), the reflog, config, metadata and the stat cache.
 
 Durability order (the closure invariant): block bytes are appended and fsynced, then
 their index entries are committed in one LMDB transaction, and only after that may a
-ref name them.  A crash between the two leaves unreferenced bytes in a pack (harmless;
-``casync fsck`` reports them as reclaimable), never a ref to a missing block.
+ref name them.  A crash between the two leaves unreferenced bytes at the end of a pack,
+never a ref to a missing block; the next writer truncates the pack back to the end
+recorded with the last committed batch (``meta`` key ``pack_end/N``), so packs stay
+parseable from start to end.  ``casync fsck`` reports pack bytes no index entry uses
+(deleted blocks) as reclaimable.
 
 Single writer: :meth:`LmdbStore.writer_lock` takes an exclusive ``flock`` on
 ``.casync/lock`` for the duration of a write; readers never block.
@@ -61,26 +64,32 @@ StatEntry = tuple[int, int, int, int, int, int, Cid]
 """(mtime_ns, ctime_ns, size, inode, st_mode, tsize, cid) of a file when it was last hashed."""
 
 
-_ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount]
+_ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle}]
 _ENVS_LOCK = threading.Lock()
+_DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache")
 
 
-def _open_env(path: Path, create: bool) -> Any:
-    """py-lmdb allows one Environment per path per process: share it, refcounted."""
+def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
+    """py-lmdb allows one Environment per path per process: share it, refcounted.
+
+    Named databases are opened once per environment, under the registry lock: opening
+    them runs a write transaction, and concurrent ones from several threads deadlock.
+    """
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         held = _ENVS.get(key)
         if held is not None:
             held[1] += 1
-            return held[0]
+            return held[0], held[2]
         try:
             env = lmdb.open(key, map_size=INITIAL_MAP_SIZE, max_dbs=16, subdir=True, create=create,
                             readahead=False)
+            dbs = {name: env.open_db(name.encode()) for name in _DB_NAMES}
         except lmdb.Error as exc:
             raise CasyncError(f"cannot open the store at {key}: {exc}",
                               hint="check permissions and free disk space") from None
-        _ENVS[key] = [env, 1]
-        return env
+        _ENVS[key] = [env, 1, dbs]
+        return env, dbs
 
 
 def _close_env(env: Any) -> None:
@@ -104,11 +113,7 @@ class LmdbStore:
         if create:
             self.db_path.mkdir(parents=True, exist_ok=True)
             self.pack_dir.mkdir(parents=True, exist_ok=True)
-        self.env = _open_env(self.db_path, create)
-        self._dbs = {
-            name: self.env.open_db(name.encode())
-            for name in ("index", "refs", "reflog", "config", "meta", "statcache")
-        }
+        self.env, self._dbs = _open_env(self.db_path, create)
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self.blocks = PackBlockStore(self)
@@ -158,6 +163,10 @@ class LmdbStore:
                     break
                 out.append((bytes(key), bytes(value)))
         return out
+
+    def items_count(self, db: str) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self._dbs[db])["entries"])
 
     # --- config (JSON values) ----------------------------------------------------------------
 
@@ -251,6 +260,12 @@ class LmdbStore:
         self.env = None
 
 
+class _PackMissing(Exception):
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
 class PackBlockStore:
     """Blocks appended to ``packs/NNNNNNNN.pack``, located through the LMDB ``index`` DB.
 
@@ -287,7 +302,7 @@ class PackBlockStore:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                raise CasyncError(f"pack file {path} is missing", hint="run 'casync fsck'") from None
+                raise _PackMissing(path) from None
             self._readers[pack] = fd
         return fd
 
@@ -299,7 +314,10 @@ class PackBlockStore:
             pack, offset, length = loc
             if self._writer is not None and pack == self._writer_no:
                 self._writer.flush()
-            data = os.pread(self._reader(pack), length, offset)
+            try:
+                data = os.pread(self._reader(pack), length, offset)
+            except _PackMissing as exc:
+                raise BlockNotFound(cid_str(cid), f"local store (pack file {exc.path.name} is missing)") from None
         if len(data) != length:
             raise CorruptBlock(cid_str(cid), "local store (truncated pack)")
         verify_block(cid, data, "local store")
@@ -323,6 +341,17 @@ class PackBlockStore:
         yield from keys
         yield from list(self._pending)
 
+    def pack_bytes(self) -> tuple[int, int]:
+        """(bytes in pack files, bytes the indexed records and pack headers occupy)."""
+        packs = list(self._store.pack_dir.glob("*.pack"))
+        total = sum(p.stat().st_size for p in packs)
+        used = len(PACK_MAGIC) * len(packs)
+        with self._store.env.begin() as txn:
+            for k, v in txn.cursor(db=self._store.db("index")):
+                length = _LOC.unpack(bytes(v))[2]
+                used += len(_varint(len(k))) + len(k) + len(_varint(length)) + length
+        return total, used
+
     def pack_usage(self) -> dict[int, int]:
         """Bytes referenced by the index in each pack (for fsck / future repacking)."""
         usage: dict[int, int] = {}
@@ -343,6 +372,11 @@ class PackBlockStore:
             path = self._store.pack_dir / f"{number:08d}.pack"
         if meta is None or int(meta) != number:
             self._store.put("meta", b"pack_current", str(number).encode())
+        durable = self._store.get("meta", b"pack_end/%d" % number)
+        if durable is not None and path.exists() and path.stat().st_size > int(durable):
+            # bytes past the last committed batch: a crash mid-append (torn or orphaned);
+            # nothing indexes them, so cut them off and keep the pack parseable
+            os.truncate(path, int(durable))
         f = open(path, "ab")  # noqa: SIM115 - kept open across puts, closed in close()
         if f.tell() == 0:
             f.write(PACK_MAGIC)
@@ -397,9 +431,13 @@ class PackBlockStore:
             pending = sorted(self._pending.items())
             db = self._store.db("index")
 
+            end = self._writer_pos
+            meta_db = self._store.db("meta")
+
             def fn(txn: Any) -> None:
                 for cid, loc in pending:
                     txn.put(cid, _LOC.pack(*loc), db=db, overwrite=False)
+                txn.put(b"pack_end/%d" % self._writer_no, str(end).encode(), db=meta_db)
 
             try:
                 self._store.write(fn)

@@ -1,0 +1,229 @@
+"""CAR v1 (Content Addressable aRchive) encoding and strict decoding.  Pure, no I/O of
+its own: the writer appends to any binary stream, the reader consumes one.
+
+Format (https://ipld.io/specs/transport/car/carv1/)::
+
+    varint(len(header)) header            header = DAG-CBOR {"roots": [CID...], "version": 1}
+    varint(len(cid) + len(data)) cid data  repeated, one section per block
+
+casync uses CARs to upload many blocks per HTTP request (Kubo's ``dag/import``) and for
+bundles.  The decoder is strict because CARs come from elsewhere: minimal varints, a
+canonical header, CIDv1 with a supported codec and hash, blocks no larger than a limit,
+and every block hash-checked against its CID (a mismatch names the CID).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO
+
+import dag_cbor
+from multiformats import CID
+
+from casync.errors import InvalidObject
+from casync.ids import Cid, from_cid_object, to_cid_object, verify_block
+from casync.objects import MAX_BLOCK_SIZE
+
+__all__ = [
+    "MAX_HEADER_SIZE",
+    "CarWriter",
+    "decode_car",
+    "encode_car",
+    "encode_header",
+    "iter_car",
+    "read_header",
+    "section_size",
+]
+
+MAX_HEADER_SIZE = 1 << 20
+"""A header longer than this is rejected (it only lists root CIDs)."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_header(roots: Sequence[Cid]) -> bytes:
+    """The length-prefixed CAR v1 header for ``roots`` (may be empty)."""
+    header = bytes(dag_cbor.encode({"version": 1, "roots": [to_cid_object(r) for r in roots]}))
+    return _varint(len(header)) + header
+
+
+def section_size(cid: Cid, data: bytes | memoryview) -> int:
+    """Bytes one block takes in a CAR (length prefix included)."""
+    n = len(cid) + len(data)
+    return len(_varint(n)) + n
+
+
+class CarWriter:
+    """Streams a CAR v1 to ``out``: the header on construction, then one section per :meth:`add`."""
+
+    def __init__(self, out: BinaryIO, roots: Sequence[Cid] = ()) -> None:
+        self._out = out
+        header = encode_header(roots)
+        out.write(header)
+        self.size = len(header)
+        self.blocks = 0
+
+    def add(self, cid: Cid, data: bytes | memoryview) -> None:
+        prefix = _varint(len(cid) + len(data))
+        self._out.write(prefix)
+        self._out.write(cid)
+        self._out.write(data)
+        self.size += len(prefix) + len(cid) + len(data)
+        self.blocks += 1
+
+
+def encode_car(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> bytes:
+    """A whole CAR v1 in memory (for small archives; use :class:`CarWriter` to stream)."""
+    out = bytearray(encode_header(roots))
+    for cid, data in blocks:
+        out += _varint(len(cid) + len(data))
+        out += cid
+        out += data
+    return bytes(out)
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.offset = 0
+
+    def exact(self, n: int, what: str) -> bytes:
+        data = self._stream.read(n)
+        if data is None or len(data) != n:
+            raise InvalidObject(f"CAR truncated in {what} at byte {self.offset}")
+        self.offset += n
+        return data
+
+    def varint(self, what: str, eof_ok: bool = False) -> int | None:
+        result = 0
+        shift = 0
+        first = True
+        while True:
+            b = self._stream.read(1)
+            if not b:
+                if first and eof_ok:
+                    return None
+                raise InvalidObject(f"CAR truncated in {what} length at byte {self.offset}")
+            first = False
+            self.offset += 1
+            byte = b[0]
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise InvalidObject(f"CAR: non-minimal varint in {what} length at byte {self.offset}")
+                return result
+            shift += 7
+            if shift > 63:
+                raise InvalidObject(f"CAR: varint too long in {what} length at byte {self.offset}")
+
+
+def _split_cid(section: bytes, offset: int) -> int:
+    """Length of the CIDv1 at the start of ``section`` (strictly parsed)."""
+    pos = 0
+
+    def uvarint() -> int:
+        nonlocal pos
+        result = 0
+        shift = 0
+        while True:
+            if pos >= len(section):
+                raise InvalidObject(f"CAR: truncated CID in the section at byte {offset}")
+            byte = section[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise InvalidObject(f"CAR: non-minimal varint in the CID at byte {offset}")
+                return result
+            shift += 7
+            if shift > 63:
+                raise InvalidObject(f"CAR: varint too long in the CID at byte {offset}")
+
+    if section[:1] == b"\x12":
+        raise InvalidObject(f"CAR: CIDv0 block at byte {offset} (casync uses CIDv1 only)")
+    version = uvarint()
+    if version != 1:
+        raise InvalidObject(f"CAR: unsupported CID version {version} at byte {offset}")
+    uvarint()  # codec
+    uvarint()  # multihash function
+    digest_len = uvarint()
+    if digest_len > 64:
+        raise InvalidObject(f"CAR: implausible digest length {digest_len} at byte {offset}")
+    pos += digest_len
+    if pos > len(section):
+        raise InvalidObject(f"CAR: truncated CID in the section at byte {offset}")
+    return pos
+
+
+def read_header(stream: BinaryIO) -> list[Cid]:
+    """Read and validate the header; return the roots.  ``stream`` is left at the first block."""
+    return _read_header(_Reader(stream))
+
+
+def _read_header(reader: _Reader) -> list[Cid]:
+    length = reader.varint("header")
+    assert length is not None
+    if length == 0 or length > MAX_HEADER_SIZE:
+        raise InvalidObject(f"CAR header length {length} is out of range")
+    raw = reader.exact(length, "header")
+    try:
+        header = dag_cbor.decode(raw)
+    except Exception as exc:
+        raise InvalidObject(f"CAR header is not valid DAG-CBOR ({exc})") from None
+    if not isinstance(header, dict) or set(header) != {"version", "roots"}:
+        raise InvalidObject("CAR header must be a map with exactly 'version' and 'roots'")
+    if header["version"] != 1:
+        raise InvalidObject(f"unsupported CAR version {header['version']!r} (expected 1)")
+    roots = header["roots"]
+    if not isinstance(roots, list):
+        raise InvalidObject("CAR header 'roots' is not a list")
+    if not all(isinstance(r, CID) for r in roots):
+        raise InvalidObject("CAR header 'roots' holds something that is not a CID")
+    out = [from_cid_object(r) for r in roots if isinstance(r, CID)]
+    if bytes(dag_cbor.encode(header)) != raw:
+        raise InvalidObject("CAR header is not canonical DAG-CBOR")
+    return out
+
+
+def iter_car(stream: BinaryIO, *, max_block_size: int = MAX_BLOCK_SIZE,
+             verify: bool = True) -> Iterator[tuple[Cid, bytes]]:
+    """Yield ``(cid, data)`` for every block section after the header (read it first
+    with :func:`read_header`).  Each block is hash-verified unless ``verify`` is false."""
+    reader = _Reader(stream)
+    while True:
+        start = reader.offset
+        length = reader.varint("section", eof_ok=True)
+        if length is None:
+            return
+        if length == 0:
+            raise InvalidObject(f"CAR: empty section at byte {start}")
+        if length > max_block_size + 128:
+            raise InvalidObject(f"CAR: section of {length} bytes at byte {start} exceeds the block size limit")
+        section = reader.exact(length, "section")
+        split = _split_cid(section, start)
+        cid, data = section[:split], section[split:]
+        if len(data) > max_block_size:
+            raise InvalidObject(f"CAR: block at byte {start} is {len(data)} bytes (limit {max_block_size})")
+        if verify:
+            verify_block(cid, data, "CAR")
+        yield cid, data
+
+
+def decode_car(data: bytes, *, max_block_size: int = MAX_BLOCK_SIZE,
+               verify: bool = True) -> tuple[list[Cid], list[tuple[Cid, bytes]]]:
+    """Roots and blocks of a whole in-memory CAR."""
+    import io
+
+    stream = io.BytesIO(data)
+    roots = read_header(stream)
+    return roots, list(iter_car(stream, max_block_size=max_block_size, verify=verify))
