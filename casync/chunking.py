@@ -10,7 +10,7 @@ memoryview valid only until the next chunk is requested: consume it immediately.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO, Protocol
+from typing import Any, Protocol
 
 import pyfastcdc
 
@@ -23,6 +23,7 @@ __all__ = [
     "CHUNKERS",
     "FIXED_SIZE",
     "Chunker",
+    "Readable",
     "chunker_for",
 ]
 
@@ -35,20 +36,27 @@ FIXED_SIZE = 256 * 1024
 CHUNKERS = ("cdc", "fixed")
 
 
+class Readable(Protocol):
+    def readinto(self, buffer: Any, /) -> int | None: ...
+
+
 class Chunker(Protocol):
     name: str
+    single_chunk_limit: int
+    """Inputs up to this size are always exactly one chunk (callers may skip chunking)."""
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]: ...
+    def chunks(self, stream: Readable) -> Iterator[memoryview]: ...
 
 
 class FastCDCChunker:
     name = "cdc"
+    single_chunk_limit = CDC_MIN
 
     def __init__(self) -> None:
         self._cdc = pyfastcdc.FastCDC(CDC_AVG_PARAM, min_size=CDC_MIN, max_size=CDC_MAX)
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
-        for chunk in self._cdc.cut_stream(stream):
+    def chunks(self, stream: Readable) -> Iterator[memoryview]:
+        for chunk in self._cdc.cut_stream(stream):  # type: ignore[arg-type]
             yield chunk.data
 
 
@@ -57,14 +65,15 @@ class FixedChunker:
 
     def __init__(self, size: int = FIXED_SIZE) -> None:
         self._size = size
+        self.single_chunk_limit = size
 
-    def chunks(self, stream: BinaryIO) -> Iterator[memoryview]:
+    def chunks(self, stream: Readable) -> Iterator[memoryview]:
         buf = bytearray(self._size)
         view = memoryview(buf)
         while True:
             filled = 0
             while filled < self._size:
-                n = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+                n = stream.readinto(view[filled:])
                 if not n:
                     break
                 filled += n

@@ -8,10 +8,11 @@ a directory goes through :mod:`casync.validate`.
 
 from __future__ import annotations
 
+import io
 import stat as stat_mod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from casync.chunking import Chunker
 from casync.errors import InvalidObject, InvalidPath
@@ -23,7 +24,9 @@ from casync.objects import (
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
     DirLink,
+    Entry,
     FileLayoutBuilder,
+    Kind,
     PBNode,
     decode_commit,
     decode_pbnode,
@@ -33,6 +36,8 @@ from casync.objects import (
 )
 from casync.store.base import BlockStore
 from casync.validate import validate_name
+
+EXEC_MODE = 0o755
 
 __all__ = [
     "EMPTY_FILE",
@@ -55,20 +60,6 @@ __all__ = [
     "write_symlink",
 ]
 
-Kind = Literal["file", "dir", "symlink"]
-EXEC_MODE = 0o755
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What a tree holds at a path: the node's CID, kind, cumulative size and exec bit."""
-
-    cid: Cid
-    kind: Kind
-    tsize: int
-    executable: bool = False
-
-
 EMPTY_FILE = b""
 
 
@@ -89,9 +80,19 @@ class FileWriter:
 
     def write(self, stream: BinaryIO, executable: bool = False,
               progress: Callable[[int], None] | None = None) -> Entry:
+        # Most files in a tree are small: one read and one leaf, no chunker set-up
+        # (pyfastcdc allocates a 2 MiB buffer per stream: ~80 us, 20x the rest).
+        limit = self.chunker.single_chunk_limit
+        head = stream.read(limit + 1)
+        if len(head) <= limit and not executable:
+            cid = compute_cid(RAW, head, self.hash_name)
+            self._emit(cid, head)
+            if progress is not None:
+                progress(len(head))
+            return Entry(cid, "file", len(head), False)
         layout = FileLayoutBuilder(self._emit, self.hash_name)
         leaves = 0
-        for chunk in self.chunker.chunks(stream):
+        for chunk in self.chunker.chunks(_Prefixed(head, stream)):
             cid = compute_cid(RAW, chunk, self.hash_name)
             self._emit(cid, chunk)
             layout.add_leaf(cid, len(chunk))
@@ -104,6 +105,25 @@ class FileWriter:
             layout.add_leaf(cid, 0)
         root, tsize = layout.finish(EXEC_MODE if executable else None)
         return Entry(root, "file", tsize, executable)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that first yields ``head`` (already read) and then the rest of ``rest``."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(b)  # type: ignore[attr-defined,no-any-return]
 
 
 def write_symlink(store: BlockStore, target: str, hash_name: str) -> Entry:

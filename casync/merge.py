@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from casync.dag import Entry
 from casync.errors import UsageError
-from casync.objects import HybridTime
+from casync.objects import Entry, HybridTime
 
 __all__ = [
     "POLICIES",

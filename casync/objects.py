@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dag_cbor
 
@@ -49,6 +49,8 @@ __all__ = [
     "encode_symlink",
     "encode_unixfs",
     "DirLink",
+    "Entry",
+    "Kind",
 ]
 
 MAX_BLOCK_SIZE = 1 << 20
@@ -66,7 +68,12 @@ UNIXFS_SYMLINK = 4
 # --- protobuf primitives -------------------------------------------------------------------------
 
 
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _SMALL_VARINTS[n]
     if n < 0:
         raise ValueError("varint must be non-negative")
     out = bytearray()
@@ -142,17 +149,20 @@ class PBNode:
 
 def encode_pbnode(node: PBNode) -> bytes:
     """Canonical dag-pb: Links (field 2) before Data (field 1); link fields Hash, Name, Tsize."""
-    out = bytearray()
+    v = _varint
+    parts: list[bytes] = []
     for link in node.links:
-        body = _bytes_field(1, link.cid)
-        if link.name is not None:
-            body += _bytes_field(2, link.name)
-        if link.tsize is not None:
-            body += _varint_field(3, link.tsize)
-        out += _bytes_field(2, body)
+        cid, name, tsize = link.cid, link.name, link.tsize
+        body = [b"\x0a", v(len(cid)), cid]
+        if name is not None:
+            body += (b"\x12", v(len(name)), name)
+        if tsize is not None:
+            body += (b"\x18", v(tsize))
+        encoded = b"".join(body)
+        parts += (b"\x12", v(len(encoded)), encoded)
     if node.data is not None:
-        out += _bytes_field(1, node.data)
-    return bytes(out)
+        parts += (b"\x0a", v(len(node.data)), node.data)
+    return b"".join(parts)
 
 
 def decode_pbnode(buf: bytes | memoryview) -> PBNode:
@@ -335,6 +345,22 @@ class FileLayoutBuilder:
             self._levels[i] = []
             self._push(i + 1, node)
             i += 1
+
+
+# --- tree entries ---------------------------------------------------------------------------------
+
+Kind = Literal["file", "dir", "symlink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a tree holds at a path: the node's CID, kind, cumulative size and exec bit."""
+
+    cid: Cid
+    kind: Kind
+    tsize: int
+    executable: bool = False
+
 
 
 # --- commits (DAG-CBOR) --------------------------------------------------------------------------

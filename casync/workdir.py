@@ -22,7 +22,7 @@ from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirt
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
-from casync.store.lmdb import StatEntry
+from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry
 from casync.store.memory import MemoryBlockStore
 from casync.worktree import Ignore, WorktreeWriter, scan
 
@@ -70,6 +70,7 @@ class _Snapshotter:
         self.cache = repo.store.load_stat_cache()
         self.new_cache: dict[str, StatEntry] = {}
         self.now_ns = time.time_ns()
+        self.root = str(repo.root)
 
     def entry(self, path: str, st: os.stat_result) -> Entry | None:
         """The entry for ``path`` (None if it vanished).  Re-reads until stable."""
@@ -90,7 +91,7 @@ class _Snapshotter:
                 self._remember(path, st_after, entry)
                 return entry
             try:
-                st = os.lstat(self.repo.root / path)
+                st = os.lstat(os.path.join(self.root, path))
             except FileNotFoundError:
                 return None
             key = _stat_key(st)
@@ -98,7 +99,7 @@ class _Snapshotter:
                           hint="stop the process writing it, or add it to .casyncignore, and retry")
 
     def _read(self, path: str, st: os.stat_result) -> tuple[Entry, os.stat_result | None]:
-        abs_path = self.repo.root / path
+        abs_path = os.path.join(self.root, path)
         if stat_mod.S_ISLNK(st.st_mode):
             target = os.readlink(abs_path)
             after = os.lstat(abs_path)
@@ -144,13 +145,13 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
             tree = _build(repo, files)
             if head is not None and tree == repo.tree_of(head) and not allow_empty:
                 repo.blocks.discard()
-                repo.store.save_stat_cache(snap.new_cache, tree)
+                repo.store.save_stat_cache(snap.new_cache, tree, head)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {cid_str(head)[:12]}")
             cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
         except BaseException:
             repo.blocks.discard()
             raise
-        repo.store.save_stat_cache(snap.new_cache, tree)
+        repo.store.save_stat_cache(snap.new_cache, tree, cid)
         return cid
 
 
@@ -168,18 +169,9 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     snap = _Snapshotter(repo, scratch, progress)
     ignore = Ignore.load(repo.root)
     files, result.skipped = scan(repo.root, ignore)
+    if head is not None and _unchanged_since_cache(repo, head, files):
+        return result
     head_tree = repo.tree_of(head) if head is not None else None
-    cache_tree = repo.store.get("meta", b"statcache_tree")
-    if head_tree is not None and cache_tree == head_tree:
-        cache = snap.cache
-        unchanged = True
-        for path, st in files.items():
-            c = cache.get(path)
-            if c is None or c[:5] != _stat_key(st):
-                unchanged = False
-                break
-        if unchanged and len(files) == len(cache):
-            return result
     committed = flatten_tree(repo.blocks, head_tree) if head_tree is not None else {}
     current: dict[str, Entry] = {}
     for path in sorted(files):
@@ -188,15 +180,36 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
             current[path] = entry
     for change in diff_flat(committed, current):
         getattr(result, change.status).append(change.path)
-    _save_cache_opportunistically(repo, snap.new_cache, head_tree if result.clean else None)
+    _save_cache_opportunistically(repo, snap.new_cache, head_tree if result.clean else None,
+                                  head if result.clean else None)
     return result
 
 
-def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry], tree: Cid | None) -> None:
+def _unchanged_since_cache(repo: Repository, head: Cid, files: dict[str, os.stat_result]) -> bool:
+    """The fast path: the stat cache describes HEAD's tree exactly and every file's
+    lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing."""
+    if repo.store.get("meta", b"statcache_commit") != head:
+        cache_tree = repo.store.get("meta", b"statcache_tree")
+        if cache_tree is None or cache_tree != repo.tree_of(head):
+            return False
+    raw = repo.store.load_stat_cache_raw()
+    if len(raw) != len(files):
+        return False
+    pack = STAT_KEY.pack
+    for path, st in files.items():
+        value = raw.get(path)
+        if value is None or value[:STAT_KEY_SIZE] != pack(st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+                                                          st.st_ino, st.st_mode):
+            return False
+    return True
+
+
+def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry], tree: Cid | None,
+                                  commit: Cid | None) -> None:
     """Like ``git status``, refresh the stat cache when no writer is busy (never wait)."""
     with repo.store.try_writer_lock() as locked:
         if locked:
-            repo.store.save_stat_cache(cache, tree)
+            repo.store.save_stat_cache(cache, tree, commit)
 
 
 def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
@@ -324,27 +337,32 @@ def _refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> No
 
 
 def restore(repo: Repository, source: str, paths: list[str], progress: Progress = NULL_PROGRESS) -> list[str]:
-    """Overwrite ``paths`` (files or directories, repository-relative) with their content
-    in ``source``; files under them that ``source`` lacks are removed.  Returns the paths written."""
+    """Overwrite ``paths`` (files or directories, repository-relative) with their content in
+    ``source``.  Tracked files (in HEAD) under them that ``source`` lacks are removed;
+    untracked files are left alone.  Returns the paths written."""
     from casync.validate import split_path
 
     with repo.store.writer_lock():
         target = repo.resolve(source)
         new_all = repo.flat_tree(target)
-        files, _ = scan(repo.root, Ignore.load(repo.root))
-        prefixes = []
-        for p in paths:
-            parts = split_path(p)
-            prefixes.append("/".join(parts))
+        tracked = repo.flat_tree(repo.head())
+        prefixes = ["/".join(split_path(p)) for p in paths]
+        for pre in prefixes:
+            exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)
+                      or any(p == pre or p.startswith(pre + "/") for p in tracked))
+            if not exists:
+                raise UsageError(f"path {pre!r} does not exist in {source} nor in HEAD")
+
         def under(path: str) -> bool:
             return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
-        selected_new = {p: e for p, e in new_all.items() if under(p)}
-        missing = [pre for pre in prefixes if pre and not any(p == pre or p.startswith(pre + "/")
-                                                             for p in new_all)]
-        if missing and not any(under(p) for p in files):
-            raise UsageError(f"path {missing[0]!r} does not exist in {source}")
-        # everything currently on disk under the prefixes is "old"; entries are placeholders
-        old = {p: Entry(b"", "file", 0) for p in files if under(p)}
-        _apply(repo, old, selected_new, None, progress)
-        repo.store.save_stat_cache({}, None)
-        return sorted(selected_new)
+
+        selected = {p: e for p, e in new_all.items() if under(p)}
+        placeholder = Entry(b"", "file", 0)  # forces a rewrite: the disk may differ from HEAD
+        old = {p: placeholder for p in tracked if under(p)}
+        old.update({p: placeholder for p in selected})
+        _apply(repo, old, selected, None, progress)
+        cache = repo.store.load_stat_cache()
+        for p in old:
+            cache.pop(p, None)
+        repo.store.save_stat_cache(cache, None)
+        return sorted(selected)

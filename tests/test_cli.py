@@ -181,7 +181,7 @@ def test_restore_paths(cli: Cli) -> None:
     write(cli.cwd, "d/new", "new")
     cli("restore", "d")
     assert (cli.cwd / "d/a").read_text() == "1"
-    assert not (cli.cwd / "d/new").exists()
+    assert (cli.cwd / "d/new").read_text() == "new"  # untracked files are not restore's business
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -268,3 +268,41 @@ def test_help_on_every_command(cli: Cli) -> None:
 
     for name in main.commands:
         assert cli(name, "--help").exit_code == 0
+
+
+def test_restore_keeps_untracked_and_removes_tracked_extras(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "d/a", "1")
+    write(cli.cwd, "d/tracked-later", "t")
+    cli("commit", "-m", "1")
+    (cli.cwd / "d/tracked-later").unlink()
+    write(cli.cwd, "d/a", "2")
+    cli("commit", "-m", "2")
+    write(cli.cwd, "d/untracked", "u")
+    cli("restore", "--source", "HEAD~1", "d")
+    assert (cli.cwd / "d/a").read_text() == "1"
+    assert (cli.cwd / "d/tracked-later").read_text() == "t"
+    assert (cli.cwd / "d/untracked").read_text() == "u"
+    r = cli("restore", "nope", ok=False)
+    assert r.exit_code == 2 and "'nope' does not exist" in r.stderr
+
+
+def test_checkout_of_current_commit_by_cid_detaches(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "1")
+    cid = cli("commit", "-m", "1").stdout.strip()
+    cli("checkout", cid)
+    assert json.loads(cli("status", "--json").stdout)["branch"] is None
+
+
+def test_unstorable_names_are_skipped_not_committed(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "ok.txt", "fine")
+    write(cli.cwd, "inner/.casync/db/x", "a nested repository")
+    write(cli.cwd, "back\\slash", "x")
+    cli("commit", "-m", "c")
+    paths = {r["path"] for r in json.loads(cli("ls", "-r", "--json").stdout)}
+    assert paths == {"ok.txt"}
+    st = json.loads(cli("status", "--json").stdout)
+    assert any("inner/.casync" in s for s in st["skipped"]) and any("back" in s for s in st["skipped"])
+    assert cli("fsck").exit_code == 0

@@ -40,13 +40,16 @@ from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict,
 from casync.ids import Cid, cid_str, verify_block
 from casync.store.base import RefLogEntry
 
-__all__ = ["LmdbStore", "PackBlockStore", "LmdbRefStore", "StatEntry"]
+__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry"]
 
 _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, tsize
+STAT_KEY = struct.Struct("<qqqQI")  # the part compared against a fresh lstat
+STAT_KEY_SIZE = STAT_KEY.size
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 INITIAL_MAP_SIZE = 1 << 32
+SYNC_AHEAD_BYTES = 64 << 20
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 MAX_MAP_SIZE = 1 << 40
 
@@ -193,8 +196,16 @@ class LmdbStore:
                 out[bytes(key).decode("utf-8", "surrogateescape")] = (*_STAT.unpack_from(v), v[size:])
         return out
 
-    def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None) -> None:
-        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly."""
+    def load_stat_cache_raw(self) -> dict[str, bytes]:
+        """``{path: packed value}``: the first :data:`STAT_KEY_SIZE` bytes are the packed
+        stat key, so an unchanged-tree check compares bytes without unpacking."""
+        with self.env.begin() as txn:
+            return {k.decode("utf-8", "surrogateescape"): v
+                    for k, v in txn.cursor(db=self._dbs["statcache"]).iternext()}
+
+    def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
+        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly
+        (and ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
         def fn(txn: Any) -> None:
             db = self._dbs["statcache"]
             txn.drop(db, delete=False)
@@ -205,6 +216,10 @@ class LmdbStore:
                 txn.delete(b"statcache_tree", db=self._dbs["meta"])
             else:
                 txn.put(b"statcache_tree", tree, db=self._dbs["meta"])
+            if commit is None or tree is None:
+                txn.delete(b"statcache_commit", db=self._dbs["meta"])
+            else:
+                txn.put(b"statcache_commit", commit, db=self._dbs["meta"])
         self.write(fn)
 
     # --- writer lock ---------------------------------------------------------------------------
@@ -225,6 +240,8 @@ class LmdbStore:
             yield
         finally:
             self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self.blocks.end_session()
             if self._lock_depth == 0 and self._lock_fd is not None:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
@@ -247,6 +264,7 @@ class LmdbStore:
         try:
             yield True
         finally:
+            self.blocks.end_session()
             self._lock_depth = 0
             self._lock_fd = None
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -282,6 +300,9 @@ class PackBlockStore:
         self._writer_pos = 0
         self._readers: dict[int, int] = {}
         self._lock = threading.RLock()
+        self._put_txn: Any = None  # one read snapshot per write session, for dedupe checks
+        self._unsynced = 0
+        self._syncer: threading.Thread | None = None
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -384,9 +405,43 @@ class PackBlockStore:
         self._writer_pos = f.tell()
         self._writer_durable = self._writer_pos
 
+    def _held(self, cid: Cid) -> bool:
+        if cid in self._pending:
+            return True
+        if self._put_txn is None:
+            self._put_txn = self._store.env.begin()
+        return self._put_txn.get(cid, db=self._store.db("index")) is not None
+
+    def end_session(self) -> None:
+        """Drop the read snapshot used by :meth:`put` (called when the writer lock is released)."""
+        with self._lock:
+            if self._put_txn is not None:
+                self._put_txn.abort()
+                self._put_txn = None
+
+    def _background_sync(self) -> None:
+        """Start writing dirty pages out while hashing goes on, so the final fsync is short."""
+        if self._syncer is not None and self._syncer.is_alive():
+            return
+        self._writer.flush()
+        fd = self._writer.fileno()
+
+        def run() -> None:
+            with contextlib.suppress(OSError):  # the final fdatasync reports errors
+                os.fdatasync(fd)
+
+        self._syncer = threading.Thread(target=run, name="casync-pack-sync", daemon=True)
+        self._syncer.start()
+        self._unsynced = 0
+
+    def _join_syncer(self) -> None:
+        if self._syncer is not None:
+            self._syncer.join()
+            self._syncer = None
+
     def put(self, cid: Cid, data: bytes | memoryview) -> bool:
         with self._lock:
-            if self.has(cid):
+            if self._held(cid):
                 return False
             if self._writer is None:
                 self._open_writer()
@@ -403,11 +458,16 @@ class PackBlockStore:
             offset = self._writer_pos + len(header)
             self._pending[cid] = (self._writer_no, offset, len(data))
             self._writer_pos = offset + len(data)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_AHEAD_BYTES:
+                self._background_sync()
             return True
 
     def _abort_writes(self) -> None:
         """Forget unflushed blocks and cut the pack back to its last durable length."""
         self._pending.clear()
+        self._join_syncer()
+        self.end_session()
         if self._writer is not None:
             with contextlib.suppress(OSError):
                 self._writer.close()
@@ -422,6 +482,7 @@ class PackBlockStore:
                 return
             try:
                 self._writer.flush()
+                self._join_syncer()
                 os.fdatasync(self._writer.fileno())
             except OSError as exc:
                 self._abort_writes()
@@ -445,6 +506,8 @@ class PackBlockStore:
                 self._abort_writes()
                 raise
             self._pending.clear()
+            self.end_session()
+            self._unsynced = 0
             # Close after every durable batch: the next batch re-reads the pack's length,
             # so another writer (process or object) appending meanwhile cannot skew offsets.
             self._writer.close()
@@ -467,6 +530,7 @@ class PackBlockStore:
         with self._lock:
             if self._pending:
                 self.discard()
+            self.end_session()
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
