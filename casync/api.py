@@ -14,14 +14,18 @@ identifiers returned to callers are text CIDs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from casync import merger, workdir
 from casync import repo as _repo
+from casync import workdir
 from casync.dag import Entry, TreeChange
 from casync.errors import CasyncError
 from casync.ids import cid_str
-from casync.merge import ResolverFn
-from casync.merger import MergeOutcome
+
+if TYPE_CHECKING:
+    from casync import merger
+    from casync.merge import ResolverFn
+    from casync.merger import MergeOutcome
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import FsckReport, LogEntry, Transaction
 from casync.workdir import Status
@@ -63,6 +67,8 @@ class Repository(_repo.Repository):
         sides changed (policy ``custom:api``); ``resolvers`` registers named ones for
         ``custom:NAME`` rules in the config.
         """
+        from casync import merger
+
         named = dict(resolvers or {})
         if resolver is not None:
             named["api"] = resolver
@@ -70,9 +76,13 @@ class Repository(_repo.Repository):
         return merger.merge(self, rev, policy, message, named, progress)
 
     def conflicts(self) -> list[merger.OpenConflict]:
+        from casync import merger
+
         return merger.list_conflicts(self)
 
     def resolve_conflict(self, path: str, pick: str | None = None, data: bytes | None = None) -> str:
+        from casync import merger
+
         return merger.resolve_conflict(self, path, pick, data)
 
     def resolve_cid(self, rev: str) -> str:

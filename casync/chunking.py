@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-import pyfastcdc
-
 from casync.errors import UsageError
 
 __all__ = [
@@ -53,6 +51,8 @@ class FastCDCChunker:
     single_chunk_limit = CDC_MIN
 
     def __init__(self) -> None:
+        import pyfastcdc  # Cython; imported on first use to keep CLI start-up short
+
         self._cdc = pyfastcdc.FastCDC(CDC_AVG_PARAM, min_size=CDC_MIN, max_size=CDC_MAX)
 
     def chunks(self, stream: Readable) -> Iterator[memoryview]:

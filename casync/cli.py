@@ -464,21 +464,56 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, as_json: bool)
     repo.set_config(key, value)
 
 
-def _register_extensions() -> None:
-    """Commands that live in their own modules (remotes, sync) register on ``main``."""
+# Commands defined in their own modules, imported only when one of them runs (the
+# IPFS client alone costs ~70 ms of start-up that 'casync status' should not pay).
+_EXTENSIONS: dict[str, tuple[str, str]] = {
+    "merge": ("casync.cli_merge", "merge"),
+    "conflicts": ("casync.cli_merge", "conflicts"),
+    "resolve": ("casync.cli_merge", "resolve"),
+    "serve": ("casync.cli_sync", "serve"),
+    "sync": ("casync.cli_sync", "sync"),
+    "bundle": ("casync.cli_sync", "bundle"),
+    "remote": ("casync.cli_remote", "remote_cmd"),
+    "push": ("casync.cli_remote", "push"),
+    "fetch": ("casync.cli_remote", "fetch"),
+    "pull": ("casync.cli_remote", "pull"),
+    "clone": ("casync.cli_remote", "clone"),
+    "url": ("casync.cli_remote", "url_cmd"),
+}
+
+
+def _available_extensions() -> dict[str, tuple[str, str]]:
+    import importlib.util
+
+    out = {}
+    for name, (module, attr) in _EXTENSIONS.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            out[name] = (module, attr)
+    return out
+
+
+def _lazy_list_commands(ctx: click.Context) -> list[str]:
+    return sorted(set(main.commands) | set(_available_extensions()))
+
+
+def _lazy_get_command(ctx: click.Context, name: str) -> click.Command | None:
+    if name in main.commands:
+        return main.commands[name]
+    spec = _available_extensions().get(name)
+    if spec is None:
+        return None
     import importlib
 
-    for module in ("casync.cli_merge", "casync.cli_remote"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(main)
+    command = getattr(importlib.import_module(spec[0]), spec[1], None)
+    return command if isinstance(command, click.Command) else None
 
 
-_register_extensions()
+main.list_commands = _lazy_list_commands  # type: ignore[method-assign]
+main.get_command = _lazy_get_command  # type: ignore[method-assign,assignment]
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m casync`

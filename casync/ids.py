@@ -16,9 +16,15 @@ import base64
 import hashlib
 from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 import blake3
-from multiformats import CID, multihash
+
+if TYPE_CHECKING:
+    from multiformats import CID
+
+# multiformats is imported where it is used: it costs ~50 ms at start-up, and the hot
+# paths (hashing, text CIDs, cached prefixes) never need it.
 
 from casync.errors import CorruptBlock, UsageError
 
@@ -64,6 +70,8 @@ HASHES: dict[str, Callable[[bytes | memoryview], bytes]] = {"blake3": _blake3, "
 @cache
 def _prefix(codec: int, hash_name: str) -> bytes:
     """The binary CID bytes that precede the digest, computed by multiformats."""
+    from multiformats import CID, multihash
+
     wrapped = multihash.wrap(b"\x00" * 32, hash_name)
     return bytes(CID("base32", 1, _CODEC_NAMES[codec], wrapped))[:-32]
 
@@ -92,6 +100,8 @@ def cid_codec(cid: Cid) -> int:
     known = _known_prefixes().get(cid[:-32])
     if known is not None:
         return known[0]
+    from multiformats import CID
+
     return int(CID.decode(cid).codec.code)
 
 
@@ -102,6 +112,8 @@ def verify_block(cid: Cid, data: bytes | memoryview, where: str = "store") -> No
     """
     known = _known_prefixes().get(cid[:-32])
     if known is None:
+        from multiformats import CID
+
         try:
             parsed = CID.decode(cid)
             name = parsed.hashfun.name
@@ -131,6 +143,8 @@ def short(cid: Cid, n: int = 12) -> str:
 
 def parse_cid(text: str) -> Cid:
     """Parse a text CID; raise :class:`UsageError` naming it when it is not one."""
+    from multiformats import CID
+
     try:
         return bytes(CID.decode(text))
     except Exception:
@@ -139,6 +153,8 @@ def parse_cid(text: str) -> Cid:
 
 def to_cid_object(cid: Cid) -> CID:
     """A multiformats ``CID`` (for DAG-CBOR links)."""
+    from multiformats import CID
+
     return CID.decode(cid)
 
 

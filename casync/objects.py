@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dag_cbor
+if TYPE_CHECKING:
+    pass
 
 from casync.errors import InvalidObject
 from casync.ids import (
@@ -412,6 +413,8 @@ class Commit:
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes a signature covers: the commit without its ``sig`` field."""
+        import dag_cbor
+
         return bytes(dag_cbor.encode(self._to_ipld(False)))
 
     def check(self) -> None:
@@ -437,12 +440,16 @@ class Commit:
 
 
 def encode_commit(commit: Commit) -> bytes:
+    import dag_cbor
+
     commit.check()
     return bytes(dag_cbor.encode(commit._to_ipld(True)))
 
 
 def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
     """Decode and validate a commit block; non-canonical encodings are rejected."""
+    import dag_cbor
+
     where = f"commit {cid_str(cid)}" if cid else "commit"
     try:
         obj: Any = dag_cbor.decode(block)

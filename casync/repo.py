@@ -255,9 +255,13 @@ class Repository:
         branch = self.refs.get_ref(f"heads/{base}")
         if branch is not None:
             return branch
-        for name, target in self.refs.list_refs("remotes/").items():
-            if name[len("remotes/"):] == base:
-                return target
+        if "/" in base:
+            exact = self.refs.get_ref(base)  # remotes/origin/main, bundles/main, ...
+            if exact is not None:
+                return exact
+            remote = self.refs.get_ref(f"remotes/{base}")  # origin/main
+            if remote is not None:
+                return remote
         if len(base) >= 4 and base.isalnum():
             if base.startswith("b") and len(base) > 50:
                 with contextlib.suppress(UsageError):

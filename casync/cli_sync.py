@@ -1,0 +1,220 @@
+"""CLI commands for peer-to-peer sync without IPFS: ``serve``, ``sync``, ``bundle``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, UsageError
+from casync.ids import short
+
+__all__ = ["bundle", "open_peer", "serve", "sync"]
+
+
+def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None) -> str | None:
+    """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file."""
+    path = token_file or (Path(remote_cfg["token_file"]) if remote_cfg and remote_cfg.get("token_file") else None)
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read token file {path}: {exc.strerror}") from None
+        if not token:
+            raise UsageError(f"token file {path} is empty", hint="put a long random secret in it")
+        return token
+    return os.environ.get("CASYNC_TOKEN") or None
+
+
+def remotes(repo: Any) -> dict[str, dict[str, Any]]:
+    raw = repo.config.get("remotes", {})
+    return raw if isinstance(raw, dict) else {}
+
+
+def open_peer(repo: Any, spec: str, token_file: Path | None) -> tuple[str, Any]:
+    """(remote name, peer) for a configured remote name, an http(s) URL or a path."""
+    from casync.sync.http import HttpPeer
+    from casync.sync.peer import LocalPeer
+
+    cfg = remotes(repo).get(spec)
+    url = cfg["url"] if cfg else spec
+    name = spec if cfg else _name_for(url)
+    if url.startswith(("http://", "https://")):
+        return name, HttpPeer(url, read_token(token_file, cfg))
+    if url.startswith("ipfs+"):
+        raise UsageError(f"{spec} is an IPFS remote; 'casync sync' talks to peers (casync serve, paths)",
+                         hint="use 'casync pull' / 'casync push' for IPFS remotes")
+    if url.startswith("file://") or "://" not in url:
+        return name, LocalPeer(url)
+    raise UsageError(f"unknown URL scheme in {url!r}", hint="use http(s)://HOST:PORT, a path, or file://PATH")
+
+
+def _name_for(url: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_")[:60] or "peer"
+
+
+@click.command()
+@click.option("--bind", default="127.0.0.1:8470", show_default=True, metavar="HOST:PORT",
+              help="Address to listen on (port 0 picks a free one). Loopback unless you mean otherwise.")
+@click.option("--token-file", type=click.Path(path_type=Path), required=True,
+              help="File holding the bearer token clients must present.")
+@click.option("--read-only", is_flag=True, help="Refuse pushes.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request to stderr.")
+@click.pass_obj
+def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool) -> None:
+    """Serve this repository to peers over HTTP (fetch, and push unless --read-only).
+
+    Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
+    """
+    from casync.sync.http import serve as make_server
+
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--bind expects HOST:PORT, got {bind!r}")
+    token = read_token(token_file)
+    assert token is not None
+    repo = obj.repo()
+    server = make_server(repo, token.encode(), host.strip("[]"), int(port), read_only, verbose)
+    real_host, real_port = str(server.server_address[0]), int(server.server_address[1])
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        click.echo(f"warning: listening on {host}, beyond loopback; use TLS in front of it", err=True)
+    click.echo(f"serving {repo.root} on http://{real_host}:{real_port}" + (" (read-only)" if read_only else ""),
+               err=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        click.echo("stopped", err=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.argument("peers", nargs=-1)
+@click.option("--policy", "-p", help="Merge policy for diverged histories (default: config merge.policy, else lww).")
+@click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token for http(s) peers.")
+@click.option("--no-push", is_flag=True, help="Only fetch and merge.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.pass_obj
+def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path | None, no_push: bool,
+         as_json: bool) -> None:
+    """Fetch from each PEER (default: every non-IPFS remote), merge, and push back.
+
+    A PEER is a remote name, an http(s):// URL of 'casync serve', or a repository path.
+    """
+    from casync import merger
+    from casync.sync.peer import fetch_from, push_to
+
+    repo = obj.repo()
+    branch = repo.current_branch()
+    if branch is None:
+        raise UsageError("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
+    targets = list(peers) or [n for n, c in remotes(repo).items() if not str(c.get("url", "")).startswith("ipfs+")]
+    if not targets:
+        raise UsageError("no peers to sync with", hint="give PEER arguments or add a remote")
+    report: list[dict[str, Any]] = []
+    failed = False
+    for spec in targets:
+        entry: dict[str, Any] = {"peer": spec}
+        try:
+            name, peer = open_peer(repo, spec, token_file)
+            try:
+                fetched = fetch_from(repo, peer, name, obj.progress())
+                entry["fetch"] = fetched.to_json()
+                theirs = repo.refs.get_ref(f"remotes/{name}/{branch}")
+                if theirs is not None:
+                    outcome = merger.merge(repo, f"remotes/{name}/{branch}", policy=policy,
+                                           progress=obj.progress())
+                    entry["merge"] = outcome.to_json()
+                    if outcome.kind == "conflicts":
+                        raise CasyncError(f"merge with {spec} stopped on conflicts",
+                                          hint="resolve them, 'casync merge --continue', then sync again")
+                if not no_push:
+                    info = peer.info()
+                    if info.read_only:
+                        entry["push"] = {"result": "skipped: peer is read-only"}
+                    else:
+                        entry["push"] = push_to(repo, peer, name, branch, obj.progress())
+            finally:
+                peer.close()
+        except RefConflict as exc:
+            entry["error"] = f"{exc.message} (the peer moved during sync; run sync again)"
+            failed = True
+        except CasyncError as exc:
+            entry["error"] = exc.message
+            failed = True
+        report.append(entry)
+        if not as_json:
+            _print_sync(entry)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    if failed:
+        sys.exit(EXIT_FAILURE)
+
+
+def _print_sync(entry: dict[str, Any]) -> None:
+    peer = entry["peer"]
+    if "error" in entry:
+        click.echo(f"{peer}: error: {entry['error']}", err=True)
+        return
+    f = entry.get("fetch", {})
+    click.echo(f"{peer}: fetched {f.get('commits', 0)} commit(s), {f.get('new_blocks', 0)} new block(s), "
+               f"{f.get('new_bytes', 0)} bytes in {f.get('round_trips', 0)} round trip(s)")
+    m = entry.get("merge")
+    if m:
+        click.echo(f"{peer}: merge {m['result']}" + (f" -> {m['commit'][:20]}" if m.get("commit") else ""))
+    p = entry.get("push")
+    if p:
+        click.echo(f"{peer}: push {p.get('result')}" + (f" ({p.get('blocks')} blocks)" if "blocks" in p else ""))
+
+
+@click.group()
+def bundle() -> None:
+    """Move history without a network: CAR files you can carry."""
+
+
+@bundle.command("create")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("revs", nargs=-1)
+@click.option("--since", multiple=True, metavar="REV", help="Leave out what REV reaches (the receiver has it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.pass_obj
+def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str, ...], as_json: bool) -> None:
+    """Write REVS (default HEAD) and everything they reach into FILE."""
+    from casync.sync.bundle import create_bundle
+
+    info = create_bundle(obj.repo(), file, list(revs), list(since))
+    if as_json:
+        click.echo(json.dumps(info.to_json(), indent=2))
+    else:
+        click.echo(f"wrote {file}: {len(info.stats.commits)} commit(s), {info.stats.blocks} blocks, "
+                   f"{info.stats.bytes} bytes; refs: " + ", ".join(f"{k}={short(v)}" for k, v in info.refs.items()))
+
+
+@bundle.command("unbundle")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.pass_obj
+def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
+    """Verify FILE and store its history; its refs appear as bundles/<name> (merge them)."""
+    from casync.sync.bundle import read_bundle
+
+    info = read_bundle(obj.repo(), file)
+    if as_json:
+        click.echo(json.dumps(info.to_json(), indent=2))
+    else:
+        for name, cid in info.refs.items():
+            click.echo(f"bundles/{name} -> {short(cid)}")
+        click.echo(f"{info.stats.new_blocks} new block(s), {info.stats.new_bytes} bytes", err=True)

@@ -1,0 +1,128 @@
+"""Bundles for sneakernet: a CAR v1 file carrying commits and everything they reach.
+
+The CAR's single root is a small DAG-CBOR *manifest* block ``{"casync_bundle": 1,
+"repository_id": str, "refs": {name: Link}, "prerequisites": [Link]}``; it is
+the last block of the file.  ``prerequisites`` are commits the receiver must already
+hold (a bundle made with ``--since``); everything else the refs reach is inside.
+Unbundling checks every block exactly like a network fetch (hash, links, no strays),
+so a bundle from an untrusted USB stick is as safe as a peer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dag_cbor
+
+from casync.car import CarWriter, iter_car, read_header
+from casync.errors import InvalidObject, UsageError
+from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid, from_cid_object, to_cid_object
+from casync.repo import Repository
+from casync.sync.pack import PackReceiver, TransferStats, blocks_for_commits
+
+__all__ = ["BundleInfo", "create_bundle", "read_bundle"]
+
+
+@dataclass
+class BundleInfo:
+    repository_id: str
+    refs: dict[str, Cid]
+    prerequisites: list[Cid]
+    stats: TransferStats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repository_id": self.repository_id, "refs": {k: cid_str(v) for k, v in self.refs.items()},
+                "prerequisites": [cid_str(p) for p in self.prerequisites], **self.stats.to_json()}
+
+
+def _manifest(repo: Repository, refs: dict[str, Cid], prerequisites: list[Cid]) -> tuple[Cid, bytes]:
+    block = bytes(dag_cbor.encode({
+        "casync_bundle": 1,
+        "repository_id": repo.repo_id,
+        "refs": {k: to_cid_object(v) for k, v in refs.items()},
+        "prerequisites": [to_cid_object(p) for p in prerequisites],
+    }))
+    return compute_cid(DAG_CBOR, block, repo.hash_name), block
+
+
+def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str] | None = None) -> BundleInfo:
+    """Write a bundle of ``revs`` (branch names keep their names; other revs are named by
+    themselves) with everything not reachable from ``since``."""
+    refs: dict[str, Cid] = {}
+    for rev in revs or ["HEAD"]:
+        name = rev if rev in repo.branches() else (repo.current_branch() or "HEAD") if rev == "HEAD" else rev
+        refs[name] = repo.resolve(rev)
+    prerequisites = [repo.resolve(s) for s in since or []]
+    commits = repo.graph.missing(list(refs.values()), prerequisites)
+    manifest_cid, manifest = _manifest(repo, refs, prerequisites)
+    stats = TransferStats()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        writer = CarWriter(f, [manifest_cid])
+        for cid, block in blocks_for_commits(repo, commits):
+            writer.add(cid, block)
+            stats.blocks += 1
+            stats.bytes += len(block)
+        writer.add(manifest_cid, manifest)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    stats.commits = commits
+    return BundleInfo(repo.repo_id, refs, prerequisites, stats)
+
+
+def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[Cid]]:
+    try:
+        obj: Any = dag_cbor.decode(block)
+        if not isinstance(obj, dict) or obj.get("casync_bundle") != 1:
+            raise ValueError("not a casync bundle manifest")
+        refs = {str(k): from_cid_object(v) for k, v in obj["refs"].items()}
+        prereq = [from_cid_object(p) for p in obj["prerequisites"]]
+        return str(obj["repository_id"]), refs, prereq
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidObject(f"bundle manifest {cid_str(cid)} is malformed ({exc})") from None
+
+
+def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> BundleInfo:
+    """Verify and store a bundle's blocks, then set ``<ref_prefix>/<name>`` for its refs."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read bundle {path}: {exc.strerror}") from None
+    with f, repo.store.writer_lock():
+        reader = io.BufferedReader(f, 1 << 20)
+        roots = read_header(reader)
+        if len(roots) != 1 or cid_codec(roots[0]) != DAG_CBOR:
+            raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
+        receiver = PackReceiver(repo, None)
+        manifest: tuple[str, dict[str, Cid], list[Cid]] | None = None
+        try:
+            for cid, block in iter_car(reader):
+                if cid == roots[0]:
+                    manifest = _parse_manifest(cid, block)
+                    continue
+                if manifest is not None:
+                    raise InvalidObject(f"bundle {path}: block {cid_str(cid)} follows the manifest")
+                receiver.add(cid, block)
+            if manifest is None:
+                raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
+            repo_id, refs, prereq = manifest
+            if repo_id != repo.repo_id:
+                raise InvalidObject(f"bundle {path} is from repository {repo_id}, not this one")
+            lacking = [p for p in prereq if not repo.blocks.has(p)]
+            if lacking:
+                raise InvalidObject(f"bundle {path} needs commit {cid_str(lacking[0])}, which this repository lacks",
+                                    hint="it was made with --since: apply the earlier bundle first")
+            receiver.wants = set(refs.values())
+            stats = receiver.finish()
+        except BaseException:
+            receiver.abort()
+            raise
+        for name, cid in refs.items():
+            ref = f"{ref_prefix}/{name}"
+            repo.refs.cas_ref(ref, repo.refs.get_ref(ref), cid, f"unbundle {path.name}")
+        return BundleInfo(repo_id, refs, prereq, stats)

@@ -1,0 +1,336 @@
+"""``casync serve`` and its client: the peer protocol over HTTP.
+
+Endpoints (all require ``Authorization: Bearer <token>``; compared in constant time):
+
+* ``GET  /v1/info``                      -> JSON :class:`PeerInfo`
+* ``POST /v1/negotiate`` ``{"haves": [cid...]}`` -> ``{"common": [cid...]}``
+* ``POST /v1/fetch``  ``{"wants": [...], "haves": [...]}`` -> zstd-compressed CAR of the
+  missing blocks (post-order per commit, commit block last), streamed
+* ``POST /v1/push?branch=B&old=CID&new=CID`` with a zstd-compressed CAR body (chunked
+  transfer encoding) -> ``{"updated": ...}``; 409 on a non-fast-forward
+
+The server binds to 127.0.0.1 by default.  Bodies are size-limited; malformed
+messages get 400 and change nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.client
+import io
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import zstandard
+
+from casync.car import CarWriter, iter_car, read_header
+from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
+from casync.ids import Cid, cid_str, parse_cid
+from casync.repo import Repository
+from casync.sync.pack import TransferStats
+from casync.sync.peer import MAX_HAVES, MAX_WANTS, PeerInfo, PeerService, parse_cid_list
+
+__all__ = ["HttpPeer", "PeerServer", "serve"]
+
+MAX_JSON_BODY = 1 << 20
+MAX_PUSH_BYTES = 64 << 30
+_CHUNK = 1 << 16
+
+
+class _ChunkedReader(io.RawIOBase):
+    """Decodes an HTTP/1.1 chunked body (http.server does not)."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self._raw = raw
+        self._left = 0
+        self._done = False
+        self._total = 0
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._done:
+            return 0
+        if self._left == 0:
+            line = self._raw.readline(1024)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise InvalidObject("malformed chunked encoding") from None
+            if size == 0:
+                while self._raw.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                self._done = True
+                return 0
+            self._left = size
+            self._total += size
+            if self._total > self._limit:
+                raise InvalidObject(f"push body exceeds {self._limit} bytes")
+        n = min(len(b), self._left)
+        data = self._raw.read(n)
+        if not data:
+            raise InvalidObject("push body truncated")
+        b[: len(data)] = data
+        self._left -= len(data)
+        if self._left == 0:
+            self._raw.readline(8)
+        return len(data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: PeerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _send_json(self, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send_json(status, {"error": message})
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        given = header[len("Bearer "):].encode() if header.startswith("Bearer ") else b""
+        if hmac.compare_digest(given, self.server.token):
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="casync"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def _json_body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0 or length > MAX_JSON_BODY:
+            raise InvalidObject(f"request body must be 1..{MAX_JSON_BODY} bytes of JSON")
+        try:
+            return json.loads(self.rfile.read(length))
+        except ValueError:
+            raise InvalidObject("request body is not JSON") from None
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.path != "/v1/info":
+            self._error(404, "unknown endpoint")
+            return
+        with self.server.lock:
+            self._send_json(200, self.server.service.info().to_json())
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        url = urllib.parse.urlsplit(self.path)
+        try:
+            # One request at a time against the repository: simple and safe; a push
+            # racing another push then sees the branch already moved (409).
+            with self.server.lock:
+                self._route(url)
+        except RefConflict as exc:
+            self._error(409, exc.message)
+        except (InvalidObject, CorruptBlock, UsageError) as exc:
+            self.close_connection = True
+            self._error(400, exc.message)
+        except zstandard.ZstdError as exc:
+            self.close_connection = True
+            self._error(400, f"body is not valid zstd ({exc})")
+        except RemoteError as exc:
+            self._error(403, exc.message)
+        except CasyncError as exc:
+            self._error(500, exc.message)
+
+    def _route(self, url: urllib.parse.SplitResult) -> None:
+        if url.path == "/v1/negotiate":
+            body = self._json_body()
+            haves = parse_cid_list(body.get("haves") if isinstance(body, dict) else None, "haves", MAX_HAVES)
+            common = self.server.service.negotiate(haves)
+            self._send_json(200, {"common": [cid_str(c) for c in common]})
+        elif url.path == "/v1/fetch":
+            self._fetch()
+        elif url.path == "/v1/push":
+            self._push(urllib.parse.parse_qs(url.query))
+        else:
+            self._error(404, "unknown endpoint")
+
+    def _fetch(self) -> None:
+        body = self._json_body()
+        if not isinstance(body, dict):
+            raise InvalidObject("fetch request must be a JSON object")
+        wants = parse_cid_list(body.get("wants"), "wants", MAX_WANTS)
+        haves = parse_cid_list(body.get("haves", []), "haves", MAX_HAVES)
+        blocks = self.server.service.fetch(wants, haves)
+        first = next(blocks, None)  # surface errors before the 200 goes out
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.ipld.car; version=1")
+        self.send_header("Content-Encoding", "zstd")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        compressor = zstandard.ZstdCompressor(level=3).stream_writer(self.wfile, closefd=False)  # type: ignore[arg-type]
+        writer = CarWriter(compressor, wants)
+        if first is not None:
+            writer.add(*first)
+            for cid, block in blocks:
+                writer.add(cid, block)
+        compressor.flush(zstandard.FLUSH_FRAME)
+
+    def _push(self, query: dict[str, list[str]]) -> None:
+        try:
+            branch = query["branch"][0]
+            new = parse_cid(query["new"][0])
+            old = parse_cid(query["old"][0]) if query.get("old", [""])[0] else None
+        except (KeyError, IndexError):
+            raise InvalidObject("push needs branch, new (and old) query parameters") from None
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raw: Any = _ChunkedReader(self.rfile, MAX_PUSH_BYTES)
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_PUSH_BYTES:
+                raise InvalidObject("push body too large")
+            raw = io.BytesIO(self.rfile.read(length))
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
+        reader = io.BufferedReader(stream, _CHUNK)
+        roots = read_header(reader)
+        if roots and roots != [new]:
+            raise InvalidObject("push CAR roots do not match the pushed commit")
+        stats = self.server.service.push(branch, old, new, iter_car(reader))
+        self._send_json(200, {"updated": {branch: cid_str(new)}, **stats.to_json()})
+
+
+class PeerServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, repo: Repository, token: bytes, bind: tuple[str, int], read_only: bool = False,
+                 verbose: bool = False) -> None:
+        if not token:
+            raise UsageError("an empty token is not allowed", hint="put a long random secret in the token file")
+        self.service = PeerService(repo, read_only)
+        self.token = token
+        self.verbose = verbose
+        self.lock = threading.Lock()  # one Repository, used by one request at a time
+        super().__init__(bind, _Handler)
+
+
+def serve(repo: Repository, token: bytes, host: str = "127.0.0.1", port: int = 0, read_only: bool = False,
+          verbose: bool = False) -> PeerServer:
+    """A started-but-not-serving server (call ``serve_forever``); port 0 picks a free one."""
+    return PeerServer(repo, token, (host, port), read_only, verbose)
+
+
+class HttpPeer:
+    """Client side of :class:`PeerServer`."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 300.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"not an http(s) peer URL: {url!r}")
+        self.url = url
+        self._parts = parts
+        self._token = token
+        self._timeout = timeout
+
+    def _conn(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        return cls(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {self._token or ''}", **(extra or {})}
+        return h
+
+    def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                 stream: bool = False, chunked: bool = False) -> http.client.HTTPResponse:
+        conn = self._conn()
+        try:
+            conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=self._headers(headers),
+                         encode_chunked=chunked)
+            resp = conn.getresponse()
+        except OSError as exc:
+            conn.close()
+            raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
+                              transient=True) from None
+        if resp.status != 200:
+            detail = resp.read(4096)
+            conn.close()
+            try:
+                message = json.loads(detail).get("error", "")
+            except ValueError:
+                message = detail.decode(errors="replace")
+            if resp.status == 401:
+                raise RemoteError(f"{self.url} refused the token (401)",
+                                  hint="pass --token-file, set CASYNC_TOKEN, or set the remote's token")
+            if resp.status == 409:
+                raise RefConflict(message, hint="fetch and merge, then push again")
+            raise RemoteError(f"{self.url} answered {resp.status}: {message}")
+        return resp
+
+    def _json(self, method: str, path: str, obj: Any = None) -> Any:
+        body = json.dumps(obj).encode() if obj is not None else None
+        resp = self._request(method, path, body, {"Content-Type": "application/json"} if body else None)
+        try:
+            return json.loads(resp.read(MAX_JSON_BODY + 1))
+        except ValueError:
+            raise RemoteError(f"{self.url} sent a malformed reply") from None
+
+    def info(self) -> PeerInfo:
+        return PeerInfo.from_json(self._json("GET", "/v1/info"))
+
+    def negotiate(self, haves: list[Cid]) -> list[Cid]:
+        reply = self._json("POST", "/v1/negotiate", {"haves": [cid_str(h) for h in haves]})
+        try:
+            return parse_cid_list(reply.get("common"), "common", MAX_HAVES)
+        except (InvalidObject, AttributeError):
+            raise RemoteError(f"{self.url} sent a malformed negotiate reply") from None
+
+    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        body = json.dumps({"wants": [cid_str(w) for w in wants], "haves": [cid_str(h) for h in haves]}).encode()
+        resp = self._request("POST", "/v1/fetch", body, {"Content-Type": "application/json"})
+        stream = zstandard.ZstdDecompressor().stream_reader(resp)
+        reader = io.BufferedReader(stream, _CHUNK)
+        try:
+            read_header(reader)
+            yield from iter_car(reader)
+        except zstandard.ZstdError as exc:
+            raise InvalidObject(f"fetch stream from {self.url} is corrupt or truncated ({exc})") from None
+        finally:
+            resp.close()
+
+    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
+        query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})
+
+        def body() -> Iterator[bytes]:
+            buf = io.BytesIO()
+            comp = zstandard.ZstdCompressor(level=3).stream_writer(buf, closefd=False)
+            writer = CarWriter(comp, [new])
+            for cid, block in blocks:
+                writer.add(cid, block)
+                if buf.tell() >= _CHUNK:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+            comp.flush(zstandard.FLUSH_FRAME)
+            if buf.tell():
+                yield buf.getvalue()
+
+        resp = self._request("POST", f"/v1/push?{query}", body(), {"Content-Type": "application/vnd.ipld.car",
+                                                                  "Content-Encoding": "zstd"}, chunked=True)
+        reply = json.loads(resp.read(MAX_JSON_BODY))
+        stats = TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
+                              new_blocks=int(reply.get("new_blocks", 0)), new_bytes=int(reply.get("new_bytes", 0)))
+        return stats
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,268 @@
+"""Peer-to-peer sync without IPFS: local-path peers, `serve` over HTTP on loopback, bundles."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from casync import Repository
+from casync.car import CarWriter
+from casync.errors import CorruptBlock, InvalidObject, RefConflict, RemoteError
+from casync.ids import RAW, cid_str, compute_cid
+from casync.sync.bundle import create_bundle, read_bundle
+from casync.sync.http import HttpPeer, PeerServer, serve
+from casync.sync.peer import LocalPeer, fetch_from, push_to
+
+from .conftest import write
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def history(repo: Repository, n: int, prefix: str = "f") -> None:
+    for i in range(n):
+        with repo.transaction(message=f"{prefix}{i}") as tx:
+            tx.write(f"{prefix}/{i % 7}", f"{prefix}{i}".encode() * 50)
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[Repository]:
+    r = Repository.init(tmp_path / "origin", replica="origin")
+    history(r, 5)
+    yield r
+    r.close()
+
+
+def clone_empty(tmp_path: Path, origin: Repository, name: str) -> Repository:
+    return Repository.init(tmp_path / name, replica=name, repository_id=origin.repo_id)
+
+
+@pytest.fixture
+def server(origin: Repository) -> Iterator[PeerServer]:
+    srv = serve(origin, TOKEN.encode())
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    t.join(10)
+
+
+def url(srv: PeerServer) -> str:
+    host, port = srv.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+def test_local_fetch_then_incremental(tmp_path: Path, origin: Repository) -> None:
+    b = clone_empty(tmp_path, origin, "b")
+    peer = LocalPeer(str(origin.root))
+    first = fetch_from(b, peer, "origin")
+    assert b.refs.get_ref("remotes/origin/main") == origin.resolve("main")
+    assert b.fsck().ok and first.stats.commits
+    history(origin, 1, "g")
+    again = fetch_from(b, peer, "origin")
+    assert again.round_trips <= 3 and len(again.stats.commits) == 1
+    assert again.stats.new_blocks == again.stats.blocks  # nothing sent twice
+    peer.close()
+
+
+def test_http_fetch_push_roundtrip(tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    b = clone_empty(tmp_path, origin, "b")
+    peer = HttpPeer(url(server), TOKEN)
+    fetch_from(b, peer, "origin")
+    b.update_branch("main", None, b.refs.get_ref("remotes/origin/main"), "track")
+    with b.transaction(branch="main", message="from b") as tx:
+        tx.write("b.txt", b"hello from b")
+    summary = push_to(b, peer, "origin", "main")
+    assert summary["result"] == "pushed" and summary["commits"] == 1 and summary["round_trips"] <= 3
+    assert origin.read("b.txt", rev="main") == b"hello from b"
+    assert origin.fsck().ok
+    # pushing again is a no-op; a stale push is refused as non-fast-forward
+    assert push_to(b, peer, "origin", "main")["result"] == "up-to-date"
+    with origin.transaction(branch="main", message="origin moves on") as tx:
+        tx.write("o.txt", b"o")
+    with b.transaction(branch="main", message="b diverges") as tx:
+        tx.write("b2.txt", b"b2")
+    with pytest.raises(RefConflict, match="non-fast-forward"):
+        push_to(b, peer, "origin", "main")
+
+
+def test_wrong_or_missing_token_is_refused(tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    before = origin.branches()
+    b = clone_empty(tmp_path, origin, "b")
+    for token in ("wrong", None):
+        with pytest.raises(RemoteError, match="401"):
+            fetch_from(b, HttpPeer(url(server), token), "origin")
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    conn.request("POST", "/v1/push?branch=main&new=x", body=b"junk", headers={"Authorization": "Bearer nope"})
+    assert conn.getresponse().status == 401
+    assert origin.branches() == before and b.refs.list_refs() == {}
+
+
+def _post(srv: PeerServer, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"haves": "x"}', b'{"haves": ["bafynotacid"]}',
+                                  json.dumps({"haves": ["x"] * 5000}).encode(), b"[]"])
+def test_malformed_negotiation_is_rejected(server: PeerServer, body: bytes) -> None:
+    status, reply = _post(server, "/v1/negotiate", body, {"Content-Type": "application/json"})
+    assert status == 400 and json.loads(reply)["error"]
+
+
+def _car(blocks: list[tuple[bytes, bytes]], root: bytes) -> bytes:
+    buf = io.BytesIO()
+    comp = zstandard.ZstdCompressor().stream_writer(buf, closefd=False)
+    w = CarWriter(comp, [root])
+    for cid, data in blocks:
+        w.add(cid, data)
+    comp.flush(zstandard.FLUSH_FRAME)
+    return buf.getvalue()
+
+
+def test_bad_pushes_store_nothing_and_move_nothing(tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    b = clone_empty(tmp_path, origin, "b")
+    fetch_from(b, LocalPeer(str(origin.root)), "origin")
+    tip = b.refs.get_ref("remotes/origin/main")
+    b.update_branch("main", None, tip, "track")
+    with b.transaction(branch="main", message="new") as tx:
+        tx.write("n.txt", os.urandom(5000))
+    new = b.resolve("main")
+    from casync.sync.pack import blocks_for_commits
+
+    good = list(blocks_for_commits(b, b.graph.missing([new], [tip])))
+    stray = (compute_cid(RAW, b"stray"), b"stray")
+    wrong = (good[0][0], good[0][1] + b"!")
+    q = f"/v1/push?branch=main&old={cid_str(tip)}&new={cid_str(new)}"
+    cases = {
+        "truncated": _car(good[:-1], new),
+        "stray block": _car([stray, *good], new),
+        "wrong bytes": _car([wrong, *good[1:]], new),
+        "garbage": b"\x28\xb5\x2f\xfdgarbage",
+    }
+    index_before = origin.store.items_count("index")
+    for name, body in cases.items():
+        status, reply = _post(server, q, body, {"Content-Type": "application/vnd.ipld.car"})
+        assert status == 400, (name, reply)
+        assert origin.resolve("main") == tip, name
+        assert origin.store.items_count("index") == index_before, name
+    status, _ = _post(server, q, _car(good, new))
+    assert status == 200 and origin.resolve("main") == new
+
+
+def test_concurrent_pushes_one_wins(tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    clones = []
+    for name in ("b", "c"):
+        r = clone_empty(tmp_path, origin, name)
+        fetch_from(r, LocalPeer(str(origin.root)), "origin")
+        r.update_branch("main", None, r.refs.get_ref("remotes/origin/main"), "track")
+        with r.transaction(branch="main", message=f"from {name}") as tx:
+            tx.write(f"{name}.txt", os.urandom(300_000))
+        clones.append(r)
+    results: dict[str, str] = {}
+
+    def go(r: Repository) -> None:
+        try:
+            push_to(r, HttpPeer(url(server), TOKEN), "origin", "main")
+            results[r.replica] = "ok"
+        except RefConflict as exc:
+            results[r.replica] = exc.message
+
+    threads = [threading.Thread(target=go, args=(r,)) for r in clones]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results.values()).count("ok") == 1
+    loser = next(v for v in results.values() if v != "ok")
+    assert "non-fast-forward" in loser
+    assert origin.fsck().ok
+
+
+def test_fetch_reports_wrong_repository(tmp_path: Path, origin: Repository) -> None:
+    stranger = Repository.init(tmp_path / "x", replica="x")
+    with pytest.raises(RemoteError, match="not this one"):
+        fetch_from(stranger, LocalPeer(str(origin.root)), "origin")
+
+
+def test_interrupted_fetch_resumes_without_resending(tmp_path: Path, origin: Repository) -> None:
+    history(origin, 30, "big")
+    b = clone_empty(tmp_path, origin, "b")
+    peer = LocalPeer(str(origin.root))
+    real_fetch = peer.fetch
+    sent = {"n": 0}
+
+    def flaky(wants, haves):  # type: ignore[no-untyped-def]
+        for item in real_fetch(wants, haves):
+            sent["n"] += 1
+            if sent["n"] == 60:
+                raise RemoteError("connection reset (simulated)", transient=True)
+            yield item
+
+    peer.fetch = flaky  # type: ignore[method-assign]
+    with pytest.raises(RemoteError):
+        fetch_from(b, peer, "origin", flush_bytes=1)  # durable at every commit boundary
+    partial = b.refs.get_ref("partial/origin")
+    assert partial is not None and b.fsck().ok
+    peer.fetch = real_fetch  # type: ignore[method-assign]
+    result = fetch_from(b, peer, "origin")
+    total = len(list(real_fetch([origin.resolve("main")], [])))
+    assert result.stats.blocks <= total - 50  # the ~59 blocks that arrived before the break are not resent
+    assert result.stats.new_blocks == result.stats.blocks
+    assert b.refs.get_ref("partial/origin") is None and b.fsck().ok
+
+
+def test_bundle_roundtrip_and_tamper(tmp_path: Path, origin: Repository) -> None:
+    path = tmp_path / "x.bundle"
+    info = create_bundle(origin, path, ["main"])
+    assert info.refs == {"main": origin.resolve("main")}
+    b = clone_empty(tmp_path, origin, "b")
+    got = read_bundle(b, path)
+    assert b.refs.get_ref("bundles/main") == origin.resolve("main") and b.fsck().ok
+    assert got.stats.blocks == info.stats.blocks
+    # incremental bundle
+    history(origin, 2, "h")
+    inc = tmp_path / "inc.bundle"
+    create_bundle(origin, inc, ["main"], since=[cid_str(info.refs["main"])])
+    c = clone_empty(tmp_path, origin, "c")
+    with pytest.raises(InvalidObject):
+        read_bundle(c, inc)  # lacks the prerequisite
+    assert c.refs.list_refs() == {}
+    read_bundle(b, inc)
+    assert b.refs.get_ref("bundles/main") == origin.resolve("main")
+    # one flipped byte anywhere is rejected, nothing is stored
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    bad = tmp_path / "bad.bundle"
+    bad.write_bytes(bytes(raw))
+    d = clone_empty(tmp_path, origin, "d")
+    with pytest.raises((InvalidObject, CorruptBlock)):
+        read_bundle(d, bad)
+    assert d.store.items_count("index") == 0 and d.refs.list_refs() == {}
+
+
+def test_one_commit_divergence_on_long_history(tmp_path: Path) -> None:
+    a = Repository.init(tmp_path / "a", replica="a")
+    history(a, 300)
+    b = Repository.init(tmp_path / "b", replica="b", repository_id=a.repo_id)
+    fetch_from(b, LocalPeer(str(a.root)), "a")
+    b.update_branch("main", None, b.refs.get_ref("remotes/a/main"), "track")
+    with a.transaction(message="one more") as tx:
+        tx.write("x", b"new data")
+    result = fetch_from(b, LocalPeer(str(a.root)), "a")
+    assert result.round_trips <= 3
+    assert len(result.stats.commits) == 1
+    assert result.stats.blocks <= 4  # the new leaf, one directory, the root, the commit
+    write(b.root, "unused", "")
