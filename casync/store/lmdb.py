@@ -119,6 +119,7 @@ class LmdbStore:
         self.env, self._dbs = _open_env(self.db_path, create)
         self._lock_fd: int | None = None
         self._lock_depth = 0
+        self._thread_lock = threading.RLock()  # flock excludes processes; this, threads
         self.blocks = PackBlockStore(self)
         self.refs = LmdbRefStore(self)
 
@@ -226,13 +227,15 @@ class LmdbStore:
 
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Exclusive across processes (flock) and re-entrant within this object."""
+        """Exclusive across processes (flock) and threads, re-entrant within a thread."""
+        self._thread_lock.acquire()
         if self._lock_depth == 0:
             fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
                 os.close(fd)
+                self._thread_lock.release()
                 raise
             self._lock_fd = fd
         self._lock_depth += 1
@@ -246,18 +249,26 @@ class LmdbStore:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            self._thread_lock.release()
 
     @contextlib.contextmanager
     def try_writer_lock(self) -> Iterator[bool]:
         """Take the writer lock only if it is free; yields whether it was taken."""
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
         if self._lock_depth:
-            yield True
+            try:
+                yield True
+            finally:
+                self._thread_lock.release()
             return
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._thread_lock.release()
             yield False
             return
         self._lock_fd, self._lock_depth = fd, 1
@@ -269,6 +280,7 @@ class LmdbStore:
             self._lock_fd = None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+            self._thread_lock.release()
 
     def close(self) -> None:
         if self.env is None:
