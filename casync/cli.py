@@ -146,12 +146,13 @@ def main(ctx: click.Context, directory: str, quiet: bool) -> None:
 @click.option("--chunker", type=click.Choice(["cdc", "fixed"]), default="cdc", show_default=True,
               help="cdc: content-defined (dedupes insertions); fixed: 256 KiB, same CIDs as 'ipfs add'.")
 @click.option("--branch", default="main", show_default=True, help="Name of the initial branch.")
+@click.option("--bare", is_flag=True, help="No working tree (servers, applications using transactions).")
 @_pass
 def init(obj: _Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
-         branch: str) -> None:
+         branch: str, bare: bool) -> None:
     """Create a repository in DIRECTORY (default: the current directory)."""
     path = os.path.join(obj.directory, directory) if directory else obj.directory
-    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch)
+    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare)
     click.echo(f"Initialized casync repository in {repo.root} (replica {repo.replica}, {hash_name}, {chunker})")
     repo.close()
 

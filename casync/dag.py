@@ -46,6 +46,7 @@ __all__ = [
     "Kind",
     "TreeChange",
     "build_tree",
+    "changed_paths",
     "diff_flat",
     "entry_for",
     "flatten_tree",
@@ -374,3 +375,28 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
     if not links:
         return Entry(cid, "dir", 0)  # tsize 0 marks "empty": the parent drops it
     return Entry(cid, "dir", len(block) + sum(link.tsize for link in links.values()))
+
+
+def changed_paths(store: BlockStore, old: Cid | None, new: Cid | None, prefix: str = "") -> set[str]:
+    """Paths of files and symlinks that differ between two trees (either may be None).
+
+    Walks both trees together and skips identical subtrees by CID, so the cost is
+    proportional to the change, not to the tree.
+    """
+    if old == new:
+        return set()
+    old_links = {link.name: link for link in read_dir(store, old)} if old is not None else {}
+    new_links = {link.name: link for link in read_dir(store, new)} if new is not None else {}
+    out: set[str] = set()
+    for name in old_links.keys() | new_links.keys():
+        a, b = old_links.get(name), new_links.get(name)
+        if a is not None and b is not None and a.cid == b.cid:
+            continue
+        path = f"{prefix}{name}"
+        a_dir = a is not None and entry_for(store, a.cid, a.tsize).kind == "dir"
+        b_dir = b is not None and entry_for(store, b.cid, b.tsize).kind == "dir"
+        if a_dir or b_dir:
+            out |= changed_paths(store, a.cid if a_dir and a else None, b.cid if b_dir and b else None, path + "/")
+        if (a is not None and not a_dir) or (b is not None and not b_dir):
+            out.add(path)
+    return out

@@ -125,6 +125,12 @@ class MergeInput:
     load: Callable[[Entry], bytes] | None = None  # needed by json and custom policies
     store_bytes: Callable[[bytes], Entry] | None = None  # ditto, to write merged content
     resolvers: Mapping[str, ResolverFn] = field(default_factory=dict)
+    # Paths each side wrote since the base (any commit changed them), when known.  With
+    # them the merge is faithful to operations, not only states: a side that deleted a
+    # path it had added, or wrote a file back to its base bytes, still wrote it (ABA),
+    # so a later delete wins under lww instead of vanishing as "no change".
+    touched_ours: frozenset[str] | None = None
+    touched_theirs: frozenset[str] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -165,7 +171,21 @@ def merge_trees(inp: MergeInput) -> MergeResult:
     paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
     for path in sorted(paths):
         b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
-        if _same(o, t) or _same(b, t):
+        if _same(o, t):
+            if o is not None:
+                result.tree[path] = o
+            continue
+        if inp.touched_ours is not None and inp.touched_theirs is not None:
+            wrote_o, wrote_t = path in inp.touched_ours, path in inp.touched_theirs
+            if wrote_o and wrote_t:
+                _resolve(inp, result, path, b, o, t)
+                continue
+            if wrote_o != wrote_t:
+                kept = o if wrote_o else t
+                if kept is not None:
+                    result.tree[path] = kept
+                continue
+        if _same(b, t):
             if o is not None:
                 result.tree[path] = o
         elif _same(b, o):
@@ -178,6 +198,8 @@ def merge_trees(inp: MergeInput) -> MergeResult:
 
 
 def _kind(b: Entry | None, o: Entry | None, t: Entry | None) -> Any:
+    if o is None and t is None:
+        return "delete/modify"
     if o is None:
         return "delete/modify"
     if t is None:

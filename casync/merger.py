@@ -67,8 +67,8 @@ def _priorities(repo: Repository) -> dict[str, int]:
 
 
 class _WriteFinder:
-    """Finds, for a path, the newest commit on one side (since the base) that wrote the
-    side's current version: the commit whose entry differs from all its parents'."""
+    """Finds, for a path, the newest commit in one side's history that wrote the side's
+    current version: the commit whose entry differs from all its parents'."""
 
     def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
         self.repo = repo
@@ -85,9 +85,9 @@ class _WriteFinder:
     def last_write(self, head: Cid, bases: list[Cid], path: str) -> Write:
         graph = self.repo.graph
         target = self.entry(head, path)
+        # The write may predate the merge base (a side can carry an old version that won
+        # an earlier merge), so search the whole history, newest first, until found.
         for cid, commit in graph.walk([head]):
-            if any(graph.is_ancestor(cid, b) for b in bases):
-                continue
             here = self.entry(cid, path)
             if not _same(here, target):
                 continue
@@ -115,14 +115,22 @@ def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
         virtual = bases[0]
         base_flat = repo.flat_tree(virtual)
         for other in bases[1:]:
-            sub, _ = _merge_commits(repo, virtual, other, PolicyRules("lww"), {}, depth + 1)
+            # same rules as the outer merge: under 'siblings' a virtual base that dropped a
+            # version would make the outer merge see that version as "unchanged" and lose it
+            inner = rules if rules.default != "manual" else PolicyRules("siblings", (), rules.skew_tolerance_ms)
+            sub, _ = _merge_commits(repo, virtual, other, inner, resolvers, depth + 1)
             base_flat = sub.tree
     ours_flat, theirs_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
     finder = _WriteFinder(repo, _priorities(repo))
+    touched_o = _touched(repo, ours, bases) if depth == 0 else None
+    touched_t = _touched(repo, theirs, bases) if depth == 0 else None
     writes: dict[tuple[str, Side], Write] = {}
-    for path in set(ours_flat) | set(theirs_flat):
+    for path in set(ours_flat) | set(theirs_flat) | set(base_flat):
         b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
-        if not _same(o, t) and not _same(b, o) and not _same(b, t):
+        if _same(o, t):
+            continue
+        both = (touched_o is not None and touched_t is not None and path in touched_o and path in touched_t)
+        if both or (not _same(b, o) and not _same(b, t)):
             writes[(path, "ours")] = finder.last_write(ours, bases, path)
             writes[(path, "theirs")] = finder.last_write(theirs, bases, path)
 
@@ -133,8 +141,27 @@ def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
         return repo.new_file_writer().write(io.BytesIO(data))
 
     result = merge_trees(MergeInput(base_flat, ours_flat, theirs_flat, writes, rules, load, store_bytes,
-                                    resolvers))
+                                    resolvers, touched_o, touched_t))
     return result, bases
+
+
+def _touched(repo: Repository, head: Cid, bases: list[Cid]) -> frozenset[str]:
+    """Paths written by commits between ``bases`` and ``head``: a plain commit writes what
+    differs from its parent; a merge writes only what differs from every parent."""
+    from casync.dag import changed_paths
+
+    graph = repo.graph
+    out: set[str] = set()
+    for cid, commit in graph.walk([head]):
+        if any(graph.is_ancestor(cid, b) for b in bases):
+            continue
+        tree = commit.tree
+        if not commit.parents:
+            out |= changed_paths(repo.blocks, None, tree)
+            continue
+        per_parent = [changed_paths(repo.blocks, repo.tree_of(p), tree) for p in commit.parents]
+        out |= set.intersection(*per_parent)
+    return frozenset(out)
 
 
 def load_entry_point_resolvers() -> dict[str, ResolverFn]:
@@ -175,6 +202,10 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         ours_flat = repo.flat_tree(ours)
         what = f"merge of {rev}"
         st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)
+        if result.conflicts and repo.bare:
+            listed = ", ".join(c.path for c in result.conflicts[:5])
+            raise ConflictError(f"merge of {rev} has conflicts the 'manual' policy leaves to a person: {listed}",
+                                hint="a bare repository cannot stop mid-merge; use another policy")
         if result.conflicts:
             written = build_tree(repo.blocks, result.tree, repo.hash_name).cid
             repo.blocks.flush()  # merged/json blocks the user may commit later

@@ -125,6 +125,7 @@ class Repository:
         self.replica: str = cfg["replica"]
         self.hash_name: str = cfg["hash"]
         self.chunker_name: str = cfg["chunker"]
+        self.bare: bool = bool(cfg.get("bare", False))
         self.config = cfg
         self.graph = CommitGraph(self.load_commit)
 
@@ -132,8 +133,13 @@ class Repository:
 
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", *, replica: str | None = None, hash: str = "blake3",
-             chunker: str = "cdc", repository_id: str | None = None, branch: str = "main") -> Self:
-        """Create a repository in ``path`` (created if needed) and return it opened."""
+             chunker: str = "cdc", repository_id: str | None = None, branch: str = "main",
+             bare: bool = False) -> Self:
+        """Create a repository in ``path`` (created if needed) and return it opened.
+
+        A *bare* repository has no working tree: applications write through
+        transactions, merges and pushes move branches without touching files.
+        """
         root = Path(path).resolve()
         if hash not in HASHES:
             raise UsageError(f"unsupported hash {hash!r}", hint=f"use one of: {', '.join(HASHES)}")
@@ -152,6 +158,7 @@ class Repository:
             "replica": replica,
             "hash": hash,
             "chunker": chunker,
+            "bare": bare,
         })
         store.put("meta", b"HEAD", f"heads/{branch}".encode())
         return cls(root, store)
@@ -174,6 +181,11 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def require_worktree(self, what: str) -> None:
+        if self.bare:
+            raise UsageError(f"{what} needs a working tree, and {self.root} is a bare repository",
+                             hint="use transactions (Python API) or a non-bare clone")
 
     def set_config(self, key: str, value: Any) -> None:
         self.store.set_config({key: value})

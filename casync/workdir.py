@@ -135,6 +135,7 @@ class _Snapshotter:
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
                     progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = ()) -> Cid:
     """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD."""
+    repo.require_worktree("commit")
     if not message:
         raise UsageError("empty commit message", hint="pass -m MESSAGE")
     with repo.store.writer_lock():
@@ -163,6 +164,7 @@ def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
 
 def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     """Compare the working tree with HEAD without storing anything."""
+    repo.require_worktree("status")
     head = repo.head()
     result = Status(branch=repo.current_branch(), head=head)
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
@@ -264,6 +266,9 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         target = repo.resolve(rev)
         head = repo.head()
         branch = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
+        if repo.bare:
+            repo.set_head(branch, None if branch else target)
+            return target
         if head is not None and target == head and not force:
             if branch is not None:
                 repo.set_head(branch)
@@ -290,6 +295,8 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     ``st`` is the working tree's status against ``old`` when the caller already has it
     (e.g. from a dry run before moving HEAD).  Returns that status.
     """
+    if repo.bare:
+        return Status(branch=repo.current_branch(), head=repo.head())
     st = st if st is not None else status(repo)
     dirty = st.paths()
     if force:
@@ -342,6 +349,7 @@ def restore(repo: Repository, source: str, paths: list[str], progress: Progress 
     untracked files are left alone.  Returns the paths written."""
     from casync.validate import split_path
 
+    repo.require_worktree("restore")
     with repo.store.writer_lock():
         target = repo.resolve(source)
         new_all = repo.flat_tree(target)

@@ -28,6 +28,7 @@ from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
+from casync.workdir import update_worktree
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
            "push_to"]
@@ -130,6 +131,13 @@ class PeerService:
                 receiver.abort()
                 raise
             current = self.repo.refs.get_ref(f"heads/{branch}")
+            checked_out = not self.repo.bare and self.repo.current_branch() == branch
+            st = None
+            if checked_out and current == old:
+                # like git's receive.denyCurrentBranch=updateInstead: the files follow the
+                # branch, and a push that would overwrite uncommitted edits is refused
+                st = update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new), None,
+                                     f"push to the checked-out branch {branch}", dry_run=True)
             if current != old:
                 raise RefConflict(f"push to {branch} rejected: the branch moved to "
                                   f"{cid_str(current)[:16] if current else 'nothing'} (non-fast-forward)",
@@ -138,6 +146,9 @@ class PeerService:
                 raise RefConflict(f"push to {branch} rejected: {cid_str(new)[:16]} does not contain "
                                   f"{cid_str(old)[:16]} (non-fast-forward)", hint="fetch and merge, then push again")
             self.repo.update_branch(branch, old, new, "push")
+            if checked_out:
+                update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new),
+                                self.repo.tree_of(new), f"push to {branch}", st=st)
             return stats
 
 
