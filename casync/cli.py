@@ -97,6 +97,11 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
         except CasyncError as exc:
             _fail(exc.message, exc.hint, exc.exit_code)
+        except BrokenPipeError:
+            # 'casync log | head': the reader left; not an error worth a message
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except PermissionError as exc:
             _fail(f"permission denied: {exc.filename}", None, EXIT_FAILURE)
         except FileNotFoundError as exc:
@@ -165,7 +170,8 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
 def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
-    cid = repo.commit(message, author=author or os.environ.get("CASYNC_AUTHOR"), allow_empty=allow_empty,
+    author = author or os.environ.get("CASYNC_AUTHOR") or repo.config.get("author") or os.environ.get("USER")
+    cid = repo.commit(message, author=author, allow_empty=allow_empty,
                       progress=obj.progress())
     click.echo(cid)
 
@@ -439,21 +445,60 @@ def fsck(obj: _Context, as_json: bool) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+@main.command()
+@click.argument("ref", default="HEAD")
+@click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N entries.")
+@json_option
+@_pass
+def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> None:
+    """Every move of REF (a branch, or HEAD's branch), newest first: how to find lost commits."""
+    repo = obj.repo()
+    name = ref
+    if ref == "HEAD":
+        branch = repo.current_branch()
+        if branch is None:
+            raise UsageError("HEAD is detached; give a branch name", hint="casync reflog main")
+        name = branch
+    full = name if name.startswith(("heads/", "remotes/", "bundles/", "partial/")) else f"heads/{name}"
+    entries = list(reversed(repo.refs.reflog(full)))[:max_count]
+    if not entries and repo.refs.get_ref(full) is None:
+        raise UsageError(f"no ref named {ref!r}")
+    if as_json:
+        _json([{"ref": e.ref, "old": cid_str(e.old) if e.old else None, "new": cid_str(e.new) if e.new else None,
+                "time_ms": e.time_ms, "reason": e.reason} for e in entries])
+        return
+    for i, e in enumerate(entries):
+        new = short(e.new, 20) if e.new else "(deleted)"
+        click.echo(f"{new}  {full}@{{{i}}}  {_format_time(e.time_ms)}  {e.reason}")
+
+
 @main.command("config")
 @click.argument("key", required=False)
 @click.argument("value", required=False)
+@click.option("--unset", is_flag=True, help="Remove KEY.")
 @json_option
 @_pass
-def config_cmd(obj: _Context, key: str | None, value: str | None, as_json: bool) -> None:
-    """Show the configuration, one KEY, or set KEY to VALUE (author, ...)."""
+def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, as_json: bool) -> None:
+    """Show the configuration, one KEY, or set KEY to VALUE.
+
+    VALUE is stored as JSON when it parses as JSON (numbers, objects such as
+    merge = {"policy": "lww", "rules": {"*.json": "json"}}), else as a string.
+    """
     repo = obj.repo()
-    readonly = {"format", "repository_id", "replica", "hash", "chunker"}
+    readonly = {"format", "repository_id", "replica", "hash", "chunker", "bare"}
     if key is None:
         if as_json:
             _json(repo.config)
         else:
             for k, v in sorted(repo.config.items()):
                 click.echo(f"{k} = {v}")
+        return
+    if unset:
+        if key in readonly:
+            raise UsageError(f"config key {key!r} is fixed at init")
+        if key not in repo.config:
+            raise UsageError(f"config key {key!r} is not set")
+        repo.set_config(key, None)
         return
     if value is None:
         if key not in repo.config:
@@ -462,7 +507,11 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, as_json: bool)
         return
     if key in readonly:
         raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
-    repo.set_config(key, value)
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    repo.set_config(key, parsed)
 
 
 # Commands defined in their own modules, imported only when one of them runs (the

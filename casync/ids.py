@@ -135,7 +135,7 @@ def cid_str(cid: Cid) -> str:
     return "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
 
 
-def short(cid: Cid, n: int = 12) -> str:
+def short(cid: Cid, n: int = 20) -> str:
     """An abbreviated text CID for human output (the full form is what scripts get)."""
     s = cid_str(cid)
     return s[:n]

@@ -9,7 +9,6 @@ written to a temporary name and renamed into place, so a reader never sees half 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
 import re
 import stat as stat_mod
@@ -57,14 +56,43 @@ class Ignore:
 
     @staticmethod
     def _compile(pattern: str, anchored: bool) -> re.Pattern[str]:
-        parts = []
-        for i, piece in enumerate(pattern.split("**")):
-            if i:
-                parts.append(".*")
-            parts.append(fnmatch.translate(piece)[4:-3].replace(".*", "[^/]*"))
-        body = "".join(parts)
+        """gitignore glob -> regex: ``*``/``?`` stay within a component, ``**/`` spans zero
+        or more directories, a trailing ``/**`` everything inside, ``\\`` escapes."""
+        out: list[str] = []
+        i, n = 0, len(pattern)
+        while i < n:
+            if pattern.startswith("**/", i) and (i == 0 or pattern[i - 1] == "/"):
+                out.append("(?:.*/)?")
+                i += 3
+            elif pattern.startswith("**", i) and i + 2 == n and (i == 0 or pattern[i - 1] == "/"):
+                out.append(".*")
+                i += 2
+            else:
+                ch = pattern[i]
+                if ch == "\\" and i + 1 < n:
+                    out.append(re.escape(pattern[i + 1]))
+                    i += 2
+                    continue
+                if ch == "*":
+                    out.append("[^/]*")
+                elif ch == "?":
+                    out.append("[^/]")
+                elif ch == "[":
+                    end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
+                    if end == -1:
+                        out.append(re.escape(ch))
+                    else:
+                        body = pattern[i + 1 : end]
+                        if body[:1] in ("!", "^"):
+                            body = "^" + body[1:]
+                        out.append("[" + body.replace("\\", "\\\\") + "]")
+                        i = end + 1
+                        continue
+                else:
+                    out.append(re.escape(ch))
+                i += 1
         prefix = "" if anchored else "(?:.*/)?"
-        return re.compile(rf"(?s:{prefix}{body})\Z")
+        return re.compile(rf"(?s:{prefix}{''.join(out)})\Z")
 
     @classmethod
     def load(cls, root: Path) -> Ignore:

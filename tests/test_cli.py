@@ -306,3 +306,18 @@ def test_unstorable_names_are_skipped_not_committed(cli: Cli) -> None:
     st = json.loads(cli("status", "--json").stdout)
     assert any("inner/.casync" in s for s in st["skipped"]) and any("back" in s for s in st["skipped"])
     assert cli("fsck").exit_code == 0
+
+
+def test_reflog_and_config(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "f", "1")
+    c1 = cli("commit", "-m", "one").stdout.strip()
+    write(cli.cwd, "f", "2")
+    c2 = cli("commit", "-m", "two").stdout.strip()
+    log = json.loads(cli("reflog", "--json").stdout)
+    assert [e["new"] for e in log] == [c2, c1] and log[0]["old"] == c1
+    cli("config", "merge", '{"policy": "siblings", "rules": {"*.json": "json"}}')
+    assert json.loads(cli("config", "merge", "--json").stdout) == {"policy": "siblings", "rules": {"*.json": "json"}}
+    cli("config", "merge", "--unset")
+    assert cli("config", "merge", ok=False).exit_code == 2
+    assert cli("config", "replica", "x", ok=False).exit_code == 2
