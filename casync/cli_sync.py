@@ -218,3 +218,130 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
         for name, cid in info.refs.items():
             click.echo(f"bundles/{name} -> {short(cid)}")
         click.echo(f"{info.stats.new_blocks} new block(s), {info.stats.new_bytes} bytes", err=True)
+
+
+# --- peer remotes behind `casync clone/fetch/pull/push` (dispatched from cli_remote) -----------------
+
+
+def _emit(as_json: bool, data: dict[str, Any], line: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(line)
+
+
+def fetch_peer(obj: Any, remote: str | None, as_json: bool = False) -> None:
+    from casync.sync.peer import fetch_from
+
+    repo = obj.repo()
+    name, peer = open_peer(repo, remote or "origin", None)
+    try:
+        result = fetch_from(repo, peer, name, obj.progress())
+    finally:
+        peer.close()
+    _emit(as_json, result.to_json(), f"fetched {len(result.stats.commits)} commit(s), {result.stats.new_blocks} new "
+          f"block(s) ({result.stats.new_bytes} bytes) from {name} in {result.round_trips} round trip(s)")
+
+
+def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool = False,
+              policy: str | None = None) -> None:
+    """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
+    possible; a diverged history is merged with the configured policy)."""
+    from casync import merger
+    from casync.sync.peer import fetch_from
+
+    repo = obj.repo()
+    branch = repo.current_branch()
+    if branch is None:
+        raise UsageError("pull needs a branch checked out (HEAD is detached)")
+    name, peer = open_peer(repo, remote or "origin", None)
+    try:
+        fetched = fetch_from(repo, peer, name, obj.progress())
+    finally:
+        peer.close()
+    ref = f"remotes/{name}/{branch}"
+    if repo.refs.get_ref(ref) is None:
+        raise UsageError(f"{name} has no branch {branch!r}")
+    if force:
+        raise UsageError("pull --force is only for IPFS remotes",
+                         hint="commit or move your local changes; a merge never overwrites them")
+    outcome = merger.merge(repo, ref, policy=policy, progress=obj.progress())
+    data = {"fetch": fetched.to_json(), "merge": outcome.to_json()}
+    _emit(as_json, data, f"{branch}: {outcome.kind}" + (f" -> {short(outcome.commit)}" if outcome.commit else ""))
+    if outcome.kind == "conflicts":
+        sys.exit(EXIT_FAILURE)
+
+
+def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = False) -> None:
+    from casync.sync.peer import push_to
+
+    repo = obj.repo()
+    branch = branch or repo.current_branch()
+    if branch is None:
+        raise UsageError("push needs a branch name (HEAD is detached)")
+    name, peer = open_peer(repo, remote or "origin", None)
+    try:
+        summary = push_to(repo, peer, name, branch, obj.progress())
+    finally:
+        peer.close()
+    _emit(as_json, summary, f"{name}: {branch} {summary['result']}"
+          + (f" ({summary.get('commits', 0)} commit(s), {summary.get('blocks', 0)} blocks, "
+             f"{summary.get('bytes', 0)} bytes)" if summary["result"] == "pushed" else ""))
+
+
+def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,
+               as_json: bool = False) -> None:
+    """A new replica of a peer's repository: same repository id, hash and chunker."""
+    import shutil
+
+    from casync.api import Repository
+    from casync.sync.http import HttpPeer
+    from casync.sync.peer import LocalPeer, fetch_from
+
+    target = Path(obj.directory) / directory
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"destination {target} exists and is not empty")
+    if url.startswith(("http://", "https://")):
+        peer: Any = HttpPeer(url, read_token(None))
+        stored_url = url
+    elif url.startswith("file://") or "://" not in url:
+        source = url[len("file://"):] if url.startswith("file://") else url
+        stored_url = str((Path(obj.directory) / source).resolve())
+        peer = LocalPeer(stored_url)
+    else:
+        raise UsageError(f"unsupported clone URL {url!r}", hint="use ipfs+http://, http(s)://, or a path")
+    created = not target.exists()
+    repo = None
+    try:
+        info = peer.info()
+        repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
+                               repository_id=info.repository_id)
+        repo.set_config("remotes", {"origin": {"url": stored_url, "gateway": None}})
+        result = fetch_from(repo, peer, "origin", obj.progress())
+        wanted = branch or ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
+        if wanted is not None:
+            tip = repo.refs.get_ref(f"remotes/origin/{wanted}")
+            if tip is None:
+                raise UsageError(f"{url} has no branch {wanted!r}")
+            from casync.workdir import update_worktree
+
+            update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress())
+            repo.update_branch(wanted, None, tip, f"clone from {url}")
+            repo.set_head(wanted)
+        data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
+                **result.to_json()}
+        _emit(as_json, data, f"cloned {url} into {repo.root} (replica {repo.replica}"
+              + (f", branch {wanted})" if wanted else ", empty)"))
+    except BaseException:
+        if repo is not None:
+            repo.close()
+            repo = None
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            shutil.rmtree(target / ".casync", ignore_errors=True)
+        raise
+    finally:
+        peer.close()
+        if repo is not None:
+            repo.close()

@@ -13,6 +13,8 @@ from click.testing import CliRunner, Result
 from casync import Repository
 from casync.cli import main
 
+pytest_plugins = ["tests.kubo_fixture"]
+
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Repository]:

@@ -44,16 +44,19 @@ class PeerInfo:
     replica: str
     refs: dict[str, Cid]  # branch -> commit
     read_only: bool
+    hash: str = "blake3"
+    chunker: str = "cdc"
 
     def to_json(self) -> dict[str, Any]:
         return {"repository_id": self.repository_id, "replica": self.replica, "read_only": self.read_only,
-                "refs": {k: cid_str(v) for k, v in self.refs.items()}}
+                "hash": self.hash, "chunker": self.chunker, "refs": {k: cid_str(v) for k, v in self.refs.items()}}
 
     @classmethod
     def from_json(cls, obj: Any) -> PeerInfo:
         try:
             refs = {str(k): parse_cid(v) for k, v in obj["refs"].items()}
-            return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]))
+            return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
+                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")))
         except (KeyError, TypeError, AttributeError, UsageError) as exc:
             raise RemoteError(f"peer sent a malformed info message ({exc})") from None
 
@@ -98,7 +101,8 @@ class PeerService:
         self.read_only = read_only
 
     def info(self) -> PeerInfo:
-        return PeerInfo(self.repo.repo_id, self.repo.replica, self.repo.branches(), self.read_only)
+        return PeerInfo(self.repo.repo_id, self.repo.replica, self.repo.branches(), self.read_only,
+                        self.repo.hash_name, self.repo.chunker_name)
 
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         # A commit block is stored only after everything it reaches (closure), so holding

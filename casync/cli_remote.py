@@ -1,0 +1,300 @@
+"""CLI commands for IPFS remotes: ``remote``, ``push``, ``fetch``, ``pull``, ``clone``, ``url``.
+
+Registered on the ``casync`` group by :func:`casync.cli._register_extensions`.  The
+context object is the CLI's (``repo()``, ``progress()``, ``directory``); errors are
+``CasyncError``s that the group turns into one-line messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from casync import remote as rmt
+from casync.errors import EXIT_FAILURE, UsageError
+from casync.ids import cid_str, short
+
+__all__ = ["register"]
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _retry() -> rmt.RetryPolicy:
+    """``CASYNC_REMOTE_ATTEMPTS``: tries per request on transient errors (default 5, with backoff)."""
+    raw = os.environ.get("CASYNC_REMOTE_ATTEMPTS")
+    if not raw:
+        return rmt.DEFAULT_RETRY
+    try:
+        return rmt.RetryPolicy(attempts=max(1, int(raw)))
+    except ValueError:
+        raise UsageError(f"CASYNC_REMOTE_ATTEMPTS must be a number, not {raw!r}") from None
+
+
+def _peer_hook(name: str) -> Any:
+    """Peers (``casync serve`` URLs, paths) share ``remote``/``push``/``fetch``/``pull``/``clone``
+    with IPFS remotes; their implementation lives in ``casync.cli_sync`` as plain functions
+    ``clone_peer(obj, url, directory, replica=, branch=, as_json=)``,
+    ``push_peer(obj, remote, branch, as_json=)``, ``fetch_peer(obj, remote, as_json=)`` and
+    ``pull_peer(obj, remote, force=, as_json=)``.  None when it does not provide one."""
+    import importlib
+
+    try:
+        mod = importlib.import_module("casync.cli_sync")
+    except ModuleNotFoundError:
+        return None
+    return getattr(mod, name, None)
+
+
+def _peer_remote(obj: Any, name: str | None, command: str) -> Any:
+    """The peer hook for ``command`` if the remote ``name`` is a casync peer, else None."""
+    r = rmt.get_remote(obj.repo(), name)
+    if r.is_ipfs:
+        return None
+    hook = _peer_hook(f"{command}_peer")
+    if hook is None:
+        r.require_ipfs()
+    return hook
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 20):.2f} MiB"
+
+
+@click.group("remote", invoke_without_command=True)
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs and gateways.")
+@json_option
+@click.pass_context
+def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
+    """List remotes (IPFS nodes), or manage them with a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    remotes = rmt.list_remotes(ctx.obj.repo())
+    if as_json:
+        _json([r.to_json() for r in remotes])
+        return
+    for r in remotes:
+        if verbose:
+            gw = f"  (gateway {r.gateway})" if r.gateway else ""
+            kind = "" if r.is_ipfs else "  (casync peer)"
+            click.echo(f"{r.name}\t{r.url.text}{gw}{kind}")
+        else:
+            click.echo(r.name)
+
+
+@remote_cmd.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--gateway", metavar="URL", help="HTTP gateway serving the node's blocks (for 'casync url').")
+@click.pass_obj
+def remote_add(obj: Any, name: str, url: str, gateway: str | None) -> None:
+    """Add remote NAME at URL: ipfs+http://HOST:PORT (a Kubo RPC API), or a casync peer
+    (http(s)://HOST:PORT of 'casync serve', or a path)."""
+    r = rmt.add_remote(obj.repo(), name, url, gateway)
+    what = "" if r.is_ipfs else " (a casync peer, for 'casync sync'; an IPFS node is ipfs+http://HOST:PORT)"
+    click.echo(f"added remote {r.name}: {r.url.text}{what}", err=True)
+
+
+@remote_cmd.command("remove")
+@click.argument("name")
+@click.pass_obj
+def remote_remove(obj: Any, name: str) -> None:
+    """Forget remote NAME and its remote-tracking refs (nothing on the node changes)."""
+    refs = rmt.remove_remote(obj.repo(), name)
+    click.echo(f"removed remote {name} ({len(refs)} remote-tracking ref(s))", err=True)
+
+
+@remote_cmd.command("set-url")
+@click.argument("name")
+@click.argument("url", required=False)
+@click.option("--gateway", metavar="URL", help="Set the gateway URL ('' removes it).")
+@click.pass_obj
+def remote_set_url(obj: Any, name: str, url: str | None, gateway: str | None) -> None:
+    """Change the URL and/or the gateway of remote NAME."""
+    if url is None and gateway is None:
+        raise click.UsageError("give a URL and/or --gateway")
+    r = rmt.set_remote(obj.repo(), name, url, gateway)
+    click.echo(f"remote {r.name}: {r.url.text}" + (f" (gateway {r.gateway})" if r.gateway else ""), err=True)
+
+
+@remote_cmd.command("show")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
+    """Show what remote NAME publishes: every replica's heads, and the index CID."""
+    repo = obj.repo()
+    r = rmt.get_remote(repo, name).require_ipfs()
+    with rmt.connect(r.url, retry=_retry()) as node:
+        errors: list[str] = []
+        records = node.records(repo.repo_id, errors=errors)
+        index = node.index_cid(repo.repo_id)
+        version = node.version
+    if as_json:
+        _json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
+               "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors})
+    else:
+        click.echo(f"remote {r.name}: {r.url.text} (Kubo {version})")
+        click.echo(f"index: {cid_str(index) if index else '-'}")
+        for replica, rec in sorted(records.items()):
+            for branch, head in sorted(rec.heads.items()):
+                click.echo(f"  {replica}/{branch}\t{cid_str(head.commit)}\t(seq {rec.seq})")
+        for e in errors:
+            click.echo(f"invalid: {e}", err=True)
+    if errors:
+        sys.exit(EXIT_FAILURE)
+
+
+@click.command()
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@click.option("-f", "--force", is_flag=True, help="Replace this replica's published head even if not a fast-forward.")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, metavar="MIB",
+              help="Bytes of blocks per upload request (MiB).")
+@json_option
+@click.pass_obj
+def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_size: int, as_json: bool) -> None:
+    """Upload BRANCH (default: current) to REMOTE (default: origin) and publish this replica's head."""
+    hook = _peer_remote(obj, remote, "push")
+    if hook is not None:
+        hook(obj, remote, branch, as_json=as_json)
+        return
+    repo = obj.repo()
+    res = rmt.push(repo, remote, branch, force=force, progress=obj.progress(), batch_bytes=batch_size << 20,
+                   measure=as_json, retry=_retry())
+    if as_json:
+        _json(res.to_json())
+        return
+    if res.up_to_date:
+        click.echo(f"{res.remote}: {res.replica}/{res.branch} already at {short(res.head, 16)}")
+        return
+    old = short(res.old, 16) if res.old else "(new)"
+    click.echo(f"{res.remote}: {res.replica}/{res.branch} {old} -> {short(res.head, 16)}  "
+               f"({res.blocks_sent} blocks, {_mib(res.bytes_sent)} in {res.batches} request(s)"
+               + (f", {res.skipped_present} already there" if res.resumed else "") + ")")
+    if res.index:
+        click.echo(f"index: {cid_str(res.index)}")
+
+
+def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
+    for ref, (old, new) in res.updated.items():
+        click.echo(f"  {short(old, 16) if old else '(new)':>16} -> {short(new, 16)}  {ref}")
+    for f in res.failed:
+        click.echo(f"{level}: {f.replica}/{f.branch} ({cid_str(f.commit)}) not fetched: {f.error}", err=True)
+    for e in res.invalid_records:
+        click.echo(f"{level}: {e}", err=True)
+
+
+@click.command()
+@click.argument("remote", required=False)
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Blocks requested in parallel.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Seconds the node may spend finding a block it lacks among its peers.")
+@json_option
+@click.pass_obj
+def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, as_json: bool) -> None:
+    """Download every replica's published heads from REMOTE (refs remotes/REMOTE/REPLICA/BRANCH)."""
+    hook = _peer_remote(obj, remote, "fetch")
+    if hook is not None:
+        hook(obj, remote, as_json=as_json)
+        return
+    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=_retry())
+    if as_json:
+        _json(res.to_json())
+    else:
+        _report_fetch(res)
+        click.echo(f"fetched {res.blocks_received} blocks ({_mib(res.bytes_received)}) from {res.remote}",
+                   err=True)
+    if not res.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+@click.command()
+@click.argument("remote", required=False)
+@click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes in the way.")
+@click.option("--policy", "-p", help="Merge policy when histories diverged (default: config merge.policy, else lww).")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True)
+@json_option
+@click.pass_obj
+def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
+         as_json: bool) -> None:
+    """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads."""
+    hook = _peer_remote(obj, remote, "pull")
+    if hook is not None:
+        hook(obj, remote, force=force, as_json=as_json, policy=policy)
+        return
+    res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
+                   retry=_retry(), policy=policy)
+    if as_json:
+        _json(res.to_json())
+    else:
+        _report_fetch(res.fetch)
+        if res.up_to_date:
+            click.echo(f"{res.branch}: already up to date")
+        elif res.merged:
+            new = short(res.new, 16) if res.new else ""
+            click.echo(f"{res.branch}: merged {len(res.merged)} diverged head(s) -> {new}")
+        else:
+            click.echo(f"{res.branch}: fast-forward {short(res.old, 16) if res.old else '(empty)'} -> "
+                       f"{short(res.new, 16) if res.new else ''}")
+    if not res.fetch.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+@click.command()
+@click.argument("url")
+@click.argument("directory", metavar="DIR")
+@click.option("--replica", help="This clone's replica id (default: random r-XXXXXXXXXXXX).")
+@click.option("--branch", "-b", help="Branch to check out (default: main if published).")
+@click.option("--gateway", metavar="URL", help="Gateway URL to record with the 'origin' remote.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True)
+@json_option
+@click.pass_obj
+def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str | None, gateway: str | None,
+          jobs: int, timeout: float, as_json: bool) -> None:
+    """Create DIR as a new replica of the repository at URL (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]).
+
+    Heads that cannot be fetched (or invalid head records) are warnings: the clone
+    succeeds with the rest; 'casync fetch' reports them as errors.
+    """
+    if not rmt.is_ipfs_url(url):
+        hook = _peer_hook("clone_peer")
+        if hook is not None:
+            hook(obj, url, directory, replica=replica, branch=branch, as_json=as_json)
+            return
+    path = os.path.join(obj.directory, directory)
+    repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
+                          concurrency=jobs, wait=timeout, retry=_retry())
+    repo.close()
+    if as_json:
+        _json(res.to_json())
+    else:
+        _report_fetch(res.fetch, "warning")
+        where = f"branch {res.branch} at {short(res.head, 16)}" if res.head else "no commits"
+        click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where})")
+        if res.diverged:
+            click.echo("warning: the published heads have diverged; checked out the newest", err=True)
+
+
+@click.command("url")
+@click.argument("spec", metavar="REV[:PATH]", default="HEAD")
+@click.option("--remote", "remote_name", help="Remote whose gateway to use (default: origin).")
+@click.pass_obj
+def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
+    """Print the gateway URL of REV[:PATH]: GATEWAY/ipfs/COMMIT/tree/PATH."""
+    click.echo(rmt.gateway_url(obj.repo(), spec, remote_name))
+
+
+def register(group: click.Group) -> None:
+    for cmd in (remote_cmd, push, fetch, pull, clone, url_cmd):
+        group.add_command(cmd)

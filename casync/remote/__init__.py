@@ -1,0 +1,54 @@
+"""IPFS remotes: configuration, head records, push, fetch, pull, clone and gateway URLs.
+
+See ``docs/remotes.md`` for the design (head records, discovery across nodes,
+what push sends and how fetch stays resumable).
+"""
+
+from __future__ import annotations
+
+from casync.remote.cloner import CloneResult, clone, gateway_url
+from casync.remote.config import (
+    Remote,
+    RemoteUrl,
+    add_remote,
+    get_remote,
+    is_ipfs_url,
+    list_remotes,
+    parse_url,
+    remove_remote,
+    set_remote,
+)
+from casync.remote.receiver import DagFetcher, FetchResult, HeadFailure, PullResult, fetch, pull
+from casync.remote.records import BranchHead, HeadRecord, RemoteNode, connect
+from casync.remote.sender import PushResult, missing_blocks, push
+from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "BranchHead",
+    "CloneResult",
+    "DagFetcher",
+    "FetchResult",
+    "HeadFailure",
+    "HeadRecord",
+    "PullResult",
+    "PushResult",
+    "Remote",
+    "RemoteNode",
+    "RemoteUrl",
+    "RetryPolicy",
+    "add_remote",
+    "clone",
+    "connect",
+    "fetch",
+    "gateway_url",
+    "get_remote",
+    "is_ipfs_url",
+    "list_remotes",
+    "missing_blocks",
+    "parse_url",
+    "pull",
+    "push",
+    "remove_remote",
+    "set_remote",
+]

@@ -1,0 +1,131 @@
+"""Clone a repository from an IPFS remote, and gateway URLs for committed paths."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from casync import workdir
+from casync.errors import ConflictError, RemoteError, UsageError
+from casync.ids import Cid, cid_str
+from casync.progress import NULL_PROGRESS, Progress
+from casync.remote.config import add_remote, get_remote, parse_url
+from casync.remote.receiver import FetchResult, fast_forward_target, fetch_from
+from casync.remote.records import connect
+from casync.repo import Repository
+from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["CloneResult", "clone", "gateway_url"]
+
+
+@dataclass
+class CloneResult:
+    root: Path
+    repository: str
+    replica: str
+    branch: str | None
+    head: Cid | None
+    fetch: FetchResult
+    diverged: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": str(self.root), "repository": self.repository, "replica": self.replica,
+                "branch": self.branch, "head": cid_str(self.head) if self.head else None,
+                "diverged": self.diverged, "fetch": self.fetch.to_json(), "seconds": round(self.seconds, 3)}
+
+
+def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = None, remote_name: str = "origin",
+          branch: str | None = None, gateway: str | None = None, progress: Progress = NULL_PROGRESS,
+          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY,
+          repo_class: type[Repository] = Repository) -> tuple[Repository, CloneResult]:
+    """Create ``directory`` as a new replica of the repository at ``url`` (same repository
+    id, new replica id), fetch every published head, and check out ``branch`` (default
+    ``main`` if published, else the first branch name).  On failure nothing is left behind."""
+    t0 = time.monotonic()
+    parsed = parse_url(url)
+    root = Path(directory).resolve()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"destination {root} exists and is not an empty directory")
+    created = not root.exists()
+    with connect(parsed, retry=retry) as node:
+        repo_id = node.resolve_repo_id()
+        errors: list[str] = []
+        records = node.records(repo_id, errors=errors)
+        if not records:
+            detail = f" ({'; '.join(errors)})" if errors else ""
+            raise RemoteError(f"no head records for repository {repo_id} at {parsed.text}{detail}")
+        first = records[sorted(records, key=lambda r: (-records[r].seq, r))[0]]
+        branches = sorted({b for r in records.values() for b in r.heads})
+        if branch is None:
+            branch = "main" if "main" in branches else branches[0] if branches else "main"
+        repo = repo_class.init(root, replica=replica, hash=first.hash, chunker=first.chunker,
+                               repository_id=repo_id, branch=branch)
+        try:
+            if replica is None and repo.replica in records:  # vanishingly unlikely random clash
+                raise UsageError(f"replica id {repo.replica} is already used in repository {repo_id}")
+            if replica is not None and replica in records:
+                raise UsageError(f"replica {replica!r} already publishes heads in repository {repo_id}",
+                                 hint="each clone needs its own replica id")
+            remote = add_remote(repo, remote_name, parsed.text, gateway)
+            result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
+            heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote_name}/").items()
+                     if ref.split("/", 3)[-1] == branch]
+            if not heads and result.failed:
+                f = result.failed[0]
+                raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}")
+            head, diverged = _choose(repo, heads)
+            if head is not None:
+                workdir.checkout(repo, cid_str(head), progress=progress)
+                repo.update_branch(branch, None, head, f"clone from {parsed.text}")
+                repo.set_head(branch)
+        except BaseException:
+            repo.close()
+            _remove(root, created)
+            raise
+    out = CloneResult(repo.root, repo_id, repo.replica, branch, head, result, diverged)
+    out.seconds = time.monotonic() - t0
+    return repo, out
+
+
+def _choose(repo: Repository, heads: list[Cid]) -> tuple[Cid | None, bool]:
+    if not heads:
+        return None, False
+    try:
+        return fast_forward_target(repo, None, heads), False
+    except ConflictError:
+        # diverged replicas: start from the newest (generation, then HLC, then CID)
+        best = max(heads, key=lambda c: (repo.graph.get(c).generation, repo.graph.get(c).time, c))
+        return best, True
+
+
+def _remove(root: Path, created: bool) -> None:
+    """Undo a failed clone: the directory was new or empty, so everything in it is ours."""
+    if created:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for child in list(root.iterdir()) if root.exists() else []:
+        with contextlib.suppress(OSError):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def gateway_url(repo: Repository, spec: str, remote_name: str | None = None) -> str:
+    """``<gateway>/ipfs/<commit-cid>/tree/<path>`` for ``REV[:PATH]``: Kubo's gateway follows
+    the commit's ``tree`` link (DAG-CBOR path traversal) into the UnixFS tree."""
+    remote = get_remote(repo, remote_name).require_ipfs()
+    if not remote.gateway:
+        raise UsageError(f"remote {remote.name!r} has no gateway URL",
+                         hint=f"set one: casync remote set-url {remote.name} --gateway http://HOST:PORT")
+    commit, path, entry = repo.entry_at(spec if ":" in spec else spec + ":")
+    quoted = "/".join(urllib.parse.quote(part, safe="") for part in path.split("/")) if path else ""
+    suffix = "/" if entry.kind == "dir" and quoted else ""
+    return f"{remote.gateway}/ipfs/{cid_str(commit)}/tree/{quoted}{suffix}"

@@ -1,0 +1,596 @@
+"""The IPFS adapter: a Kubo node's HTTP RPC API as a casync block store, plus the few
+non-block calls remotes need (pins, MFS files for head records, peers).
+
+This is the only module that imports ``ipfshttpclient``.  Notes on the library (0.7.0,
+the latest release):
+
+* ``ipfshttpclient.connect()`` refuses daemons >= 0.8, so :class:`IpfsClient` constructs
+  ``ipfshttpclient.Client(addr, ...)`` directly (its docstring allows that; it performs no
+  version check) and calls ``version`` itself to fail early with a clear message.
+* Parameters newer than the library pass through ``opts={...}`` (``cid-codec``,
+  ``mhtype``, ``pin-roots``, ``cid-version``, ``parents``...).  Every RPC call is a POST.
+* ``dag/import`` without ``stats=true`` answers with no items, which the library's
+  single-item wrapper asserts on; we always ask for stats.
+* There is no ``block.rm`` in the library; that one call goes through the client's
+  request method.
+
+Errors are classified once, here: connection refused/reset, timeouts, broken responses
+and 5xx statuses without a Kubo error body are *transient* and retried with bounded
+exponential backoff (:class:`RetryPolicy`); Kubo command errors and 4xx are permanent.
+Every error names the node's URL.  Every block read from the node is hash-verified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import threading
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import ipfshttpclient
+from ipfshttpclient import exceptions as ipfs_exc
+
+from casync.car import CarWriter, section_size
+from casync.errors import BlockNotFound, CasyncError, RemoteError, UsageError
+from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
+from casync.objects import MAX_BLOCK_SIZE
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_RETRY",
+    "NO_RETRY",
+    "IpfsBlockStore",
+    "IpfsClient",
+    "RetryPolicy",
+]
+
+T = TypeVar("T")
+
+DEFAULT_BATCH_BYTES = 16 << 20
+"""Bytes of blocks per ``dag/import`` request."""
+
+_CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor"}
+
+# ipfshttpclient 0.7 passes an argument urllib3 2.x deprecates; the warning is noise.
+warnings.filterwarnings("ignore", message=".*'strict' parameter.*", category=FutureWarning)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for transient errors (restic-style).
+
+    ``attempts`` tries in total; the n-th retry waits ``min(initial * factor**n, max_delay)``
+    seconds, with up to 20 % random jitter so many clients do not retry in lockstep.
+    """
+
+    attempts: int = 5
+    initial: float = 0.2
+    factor: float = 2.0
+    max_delay: float = 4.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        for _ in range(self.attempts - 1):
+            yield min(delay, self.max_delay) * (1 + random.random() * 0.2)
+            delay *= self.factor
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _multiaddr(url: str) -> tuple[str, str]:
+    """``http://host:port`` -> (multiaddr for ipfshttpclient, normalised URL)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not an IPFS RPC API URL: {url!r}", hint="expected http://HOST:PORT")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 5001)
+    except ValueError:
+        raise UsageError(f"invalid port in IPFS RPC API URL {url!r}") from None
+    host = parts.hostname
+    if parts.path not in ("", "/"):
+        raise UsageError(f"IPFS RPC API URL {url!r} must not have a path", hint="expected http://HOST:PORT")
+    if ":" in host:
+        proto = "ip6"
+    elif host.replace(".", "").isdigit():
+        proto = "ip4"
+    else:
+        proto = "dns"
+    shown_host = f"[{host}]" if proto == "ip6" else host
+    return f"/{proto}/{host}/tcp/{port}/{parts.scheme}", f"{parts.scheme}://{shown_host}:{port}"
+
+
+def _is_not_found(message: str) -> bool:
+    m = message.lower()
+    return "not found" in m or "could not find" in m or "no such" in m or "does not exist" in m
+
+
+class IpfsClient:
+    """A typed, retrying wrapper over one Kubo node's RPC API at ``url`` (``http://HOST:PORT``).
+
+    Thread-safe: every thread gets its own ``ipfshttpclient.Client`` (each keeps a
+    connection pool), all closed by :meth:`close`.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 300.0, connect_timeout: float = 10.0,
+                 retry: RetryPolicy = DEFAULT_RETRY) -> None:
+        self.addr, self.url = _multiaddr(url)
+        self.timeout = (connect_timeout, timeout)
+        self.retry = retry
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            try:
+                client = ipfshttpclient.Client(self.addr, session=True, timeout=self.timeout,
+                                               chunk_size=1 << 20)
+            except ipfs_exc.AddressError:
+                raise UsageError(f"cannot use IPFS RPC API address {self.url}") from None
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="casync-ipfs")
+            return self._pool
+
+    def map(self, fn: Callable[[Cid], T], items: list[Cid]) -> list[T]:
+        """``[fn(x) for x in items]`` on a small pool of threads kept for this client's lifetime
+        (so their per-thread HTTP sessions are reused)."""
+        if len(items) <= 2:
+            return [fn(x) for x in items]
+        return list(self._executor().map(fn, items))
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the client's pool."""
+        return self._executor().submit(fn, *args)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):  # a broken pool must not mask the real error
+                client.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> IpfsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def classify(self, exc: Exception, what: str) -> CasyncError:
+        """Turn an ipfshttpclient exception into a RemoteError (transient or not)."""
+        where = f"IPFS node at {self.url}"
+        if isinstance(exc, ipfs_exc.ConnectionError):
+            return RemoteError(f"cannot connect to the {where} ({what}): {_reason(exc)}",
+                               hint="is the Kubo daemon running, and is that its RPC API port "
+                                    "(see 'casync remote -v')?", transient=True)
+        if isinstance(exc, ipfs_exc.TimeoutError):
+            return RemoteError(f"the {where} did not answer in time ({what})", transient=True)
+        if isinstance(exc, ipfs_exc.ProtocolError):
+            return RemoteError(f"the connection to the {where} broke ({what}): {_reason(exc)}",
+                               transient=True)
+        if isinstance(exc, ipfs_exc.ErrorResponse):
+            return RemoteError(f"{where}: {what} failed: {exc}")
+        if isinstance(exc, ipfs_exc.StatusError):
+            status = getattr(getattr(exc.original, "response", None), "status_code", None)
+            if isinstance(status, int) and status >= 500:
+                return RemoteError(f"{where} answered HTTP {status} ({what})", transient=True)
+            hint = None
+            if status == 404:
+                hint = "is that the RPC API port? (the gateway port does not serve /api/v0)"
+            elif status in (401, 403):
+                hint = "the node requires RPC authorization (API.Authorizations)"
+            return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
+        if isinstance(exc, ipfs_exc.DecodingError):
+            return RemoteError(f"{where} sent a response casync cannot decode ({what})",
+                               hint="is that a Kubo RPC API?")
+        return RemoteError(f"{where}: {what} failed: {exc}")
+
+    def call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
+        """Run ``fn(client)``; classify errors; retry transient ones per the policy."""
+        delays = self.retry.delays() if retry else iter(())
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn(self._client())
+            except ipfs_exc.Error as exc:
+                err = self.classify(exc, what)
+            except AssertionError:
+                # ipfshttpclient's response-shape assertions: the server is not what we expect
+                err = RemoteError(f"IPFS node at {self.url}: unexpected response to {what}",
+                                  hint="is that a Kubo RPC API of a supported version (>= 0.15)?")
+            if not (isinstance(err, RemoteError) and err.transient):
+                raise err
+            delay = next(delays, None)
+            if delay is None:
+                if attempt > 1:
+                    err.message += f" (gave up after {attempt} attempts)"
+                raise err
+            time.sleep(delay)
+
+    # --- node ----------------------------------------------------------------------------------
+
+    def version(self) -> str:
+        info = self.call("version", lambda c: c.version())
+        return str(info["Version"])
+
+    def check(self) -> str:
+        """Contact the node; return its version or raise a RemoteError naming the URL."""
+        version = self.version()
+        try:
+            numbers = tuple(int(x) for x in version.split("-", 1)[0].split(".")[:2])
+        except ValueError:
+            numbers = (0, 0)
+        if numbers < (0, 15):
+            raise RemoteError(f"IPFS node at {self.url} runs Kubo {version}; casync needs >= 0.15 "
+                              "(blake3 blocks)")
+        return version
+
+    def swarm_peer_count(self) -> int:
+        res = self.call("swarm/peers", lambda c: c.swarm.peers())
+        return len(res.get("Peers") or [])
+
+    # --- blocks --------------------------------------------------------------------------------
+
+    def block_put(self, data: bytes | memoryview, codec: int, hash_name: str) -> Cid:
+        opts = {"cid-codec": _CODEC_NAMES.get(codec, str(codec)), "mhtype": hash_name, "pin": "false"}
+        res = self.call("block/put", lambda c: c.block.put(io.BytesIO(bytes(data)), opts=opts))
+        return parse_cid(str(res["Key"]))
+
+    def block_get(self, cid: Cid, *, offline: bool = True, wait: float | None = None) -> bytes:
+        """The block's bytes as the node sends them (the caller verifies).
+
+        ``offline`` asks only the node's own blockstore (a missing block fails at
+        once); otherwise the node may fetch it from peers for up to ``wait`` seconds.
+        """
+        text = cid_str(cid)
+        opts = {} if wait is None or offline else {"timeout": f"{max(wait, 0.001):.3f}s"}
+        try:
+            data = self.call(f"block/get {text}", lambda c: c.block.get(text, offline=offline, opts=opts))
+        except RemoteError as err:
+            msg = err.message.lower()
+            if not err.transient and (_is_not_found(msg) or "deadline exceeded" in msg):
+                detail = "" if offline else f" within {wait:g}s" if wait else ""
+                raise BlockNotFound(text, f"IPFS node at {self.url}{detail}") from None
+            raise
+        return bytes(data)
+
+    def block_size(self, cid: Cid) -> int | None:
+        """Size of the block if the node holds it locally, else None."""
+        text = cid_str(cid)
+        try:
+            res = self.call(f"block/stat {text}", lambda c: c.block.stat(text, offline=True))
+        except RemoteError as err:
+            if not err.transient and _is_not_found(err.message):
+                return None
+            raise
+        return int(res["Size"])
+
+    def block_rm(self, cid: Cid) -> None:
+        text = cid_str(cid)
+
+        def rm(c: Any) -> Any:
+            return c._client.request("/block/rm", (text,), decoder="json", opts={"force": "true"})
+
+        try:
+            self.call(f"block/rm {text}", rm)
+        except RemoteError as err:
+            if not err.transient and _is_not_found(err.message):
+                return
+            raise
+
+    def dag_import(self, car: bytes) -> tuple[int, int]:
+        """Import a CAR (roots not pinned); return (blocks, bytes) the node counted."""
+        res = self.call("dag/import", lambda c: c.dag.imprt(
+            io.BytesIO(car), opts={"pin-roots": "false", "stats": "true", "allow-big-block": "false"}))
+        stats = res.get("Stats") or {}
+        return int(stats.get("BlockCount", 0)), int(stats.get("BlockBytesCount", 0))
+
+    def refs(self, cid: Cid, recursive: bool = True) -> list[Cid]:
+        """CIDs linked from ``cid`` (the whole DAG with ``recursive``), listed by the node
+        from its local blocks only."""
+        text = cid_str(cid)
+        opts = {"recursive": "true" if recursive else "false", "unique": "true"}
+        res = self.call(f"refs {text}", lambda c: c.unstable.refs(text, offline=True, opts=opts))
+        out = []
+        for item in res:
+            if item.get("Err"):
+                raise RemoteError(f"IPFS node at {self.url}: refs {text}: {item['Err']}")
+            out.append(parse_cid(str(item["Ref"])))
+        return out
+
+    def refs_local(self) -> list[Cid]:
+        res = self.call("refs/local", lambda c: c.unstable.refs.local())
+        return [parse_cid(str(item["Ref"])) for item in res if not item.get("Err")]
+
+    # --- pins ----------------------------------------------------------------------------------
+
+    def pin_add(self, cid: Cid) -> None:
+        """Pin ``cid`` and everything it links to; fails (does not hang) if a block is missing."""
+        text = cid_str(cid)
+        self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True))
+
+    def pin_update(self, old: Cid, new: Cid, unpin: bool = True) -> None:
+        a, b = cid_str(old), cid_str(new)
+        self.call(f"pin/update {a} {b}", lambda c: c.pin.update(a, b, unpin=unpin, offline=True))
+
+    def pin_rm(self, cid: Cid) -> None:
+        text = cid_str(cid)
+        try:
+            self.call(f"pin/rm {text}", lambda c: c.pin.rm(text, recursive=True))
+        except RemoteError as err:
+            if not err.transient and "not pinned" in err.message:
+                return
+            raise
+
+    def is_pinned(self, cid: Cid) -> bool:
+        """True if ``cid`` is pinned recursively (directly, not only as part of another pin)."""
+        text = cid_str(cid)
+        try:
+            res = self.call(f"pin/ls {text}", lambda c: c.pin.ls(text, type="recursive", offline=True))
+        except RemoteError as err:
+            if not err.transient and ("not pinned" in err.message or _is_not_found(err.message)):
+                return False
+            raise
+        return bool(res.get("Keys"))
+
+    # --- MFS (head records) --------------------------------------------------------------------
+
+    def files_read(self, path: str) -> bytes | None:
+        try:
+            return bytes(self.call(f"files/read {path}", lambda c: c.files.read(path)))
+        except RemoteError as err:
+            if not err.transient and _is_not_found(err.message):
+                return None
+            raise
+
+    def files_write(self, path: str, data: bytes, hash_name: str = "sha2-256") -> None:
+        """Replace the MFS file ``path`` with ``data`` (parents created; CIDv1, raw leaves)."""
+        opts = {"parents": "true", "cid-version": "1", "raw-leaves": "true", "hash": hash_name}
+        self.call(f"files/write {path}", lambda c: c.files.write(
+            path, io.BytesIO(data), create=True, truncate=True, opts=opts))
+
+    def files_ls(self, path: str) -> list[str] | None:
+        """Entry names of the MFS directory ``path`` (None when it does not exist)."""
+        try:
+            res = self.call(f"files/ls {path}", lambda c: c.files.ls(path))
+        except RemoteError as err:
+            if not err.transient and _is_not_found(err.message):
+                return None
+            raise
+        return sorted(str(e["Name"]) for e in (res.get("Entries") or []))
+
+    def files_mkdir(self, path: str, hash_name: str = "sha2-256") -> None:
+        opts = {"cid-version": "1", "hash": hash_name}
+        self.call(f"files/mkdir {path}", lambda c: c.files.mkdir(path, parents=True, opts=opts))
+
+    def files_stat_cid(self, path: str) -> Cid | None:
+        try:
+            res = self.call(f"files/stat {path}", lambda c: c.files.stat(path))
+        except RemoteError as err:
+            if not err.transient and _is_not_found(err.message):
+                return None
+            raise
+        return parse_cid(str(res["Hash"]))
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Connection aborted", "Name or service not known",
+                   "No route to host", "timed out", "Remote end closed"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+class IpfsBlockStore:
+    """A :class:`~casync.store.base.BlockStore` on a Kubo node.
+
+    ``put`` stages blocks; they are uploaded as CAR v1 batches through ``dag/import`` when
+    the staged bytes reach ``batch_bytes`` and at :meth:`flush` (so "durable at flush"
+    holds as for the local store).  Uploaded blocks are not pinned: whoever publishes a
+    ref to them pins its root (see :mod:`casync.remote`).  ``get`` hash-verifies every
+    block and names the CID on a mismatch.
+
+    ``iter_cids`` lists Kubo's blockstore, which is keyed by multihash: every CID comes
+    back with the raw codec.  ``delete`` unpins the block (if pinned itself) and removes it.
+    """
+
+    def __init__(self, client: IpfsClient, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
+                 offline: bool = True, wait: float = 60.0, check_remote_on_put: bool = True,
+                 on_batch: Callable[[int, int], None] | None = None, upload_concurrency: int = 2) -> None:
+        self.client = client
+        self.batch_bytes = batch_bytes
+        self.offline = offline
+        self.wait = wait
+        self.check_remote_on_put = check_remote_on_put
+        self.on_batch = on_batch
+        self.upload_concurrency = upload_concurrency
+        self._pending: dict[Cid, bytes] = {}
+        self._pending_bytes = 0
+        self._in_flight: list[tuple[Future[None], dict[Cid, bytes]]] = []
+        self._in_flight_blocks: dict[Cid, bytes] = {}
+        self._lock = threading.RLock()
+        self.sent_blocks = 0
+        self.sent_bytes = 0
+        self.batches = 0
+
+    @property
+    def where(self) -> str:
+        return f"IPFS node at {self.client.url}"
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def put(self, cid: Cid, data: bytes | memoryview) -> bool:
+        with self._lock:
+            if cid in self._pending or cid in self._in_flight_blocks:
+                return False
+        if self.check_remote_on_put and self.client.block_size(cid) is not None:
+            return False
+        self.stage(cid, data)
+        return True
+
+    def stage(self, cid: Cid, data: bytes | memoryview) -> None:
+        """Queue a block for upload without asking the node whether it has it."""
+        if len(data) > MAX_BLOCK_SIZE:
+            raise RemoteError(f"block {cid_str(cid)} is {len(data)} bytes; the limit is {MAX_BLOCK_SIZE}")
+        with self._lock:
+            if cid in self._pending or cid in self._in_flight_blocks:
+                return
+            self._pending[cid] = bytes(data)
+            self._pending_bytes += section_size(cid, data)
+            full = self._pending_bytes >= self.batch_bytes
+        if full:
+            self._upload()
+
+    def _upload(self) -> None:
+        """Send the staged blocks as one CAR in the background; at most ``upload_concurrency``
+        requests are in flight (building the next CAR overlaps the node importing the last)."""
+        with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            self._pending_bytes = 0
+            self._in_flight_blocks.update(batch)
+        buf = io.BytesIO()
+        writer = CarWriter(buf)
+        for cid, data in batch.items():
+            writer.add(cid, data)
+        fut = self.client.submit(self._import, buf.getvalue(), batch)
+        self._in_flight.append((fut, batch))
+        while len(self._in_flight) > max(0, self.upload_concurrency - 1) and len(self._in_flight) >= 1:
+            self._finish_oldest()
+
+    def _import(self, car: bytes, batch: dict[Cid, bytes]) -> None:
+        try:
+            self.client.dag_import(car)
+        except RemoteError as err:
+            # dag/import decodes every block; bytes that are not valid for their codec are
+            # still valid blocks, which block/put stores as they are.
+            if err.transient or "import failed at block" not in err.message:
+                raise
+            for cid, data in batch.items():
+                got = self.client.block_put(data, cid_codec(cid), _hash_name(cid))
+                if got != cid:
+                    raise RemoteError(f"{self.where} stored block {cid_str(cid)} as {cid_str(got)}") from None
+
+    def _finish_oldest(self) -> None:
+        fut, batch = self._in_flight.pop(0)
+        try:
+            fut.result()
+        except BaseException:
+            self._drain()  # no request may outlive the failure
+            raise
+        finally:
+            with self._lock:
+                for cid in batch:
+                    self._in_flight_blocks.pop(cid, None)
+        payload = sum(len(d) for d in batch.values())
+        self.sent_blocks += len(batch)
+        self.sent_bytes += payload
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch), payload)
+
+    def _drain(self) -> None:
+        """Wait for every request in flight and forget its outcome (after an error)."""
+        in_flight, self._in_flight = self._in_flight, []
+        for fut, _batch in in_flight:
+            with contextlib.suppress(BaseException):
+                fut.result()
+        with self._lock:
+            self._in_flight_blocks.clear()
+
+    def flush(self) -> None:
+        self._upload()
+        while self._in_flight:
+            self._finish_oldest()
+
+    def discard(self) -> None:
+        self._drain()
+        with self._lock:
+            self._pending.clear()
+            self._pending_bytes = 0
+
+    def delete(self, cid: Cid) -> None:
+        with self._lock:
+            if self._pending.pop(cid, None) is not None:
+                return
+        if self.client.is_pinned(cid):
+            self.client.pin_rm(cid)
+        self.client.block_rm(cid)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, cid: Cid) -> bytes:
+        with self._lock:
+            data = self._pending.get(cid, self._in_flight_blocks.get(cid))
+        if data is not None:
+            return data
+        data = self.client.block_get(cid, offline=self.offline, wait=self.wait)
+        if len(data) > MAX_BLOCK_SIZE:
+            raise RemoteError(f"block {cid_str(cid)} from the {self.where} is {len(data)} bytes, "
+                              f"over the {MAX_BLOCK_SIZE}-byte limit")
+        verify_block(cid, data, self.where)
+        return data
+
+    def has(self, cid: Cid) -> bool:
+        with self._lock:
+            if cid in self._pending or cid in self._in_flight_blocks:
+                return True
+        return self.client.block_size(cid) is not None
+
+    def has_many(self, cids: Iterable[Cid]) -> set[Cid]:
+        todo = list(dict.fromkeys(cids))
+        with self._lock:
+            present = {c for c in todo if c in self._pending or c in self._in_flight_blocks}
+        ask = [c for c in todo if c not in present]
+        sizes = self.client.map(self.client.block_size, ask)
+        return present | {c for c, s in zip(ask, sizes, strict=True) if s is not None}
+
+    def iter_cids(self) -> Iterator[Cid]:
+        with self._lock:
+            pending = list(self._pending)
+        yield from self.client.refs_local()
+        yield from pending
+
+    def close(self) -> None:
+        self.discard()
+        self.client.close()
+
+
+def codec_name(cid: Cid) -> str:
+    """Kubo's name for a CID's codec (for messages and ``block/put``)."""
+    codec = cid_codec(cid)
+    return _CODEC_NAMES.get(codec, hex(codec))
+
+
+def _hash_name(cid: Cid) -> str:
+    """The multihash function of a CID, by the name Kubo's ``mhtype`` takes."""
+    from multiformats import CID
+
+    return str(CID.decode(cid).hashfun.name)

@@ -1,0 +1,222 @@
+"""Bad input and faults: unknown schemes, a node that is down, a node killed mid-push,
+head records naming incomplete DAGs or holding garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
+from casync.errors import RemoteError
+from casync.ids import cid_str
+from casync.remote import push, set_remote
+from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
+
+from .conftest import Cli, write
+from .kubo_fixture import Kubo, restart
+
+FAST = RetryPolicy(attempts=2, initial=0.05, max_delay=0.1)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _repo_with_commit(tmp_path: Path, name: str = "a", replica: str = "site-a", size: int = 10_000) -> Cli:
+    Cli(tmp_path)("init", name, "--replica", replica)
+    cli = Cli(tmp_path / name)
+    write(cli.cwd, "f.bin", os.urandom(size))
+    cli("commit", "-m", "one")
+    return cli
+
+
+@pytest.mark.parametrize("url", ["foo://127.0.0.1:5001", "ipfs+ftp://127.0.0.1:5001", "ipfs+http://127.0.0.1",
+                                 "ipfs+http://127.0.0.1:5001/bad id", "ipfs+http://127.0.0.1:5001#notacid",
+                                 "ipfs+http://:5001", "ipfs+http://127.0.0.1:99999"])
+def test_bad_remote_urls_are_usage_errors(tmp_path: Path, url: str) -> None:
+    a = _repo_with_commit(tmp_path)
+    r = a("remote", "add", "x", url, ok=False)
+    assert r.exit_code == 2 and url in r.stderr
+    r = Cli(tmp_path)("clone", url, "c", ok=False)
+    assert r.exit_code == 2 and url in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_peer_remotes_share_the_config_without_confusing_ipfs_commands(tmp_path: Path) -> None:
+    a = _repo_with_commit(tmp_path)
+    a("remote", "add", "origin", "ipfs+http://127.0.0.1:5001", "--gateway", "http://127.0.0.1:8080")
+    a("remote", "add", "peer", str(tmp_path / "elsewhere"))
+    a("remote", "add", "served", "https://example.invalid:8470")
+    listing = {r["name"]: r for r in json.loads(a("remote", "--json").stdout)}
+    assert listing["origin"]["kind"] == "ipfs" and listing["peer"]["kind"] == "peer"
+    assert listing["served"]["url"] == "https://example.invalid:8470"
+    assert "(casync peer)" in a("remote", "-v").stdout
+    for cmd in (("url", "HEAD:f.bin", "--remote", "peer"), ("remote", "show", "served")):
+        r = a(*cmd, ok=False)
+        assert r.exit_code == 2 and "is a casync peer" in r.stderr, cmd
+    assert a("url", "HEAD:f.bin").stdout.startswith("http://127.0.0.1:8080/ipfs/")
+    a("remote", "set-url", "peer", "ipfs+http://127.0.0.1:5002")
+    assert json.loads(a("remote", "--json").stdout)[1]["kind"] == "ipfs"
+    a("remote", "remove", "served")
+    assert [r["name"] for r in json.loads(a("remote", "--json").stdout)] == ["origin", "peer"]
+
+
+def test_node_down_fails_cleanly_naming_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _repo_with_commit(tmp_path)
+    url = f"ipfs+http://127.0.0.1:{_closed_port()}"
+    a("remote", "add", "origin", url)
+    t0 = time.monotonic()
+    r = a("push", ok=False)  # default policy: retried with backoff, then a clear error
+    assert 2.0 < time.monotonic() - t0 < 20
+    assert r.exit_code == 1 and "gave up after 5 attempts" in r.stderr
+    monkeypatch.setenv("CASYNC_REMOTE_ATTEMPTS", "1")
+    for cmd in (("push",), ("fetch",), ("pull",), ("remote", "show")):
+        r = a(*cmd, ok=False)
+        assert r.exit_code == 1, cmd
+        assert f"http://127.0.0.1:{url.rsplit(':', 1)[1]}" in r.stderr and "cannot connect" in r.stderr, cmd
+        assert "Traceback" not in r.stderr
+    assert a("branch", "--json").stdout.count('"name"') == 1
+    assert Repository.open(a.cwd).refs.list_refs("remotes/") == {}
+    r = Cli(tmp_path)("clone", url, "c", ok=False)
+    assert r.exit_code == 1 and "cannot connect" in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.kubo
+def test_gateway_port_given_as_api_port(tmp_path: Path, kubo: Kubo) -> None:
+    if not kubo.gateway_url:
+        pytest.skip("no gateway URL")
+    a = _repo_with_commit(tmp_path)
+    a("remote", "add", "origin", "ipfs+" + kubo.gateway_url)
+    r = a("push", ok=False)
+    assert r.exit_code == 1 and kubo.gateway_url in r.stderr and "RPC API port" in r.stderr
+
+
+@pytest.mark.kubo
+def test_kubo_killed_mid_push_then_rerun_sends_only_what_is_missing(
+        tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    k = kubo_factory()
+    a = _repo_with_commit(tmp_path, size=5_000)
+    a("remote", "add", "origin", k.remote_url)
+    first = json.loads(a("push", "--json").stdout)
+    write(a.cwd, "big.bin", os.urandom(3_000_000))  # ~12 CDC chunks
+    a("commit", "-m", "big")
+    repo = Repository.open(a.cwd)
+    batches: list[int] = []
+
+    def kill_after_first_batch(blocks: int, size: int) -> None:
+        batches.append(size)
+        if len(batches) == 1:
+            assert k.node is not None
+            k.node.stop()
+
+    try:
+        with pytest.raises(RemoteError) as err:
+            push(repo, batch_bytes=400_000, retry=FAST, on_batch=kill_after_first_batch)
+        assert "cannot connect" in str(err.value) and err.value.transient
+        # batches confirmed before the failure (one in flight when the node stopped may finish)
+        assert 1 <= len(batches) <= 2
+        sent_before_kill = sum(batches)
+        assert repo.refs.get_ref("remotes/origin/site-a/main") is not None
+        assert cid_str(repo.refs.get_ref("remotes/origin/site-a/main") or b"") == first["head"]
+
+        restart(k)
+        set_remote(repo, "origin", k.remote_url)
+        # the head record on the node still names the first push's head
+        record = json.loads(k.ipfs("files", "read", f"/casync/{repo.repo_id}/heads/site-a"))
+        assert record["heads"]["main"]["commit"] == first["head"] and record["seq"] == 1
+
+        res = push(repo, batch_bytes=400_000, retry=FAST, measure=True)
+        assert res.resumed and res.skipped_present >= 1
+        assert res.bytes_min is not None
+        # only what was missing: confirmed batches are not sent again (the node is asked)
+        assert 0 < res.bytes_sent <= res.bytes_min - sent_before_kill + 1024
+        head = repo.refs.get_ref("heads/main")
+        assert head is not None and res.head == head and res.seq == 2
+        record = json.loads(k.ipfs("files", "read", f"/casync/{repo.repo_id}/heads/site-a"))
+        assert record["heads"]["main"]["commit"] == cid_str(head)
+        assert cid_str(head) in k.ipfs("pin", "ls", "--type=recursive").decode()
+        again = push(repo)
+        assert again.up_to_date and again.blocks_sent == 0 and not again.resumed
+    finally:
+        repo.close()
+    Cli(tmp_path)("clone", f"{k.remote_url}/{repo.repo_id}", "b")
+    assert (tmp_path / "b/big.bin").read_bytes() == (a.cwd / "big.bin").read_bytes()
+
+
+@pytest.mark.kubo
+def test_record_naming_an_incomplete_dag_is_reported_and_refs_stay(tmp_path: Path, kubo: Kubo) -> None:
+    a = _repo_with_commit(tmp_path)
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push")
+    rid = a("config", "repository_id").stdout.strip()
+    Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
+    b = Repository.open(tmp_path / "b")
+    refs_before = b.refs.list_refs()
+    b.close()
+
+    # a "ghost" replica publishes a head whose file leaf never reached the node
+    ghost = Repository.init(tmp_path / "ghost", replica="ghost", repository_id=rid)
+    with ghost.transaction(message="ghost") as tx:
+        tx.write("lost.bin", os.urandom(5000))
+    head = ghost.refs.get_ref("heads/main")
+    assert head is not None
+    commit = ghost.load_commit(head)
+    from casync.dag import read_dir
+
+    leaf = read_dir(ghost.blocks, commit.tree)[0].cid
+    store = IpfsBlockStore(IpfsClient(kubo.api_url))
+    for cid in (head, commit.tree):
+        store.put(cid, ghost.blocks.get(cid))
+    store.flush()
+    store.close()
+    record = {"format": "casync-heads/1", "repository": rid, "replica": "ghost", "seq": 1, "time_ms": 1,
+              "hash": "blake3", "chunker": "cdc",
+              "heads": {"main": {"commit": cid_str(head), "generation": 1, "clock": {"ghost": 1}}}}
+    kubo.ipfs("files", "write", "--create", "--parents", f"/casync/{rid}/heads/ghost",
+              input=json.dumps(record).encode())
+    ghost.close()
+
+    b_cli = Cli(tmp_path / "b")
+    r = b_cli("fetch", ok=False)
+    assert r.exit_code == 1
+    assert "ghost/main" in r.stderr and cid_str(leaf) in r.stderr and "missing" in r.stderr
+    b = Repository.open(tmp_path / "b")
+    try:
+        assert b.refs.list_refs() == refs_before
+        assert not b.blocks.has(head)  # nothing of the incomplete DAG was kept
+        assert not b.blocks.has(commit.tree)
+    finally:
+        b.close()
+    # the other replica's head still fetches; the report is machine-readable too
+    out = json.loads(b_cli("fetch", "--json", ok=False).stdout)
+    assert out["failed"][0]["replica"] == "ghost" and cid_str(leaf) in out["failed"][0]["error"]
+    assert "remotes/origin/site-a/main" in out["unchanged"]
+
+
+@pytest.mark.kubo
+def test_garbage_head_record_is_reported_not_trusted(tmp_path: Path, kubo: Kubo) -> None:
+    a = _repo_with_commit(tmp_path)
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push")
+    rid = a("config", "repository_id").stdout.strip()
+    for name, body in (("evil", b'{"format": "casync-heads/1", "repository": "other", "replica": "evil"}'),
+                       ("junk", b"\x00\x01not json")):
+        kubo.ipfs("files", "write", "--create", "--parents", f"/casync/{rid}/heads/{name}", input=body)
+    r = Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b")
+    assert "warning: head record" in r.stderr and "evil" in r.stderr and "junk" in r.stderr
+    r = Cli(tmp_path / "b")("fetch", ok=False)
+    assert r.exit_code == 1 and "error: head record" in r.stderr and "belongs to repository 'other'" in r.stderr
+    b = Repository.open(tmp_path / "b")
+    try:
+        assert set(b.refs.list_refs("remotes/")) == {"remotes/origin/site-a/main"}
+    finally:
+        b.close()
