@@ -21,7 +21,7 @@ import dag_cbor
 from multiformats import CID
 
 from casync.errors import InvalidObject
-from casync.ids import Cid, from_cid_object, to_cid_object, verify_block
+from casync.ids import Cid, from_cid_object, to_cid_object, varint, verify_block
 from casync.objects import MAX_BLOCK_SIZE
 
 __all__ = [
@@ -39,25 +39,18 @@ MAX_HEADER_SIZE = 1 << 20
 """A header longer than this is rejected (it only lists root CIDs)."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def encode_header(roots: Sequence[Cid]) -> bytes:
     """The length-prefixed CAR v1 header for ``roots`` (may be empty)."""
     header = bytes(dag_cbor.encode({"version": 1, "roots": [to_cid_object(r) for r in roots]}))
-    return _varint(len(header)) + header
+    return varint(len(header)) + header
 
 
 def section_size(cid: Cid, data: bytes | memoryview) -> int:
     """Bytes one block takes in a CAR (length prefix included)."""
     n = len(cid) + len(data)
-    return len(_varint(n)) + n
+    return len(varint(n)) + n
 
 
 class CarWriter:
@@ -71,7 +64,7 @@ class CarWriter:
         self.blocks = 0
 
     def add(self, cid: Cid, data: bytes | memoryview) -> None:
-        prefix = _varint(len(cid) + len(data))
+        prefix = varint(len(cid) + len(data))
         self._out.write(prefix)
         self._out.write(cid)
         self._out.write(data)
@@ -83,7 +76,7 @@ def encode_car(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryv
     """A whole CAR v1 in memory (for small archives; use :class:`CarWriter` to stream)."""
     out = bytearray(encode_header(roots))
     for cid, data in blocks:
-        out += _varint(len(cid) + len(data))
+        out += varint(len(cid) + len(data))
         out += cid
         out += data
     return bytes(out)

@@ -41,6 +41,7 @@ __all__ = [
     "parse_cid",
     "short",
     "to_cid_object",
+    "varint",
     "from_cid_object",
     "verify_block",
 ]
@@ -79,6 +80,23 @@ def _prefix(codec: int, hash_name: str) -> bytes:
 @cache
 def _known_prefixes() -> dict[bytes, tuple[int, str]]:
     return {_prefix(c, h): (c, h) for c in _CODEC_NAMES for h in HASHES}
+
+
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
+def varint(n: int) -> bytes:
+    """Unsigned LEB128 varint (multiformats unsigned-varint, protobuf varint, CAR lengths)."""
+    if 0 <= n < 0x80:
+        return _SMALL_VARINTS[n]
+    if n < 0:
+        raise ValueError("varint must be non-negative")
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def digest_fn(hash_name: str) -> Callable[[bytes | memoryview], bytes]:

@@ -26,6 +26,7 @@ from casync.ids import (
     compute_cid,
     from_cid_object,
     to_cid_object,
+    varint,
 )
 
 __all__ = [
@@ -69,20 +70,6 @@ UNIXFS_SYMLINK = 4
 # --- protobuf primitives -------------------------------------------------------------------------
 
 
-_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    if 0 <= n < 0x80:
-        return _SMALL_VARINTS[n]
-    if n < 0:
-        raise ValueError("varint must be non-negative")
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
@@ -105,11 +92,11 @@ def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 
 def _bytes_field(tag: int, value: bytes) -> bytes:
-    return _varint(tag << 3 | 2) + _varint(len(value)) + value
+    return varint(tag << 3 | 2) + varint(len(value)) + value
 
 
 def _varint_field(tag: int, value: int) -> bytes:
-    return _varint(tag << 3) + _varint(value)
+    return varint(tag << 3) + varint(value)
 
 
 def _fields(buf: bytes | memoryview) -> Iterable[tuple[int, int, Any]]:
@@ -150,7 +137,7 @@ class PBNode:
 
 def encode_pbnode(node: PBNode) -> bytes:
     """Canonical dag-pb: Links (field 2) before Data (field 1); link fields Hash, Name, Tsize."""
-    v = _varint
+    v = varint
     parts: list[bytes] = []
     for link in node.links:
         cid, name, tsize = link.cid, link.name, link.tsize

@@ -37,7 +37,7 @@ from typing import Any
 import lmdb
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict, StorageFull
-from casync.ids import Cid, cid_str, verify_block
+from casync.ids import Cid, cid_str, varint, verify_block
 from casync.store.base import RefLogEntry
 
 __all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry"]
@@ -54,13 +54,6 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 MAX_MAP_SIZE = 1 << 40
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 StatEntry = tuple[int, int, int, int, int, int, Cid]
@@ -382,7 +375,7 @@ class PackBlockStore:
         with self._store.env.begin() as txn:
             for k, v in txn.cursor(db=self._store.db("index")):
                 length = _LOC.unpack(bytes(v))[2]
-                used += len(_varint(len(k))) + len(k) + len(_varint(length)) + length
+                used += len(varint(len(k))) + len(k) + len(varint(length)) + length
         return total, used
 
     def pack_usage(self) -> dict[int, int]:
@@ -457,7 +450,7 @@ class PackBlockStore:
                 return False
             if self._writer is None:
                 self._open_writer()
-            header = _varint(len(cid)) + cid + _varint(len(data))
+            header = varint(len(cid)) + cid + varint(len(data))
             try:
                 self._writer.write(header)
                 self._writer.write(data)
