@@ -127,7 +127,7 @@ class Repository:
         self.chunker_name: str = cfg["chunker"]
         self.bare: bool = bool(cfg.get("bare", False))
         self.config = cfg
-        self.graph = CommitGraph(self.load_commit)
+        self.graph = CommitGraph(self.load_commit, store)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -174,6 +174,9 @@ class Repository:
         raise NotARepository(str(start))
 
     def close(self) -> None:
+        if self.store.env is not None:
+            with contextlib.suppress(CasyncError):
+                self.graph.save()
         self.store.close()
 
     def __enter__(self) -> Repository:
@@ -335,6 +338,7 @@ class Repository:
         block = encode_commit(commit)
         cid = compute_cid(DAG_CBOR, block, self.hash_name)
         self.blocks.put(cid, block)
+        self.graph.remember(cid, commit)
         self.store.put("meta", b"hlc_last", f"{now.wall_ms}.{now.logical}".encode())
         return cid
 

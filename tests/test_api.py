@@ -131,3 +131,18 @@ def test_sha256_and_fixed_chunker(tmp_path: Path) -> None:
     assert cid_str(r.resolve("HEAD")).startswith("bafyrei")  # dag-cbor + sha2-256
     assert r.fsck().ok
     r.close()
+
+
+def test_commit_graph_table_persists(tmp_path: Path) -> None:
+    r = Repository.init(tmp_path / "g", replica="g", bare=True)
+    with r.transaction(message="a") as tx:
+        tx.write("f", b"1")
+    with r.transaction(message="b") as tx:
+        tx.write("f", b"2")
+    first, second = r.resolve("HEAD~1"), r.resolve("HEAD")
+    r.close()
+    r = Repository.open(tmp_path / "g")
+    node = r.store.get_node(second)
+    assert node is not None and node.generation == 2 and node.parents == (first,)
+    assert r.graph.merge_bases(first, second) == [first]
+    r.close()

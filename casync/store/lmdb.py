@@ -37,7 +37,9 @@ from typing import Any
 import lmdb
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict, StorageFull
+from casync.graph import Node
 from casync.ids import Cid, cid_str, varint, verify_block
+from casync.objects import HybridTime
 from casync.store.base import RefLogEntry
 
 __all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry"]
@@ -62,7 +64,8 @@ StatEntry = tuple[int, int, int, int, int, int, Cid]
 
 _ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle}]
 _ENVS_LOCK = threading.Lock()
-_DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache")
+_DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache", "commitgraph")
+_NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parents
 
 
 def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
@@ -160,6 +163,30 @@ class LmdbStore:
                     break
                 out.append((bytes(key), bytes(value)))
         return out
+
+    # --- commit-graph table (graph.NodeCache) -------------------------------------------------
+
+    def get_node(self, cid: Cid) -> Node | None:
+        raw = self.get("commitgraph", cid)
+        if raw is None:
+            return None
+        gen, wall, logical, count = _NODE.unpack_from(raw)
+        parents, pos = [], _NODE.size
+        for _ in range(count):
+            n = raw[pos]
+            parents.append(raw[pos + 1 : pos + 1 + n])
+            pos += 1 + n
+        return Node(gen, HybridTime(wall, logical), tuple(parents))
+
+    def put_nodes(self, nodes: dict[Cid, Node]) -> None:
+        def fn(txn: Any) -> None:
+            db = self._dbs["commitgraph"]
+            for cid, node in nodes.items():
+                value = _NODE.pack(node.generation, node.time.wall_ms, node.time.logical, len(node.parents))
+                value += b"".join(bytes((len(p),)) + p for p in node.parents)
+                txn.put(cid, value, db=db)
+
+        self.write(fn)
 
     def items_count(self, db: str) -> int:
         with self.env.begin() as txn:

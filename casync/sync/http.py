@@ -242,6 +242,7 @@ class HttpPeer:
         self._parts = parts
         self._token = token
         self._timeout = timeout
+        self._keepalive: http.client.HTTPConnection | None = None
 
     def _conn(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
@@ -252,19 +253,36 @@ class HttpPeer:
         return h
 
     def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                 stream: bool = False, chunked: bool = False) -> http.client.HTTPResponse:
-        conn = self._conn()
-        try:
-            conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=self._headers(headers),
-                         encode_chunked=chunked)
-            resp = conn.getresponse()
-        except OSError as exc:
-            conn.close()
-            raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
-                              transient=True) from None
+                 stream: bool = False, chunked: bool = False, keepalive: bool = False) -> http.client.HTTPResponse:
+        """One request; small JSON exchanges reuse one keep-alive connection (retried once
+        on a fresh connection if the server closed it), streams get their own."""
+        for attempt in (0, 1):
+            reuse = keepalive and self._keepalive is not None and attempt == 0
+            conn = self._keepalive if reuse and self._keepalive is not None else self._conn()
+            try:
+                conn.request(method, self._parts.path.rstrip("/") + path, body=body,
+                             headers=self._headers(headers), encode_chunked=chunked)
+                resp = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                self._keepalive = None
+                if reuse:
+                    continue  # the kept connection went stale: try once on a new one
+                raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
+                                  transient=True) from None
+            except OSError as exc:
+                conn.close()
+                self._keepalive = None
+                raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
+                                  transient=True) from None
+        if keepalive:
+            self._keepalive = conn
         if resp.status != 200:
             detail = resp.read(4096)
             conn.close()
+            if conn is self._keepalive:
+                self._keepalive = None
             try:
                 message = json.loads(detail).get("error", "")
             except ValueError:
@@ -279,7 +297,8 @@ class HttpPeer:
 
     def _json(self, method: str, path: str, obj: Any = None) -> Any:
         body = json.dumps(obj).encode() if obj is not None else None
-        resp = self._request(method, path, body, {"Content-Type": "application/json"} if body else None)
+        resp = self._request(method, path, body, {"Content-Type": "application/json"} if body else None,
+                             keepalive=True)
         try:
             return json.loads(resp.read(MAX_JSON_BODY + 1))
         except ValueError:
@@ -333,4 +352,6 @@ class HttpPeer:
         return stats
 
     def close(self) -> None:
-        return None
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None

@@ -28,10 +28,12 @@ __all__ = ["PackReceiver", "TransferStats", "blocks_for_commits"]
 FLUSH_BYTES = 8 << 20
 
 
-def _links(cid: Cid, block: bytes) -> list[Cid]:
+def _links(cid: Cid, block: bytes, repo: Repository | None = None) -> list[Cid]:
     codec = cid_codec(cid)
     if codec == DAG_CBOR:
         commit = decode_commit(block, cid)
+        if repo is not None:
+            repo.graph.remember(cid, commit)
         return [commit.tree, *commit.parents]
     if codec == DAG_PB:
         return [link.cid for link in decode_pbnode(block).links]
@@ -108,11 +110,11 @@ def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[C
     sent: set[Cid] = set()
     diff = _TreeDiff(repo, sent)
     for cid in commits:
-        commit = repo.load_commit(cid)
+        commit = repo.graph.get(cid)
         old_trees = []
         for p in commit.parents:
             try:
-                old_trees.append(repo.load_commit(p).tree)
+                old_trees.append(repo.graph.get(p).tree)
             except Exception:
                 continue
         yield from diff.walk(commit.tree, old_trees)
@@ -150,6 +152,7 @@ class PackReceiver:
         self._unflushed = 0
         self._flush_bytes = flush_bytes
         self.last_flushed_commit: Cid | None = None
+        self._unflushed_commits: list[Cid] = []
 
     def _present(self, cid: Cid) -> bool:
         return cid in self._received or self.repo.blocks.has(cid)
@@ -158,7 +161,7 @@ class PackReceiver:
         """One verified block (the CAR reader checked its hash)."""
         self.stats.blocks += 1
         self.stats.bytes += len(block)
-        links = _links(cid, block)
+        links = _links(cid, block, self.repo)
         for child in links:
             if not self._present(child):
                 raise InvalidObject(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
@@ -176,9 +179,11 @@ class PackReceiver:
                 raise InvalidObject(f"block {cid_str(stray)} was sent but no commit needs it")
             self._dangling_commits.add(cid)
             self.stats.commits.append(cid)
+            self._unflushed_commits.append(cid)
             if self._unflushed >= self._flush_bytes:
                 self.repo.blocks.flush()  # commit boundary: everything so far is closed
                 self._unflushed = 0
+                self._unflushed_commits = []
                 self.last_flushed_commit = cid
         else:
             self._since_commit.add(cid)
@@ -199,3 +204,5 @@ class PackReceiver:
 
     def abort(self) -> None:
         self.repo.blocks.discard()
+        self.repo.graph.forget(self._unflushed_commits)
+        self._unflushed_commits = []
