@@ -24,10 +24,12 @@ _POLICY_HELP = f"Conflict policy: {', '.join(POLICIES)} or custom:NAME (default:
 @click.option("-m", "--message", help="Merge commit message.")
 @click.option("--continue", "cont", is_flag=True, help="Commit the resolved merge in progress.")
 @click.option("--abort", is_flag=True, help="Abandon the merge in progress; the working tree returns to HEAD.")
+@click.option("--allow-unrelated-histories", "unrelated", is_flag=True,
+              help="Merge even if REV shares no commit with HEAD.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.pass_obj
 def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, cont: bool, abort: bool,
-          as_json: bool) -> None:
+          unrelated: bool, as_json: bool) -> None:
     """Merge REV into the current branch: fast-forward, or a three-way merge under a policy.
 
     Exit 1 when a 'manual' policy leaves conflicts (resolve them, then --continue).
@@ -46,7 +48,8 @@ def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, co
         click.echo("merge aborted", err=True)
         return
     assert rev is not None
-    outcome = merger.merge(repo, rev, policy=policy, message=message, progress=obj.progress())
+    outcome = merger.merge(repo, rev, policy=policy, message=message, progress=obj.progress(),
+                           allow_unrelated=unrelated)
     if as_json:
         import json
 

@@ -36,13 +36,18 @@ def remotes(repo: Any) -> dict[str, dict[str, Any]]:
     return raw if isinstance(raw, dict) else {}
 
 
-def open_peer(repo: Any, spec: str, token_file: Path | None) -> tuple[str, Any]:
-    """(remote name, peer) for a configured remote name, an http(s) URL or a path."""
+def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") -> tuple[str, Any]:
+    """(remote name, peer) for a configured remote name, an http(s) URL or a path.
+
+    A relative path is taken relative to the repository root when it comes from the
+    config (where it was written), else relative to ``base`` (the -C directory)."""
     from casync.sync.http import HttpPeer
     from casync.sync.peer import LocalPeer
 
     cfg = remotes(repo).get(spec)
     url = cfg["url"] if cfg else spec
+    if not url.startswith(("http://", "https://", "file://", "ipfs+")) and "://" not in url:
+        url = str((repo.root / url).resolve()) if cfg else str((Path(base) / url).resolve())
     name = spec if cfg else _name_for(url)
     if url.startswith(("http://", "https://")):
         return name, HttpPeer(url, read_token(token_file, cfg))
@@ -76,8 +81,10 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
     from casync.sync.http import serve as make_server
 
     host, _, port = bind.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--bind expects HOST:PORT, got {bind!r}")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--bind expects HOST:PORT with a port 0-65535, got {bind!r}")
+    if host.startswith("["):
+        raise UsageError("IPv6 binds are not supported yet", hint="use 127.0.0.1:PORT")
     token = read_token(token_file)
     assert token is not None
     repo = obj.repo()
@@ -129,7 +136,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
     for spec in targets:
         entry: dict[str, Any] = {"peer": spec}
         try:
-            name, peer = open_peer(repo, spec, token_file)
+            name, peer = open_peer(repo, spec, token_file, obj.directory)
             try:
                 fetched = fetch_from(repo, peer, name, obj.progress())
                 entry["fetch"] = fetched.to_json()
@@ -234,7 +241,7 @@ def fetch_peer(obj: Any, remote: str | None, as_json: bool = False) -> None:
     from casync.sync.peer import fetch_from
 
     repo = obj.repo()
-    name, peer = open_peer(repo, remote or "origin", None)
+    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
     try:
         result = fetch_from(repo, peer, name, obj.progress())
     finally:
@@ -254,7 +261,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     branch = repo.current_branch()
     if branch is None:
         raise UsageError("pull needs a branch checked out (HEAD is detached)")
-    name, peer = open_peer(repo, remote or "origin", None)
+    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
     try:
         fetched = fetch_from(repo, peer, name, obj.progress())
     finally:
@@ -279,7 +286,7 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
     branch = branch or repo.current_branch()
     if branch is None:
         raise UsageError("push needs a branch name (HEAD is detached)")
-    name, peer = open_peer(repo, remote or "origin", None)
+    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
     try:
         summary = push_to(repo, peer, name, branch, obj.progress())
     finally:

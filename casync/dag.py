@@ -53,6 +53,7 @@ __all__ = [
     "iter_file",
     "read_dir",
     "read_dir_block",
+    "validated_links",
     "read_symlink",
     "lookup",
     "update_tree",
@@ -185,6 +186,26 @@ def read_dir_block(cid: Cid, node: PBNode) -> list[DirLink]:
     return out
 
 
+def validated_links(cid: Cid, block: bytes) -> list[Cid]:
+    """Check a block that came from elsewhere and list what it links to: commits decode
+    strictly; dag-pb nodes must carry UnixFS data, and directories get their names
+    validated (paths are data, not instructions) before anything is stored."""
+    codec = cid_codec(cid)
+    if codec == RAW:
+        return []
+    if codec == DAG_CBOR:
+        commit = decode_commit(block, cid)
+        return [commit.tree, *commit.parents]
+    if codec == DAG_PB:
+        node = decode_pbnode(block)
+        if node.data is None:
+            raise InvalidObject(f"dag-pb node {cid_str(cid)} has no UnixFS data")
+        if decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
+            read_dir_block(cid, node)
+        return [link.cid for link in node.links]
+    raise InvalidObject(f"block {cid_str(cid)} has an unsupported codec {codec:#x}")
+
+
 def read_symlink(store: BlockStore, cid: Cid) -> str:
     node = decode_pbnode(store.get(cid))
     u = decode_unixfs(node.data or b"")
@@ -228,6 +249,11 @@ def build_tree(store: BlockStore, files: Mapping[str, Entry], hash_name: str) ->
     children: dict[str, dict[str, Entry]] = {"": {}}
     for path in files:
         parts = path.split("/")
+        for part in parts:
+            try:
+                validate_name(part, f"path {path!r}")
+            except InvalidPath as exc:
+                raise InvalidObject(f"refusing to write a tree: {exc.message}") from None
         for i in range(1, len(parts)):
             parent, name = "/".join(parts[: i - 1]), parts[i - 1]
             d = "/".join(parts[:i])

@@ -26,6 +26,8 @@ class Node:
     generation: int
     time: HybridTime
     parents: tuple[Cid, ...]
+    tree: Cid
+    replica: str
 
 
 class NodeCache(Protocol):
@@ -54,7 +56,7 @@ class CommitGraph:
             n = self._table.get_node(cid)
         if n is None:
             c = self.get(cid)
-            n = Node(c.generation, c.time, c.parents)
+            n = Node(c.generation, c.time, c.parents, c.tree, c.replica)
             if self._table is not None:
                 self._unsaved[cid] = n
                 if len(self._unsaved) >= 10_000:
@@ -67,7 +69,7 @@ class CommitGraph:
     def remember(self, cid: Cid, commit: Commit) -> None:
         """Record a commit just written or received (no decode needed later)."""
         self._cache[cid] = commit
-        n = Node(commit.generation, commit.time, commit.parents)
+        n = Node(commit.generation, commit.time, commit.parents, commit.tree, commit.replica)
         self._nodes[cid] = n
         if self._table is not None:
             self._unsaved[cid] = n
@@ -113,6 +115,26 @@ class CommitGraph:
             commit = self.get(cid)
             yield cid, commit
             for p in commit.parents:
+                push(p)
+
+    def walk_nodes(self, heads: Iterable[Cid]) -> Iterator[tuple[Cid, Node]]:
+        """Like :meth:`walk`, from the commit-graph table: no commit is decoded."""
+        heap: list[tuple[int, int, int, Cid]] = []
+        seen: set[Cid] = set()
+
+        def push(cid: Cid) -> None:
+            if cid not in seen:
+                seen.add(cid)
+                n = self.node(cid)
+                heapq.heappush(heap, (-n.generation, -n.time.wall_ms, -n.time.logical, cid))
+
+        for h in heads:
+            push(h)
+        while heap:
+            cid = heapq.heappop(heap)[3]
+            n = self.node(cid)
+            yield cid, n
+            for p in n.parents:
                 push(p)
 
     def is_ancestor(self, a: Cid, b: Cid) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from casync.errors import UsageError
 from casync.objects import Entry, HybridTime
+from casync.validate import is_replica_name
 
 __all__ = [
     "POLICIES",
@@ -134,6 +135,12 @@ class MergeInput:
 
 
 def sibling_name(path: str, replica: str) -> str:
+    """``path.~<replica>``; a replica id that is not a safe name (it came from a peer)
+    is replaced by a hash of it, so the sibling can never be a path instruction."""
+    if not is_replica_name(replica):
+        import hashlib
+
+        replica = "x" + hashlib.sha256(replica.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return f"{path}.~{replica}"
 
 

@@ -78,7 +78,7 @@ class _WriteFinder:
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
         if key not in self._entries:
-            tree = self.repo.tree_of(commit)
+            tree = self.repo.graph.node(commit).tree
             self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
         return self._entries[key]
 
@@ -87,14 +87,14 @@ class _WriteFinder:
         target = self.entry(head, path)
         # The write may predate the merge base (a side can carry an old version that won
         # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in graph.walk([head]):
+        for cid, commit in graph.walk_nodes([head]):
             here = self.entry(cid, path)
             if not _same(here, target):
                 continue
             if all(not _same(self.entry(p, path), here) for p in commit.parents):
                 return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
-        commit = graph.get(head)
-        return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
+        node = graph.node(head)
+        return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
 
 
 def _same(a: Entry | None, b: Entry | None) -> bool:
@@ -152,14 +152,13 @@ def _touched(repo: Repository, head: Cid, bases: list[Cid]) -> frozenset[str]:
 
     graph = repo.graph
     out: set[str] = set()
-    for cid, commit in graph.walk([head]):
-        if any(graph.is_ancestor(cid, b) for b in bases):
-            continue
-        tree = commit.tree
-        if not commit.parents:
+    for cid in graph.missing([head], bases):  # exactly the commits since the bases
+        node = graph.node(cid)
+        tree = node.tree
+        if not node.parents:
             out |= changed_paths(repo.blocks, None, tree)
             continue
-        per_parent = [changed_paths(repo.blocks, repo.tree_of(p), tree) for p in commit.parents]
+        per_parent = [changed_paths(repo.blocks, graph.node(p).tree, tree) for p in node.parents]
         out |= set.intersection(*per_parent)
     return frozenset(out)
 
@@ -175,8 +174,12 @@ def load_entry_point_resolvers() -> dict[str, ResolverFn]:
 
 
 def merge(repo: Repository, rev: str, policy: str | None = None, message: str | None = None,
-          resolvers: Mapping[str, ResolverFn] | None = None, progress: Progress = NULL_PROGRESS) -> MergeOutcome:
-    """Merge ``rev`` into the current branch (or detached HEAD)."""
+          resolvers: Mapping[str, ResolverFn] | None = None, progress: Progress = NULL_PROGRESS,
+          allow_unrelated: bool = False) -> MergeOutcome:
+    """Merge ``rev`` into the current branch (or detached HEAD).
+
+    Histories with no common commit are refused unless ``allow_unrelated``: they are
+    usually another repository's data (a mistaken URL, a forged head record)."""
     with repo.store.writer_lock():
         if merge_state(repo) is not None:
             raise UsageError("a merge is in progress", hint="finish it with 'casync merge --continue' or "
@@ -198,6 +201,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
             return MergeOutcome("fast-forward", theirs)
         if repo.graph.is_ancestor(theirs, ours):
             return MergeOutcome("up-to-date", ours)
+        if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
+            raise ConflictError(f"refusing to merge {rev}: it shares no history with {cid_str(ours)[:20]}",
+                                hint="check where it came from; pass --allow-unrelated-histories if intended")
         result, _bases = _merge_commits(repo, ours, theirs, rules, all_resolvers)
         ours_flat = repo.flat_tree(ours)
         what = f"merge of {rev}"
@@ -375,6 +381,8 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
     for sib in conflict.siblings:
         writer.remove(sib)
     if state is not None and recorded is not None:
-        state.setdefault("resolved", []).append(path)
-        repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
+        with repo.store.writer_lock():
+            fresh = merge_state(repo) or state
+            fresh.setdefault("resolved", []).append(path)
+            repo.store.put("meta", _STATE_KEY, json.dumps(fresh).encode())
     return chosen

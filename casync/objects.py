@@ -28,6 +28,7 @@ from casync.ids import (
     to_cid_object,
     varint,
 )
+from casync.validate import is_replica_name
 
 __all__ = [
     "MAX_BLOCK_SIZE",
@@ -413,10 +414,10 @@ class Commit:
         for p in self.parents:
             if cid_codec(p) != DAG_CBOR:
                 raise InvalidObject(f"commit parent {cid_str(p)} is not a dag-cbor commit")
-        if not self.replica:
-            raise InvalidObject("commit without replica id")
+        if not is_replica_name(self.replica):
+            raise InvalidObject(f"commit replica id {self.replica[:80]!r} is not a valid replica name")
         for name, count in self.clock.items():
-            if not isinstance(name, str) or not isinstance(count, int) or count < 0:
+            if not isinstance(name, str) or not isinstance(count, int) or count < 0 or not is_replica_name(name):
                 raise InvalidObject("commit clock must map replica ids to non-negative integers")
         if self.clock.get(self.replica, 0) < 1:
             raise InvalidObject(f"commit clock does not count its own replica {self.replica!r}")

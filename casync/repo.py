@@ -58,7 +58,7 @@ from casync.objects import (
 )
 from casync.progress import NULL_PROGRESS, Progress
 from casync.store.lmdb import LmdbStore
-from casync.validate import REPO_DIR, split_path
+from casync.validate import REPO_DIR, is_replica_name, split_path
 
 __all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "validate_branch_name"]
 
@@ -67,7 +67,7 @@ _REV_SUFFIX = re.compile(r"^(.*?)((?:~\d*|\^\d*)*)$")
 
 
 def validate_branch_name(name: str) -> None:
-    if not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
+    if len(name) > 200 or not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
         raise UsageError(f"invalid branch name {name!r}",
                          hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')")
 
@@ -485,7 +485,7 @@ def _children(cid: Cid, block: bytes) -> Iterator[Cid]:
 
 
 def validate_replica_name(name: str) -> None:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
+    if not is_replica_name(name):
         raise UsageError(f"invalid replica name {name!r}",
                          hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 

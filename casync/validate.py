@@ -7,11 +7,20 @@ corrupted store must never make casync write outside the working tree or into
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from casync.errors import InvalidPath
 
-__all__ = ["MAX_NAME_BYTES", "REPO_DIR", "is_reserved_name", "split_path", "validate_name"]
+__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "is_reserved_name", "is_replica_name", "split_path",
+           "validate_name"]
+
+REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def is_replica_name(name: str) -> bool:
+    """Replica ids end up in file names (``path.~<replica>``) and refs: a strict charset."""
+    return bool(REPLICA_RE.match(name)) and ".." not in name
 
 REPO_DIR = ".casync"
 MAX_NAME_BYTES = 255

@@ -162,7 +162,8 @@ def test_commit_roundtrip_and_signing_bytes_exclude_sig() -> None:
 @pytest.mark.parametrize(("kw", "match"), [
     ({"clock": {"b": 1}}, "does not count its own replica"),
     ({"generation": 2}, "generation"),
-    ({"replica": ""}, "without replica"),
+    ({"replica": ""}, "not a valid replica name"),
+    ({"replica": "../../x", "clock": {"../../x": 1}}, "not a valid replica name"),
     ({"tree": compute_cid(RAW, b"x")}, "not a dag-pb directory"),
 ])
 def test_commit_check_rejects(kw: dict[str, object], match: str) -> None:

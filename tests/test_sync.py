@@ -266,3 +266,37 @@ def test_one_commit_divergence_on_long_history(tmp_path: Path) -> None:
     assert len(result.stats.commits) == 1
     assert result.stats.blocks <= 4  # the new leaf, one directory, the root, the commit
     write(b.root, "unused", "")
+
+
+def test_hostile_peer_inputs_are_refused(tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    """Refs must name commits; request headers are parsed strictly; nothing changes."""
+    leaf = compute_cid(RAW, b"just a leaf")
+    origin.blocks.put(leaf, b"just a leaf")
+    origin.blocks.flush()
+    before = origin.branches()
+    status, reply = _post(server, f"/v1/push?branch=evil&new={cid_str(leaf)}", _car([], leaf))
+    assert status == 400 and b"not a commit" in reply
+    status, _ = _post(server, "/v1/negotiate", b'{"haves": []}', {"Content-Length": "abc"})
+    assert status == 400
+    assert origin.branches() == before
+    from casync.sync.peer import PeerInfo
+
+    with pytest.raises(RemoteError, match="malformed info"):
+        PeerInfo.from_json({"repository_id": "x", "replica": "y", "read_only": False,
+                            "refs": {"../evil": cid_str(leaf)}})
+    with pytest.raises(RemoteError, match="malformed info"):
+        PeerInfo.from_json({"repository_id": "x", "replica": "y", "read_only": False,
+                            "refs": {"main": cid_str(leaf)}})
+
+
+def test_unrelated_history_is_not_merged(tmp_path: Path, origin: Repository) -> None:
+    from casync.errors import ConflictError
+    from casync.merger import merge
+
+    other = Repository.init(tmp_path / "other", replica="other", repository_id=origin.repo_id, bare=True)
+    history(other, 2, "x")
+    fetch_from(origin, LocalPeer(str(other.root)), "other")
+    with pytest.raises(ConflictError, match="shares no history"):
+        merge(origin, "remotes/other/main")
+    assert merge(origin, "remotes/other/main", allow_unrelated=True).kind == "merged"
+    other.close()

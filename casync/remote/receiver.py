@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casync import workdir
-from casync.dag import read_dir_block
+from casync.dag import validated_links
 from casync.errors import BlockNotFound, CasyncError, ConflictError, CorruptBlock, InvalidObject, UsageError
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str
-from casync.objects import UNIXFS_DIRECTORY, decode_commit, decode_pbnode, decode_unixfs
+from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
 from casync.remote.config import Remote, get_remote
 from casync.remote.records import HeadRecord, RemoteNode, connect
@@ -85,20 +84,7 @@ class FetchResult:
 
 def _links(cid: Cid, block: bytes) -> list[Cid]:
     """Validate a block received from elsewhere and list what it links to."""
-    codec = cid_codec(cid)
-    if codec == RAW:
-        return []
-    if codec == DAG_CBOR:
-        commit = decode_commit(block, cid)
-        return [commit.tree, *commit.parents]
-    if codec == DAG_PB:
-        node = decode_pbnode(block)
-        if node.data is None:
-            raise InvalidObject(f"dag-pb node {cid_str(cid)} has no UnixFS data")
-        if decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
-            read_dir_block(cid, node)  # names are data, not instructions: validate them here
-        return [link.cid for link in node.links]
-    raise InvalidObject(f"block {cid_str(cid)} has unsupported codec {codec:#x}")
+    return validated_links(cid, block)
 
 
 class DagFetcher:

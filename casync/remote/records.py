@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from casync.chunking import CHUNKERS
 from casync.dag import iter_file, read_dir
 from casync.errors import CasyncError, InvalidObject, RemoteError, UsageError
 from casync.ids import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, parse_cid
@@ -87,8 +88,8 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         raise InvalidObject(f"head record {where} is too large ({len(data)} bytes)")
     try:
         obj = json.loads(data)
-    except ValueError as exc:
-        raise InvalidObject(f"head record {where} is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidObject(f"head record {where} is not JSON ({type(exc).__name__})") from None
     try:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise InvalidObject(f"head record {where} has an unknown format {obj.get('format')!r}")
@@ -98,6 +99,11 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
             raise InvalidObject(f"head record {where} claims replica {obj['replica']!r}")
         if obj["hash"] not in HASHES:
             raise InvalidObject(f"head record {where} uses unknown hash {obj['hash']!r}")
+        if obj["chunker"] not in CHUNKERS:
+            raise InvalidObject(f"head record {where} uses unknown chunker {obj['chunker']!r}")
+        for key in ("seq", "time_ms"):
+            if not isinstance(obj[key], int) or isinstance(obj[key], bool):
+                raise InvalidObject(f"head record {where}: {key} must be an integer")
         heads = {}
         for branch, h in obj["heads"].items():
             validate_branch_name(branch)
@@ -112,8 +118,8 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         return HeadRecord(repository, replica, seq, time_ms, str(obj["hash"]), str(obj["chunker"]), heads)
     except InvalidObject:
         raise
-    except (CasyncError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidObject(f"head record {where} is malformed ({exc})") from None
+    except (CasyncError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        raise InvalidObject(f"head record {where} is malformed ({type(exc).__name__})") from None
 
 
 class RemoteNode:
@@ -195,11 +201,20 @@ class RemoteNode:
             where = f"{self.repo_dir(repo_id)}/heads/{name} on {self.url.api}"
             try:
                 validate_replica_name(name)
-                data = self.client.files_read(f"{self.repo_dir(repo_id)}/heads/{name}")
+                data = self.client.files_read(f"{self.repo_dir(repo_id)}/heads/{name}", MAX_RECORD_BYTES)
                 if data is None:
                     continue
                 out[name] = decode_record(data, repo_id, name, where)
             except (InvalidObject, UsageError) as exc:
+                if errors is None:
+                    raise
+                errors.append(str(exc))
+            except RemoteError as exc:  # e.g. a directory where a record file belongs
+                if exc.transient:
+                    raise
+                if errors is None:
+                    raise
+                errors.append(f"head record {where} is unreadable: {exc.message}")
                 if errors is None:
                     raise
                 errors.append(str(exc))
@@ -251,7 +266,7 @@ class RemoteNode:
 def _peek_repository(data: bytes, where: str) -> str:
     try:
         rid = json.loads(data)["repository"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise InvalidObject(f"head record {where} is malformed") from None
     if not isinstance(rid, str):
         raise InvalidObject(f"head record {where} is malformed")

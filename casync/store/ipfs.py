@@ -360,9 +360,11 @@ class IpfsClient:
 
     # --- MFS (head records) --------------------------------------------------------------------
 
-    def files_read(self, path: str) -> bytes | None:
+    def files_read(self, path: str, limit: int | None = None) -> bytes | None:
+        """An MFS file's bytes; with ``limit``, at most ``limit`` + 1 bytes are transferred."""
+        opts = {"count": limit + 1} if limit is not None else {}
         try:
-            return bytes(self.call(f"files/read {path}", lambda c: c.files.read(path)))
+            return bytes(self.call(f"files/read {path}", lambda c: c.files.read(path, opts=opts)))
         except RemoteError as err:
             if not err.transient and _is_not_found(err.message):
                 return None

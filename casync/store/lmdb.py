@@ -65,7 +65,8 @@ StatEntry = tuple[int, int, int, int, int, int, Cid]
 _ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle}]
 _ENVS_LOCK = threading.Lock()
 _DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache", "commitgraph")
-_NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parents
+_NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parents; then
+# length-prefixed parents, tree and replica id (see docs/design.md, "commitgraph")
 
 
 def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
@@ -171,19 +172,20 @@ class LmdbStore:
         if raw is None:
             return None
         gen, wall, logical, count = _NODE.unpack_from(raw)
-        parents, pos = [], _NODE.size
-        for _ in range(count):
+        cids, pos = [], _NODE.size
+        for _ in range(count + 2):  # parents, then the tree, then the replica id
             n = raw[pos]
-            parents.append(raw[pos + 1 : pos + 1 + n])
+            cids.append(raw[pos + 1 : pos + 1 + n])
             pos += 1 + n
-        return Node(gen, HybridTime(wall, logical), tuple(parents))
+        return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode())
 
     def put_nodes(self, nodes: dict[Cid, Node]) -> None:
         def fn(txn: Any) -> None:
             db = self._dbs["commitgraph"]
             for cid, node in nodes.items():
                 value = _NODE.pack(node.generation, node.time.wall_ms, node.time.logical, len(node.parents))
-                value += b"".join(bytes((len(p),)) + p for p in node.parents)
+                fields = [*node.parents, node.tree, node.replica.encode()]
+                value += b"".join(bytes((len(f),)) + f for f in fields)
                 txn.put(cid, value, db=db)
 
         self.write(fn)

@@ -21,7 +21,7 @@ import dag_cbor
 from casync.car import CarWriter, iter_car, read_header
 from casync.errors import InvalidObject, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid, from_cid_object, to_cid_object
-from casync.repo import Repository
+from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import PackReceiver, TransferStats, blocks_for_commits
 
 __all__ = ["BundleInfo", "create_bundle", "read_bundle"]
@@ -54,8 +54,14 @@ def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str
     themselves) with everything not reachable from ``since``."""
     refs: dict[str, Cid] = {}
     for rev in revs or ["HEAD"]:
-        name = rev if rev in repo.branches() else (repo.current_branch() or "HEAD") if rev == "HEAD" else rev
-        refs[name] = repo.resolve(rev)
+        cid = repo.resolve(rev)
+        if rev in repo.branches():
+            name = rev
+        elif rev == "HEAD" and repo.current_branch():
+            name = str(repo.current_branch())
+        else:
+            name = cid_str(cid)  # HEAD~2, a CID...: named by the commit itself
+        refs[name] = cid
     prerequisites = [repo.resolve(s) for s in since or []]
     commits = repo.graph.missing(list(refs.values()), prerequisites)
     manifest_cid, manifest = _manifest(repo, refs, prerequisites)
@@ -82,8 +88,14 @@ def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[C
             raise ValueError("not a casync bundle manifest")
         refs = {str(k): from_cid_object(v) for k, v in obj["refs"].items()}
         prereq = [from_cid_object(p) for p in obj["prerequisites"]]
+        for name, ref in refs.items():
+            validate_branch_name(name)
+            if cid_codec(ref) != DAG_CBOR:
+                raise ValueError(f"ref {name!r} does not name a commit")
+        if any(cid_codec(p) != DAG_CBOR for p in prereq):
+            raise ValueError("a prerequisite is not a commit")
         return str(obj["repository_id"]), refs, prereq
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
         raise InvalidObject(f"bundle manifest {cid_str(cid)} is malformed ({exc})") from None
 
 

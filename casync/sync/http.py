@@ -15,6 +15,7 @@ messages get 400 and change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.client
 import io
@@ -59,10 +60,10 @@ class _ChunkedReader(io.RawIOBase):
             return 0
         if self._left == 0:
             line = self._raw.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise InvalidObject("malformed chunked encoding") from None
+            token = line.split(b";")[0].strip()
+            if not token or any(c not in b"0123456789abcdefABCDEF" for c in token):
+                raise InvalidObject("malformed chunked encoding")
+            size = int(token, 16)
             if size == 0:
                 while self._raw.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
@@ -83,9 +84,41 @@ class _ChunkedReader(io.RawIOBase):
         return len(data)
 
 
+def _content_length(value: str | None, limit: int) -> int:
+    """A strict Content-Length: digits only, at most ``limit``."""
+    if value is None or not value.strip().isdigit():
+        raise InvalidObject("a Content-Length of decimal digits is required")
+    length = int(value)
+    if length > limit:
+        raise InvalidObject(f"request body of {length} bytes exceeds the limit of {limit}")
+    return length
+
+
+class _LimitedReader(io.RawIOBase):
+    """Exactly ``length`` bytes of a request body, streamed."""
+
+    def __init__(self, raw: Any, length: int) -> None:
+        self._raw = raw
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._left <= 0:
+            return 0
+        data = self._raw.read(min(len(b), self._left))
+        if not data:
+            raise InvalidObject("request body truncated")
+        b[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: PeerServer
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a stalled client may hold its connection (and the repository lock)
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
@@ -114,9 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _json_body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > MAX_JSON_BODY:
-            raise InvalidObject(f"request body must be 1..{MAX_JSON_BODY} bytes of JSON")
+        length = _content_length(self.headers.get("Content-Length"), MAX_JSON_BODY)
+        if length == 0:
+            raise InvalidObject("request body must be JSON")
         try:
             return json.loads(self.rfile.read(length))
         except ValueError:
@@ -198,10 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raw: Any = _ChunkedReader(self.rfile, MAX_PUSH_BYTES)
         else:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_PUSH_BYTES:
-                raise InvalidObject("push body too large")
-            raw = io.BytesIO(self.rfile.read(length))
+            raw = _LimitedReader(self.rfile, _content_length(self.headers.get("Content-Length"), MAX_PUSH_BYTES))
         stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
         reader = io.BufferedReader(stream, _CHUNK)
         roots = read_header(reader)
@@ -213,6 +243,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 class PeerServer(ThreadingHTTPServer):
     daemon_threads = True
+    max_connections = 64
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """At most ``max_connections`` handler threads; beyond that, refuse at once."""
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def __init__(self, repo: Repository, token: bytes, bind: tuple[str, int], read_only: bool = False,
                  verbose: bool = False) -> None:
@@ -222,6 +269,7 @@ class PeerServer(ThreadingHTTPServer):
         self.token = token
         self.verbose = verbose
         self.lock = threading.Lock()  # one Repository, used by one request at a time
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         super().__init__(bind, _Handler)
 
 
@@ -235,7 +283,11 @@ class HttpPeer:
     """Client side of :class:`PeerServer`."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 300.0) -> None:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            _ = parts.port
+        except ValueError as exc:
+            raise UsageError(f"invalid peer URL {url!r} ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"not an http(s) peer URL: {url!r}")
         self.url = url
@@ -265,6 +317,17 @@ class HttpPeer:
                 resp = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                if not reuse and isinstance(exc, BrokenPipeError | ConnectionResetError):
+                    # the server stopped reading mid-upload: it usually said why before closing
+                    try:
+                        early = conn.getresponse()
+                        reason = early.read(4096)
+                        message = str(json.loads(reason).get("error", "")) if reason else ""
+                    except Exception:
+                        message = ""
+                    if message:
+                        conn.close()
+                        raise RemoteError(f"{self.url} rejected the request: {message}") from None
                 conn.close()
                 self._keepalive = None
                 if reuse:
@@ -284,9 +347,9 @@ class HttpPeer:
             if conn is self._keepalive:
                 self._keepalive = None
             try:
-                message = json.loads(detail).get("error", "")
-            except ValueError:
-                message = detail.decode(errors="replace")
+                message = str(json.loads(detail).get("error", ""))
+            except (ValueError, AttributeError):
+                message = detail.decode(errors="replace")[:200]
             if resp.status == 401:
                 raise RemoteError(f"{self.url} refused the token (401)",
                                   hint="pass --token-file, set CASYNC_TOKEN, or set the remote's token")
@@ -346,10 +409,13 @@ class HttpPeer:
 
         resp = self._request("POST", f"/v1/push?{query}", body(), {"Content-Type": "application/vnd.ipld.car",
                                                                   "Content-Encoding": "zstd"}, chunked=True)
-        reply = json.loads(resp.read(MAX_JSON_BODY))
-        stats = TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
-                              new_blocks=int(reply.get("new_blocks", 0)), new_bytes=int(reply.get("new_bytes", 0)))
-        return stats
+        try:
+            reply = json.loads(resp.read(MAX_JSON_BODY))
+            return TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
+                                 new_blocks=int(reply.get("new_blocks", 0)),
+                                 new_bytes=int(reply.get("new_bytes", 0)))
+        except (ValueError, TypeError, AttributeError):
+            raise RemoteError(f"{self.url} accepted the push but sent a malformed reply") from None
 
     def close(self) -> None:
         if self._keepalive is not None:

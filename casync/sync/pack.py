@@ -18,28 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from casync.dag import validated_links
 from casync.errors import InvalidObject
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str
+from casync.ids import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str
 from casync.objects import UNIXFS_DIRECTORY, decode_commit, decode_pbnode, decode_unixfs
 from casync.repo import Repository
 
 __all__ = ["PackReceiver", "TransferStats", "blocks_for_commits"]
 
 FLUSH_BYTES = 8 << 20
-
-
-def _links(cid: Cid, block: bytes, repo: Repository | None = None) -> list[Cid]:
-    codec = cid_codec(cid)
-    if codec == DAG_CBOR:
-        commit = decode_commit(block, cid)
-        if repo is not None:
-            repo.graph.remember(cid, commit)
-        return [commit.tree, *commit.parents]
-    if codec == DAG_PB:
-        return [link.cid for link in decode_pbnode(block).links]
-    if codec == RAW:
-        return []
-    raise InvalidObject(f"block {cid_str(cid)} has an unsupported codec {codec:#x}")
 
 
 class _TreeDiff:
@@ -161,13 +148,15 @@ class PackReceiver:
         """One verified block (the CAR reader checked its hash)."""
         self.stats.blocks += 1
         self.stats.bytes += len(block)
-        links = _links(cid, block, self.repo)
+        links = validated_links(cid, block)
         for child in links:
             if not self._present(child):
                 raise InvalidObject(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
                                     f"nor sent before it (incomplete or out-of-order stream)")
             self._since_commit.discard(child)
             self._dangling_commits.discard(child)
+        if cid_codec(cid) == DAG_CBOR:  # checked above: safe to index for graph walks
+            self.repo.graph.remember(cid, decode_commit(block, cid))
         if self.repo.blocks.put(cid, block):
             self.stats.new_blocks += 1
             self.stats.new_bytes += len(block)

@@ -55,9 +55,13 @@ class PeerInfo:
     def from_json(cls, obj: Any) -> PeerInfo:
         try:
             refs = {str(k): parse_cid(v) for k, v in obj["refs"].items()}
+            for name, cid in refs.items():
+                validate_branch_name(name)
+                if cid_codec(cid) != DAG_CBOR:
+                    raise UsageError(f"branch {name!r} does not name a commit")
             return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
                        str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")))
-        except (KeyError, TypeError, AttributeError, UsageError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, UsageError) as exc:
             raise RemoteError(f"peer sent a malformed info message ({exc})") from None
 
 
@@ -125,6 +129,9 @@ class PeerService:
         if self.read_only:
             raise RemoteError("this peer is read-only; it does not accept pushes")
         validate_branch_name(branch)
+        for cid in (new, old):
+            if cid is not None and cid_codec(cid) != DAG_CBOR:
+                raise InvalidObject(f"push names {cid_str(cid)}, which is not a commit")
         with self.repo.store.writer_lock():
             receiver = PackReceiver(self.repo, [new])
             try:
@@ -198,7 +205,7 @@ class FetchResult:
 
 
 def _local_heads(repo: Repository) -> list[Cid]:
-    heads = list(dict.fromkeys(repo.refs.list_refs().values()))
+    heads = [c for c in dict.fromkeys(repo.refs.list_refs().values()) if cid_codec(c) == DAG_CBOR]
     head = repo.head()
     if head is not None and head not in heads:
         heads.insert(0, head)
@@ -306,7 +313,8 @@ def push_to(repo: Repository, peer: Peer, remote: str, branch: str, progress: Pr
         progress.finish()
     summary["round_trips"] += 1
     name = f"remotes/{remote}/{branch}"
-    repo.refs.cas_ref(name, repo.refs.get_ref(name), local, f"push {remote}")
+    with repo.store.writer_lock():
+        repo.refs.cas_ref(name, repo.refs.get_ref(name), local, f"push {remote}")
     summary.update(result="pushed", commits=len(missing), **sent)
     return summary
 
