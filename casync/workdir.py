@@ -167,12 +167,12 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     repo.require_worktree("status")
     head = repo.head()
     result = Status(branch=repo.current_branch(), head=head)
-    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    snap = _Snapshotter(repo, scratch, progress)
     ignore = Ignore.load(repo.root)
     files, result.skipped = scan(repo.root, ignore)
     if head is not None and _unchanged_since_cache(repo, head, files):
         return result
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, progress)
     head_tree = repo.tree_of(head) if head is not None else None
     committed = flatten_tree(repo.blocks, head_tree) if head_tree is not None else {}
     current: dict[str, Entry] = {}

@@ -159,8 +159,27 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[st
     return files, skipped
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-.:;<=>?@\[\]^_`{|}~]{1,255}")
+_CHECKED: dict[str, str | None] = {}
+
+
 def _unstorable(name: str) -> str | None:
-    """Why a file name cannot go into a tree (None if it can)."""
+    """Why a file name cannot go into a tree (None if it can).
+
+    Plain printable-ASCII names that cannot spell ``.casync`` skip the Unicode checks, and
+    answers are memoised (trees repeat names), so scanning stays I/O bound."""
+    if _PLAIN_NAME.fullmatch(name) and name not in (".", "..") and "casync" not in name.lower():
+        return None
+    known = _CHECKED.get(name, "")
+    if known != "":
+        return known
+    answer = _check_name(name)
+    if len(_CHECKED) < 100_000:
+        _CHECKED[name] = answer
+    return answer
+
+
+def _check_name(name: str) -> str | None:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
