@@ -105,3 +105,24 @@ def test_sigkill_during_commit_loses_nothing_acknowledged(tmp_path: Path) -> Non
     final = _run(["commit", "-m", "after"], wt)
     assert final.returncode in (0, 1), final.stderr
     assert _run(["fsck"], wt).returncode == 0
+
+
+def test_lmdb_that_cannot_grow_fails_cleanly(tmp_path: Path) -> None:
+    """Many small files: the LMDB index and stat cache need more pages than the file-size
+    limit allows (as on a full disk); the commit fails with one line and nothing changes."""
+    wt = tmp_path / "wt"
+    assert _run(["init", str(wt), "--replica", "a"], tmp_path).returncode == 0
+    write(wt, "first", "1")
+    assert _run(["commit", "-m", "one"], wt).returncode == 0
+    for i in range(6000):
+        write(wt, f"d{i % 50}/f{i}", f"file {i}")
+    db = wt / ".casync" / "db" / "data.mdb"
+    # the pack needs ~0.3 MiB for these files, the LMDB index and stat cache ~1.3 MiB more
+    r = _run(["commit", "-m", "many"], wt, fsize=db.stat().st_size + (512 << 10))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: disk full writing") and "db" in r.stderr.splitlines()[0]
+    assert "Traceback" not in r.stderr
+    log = json.loads(_run(["log", "--json"], wt).stdout)
+    assert [e["message"] for e in log] == ["one"]
+    assert _run(["fsck"], wt).returncode == 0
+    assert _run(["commit", "-m", "many"], wt).returncode == 0

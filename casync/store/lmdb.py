@@ -140,8 +140,12 @@ class LmdbStore:
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
-                if "No space left" in str(exc) or getattr(exc, "errno", None) in _DISK_FULL:
-                    raise StorageFull(f"disk full writing {self.db_path}", hint="free disk space and retry") from None
+                # py-lmdb reports I/O failures as a plain Error carrying strerror's text
+                full = getattr(exc, "errno", None) in _DISK_FULL or any(
+                    os.strerror(code) in str(exc) for code in _DISK_FULL)
+                if full:
+                    raise StorageFull(f"disk full writing {self.db_path} ({exc})",
+                                      hint="free disk space and retry; nothing was committed") from None
                 raise
         raise StorageFull(f"LMDB map at {self.db_path} could not grow", hint="free disk space and retry")
 
