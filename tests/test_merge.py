@@ -214,3 +214,28 @@ def test_fast_forward_and_up_to_date(pair: tuple[Repository, Repository]) -> Non
     assert a.merge("site-b").kind == "fast-forward"
     assert (a.root / "x").read_text() == "1" and a.status().clean
     assert a.merge("site-b").kind == "up-to-date"
+
+
+def test_sibling_names_never_carry_path_instructions() -> None:
+    from casync.merge import sibling_name
+
+    assert sibling_name("f.txt", "site-b") == "f.txt.~site-b"
+    hostile = sibling_name("f.txt", "x/../../../../tmp/PWN")
+    assert "/" not in hostile.split(".~", 1)[1] and ".." not in hostile.split(".~", 1)[1]
+
+
+def test_commit_with_hostile_replica_id_is_rejected() -> None:
+    import dag_cbor
+
+    from casync.errors import InvalidObject
+    from casync.ids import DAG_PB
+    from casync.objects import Commit, HybridTime, decode_commit, encode_directory
+
+    tree = compute_cid(DAG_PB, encode_directory([]))
+    good = Commit(tree=tree, parents=(), clock={"a": 1}, time=HybridTime(1, 0), replica="a", author="x",
+                  message="m", generation=1)
+    obj = dag_cbor.decode(good.signing_bytes())
+    obj["replica"] = "x/../../PWN"
+    obj["clock"] = {"x/../../PWN": 1}
+    with pytest.raises(InvalidObject, match="not a valid replica name"):
+        decode_commit(dag_cbor.encode(obj))
