@@ -93,11 +93,18 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("url")
 @click.option("--gateway", metavar="URL", help="HTTP gateway serving the node's blocks (for 'casync url').")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="For a 'casync serve' peer: file holding its bearer token (the path is stored, not the token).")
 @click.pass_obj
-def remote_add(obj: Any, name: str, url: str, gateway: str | None) -> None:
+def remote_add(obj: Any, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
     """Add remote NAME at URL: ipfs+http://HOST:PORT (a Kubo RPC API), or a casync peer
     (http(s)://HOST:PORT of 'casync serve', or a path)."""
-    r = rmt.add_remote(obj.repo(), name, url, gateway)
+    repo = obj.repo()
+    r = rmt.add_remote(repo, name, url, gateway)
+    if token_file:
+        remotes = dict(repo.config.get("remotes", {}))
+        remotes[name] = {**remotes[name], "token_file": os.path.abspath(os.path.join(obj.directory, token_file))}
+        repo.set_config("remotes", remotes)
     what = "" if r.is_ipfs else " (a casync peer, for 'casync sync'; an IPFS node is ipfs+http://HOST:PORT)"
     click.echo(f"added remote {r.name}: {r.url.text}{what}", err=True)
 

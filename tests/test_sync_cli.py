@@ -93,3 +93,19 @@ def test_bundle_sneakernet(tmp_path: Path) -> None:
     assert out.stdout.startswith("bundles/main -> ")
     run(b, "merge", "bundles/main")
     assert (b / "f").read_text() == "1"
+
+
+def test_remote_with_token_file_fetch_and_pull(tmp_path: Path, served: tuple[Path, str, Path]) -> None:
+    a, url, token = served
+    c = tmp_path / "c"
+    run(tmp_path, "clone", url, str(c), "--replica", "site-c", env={"CASYNC_TOKEN": token.read_text().strip()})
+    run(c, "remote", "remove", "origin")
+    run(c, "remote", "add", "hub", url, "--token-file", str(token))
+    config = run(c, "config", "--json").stdout
+    assert token.read_text().strip() not in config  # the path is stored, never the token itself
+    assert json.loads(config)["remotes"]["hub"]["token_file"] == str(token)
+    write(a, "new.txt", "n")
+    run(a, "commit", "-m", "more")
+    out = json.loads(run(c, "pull", "hub", "--json").stdout)
+    assert out["merge"]["result"] == "fast-forward"
+    assert (c / "new.txt").read_text() == "n"

@@ -352,7 +352,8 @@ class HttpPeer:
                 message = detail.decode(errors="replace")[:200]
             if resp.status == 401:
                 raise RemoteError(f"{self.url} refused the token (401)",
-                                  hint="pass --token-file, set CASYNC_TOKEN, or set the remote's token")
+                                  hint="set CASYNC_TOKEN, pass 'sync --token-file FILE', or "
+                                       "'casync remote add NAME URL --token-file FILE'")
             if resp.status == 409:
                 raise RefConflict(message, hint="fetch and merge, then push again")
             raise RemoteError(f"{self.url} answered {resp.status}: {message}")
