@@ -99,26 +99,11 @@ class CommitGraph:
     def walk(self, heads: Iterable[Cid]) -> Iterator[tuple[Cid, Commit]]:
         """Every commit reachable from ``heads``, newest first: descending generation,
         then HLC time, then CID — a topological order every replica agrees on."""
-        heap: list[tuple[int, int, int, Cid]] = []
-        seen: set[Cid] = set()
-
-        def push(cid: Cid) -> None:
-            if cid not in seen:
-                seen.add(cid)
-                c = self.node(cid)
-                heapq.heappush(heap, (-c.generation, -c.time.wall_ms, -c.time.logical, cid))
-
-        for h in heads:
-            push(h)
-        while heap:
-            cid = heapq.heappop(heap)[3]
-            commit = self.get(cid)
-            yield cid, commit
-            for p in commit.parents:
-                push(p)
+        for cid, _node in self.walk_nodes(heads):
+            yield cid, self.get(cid)
 
     def walk_nodes(self, heads: Iterable[Cid]) -> Iterator[tuple[Cid, Node]]:
-        """Like :meth:`walk`, from the commit-graph table: no commit is decoded."""
+        """The order of :meth:`walk`, from the commit-graph table: no commit is decoded."""
         heap: list[tuple[int, int, int, Cid]] = []
         seen: set[Cid] = set()
 
