@@ -170,10 +170,19 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
 def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
-    author = author or os.environ.get("CASYNC_AUTHOR") or repo.config.get("author") or os.environ.get("USER")
+    author = author or os.environ.get("CASYNC_AUTHOR") or repo.config.get("author") or _login_name()
     cid = repo.commit(message, author=author, allow_empty=allow_empty,
                       progress=obj.progress())
     click.echo(cid)
+
+
+def _login_name() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()  # $LOGNAME/$USER, else the password database
+    except (OSError, KeyError):
+        return None
 
 
 @main.command()
