@@ -14,6 +14,7 @@ and every block hash-checked against its CID (a mismatch names the CID).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "CarWriter",
     "decode_car",
+    "car_parts",
     "encode_car",
     "encode_header",
     "iter_car",
@@ -39,12 +41,22 @@ MAX_HEADER_SIZE = 1 << 20
 """A header longer than this is rejected (it only lists root CIDs)."""
 
 
-
-
 def encode_header(roots: Sequence[Cid]) -> bytes:
     """The length-prefixed CAR v1 header for ``roots`` (may be empty)."""
+    return _header(tuple(roots))
+
+
+@functools.lru_cache(maxsize=256)
+def _header(roots: tuple[Cid, ...]) -> bytes:
+    # Cached, and not only for speed: every dag_cbor call leaves a reference cycle behind
+    # (an exception its type validation raises and catches internally), and the frames in
+    # that cycle keep their callers' frames -- and whatever those hold, e.g. a 16 MiB
+    # upload batch -- alive until the cyclic garbage collector happens to run.
     header = bytes(dag_cbor.encode({"version": 1, "roots": [to_cid_object(r) for r in roots]}))
     return varint(len(header)) + header
+
+
+_header(())  # the header of every upload batch, encoded once at import
 
 
 def section_size(cid: Cid, data: bytes | memoryview) -> int:
@@ -80,6 +92,17 @@ def encode_car(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryv
         out += cid
         out += data
     return bytes(out)
+
+
+def car_parts(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> list[bytes | memoryview]:
+    """A CAR v1 as a list of byte strings whose concatenation is the archive: the header,
+    then per block its length prefix with the CID, and the block's own bytes (not copied).
+    For writing with ``writelines``-style I/O or as a streamed HTTP body."""
+    out: list[bytes | memoryview] = [encode_header(roots)]
+    for cid, data in blocks:
+        out.append(varint(len(cid) + len(data)) + cid)
+        out.append(data)
+    return out
 
 
 # --- decoding ------------------------------------------------------------------------------------

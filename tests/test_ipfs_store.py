@@ -9,15 +9,17 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from casync.car import car_parts, decode_car
 from casync.errors import BlockNotFound, CorruptBlock, RemoteError, UsageError
 from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, compute_cid
 from casync.store.base import BlockStore
-from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
+from casync.store.ipfs import NO_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
 
 from .kubo_fixture import Kubo
 from .test_store_contract import BlockStoreContract, block
@@ -70,7 +72,7 @@ class TestIpfsBlockStore(BlockStoreContract):
     def test_flush_uploads_car_batches(self, kubo: Kubo) -> None:
         client = IpfsClient(kubo.api_url)
         batches: list[tuple[int, int]] = []
-        s = IpfsBlockStore(client, batch_bytes=64 * 1024, check_remote_on_put=False,
+        s = IpfsBlockStore(client, batch_bytes=64 * 1024, check_remote_on_put=False, upload_concurrency=2,
                            on_batch=lambda n, size: batches.append((n, size)))
         blocks = [os.urandom(20_000) for _ in range(10)]
         cids = [compute_cid(RAW, b) for b in blocks]
@@ -131,10 +133,12 @@ class TestIpfsBlockStore(BlockStoreContract):
 class _FakeKubo(http.server.ThreadingHTTPServer):
     """A real HTTP server on 127.0.0.1 speaking just enough of Kubo's RPC API to lie."""
 
-    def __init__(self, behaviour: dict[str, Any]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, behaviour: dict[str, Any], *, drop_keep_alive: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _KeepAliveDropper if drop_keep_alive else _Handler)
         self.behaviour = behaviour
         self.requests: list[str] = []
+        self.args: list[str] = []  # the ``arg`` query parameter of each request
+        self.bodies: list[tuple[dict[str, str], bytes]] = []  # (headers, body) of each request
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -160,13 +164,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        path = self.path.split("?")[0]
+        body = self.rfile.read(length) if length else b""
+        path, _, query = self.path.partition("?")
+        arg = urllib.parse.parse_qs(query).get("arg", [""])[0]
         self.server.requests.append(path)
+        self.server.args.append(arg)
+        self.server.bodies.append((dict(self.headers), body))
         action = self.server.behaviour.get(path, ("404", b"404 page not found"))
         if callable(action):
             action = action(len([p for p in self.server.requests if p == path]))
+        if isinstance(action, dict):  # per argument, e.g. block/get by CID; others are missing
+            action = action.get(arg, ("kubo-error", f"block was not found locally (offline): {arg}"))
         status, body = action
         if status == "json":
             self._send(200, json.dumps(body).encode(), "application/json")
@@ -184,6 +192,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _KeepAliveDropper(_Handler):
+    """Answers as HTTP/1.1 without 'Connection: close', then closes anyway: what a client
+    sees when the node drops a keep-alive connection that sat idle."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        super().do_POST()
+        self.close_connection = True
+
+
 def test_block_with_wrong_bytes_is_rejected_naming_the_cid() -> None:
     good = b"the real block"
     cid = compute_cid(RAW, good)
@@ -195,6 +214,70 @@ def test_block_with_wrong_bytes_is_rejected_naming_the_cid() -> None:
     assert cid_str(cid) in str(err.value)
     assert fake.url in str(err.value)
     assert fake.requests == ["/api/v0/block/get"]
+
+
+def test_block_get_reads_blocks_over_kept_alive_connections() -> None:
+    data = [os.urandom(n) for n in (1, 5000, 300_000)]
+    cids = [compute_cid(RAW, d) for d in data]
+    with _FakeKubo({"/api/v0/block/get": {cid_str(c): ("200", d) for c, d in zip(cids, data, strict=True)}}) as fake:
+        s = IpfsBlockStore(IpfsClient(fake.url, retry=NO_RETRY))
+        assert [s.get(c) for c in cids] == data
+        with pytest.raises(BlockNotFound) as err:  # Kubo's error message, not a transport error
+            s.get(compute_cid(RAW, b"absent"))
+        s.close()
+    assert cid_str(compute_cid(RAW, b"absent")) in str(err.value)
+    assert fake.args[:3] == [cid_str(c) for c in cids]
+
+
+def test_block_get_reconnects_once_when_the_node_dropped_an_idle_connection() -> None:
+    a, b = b"first block", b"second block"
+    ca, cb = compute_cid(RAW, a), compute_cid(RAW, b)
+    with _FakeKubo({"/api/v0/block/get": {cid_str(ca): ("200", a), cid_str(cb): ("200", b)}},
+                   drop_keep_alive=True) as fake:
+        s = IpfsBlockStore(IpfsClient(fake.url, retry=NO_RETRY))  # a reconnect is not a retry
+        assert s.get(ca) == a
+        assert s.get(cb) == b  # the connection the first answer left open is gone by now
+        s.close()
+    assert fake.args == [cid_str(ca), cid_str(cb)]
+
+
+def test_block_get_on_the_gateway_port_gives_the_hint() -> None:
+    with _FakeKubo({}) as fake:
+        s = IpfsBlockStore(IpfsClient(fake.url, retry=FAST_RETRY))
+        with pytest.raises(RemoteError) as err:
+            s.get(compute_cid(RAW, b"x"))
+        s.close()
+    assert "404" in str(err.value) and not err.value.transient
+    assert err.value.hint and "RPC API port" in err.value.hint
+
+
+def _multipart_file(headers: dict[str, str], body: bytes) -> bytes:
+    """The one file part of a multipart/form-data body (strictly framed)."""
+    ctype = headers["Content-Type"]
+    assert ctype.startswith("multipart/form-data; boundary=")
+    boundary = ctype.split("boundary=", 1)[1].strip('"').encode()
+    head, sep, rest = body.partition(b"\r\n\r\n")
+    assert sep and head.startswith(b"--" + boundary + b"\r\n") and b'name="file"' in head
+    end = b"\r\n--" + boundary + b"--\r\n"
+    assert rest.endswith(end) and boundary not in rest[: -len(end)]
+    return rest[: -len(end)]
+
+
+def test_dag_import_streams_the_car_as_one_sized_multipart_body_and_resends_it_on_retry() -> None:
+    blocks = [(compute_cid(RAW, d), d) for d in (os.urandom(5000), os.urandom(70_000), b"\r\n--")]
+    stats = {"Stats": {"BlockCount": 3, "BlockBytesCount": 75_004}}
+
+    def busy_once(n: int) -> tuple[str, Any]:
+        return ("503", b"busy") if n == 1 else ("json", stats)
+
+    with _FakeKubo({"/api/v0/dag/import": busy_once}) as fake:
+        client = IpfsClient(fake.url, retry=FAST_RETRY)
+        assert client.dag_import(car_parts((), blocks)) == (3, 75_004)
+        client.close()
+    assert fake.requests == ["/api/v0/dag/import"] * 2
+    for headers, body in fake.bodies:
+        assert "Transfer-Encoding" not in headers and int(headers["Content-Length"]) == len(body)
+        assert decode_car(_multipart_file(headers, body)) == ([], blocks)
 
 
 def test_transient_5xx_is_retried_then_succeeds() -> None:

@@ -142,8 +142,11 @@ class DagFetcher:
                     self.bytes_received += len(block)
                     self.progress.advance(len(block))
                     need = []
-                    for child in dict.fromkeys(_links(cid, block)):
-                        if child in stored or (child not in requested and self.repo.blocks.has(child)):
+                    children = [c for c in dict.fromkeys(_links(cid, block)) if c not in stored]
+                    unseen = [c for c in children if c not in requested]
+                    held = self.repo.blocks.has_many(unseen) if unseen else set()  # one read txn
+                    for child in children:
+                        if child in held:
                             continue
                         need.append(child)
                         parents_of.setdefault(child, []).append(cid)

@@ -24,6 +24,7 @@ import heapq
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,11 +273,6 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     result.resumed = pending is not None
     candidates = missing_blocks(repo, head, known)
     result.candidates = len(candidates)
-    if measure:
-        mins = all_blocks(repo, [head])
-        for c in all_blocks(repo, known):
-            mins.pop(c, None)
-        result.blocks_min, result.bytes_min = len(mins), sum(mins.values())
     _set_pending(repo, remote.name, {"head": cid_str(head), "url": remote.url.text, "time_ms": int(time.time() * 1000)})
     store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=on_batch)
     progress.start(f"pushing to {remote.name}", sum(size for _, size in candidates))
@@ -296,13 +292,21 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         result.blocks_sent, result.bytes_sent, result.batches = store.sent_blocks, store.sent_bytes, store.batches
         store.discard()
         progress.finish()
-    # pin, then publish (closure invariant)
+    # pin, then publish (closure invariant).  The node walks the whole DAG to pin it; the
+    # --json measure (local reads only) runs meanwhile.
     others = {h.commit for r in records.values() for b, h in r.heads.items()
               if not (r.replica == repo.replica and b == branch)}
-    if old is not None and old != head and node.client.is_pinned(old):
-        node.client.pin_update(old, head, unpin=old not in others)
-    elif not node.client.is_pinned(head):
-        node.client.pin_add(head)
+    pinning = node.client.submit(_pin, node, old, head, old not in others)
+    try:
+        if measure:
+            mins = all_blocks(repo, [head])
+            for c in all_blocks(repo, known):
+                mins.pop(c, None)
+            result.blocks_min, result.bytes_min = len(mins), sum(mins.values())
+    except BaseException:
+        futures.wait([pinning])  # no request outlives the push
+        raise
+    pinning.result()
     commit = repo.load_commit(head)
     entry = BranchHead(head, commit.generation, dict(commit.clock))
     if mine is None:
@@ -314,6 +318,15 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     result.index = node.index_cid(repo.repo_id)
     _track(repo, remote.name, branch, head)
     return result
+
+
+def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool) -> None:
+    """Pin ``head`` recursively: ``pin/update`` from this replica's previous head when that
+    one is pinned (only the difference is walked), else ``pin/add``."""
+    if old is not None and old != head and node.client.is_pinned(old):
+        node.client.pin_update(old, head, unpin=unpin_old)
+    elif not node.client.is_pinned(head):
+        node.client.pin_add(head)
 
 
 def _track(repo: Repository, remote: str, branch: str, head: Cid) -> None:
