@@ -290,7 +290,7 @@ class IpfsClient:
         for the one call that moves the bytes of a fetch (``block/get``, once per block).
 
         ipfshttpclient serves it through requests and its own stream decoder, which costs
-        ~1.5 ms of CPU per block (Kubo sends a block as 4 KiB HTTP chunks, each passed
+        over 1 ms of CPU per block (Kubo sends a block as 4 KiB HTTP chunks, each passed
         through three Python iterators, after requests prepared the request); one plain
         keep-alive ``http.client`` connection per thread costs a third of that and fetches
         1 GiB twice as fast.  Errors are classified as :meth:`classify` does and retried as
