@@ -228,14 +228,7 @@ class IpfsClient:
             return RemoteError(f"{where}: {what} failed: {exc}")
         if isinstance(exc, ipfs_exc.StatusError):
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
-            if isinstance(status, int) and status >= 500:
-                return RemoteError(f"{where} answered HTTP {status} ({what})", transient=True)
-            hint = None
-            if status == 404:
-                hint = "is that the RPC API port? (the gateway port does not serve /api/v0)"
-            elif status in (401, 403):
-                hint = "the node requires RPC authorization (API.Authorizations)"
-            return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
+            return _status_error(where, what, status)
         if isinstance(exc, ipfs_exc.DecodingError):
             return RemoteError(f"{where} sent a response casync cannot decode ({what})",
                                hint="is that a Kubo RPC API?")
@@ -341,14 +334,7 @@ class IpfsClient:
             message = None
         if isinstance(message, str):
             return RemoteError(f"{where}: {what} failed: {message}")
-        if status >= 500:
-            return RemoteError(f"{where} answered HTTP {status} ({what})", transient=True)
-        hint = None
-        if status == 404:
-            hint = "is that the RPC API port? (the gateway port does not serve /api/v0)"
-        elif status in (401, 403):
-            hint = "the node requires RPC authorization (API.Authorizations)"
-        return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
+        return _status_error(where, what, status)
 
     # --- node ----------------------------------------------------------------------------------
 
@@ -559,6 +545,18 @@ class _MultipartFile:
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         return iter(self._parts)
+
+
+def _status_error(where: str, what: str, status: object) -> RemoteError:
+    """An HTTP error status from the node: 5xx is transient (retried), the rest permanent."""
+    if isinstance(status, int) and status >= 500:
+        return RemoteError(f"{where} answered HTTP {status} ({what})", transient=True)
+    hint = None
+    if status == 404:
+        hint = "is that the RPC API port? (the gateway port does not serve /api/v0)"
+    elif status in (401, 403):
+        hint = "the node requires RPC authorization (API.Authorizations)"
+    return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
 
 
 def _reason(exc: Exception) -> str:
