@@ -22,9 +22,9 @@ from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirt
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
-from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry
+from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
-from casync.worktree import Ignore, WorktreeWriter, scan
+from casync.worktree import Ignore, WorktreeWriter, native_stat_records, scan
 
 __all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status", "update_worktree",
            "worktree_entries"]
@@ -168,8 +168,17 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     head = repo.head()
     result = Status(branch=repo.current_branch(), head=head)
     ignore = Ignore.load(repo.root)
+    if head is not None and _cache_describes(repo, head):
+        native = native_stat_records(repo.root, ignore)
+        if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
+            result.skipped = native[1]
+            return result
     files, result.skipped = scan(repo.root, ignore)
     if head is not None and _unchanged_since_cache(repo, head, files):
+        if repo.store.stat_cache_digest() is None:
+            with repo.store.try_writer_lock() as locked:
+                if locked:
+                    repo.store.refresh_stat_cache_digest()
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     snap = _Snapshotter(repo, scratch, progress)
@@ -187,13 +196,20 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     return result
 
 
+def _cache_describes(repo: Repository, head: Cid) -> bool:
+    """The stat cache was written for exactly ``head``'s tree."""
+    if repo.store.get("meta", b"statcache_commit") == head:
+        return True
+    cache_tree = repo.store.get("meta", b"statcache_tree")
+    return cache_tree is not None and cache_tree == repo.tree_of(head)
+
+
 def _unchanged_since_cache(repo: Repository, head: Cid, files: dict[str, os.stat_result]) -> bool:
     """The fast path: the stat cache describes HEAD's tree exactly and every file's
-    lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing."""
-    if repo.store.get("meta", b"statcache_commit") != head:
-        cache_tree = repo.store.get("meta", b"statcache_tree")
-        if cache_tree is None or cache_tree != repo.tree_of(head):
-            return False
+    lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
+    (With the native walk, ``status`` first tries the same test as one digest comparison.)"""
+    if not _cache_describes(repo, head):
+        return False
     raw = repo.store.load_stat_cache_raw()
     if len(raw) != len(files):
         return False

@@ -19,7 +19,12 @@ from pathlib import Path
 from casync.errors import InvalidPath
 from casync.validate import REPO_DIR, is_reserved_name, split_path, validate_name
 
-__all__ = ["IGNORE_FILE", "Ignore", "WorktreeWriter", "scan"]
+__all__ = ["IGNORE_FILE", "Ignore", "WorktreeWriter", "native_stat_records", "scan"]
+
+try:  # optional native walk (casync/_cscan.c); the pure-Python scan() below is the reference
+    from casync._cscan import walk as _native_walk
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _native_walk = None  # type: ignore[assignment]
 
 IGNORE_FILE = ".casyncignore"
 
@@ -157,6 +162,19 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, os.stat_result], list[st
                 else:
                     skipped.append(f"{path} (not a regular file or symlink)")
     return files, skipped
+
+
+def native_stat_records(root: Path, ignore: Ignore) -> tuple[bytes, list[str]] | None:
+    """The same walk as :func:`scan`, done natively, as one canonical byte string.
+
+    ``records`` is, for every file :func:`scan` returns and sorted by UTF-8 path, the path,
+    a NUL byte and the packed stat key (``<qqqQI``: mtime_ns, ctime_ns, size, inode,
+    mode), so comparing a whole tree's stat data with the stat cache is one digest
+    comparison (``LmdbStore.stat_cache_digest``).  None when the extension is not built.
+    """
+    if _native_walk is None:
+        return None
+    return _native_walk(str(root), ignore.ignored if ignore.rules else None, _unstorable)
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-.:;<=>?@\[\]^_`{|}~]{1,255}")

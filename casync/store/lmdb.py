@@ -42,7 +42,8 @@ from casync.ids import Cid, cid_str, varint, verify_block
 from casync.objects import HybridTime
 from casync.store.base import RefLogEntry
 
-__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry"]
+__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry",
+           "stat_records_digest"]
 
 _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, tsize
@@ -101,6 +102,13 @@ def _close_env(env: Any) -> None:
                     del _ENVS[key]
                     env.close()
                 return
+
+
+def stat_records_digest(records: bytes) -> bytes:
+    """blake3 of canonical stat records (path, NUL, packed stat key; sorted by path)."""
+    import blake3
+
+    return bytes(blake3.blake3(records).digest())
 
 
 class LmdbStore:
@@ -230,6 +238,21 @@ class LmdbStore:
             return {k.decode("utf-8", "surrogateescape"): v
                     for k, v in txn.cursor(db=self._dbs["statcache"]).iternext()}
 
+    def stat_cache_digest(self) -> bytes | None:
+        """The digest of the stat cache's records in the form ``worktree.native_stat_records``
+        produces, so an unchanged tree is recognised without loading the cache."""
+        return self.get("meta", b"statcache_digest")
+
+    def refresh_stat_cache_digest(self) -> None:
+        """Recompute the digest from the cache itself (caches written before the digest
+        existed have none).  Caller holds the writer lock."""
+        def fn(txn: Any) -> None:
+            records: list[bytes] = []
+            for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
+                records += (key, b"\0", value[:STAT_KEY_SIZE])
+            txn.put(b"statcache_digest", stat_records_digest(b"".join(records)), db=self._dbs["meta"])
+        self.write(fn)
+
     def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
         """Replace the stat cache; ``tree`` is the tree whose files it describes exactly
         (and ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
@@ -237,8 +260,12 @@ class LmdbStore:
             db = self._dbs["statcache"]
             txn.drop(db, delete=False)
             encoded = sorted((p.encode("utf-8", "surrogateescape"), e) for p, e in entries.items())
+            records: list[bytes] = []
             for key, (m, c, s, i, mode, tsize, cid) in encoded:
-                txn.put(key, _STAT.pack(m, c, s, i, mode, tsize) + cid, db=db, append=True)
+                value = _STAT.pack(m, c, s, i, mode, tsize)
+                txn.put(key, value + cid, db=db, append=True)
+                records += (key, b"\0", value[:STAT_KEY_SIZE])
+            txn.put(b"statcache_digest", stat_records_digest(b"".join(records)), db=self._dbs["meta"])
             if tree is None:
                 txn.delete(b"statcache_tree", db=self._dbs["meta"])
             else:
