@@ -152,9 +152,12 @@ class CommitGraph:
         heapq.heapify(heap)
         results: list[Cid] = []
         stale = 4
-        while heap and any(flags[c] & stale == 0 for _, c in heap):
+        live = 2  # queued commits not (yet) known stale: the walk ends when none is left
+        while live:
             _, cid = heapq.heappop(heap)
             f = flags[cid]
+            if not f & stale:
+                live -= 1
             if f & 3 == 3 and not f & stale:
                 results.append(cid)
                 f |= stale
@@ -165,6 +168,9 @@ class CommitGraph:
                 if nf != pf:
                     if pf == 0:
                         heapq.heappush(heap, (-self.node(p).generation, p))
+                        live += not nf & stale
+                    elif nf & stale and not pf & stale:
+                        live -= 1  # still queued: parents sit below every commit popped so far
                     flags[p] = nf
         # a common ancestor found early can still be an ancestor of one found later
         best = [r for r in results if not any(o != r and self.is_ancestor(r, o) for o in results)]

@@ -97,3 +97,39 @@ def test_clock_concurrency_matches_dag() -> None:
     c = d.add("y", a)
     assert compare(d.commits[b].clock, d.commits[c].clock) is Order.CONCURRENT
     assert compare(d.commits[a].clock, d.commits[b].clock) is Order.BEFORE
+
+
+def _ancestors(d: Dag, cid: Cid) -> set[Cid]:
+    out, stack = {cid}, [cid]
+    while stack:
+        for p in d.commits[stack.pop()].parents:
+            if p not in out:
+                out.add(p)
+                stack.append(p)
+    return out
+
+
+def test_merge_bases_and_is_ancestor_match_brute_force_on_random_dags() -> None:
+    """Seeded random DAGs with several roots, merges of 2-3 parents and long chains: the
+    walks must agree with set arithmetic over full ancestor sets."""
+    import random
+
+    rng = random.Random(20261126)
+    for _dag in range(25):
+        d = Dag()
+        cids: list[Cid] = []
+        for i in range(rng.randint(5, 60)):
+            if not cids or rng.random() < 0.05:
+                cids.append(d.add(f"r{i % 4}"))
+                continue
+            k = rng.choice([1, 1, 1, 2, 2, 3])
+            window = cids[-rng.randint(1, len(cids)):]
+            parents = list(dict.fromkeys(rng.choice(window) for _ in range(k)))
+            cids.append(d.add(f"r{i % 4}", *parents))
+        anc = {c: _ancestors(d, c) for c in cids}
+        for _pair in range(30):
+            a, b = rng.choice(cids), rng.choice(cids)
+            common = anc[a] & anc[b]
+            best = {c for c in common if not any(c != o and c in anc[o] for o in common)}
+            assert set(d.graph.merge_bases(a, b)) == best
+            assert d.graph.is_ancestor(a, b) == (a in anc[b])
