@@ -6,9 +6,11 @@ import http.client
 import io
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -300,3 +302,46 @@ def test_unrelated_history_is_not_merged(tmp_path: Path, origin: Repository) -> 
         merge(origin, "remotes/other/main")
     assert merge(origin, "remotes/other/main", allow_unrelated=True).kind == "merged"
     other.close()
+
+
+def _stalled_request(srv: PeerServer, head: bytes, body: bytes, reply: bool) -> tuple[Any, bytes]:
+    """A client on a dead-slow link: sends ``head`` and ``body`` and then reads at most
+    the start of the reply, holding its connection open."""
+    host, port = srv.server_address[:2]
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(head + body)
+    return sock, sock.recv(64) if reply else b""
+
+
+def test_a_stalled_client_does_not_hold_up_other_sites(tmp_path: Path, origin: Repository,
+                                                       server: PeerServer) -> None:
+    """A fetch whose reader stopped reading and a push whose sender stopped sending, both
+    left hanging mid-stream: other sites still negotiate, fetch and push meanwhile."""
+    with origin.transaction(message="big") as tx:
+        tx.write("big.bin", os.urandom(12_000_000))  # far more than the socket buffers hold
+    head_cid = cid_str(origin.refs.get_ref("heads/main") or b"")
+    body = json.dumps({"wants": [head_cid], "haves": []}).encode()
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    fetch_sock, first = _stalled_request(
+        server, b"POST /v1/fetch HTTP/1.1\r\nHost: x\r\n" + auth +
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body), body, reply=True)
+    assert first.startswith(b"HTTP/1.1 200")
+    push_sock, _ = _stalled_request(
+        server, f"POST /v1/push?branch=main&old={head_cid}&new={head_cid} HTTP/1.1\r\nHost: x\r\n".encode() +
+        auth + b"Content-Length: 1000000\r\n\r\n", b"\x28\xb5\x2f\xfd" + b"\0" * 1000, reply=False)  # then stall
+    try:
+        b = clone_empty(tmp_path, origin, "b")
+        peer = HttpPeer(url(server), TOKEN, timeout=20)
+        fetch_from(b, peer, "origin")  # would wait for a stalled client's socket timeout (60 s) before
+        b.update_branch("main", None, b.refs.get_ref("remotes/origin/main"), "track")
+        assert b.read("big.bin") == origin.read("big.bin")
+        with b.transaction(branch="main", message="from b") as tx:
+            tx.write("b.txt", b"hello from b")
+        push_to(b, peer, "origin", "main")
+        assert origin.read("b.txt") == b"hello from b"
+        b.close()
+    finally:
+        fetch_sock.close()
+        push_sock.close()
+    assert origin.fsck().ok

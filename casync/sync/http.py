@@ -11,6 +11,12 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 
 The server binds to 127.0.0.1 by default.  Bodies are size-limited; malformed
 messages get 400 and change nothing.
+
+Requests share one :class:`Repository` behind a lock, but no request holds it while it
+waits on the network: a fetch takes the lock per batch of blocks read
+(:data:`FETCH_BATCH_BYTES`) and writes each batch to the client without it, and a push
+spools its body to disk before taking it.  A site on a slow or stalled link therefore
+delays nobody else (and the socket timeout ends a stalled connection).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hmac
 import http.client
 import io
 import json
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -40,6 +47,19 @@ __all__ = ["HttpPeer", "PeerServer", "serve"]
 MAX_JSON_BODY = 1 << 20
 MAX_PUSH_BYTES = 64 << 30
 _CHUNK = 1 << 16
+FETCH_BATCH_BYTES = 1 << 20
+PUSH_SPOOL_IN_MEMORY = 8 << 20  # a bigger push body goes to a temporary file in .casync
+
+
+def _take(blocks: Iterator[tuple[Cid, bytes]], limit: int) -> list[tuple[Cid, bytes]]:
+    """The next blocks of ``blocks`` up to about ``limit`` bytes (empty at the end)."""
+    batch, size = [], 0
+    for item in blocks:
+        batch.append(item)
+        size += len(item[1])
+        if size >= limit:
+            break
+    return batch
 
 
 class _ChunkedReader(io.RawIOBase):
@@ -162,17 +182,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "unknown endpoint")
             return
         with self.server.lock:
-            self._send_json(200, self.server.service.info().to_json())
+            info = self.server.service.info().to_json()
+        self._send_json(200, info)
 
     def do_POST(self) -> None:
         if not self._authorized():
             return
         url = urllib.parse.urlsplit(self.path)
         try:
-            # One request at a time against the repository: simple and safe; a push
-            # racing another push then sees the branch already moved (409).
-            with self.server.lock:
-                self._route(url)
+            # Each route takes self.server.lock around its repository work only (see the
+            # module docstring); a push racing another push sees the branch moved (409).
+            self._route(url)
         except RefConflict as exc:
             self._error(409, exc.message)
         except (InvalidObject, CorruptBlock, UsageError) as exc:
@@ -190,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/negotiate":
             body = self._json_body()
             haves = parse_cid_list(body.get("haves") if isinstance(body, dict) else None, "haves", MAX_HAVES)
-            common = self.server.service.negotiate(haves)
+            with self.server.lock:
+                common = self.server.service.negotiate(haves)
             self._send_json(200, {"common": [cid_str(c) for c in common]})
         elif url.path == "/v1/fetch":
             self._fetch()
@@ -205,8 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise InvalidObject("fetch request must be a JSON object")
         wants = parse_cid_list(body.get("wants"), "wants", MAX_WANTS)
         haves = parse_cid_list(body.get("haves", []), "haves", MAX_HAVES)
-        blocks = self.server.service.fetch(wants, haves)
-        first = next(blocks, None)  # surface errors before the 200 goes out
+        with self.server.lock:
+            blocks = self.server.service.fetch(wants, haves)
+            batch = _take(blocks, FETCH_BATCH_BYTES)  # surfaces errors before the 200 goes out
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.ipld.car; version=1")
         self.send_header("Content-Encoding", "zstd")
@@ -215,10 +237,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         compressor = zstandard.ZstdCompressor(level=3).stream_writer(self.wfile, closefd=False)  # type: ignore[arg-type]
         writer = CarWriter(compressor, wants)
-        if first is not None:
-            writer.add(*first)
-            for cid, block in blocks:
+        while batch:
+            for cid, block in batch:  # the network part, without the lock
                 writer.add(cid, block)
+            with self.server.lock:
+                batch = _take(blocks, FETCH_BATCH_BYTES)
         compressor.flush(zstandard.FLUSH_FRAME)
 
     def _push(self, query: dict[str, list[str]]) -> None:
@@ -228,16 +251,26 @@ class _Handler(BaseHTTPRequestHandler):
             old = parse_cid(query["old"][0]) if query.get("old", [""])[0] else None
         except (KeyError, IndexError):
             raise InvalidObject("push needs branch, new (and old) query parameters") from None
+        try:
+            self.server.service.check_push(branch, old, new)  # refuse before receiving anything
+        except CasyncError:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            raise
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raw: Any = _ChunkedReader(self.rfile, MAX_PUSH_BYTES)
         else:
             raw = _LimitedReader(self.rfile, _content_length(self.headers.get("Content-Length"), MAX_PUSH_BYTES))
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
-        reader = io.BufferedReader(stream, _CHUNK)
-        roots = read_header(reader)
-        if roots and roots != [new]:
-            raise InvalidObject("push CAR roots do not match the pushed commit")
-        stats = self.server.service.push(branch, old, new, iter_car(reader))
+        with tempfile.SpooledTemporaryFile(PUSH_SPOOL_IN_MEMORY, dir=self.server.spool_dir) as spool:
+            while piece := raw.read(_CHUNK):  # the network part, without the lock
+                spool.write(piece)
+            spool.seek(0)
+            with self.server.lock:
+                stream = zstandard.ZstdDecompressor().stream_reader(spool, closefd=False)
+                reader = io.BufferedReader(stream, _CHUNK)
+                roots = read_header(reader)
+                if roots and roots != [new]:
+                    raise InvalidObject("push CAR roots do not match the pushed commit")
+                stats = self.server.service.push(branch, old, new, iter_car(reader))
         self._send_json(200, {"updated": {branch: cid_str(new)}, **stats.to_json()})
 
 
@@ -269,6 +302,7 @@ class PeerServer(ThreadingHTTPServer):
         self.token = token
         self.verbose = verbose
         self.lock = threading.Lock()  # one Repository, used by one request at a time
+        self.spool_dir = str(repo.store.root)
         self._slots = threading.BoundedSemaphore(self.max_connections)
         super().__init__(bind, _Handler)
 

@@ -122,16 +122,20 @@ class PeerService:
         missing = self.repo.graph.missing(wants, common)
         return blocks_for_commits(self.repo, missing)
 
-    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
-        """Store the blocks (checked), then move ``branch`` from ``old`` to ``new`` by CAS,
-        fast-forward only.  One writer at a time: concurrent pushes serialize on the lock
-        and the loser gets a non-fast-forward :class:`RefConflict`."""
+    def check_push(self, branch: str, old: Cid | None, new: Cid) -> None:
+        """The checks a push must pass before any of its blocks is worth receiving."""
         if self.read_only:
             raise RemoteError("this peer is read-only; it does not accept pushes")
         validate_branch_name(branch)
         for cid in (new, old):
             if cid is not None and cid_codec(cid) != DAG_CBOR:
                 raise InvalidObject(f"push names {cid_str(cid)}, which is not a commit")
+
+    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
+        """Store the blocks (checked), then move ``branch`` from ``old`` to ``new`` by CAS,
+        fast-forward only.  One writer at a time: concurrent pushes serialize on the lock
+        and the loser gets a non-fast-forward :class:`RefConflict`."""
+        self.check_push(branch, old, new)
         with self.repo.store.writer_lock():
             receiver = PackReceiver(self.repo, [new])
             try:
