@@ -83,7 +83,7 @@ static void put_le(unsigned char *out, uint64_t v, int n) {
     }
 }
 
-/* Mirrors worktree._PLAIN_NAME plus its "." / ".." / "casync" exclusions. */
+/* Mirrors validate.is_plain_name: names every Python check accepts without Unicode work. */
 static int plain_name(const char *name, size_t n) {
     if (n == 0 || n > 255)
         return 0;

@@ -179,7 +179,7 @@ def read_dir_block(cid: Cid, node: PBNode) -> list[DirLink]:
         except UnicodeDecodeError:
             raise InvalidObject(f"directory {cid_str(cid)} has a name that is not UTF-8") from None
         try:
-            validate_name(name, f"directory {cid_str(cid)}")
+            validate_name(name)
         except InvalidPath as exc:
             raise InvalidObject(f"refusing tree {cid_str(cid)}: {exc.message}") from None
         out.append(DirLink(name, link.cid, link.tsize or 0))

@@ -16,16 +16,11 @@ import base64
 import hashlib
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
 
 import blake3
 
-if TYPE_CHECKING:
-    from multiformats import CID
-
 # multiformats is imported where it is used: it costs ~50 ms at start-up, and the hot
 # paths (hashing, text CIDs, cached prefixes) never need it.
-
 from casync.errors import CorruptBlock, UsageError
 
 __all__ = [
@@ -40,9 +35,8 @@ __all__ = [
     "digest_fn",
     "parse_cid",
     "short",
-    "to_cid_object",
+    "is_cid",
     "varint",
-    "from_cid_object",
     "verify_block",
 ]
 
@@ -68,13 +62,14 @@ HASHES: dict[str, Callable[[bytes | memoryview], bytes]] = {"blake3": _blake3, "
 """Supported multihash functions (both with 32-byte digests)."""
 
 
+_MULTIHASH_CODES = {"blake3": 0x1E, "sha2-256": 0x12}  # multicodec table; both 32-byte digests
+
+
 @cache
 def _prefix(codec: int, hash_name: str) -> bytes:
-    """The binary CID bytes that precede the digest, computed by multiformats."""
-    from multiformats import CID, multihash
-
-    wrapped = multihash.wrap(b"\x00" * 32, hash_name)
-    return bytes(CID("base32", 1, _CODEC_NAMES[codec], wrapped))[:-32]
+    """The binary CID bytes that precede the digest: version 1, codec, multihash code and
+    digest length, each an unsigned varint (tests check this against multiformats)."""
+    return b"\x01" + varint(codec) + varint(_MULTIHASH_CODES[hash_name]) + varint(32)
 
 
 @cache
@@ -148,6 +143,18 @@ def verify_block(cid: Cid, data: bytes | memoryview, where: str = "store") -> No
         raise CorruptBlock(cid_str(cid), where)
 
 
+def is_cid(raw: bytes) -> bool:
+    """``raw`` is a well-formed binary CID (any codec and hash multiformats knows)."""
+    if raw[:-32] in _known_prefixes():
+        return True
+    from multiformats import CID
+
+    try:
+        return bytes(CID.decode(raw)) == raw
+    except Exception:
+        return False
+
+
 def cid_str(cid: Cid) -> str:
     """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1."""
     return "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
@@ -167,14 +174,3 @@ def parse_cid(text: str) -> Cid:
         return bytes(CID.decode(text))
     except Exception:
         raise UsageError(f"not a valid CID: {text!r}") from None
-
-
-def to_cid_object(cid: Cid) -> CID:
-    """A multiformats ``CID`` (for DAG-CBOR links)."""
-    from multiformats import CID
-
-    return CID.decode(cid)
-
-
-def from_cid_object(obj: CID) -> Cid:
-    return bytes(obj)

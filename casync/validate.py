@@ -12,8 +12,8 @@ import unicodedata
 
 from casync.errors import InvalidPath
 
-__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "is_reserved_name", "is_replica_name", "split_path",
-           "validate_name"]
+__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "is_plain_name", "is_reserved_name", "is_replica_name",
+           "split_path", "validate_name"]
 
 REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -42,8 +42,20 @@ def is_reserved_name(name: str) -> bool:
     return folded == REPO_DIR or folded.startswith(REPO_DIR + "~") or folded == "casync~1"
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-.:;<=>?@\[\]^_`{|}~]{1,255}")
+
+
+def is_plain_name(name: str) -> bool:
+    """Printable ASCII without ``/`` ``\\`` ``"``, at most 255 bytes, not ``.``/``..``, and
+    unable to spell ``.casync``: a name every check here accepts, known without Unicode
+    work (most names are like this; casync/_cscan.c mirrors the test)."""
+    return bool(_PLAIN_NAME.fullmatch(name)) and name not in (".", "..") and "casync" not in name.lower()
+
+
 def validate_name(name: str, context: str = "tree entry") -> None:
     """Raise :class:`InvalidPath` unless ``name`` is a safe single path component."""
+    if is_plain_name(name):
+        return
     if not name:
         raise InvalidPath(f"{context}: empty name")
     if name in (".", ".."):

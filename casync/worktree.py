@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casync.errors import InvalidPath
-from casync.validate import REPO_DIR, is_reserved_name, split_path, validate_name
+from casync.validate import REPO_DIR, is_plain_name, is_reserved_name, split_path, validate_name
 
 __all__ = ["IGNORE_FILE", "Ignore", "WorktreeWriter", "native_stat_records", "scan"]
 
@@ -177,7 +177,6 @@ def native_stat_records(root: Path, ignore: Ignore) -> tuple[bytes, list[str]] |
     return _native_walk(str(root), ignore.ignored if ignore.rules else None, _unstorable)
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'()*+,\-.:;<=>?@\[\]^_`{|}~]{1,255}")
 _CHECKED: dict[str, str | None] = {}
 
 
@@ -186,7 +185,7 @@ def _unstorable(name: str) -> str | None:
 
     Plain printable-ASCII names that cannot spell ``.casync`` skip the Unicode checks, and
     answers are memoised (trees repeat names), so scanning stays I/O bound."""
-    if _PLAIN_NAME.fullmatch(name) and name not in (".", "..") and "casync" not in name.lower():
+    if is_plain_name(name):
         return None
     known = _CHECKED.get(name, "")
     if known != "":

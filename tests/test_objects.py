@@ -176,5 +176,5 @@ def test_decode_commit_rejects_unknown_fields_and_garbage() -> None:
     obj["extra"] = 1
     with pytest.raises(InvalidObject, match="unknown fields"):
         decode_commit(dag_cbor.encode(obj))
-    with pytest.raises(InvalidObject, match="not valid DAG-CBOR"):
+    with pytest.raises(InvalidObject, match="not canonical DAG-CBOR"):
         decode_commit(b"\xff\x00garbage")

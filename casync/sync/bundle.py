@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dag_cbor
-
+from casync import cbor
 from casync.car import CarWriter, iter_car, read_header
+from casync.cbor import Link
 from casync.errors import InvalidObject, UsageError
-from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid, from_cid_object, to_cid_object
+from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import PackReceiver, TransferStats, blocks_for_commits
 
@@ -40,12 +40,12 @@ class BundleInfo:
 
 
 def _manifest(repo: Repository, refs: dict[str, Cid], prerequisites: list[Cid]) -> tuple[Cid, bytes]:
-    block = bytes(dag_cbor.encode({
+    block = cbor.encode({
         "casync_bundle": 1,
         "repository_id": repo.repo_id,
-        "refs": {k: to_cid_object(v) for k, v in refs.items()},
-        "prerequisites": [to_cid_object(p) for p in prerequisites],
-    }))
+        "refs": {k: Link(v) for k, v in refs.items()},
+        "prerequisites": [Link(p) for p in prerequisites],
+    })
     return compute_cid(DAG_CBOR, block, repo.hash_name), block
 
 
@@ -83,11 +83,13 @@ def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str
 
 def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[Cid]]:
     try:
-        obj: Any = dag_cbor.decode(block)
+        obj: Any = cbor.decode(block)
         if not isinstance(obj, dict) or obj.get("casync_bundle") != 1:
             raise ValueError("not a casync bundle manifest")
-        refs = {str(k): from_cid_object(v) for k, v in obj["refs"].items()}
-        prereq = [from_cid_object(p) for p in obj["prerequisites"]]
+        if not all(isinstance(v, Link) for v in [*obj["refs"].values(), *obj["prerequisites"]]):
+            raise ValueError("refs and prerequisites must be links")
+        refs = {str(k): bytes(v) for k, v in obj["refs"].items()}
+        prereq = [bytes(p) for p in obj["prerequisites"]]
         for name, ref in refs.items():
             validate_branch_name(name)
             if cid_codec(ref) != DAG_CBOR:
@@ -95,7 +97,7 @@ def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[C
         if any(cid_codec(p) != DAG_CBOR for p in prereq):
             raise ValueError("a prerequisite is not a commit")
         return str(obj["repository_id"]), refs, prereq
-    except (ValueError, KeyError, TypeError, AttributeError, UsageError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, UsageError, InvalidObject) as exc:
         raise InvalidObject(f"bundle manifest {cid_str(cid)} is malformed ({exc})") from None
 
 
