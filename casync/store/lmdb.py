@@ -104,7 +104,7 @@ def _close_env(env: Any) -> None:
                 return
 
 
-def stat_records_digest(records: bytes) -> bytes:
+def stat_records_digest(records: bytes | bytearray) -> bytes:
     """blake3 of canonical stat records (path, NUL, packed stat key; sorted by path)."""
     import blake3
 
@@ -247,10 +247,12 @@ class LmdbStore:
         """Recompute the digest from the cache itself (caches written before the digest
         existed have none).  Caller holds the writer lock."""
         def fn(txn: Any) -> None:
-            records: list[bytes] = []
+            records = bytearray()  # compact: ~60 bytes a file, no object per piece
             for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
-                records += (key, b"\0", value[:STAT_KEY_SIZE])
-            txn.put(b"statcache_digest", stat_records_digest(b"".join(records)), db=self._dbs["meta"])
+                records += key
+                records += b"\0"
+                records += value[:STAT_KEY_SIZE]
+            txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
         self.write(fn)
 
     def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
@@ -260,12 +262,14 @@ class LmdbStore:
             db = self._dbs["statcache"]
             txn.drop(db, delete=False)
             encoded = sorted((p.encode("utf-8", "surrogateescape"), e) for p, e in entries.items())
-            records: list[bytes] = []
+            records = bytearray()
             for key, (m, c, s, i, mode, tsize, cid) in encoded:
                 value = _STAT.pack(m, c, s, i, mode, tsize)
                 txn.put(key, value + cid, db=db, append=True)
-                records += (key, b"\0", value[:STAT_KEY_SIZE])
-            txn.put(b"statcache_digest", stat_records_digest(b"".join(records)), db=self._dbs["meta"])
+                records += key
+                records += b"\0"
+                records += value[:STAT_KEY_SIZE]
+            txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
             if tree is None:
                 txn.delete(b"statcache_tree", db=self._dbs["meta"])
             else:
