@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import stat as stat_mod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -56,6 +56,7 @@ __all__ = [
     "validated_links",
     "read_symlink",
     "lookup",
+    "tree_entry_cids",
     "update_tree",
     "file_size",
     "walk_dag",
@@ -355,6 +356,26 @@ def walk_dag(get: Callable[[Cid], bytes], root: Cid, seen: set[Cid] | None = Non
             stack.extend(link.cid for link in decode_pbnode(block).links)
         elif codec != RAW:
             raise InvalidObject(f"block {cid_str(cid)} has unsupported codec {codec:#x}")
+
+
+def tree_entry_cids(get: Callable[[Cid], bytes], trees: Iterable[Cid]) -> set[Cid]:
+    """The trees and every directory and file root at any depth under them: whoever holds
+    these trees' closures holds each of these whole.  Reads directories and the root node
+    of multi-chunk files, never file contents.  Senders use it to see that an entry at a
+    new path (a moved or copied file or directory) is already on the other side."""
+    out = {t for t in trees if cid_codec(t) == DAG_PB}
+    stack = [decode_pbnode(get(t)) for t in out]
+    while stack:
+        for link in stack.pop().links:
+            child = link.cid
+            if child in out:
+                continue
+            out.add(child)
+            if cid_codec(child) == DAG_PB:
+                node = decode_pbnode(get(child))
+                if node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
+                    stack.append(node)
+    return out
 
 
 def mode_is_executable(st_mode: int) -> bool:

@@ -96,6 +96,22 @@ def test_incremental_push_sends_only_new_blocks(tmp_path: Path, kubo: Kubo, orig
     assert again["up_to_date"] and again["blocks_sent"] == 0
 
 
+def test_push_after_moving_and_copying_data_sends_no_file_bytes(tmp_path: Path, kubo: Kubo, origin: Cli) -> None:
+    origin("push")
+    big = (origin.cwd / "data/big.bin").read_bytes()
+    (origin.cwd / "archive").mkdir()
+    os.rename(origin.cwd / "data/big.bin", origin.cwd / "archive/big-2026-11-26.bin")
+    write(origin.cwd, "backup/big.bin", big)
+    os.rename(origin.cwd / "docs", origin.cwd / "old-docs")
+    origin("commit", "-m", "rotate")
+    res = json.loads(origin("push", "--json").stdout)
+    assert res["bytes_sent"] <= 1.1 * res["bytes_min"] + 64 * 1024
+    assert res["bytes_sent"] < 10_000, res  # directories and the commit only
+    rid = _repo_id(origin)
+    Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b")
+    assert _files(tmp_path / "b") == _files(origin.cwd)
+
+
 def test_missing_blocks_match_the_exact_set_difference(tmp_path: Path, origin: Cli) -> None:
     repo = Repository.open(origin.cwd)
     try:
@@ -103,6 +119,15 @@ def test_missing_blocks_match_the_exact_set_difference(tmp_path: Path, origin: C
         exact = set(all_blocks(repo, [second])) - set(all_blocks(repo, [first]))
         assert {c for c, _ in missing_blocks(repo, second, [first])} == exact
         assert {c for c, _ in missing_blocks(repo, second, [])} == set(all_blocks(repo, [second]))
+        with repo.transaction(message="move") as tx:  # moved and copied data is not missing
+            big = repo.read("data/big.bin")
+            tx.delete("data/big.bin")
+            tx.write("elsewhere/big.bin", big)
+            tx.write("copy/big.bin", big)
+        third = repo.resolve("HEAD")
+        exact = set(all_blocks(repo, [third])) - set(all_blocks(repo, [second]))
+        assert {c for c, _ in missing_blocks(repo, third, [second])} == exact
+        assert sum(size for _, size in missing_blocks(repo, third, [second])) < 10_000
     finally:
         repo.close()
 

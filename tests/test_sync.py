@@ -345,3 +345,35 @@ def test_a_stalled_client_does_not_hold_up_other_sites(tmp_path: Path, origin: R
         fetch_sock.close()
         push_sock.close()
     assert origin.fsck().ok
+
+
+@pytest.mark.parametrize("transport", ["local", "http"])
+def test_moved_and_copied_data_is_not_sent_again(tmp_path: Path, origin: Repository, server: PeerServer,
+                                                 transport: str) -> None:
+    """Rotating files into an archive directory is common at the edge: the receiver
+    already holds the bytes, so only directories and the commit travel."""
+    big = os.urandom(3_000_000)  # a multi-chunk file
+    with origin.transaction(message="data") as tx:
+        tx.write("incoming/today.bin", big)
+        for i in range(5):
+            tx.write(f"logs/day{i}.txt", os.urandom(200_000))
+    b = clone_empty(tmp_path, origin, "b")
+    peer = LocalPeer(str(origin.root)) if transport == "local" else HttpPeer(url(server), TOKEN)
+    fetch_from(b, peer, "origin")
+    with origin.transaction(message="rotate") as tx:
+        tx.delete("incoming/today.bin")
+        tx.write("archive/2026-11-26.bin", big)  # moved
+        tx.write("backup/today-copy.bin", big)   # and copied
+        for i in range(5):                        # a whole directory moved
+            tx.delete(f"logs/day{i}.txt")
+            tx.write(f"archive/logs/day{i}.txt", origin.read(f"logs/day{i}.txt"))
+    result = fetch_from(b, peer, "origin")
+    assert len(result.stats.commits) == 1
+    assert result.stats.bytes < 20_000, result.stats  # directories and the commit, not 4 MB
+    head = b.refs.get_ref("remotes/origin/main")
+    assert head is not None
+    assert b.read("archive/2026-11-26.bin", rev=cid_str(head)) == big
+    assert b.read("backup/today-copy.bin", rev=cid_str(head)) == big
+    assert b.read("archive/logs/day3.txt", rev=cid_str(head)) == origin.read("archive/logs/day3.txt")
+    assert b.fsck().ok
+    b.close()

@@ -8,8 +8,10 @@ commit, its tree is compared path by path with its parents' trees: an entry equa
 the parent's is skipped whole, because the parent's blocks are either on the remote or
 sent in this same push (by induction over the new commits).  In a changed file, the
 leaves shared with the parent's version of that file (e.g. every chunk but one after an
-insertion with content-defined chunking) are skipped too.  Only interior nodes are read
-for this; raw leaves are read once, when uploaded.
+insertion with content-defined chunking) are skipped too.  A directory or multi-chunk
+file at a path the parents lack is skipped whole when a tree the remote holds has it
+anywhere (moved or copied data).  Only interior nodes are read for this; raw leaves are
+read once, when uploaded.
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/update`` from this replica's previous head when nothing else
@@ -28,6 +30,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
+from casync.dag import tree_entry_cids
 from casync.errors import InvalidObject, RemoteError, UsageError
 from casync.ids import DAG_PB, RAW, Cid, cid_codec, cid_str
 from casync.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
@@ -109,11 +112,20 @@ def new_commits(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[Cid]:
 class _Walker:
     """Path-aligned tree diff collecting (cid, size) of blocks not covered by parents."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, held_trees: list[Cid] | None = None) -> None:
         self.get = repo.blocks.get
         self.seen: set[Cid] = set()
         self.out: list[tuple[Cid, int]] = []
         self._file_sets: dict[Cid, set[Cid]] = {}
+        self._held_trees = held_trees or []
+        self._held: set[Cid] | None = None
+
+    def remote_holds(self, cid: Cid) -> bool:
+        """``cid`` is a directory or file root somewhere in a tree the remote holds (built
+        on first use: only pushes that add paths pay for it)."""
+        if self._held is None:
+            self._held = tree_entry_cids(self.get, self._held_trees)
+        return cid in self._held
 
     def commit(self, cid: Cid, repo: Repository) -> None:
         if cid in self.seen:
@@ -147,6 +159,8 @@ class _Walker:
                 for link in node.links:
                     name = link.name or b""
                     same = [m[name] for m in old_maps if name in m]
+                    if not same and cid_codec(link.cid) == DAG_PB and self.remote_holds(link.cid):
+                        continue  # moved or copied: already on the remote under another path
                     stack.append((link.cid, link.tsize or 0, same, empty))
             else:
                 # inside a changed file: blocks of the parents' version of it are covered
@@ -193,8 +207,11 @@ def _is_dir(data: bytes | None) -> bool:
 def missing_blocks(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[tuple[Cid, int]]:
     """(cid, size) of every block to send so that the remote holding ``known``'s closures
     holds ``head``'s closure (see the module docstring)."""
-    walker = _Walker(repo)
-    for cid in new_commits(repo, head, known):
+    commits = new_commits(repo, head, known)
+    new = set(commits)
+    held = {repo.graph.node(p).tree for c in commits for p in repo.graph.node(c).parents if p not in new}
+    walker = _Walker(repo, sorted(held))
+    for cid in commits:
         walker.commit(cid, repo)
     return walker.out
 

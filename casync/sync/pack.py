@@ -3,7 +3,10 @@
 Sender: for each missing commit, oldest first, the blocks of its tree that none of its
 parents' trees hold at the same path (a parallel walk, so unchanged subtrees and the
 unchanged leaves of an edited file are never sent), in post-order (children before the
-nodes that link to them), then the commit block itself.
+nodes that link to them), then the commit block itself.  A directory or multi-chunk file
+at a path its parents lack is skipped whole when the receiver already holds it anywhere
+(the commits it holds are the parents outside the transfer): moving or copying data
+costs a few directory blocks, not its bytes.
 
 Receiver: every block is hash-verified (by the CAR reader), every link of a received
 block must point to a block held before the transfer or received earlier in it, and at
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from casync.dag import validated_links
+from casync.dag import tree_entry_cids, validated_links
 from casync.errors import InvalidObject
 from casync.ids import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str
 from casync.objects import UNIXFS_DIRECTORY, decode_commit, decode_pbnode, decode_unixfs
@@ -30,11 +33,21 @@ FLUSH_BYTES = 8 << 20
 
 
 class _TreeDiff:
-    """Blocks of a new tree that old trees at the same paths do not already hold."""
+    """Blocks of a new tree that old trees at the same paths do not already hold, nor the
+    receiver anywhere else (a file or directory moved or copied to a new path)."""
 
-    def __init__(self, repo: Repository, sent: set[Cid]) -> None:
+    def __init__(self, repo: Repository, sent: set[Cid], held_trees: list[Cid]) -> None:
         self.repo = repo
         self.sent = sent
+        self._held_trees = held_trees
+        self._held: set[Cid] | None = None
+
+    def receiver_holds(self, cid: Cid) -> bool:
+        """``cid`` is a directory or file root in a tree the receiver holds.  The index is
+        built on first use only, i.e. when a transfer meets a new path at all."""
+        if self._held is None:
+            self._held = tree_entry_cids(self.repo.blocks.get, self._held_trees)
+        return cid in self._held
 
     def _node(self, cid: Cid) -> tuple[bytes, bool, list[tuple[bytes | None, Cid]]]:
         block = self.repo.blocks.get(cid)
@@ -72,7 +85,10 @@ class _TreeDiff:
                     for name, cid in o_links:
                         old_links.setdefault(name, []).append(cid)
             for name, child in links:
-                yield from self.walk(child, old_links.get(name, []))
+                same_path = old_links.get(name, [])
+                if not same_path and cid_codec(child) == DAG_PB and self.receiver_holds(child):
+                    continue  # moved or copied: the receiver has it under another name
+                yield from self.walk(child, same_path)
         else:
             known = self._all_cids(old)
             yield from self._file_blocks(new, known)
@@ -95,7 +111,9 @@ def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[C
     """The stream a peer needs to go from its common commits to holding ``commits``
     (oldest first, as :meth:`CommitGraph.missing` returns them)."""
     sent: set[Cid] = set()
-    diff = _TreeDiff(repo, sent)
+    new = set(commits)
+    held = {repo.graph.node(p).tree for c in commits for p in repo.graph.node(c).parents if p not in new}
+    diff = _TreeDiff(repo, sent, sorted(held))
     for cid in commits:
         commit = repo.graph.get(cid)
         old_trees = []
