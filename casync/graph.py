@@ -187,14 +187,18 @@ class CommitGraph:
         """
         flags: dict[Cid, bool] = {}  # cid -> uninteresting
         heap: list[tuple[int, Cid]] = []
+        interesting = 0  # queued commits not (yet) uninteresting: the walk ends at zero
 
         def push(cid: Cid, uninteresting: bool) -> None:
+            nonlocal interesting
             prev = flags.get(cid)
             if prev is None:
                 flags[cid] = uninteresting
                 heapq.heappush(heap, (-self.node(cid).generation, cid))
+                interesting += not uninteresting
             elif uninteresting and not prev:
                 flags[cid] = True
+                interesting -= 1  # still queued: parents sit below every commit popped so far
 
         for h in haves:
             try:
@@ -205,10 +209,11 @@ class CommitGraph:
         for w in wants:
             push(w, False)
         out: list[Cid] = []
-        while heap and not all(flags[c] for _, c in heap):
+        while interesting:
             _, cid = heapq.heappop(heap)
             uninteresting = flags[cid]
             if not uninteresting:
+                interesting -= 1
                 out.append(cid)
             for p in self.node(cid).parents:
                 push(p, uninteresting)

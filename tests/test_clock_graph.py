@@ -109,7 +109,7 @@ def _ancestors(d: Dag, cid: Cid) -> set[Cid]:
     return out
 
 
-def test_merge_bases_and_is_ancestor_match_brute_force_on_random_dags() -> None:
+def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() -> None:
     """Seeded random DAGs with several roots, merges of 2-3 parents and long chains: the
     walks must agree with set arithmetic over full ancestor sets."""
     import random
@@ -133,3 +133,9 @@ def test_merge_bases_and_is_ancestor_match_brute_force_on_random_dags() -> None:
             best = {c for c in common if not any(c != o and c in anc[o] for o in common)}
             assert set(d.graph.merge_bases(a, b)) == best
             assert d.graph.is_ancestor(a, b) == (a in anc[b])
+            wants, haves = rng.sample(cids, rng.randint(1, 3)), rng.sample(cids, rng.randint(0, 3))
+            expected = set().union(*(anc[w] for w in wants)) - set().union(*(anc[h] for h in haves))
+            missing = d.graph.missing(wants, haves)
+            assert set(missing) == expected and len(missing) == len(expected)
+            position = {c: i for i, c in enumerate(missing)}  # oldest first: parents before children
+            assert all(position[p] < position[c] for c in missing for p in d.commits[c].parents if p in position)

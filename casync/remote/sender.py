@@ -87,24 +87,28 @@ def new_commits(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[Cid]:
     flags: dict[Cid, int] = {}
     heap: list[tuple[int, Cid]] = []
     new, old = 1, 2
+    only_new = 0  # queued commits reached from head alone: the walk ends at zero
 
     def mark(cid: Cid, flag: int) -> None:
+        nonlocal only_new
         prev = flags.get(cid, 0)
         if prev | flag != prev:
             if prev == 0:
-                heapq.heappush(heap, (-graph.get(cid).generation, cid))
+                heapq.heappush(heap, (-graph.node(cid).generation, cid))
+            only_new += (prev | flag == new) - (prev == new)
             flags[cid] = prev | flag
 
     mark(head, new)
     for k in known:
         mark(k, old)
     out = []
-    while heap and any(flags[c] == new for _, c in heap):
+    while only_new:
         _, cid = heapq.heappop(heap)
         f = flags[cid]
         if f == new:
+            only_new -= 1
             out.append(cid)
-        for p in graph.get(cid).parents:
+        for p in graph.node(cid).parents:
             mark(p, f)
     return out
 
