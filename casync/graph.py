@@ -15,6 +15,7 @@ from typing import Protocol
 
 from casync.ids import Cid
 from casync.objects import Commit, HybridTime
+from casync.reach import Reach, first_parent_ancestor
 
 __all__ = ["CommitGraph", "Node", "NodeCache"]
 
@@ -28,6 +29,7 @@ class Node:
     parents: tuple[Cid, ...]
     tree: Cid
     replica: str
+    reach: Reach | None = None  # set once the commit-graph table has labelled it
 
 
 class NodeCache(Protocol):
@@ -35,7 +37,10 @@ class NodeCache(Protocol):
 
     def get_node(self, cid: Cid) -> Node | None: ...
 
-    def put_nodes(self, nodes: dict[Cid, Node]) -> None: ...
+    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Node]:
+        """Store ``nodes``; returns every node it stored, labelled (``Node.reach``) where
+        all parents are labelled — including unlabelled ancestors it labelled on the way."""
+        ...
 
 
 class CommitGraph:
@@ -84,8 +89,11 @@ class CommitGraph:
     def save(self) -> None:
         """Persist nodes learnt by decoding (call when done with a batch of walks)."""
         if self._table is not None and self._unsaved:
-            self._table.put_nodes(self._unsaved)
+            stored = self._table.put_nodes(self._unsaved)
             self._unsaved = {}
+            for cid, n in stored.items():  # now with their reachability labels
+                if cid in self._nodes:
+                    self._nodes[cid] = n
 
     def get(self, cid: Cid) -> Commit:
         c = self._cache.get(cid)
@@ -122,10 +130,35 @@ class CommitGraph:
             for p in n.parents:
                 push(p)
 
+    def _reach(self, cid: Cid) -> Reach | None:
+        return self.node(cid).reach
+
+    def _first_parent(self, cid: Cid) -> Cid | None:
+        parents = self.node(cid).parents
+        return parents[0] if parents else None
+
+    def labelled_is_ancestor(self, a: Cid, b: Cid) -> bool | None:
+        """Is ``a`` an ancestor of ``b``, from reachability labels alone (casync/reach.py):
+        True or False when they prove it, None when a walk must decide.  O(log n)."""
+        if a == b:
+            return True
+        na, nb = self.node(a), self.node(b)
+        if na.reach is None or nb.reach is None:
+            return None
+        if na.generation >= nb.generation or not na.reach.maybe_ancestor_of(nb.reach):
+            return False
+        if na.reach.depth <= nb.reach.depth and \
+                first_parent_ancestor(b, na.reach.depth, self._reach, self._first_parent) == a:
+            return True
+        return None
+
     def is_ancestor(self, a: Cid, b: Cid) -> bool:
         """True if ``a`` is ``b`` or reachable from ``b`` through parents."""
         if a == b:
             return True
+        quick = self.labelled_is_ancestor(a, b)
+        if quick is not None:
+            return quick
         target = self.node(a).generation
         stack, seen = [b], {b}
         while stack:
@@ -147,6 +180,9 @@ class CommitGraph:
         """
         if a == b:
             return [a]
+        quick = self._merge_bases_by_labels(a, b)
+        if quick is not None:
+            return quick
         flags: dict[Cid, int] = {a: 1, b: 2}
         heap = [(-self.node(a).generation, a), (-self.node(b).generation, b)]
         heapq.heapify(heap)
@@ -175,6 +211,46 @@ class CommitGraph:
         # a common ancestor found early can still be an ancestor of one found later
         best = [r for r in results if not any(o != r and self.is_ancestor(r, o) for o in results)]
         return sorted(best, key=lambda c: (-self.node(c).generation, c))
+
+    def _merge_bases_by_labels(self, a: Cid, b: Cid, budget: int = 1024) -> list[Cid] | None:
+        """The merge bases found by walking down from the lower tip only, asking the labels
+        whether each commit reached is an ancestor of the higher tip; None (so the paint
+        walk decides) when a label cannot tell or after ``budget`` steps.  When the other
+        side's commits arrived after this history (a fetched branch) and the base lies on
+        the main line, this costs O(divergence + log n) instead of O(commits above the base).
+        """
+        hi, lo = (a, b) if self.node(a).generation >= self.node(b).generation else (b, a)
+        if self.node(hi).reach is None:
+            return None
+        stale = 1
+        flags = {lo: 0}
+        heap = [(-self.node(lo).generation, lo)]
+        live = 1
+        bases: list[Cid] = []
+        while live:
+            if budget == 0:
+                return None
+            budget -= 1
+            _, cid = heapq.heappop(heap)
+            f = flags[cid]
+            if not f & stale:
+                live -= 1
+                answer = self.labelled_is_ancestor(cid, hi)
+                if answer is None:
+                    return None
+                if answer:  # common, and the highest on its paths: a best base
+                    bases.append(cid)
+                    f |= stale
+            for p in self.node(cid).parents:
+                pf = flags.get(p)
+                if pf is None:
+                    flags[p] = f
+                    heapq.heappush(heap, (-self.node(p).generation, p))
+                    live += not f & stale
+                elif f & stale and not pf & stale:
+                    flags[p] = pf | stale
+                    live -= 1  # still queued: parents sit below every commit popped so far
+        return sorted(bases, key=lambda c: (-self.node(c).generation, c))
 
     def missing(self, wants: Iterable[Cid], haves: Iterable[Cid]) -> list[Cid]:
         """Commits reachable from ``wants`` but not from ``haves``, oldest first.

@@ -23,6 +23,7 @@ Single writer: :meth:`LmdbStore.writer_lock` takes an exclusive ``flock`` on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -40,6 +41,7 @@ from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict,
 from casync.graph import Node
 from casync.ids import Cid, cid_str, varint, verify_block
 from casync.objects import HybridTime
+from casync.reach import Reach, label
 from casync.store.base import RefLogEntry
 
 __all__ = ["STAT_KEY", "STAT_KEY_SIZE", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry",
@@ -102,6 +104,34 @@ def _close_env(env: Any) -> None:
                     del _ENVS[key]
                     env.close()
                 return
+
+
+_REACH = struct.Struct("<QQI")  # rank, low, first-parent depth; then the length-prefixed skip CID
+
+
+def _encode_node(node: Node) -> bytes:
+    value = _NODE.pack(node.generation, node.time.wall_ms, node.time.logical, len(node.parents))
+    fields = [*node.parents, node.tree, node.replica.encode()]
+    if node.reach is not None:
+        r = node.reach
+        return value + b"".join(bytes((len(f),)) + f for f in fields) + _REACH.pack(r.rank, r.low, r.depth) + \
+            bytes((len(r.skip),)) + r.skip
+    return value + b"".join(bytes((len(f),)) + f for f in fields)
+
+
+def _decode_node(raw: bytes) -> Node:
+    gen, wall, logical, count = _NODE.unpack_from(raw)
+    cids, pos = [], _NODE.size
+    for _ in range(count + 2):  # parents, then the tree, then the replica id
+        n = raw[pos]
+        cids.append(raw[pos + 1 : pos + 1 + n])
+        pos += 1 + n
+    reach = None
+    if pos < len(raw):  # entries written before labels existed end here
+        rank, low, depth = _REACH.unpack_from(raw, pos)
+        pos += _REACH.size
+        reach = Reach(rank, low, depth, raw[pos + 1 : pos + 1 + raw[pos]])
+    return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode(), reach)
 
 
 def stat_records_digest(records: bytes | bytearray) -> bytes:
@@ -181,26 +211,58 @@ class LmdbStore:
 
     def get_node(self, cid: Cid) -> Node | None:
         raw = self.get("commitgraph", cid)
-        if raw is None:
-            return None
-        gen, wall, logical, count = _NODE.unpack_from(raw)
-        cids, pos = [], _NODE.size
-        for _ in range(count + 2):  # parents, then the tree, then the replica id
-            n = raw[pos]
-            cids.append(raw[pos + 1 : pos + 1 + n])
-            pos += 1 + n
-        return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode())
+        return _decode_node(raw) if raw is not None else None
 
-    def put_nodes(self, nodes: dict[Cid, Node]) -> None:
-        def fn(txn: Any) -> None:
+    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Node]:
+        """Store nodes with reachability labels (casync/reach.py), assigned inside the write
+        transaction so that ranks follow the order commits enter the table, parents first,
+        whatever process writes.  Labels already stored are never changed; unlabelled
+        ancestors (tables written before labels existed) are labelled on the way."""
+        def fn(txn: Any) -> dict[Cid, Node]:
             db = self._dbs["commitgraph"]
-            for cid, node in nodes.items():
-                value = _NODE.pack(node.generation, node.time.wall_ms, node.time.logical, len(node.parents))
-                fields = [*node.parents, node.tree, node.replica.encode()]
-                value += b"".join(bytes((len(f),)) + f for f in fields)
-                txn.put(cid, value, db=db)
+            cache: dict[Cid, Node | None] = {}
 
-        self.write(fn)
+            def stored(cid: Cid) -> Node | None:
+                if cid not in cache:
+                    raw = txn.get(cid, db=db)
+                    cache[cid] = _decode_node(bytes(raw)) if raw is not None else None
+                return cache[cid]
+
+            todo: dict[Cid, Node] = {}
+            stack = list(nodes.items())
+            while stack:
+                cid, node = stack.pop()
+                have = stored(cid)
+                if cid in todo or (have is not None and have.reach is not None):
+                    continue
+                todo[cid] = node
+                for p in node.parents:
+                    parent = stored(p)
+                    if p not in todo and p not in nodes and parent is not None and parent.reach is None:
+                        stack.append((p, parent))
+            order = sorted(todo.items(), key=lambda item: item[1].generation)  # parents first
+            raw_next = txn.get(b"reach_next_rank", db=self._dbs["meta"])
+            next_rank = int(raw_next) if raw_next is not None else 0
+
+            def reach_of(cid: Cid) -> Reach | None:
+                node = todo.get(cid) or stored(cid)
+                return node.reach if node is not None else None
+
+            def first_parent(cid: Cid) -> Cid | None:
+                node = todo.get(cid) or stored(cid)
+                return node.parents[0] if node is not None and node.parents else None
+
+            labels, next_rank = label([(c, n.parents) for c, n in order], reach_of, first_parent, next_rank)
+            out: dict[Cid, Node] = {}
+            for cid, node in order:
+                node = dataclasses.replace(node, reach=labels.get(cid))
+                txn.put(cid, _encode_node(node), db=db)
+                out[cid] = node
+            txn.put(b"reach_next_rank", str(next_rank).encode(), db=self._dbs["meta"])
+            return out
+
+        result: dict[Cid, Node] = self.write(fn)
+        return result
 
     def items_count(self, db: str) -> int:
         with self.env.begin() as txn:

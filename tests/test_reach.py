@@ -1,0 +1,155 @@
+"""Reachability labels (casync/reach.py) in a real LMDB commit-graph table: labels never
+give a wrong answer, merge bases and ancestry agree with brute force, old tables upgrade."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from casync import Repository
+from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
+from casync.objects import Commit, HybridTime, encode_commit, encode_directory
+from casync.reach import first_parent_ancestor, skip_depth
+from casync.store.lmdb import _encode_node
+
+TREE = compute_cid(DAG_PB, encode_directory([]))
+
+
+class StoredDag:
+    """Commits written into a bare repository the way receivers do (block, remember, save)."""
+
+    def __init__(self, path: Path) -> None:
+        self.repo = Repository.init(path, replica="r", bare=True)
+        self.parents: dict[Cid, tuple[Cid, ...]] = {}
+        self.gen: dict[Cid, int] = {}
+        self.n = 0
+
+    def add(self, *parents: Cid) -> Cid:
+        self.n += 1
+        gen = 1 + max((self.gen[p] for p in parents), default=0)
+        c = Commit(tree=TREE, parents=parents, clock={"r": self.n}, time=HybridTime(self.n, 0), replica="r",
+                   author="t", message=str(self.n), generation=gen)
+        block = encode_commit(c)
+        cid = compute_cid(DAG_CBOR, block)
+        self.repo.blocks.put(cid, block)
+        self.repo.graph.remember(cid, c)
+        self.parents[cid], self.gen[cid] = parents, gen
+        return cid
+
+    def save(self) -> None:
+        self.repo.blocks.flush()
+        self.repo.graph.save()
+
+    def ancestors(self, cid: Cid) -> set[Cid]:
+        out, stack = {cid}, [cid]
+        while stack:
+            for p in self.parents[stack.pop()]:
+                if p not in out:
+                    out.add(p)
+                    stack.append(p)
+        return out
+
+
+def test_skip_pointers_reach_any_depth_in_logarithmic_steps() -> None:
+    assert [skip_depth(d) for d in range(8)] == [0, 0, 0, 1, 0, 1, 4, 1]
+    assert all(0 <= skip_depth(d) < d for d in range(2, 5000))
+    chain = [f"c{i}".encode() for i in range(5000)]
+    depth = {c: i for i, c in enumerate(chain)}
+    skip = {c: chain[skip_depth(i)] if i >= 2 else b"" for i, c in enumerate(chain)}
+    steps = 0
+
+    def reach_of(c: bytes):  # type: ignore[no-untyped-def]
+        nonlocal steps
+        steps += 1
+        from casync.reach import Reach
+
+        return Reach(depth[c], 0, depth[c], skip[c])
+
+    def first_parent(c: bytes) -> bytes | None:
+        return chain[depth[c] - 1] if depth[c] else None
+
+    for target in (0, 1, 2, 77, 2048, 4998, 4999):
+        steps = 0
+        assert first_parent_ancestor(chain[-1], target, reach_of, first_parent) == chain[target]
+        assert steps <= 60  # log2(5000) ~ 12.3; the skip scheme needs at most a few per level
+    assert first_parent_ancestor(chain[10], 11, reach_of, first_parent) is None
+
+
+def test_labels_never_lie_and_walks_agree_with_brute_force(tmp_path: Path) -> None:
+    rng = random.Random(4242)
+    for trial in range(6):
+        dag = StoredDag(tmp_path / f"r{trial}")
+        cids: list[Cid] = []
+        for i in range(rng.randint(40, 160)):
+            if not cids or rng.random() < 0.03:
+                cids.append(dag.add())
+            else:
+                k = rng.choice([1, 1, 1, 2, 2, 3])
+                window = cids[-rng.randint(1, min(len(cids), 30)):] if rng.random() < 0.8 else cids
+                cids.append(dag.add(*dict.fromkeys(rng.choice(window) for _ in range(k))))
+            if rng.random() < 0.1:
+                dag.save()  # arrival in batches, as several fetches and commits
+        dag.save()
+        dag.repo.close()
+        repo = Repository.open(tmp_path / f"r{trial}")  # fresh graph: labels come from the table
+        graph = repo.graph
+        labelled = sum(graph.node(c).reach is not None for c in cids)
+        assert labelled == len(cids)
+        anc = {c: dag.ancestors(c) for c in cids}
+        answered = 0
+        for _ in range(300):
+            a, b = rng.choice(cids), rng.choice(cids)
+            quick = graph.labelled_is_ancestor(a, b)
+            assert quick in (None, a in anc[b])
+            answered += quick is not None
+            assert graph.is_ancestor(a, b) == (a in anc[b])
+            common = anc[a] & anc[b]
+            best = {c for c in common if not any(c != o and c in anc[o] for o in common)}
+            assert set(graph.merge_bases(a, b)) == best
+        assert answered > 150  # the labels decide most pairs without a walk
+        repo.close()
+
+
+def test_a_late_branch_off_the_root_needs_no_walk(tmp_path: Path) -> None:
+    """Case (iii) of benchmarks/bench_sync.py, small: the base is the root of a long chain."""
+    dag = StoredDag(tmp_path / "r")
+    root = dag.add()
+    tip = root
+    for _ in range(3000):
+        tip = dag.add(tip)
+    dag.save()
+    side = dag.add(root)  # fetched later: a replica that diverged at the root
+    dag.save()
+    dag.repo.close()
+    repo = Repository.open(tmp_path / "r")
+    assert repo.graph._merge_bases_by_labels(tip, side) == [root]
+    assert repo.graph.merge_bases(tip, side) == [root]
+    loaded = len(repo.graph._nodes)
+    assert loaded < 200, loaded  # log-many skip jumps, not the 3000-commit chain
+    repo.close()
+
+
+def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:
+    dag = StoredDag(tmp_path / "r")
+    chain = [dag.add()]
+    for _ in range(50):
+        chain.append(dag.add(chain[-1]))
+    dag.save()
+    store = dag.repo.store
+
+    def strip(txn) -> None:  # type: ignore[no-untyped-def]
+        db = store._dbs["commitgraph"]
+        for cid in chain:
+            node = store.get_node(cid)
+            assert node is not None and node.reach is not None
+            txn.put(cid, _encode_node(node.__class__(node.generation, node.time, node.parents, node.tree,
+                                                     node.replica)), db=db)
+    store.write(strip)
+    assert all(store.get_node(c).reach is None for c in chain)  # type: ignore[union-attr]
+    new = dag.add(chain[-1])
+    dag.save()
+    labelled = [store.get_node(c) for c in [*chain, new]]
+    assert all(n is not None and n.reach is not None for n in labelled)
+    ranks = [n.reach.rank for n in labelled if n is not None and n.reach is not None]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)  # parents before children
+    dag.repo.close()
