@@ -35,10 +35,13 @@ system temp dir) that is removed at the end.  All traffic stays on 127.0.0.1.
    commits: a side branch of 10 commits forks from the main line, the main line goes
    on for 89 commits, and a merge commit joins the two.  All commits share one tree.
    A is the tip plus 3 commits.  B is (i) the tip plus 2 other commits, (ii) one
-   commit on the main-line commit 1,000 first-parent steps below the tip, or (iii) one
-   commit on the root (the worst case, since the walk covers the whole history).
+   commit on the main-line commit 1,000 first-parent steps below the tip, (iii) one
+   commit on the root, recorded after the history (as a fetched branch is), or (iv) one
+   commit on the root recorded right after the root, before the history: there the
+   reachability labels cannot decide and the paint walk covers the whole history (the
+   worst case).
    ``CommitGraph.merge_bases(A, B)`` is timed in a fresh child process, once per case.
-   The first call is *cold* (a new process and a new ``CommitGraph``; ``dag_cbor`` is
+   The first call is *cold* (a new process and a new ``CommitGraph``; casync is
    imported beforehand and its import time is reported apart).  The same graph is then
    timed again (*warm*), and new ``CommitGraph`` objects are timed in the warm process
    (*fresh graph*).  Each child is killed after ``--cap-seconds``.
@@ -502,6 +505,7 @@ def dag_spec(n: int) -> DagSpec:
         return len(parents) - 1
 
     root = add()
+    b_early = add(root)  # case (iv): recorded before the whole history
     main = [root]
     tip = root
     while len(parents) + 100 <= n:
@@ -526,7 +530,8 @@ def dag_spec(n: int) -> DagSpec:
     b_root = add(root)
     cases = {"(i) 3+2 commits on the tip": (a, b_near, tip),
              f"(ii) diverged {len(main) - 1 - main.index(fork)} first-parent commits back": (a, b_back, fork),
-             "(iii) diverged at the root (worst case)": (a, b_root, root)}
+             "(iii) diverged at the root, branch recorded last": (a, b_root, root),
+             "(iv) diverged at the root, branch recorded first (worst case)": (a, b_early, root)}
     return DagSpec(parents, main, cases)
 
 
@@ -579,11 +584,10 @@ def build_git_dag(path: Path, spec: DagSpec) -> list[str]:
 CHILD = """\
 import json, sys, time
 t0 = time.perf_counter()
-import dag_cbor  # noqa: F401  (decode_commit imports it lazily; keep it out of the timed call)
-import_s = time.perf_counter() - t0
 from casync.graph import CommitGraph
 from casync.ids import cid_str, parse_cid
 from casync.repo import Repository
+import_s = time.perf_counter() - t0
 path, a, b, reps = sys.argv[1], parse_cid(sys.argv[2]), parse_cid(sys.argv[3]), int(sys.argv[4])
 t0 = time.perf_counter()
 repo = Repository.open(path, search_parents=False)
@@ -605,7 +609,7 @@ for _ in range(max(1, reps // 2)):
     g.merge_bases(a, b)
     fresh.append(time.perf_counter() - t0)
 print(json.dumps({"bases": [cid_str(c) for c in bases], "cold_s": cold, "warm_s": warm, "fresh_graph_s": fresh,
-                  "commits_loaded": loaded, "import_dag_cbor_s": import_s, "open_s": open_s}))
+                  "commits_loaded": loaded, "import_casync_s": import_s, "open_s": open_s}))
 """
 
 

@@ -154,21 +154,37 @@ class CommitGraph:
 
     def is_ancestor(self, a: Cid, b: Cid) -> bool:
         """True if ``a`` is ``b`` or reachable from ``b`` through parents."""
-        if a == b:
-            return True
+        answer = self._search_ancestor(a, b, None)
+        assert answer is not None  # an unbounded search always decides
+        return answer
+
+    def _search_ancestor(self, a: Cid, b: Cid, budget: list[int] | None) -> bool | None:
+        """The labels first; else a DFS from ``b`` that skips commits below ``a``'s
+        generation and commits whose labels prove ``a`` is not their ancestor.  None when
+        the shared ``budget[0]`` of commit visits runs out."""
         quick = self.labelled_is_ancestor(a, b)
         if quick is not None:
             return quick
-        target = self.node(a).generation
+        na = self.node(a)
+        target, ra = na.generation, na.reach
         stack, seen = [b], {b}
         while stack:
             cid = stack.pop()
             for p in self.node(cid).parents:
                 if p == a:
                     return True
-                if p not in seen and self.node(p).generation > target:
-                    seen.add(p)
-                    stack.append(p)
+                if p in seen:
+                    continue
+                seen.add(p)
+                n = self.node(p)
+                if n.generation <= target or (ra is not None and n.reach is not None
+                                              and not ra.maybe_ancestor_of(n.reach)):
+                    continue
+                if budget is not None:
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return None
+                stack.append(p)
         return False
 
     def merge_bases(self, a: Cid, b: Cid) -> list[Cid]:
@@ -212,10 +228,11 @@ class CommitGraph:
         best = [r for r in results if not any(o != r and self.is_ancestor(r, o) for o in results)]
         return sorted(best, key=lambda c: (-self.node(c).generation, c))
 
-    def _merge_bases_by_labels(self, a: Cid, b: Cid, budget: int = 1024) -> list[Cid] | None:
-        """The merge bases found by walking down from the lower tip only, asking the labels
-        whether each commit reached is an ancestor of the higher tip; None (so the paint
-        walk decides) when a label cannot tell or after ``budget`` steps.  When the other
+    def _merge_bases_by_labels(self, a: Cid, b: Cid, steps: int = 2048) -> list[Cid] | None:
+        """The merge bases found by walking down from the lower tip only, asking whether each
+        commit reached is an ancestor of the higher tip (labels, else a label-pruned search);
+        None (so the paint
+        walk decides) after ``steps`` commit visits, searches included.  When the other
         side's commits arrived after this history (a fetched branch) and the base lies on
         the main line, this costs O(divergence + log n) instead of O(commits above the base).
         """
@@ -227,15 +244,16 @@ class CommitGraph:
         heap = [(-self.node(lo).generation, lo)]
         live = 1
         bases: list[Cid] = []
+        budget = [steps]
         while live:
-            if budget == 0:
+            budget[0] -= 1
+            if budget[0] < 0:
                 return None
-            budget -= 1
             _, cid = heapq.heappop(heap)
             f = flags[cid]
             if not f & stale:
                 live -= 1
-                answer = self.labelled_is_ancestor(cid, hi)
+                answer = self._search_ancestor(cid, hi, budget)
                 if answer is None:
                     return None
                 if answer:  # common, and the highest on its paths: a best base

@@ -134,6 +134,27 @@ def _decode_node(raw: bytes) -> Node:
     return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode(), reach)
 
 
+def _parents_first(nodes: dict[Cid, Node]) -> list[tuple[Cid, Node]]:
+    """``nodes`` in the order they were given, except that a parent among them always comes
+    before its children: ranks then follow arrival order (a fetched branch ranks above
+    the local history it joins), which is what makes the rank cut useful."""
+    out: list[tuple[Cid, Node]] = []
+    done: set[Cid] = set()
+    for cid in nodes:
+        stack = [(cid, False)]
+        while stack:
+            c, expanded = stack.pop()
+            if c in done:
+                continue
+            if expanded:
+                done.add(c)
+                out.append((c, nodes[c]))
+                continue
+            stack.append((c, True))
+            stack.extend((p, False) for p in reversed(nodes[c].parents) if p in nodes and p not in done)
+    return out
+
+
 def stat_records_digest(records: bytes | bytearray) -> bytes:
     """blake3 of canonical stat records (path, NUL, packed stat key; sorted by path)."""
     import blake3
@@ -228,19 +249,24 @@ class LmdbStore:
                     cache[cid] = _decode_node(bytes(raw)) if raw is not None else None
                 return cache[cid]
 
-            todo: dict[Cid, Node] = {}
-            stack = list(nodes.items())
-            while stack:
-                cid, node = stack.pop()
+            todo: dict[Cid, Node] = {}  # in the order given: that order becomes the ranks
+            out: dict[Cid, Node] = {}
+            for cid, node in nodes.items():
                 have = stored(cid)
-                if cid in todo or (have is not None and have.reach is not None):
-                    continue
-                todo[cid] = node
-                for p in node.parents:
-                    parent = stored(p)
-                    if p not in todo and p not in nodes and parent is not None and parent.reach is None:
-                        stack.append((p, parent))
-            order = sorted(todo.items(), key=lambda item: item[1].generation)  # parents first
+                if have is None or have.reach is None:
+                    todo[cid] = node
+                else:
+                    out[cid] = have  # labelled already (another process): kept as it is
+            older: dict[Cid, Node] = {}  # unlabelled ancestors already stored (older tables)
+            stack = [p for node in todo.values() for p in node.parents]
+            while stack:
+                p = stack.pop()
+                parent = stored(p)
+                if p not in todo and p not in older and parent is not None and parent.reach is None:
+                    older[p] = parent
+                    stack.extend(parent.parents)
+            todo = {**older, **todo}
+            order = _parents_first(todo)
             raw_next = txn.get(b"reach_next_rank", db=self._dbs["meta"])
             next_rank = int(raw_next) if raw_next is not None else 0
 
@@ -253,7 +279,6 @@ class LmdbStore:
                 return node.parents[0] if node is not None and node.parents else None
 
             labels, next_rank = label([(c, n.parents) for c, n in order], reach_of, first_parent, next_rank)
-            out: dict[Cid, Node] = {}
             for cid, node in order:
                 node = dataclasses.replace(node, reach=labels.get(cid))
                 txn.put(cid, _encode_node(node), db=db)
