@@ -69,6 +69,7 @@ class _Snapshotter:
         self.progress = progress
         self.cache = repo.store.load_stat_cache()
         self.new_cache: dict[str, StatEntry] = {}
+        self.hashed: set[str] = set()  # paths read and hashed (not taken from the cache)
         self.now_ns = time.time_ns()
         self.root = str(repo.root)
 
@@ -88,6 +89,7 @@ class _Snapshotter:
             except FileNotFoundError:
                 return None
             if st_after is not None and _stat_key(st_after)[:3] == key[:3] and st_after.st_size == st.st_size:
+                self.hashed.add(path)
                 self._remember(path, st_after, entry)
                 return entry
             try:
@@ -191,7 +193,11 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
             current[path] = entry
     for change in diff_flat(committed, current):
         getattr(result, change.status).append(change.path)
-    _save_cache_opportunistically(repo, snap.new_cache, head_tree if result.clean else None,
+    # Files hashed here went to a throwaway store: caching their CIDs would let the next
+    # commit trust entries whose blocks the repository never got.  Keep only entries whose
+    # content the repository holds (unchanged files, or content already committed).
+    cache = {p: e for p, e in snap.new_cache.items() if p not in snap.hashed or repo.blocks.has(e[6])}
+    _save_cache_opportunistically(repo, cache, head_tree if result.clean else None,
                                   head if result.clean else None)
     return result
 
@@ -315,6 +321,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         return Status(branch=repo.current_branch(), head=repo.head())
     st = st if st is not None else status(repo)
     dirty = st.paths()
+    new_dirs = _directories(new)
     if force:
         # discard local edits to tracked files; untracked files survive unless in the way
         placeholder = Entry(b"", "file", 0)
@@ -322,12 +329,13 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         for path in st.modified:
             current[path] = placeholder
         for path in st.added:
-            if path in new or any(q.startswith(path + "/") for q in new):
+            if path in new or path in new_dirs:
                 current[path] = placeholder
         old = current
     touched = {c.path for c in diff_flat(old, new)}
     if not force:
-        in_the_way = {p for p in st.added if any(q.startswith(p + "/") for q in new)}
+        in_the_way = {p for p in st.added if p in new_dirs}
+        in_the_way |= _untracked_in_replaced_dirs(repo, old, new, touched)
         dirty_touch = (dirty & touched) | in_the_way
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
@@ -342,6 +350,54 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     else:
         _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, new_tree)
     return st
+
+
+def _directories(files: Iterable[str]) -> set[str]:
+    """Every directory that holds one of ``files`` (``a/b/c`` gives ``a`` and ``a/b``)."""
+    out: set[str] = set()
+    for path in files:
+        cut = path.rfind("/")
+        while cut > 0:
+            parent = path[:cut]
+            if parent in out:
+                break
+            out.add(parent)
+            cut = path.rfind("/", 0, cut)
+    return out
+
+
+def _untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
+                                touched: set[str]) -> set[str]:
+    """Files that are neither tracked nor ignored inside directories the update replaces
+    with a file or symlink: writing it would delete them with the directory.  (Ignored
+    files there are expendable, as in git.)"""
+    ignore = Ignore.load(repo.root)
+    out: set[str] = set()
+    for path in touched:
+        if path not in new:
+            continue
+        try:
+            if not stat_mod.S_ISDIR(os.lstat(repo.root / path).st_mode):
+                continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        stack = [path]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                entries = list(os.scandir(repo.root / rel_dir))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for de in entries:
+                rel = f"{rel_dir}/{de.name}"
+                is_dir = de.is_dir(follow_symlinks=False)
+                if ignore.ignored(rel, is_dir):
+                    continue
+                if is_dir:
+                    stack.append(rel)
+                elif rel not in old:
+                    out.add(rel)
+    return out
 
 
 def _refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> None:
@@ -375,7 +431,9 @@ def restore(repo: Repository, source: str, paths: list[str], progress: Progress 
             exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)
                       or any(p == pre or p.startswith(pre + "/") for p in tracked))
             if not exists:
-                raise UsageError(f"path {pre!r} does not exist in {source} nor in HEAD")
+                where = "HEAD" if source == "HEAD" else f"{source} nor in HEAD"
+                raise UsageError(f"path {pre!r} is not in {where}",
+                                 hint="restore brings back committed files; untracked files are not tracked")
 
         def under(path: str) -> bool:
             return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
@@ -384,6 +442,11 @@ def restore(repo: Repository, source: str, paths: list[str], progress: Progress 
         placeholder = Entry(b"", "file", 0)  # forces a rewrite: the disk may differ from HEAD
         old = {p: placeholder for p in tracked if under(p)}
         old.update({p: placeholder for p in selected})
+        lost = _untracked_in_replaced_dirs(repo, tracked, selected, set(selected))
+        if lost:
+            listed = ", ".join(sorted(lost)[:5]) + (" ..." if len(lost) > 5 else "")
+            raise WorktreeDirty(f"restore would delete untracked files in a directory it replaces: {listed}",
+                                hint="move them away first")
         _apply(repo, old, selected, None, progress)
         cache = repo.store.load_stat_cache()
         for p in old:

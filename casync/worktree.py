@@ -234,7 +234,7 @@ class WorktreeWriter:
                     sub = "/".join(parts[: i + 1])
                     raise InvalidPath(f"{sub} is a file or symlink, not a directory; refusing to write "
                                       f"{'/'.join(parts)} through it",
-                                      hint="move it away or use --force to let checkout replace it") from None
+                                      hint="move it away (checkout and switch replace it with --force)") from None
                 os.close(fd)
                 fd = nfd
             yield fd

@@ -321,3 +321,42 @@ def test_reflog_and_config(cli: Cli) -> None:
     cli("config", "merge", "--unset")
     assert cli("config", "merge", ok=False).exit_code == 2
     assert cli("config", "replica", "x", ok=False).exit_code == 2
+
+
+def test_status_before_commit_never_leaves_a_commit_without_its_blocks(cli: Cli) -> None:
+    """status hashes new and changed files into a throwaway store; the stat cache must not
+    keep those CIDs, or the next commit would reference blocks it never stored."""
+    import time
+
+    cli("init", "--replica", "site-1")
+    write(cli.cwd, "a.txt", "one\n")
+    cli("commit", "-m", "c1")
+    write(cli.cwd, "b.txt", "a new file\n")
+    write(cli.cwd, "a.txt", "one, edited\n")
+    time.sleep(1.2)  # old enough for the stat cache to trust them (racy-clean rule)
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["added"] == ["b.txt"] and st["modified"] == ["a.txt"]
+    cli("commit", "-m", "c2")
+    assert json.loads(cli("fsck", "--json").stdout)["ok"]
+    assert cli("cat", "HEAD:b.txt").stdout == "a new file\n"
+    assert cli("cat", "HEAD:a.txt").stdout == "one, edited\n"
+
+
+@pytest.mark.parametrize("command", [["checkout", "HEAD~1"], ["switch", "old"], ["restore", "-s", "HEAD~1", "x"]])
+def test_untracked_files_in_a_directory_replaced_by_a_file_are_protected(cli: Cli, command: list[str]) -> None:
+    cli("init", "--replica", "site-1")
+    write(cli.cwd, "x", "a file\n")
+    cli("commit", "-m", "x is a file")
+    cli("branch", "old")
+    (cli.cwd / "x").unlink()
+    write(cli.cwd, "x/tracked", "t\n")
+    cli("commit", "-m", "x is a directory")
+    write(cli.cwd, "x/untracked-notes.txt", "my notes\n")
+    r = cli(*command, ok=False)
+    assert r.exit_code == 1 and "x/untracked-notes.txt" in r.stderr
+    assert (cli.cwd / "x/untracked-notes.txt").read_text() == "my notes\n"
+    (cli.cwd / "x/untracked-notes.txt").unlink()
+    write(cli.cwd, ".casyncignore", "*.tmp\n")
+    write(cli.cwd, "x/scratch.tmp", "ignored: expendable, as in git\n")
+    cli(*command)
+    assert (cli.cwd / "x").read_text() == "a file\n"

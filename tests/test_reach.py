@@ -80,7 +80,7 @@ def test_labels_never_lie_and_walks_agree_with_brute_force(tmp_path: Path) -> No
     for trial in range(6):
         dag = StoredDag(tmp_path / f"r{trial}")
         cids: list[Cid] = []
-        for i in range(rng.randint(40, 160)):
+        for _i in range(rng.randint(40, 160)):
             if not cids or rng.random() < 0.03:
                 cids.append(dag.add())
             else:
