@@ -284,7 +284,7 @@ def test_restore_keeps_untracked_and_removes_tracked_extras(cli: Cli) -> None:
     assert (cli.cwd / "d/tracked-later").read_text() == "t"
     assert (cli.cwd / "d/untracked").read_text() == "u"
     r = cli("restore", "nope", ok=False)
-    assert r.exit_code == 2 and "'nope' does not exist" in r.stderr
+    assert r.exit_code == 2 and "'nope' is not in HEAD" in r.stderr
 
 
 def test_checkout_of_current_commit_by_cid_detaches(cli: Cli) -> None:
