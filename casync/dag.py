@@ -48,6 +48,7 @@ __all__ = [
     "build_tree",
     "changed_paths",
     "diff_flat",
+    "directories_of",
     "entry_for",
     "flatten_tree",
     "iter_file",
@@ -356,6 +357,17 @@ def walk_dag(get: Callable[[Cid], bytes], root: Cid, seen: set[Cid] | None = Non
             stack.extend(link.cid for link in decode_pbnode(block).links)
         elif codec != RAW:
             raise InvalidObject(f"block {cid_str(cid)} has unsupported codec {codec:#x}")
+
+
+def directories_of(paths: Iterable[str]) -> set[str]:
+    """Every directory holding one of ``paths`` (``a/b/c`` gives ``a`` and ``a/b``)."""
+    out: set[str] = set()
+    for path in paths:
+        cut = path.rfind("/")
+        while cut > 0 and path[:cut] not in out:
+            out.add(path[:cut])
+            cut = path.rfind("/", 0, cut)
+    return out
 
 
 def tree_entry_cids(get: Callable[[Cid], bytes], trees: Iterable[Cid]) -> set[Cid]:

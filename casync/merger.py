@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, build_tree, lookup
-from casync.errors import ConflictError, UsageError
+from casync.dag import Entry, build_tree, directories_of, lookup
+from casync.errors import ConflictError, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str, parse_cid
 from casync.merge import (
     Conflict,
@@ -125,12 +125,16 @@ def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
     touched_o = _touched(repo, ours, bases) if depth == 0 else None
     touched_t = _touched(repo, theirs, bases) if depth == 0 else None
     writes: dict[tuple[str, Side], Write] = {}
+    # a file on one side where the other has a directory: the file moves to a sibling named
+    # after the replica that wrote it, so every replica must know who that was
+    clashes = {p for p in theirs_flat if p in directories_of(ours_flat)} | \
+        {p for p in ours_flat if p in directories_of(theirs_flat)}
     for path in set(ours_flat) | set(theirs_flat) | set(base_flat):
         b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
         if _same(o, t):
             continue
         both = (touched_o is not None and touched_t is not None and path in touched_o and path in touched_t)
-        if both or (not _same(b, o) and not _same(b, t)):
+        if both or (not _same(b, o) and not _same(b, t)) or path in clashes:
             writes[(path, "ours")] = finder.last_write(ours, bases, path)
             writes[(path, "theirs")] = finder.last_write(theirs, bases, path)
 
@@ -213,6 +217,14 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
             raise ConflictError(f"merge of {rev} has conflicts the 'manual' policy leaves to a person: {listed}",
                                 hint="a bare repository cannot stop mid-merge; use another policy")
         if result.conflicts:
+            # stopping mid-merge mixes the merge into the working tree; 'merge --abort' must
+            # be able to restore HEAD without losing anything, so local edits block it
+            local = sorted({*st.modified, *st.deleted, *(p for p in st.added if p in result.tree)})
+            if local:
+                listed = ", ".join(local[:5]) + (" ..." if len(local) > 5 else "")
+                raise WorktreeDirty(f"merge of {rev} stops for conflicts, and these uncommitted changes would be "
+                                    f"mixed into it: {listed}",
+                                    hint="commit them first, or merge with a policy that does not stop")
             written = build_tree(repo.blocks, result.tree, repo.hash_name).cid
             repo.blocks.flush()  # merged/json blocks the user may commit later
             _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, written)
@@ -321,16 +333,38 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
                 seen.add(c["path"])
     head = repo.head()
     if head is not None:
-        flat = repo.flat_tree(head)
-        groups: dict[str, list[str]] = {}
-        for path in flat:
-            stem, sep, _replica = path.rpartition(".~")
-            if sep and stem and "/" not in _replica:
-                groups.setdefault(stem, []).append(path)
-        for stem, sibs in sorted(groups.items()):
-            if stem not in seen:
-                out.append(OpenConflict(stem, "siblings", tuple(sorted(sibs)), "tree"))
+        for path, sibs in sorted(_recorded_siblings(repo, head).items()):
+            if path not in seen:
+                out.append(OpenConflict(path, "siblings", tuple(sibs), "tree"))
     return out
+
+
+def _recorded_siblings(repo: Repository, head: Cid) -> dict[str, list[str]]:
+    """``{path: [sibling paths]}`` for sibling versions that merges recorded (commit
+    metadata ``casync.siblings``) and HEAD's tree still holds.  A file that merely has
+    ``.~`` in its name is the user's, not a conflict."""
+    flat = repo.flat_tree(head)
+    candidates = {p for p in flat if ".~" in p.rpartition("/")[2]}
+    found: dict[str, set[str]] = {}
+    if not candidates:
+        return {}
+    left = set(candidates)
+    for cid, node in repo.graph.walk_nodes([head]):
+        if len(node.parents) < 2:
+            continue
+        try:
+            recorded = json.loads(repo.load_commit(cid).meta.get("casync.siblings", "{}"))
+        except ValueError:
+            continue
+        if not isinstance(recorded, dict):
+            continue
+        for path, sib in recorded.items():
+            if isinstance(sib, str) and sib in candidates:
+                found.setdefault(str(path), set()).add(sib)
+                left.discard(sib)
+        if not left:
+            break
+    return {path: sorted(sibs) for path, sibs in found.items()}
 
 
 def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_bytes: bytes | None = None
@@ -370,11 +404,15 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
                                  hint="pick one by replica: --pick REPLICA")
             sibling = conflict.siblings[0]
         else:
-            sibling = f"{path}.~{pick}"
-            if sibling not in conflict.siblings:
+            # siblings are named path.~REPLICA, or path.~REPLICA.<hash> when that was taken
+            matches = [s for s in conflict.siblings
+                       if s.rpartition(".~")[2] == pick or s.rpartition(".~")[2].startswith(f"{pick}.")]
+            if len(matches) != 1:
                 options = ", ".join(s.rpartition(".~")[2] for s in conflict.siblings) or "none"
-                raise UsageError(f"no version of {path!r} from {pick!r}",
+                what = "no version" if not matches else f"{len(matches)} versions"
+                raise UsageError(f"{what} of {path!r} from {pick!r}",
                                  hint=f"use ours, theirs, or one of: {options}")
+            sibling = matches[0]
         data = (repo.root / sibling).read_bytes()
         writer.write_file(path, [data], False)
         chosen = sibling

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, FileWriter, Kind, diff_flat, flatten_tree, read_symlink, write_symlink
+from casync.dag import Entry, FileWriter, Kind, diff_flat, directories_of, flatten_tree, read_symlink, write_symlink
 from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -321,7 +321,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         return Status(branch=repo.current_branch(), head=repo.head())
     st = st if st is not None else status(repo)
     dirty = st.paths()
-    new_dirs = _directories(new)
+    new_dirs = directories_of(new)
     if force:
         # discard local edits to tracked files; untracked files survive unless in the way
         placeholder = Entry(b"", "file", 0)
@@ -350,20 +350,6 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     else:
         _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, new_tree)
     return st
-
-
-def _directories(files: Iterable[str]) -> set[str]:
-    """Every directory that holds one of ``files`` (``a/b/c`` gives ``a`` and ``a/b``)."""
-    out: set[str] = set()
-    for path in files:
-        cut = path.rfind("/")
-        while cut > 0:
-            parent = path[:cut]
-            if parent in out:
-                break
-            out.add(parent)
-            cut = path.rfind("/", 0, cut)
-    return out
 
 
 def _untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],

@@ -239,3 +239,81 @@ def test_commit_with_hostile_replica_id_is_rejected() -> None:
     obj["clock"] = {"x/../../PWN": 1}
     with pytest.raises(InvalidObject, match="not a valid replica name"):
         decode_commit(dag_cbor.encode(obj))
+
+
+def test_resolve_picks_the_recorded_sibling_and_leaves_the_users_files(pair: tuple[Repository, Repository]) -> None:
+    """A user file that merely looks like a sibling (``name.~x``) is neither listed as a
+    conflict nor touched by resolve; --pick REPLICA finds the recorded sibling even when
+    it had to take a hashed name."""
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    write(a.root, "report.~draft", "the user's own draft\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    write(b.root, "shared.txt.~site-b", "a file site-b's user made\n")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    outcome = a.merge("site-b", policy="siblings")
+    (recorded,) = [c.sibling for c in outcome.siblings]
+    assert recorded is not None and recorded.startswith("shared.txt.~site-b.")
+    cli = Cli(a.root)
+    listed = json.loads(cli("conflicts", "--json").stdout)
+    assert listed == [{"path": "shared.txt", "kind": "siblings", "siblings": [recorded], "source": "tree"}]
+    cli("resolve", "shared.txt", "--pick", "site-b")
+    assert (a.root / "shared.txt").read_text() == "B\n" and not (a.root / recorded).exists()
+    assert (a.root / "shared.txt.~site-b").read_text() == "a file site-b's user made\n"
+    assert (a.root / "report.~draft").read_text() == "the user's own draft\n"
+
+
+def test_manual_merge_refuses_to_mix_in_uncommitted_edits(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    write(a.root, "shared.txt", "uncommitted edit\n")
+    cli = Cli(a.root)
+    r = cli("merge", "site-b", "--policy", "manual", ok=False)
+    assert r.exit_code == 1 and "shared.txt" in r.stderr and "uncommitted" in r.stderr
+    assert (a.root / "shared.txt").read_text() == "uncommitted edit\n"
+    assert json.loads(cli("conflicts", "--json").stdout) == []  # no merge was started
+
+
+def test_commit_is_refused_while_a_merge_is_stopped(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+    cli = Cli(a.root)
+    cli("merge", "site-b", "--policy", "manual", ok=False)
+    r = cli("commit", "-m", "sneaky", ok=False)
+    assert r.exit_code == 2 and "merge is in progress" in r.stderr and "--continue" in r.stderr
+    cli("resolve", "shared.txt", "--pick", "ours")
+    cli("merge", "--continue")
+    assert len(a.log()[0].commit.parents) == 2
+
+
+def test_file_directory_siblings_are_named_after_the_writer_on_every_replica(
+        pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "d/x.txt", "x\n")
+    a.commit("a: d is a directory")
+    transfer(a, b, "main", "main")
+    b.checkout("main", force=True)
+    write(a.root, "d/x.txt", "x edited on a\n")
+    a.commit("a edits inside d")
+    import shutil
+
+    shutil.rmtree(b.root / "d")
+    write(b.root, "d", "d is a file on b\n")
+    b.commit("b: d is a file")
+    transfer(b, a, "main", "site-b")
+    transfer(a, b, "main", "site-a")
+    a.merge("site-b", policy="siblings")
+    b.merge("site-a", policy="siblings")
+    tree_a, tree_b = a.log()[0].commit.tree, b.log()[0].commit.tree
+    assert tree_a == tree_b  # both replicas converge
+    assert a.read("d.~site-b") == b"d is a file on b\n" and a.read("d/x.txt") == b"x edited on a\n"
