@@ -491,7 +491,8 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
     """Show the configuration, one KEY, or set KEY to VALUE.
 
     VALUE is stored as JSON when it parses as JSON (numbers, objects such as
-    merge = {"policy": "lww", "rules": {"*.json": "json"}}), else as a string.
+    merge = {"policy": "lww", "rules": {"*.json": "json"}}), else as a string.  KEY may
+    name one field of an object: 'casync config merge.policy siblings'.
     """
     repo = obj.repo()
     readonly = {"format", "repository_id", "replica", "hash", "chunker", "bare"}
@@ -500,27 +501,41 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
             _json(repo.config)
         else:
             for k, v in sorted(repo.config.items()):
-                click.echo(f"{k} = {v}")
+                click.echo(f"{k} = {json.dumps(v)}")
         return
+    top, _, sub = key.partition(".")  # KEY or OBJECT.FIELD (e.g. merge.policy)
+    if top in readonly and (unset or value is not None):
+        raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
+    current = repo.config.get(top)
+    if sub and current is not None and not isinstance(current, dict):
+        raise UsageError(f"config key {top!r} is not an object, so it has no field {sub!r}")
+    present = top in repo.config if not sub else isinstance(current, dict) and sub in current
     if unset:
-        if key in readonly:
-            raise UsageError(f"config key {key!r} is fixed at init")
-        if key not in repo.config:
+        if not present:
             raise UsageError(f"config key {key!r} is not set")
-        repo.set_config(key, None)
+        if sub:
+            assert isinstance(current, dict)
+            rest = {k: v for k, v in current.items() if k != sub}
+            repo.set_config(top, rest or None)
+        else:
+            repo.set_config(top, None)
         return
     if value is None:
-        if key not in repo.config:
+        if not present:
             raise UsageError(f"config key {key!r} is not set")
-        click.echo(json.dumps(repo.config[key]) if as_json else repo.config[key])
+        shown = current[sub] if sub and isinstance(current, dict) else current
+        click.echo(json.dumps(shown) if as_json or not isinstance(shown, str) else shown)
         return
-    if key in readonly:
-        raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
     try:
         parsed: Any = json.loads(value)
     except ValueError:
         parsed = value
-    repo.set_config(key, parsed)
+    new_value = {**(current if isinstance(current, dict) else {}), sub: parsed} if sub else parsed
+    if top == "merge":
+        from casync.merge import PolicyRules
+
+        PolicyRules.from_config({"merge": new_value})  # refuse a policy merges would choke on
+    repo.set_config(top, new_value)
 
 
 # Commands defined in their own modules, imported only when one of them runs (the

@@ -93,18 +93,17 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("url")
 @click.option("--gateway", metavar="URL", help="HTTP gateway serving the node's blocks (for 'casync url').")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+@click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' peer: file holding its bearer token (the path is stored, not the token).")
 @click.pass_obj
 def remote_add(obj: Any, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
     """Add remote NAME at URL: ipfs+http://HOST:PORT (a Kubo RPC API), or a casync peer
     (http(s)://HOST:PORT of 'casync serve', or a path)."""
     repo = obj.repo()
+    path = _token_path(obj, token_file) if token_file else None
     r = rmt.add_remote(repo, name, url, gateway)
-    if token_file:
-        remotes = dict(repo.config.get("remotes", {}))
-        remotes[name] = {**remotes[name], "token_file": os.path.abspath(os.path.join(obj.directory, token_file))}
-        repo.set_config("remotes", remotes)
+    if path:
+        _store_token_file(repo, name, path)
     what = "" if r.is_ipfs else " (a casync peer, for 'casync sync'; an IPFS node is ipfs+http://HOST:PORT)"
     click.echo(f"added remote {r.name}: {r.url.text}{what}", err=True)
 
@@ -118,16 +117,39 @@ def remote_remove(obj: Any, name: str) -> None:
     click.echo(f"removed remote {name} ({len(refs)} remote-tracking ref(s))", err=True)
 
 
+def _token_path(obj: Any, token_file: str) -> str:
+    """The token file as an absolute path (relative to -C DIR, like every path argument)."""
+    path = os.path.abspath(os.path.join(obj.directory, token_file))
+    if not os.path.isfile(path):
+        raise UsageError(f"token file {path} does not exist", hint="create it with the token 'casync serve' uses")
+    return path
+
+
+def _store_token_file(repo: Any, name: str, path: str | None) -> None:
+    remotes = dict(repo.config.get("remotes", {}))
+    entry = {k: v for k, v in remotes[name].items() if k != "token_file"}
+    remotes[name] = {**entry, "token_file": path} if path else entry
+    repo.set_config("remotes", remotes)
+
+
 @remote_cmd.command("set-url")
 @click.argument("name")
 @click.argument("url", required=False)
 @click.option("--gateway", metavar="URL", help="Set the gateway URL ('' removes it).")
+@click.option("--token-file", metavar="FILE", help="Set the bearer-token file of a casync peer ('' removes it).")
 @click.pass_obj
-def remote_set_url(obj: Any, name: str, url: str | None, gateway: str | None) -> None:
-    """Change the URL and/or the gateway of remote NAME."""
-    if url is None and gateway is None:
-        raise click.UsageError("give a URL and/or --gateway")
-    r = rmt.set_remote(obj.repo(), name, url, gateway)
+def remote_set_url(obj: Any, name: str, url: str | None, gateway: str | None, token_file: str | None) -> None:
+    """Change the URL, the gateway and/or the token file of remote NAME."""
+    if url is None and gateway is None and token_file is None:
+        raise click.UsageError("give a URL, --gateway and/or --token-file")
+    repo = obj.repo()
+    if token_file is not None:
+        rmt.get_remote(repo, name)  # names an unknown remote clearly
+        _store_token_file(repo, name, _token_path(obj, token_file) if token_file else None)
+        if url is None and gateway is None:
+            click.echo(f"remote {name}: token file {'set' if token_file else 'removed'}", err=True)
+            return
+    r = rmt.set_remote(repo, name, url, gateway)
     click.echo(f"remote {r.name}: {r.url.text}" + (f" (gateway {r.gateway})" if r.gateway else ""), err=True)
 
 
@@ -265,11 +287,15 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
 @click.option("--gateway", metavar="URL", help="Gateway URL to record with the 'origin' remote.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True)
+@click.option("--token-file", metavar="FILE",
+              help="For a 'casync serve' URL: file holding its bearer token (recorded with 'origin').")
 @json_option
 @click.pass_obj
 def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str | None, gateway: str | None,
-          jobs: int, timeout: float, as_json: bool) -> None:
-    """Create DIR as a new replica of the repository at URL (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]).
+          jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+    """Create DIR as a new replica of the repository at URL: an IPFS node
+    (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]), a 'casync serve' peer (http(s)://HOST:PORT),
+    or another repository (a path or file:// URL).
 
     Heads that cannot be fetched (or invalid head records) are warnings: the clone
     succeeds with the rest; 'casync fetch' reports them as errors.
@@ -277,7 +303,8 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
     if not rmt.is_ipfs_url(url):
         hook = _peer_hook("clone_peer")
         if hook is not None:
-            hook(obj, url, directory, replica=replica, branch=branch, as_json=as_json)
+            hook(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
+                 token_file=_token_path(obj, token_file) if token_file else None)
             return
     path = os.path.join(obj.directory, directory)
     repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),

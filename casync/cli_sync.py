@@ -19,7 +19,11 @@ __all__ = ["bundle", "open_peer", "serve", "sync"]
 
 def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None) -> str | None:
     """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file."""
-    path = token_file or (Path(remote_cfg["token_file"]) if remote_cfg and remote_cfg.get("token_file") else None)
+    path = token_file
+    if path is None and os.environ.get("CASYNC_TOKEN"):
+        return os.environ["CASYNC_TOKEN"]
+    if path is None and remote_cfg and remote_cfg.get("token_file"):
+        path = Path(remote_cfg["token_file"])
     if path is not None:
         try:
             token = path.read_text().strip()
@@ -297,7 +301,7 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
 
 
 def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,
-               as_json: bool = False) -> None:
+               as_json: bool = False, token_file: str | None = None) -> None:
     """A new replica of a peer's repository: same repository id, hash and chunker."""
     import shutil
 
@@ -309,7 +313,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
     if target.exists() and any(target.iterdir()):
         raise UsageError(f"destination {target} exists and is not empty")
     if url.startswith(("http://", "https://")):
-        peer: Any = HttpPeer(url, read_token(None))
+        peer: Any = HttpPeer(url, read_token(Path(token_file) if token_file else None))
         stored_url = url
     elif url.startswith("file://") or "://" not in url:
         source = url[len("file://"):] if url.startswith("file://") else url
@@ -323,7 +327,10 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         info = peer.info()
         repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
                                repository_id=info.repository_id)
-        repo.set_config("remotes", {"origin": {"url": stored_url, "gateway": None}})
+        origin: dict[str, Any] = {"url": stored_url, "gateway": None}
+        if token_file:
+            origin["token_file"] = token_file
+        repo.set_config("remotes", {"origin": origin})
         result = fetch_from(repo, peer, "origin", obj.progress())
         wanted = branch or ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
         if wanted is not None:

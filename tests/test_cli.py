@@ -321,6 +321,17 @@ def test_reflog_and_config(cli: Cli) -> None:
     cli("config", "merge", "--unset")
     assert cli("config", "merge", ok=False).exit_code == 2
     assert cli("config", "replica", "x", ok=False).exit_code == 2
+    # one field of an object, as the docs spell it; bad policies are refused, not ignored
+    cli("config", "merge.policy", "siblings")
+    cli("config", "merge.skew_tolerance_ms", "250")
+    assert cli("config", "merge.policy").stdout.strip() == "siblings"
+    assert json.loads(cli("config", "merge", "--json").stdout) == {"policy": "siblings", "skew_tolerance_ms": 250}
+    bad = cli("config", "merge.policy", "sibilngs", ok=False)
+    assert bad.exit_code == 2 and "unknown merge policy 'sibilngs'" in bad.stderr
+    assert cli("config", "merge", "siblings", ok=False).exit_code == 2  # not an object
+    cli("config", "merge.skew_tolerance_ms", "--unset")
+    assert json.loads(cli("config", "merge", "--json").stdout) == {"policy": "siblings"}
+    assert 'merge = {"policy": "siblings"}' in cli("config").stdout
 
 
 def test_status_before_commit_never_leaves_a_commit_without_its_blocks(cli: Cli) -> None:

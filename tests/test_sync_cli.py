@@ -109,3 +109,48 @@ def test_remote_with_token_file_fetch_and_pull(tmp_path: Path, served: tuple[Pat
     out = json.loads(run(c, "pull", "hub", "--json").stdout)
     assert out["merge"]["result"] == "fast-forward"
     assert (c / "new.txt").read_text() == "n"
+
+
+def test_token_sources_paths_and_refusals(tmp_path: Path, served: tuple[Path, str, Path]) -> None:
+    """clone --token-file records the file; --token-file beats CASYNC_TOKEN beats the
+    remote's file (as documented); a relative token path is taken relative to -C; a push
+    a dirty served working tree refuses is a 409 with a hint, not a 500."""
+    a, url, token = served
+    c = tmp_path / "c"
+    run(tmp_path, "clone", url, "c", "--token-file", "token", "--replica", "site-c")
+    cfg = json.loads(run(c, "config", "--json").stdout)
+    assert cfg["remotes"]["origin"]["token_file"] == str(token)
+    run(c, "fetch", "origin", env={"CASYNC_TOKEN": ""})  # the recorded file is enough
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not it\n")
+    run(tmp_path, "-C", "c", "remote", "set-url", "origin", "--token-file", "wrong-token", ok=False)
+    run(tmp_path, "-C", "c", "remote", "set-url", "origin", "--token-file", "../wrong-token")
+    assert json.loads(run(c, "config", "--json").stdout)["remotes"]["origin"]["token_file"] == str(wrong)
+    r = run(c, "fetch", "origin", ok=False, env={"CASYNC_TOKEN": ""})
+    assert r.returncode == 1 and "401" in r.stderr and "--token-file" in r.stderr
+    run(c, "fetch", "origin", env={"CASYNC_TOKEN": token.read_text().strip()})  # the environment wins
+
+    write(c, "shared.txt", "edited on c\n")
+    run(c, "commit", "-m", "c edits")
+    write(a, "shared.txt", "uncommitted on the served replica\n")
+    r = run(c, "push", "origin", ok=False, env={"CASYNC_TOKEN": token.read_text().strip()})
+    assert r.returncode == 1 and "uncommitted" in r.stderr and "hint: commit or discard" in r.stderr
+    assert "500" not in r.stderr and "Traceback" not in r.stderr
+    assert (a / "shared.txt").read_text() == "uncommitted on the served replica\n"
+
+
+def test_a_refused_request_closes_its_connection(served: tuple[Path, str, Path]) -> None:
+    """A 401 leaves the request body unread: the server must not parse it as the next request."""
+    import socket
+
+    _a, url, _token = served
+    host, port = url.removeprefix("http://").split(":")
+    body = b'{"haves": []}'
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/negotiate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+    assert reply.count(b"HTTP/1.1") == 1  # the body was not answered as a second request

@@ -36,7 +36,15 @@ from typing import Any
 import zstandard
 
 from casync.car import CarWriter, iter_car, read_header
-from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
+from casync.errors import (
+    CasyncError,
+    CorruptBlock,
+    InvalidObject,
+    RefConflict,
+    RemoteError,
+    UsageError,
+    WorktreeDirty,
+)
 from casync.ids import Cid, cid_str, parse_cid
 from casync.repo import Repository
 from casync.sync.pack import TransferStats
@@ -152,8 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send_json(status, {"error": message})
+    def _error(self, status: int, message: str, hint: str | None = None) -> None:
+        self._send_json(status, {"error": message, **({"hint": hint} if hint else {})})
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
@@ -163,7 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(401)
         self.send_header("WWW-Authenticate", 'Bearer realm="casync"')
         self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
         self.end_headers()
+        self.close_connection = True  # the unread body must not be parsed as the next request
         return False
 
     def _json_body(self) -> Any:
@@ -195,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._route(url)
         except RefConflict as exc:
             self._error(409, exc.message)
+        except WorktreeDirty as exc:  # the served repository's files have local edits
+            self._error(409, exc.message, "commit or discard the uncommitted changes on that replica, then push again")
         except (InvalidObject, CorruptBlock, UsageError) as exc:
             self.close_connection = True
             self._error(400, exc.message)
@@ -380,17 +392,19 @@ class HttpPeer:
             conn.close()
             if conn is self._keepalive:
                 self._keepalive = None
+            hint: str | None = None
             try:
-                message = str(json.loads(detail).get("error", ""))
+                reply = json.loads(detail)
+                message, hint = str(reply.get("error", "")), reply.get("hint")
             except (ValueError, AttributeError):
                 message = detail.decode(errors="replace")[:200]
             if resp.status == 401:
                 raise RemoteError(f"{self.url} refused the token (401)",
-                                  hint="set CASYNC_TOKEN, pass 'sync --token-file FILE', or "
-                                       "'casync remote add NAME URL --token-file FILE'")
+                                  hint="give the token: --token-file FILE, CASYNC_TOKEN, or store the file with "
+                                       "'casync remote set-url NAME --token-file FILE'")
             if resp.status == 409:
-                raise RefConflict(message, hint="fetch and merge, then push again")
-            raise RemoteError(f"{self.url} answered {resp.status}: {message}")
+                raise RefConflict(message, hint=str(hint) if hint else "pull (fetch and merge), then push again")
+            raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None)
         return resp
 
     def _json(self, method: str, path: str, obj: Any = None) -> Any:
