@@ -19,7 +19,7 @@ import click
 from casync.api import Repository
 from casync.dag import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
 from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit, UsageError
-from casync.ids import cid_str, short
+from casync.ids import RAW, cid_codec, cid_str, short
 
 __all__ = ["main"]
 
@@ -170,19 +170,9 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
 def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
-    author = author or os.environ.get("CASYNC_AUTHOR") or repo.config.get("author") or _login_name()
     cid = repo.commit(message, author=author, allow_empty=allow_empty,
                       progress=obj.progress())
     click.echo(cid)
-
-
-def _login_name() -> str | None:
-    import getpass
-
-    try:
-        return getpass.getuser()  # $LOGNAME/$USER, else the password database
-    except (OSError, KeyError):
-        return None
 
 
 @main.command()
@@ -198,11 +188,16 @@ def status(obj: _Context, as_json: bool) -> None:
     click.echo(where + ("" if st.head else " (no commits yet)"))
     if st.clean:
         click.echo("nothing to commit, working tree clean")
-    for label, paths in (("new", st.added), ("modified", st.modified), ("deleted", st.deleted)):
+    for label, paths in (("new", st.added), ("modified", st.modified), ("deleted", st.deleted),
+                         ("skipped", st.skipped)):  # skipped entries carry their reason
         for p in paths:
-            click.echo(f"  {label + ':':10} {p}")
-    for p in st.skipped:
-        click.echo(f"  {'skipped:':10} {p} (not a regular file or symlink)")
+            click.echo(f"  {label + ':':10} {_quote_path(p)}")
+
+
+def _quote_path(path: str) -> str:
+    """A path as one printable line: with a control character in it (a newline would break
+    line-based parsing) it is printed JSON-quoted, as git quotes such paths."""
+    return json.dumps(path, ensure_ascii=False) if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path) else path
 
 
 def _format_time(wall_ms: int) -> str:
@@ -297,9 +292,11 @@ def ls_cmd(obj: _Context, spec: str, recursive: bool, as_json: bool) -> None:
 
 
 def _size(repo: Repository, e: Any) -> int | None:
-    if e.kind == "file":
-        return file_size(repo.blocks, e.cid)
-    return None
+    if e.kind != "file":
+        return None
+    if cid_codec(e.cid) == RAW:
+        return int(e.tsize)  # a single-leaf file: the link's size, no need to read the content
+    return file_size(repo.blocks, e.cid)  # reads the file's root node only
 
 
 @main.command()

@@ -317,6 +317,19 @@ class Repository:
 
     # --- committing ----------------------------------------------------------------------
 
+    def default_author(self) -> str:
+        """Who commits when no author is given (commits, merges, transactions alike):
+        $CASYNC_AUTHOR, then config ``author``, then the login name, then ``unknown``."""
+        import getpass
+
+        configured = os.environ.get("CASYNC_AUTHOR") or self.config.get("author")
+        if isinstance(configured, str) and configured:
+            return configured
+        try:
+            return getpass.getuser() or "unknown"  # $LOGNAME/$USER, else the password database
+        except (OSError, KeyError):
+            return "unknown"
+
     def make_commit(self, tree: Cid, parents: list[Cid], message: str, author: str | None = None,
                     meta: dict[str, str] | None = None) -> Cid:
         """Write a commit object on ``tree`` (blocks must already be stored) and return its CID."""
@@ -330,7 +343,7 @@ class Repository:
             clock=vclock.tick([c.clock for c in parent_commits], self.replica),
             time=now,
             replica=self.replica,
-            author=author or self.config.get("author") or "unknown",
+            author=author or self.default_author(),
             message=message,
             generation=1 + max((c.generation for c in parent_commits), default=0),
             meta=meta or {},

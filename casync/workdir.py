@@ -146,6 +146,10 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         try:
             files, _skipped = snap.snapshot()
             tree = _build(repo, files)
+            if not files and head is None and not allow_empty:
+                repo.blocks.discard()
+                raise NothingToCommit("nothing to commit: the working tree is empty",
+                                      hint="add files first, or pass --allow-empty")
             if head is not None and tree == repo.tree_of(head) and not allow_empty:
                 repo.blocks.discard()
                 repo.store.save_stat_cache(snap.new_cache, tree, head)
@@ -298,7 +302,7 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
                 repo.set_head(None, target)
             return target
         update_worktree(repo, repo.flat_tree(head), repo.flat_tree(target), repo.tree_of(target),
-                        f"checkout of {rev}", force, progress)
+                        f"checkout of {rev}", force, progress, can_force=True)
         if branch is not None:
             repo.set_head(branch)
         else:
@@ -308,14 +312,15 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
 
 def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], new_tree: Cid | None,
                     what: str, force: bool = False, progress: Progress = NULL_PROGRESS,
-                    dry_run: bool = False, st: Status | None = None) -> Status:
+                    dry_run: bool = False, st: Status | None = None, can_force: bool = False) -> Status:
     """Move the working tree from ``old`` (what HEAD holds) to ``new``.
 
     Uncommitted changes on paths this touches make it refuse with :class:`WorktreeDirty`
     (unless ``force``); with ``dry_run`` it only checks.  ``new_tree`` is the tree CID
     ``new`` was read from (None for an uncommitted tree), recorded for the stat cache.
     ``st`` is the working tree's status against ``old`` when the caller already has it
-    (e.g. from a dry run before moving HEAD).  Returns that status.
+    (e.g. from a dry run before moving HEAD).  ``can_force``: the command offers --force
+    (the refusal's hint says so only then).  Returns that status.
     """
     if repo.bare:
         return Status(branch=repo.current_branch(), head=repo.head())
@@ -340,7 +345,8 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
             raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
-                                hint="commit them first, or pass --force to discard them")
+                                hint="commit them first, or pass --force to discard them" if can_force
+                                else "commit them (or move them away) first")
     if dry_run:
         return st
     _apply(repo, old, new, touched, progress)

@@ -371,3 +371,35 @@ def test_untracked_files_in_a_directory_replaced_by_a_file_are_protected(cli: Cl
     write(cli.cwd, "x/scratch.tmp", "ignored: expendable, as in git\n")
     cli(*command)
     assert (cli.cwd / "x").read_text() == "a file\n"
+
+
+def test_review_small_fixes(cli: Cli) -> None:
+    """An empty first commit needs --allow-empty; ls lists a directory whose single-leaf
+    file is damaged (it does not read contents); status prints each skip reason once and
+    quotes a path with a newline."""
+    cli("init", "--replica", "site-1")
+    r = cli("commit", "-m", "empty", ok=False)
+    assert r.exit_code == 1 and "working tree is empty" in r.stderr
+    cli("commit", "-m", "empty", "--allow-empty")
+    write(cli.cwd, "hello.txt", "hello\n")
+    cli("commit", "-m", "hello")
+    repo = Repository.open(cli.cwd)
+    leaf = repo.resolve("HEAD")
+    entry = repo.entry_at("HEAD:hello.txt")[2]
+    repo.close()
+    assert leaf
+    # flip a byte of the file's block in its pack
+    packs = sorted((cli.cwd / ".casync/packs").iterdir())
+    data = bytearray(packs[-1].read_bytes())
+    at = bytes(data).find(b"hello\n")
+    data[at] ^= 1
+    packs[-1].write_bytes(bytes(data))
+    rows = json.loads(cli("ls", "HEAD", "--json").stdout)
+    assert [(r["path"], r["size"]) for r in rows] == [("hello.txt", 6)]
+    assert cli("cat", "HEAD:hello.txt", ok=False).exit_code == 1
+    assert entry.tsize == 6
+    os.mkfifo(cli.cwd / "fifo")
+    write(cli.cwd, "two\nlines", "x")
+    out = cli("status").stdout
+    assert out.count("not a regular file or symlink") == 1
+    assert '  skipped:   "two\\nlines (' in out  # one line, quoted, with its reason

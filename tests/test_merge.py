@@ -292,8 +292,10 @@ def test_commit_is_refused_while_a_merge_is_stopped(pair: tuple[Repository, Repo
     r = cli("commit", "-m", "sneaky", ok=False)
     assert r.exit_code == 2 and "merge is in progress" in r.stderr and "--continue" in r.stderr
     cli("resolve", "shared.txt", "--pick", "ours")
+    cli("config", "author", "Ann Merger")
     cli("merge", "--continue")
-    assert len(a.log()[0].commit.parents) == 2
+    head = a.log()[0].commit
+    assert len(head.parents) == 2 and head.author == "Ann Merger"  # not "unknown"
 
 
 def test_file_directory_siblings_are_named_after_the_writer_on_every_replica(

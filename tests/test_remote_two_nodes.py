@@ -68,3 +68,52 @@ def _local_or_empty(k: Kubo, cid: str) -> bytes:
         return k.ipfs("--offline", "block", "get", cid)
     except KuboError:
         return b""
+
+
+def test_records_rewritten_many_times_stay_one_block_readable_from_another_node(
+        tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    """Each push rewrites this replica's head record.  It must stay one small block (an
+    MFS truncate-and-write left an empty leaf per rewrite, which another node could not
+    fetch over bitswap), so a clone through a second node works after many pushes."""
+    node_a, node_b = kubo_factory(), kubo_factory()
+    assert node_a.node is not None and node_b.node is not None
+    node_b.node.connect(node_a.node)
+    Cli(tmp_path)("init", "a", "--replica", "site-a")
+    a = Cli(tmp_path / "a")
+    a("remote", "add", "origin", node_a.remote_url)
+    for i in range(4):
+        write(a.cwd, "n.txt", f"push {i}\n")
+        a("commit", "-m", f"c{i}")
+        pushed = json.loads(a("push", "--json").stdout)
+    rid = a("config", "repository_id").stdout.strip()
+    record = f"/casync/{rid}/heads/site-a"
+    stat = node_a.ipfs("files", "stat", "--format=<hash> <childs>", record).decode().split()
+    assert stat[1] == "0" and stat[0].startswith("bafkrei")  # one raw sha2-256 block, no children
+    cloned = json.loads(Cli(tmp_path)("clone", "--timeout", "20", f"{node_b.remote_url}#{pushed['index']}", "b",
+                                      "--json").stdout)
+    assert cloned["head"] == pushed["head"]
+    assert (tmp_path / "b/n.txt").read_text() == "push 3\n"
+
+
+def test_push_after_pulling_another_replicas_head(tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    """After a fast-forward pull, this replica's head is a commit another replica already
+    pinned: the push must not fail on "'to' cid was already recursively pinned"."""
+    node = kubo_factory()
+    Cli(tmp_path)("init", "a", "--replica", "site-a")
+    a = Cli(tmp_path / "a")
+    write(a.cwd, "f.txt", "one\n")
+    a("commit", "-m", "one")
+    a("remote", "add", "origin", node.remote_url)
+    a("push")
+    rid = a("config", "repository_id").stdout.strip()
+    Cli(tmp_path)("clone", f"{node.remote_url}/{rid}", "f", "--replica", "site-f")
+    f = Cli(tmp_path / "f")
+    f("push")  # site-f publishes the same head: already pinned by site-a's push
+    write(a.cwd, "f.txt", "two\n")
+    a("commit", "-m", "two")
+    a("push")
+    f("pull")
+    out = json.loads(f("push", "--json").stdout)
+    assert out["head"] == json.loads(a("log", "-n", "1", "--json").stdout)[0]["cid"]
+    record = json.loads(node.ipfs("files", "read", f"/casync/{rid}/heads/site-f"))
+    assert record["heads"]["main"]["commit"] == out["head"]

@@ -54,7 +54,7 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"destination {root} exists and is not an empty directory")
     created = not root.exists()
-    with connect(parsed, retry=retry) as node:
+    with connect(parsed, retry=retry, wait=wait) as node:
         repo_id = node.resolve_repo_id()
         errors: list[str] = []
         records = node.records(repo_id, errors=errors)

@@ -196,7 +196,7 @@ def fetch(repo: Repository, remote_name: str | None = None, *, progress: Progres
     """Fetch every replica's published heads from the remote (see the module docstring)."""
     remote = get_remote(repo, remote_name).require_ipfs()
     t0 = time.monotonic()
-    with remote_lock(repo), connect(remote.url, retry=retry) as node:
+    with remote_lock(repo), connect(remote.url, retry=retry, wait=wait) as node:
         result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
     result.seconds = time.monotonic() - t0
     return result

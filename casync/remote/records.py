@@ -125,8 +125,10 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
 class RemoteNode:
     """One Kubo node seen as a casync remote: head records, blocks and pins."""
 
-    def __init__(self, url: RemoteUrl, *, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 300.0) -> None:
+    def __init__(self, url: RemoteUrl, *, retry: RetryPolicy = DEFAULT_RETRY, timeout: float = 300.0,
+                 wait: float = 60.0) -> None:
         self.url = url
+        self.wait = wait  # how long one missing block may take to arrive by bitswap
         self.client = IpfsClient(url.api, retry=retry, timeout=timeout)
         self.version = ""
         self._peers: int | None = None
@@ -154,8 +156,9 @@ class RemoteNode:
             self._peers = self.client.swarm_peer_count()
         return self._peers > 0
 
-    def block_store(self, *, wait: float = 60.0, **kwargs: Any) -> IpfsBlockStore:
-        return IpfsBlockStore(self.client, offline=not self.online, wait=wait, **kwargs)
+    def block_store(self, *, wait: float | None = None, **kwargs: Any) -> IpfsBlockStore:
+        return IpfsBlockStore(self.client, offline=not self.online, wait=self.wait if wait is None else wait,
+                              **kwargs)
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -255,8 +258,7 @@ class RemoteNode:
         heads_dir = f"{self.repo_dir(record.repository)}/heads"
         if self.client.files_ls(heads_dir) is None:
             self.client.files_mkdir(heads_dir, record.hash)
-        self.client.files_write(self.record_path(record.repository, record.replica), record.encode(),
-                                record.hash)
+        self.client.files_replace(self.record_path(record.repository, record.replica), record.encode())
 
     def index_cid(self, repo_id: str) -> Cid | None:
         """CID of ``/casync/<repo-id>`` in this node's MFS: readable from any node by bitswap."""

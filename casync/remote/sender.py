@@ -344,9 +344,14 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
 def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool) -> None:
     """Pin ``head`` recursively: ``pin/update`` from this replica's previous head when that
     one is pinned (only the difference is walked), else ``pin/add``."""
-    if old is not None and old != head and node.client.is_pinned(old):
+    if node.client.is_pinned(head):
+        # pinned already (another branch, another replica, or a head this replica pulled):
+        # pin/update would refuse "'to' cid was already recursively pinned"
+        if old is not None and old != head and unpin_old and node.client.is_pinned(old):
+            node.client.pin_rm(old)
+    elif old is not None and old != head and node.client.is_pinned(old):
         node.client.pin_update(old, head, unpin=unpin_old)
-    elif not node.client.is_pinned(head):
+    else:
         node.client.pin_add(head)
 
 

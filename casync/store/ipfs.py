@@ -498,6 +498,19 @@ class IpfsClient:
         self.call(f"files/write {path}", lambda c: c.files.write(
             path, io.BytesIO(data), create=True, truncate=True, opts=opts))
 
+    def files_replace(self, path: str, data: bytes) -> None:
+        """Make the MFS file ``path`` hold exactly ``data``, as one raw sha2-256 block and in
+        one step (``files/cp --force``).  ``files/write --truncate`` instead leaves an empty
+        leaf behind on every rewrite: the file's DAG grows with each push, and other nodes
+        could not fetch that empty blake3 leaf over bitswap."""
+        if len(data) > MAX_BLOCK_SIZE:
+            self.files_write(path, data)
+            return
+        cid = self.block_put(data, RAW, "sha2-256")
+        source = f"/ipfs/{cid_str(cid)}"
+        self.call(f"files/cp {source} {path}", lambda c: c.files.cp(
+            source, path, opts={"force": "true", "parents": "true"}))
+
     def files_ls(self, path: str) -> list[str] | None:
         """Entry names of the MFS directory ``path`` (None when it does not exist)."""
         try:

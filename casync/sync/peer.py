@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from casync.errors import CasyncError, InvalidObject, RefConflict, RemoteError, UsageError
+from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
@@ -251,10 +251,16 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
                     receiver.add(cid, block)
                     progress.advance(len(block))
                 result.stats = receiver.finish()
-            except BaseException:
+            except BaseException as exc:
                 receiver.abort()
-                if receiver.last_flushed_commit is not None:  # keep whole commits for a restart
-                    _set_ref(repo, f"partial/{remote}", receiver.last_flushed_commit, "interrupted fetch")
+                kept = receiver.last_flushed_commit
+                if kept is not None:  # keep whole commits for a restart
+                    _set_ref(repo, f"partial/{remote}", kept, "interrupted fetch")
+                if isinstance(exc, (InvalidObject, CorruptBlock, RemoteError)):
+                    again = ("run it again: what arrived whole is kept, and only the rest is sent"
+                             if kept is not None else "run it again")
+                    raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
+                                      transient=getattr(exc, "transient", False)) from None
                 raise
             finally:
                 progress.finish()
