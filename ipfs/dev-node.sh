@@ -106,8 +106,23 @@ for s in socks:
 EOF
 }
 
+# With CASYNC_KUBO_API_AUTH (bearer:TOKEN or basic:USER:PASSWORD) the node requires RPC
+# authorization, as configure.sh sets it up for production; casync sends the same
+# variable's secret. Without it, any earlier authorization is removed.
+auth_header() {
+    local secret="${CASYNC_KUBO_API_AUTH:-}"
+    case "$secret" in
+        "") ;;
+        bearer:*) printf 'Authorization: Bearer %s' "${secret#bearer:}" ;;
+        basic:*:*) printf 'Authorization: Basic %s' "$(printf '%s' "${secret#basic:}" | base64 -w0)" ;;
+        *) die "CASYNC_KUBO_API_AUTH must be bearer:TOKEN or basic:USER:PASSWORD" ;;
+    esac
+}
+
 api_answers() {
-    curl -fsS -o /dev/null --max-time 2 -X POST "$1/api/v0/id" 2>/dev/null
+    local header
+    header="$(auth_header)"
+    curl -fsS -o /dev/null --max-time 2 -X POST ${header:+-H "$header"} "$1/api/v0/id" 2>/dev/null
 }
 
 do_start() {
@@ -158,6 +173,13 @@ do_start() {
     cfg Gateway.NoFetch false                 # dev gateway may fetch from peers
     cfg Gateway.DeserializedResponses true
     cfg Plugins.Plugins '{"telemetry": {"Config": {"Mode": "off"}}}'
+    auth_header >/dev/null   # validates CASYNC_KUBO_API_AUTH
+    if [[ -n "${CASYNC_KUBO_API_AUTH:-}" ]]; then
+        [[ "$CASYNC_KUBO_API_AUTH" =~ ^[A-Za-z0-9._~+/=:@-]+$ ]] || die "unexpected characters in CASYNC_KUBO_API_AUTH"
+        cfg API.Authorizations "{\"casync\": {\"AuthSecret\": \"$CASYNC_KUBO_API_AUTH\", \"AllowedPaths\": [\"/api/v0\"]}}"
+    else
+        cfg API.Authorizations '{}'
+    fi
 
     timeout="${CASYNC_KUBO_START_TIMEOUT:-60}"
     [[ "$timeout" =~ ^[0-9]+$ ]] || die "CASYNC_KUBO_START_TIMEOUT must be an integer (seconds)"

@@ -270,3 +270,33 @@ def test_fetch_rejects_wrong_bytes_naming_the_cid_keeps_complete_parts_and_resum
     finally:
         src.close()
         dst.close()
+
+
+@pytest.mark.kubo
+def test_node_with_rpc_authorization(tmp_path: Path, kubo_factory: Callable[[], Kubo],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose RPC API requires a secret (API.Authorizations, as ipfs/config sets it
+    up when other pods reach the API): refused without CASYNC_KUBO_API_AUTH, with a hint
+    naming it; push and clone work with it, in both the bearer and the basic form."""
+    kubo_factory()  # skips cleanly where no local Kubo binary exists (CI requires one)
+    from .kubo_node import KuboNode
+
+    for secret in ("bearer:s3cret-token", "basic:casync:pa55word"):
+        monkeypatch.setenv("CASYNC_KUBO_API_AUTH", secret)
+        node = KuboNode(tmp_path / f"node-{secret.split(':')[0]}")
+        try:
+            assert node.api_url is not None
+            work = tmp_path / secret.split(":")[0]
+            work.mkdir()
+            a = _repo_with_commit(work)
+            a("remote", "add", "origin", f"ipfs+{node.api_url}")
+            monkeypatch.delenv("CASYNC_KUBO_API_AUTH")
+            r = a("push", ok=False)
+            assert r.exit_code == 1 and "403" in r.stderr and "CASYNC_KUBO_API_AUTH" in r.stderr
+            monkeypatch.setenv("CASYNC_KUBO_API_AUTH", secret)
+            a("push")
+            rid = a("config", "repository_id").stdout.strip()
+            Cli(work)("clone", f"ipfs+{node.api_url}/{rid}", "b")
+            assert (work / "b/f.bin").read_bytes() == (a.cwd / "f.bin").read_bytes()
+        finally:
+            node.stop()

@@ -22,6 +22,7 @@ Every error names the node's URL.  Every block read from the node is hash-verifi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import io
@@ -93,6 +94,22 @@ NO_RETRY = RetryPolicy(attempts=1)
 DEFAULT_RETRY = RetryPolicy()
 
 
+def _auth_headers(secret: str) -> dict[str, str]:
+    """The Authorization header for a Kubo node with ``API.Authorizations``: the same
+    secret its ``AuthSecret`` holds (``bearer:TOKEN`` or ``basic:USER:PASSWORD``), given in
+    CASYNC_KUBO_API_AUTH as ipfs/config/configure.sh takes it (a secret never goes in URLs,
+    which end up in the config and in messages)."""
+    if not secret:
+        return {}
+    kind, _, value = secret.partition(":")
+    if kind == "bearer" and value:
+        return {"Authorization": f"Bearer {value}"}
+    if kind == "basic" and ":" in value:
+        return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
+    raise UsageError("CASYNC_KUBO_API_AUTH must be bearer:TOKEN or basic:USER:PASSWORD",
+                     hint="the same value as the node's API.Authorizations AuthSecret")
+
+
 def _multiaddr(url: str) -> tuple[str, str]:
     """``http://host:port`` -> (multiaddr for ipfshttpclient, normalised URL)."""
     parts = urllib.parse.urlsplit(url)
@@ -146,6 +163,7 @@ class IpfsClient:
                  retry: RetryPolicy = DEFAULT_RETRY) -> None:
         self.addr, self.url = _multiaddr(url)
         self.timeout = (connect_timeout, timeout)
+        self.auth_headers = _auth_headers(os.environ.get("CASYNC_KUBO_API_AUTH", ""))
         self.retry = retry
         self._local = threading.local()
         self._clients: list[Any] = []
@@ -160,7 +178,7 @@ class IpfsClient:
         if client is None:
             try:
                 client = ipfshttpclient.Client(self.addr, session=True, timeout=self.timeout,
-                                               chunk_size=1 << 20)
+                                               chunk_size=1 << 20, headers=self.auth_headers)
             except ipfs_exc.AddressError:
                 raise UsageError(f"cannot use IPFS RPC API address {self.url}") from None
             session = getattr(getattr(client, "_client", None), "_session", None)
@@ -300,7 +318,7 @@ class IpfsClient:
                         conn.timeout = self.timeout[0]
                         conn.connect()
                         conn.sock.settimeout(self.timeout[1])
-                    conn.request("POST", target)
+                    conn.request("POST", target, headers=self.auth_headers)
                     resp = conn.getresponse()
                     body = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
@@ -568,7 +586,9 @@ def _status_error(where: str, what: str, status: object) -> RemoteError:
     if status == 404:
         hint = "is that the RPC API port? (the gateway port does not serve /api/v0)"
     elif status in (401, 403):
-        hint = "the node requires RPC authorization (API.Authorizations)"
+        hint = ("the node requires RPC authorization (API.Authorizations): set CASYNC_KUBO_API_AUTH to its "
+                "AuthSecret (bearer:TOKEN or basic:USER:PASSWORD)" if not os.environ.get("CASYNC_KUBO_API_AUTH")
+                else "the node refused CASYNC_KUBO_API_AUTH: check it against the node's API.Authorizations")
     return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
 
 
