@@ -27,37 +27,61 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Progress:
-    """A progress bar on stderr that appears only for work lasting over a second."""
+    """Progress on stderr for work lasting over a second: bytes done, rate, and with a
+    known total a bar, percentage and time left.  Redrawn at most ten times a second."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar: Any = None
         self._label = ""
         self._total: int | None = None
         self._done = 0
         self._t0 = 0.0
+        self._drawn = 0.0
+        self._shown = False
 
     def start(self, label: str, total: int | None) -> None:
         self.finish()
-        self._label, self._total, self._done, self._t0 = label, total, 0, time.monotonic()
+        self._label, self._total, self._done, self._t0, self._drawn = label, total, 0, time.monotonic(), 0.0
 
     def advance(self, n: int) -> None:
         self._done += n
         if not self.enabled:
             return
-        if self._bar is None:
-            if time.monotonic() - self._t0 < 1.0:
-                return
-            self._bar = click.progressbar(length=self._total or 0, label=self._label, file=sys.stderr,
-                                          show_pos=self._total is None)
-            self._bar.__enter__()
-            self._bar.update(self._done - n)
-        self._bar.update(n)
+        now = time.monotonic()
+        if now - self._t0 >= 1.0 and now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw(now)
+
+    def _draw(self, now: float, final: bool = False) -> None:
+        elapsed = max(now - self._t0, 1e-6)
+        rate = self._done / elapsed
+        text = f"{self._label}: {_human(self._done)}"
+        if self._total:
+            frac = min(self._done / self._total, 1.0)
+            filled = int(frac * 24)
+            left = (self._total - self._done) / rate if rate > 0 and not final else 0.0
+            text = (f"{self._label} [{'#' * filled}{'-' * (24 - filled)}] {frac:4.0%} "
+                    f"{_human(self._done)}/{_human(self._total)}")
+            if not final:
+                text += f"  {_human(rate)}/s  {int(left) // 60}:{int(left) % 60:02d} left"
+        else:
+            text += f"  {_human(rate)}/s"
+        sys.stderr.write("\r\x1b[K" + text + ("\n" if final else ""))
+        sys.stderr.flush()
+        self._shown = True
 
     def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
+        if self._shown:
+            self._draw(time.monotonic(), final=True)
+            self._shown = False
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 class _Context:

@@ -13,7 +13,7 @@ from casync.errors import EXIT_FAILURE, UsageError
 from casync.ids import short
 from casync.merge import POLICIES
 
-__all__ = ["register"]
+__all__ = ["register", "report_decisions"]
 
 _POLICY_HELP = f"Conflict policy: {', '.join(POLICIES)} or custom:NAME (default: config merge.policy, else lww)."
 
@@ -59,10 +59,7 @@ def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, co
             click.echo("already up to date")
         elif outcome.kind == "fast-forward":
             click.echo(f"fast-forward to {short(outcome.commit or b'')}")
-        for d in outcome.decisions:
-            click.echo(f"  {d.policy:9} {d.winner:8} {d.path}")
-        for c in outcome.siblings:
-            click.echo(f"  kept both versions of {c.path}" + (f" (other: {c.sibling})" if c.sibling else ""))
+        report_decisions(outcome)
         if outcome.kind == "merged":
             click.echo(f"merged: {short(outcome.commit or b'')}")
         for c in outcome.conflicts:
@@ -72,6 +69,17 @@ def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, co
         click.echo("hint: resolve with 'casync resolve PATH --pick ours|theirs', then 'casync merge --continue'",
                    err=True)
         sys.exit(EXIT_FAILURE)
+
+
+def report_decisions(outcome: Any) -> None:
+    """What a merge decided per path, one line each (also after 'pull' and 'sync')."""
+    for d in outcome.decisions:
+        click.echo(f"  {d.policy:9} {d.winner:8} {d.path}")
+    for c in outcome.siblings:
+        if c.sibling:
+            click.echo(f"  kept both versions of {c.path} (other: {c.sibling})")
+        else:  # delete/modify: the modified version is kept, nothing was lost
+            click.echo(f"  kept the modified {c.path} ({c.kind})")
 
 
 @click.command()

@@ -270,8 +270,12 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
         if res.up_to_date:
             click.echo(f"{res.branch}: already up to date")
         elif res.merged:
+            from casync.cli_merge import report_decisions
+
             new = short(res.new, 16) if res.new else ""
             click.echo(f"{res.branch}: merged {len(res.merged)} diverged head(s) -> {new}")
+            for outcome in res.outcomes:
+                report_decisions(outcome)
         else:
             click.echo(f"{res.branch}: fast-forward {short(res.old, 16) if res.old else '(empty)'} -> "
                        f"{short(res.new, 16) if res.new else ''}")
@@ -300,6 +304,8 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
     Heads that cannot be fetched (or invalid head records) are warnings: the clone
     succeeds with the rest; 'casync fetch' reports them as errors.
     """
+    if url.lower().startswith("ipfs+") and not rmt.is_ipfs_url(url):
+        raise UsageError(f"malformed IPFS URL {url!r}", hint="use ipfs+http://HOST:PORT[/REPO-ID][#INDEX]")
     if not rmt.is_ipfs_url(url):
         hook = _peer_hook("clone_peer")
         if hook is not None:
@@ -326,7 +332,12 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
 @click.pass_obj
 def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
     """Print the gateway URL of REV[:PATH]: GATEWAY/ipfs/COMMIT/tree/PATH."""
-    click.echo(rmt.gateway_url(obj.repo(), spec, remote_name))
+    repo = obj.repo()
+    click.echo(rmt.gateway_url(repo, spec, remote_name))
+    commit = repo.entry_at(spec if ":" in spec else spec + ":")[0]
+    if not rmt.is_published(repo, commit, remote_name):
+        click.echo(f"warning: {short(commit, 16)} has not been pushed to this remote (as far as this replica "
+                   "knows): the gateway serves it only once the node has it ('casync push')", err=True)
 
 
 def register(group: click.Group) -> None:

@@ -165,6 +165,8 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
             failed = True
         except CasyncError as exc:
             entry["error"] = exc.message
+            if exc.hint:
+                entry["hint"] = exc.hint
             failed = True
         report.append(entry)
         if not as_json:
@@ -179,6 +181,8 @@ def _print_sync(entry: dict[str, Any]) -> None:
     peer = entry["peer"]
     if "error" in entry:
         click.echo(f"{peer}: error: {entry['error']}", err=True)
+        if entry.get("hint"):
+            click.echo(f"hint: {entry['hint']}", err=True)
         return
     f = entry.get("fetch", {})
     click.echo(f"{peer}: fetched {f.get('commits', 0)} commit(s), {f.get('new_blocks', 0)} new block(s), "
@@ -186,6 +190,8 @@ def _print_sync(entry: dict[str, Any]) -> None:
     m = entry.get("merge")
     if m:
         click.echo(f"{peer}: merge {m['result']}" + (f" -> {m['commit'][:20]}" if m.get("commit") else ""))
+        for d in m.get("decisions", []):
+            click.echo(f"  {d['policy']:9} {d['winner']:8} {d['path']}")
     p = entry.get("push")
     if p:
         click.echo(f"{peer}: push {p.get('result')}" + (f" ({p.get('blocks')} blocks)" if "blocks" in p else ""))
@@ -279,6 +285,10 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     outcome = merger.merge(repo, ref, policy=policy, progress=obj.progress())
     data = {"fetch": fetched.to_json(), "merge": outcome.to_json()}
     _emit(as_json, data, f"{branch}: {outcome.kind}" + (f" -> {short(outcome.commit)}" if outcome.commit else ""))
+    if not as_json:
+        from casync.cli_merge import report_decisions
+
+        report_decisions(outcome)
     if outcome.kind == "conflicts":
         sys.exit(EXIT_FAILURE)
 

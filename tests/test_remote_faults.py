@@ -40,7 +40,7 @@ def _repo_with_commit(tmp_path: Path, name: str = "a", replica: str = "site-a", 
 
 @pytest.mark.parametrize("url", ["foo://127.0.0.1:5001", "ipfs+ftp://127.0.0.1:5001", "ipfs+http://127.0.0.1",
                                  "ipfs+http://127.0.0.1:5001/bad id", "ipfs+http://127.0.0.1:5001#notacid",
-                                 "ipfs+http://:5001", "ipfs+http://127.0.0.1:99999"])
+                                 "ipfs+http://:5001", "ipfs+http://127.0.0.1:99999", "ipfs+", "ipfs+http"])
 def test_bad_remote_urls_are_usage_errors(tmp_path: Path, url: str) -> None:
     a = _repo_with_commit(tmp_path)
     r = a("remote", "add", "x", url, ok=False)

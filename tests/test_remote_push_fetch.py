@@ -96,6 +96,16 @@ def test_incremental_push_sends_only_new_blocks(tmp_path: Path, kubo: Kubo, orig
     assert again["up_to_date"] and again["blocks_sent"] == 0
 
 
+def test_url_warns_about_a_commit_the_remote_does_not_have(tmp_path: Path, kubo: Kubo, origin: Cli) -> None:
+    origin("push")
+    r = origin("url", "HEAD:run.sh")
+    assert r.stdout.startswith(kubo.gateway_url or "http") and "warning" not in r.stderr
+    write(origin.cwd, "new.txt", "not pushed yet\n")
+    origin("commit", "-m", "local only")
+    r = origin("url", "HEAD:new.txt")
+    assert "/ipfs/" in r.stdout and "has not been pushed" in r.stderr
+
+
 def test_push_after_moving_and_copying_data_sends_no_file_bytes(tmp_path: Path, kubo: Kubo, origin: Cli) -> None:
     origin("push")
     big = (origin.cwd / "data/big.bin").read_bytes()
@@ -161,13 +171,18 @@ def test_pull_merges_diverged_history(tmp_path: Path, kubo: Kubo, origin: Cli) -
     Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
     b = Cli(tmp_path / "b")
     write(b.cwd, "b.txt", "from b\n")
+    write(b.cwd, "docs/readme.txt", "b's readme\n")
     b("commit", "-m", "b's work")
     b("push")
     write(origin.cwd, "a.txt", "from a\n")
+    write(origin.cwd, "docs/readme.txt", "a's readme\n")
     a_head = origin("commit", "-m", "a's work").stdout.strip()
     before = b("log", "--json").stdout
     result = json.loads(origin("pull", "--policy", "lww", "--json").stdout)
     assert len(result["merged"]) == 1
+    # the per-file decision is reported, not taken silently
+    (merge,) = result["merges"]
+    assert [(d["path"], d["policy"]) for d in merge["decisions"]] == [("docs/readme.txt", "lww")]
     head = json.loads(origin("log", "-n", "1", "--json").stdout)[0]
     assert head["parents"][0] == a_head and len(head["parents"]) == 2
     assert origin("cat", "HEAD:b.txt").stdout == "from b\n" and (origin.cwd / "b.txt").exists()

@@ -6,7 +6,7 @@ what push sends and how fetch stays resumable).
 
 from __future__ import annotations
 
-from casync.remote.cloner import CloneResult, clone, gateway_url
+from casync.remote.cloner import CloneResult, clone, gateway_url, is_published
 from casync.remote.config import (
     Remote,
     RemoteUrl,
@@ -42,6 +42,7 @@ __all__ = [
     "connect",
     "fetch",
     "gateway_url",
+    "is_published",
     "get_remote",
     "is_ipfs_url",
     "list_remotes",

@@ -118,6 +118,14 @@ def _remove(root: Path, created: bool) -> None:
                 child.unlink()
 
 
+def is_published(repo: Repository, commit: Cid, remote_name: str | None = None) -> bool:
+    """Whether ``commit`` is in the history of a head this repository last saw on the
+    remote (its remote-tracking refs): if not, the remote's node may not hold it."""
+    remote = get_remote(repo, remote_name)
+    heads = list(repo.refs.list_refs(f"remotes/{remote.name}/").values())
+    return any(repo.graph.is_ancestor(commit, h) for h in heads)
+
+
 def gateway_url(repo: Repository, spec: str, remote_name: str | None = None) -> str:
     """``<gateway>/ipfs/<commit-cid>/tree/<path>`` for ``REV[:PATH]``: Kubo's gateway follows
     the commit's ``tree`` link (DAG-CBOR path traversal) into the UnixFS tree."""

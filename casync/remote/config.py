@@ -113,6 +113,10 @@ def is_ipfs_url(url: str) -> bool:
 def _check_peer_url(url: str) -> str:
     """Remotes that are casync peers (``casync serve`` over http(s), or a path) share the
     ``remotes`` config with IPFS remotes; ``casync sync`` talks to them."""
+    if not url.strip():
+        raise UsageError("empty remote URL", hint="use ipfs+http://HOST:PORT, http(s)://HOST:PORT or a path")
+    if url.strip().lower().startswith("ipfs+"):  # ipfs+http://HOST:PORT was meant, but malformed
+        raise UsageError(f"malformed IPFS remote URL {url!r}", hint="use ipfs+http://HOST:PORT")
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme in ("http", "https"):
         if not parts.hostname:

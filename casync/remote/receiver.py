@@ -248,11 +248,13 @@ class PullResult:
     new: Cid | None
     up_to_date: bool
     merged: list[Cid] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)  # merger.MergeOutcome of each merge
 
     def to_json(self) -> dict[str, Any]:
         return {"branch": self.branch, "old": cid_str(self.old) if self.old else None,
                 "new": cid_str(self.new) if self.new else None, "up_to_date": self.up_to_date,
-                "merged": [cid_str(c) for c in self.merged], "fetch": self.fetch.to_json()}
+                "merged": [cid_str(c) for c in self.merged], "fetch": self.fetch.to_json(),
+                "merges": [o.to_json() for o in self.outcomes]}
 
 
 def fast_forward_target(repo: Repository, local: Cid | None, heads: list[Cid]) -> Cid | None:
@@ -303,16 +305,18 @@ def _pull_by_merging(repo: Repository, fetched: FetchResult, branch: str, local:
 
     graph = repo.graph
     merged: list[Cid] = []
+    outcomes: list[Any] = []
     for head in sorted(dict.fromkeys(heads), key=lambda c: (graph.get(c).generation, c)):
         current = repo.refs.get_ref(f"heads/{branch}")
         if current is not None and graph.is_ancestor(head, current):
             continue
         outcome = merge(repo, cid_str(head), policy=policy, progress=progress)
+        outcomes.append(outcome)
         if outcome.kind == "conflicts":
             raise ConflictError(f"pull stopped on conflicts merging {cid_str(head)[:20]}",
                                 hint="resolve them ('casync conflicts'), then 'casync merge --continue'")
         merged.append(head)
-    return PullResult(fetched, branch, local, repo.refs.get_ref(f"heads/{branch}"), False, merged)
+    return PullResult(fetched, branch, local, repo.refs.get_ref(f"heads/{branch}"), False, merged, outcomes)
 
 
 def raise_if_failed(result: FetchResult) -> None:

@@ -285,6 +285,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                                "or referenced elsewhere)")
     if old == head and node.client.is_pinned(head):
         result.up_to_date, result.seq = True, mine.seq if mine else 0
+        result.blocks_min = result.bytes_min = 0  # nothing was missing
         result.index = node.index_cid(repo.repo_id)
         _track(repo, remote.name, branch, head)
         return result
@@ -295,7 +296,12 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     candidates = missing_blocks(repo, head, known)
     result.candidates = len(candidates)
     _set_pending(repo, remote.name, {"head": cid_str(head), "url": remote.url.text, "time_ms": int(time.time() * 1000)})
-    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=on_batch)
+    def confirmed(blocks: int, size: int) -> None:  # progress counts what the node took
+        progress.advance(size)
+        if on_batch is not None:
+            on_batch(blocks, size)
+
+    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=confirmed)
     progress.start(f"pushing to {remote.name}", sum(size for _, size in candidates))
     try:
         for chunk in _chunks(candidates, _HAS_CHUNK):
@@ -305,9 +311,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                 if cid in present:
                     progress.advance(size)
                     continue
-                data = repo.blocks.get(cid)
-                store.stage(cid, data)
-                progress.advance(len(data))
+                store.stage(cid, repo.blocks.get(cid))
         store.flush()
     finally:
         result.blocks_sent, result.bytes_sent, result.batches = store.sent_blocks, store.sent_bytes, store.batches

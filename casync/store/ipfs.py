@@ -238,7 +238,8 @@ class IpfsClient:
                                hint="is the Kubo daemon running, and is that its RPC API port "
                                     "(see 'casync remote -v')?", transient=True)
         if isinstance(exc, ipfs_exc.TimeoutError):
-            return RemoteError(f"the {where} did not answer in time ({what})", transient=True)
+            return RemoteError(f"the {where} did not answer in time ({what})", transient=True,
+                               hint="is it overloaded, or is that not its RPC API port (5001 by default)?")
         if isinstance(exc, ipfs_exc.ProtocolError):
             return RemoteError(f"the connection to the {where} broke ({what}): {_reason(exc)}",
                                transient=True)
@@ -336,7 +337,8 @@ class IpfsClient:
     def _raw_error(self, exc: Exception, what: str) -> RemoteError:
         where = f"IPFS node at {self.url}"
         if isinstance(exc, TimeoutError):
-            return RemoteError(f"the {where} did not answer in time ({what})", transient=True)
+            return RemoteError(f"the {where} did not answer in time ({what})", transient=True,
+                               hint="is it overloaded, or is that not its RPC API port (5001 by default)?")
         if isinstance(exc, ConnectionRefusedError | socket.gaierror):
             return RemoteError(f"cannot connect to the {where} ({what}): {_reason(exc)}",
                                hint="is the Kubo daemon running, and is that its RPC API port "
@@ -357,7 +359,9 @@ class IpfsClient:
     # --- node ----------------------------------------------------------------------------------
 
     def version(self) -> str:
-        info = self.call("version", lambda c: c.version())
+        # a short read timeout: this is the first call, and a port that accepts connections
+        # but never answers must fail in seconds, not after the bulk-transfer timeout
+        info = self.call("version", lambda c: c.version(timeout=(self.timeout[0], min(self.timeout[1], 10.0))))
         return str(info["Version"])
 
     def check(self) -> str:
