@@ -73,7 +73,7 @@ def _mib(n: int | None) -> str:
 @json_option
 @click.pass_context
 def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
-    """List remotes (IPFS nodes), or manage them with a subcommand."""
+    """List remotes (IPFS nodes and casync peers), or manage them with a subcommand."""
     if ctx.invoked_subcommand is not None:
         return
     remotes = rmt.list_remotes(ctx.obj.repo())
@@ -97,8 +97,9 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
               help="For a 'casync serve' peer: file holding its bearer token (the path is stored, not the token).")
 @click.pass_obj
 def remote_add(obj: Any, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
-    """Add remote NAME at URL: ipfs+http://HOST:PORT (a Kubo RPC API), or a casync peer
-    (http(s)://HOST:PORT of 'casync serve', or a path)."""
+    """Add remote NAME at URL: ipfs+http://HOST:PORT[/REPO-ID][#INDEX-CID] (a Kubo RPC API;
+    REPO-ID picks a repository on a node hosting several, INDEX reads head records published
+    on another node), or a casync peer (http(s)://HOST:PORT of 'casync serve', or a path)."""
     repo = obj.repo()
     path = _token_path(obj, token_file) if token_file else None
     r = rmt.add_remote(repo, name, url, gateway)

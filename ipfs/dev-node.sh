@@ -106,6 +106,39 @@ for s in socks:
 EOF
 }
 
+# The ports a DIR's node used last time, if all three are free again: a restarted
+# dev node keeps its URLs, so remotes configured against it keep working.
+previous_ports() {
+    [[ -f "$1/config" ]] || return 1
+    python3 - "$1/config" <<'EOF'
+import json, re, socket, sys
+
+try:
+    with open(sys.argv[1]) as f:
+        addrs = json.load(f).get("Addresses", {})
+except (OSError, ValueError):
+    sys.exit(1)
+
+def port(value):
+    value = value[0] if isinstance(value, list) and value else value
+    m = re.search(r"/tcp/(\d+)$", value) if isinstance(value, str) else None
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None  # 0: "any port" (a fresh init)
+
+ports = [port(addrs.get(k)) for k in ("API", "Gateway", "Swarm")]
+if None in ports:
+    sys.exit(1)
+for p in ports:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        sys.exit(1)
+    finally:
+        s.close()
+print(*ports)
+EOF
+}
+
 # With CASYNC_KUBO_API_AUTH (bearer:TOKEN or basic:USER:PASSWORD) the node requires RPC
 # authorization, as configure.sh sets it up for production; casync sends the same
 # variable's secret. Without it, any earlier authorization is removed.
@@ -184,8 +217,14 @@ do_start() {
     timeout="${CASYNC_KUBO_START_TIMEOUT:-60}"
     [[ "$timeout" =~ ^[0-9]+$ ]] || die "CASYNC_KUBO_START_TIMEOUT must be an integer (seconds)"
 
+    local reuse
+    reuse="$(previous_ports "$dir" || true)"
     for attempt in 1 2 3; do
-        read -r api_port gw_port swarm_port < <(free_ports) || die "could not pick free ports"
+        if [[ "$attempt" == 1 && -n "$reuse" ]]; then
+            read -r api_port gw_port swarm_port <<<"$reuse"
+        else
+            read -r api_port gw_port swarm_port < <(free_ports) || die "could not pick free ports"
+        fi
         cfg Addresses.API "\"/ip4/127.0.0.1/tcp/$api_port\""
         cfg Addresses.Gateway "\"/ip4/127.0.0.1/tcp/$gw_port\""
         cfg Addresses.Swarm "[\"/ip4/127.0.0.1/tcp/$swarm_port\"]"

@@ -149,7 +149,7 @@ def kubo_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 
 def restart(k: Kubo) -> Kubo:
-    """Start a stopped factory node again (same repository, new ports)."""
+    """Start a stopped factory node again (same repository; same ports when they are free)."""
     assert k.node is not None
     k.node.start()
     assert k.node.api_url is not None

@@ -300,3 +300,14 @@ def test_node_with_rpc_authorization(tmp_path: Path, kubo_factory: Callable[[], 
             assert (work / "b/f.bin").read_bytes() == (a.cwd / "f.bin").read_bytes()
         finally:
             node.stop()
+
+
+@pytest.mark.kubo
+def test_a_restarted_dev_node_keeps_its_urls(kubo_factory: Callable[[], Kubo]) -> None:
+    """Remotes configured against a dev node keep working across a restart."""
+    k = kubo_factory()
+    assert k.node is not None
+    before = (k.node.api_url, k.node.gateway_url)
+    k.node.stop()
+    k.node.start()
+    assert (k.node.api_url, k.node.gateway_url) == before
