@@ -212,6 +212,7 @@ def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str,
     """Write REVS (default HEAD) and everything they reach into FILE."""
     from casync.sync.bundle import create_bundle
 
+    file = Path(obj.directory) / file  # like every path argument: relative to -C DIR
     info = create_bundle(obj.repo(), file, list(revs), list(since))
     if as_json:
         click.echo(json.dumps(info.to_json(), indent=2))
@@ -228,6 +229,9 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
     """Verify FILE and store its history; its refs appear as bundles/<name> (merge them)."""
     from casync.sync.bundle import read_bundle
 
+    file = Path(obj.directory) / file
+    if not file.is_file():
+        raise UsageError(f"no bundle at {file}")
     info = read_bundle(obj.repo(), file)
     if as_json:
         click.echo(json.dumps(info.to_json(), indent=2))

@@ -19,10 +19,10 @@ from typing import Any
 from casync import cbor
 from casync.car import CarWriter, iter_car, read_header
 from casync.cbor import Link
-from casync.errors import InvalidObject, UsageError
+from casync.errors import CorruptBlock, InvalidObject, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid
 from casync.repo import Repository, validate_branch_name
-from casync.sync.pack import PackReceiver, TransferStats, blocks_for_commits
+from casync.sync.pack import MissingLink, PackReceiver, TransferStats, blocks_for_commits
 
 __all__ = ["BundleInfo", "create_bundle", "read_bundle"]
 
@@ -115,13 +115,22 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
         receiver = PackReceiver(repo, None)
         manifest: tuple[str, dict[str, Cid], list[Cid]] | None = None
         try:
-            for cid, block in iter_car(reader):
-                if cid == roots[0]:
-                    manifest = _parse_manifest(cid, block)
-                    continue
-                if manifest is not None:
-                    raise InvalidObject(f"bundle {path}: block {cid_str(cid)} follows the manifest")
-                receiver.add(cid, block)
+            try:
+                for cid, block in iter_car(reader):
+                    if cid == roots[0]:
+                        manifest = _parse_manifest(cid, block)
+                        continue
+                    if manifest is not None:
+                        raise InvalidObject(f"bundle {path}: block {cid_str(cid)} follows the manifest")
+                    receiver.add(cid, block)
+            except CorruptBlock as exc:
+                raise InvalidObject(f"bundle {path} is damaged: {exc.message}",
+                                    hint="copy it again, or create it again from the source") from None
+            except MissingLink as exc:
+                # the manifest (repository id, prerequisites) comes last: say what this usually means
+                raise InvalidObject(f"bundle {path} does not apply to this repository: {exc.message}",
+                                    hint="a bundle made with --since needs the earlier bundle unbundled first; "
+                                         "a bundle of another repository never applies") from None
             if manifest is None:
                 raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
             repo_id, refs, prereq = manifest

@@ -27,9 +27,13 @@ from casync.ids import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str
 from casync.objects import UNIXFS_DIRECTORY, decode_commit, decode_pbnode, decode_unixfs
 from casync.repo import Repository
 
-__all__ = ["PackReceiver", "TransferStats", "blocks_for_commits"]
+__all__ = ["MissingLink", "PackReceiver", "TransferStats", "blocks_for_commits"]
 
 FLUSH_BYTES = 8 << 20
+
+
+class MissingLink(InvalidObject):
+    """A received block links to a block neither held nor received before it."""
 
 
 class _TreeDiff:
@@ -169,7 +173,7 @@ class PackReceiver:
         links = validated_links(cid, block)
         for child in links:
             if not self._present(child):
-                raise InvalidObject(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
+                raise MissingLink(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
                                     f"nor sent before it (incomplete or out-of-order stream)")
             self._since_commit.discard(child)
             self._dangling_commits.discard(child)
