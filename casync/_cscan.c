@@ -160,17 +160,25 @@ static int check_name(walk_t *w, const char *name, size_t n, const char *path, s
     Py_DECREF(problem);
     return rc < 0 ? -1 : 0;
 }
-static int add_candidate(walk_t *w, const char *path, size_t n, size_t name_len) {
-    if (w->count == w->cap) {
-        size_t cap = w->cap ? w->cap * 2 : 4096;
-        cand_t *p = realloc(w->cands, cap * sizeof(cand_t));
-        if (!p) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        w->cands = p;
-        w->cap = cap;
+
+/* Room for one more element in the array *items (count used of *cap); doubles it. */
+static int grow(void **items, size_t count, size_t *cap, size_t elem, size_t first) {
+    if (count < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : first;
+    void *p = realloc(*items, n * elem);
+    if (!p) {
+        PyErr_NoMemory();
+        return -1;
     }
+    *items = p;
+    *cap = n;
+    return 0;
+}
+
+static int add_candidate(walk_t *w, const char *path, size_t n, size_t name_len) {
+    if (grow((void **)&w->cands, w->count, &w->cap, sizeof(cand_t), 4096) < 0)
+        return -1;
     if (buf_reserve(&w->records, n + 1 + KEY_SIZE) < 0)
         return -1;
     w->cands[w->count++] = (cand_t){w->records.len, w->ndirs - 1, n - name_len, 0};
@@ -181,16 +189,8 @@ static int add_candidate(walk_t *w, const char *path, size_t n, size_t name_len)
 }
 
 static int add_dir(walk_t *w, const char *rel, size_t n) {
-    if (w->ndirs == w->dcap) {
-        size_t cap = w->dcap ? w->dcap * 2 : 256;
-        size_t *p = realloc(w->dir_offsets, cap * sizeof(size_t));
-        if (!p) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        w->dir_offsets = p;
-        w->dcap = cap;
-    }
+    if (grow((void **)&w->dir_offsets, w->ndirs, &w->dcap, sizeof(size_t), 256) < 0)
+        return -1;
     if (buf_reserve(&w->dirs, n + 2) < 0)
         return -1;
     w->dir_offsets[w->ndirs++] = w->dirs.len;
@@ -296,17 +296,7 @@ static int walk_dir(walk_t *w, buf_t *abs, buf_t *rel) {
             }
             type = S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : S_ISLNK(st.st_mode) ? DT_LNK : DT_FIFO;
         }
-        if (nents == ecap) {
-            ecap = ecap ? ecap * 2 : 64;
-            ent_t *p = realloc(ents, ecap * sizeof(ent_t));
-            if (!p) {
-                PyErr_NoMemory();
-                rc = -1;
-                break;
-            }
-            ents = p;
-        }
-        if (buf_reserve(&names, n + 1) < 0) {
+        if (grow((void **)&ents, nents, &ecap, sizeof(ent_t), 64) < 0 || buf_reserve(&names, n + 1) < 0) {
             rc = -1;
             break;
         }

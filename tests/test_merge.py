@@ -241,18 +241,25 @@ def test_commit_with_hostile_replica_id_is_rejected() -> None:
         decode_commit(dag_cbor.encode(obj))
 
 
+def diverge(pair: tuple[Repository, Repository], on_a: dict[str, str], on_b: dict[str, str]) -> None:
+    """Commit ``on_a`` in a and ``on_b`` in b (b later), then give a b's history as site-b."""
+    a, b = pair
+    for path, text in on_a.items():
+        write(a.root, path, text)
+    a.commit("a")
+    for path, text in on_b.items():
+        write(b.root, path, text)
+    b.commit("b")
+    transfer(b, a, "main", "site-b")
+
+
 def test_resolve_picks_the_recorded_sibling_and_leaves_the_users_files(pair: tuple[Repository, Repository]) -> None:
     """A user file that merely looks like a sibling (``name.~x``) is neither listed as a
     conflict nor touched by resolve; --pick REPLICA finds the recorded sibling even when
     it had to take a hashed name."""
-    a, b = pair
-    write(a.root, "shared.txt", "A\n")
-    write(a.root, "report.~draft", "the user's own draft\n")
-    a.commit("a")
-    write(b.root, "shared.txt", "B\n")
-    write(b.root, "shared.txt.~site-b", "a file site-b's user made\n")
-    b.commit("b")
-    transfer(b, a, "main", "site-b")
+    a, _b = pair
+    diverge(pair, {"shared.txt": "A\n", "report.~draft": "the user's own draft\n"},
+            {"shared.txt": "B\n", "shared.txt.~site-b": "a file site-b's user made\n"})
     outcome = a.merge("site-b", policy="siblings")
     (recorded,) = [c.sibling for c in outcome.siblings]
     assert recorded is not None and recorded.startswith("shared.txt.~site-b.")
@@ -266,12 +273,8 @@ def test_resolve_picks_the_recorded_sibling_and_leaves_the_users_files(pair: tup
 
 
 def test_manual_merge_refuses_to_mix_in_uncommitted_edits(pair: tuple[Repository, Repository]) -> None:
-    a, b = pair
-    write(a.root, "shared.txt", "A\n")
-    a.commit("a")
-    write(b.root, "shared.txt", "B\n")
-    b.commit("b")
-    transfer(b, a, "main", "site-b")
+    a, _b = pair
+    diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"})
     write(a.root, "shared.txt", "uncommitted edit\n")
     cli = Cli(a.root)
     r = cli("merge", "site-b", "--policy", "manual", ok=False)
@@ -281,12 +284,8 @@ def test_manual_merge_refuses_to_mix_in_uncommitted_edits(pair: tuple[Repository
 
 
 def test_commit_is_refused_while_a_merge_is_stopped(pair: tuple[Repository, Repository]) -> None:
-    a, b = pair
-    write(a.root, "shared.txt", "A\n")
-    a.commit("a")
-    write(b.root, "shared.txt", "B\n")
-    b.commit("b")
-    transfer(b, a, "main", "site-b")
+    a, _b = pair
+    diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"})
     cli = Cli(a.root)
     cli("merge", "site-b", "--policy", "manual", ok=False)
     r = cli("commit", "-m", "sneaky", ok=False)
