@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,8 +128,8 @@ def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
     writes: dict[tuple[str, Side], Write] = {}
     # a file on one side where the other has a directory: the file moves to a sibling named
     # after the replica that wrote it, so every replica must know who that was
-    clashes = {p for p in theirs_flat if p in directories_of(ours_flat)} | \
-        {p for p in ours_flat if p in directories_of(theirs_flat)}
+    dirs_ours, dirs_theirs = directories_of(ours_flat), directories_of(theirs_flat)
+    clashes = {p for p in theirs_flat if p in dirs_ours} | {p for p in ours_flat if p in dirs_theirs}
     for path in set(ours_flat) | set(theirs_flat) | set(base_flat):
         b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
         if _same(o, t):
@@ -405,8 +406,10 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
             sibling = conflict.siblings[0]
         else:
             # siblings are named path.~REPLICA, or path.~REPLICA.<hash> when that was taken
-            matches = [s for s in conflict.siblings
-                       if s.rpartition(".~")[2] == pick or s.rpartition(".~")[2].startswith(f"{pick}.")]
+            # (an exact name first: replica ids may themselves contain dots)
+            hashed = re.compile(rf"{re.escape(pick or '')}\.[0-9a-f]{{8}}")
+            matches = [s for s in conflict.siblings if s.rpartition(".~")[2] == pick] or \
+                [s for s in conflict.siblings if hashed.fullmatch(s.rpartition(".~")[2])]
             if len(matches) != 1:
                 options = ", ".join(s.rpartition(".~")[2] for s in conflict.siblings) or "none"
                 what = "no version" if not matches else f"{len(matches)} versions"

@@ -136,15 +136,9 @@ def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:
         chain.append(dag.add(chain[-1]))
     dag.save()
     store = dag.repo.store
-
-    def strip(txn) -> None:  # type: ignore[no-untyped-def]
-        db = store._dbs["commitgraph"]
-        for cid in chain:
-            node = store.get_node(cid)
-            assert node is not None and node.reach is not None
-            txn.put(cid, _encode_node(node.__class__(node.generation, node.time, node.parents, node.tree,
-                                                     node.replica)), db=db)
-    store.write(strip)
+    assert all(store.get_node(c).reach is not None for c in chain)  # type: ignore[union-attr]
+    # a table from before labels: commitgraph entries, nothing in commitreach
+    store.write(lambda txn: txn.drop(store._dbs["commitreach"], delete=False))
     assert all(store.get_node(c).reach is None for c in chain)  # type: ignore[union-attr]
     new = dag.add(chain[-1])
     dag.save()
@@ -153,3 +147,30 @@ def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:
     ranks = [n.reach.rank for n in labelled if n is not None and n.reach is not None]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)  # parents before children
     dag.repo.close()
+
+
+def test_an_older_casync_rewriting_the_table_cannot_drop_labels(tmp_path: Path) -> None:
+    """casync before labels rewrote commitgraph entries (e.g. on unbundling commits it
+    already held).  Labels live in their own DB, so the ancestors keep theirs and a later
+    save cannot relabel them above their labelled descendants (which made m look like no
+    ancestor of tip in review)."""
+    dag = StoredDag(tmp_path / "r")
+    root = dag.add()
+    m = dag.add(root)
+    c = dag.add(m)
+    tip = dag.add(c)
+    dag.save()
+    store = dag.repo.store
+
+    def old_version_rewrites(txn) -> None:  # type: ignore[no-untyped-def]
+        for cid in (root, m, c):
+            node = store.get_node(cid)
+            assert node is not None
+            txn.put(cid, _encode_node(node), db=store._dbs["commitgraph"])
+    store.write(old_version_rewrites)
+    side = dag.add(m)
+    dag.save()
+    dag.repo.close()
+    repo = Repository.open(tmp_path / "r")
+    assert repo.graph.is_ancestor(m, tip) and repo.graph.merge_bases(tip, side) == [m]
+    repo.close()

@@ -67,7 +67,7 @@ StatEntry = tuple[int, int, int, int, int, int, Cid]
 
 _ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle}]
 _ENVS_LOCK = threading.Lock()
-_DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache", "commitgraph")
+_DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache", "commitgraph", "commitreach")
 _NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parents; then
 # length-prefixed parents, tree and replica id (see docs/design.md, "commitgraph")
 
@@ -110,16 +110,17 @@ _REACH = struct.Struct("<QQI")  # rank, low, first-parent depth; then the length
 
 
 def _encode_node(node: Node) -> bytes:
+    """The ``commitgraph`` value (labels live apart, in ``commitreach``)."""
     value = _NODE.pack(node.generation, node.time.wall_ms, node.time.logical, len(node.parents))
     fields = [*node.parents, node.tree, node.replica.encode()]
-    if node.reach is not None:
-        r = node.reach
-        return value + b"".join(bytes((len(f),)) + f for f in fields) + _REACH.pack(r.rank, r.low, r.depth) + \
-            bytes((len(r.skip),)) + r.skip
     return value + b"".join(bytes((len(f),)) + f for f in fields)
 
 
-def _decode_node(raw: bytes) -> Node:
+def _encode_reach(r: Reach) -> bytes:
+    return _REACH.pack(r.rank, r.low, r.depth) + bytes((len(r.skip),)) + r.skip
+
+
+def _decode_node(raw: bytes, reach_raw: bytes | None) -> Node:
     gen, wall, logical, count = _NODE.unpack_from(raw)
     cids, pos = [], _NODE.size
     for _ in range(count + 2):  # parents, then the tree, then the replica id
@@ -127,10 +128,10 @@ def _decode_node(raw: bytes) -> Node:
         cids.append(raw[pos + 1 : pos + 1 + n])
         pos += 1 + n
     reach = None
-    if pos < len(raw):  # entries written before labels existed end here
-        rank, low, depth = _REACH.unpack_from(raw, pos)
-        pos += _REACH.size
-        reach = Reach(rank, low, depth, raw[pos + 1 : pos + 1 + raw[pos]])
+    if reach_raw is not None:
+        rank, low, depth = _REACH.unpack_from(reach_raw)
+        at = _REACH.size
+        reach = Reach(rank, low, depth, reach_raw[at + 1 : at + 1 + reach_raw[at]])
     return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode(), reach)
 
 
@@ -231,22 +232,30 @@ class LmdbStore:
     # --- commit-graph table (graph.NodeCache) -------------------------------------------------
 
     def get_node(self, cid: Cid) -> Node | None:
-        raw = self.get("commitgraph", cid)
-        return _decode_node(raw) if raw is not None else None
+        with self.env.begin() as txn:
+            raw = txn.get(cid, db=self._dbs["commitgraph"])
+            if raw is None:
+                return None
+            reach = txn.get(cid, db=self._dbs["commitreach"])
+            return _decode_node(bytes(raw), bytes(reach) if reach is not None else None)
 
     def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Node]:
         """Store nodes with reachability labels (casync/reach.py), assigned inside the write
         transaction so that ranks follow the order commits enter the table, parents first,
         whatever process writes.  Labels already stored are never changed; unlabelled
-        ancestors (tables written before labels existed) are labelled on the way."""
+        ancestors (tables written before labels existed) are labelled on the way.  Labels
+        are kept in their own DB, ``commitreach``: versions of casync that predate them
+        rewrite ``commitgraph`` entries and must not be able to drop a label."""
         def fn(txn: Any) -> dict[Cid, Node]:
-            db = self._dbs["commitgraph"]
+            db, reach_db = self._dbs["commitgraph"], self._dbs["commitreach"]
             cache: dict[Cid, Node | None] = {}
 
             def stored(cid: Cid) -> Node | None:
                 if cid not in cache:
                     raw = txn.get(cid, db=db)
-                    cache[cid] = _decode_node(bytes(raw)) if raw is not None else None
+                    reach = txn.get(cid, db=reach_db) if raw is not None else None
+                    cache[cid] = _decode_node(bytes(raw), bytes(reach) if reach is not None else None) \
+                        if raw is not None else None
                 return cache[cid]
 
             todo: dict[Cid, Node] = {}  # in the order given: that order becomes the ranks
@@ -282,6 +291,8 @@ class LmdbStore:
             for cid, node in order:
                 node = dataclasses.replace(node, reach=labels.get(cid))
                 txn.put(cid, _encode_node(node), db=db)
+                if node.reach is not None:
+                    txn.put(cid, _encode_reach(node.reach), db=reach_db, overwrite=False)
                 out[cid] = node
             txn.put(b"reach_next_rank", str(next_rank).encode(), db=self._dbs["meta"])
             return out
