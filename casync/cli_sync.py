@@ -49,6 +49,9 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
     from casync.sync.peer import LocalPeer
 
     cfg = remotes(repo).get(spec)
+    if cfg is None and "/" not in spec and "://" not in spec and not (Path(base) / spec).exists():
+        raise UsageError(f"no remote named {spec!r}, and no repository at path {spec!r}",
+                         hint="list remotes with 'casync remote -v', or give a URL or a path")
     url = cfg["url"] if cfg else spec
     if not url.startswith(("http://", "https://", "file://", "ipfs+")) and "://" not in url:
         url = str((repo.root / url).resolve()) if cfg else str((Path(base) / url).resolve())
