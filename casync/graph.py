@@ -29,7 +29,6 @@ class Node:
     parents: tuple[Cid, ...]
     tree: Cid
     replica: str
-    reach: Reach | None = None  # set once the commit-graph table has labelled it
 
 
 class NodeCache(Protocol):
@@ -37,9 +36,13 @@ class NodeCache(Protocol):
 
     def get_node(self, cid: Cid) -> Node | None: ...
 
-    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Node]:
-        """Store ``nodes``; returns every node it stored, labelled (``Node.reach``) where
-        all parents are labelled — including unlabelled ancestors it labelled on the way."""
+    def get_reach(self, cid: Cid) -> Reach | None:
+        """The commit's reachability labels (casync/reach.py), if the table has them."""
+        ...
+
+    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Reach]:
+        """Store ``nodes`` and label them where all parents are labelled; returns the
+        labels of ``nodes`` (and of unlabelled ancestors it labelled on the way)."""
         ...
 
 
@@ -50,6 +53,7 @@ class CommitGraph:
         self._nodes: dict[Cid, Node] = {}
         self._table = nodes
         self._unsaved: dict[Cid, Node] = {}
+        self._reaches: dict[Cid, Reach | None] = {}  # loaded only by walks that use labels
 
     def node(self, cid: Cid) -> Node:
         """Generation, time and parents of a commit: from memory, then the persistent
@@ -89,11 +93,9 @@ class CommitGraph:
     def save(self) -> None:
         """Persist nodes learnt by decoding (call when done with a batch of walks)."""
         if self._table is not None and self._unsaved:
-            stored = self._table.put_nodes(self._unsaved)
+            labels = self._table.put_nodes(self._unsaved)
             self._unsaved = {}
-            for cid, n in stored.items():  # now with their reachability labels
-                if cid in self._nodes:
-                    self._nodes[cid] = n
+            self._reaches.update(labels)
 
     def get(self, cid: Cid) -> Commit:
         c = self._cache.get(cid)
@@ -131,7 +133,13 @@ class CommitGraph:
                 push(p)
 
     def _reach(self, cid: Cid) -> Reach | None:
-        return self.node(cid).reach
+        """Labels from the table, read apart from the node: the paint walk never needs them."""
+        if cid in self._reaches:
+            return self._reaches[cid]
+        r = self._table.get_reach(cid) if self._table is not None else None
+        if r is not None or len(self._reaches) < 1_000_000:
+            self._reaches[cid] = r
+        return r
 
     def _first_parent(self, cid: Cid) -> Cid | None:
         parents = self.node(cid).parents
@@ -142,13 +150,12 @@ class CommitGraph:
         True or False when they prove it, None when a walk must decide.  O(log n)."""
         if a == b:
             return True
-        na, nb = self.node(a), self.node(b)
-        if na.reach is None or nb.reach is None:
+        ra, rb = self._reach(a), self._reach(b)
+        if ra is None or rb is None:
             return None
-        if na.generation >= nb.generation or not na.reach.maybe_ancestor_of(nb.reach):
+        if self.node(a).generation >= self.node(b).generation or not ra.maybe_ancestor_of(rb):
             return False
-        if na.reach.depth <= nb.reach.depth and \
-                first_parent_ancestor(b, na.reach.depth, self._reach, self._first_parent) == a:
+        if ra.depth <= rb.depth and first_parent_ancestor(b, ra.depth, self._reach, self._first_parent) == a:
             return True
         return None
 
@@ -166,7 +173,8 @@ class CommitGraph:
         if quick is not None:
             return quick
         na = self.node(a)
-        target, ra = na.generation, na.reach
+        # label pruning costs a table read per commit: worth it only in the bounded search
+        target, ra = na.generation, self._reach(a) if budget is not None else None
         stack, seen = [b], {b}
         while stack:
             cid = stack.pop()
@@ -177,9 +185,12 @@ class CommitGraph:
                     continue
                 seen.add(p)
                 n = self.node(p)
-                if n.generation <= target or (ra is not None and n.reach is not None
-                                              and not ra.maybe_ancestor_of(n.reach)):
+                if n.generation <= target:
                     continue
+                if ra is not None:
+                    rp = self._reach(p)
+                    if rp is not None and not ra.maybe_ancestor_of(rp):
+                        continue
                 if budget is not None:
                     budget[0] -= 1
                     if budget[0] < 0:
@@ -237,7 +248,7 @@ class CommitGraph:
         the main line, this costs O(divergence + log n) instead of O(commits above the base).
         """
         hi, lo = (a, b) if self.node(a).generation >= self.node(b).generation else (b, a)
-        if self.node(hi).reach is None:
+        if self._reach(hi) is None:
             return None
         stale = 1
         flags = {lo: 0}

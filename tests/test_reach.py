@@ -93,7 +93,7 @@ def test_labels_never_lie_and_walks_agree_with_brute_force(tmp_path: Path) -> No
         dag.repo.close()
         repo = Repository.open(tmp_path / f"r{trial}")  # fresh graph: labels come from the table
         graph = repo.graph
-        labelled = sum(graph.node(c).reach is not None for c in cids)
+        labelled = sum(graph._reach(c) is not None for c in cids)
         assert labelled == len(cids)
         anc = {c: dag.ancestors(c) for c in cids}
         answered = 0
@@ -136,15 +136,15 @@ def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:
         chain.append(dag.add(chain[-1]))
     dag.save()
     store = dag.repo.store
-    assert all(store.get_node(c).reach is not None for c in chain)  # type: ignore[union-attr]
+    assert all(store.get_reach(c) is not None for c in chain)
     # a table from before labels: commitgraph entries, nothing in commitreach
     store.write(lambda txn: txn.drop(store._dbs["commitreach"], delete=False))
-    assert all(store.get_node(c).reach is None for c in chain)  # type: ignore[union-attr]
+    assert all(store.get_reach(c) is None for c in chain)
     new = dag.add(chain[-1])
     dag.save()
-    labelled = [store.get_node(c) for c in [*chain, new]]
-    assert all(n is not None and n.reach is not None for n in labelled)
-    ranks = [n.reach.rank for n in labelled if n is not None and n.reach is not None]
+    labelled = [store.get_reach(c) for c in [*chain, new]]
+    assert all(r is not None for r in labelled)
+    ranks = [r.rank for r in labelled if r is not None]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)  # parents before children
     dag.repo.close()
 

@@ -23,7 +23,6 @@ Single writer: :meth:`LmdbStore.writer_lock` takes an exclusive ``flock`` on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
@@ -120,19 +119,20 @@ def _encode_reach(r: Reach) -> bytes:
     return _REACH.pack(r.rank, r.low, r.depth) + bytes((len(r.skip),)) + r.skip
 
 
-def _decode_node(raw: bytes, reach_raw: bytes | None) -> Node:
+def _decode_node(raw: bytes) -> Node:
     gen, wall, logical, count = _NODE.unpack_from(raw)
     cids, pos = [], _NODE.size
     for _ in range(count + 2):  # parents, then the tree, then the replica id
         n = raw[pos]
         cids.append(raw[pos + 1 : pos + 1 + n])
         pos += 1 + n
-    reach = None
-    if reach_raw is not None:
-        rank, low, depth = _REACH.unpack_from(reach_raw)
-        at = _REACH.size
-        reach = Reach(rank, low, depth, reach_raw[at + 1 : at + 1 + reach_raw[at]])
-    return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode(), reach)
+    return Node(gen, HybridTime(wall, logical), tuple(cids[:count]), cids[count], cids[count + 1].decode())
+
+
+def _decode_reach(raw: bytes) -> Reach:
+    rank, low, depth = _REACH.unpack_from(raw)
+    at = _REACH.size
+    return Reach(rank, low, depth, raw[at + 1 : at + 1 + raw[at]])
 
 
 def _parents_first(nodes: dict[Cid, Node]) -> list[tuple[Cid, Node]]:
@@ -232,37 +232,42 @@ class LmdbStore:
     # --- commit-graph table (graph.NodeCache) -------------------------------------------------
 
     def get_node(self, cid: Cid) -> Node | None:
-        with self.env.begin() as txn:
-            raw = txn.get(cid, db=self._dbs["commitgraph"])
-            if raw is None:
-                return None
-            reach = txn.get(cid, db=self._dbs["commitreach"])
-            return _decode_node(bytes(raw), bytes(reach) if reach is not None else None)
+        raw = self.get("commitgraph", cid)
+        return _decode_node(raw) if raw is not None else None
 
-    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Node]:
+    def get_reach(self, cid: Cid) -> Reach | None:
+        raw = self.get("commitreach", cid)
+        return _decode_reach(raw) if raw is not None else None
+
+    def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Reach]:
         """Store nodes with reachability labels (casync/reach.py), assigned inside the write
         transaction so that ranks follow the order commits enter the table, parents first,
         whatever process writes.  Labels already stored are never changed; unlabelled
         ancestors (tables written before labels existed) are labelled on the way.  Labels
         are kept in their own DB, ``commitreach``: versions of casync that predate them
         rewrite ``commitgraph`` entries and must not be able to drop a label."""
-        def fn(txn: Any) -> dict[Cid, Node]:
+        def fn(txn: Any) -> dict[Cid, Reach]:
             db, reach_db = self._dbs["commitgraph"], self._dbs["commitreach"]
-            cache: dict[Cid, Node | None] = {}
+            nodes_seen: dict[Cid, Node | None] = {}
+            reach_seen: dict[Cid, Reach | None] = {}
 
             def stored(cid: Cid) -> Node | None:
-                if cid not in cache:
+                if cid not in nodes_seen:
                     raw = txn.get(cid, db=db)
-                    reach = txn.get(cid, db=reach_db) if raw is not None else None
-                    cache[cid] = _decode_node(bytes(raw), bytes(reach) if reach is not None else None) \
-                        if raw is not None else None
-                return cache[cid]
+                    nodes_seen[cid] = _decode_node(bytes(raw)) if raw is not None else None
+                return nodes_seen[cid]
+
+            def stored_reach(cid: Cid) -> Reach | None:
+                if cid not in reach_seen:
+                    raw = txn.get(cid, db=reach_db)
+                    reach_seen[cid] = _decode_reach(bytes(raw)) if raw is not None else None
+                return reach_seen[cid]
 
             todo: dict[Cid, Node] = {}  # in the order given: that order becomes the ranks
-            out: dict[Cid, Node] = {}
+            out: dict[Cid, Reach] = {}
             for cid, node in nodes.items():
-                have = stored(cid)
-                if have is None or have.reach is None:
+                have = stored_reach(cid)
+                if have is None:
                     todo[cid] = node
                 else:
                     out[cid] = have  # labelled already (another process): kept as it is
@@ -270,8 +275,10 @@ class LmdbStore:
             stack = [p for node in todo.values() for p in node.parents]
             while stack:
                 p = stack.pop()
+                if p in todo or p in older or stored_reach(p) is not None:
+                    continue
                 parent = stored(p)
-                if p not in todo and p not in older and parent is not None and parent.reach is None:
+                if parent is not None:
                     older[p] = parent
                     stack.extend(parent.parents)
             todo = {**older, **todo}
@@ -279,25 +286,21 @@ class LmdbStore:
             raw_next = txn.get(b"reach_next_rank", db=self._dbs["meta"])
             next_rank = int(raw_next) if raw_next is not None else 0
 
-            def reach_of(cid: Cid) -> Reach | None:
-                node = todo.get(cid) or stored(cid)
-                return node.reach if node is not None else None
-
             def first_parent(cid: Cid) -> Cid | None:
                 node = todo.get(cid) or stored(cid)
                 return node.parents[0] if node is not None and node.parents else None
 
-            labels, next_rank = label([(c, n.parents) for c, n in order], reach_of, first_parent, next_rank)
+            labels, next_rank = label([(c, n.parents) for c, n in order], stored_reach, first_parent, next_rank)
             for cid, node in order:
-                node = dataclasses.replace(node, reach=labels.get(cid))
                 txn.put(cid, _encode_node(node), db=db)
-                if node.reach is not None:
-                    txn.put(cid, _encode_reach(node.reach), db=reach_db, overwrite=False)
-                out[cid] = node
+                r = labels.get(cid)
+                if r is not None:
+                    txn.put(cid, _encode_reach(r), db=reach_db, overwrite=False)
+                    out[cid] = r
             txn.put(b"reach_next_rank", str(next_rank).encode(), db=self._dbs["meta"])
             return out
 
-        result: dict[Cid, Node] = self.write(fn)
+        result: dict[Cid, Reach] = self.write(fn)
         return result
 
     def items_count(self, db: str) -> int:
