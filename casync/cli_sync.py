@@ -323,33 +323,44 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
     import shutil
 
     from casync.api import Repository
+    from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, mark_pending, reopen_pending
     from casync.sync.http import HttpPeer
     from casync.sync.peer import LocalPeer, fetch_from
 
-    target = Path(obj.directory) / directory
-    if target.exists() and any(target.iterdir()):
-        raise UsageError(f"destination {target} exists and is not empty")
+    target = (Path(obj.directory) / directory).resolve()
     if url.startswith(("http://", "https://")):
-        peer: Any = HttpPeer(url, read_token(Path(token_file) if token_file else None))
         stored_url = url
     elif url.startswith("file://") or "://" not in url:
         source = url[len("file://"):] if url.startswith("file://") else url
         stored_url = str((Path(obj.directory) / source).resolve())
-        peer = LocalPeer(stored_url)
     else:
         raise UsageError(f"unsupported clone URL {url!r}", hint="use ipfs+http://, http(s)://, or a path")
+    resumed = reopen_pending(target, stored_url)  # an interrupted clone of the same URL: go on
+    repo = resumed[0] if resumed else None
+    try:
+        peer: Any = HttpPeer(url, read_token(Path(token_file) if token_file else None)) \
+            if url.startswith(("http://", "https://")) else LocalPeer(stored_url)
+    except BaseException:
+        if repo is not None:
+            repo.close()
+        raise
     created = not target.exists()
-    repo = None
     try:
         info = peer.info()
-        repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
-                               repository_id=info.repository_id)
-        origin: dict[str, Any] = {"url": stored_url, "gateway": None}
-        if token_file:
-            origin["token_file"] = token_file
-        repo.set_config("remotes", {"origin": origin})
+        if repo is None:
+            repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
+                                   repository_id=info.repository_id)
+            mark_pending(repo, stored_url, branch)
+            origin: dict[str, Any] = {"url": stored_url, "gateway": None}
+            if token_file:
+                origin["token_file"] = token_file
+            repo.set_config("remotes", {"origin": origin})
+        elif repo.repo_id != info.repository_id:
+            raise UsageError(f"{target} holds an interrupted clone of another repository",
+                             hint="choose another directory")
         result = fetch_from(repo, peer, "origin", obj.progress())
-        wanted = branch or ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
+        wanted = branch or (resumed[1].get("branch") if resumed else None) or \
+            ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
         if wanted is not None:
             tip = repo.refs.get_ref(f"remotes/origin/{wanted}")
             if tip is None:
@@ -359,14 +370,17 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
             update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress())
             repo.update_branch(wanted, None, tip, f"clone from {url}")
             repo.set_head(wanted)
+        clear_pending(repo)
         data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
                 **result.to_json()}
         _emit(as_json, data, f"cloned {url} into {repo.root} (replica {repo.replica}"
               + (f", branch {wanted})" if wanted else ", empty)"))
-    except BaseException:
+    except BaseException as exc:
         if repo is not None:
             repo.close()
             repo = None
+            if is_resumable_failure(exc):
+                raise kept_hint(target, exc) from None
         if created:
             shutil.rmtree(target, ignore_errors=True)
         else:

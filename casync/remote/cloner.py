@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from casync import workdir
+from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, mark_pending, reopen_pending
 from casync.errors import ConflictError, RemoteError, UsageError
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -47,46 +48,73 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
           repo_class: type[Repository] = Repository) -> tuple[Repository, CloneResult]:
     """Create ``directory`` as a new replica of the repository at ``url`` (same repository
     id, new replica id), fetch every published head, and check out ``branch`` (default
-    ``main`` if published, else the first branch name).  On failure nothing is left behind."""
+    ``main`` if published, else the first branch name).  A clone broken off by the network
+    (or Ctrl-C) is kept and resumed by the same call (:mod:`casync.clonestate`); after any
+    other failure nothing is left behind."""
     t0 = time.monotonic()
     parsed = parse_url(url)
     root = Path(directory).resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UsageError(f"destination {root} exists and is not an empty directory")
+    resumed = reopen_pending(root, parsed.text)
     created = not root.exists()
-    with connect(parsed, retry=retry, wait=wait) as node:
+    try:
+        node = connect(parsed, retry=retry, wait=wait)
+    except BaseException:
+        if resumed is not None:
+            resumed[0].close()
+        raise
+    with node:
         repo_id = node.resolve_repo_id()
         errors: list[str] = []
         records = node.records(repo_id, errors=errors)
         if not records:
+            if resumed:
+                resumed[0].close()
             detail = f" ({'; '.join(errors)})" if errors else ""
-            raise RemoteError(f"no head records for repository {repo_id} at {parsed.text}{detail}")
+            raise RemoteError(f"no head records for repository {repo_id} at {parsed.text}{detail}",
+                              hint="check the repository id in the URL ('casync remote show' on a replica "
+                                   "prints it); a second node needs the index: URL#INDEX-CID")
         first = records[sorted(records, key=lambda r: (-records[r].seq, r))[0]]
         branches = sorted({b for r in records.values() for b in r.heads})
+        if resumed is not None:
+            repo, state = resumed
+            branch = branch or state.get("branch")
+            if repo.repo_id != repo_id or (replica is not None and replica != repo.replica):
+                repo.close()
+                raise UsageError(f"{root} holds an interrupted clone of another repository or replica",
+                                 hint="choose another directory")
         if branch is None:
             branch = "main" if "main" in branches else branches[0] if branches else "main"
-        repo = repo_class.init(root, replica=replica, hash=first.hash, chunker=first.chunker,
-                               repository_id=repo_id, branch=branch)
+        if resumed is None:
+            repo = repo_class.init(root, replica=replica, hash=first.hash, chunker=first.chunker,
+                                   repository_id=repo_id, branch=branch)
+            mark_pending(repo, parsed.text, branch)
         try:
-            if replica is None and repo.replica in records:  # vanishingly unlikely random clash
+            if resumed is None and replica is None and repo.replica in records:  # vanishingly unlikely
                 raise UsageError(f"replica id {repo.replica} is already used in repository {repo_id}")
-            if replica is not None and replica in records:
+            if resumed is None and replica is not None and replica in records:
                 raise UsageError(f"replica {replica!r} already publishes heads in repository {repo_id}",
                                  hint="each clone needs its own replica id")
-            remote = add_remote(repo, remote_name, parsed.text, gateway)
+            if resumed is not None:
+                remote = get_remote(repo, remote_name)
+            else:
+                remote = add_remote(repo, remote_name, parsed.text, gateway)
             result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
             heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote_name}/").items()
                      if ref.split("/", 3)[-1] == branch]
             if not heads and result.failed:
                 f = result.failed[0]
-                raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}")
+                raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}",
+                                  transient=True)
             head, diverged = _choose(repo, heads)
             if head is not None:
                 workdir.checkout(repo, cid_str(head), progress=progress)
                 repo.update_branch(branch, None, head, f"clone from {parsed.text}")
                 repo.set_head(branch)
-        except BaseException:
+            clear_pending(repo)
+        except BaseException as exc:
             repo.close()
+            if is_resumable_failure(exc):
+                raise kept_hint(root, exc) from None
             _remove(root, created)
             raise
     out = CloneResult(repo.root, repo_id, repo.replica, branch, head, result, diverged)

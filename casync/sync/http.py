@@ -26,6 +26,7 @@ import hmac
 import http.client
 import io
 import json
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -299,6 +300,16 @@ class PeerServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-response (a broken link, Ctrl-C) is routine on the
+        links casync serves: one line when verbose, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            if self.verbose:
+                print(f"casync serve: {client_address[0]} went away ({type(exc).__name__})", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

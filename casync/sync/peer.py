@@ -259,8 +259,10 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
                 if isinstance(exc, (InvalidObject, CorruptBlock, RemoteError)):
                     again = ("run it again: what arrived whole is kept, and only the rest is sent"
                              if kept is not None else "run it again")
+                    # a stream cut short is the link's fault (retry); a block that lies is not
+                    broken_off = isinstance(exc, InvalidObject) and "truncated" in exc.message
                     raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
-                                      transient=getattr(exc, "transient", False)) from None
+                                      transient=getattr(exc, "transient", False) or broken_off) from None
                 raise
             finally:
                 progress.finish()

@@ -1,0 +1,176 @@
+"""Resumable clones over a link that breaks: the partial clone is kept, and running the same
+clone again fetches only what is missing (casync/clonestate.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
+from casync.sync.http import PeerServer, serve
+
+from .conftest import Cli, write
+from .kubo_fixture import Kubo
+
+TOKEN = "resume-token-for-tests"
+
+
+class FlakyLink:
+    """A TCP relay on 127.0.0.1 that forwards to ``upstream`` until ``budget`` bytes have
+    gone downstream, then cuts every connection (and refuses new ones) until the budget is
+    lifted: a link that dies in the middle of a transfer."""
+
+    def __init__(self, upstream: tuple[str, int], budget: int | None) -> None:
+        self.upstream = upstream
+        self.budget = budget
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _dead(self) -> bool:
+        return self.budget is not None and self.sent >= self.budget
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self._dead():
+                client.close()
+                continue
+            try:
+                up = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, up]
+            threading.Thread(target=self._pump, args=(client, up, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if down:
+                    with self._lock:
+                        if self.budget is not None:
+                            data = data[: max(0, self.budget - self.sent)]
+                        self.sent += len(data)
+                    if not data:
+                        break
+                dst.sendall(data)
+                if down and self._dead():
+                    break
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._server.close()
+        with self._lock:
+            for s in self._conns:
+                s.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[Repository]:
+    repo = Repository.init(tmp_path / "origin", replica="origin")
+    for i in range(10):  # 20 MB in 10 commits: the receiver keeps whole commits every 8 MiB
+        with repo.transaction(message=f"data {i}") as tx:
+            tx.write(f"data/{i}.bin", os.urandom(2_000_000))
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def server(origin: Repository) -> Iterator[PeerServer]:
+    srv = serve(origin, TOKEN.encode())
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    t.join(10)
+
+
+def test_peer_clone_broken_off_is_kept_and_resumed(tmp_path: Path, origin: Repository, server: PeerServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
+    host, port = server.server_address[:2]
+    link = FlakyLink((str(host), int(port)), budget=14_000_000)  # dies after 14 of 20 MB
+    try:
+        url = f"http://127.0.0.1:{link.port}"
+        r = Cli(tmp_path)("clone", url, "b", ok=False)
+        assert r.exit_code == 1 and "is kept" in r.stderr and "Traceback" not in r.stderr
+        assert (tmp_path / "b/.casync").is_dir()
+        # another URL does not take over the partial clone
+        other = Cli(tmp_path)("clone", str(origin.root), "b", ok=False)
+        assert other.exit_code == 2 and "interrupted clone of" in other.stderr
+        link.budget = None  # the link is back
+        sent_before = link.sent
+        out = json.loads(Cli(tmp_path)("clone", url, "b", "--json").stdout)
+        assert out["branch"] == "main"
+        resumed_bytes = link.sent - sent_before
+        assert resumed_bytes < 20_000_000 - 8_000_000  # what arrived whole was not sent again
+    finally:
+        link.close()
+    b = Repository.open(tmp_path / "b")
+    try:
+        assert b.fsck().ok and b.resolve("HEAD") == origin.resolve("HEAD")
+        assert (tmp_path / "b/data/9.bin").read_bytes() == origin.read("data/9.bin")
+    finally:
+        b.close()
+    # done: a third clone into the same place is refused
+    r = Cli(tmp_path)("clone", url, "b", ok=False)
+    assert r.exit_code == 2 and "already holds a repository" in r.stderr
+
+
+@pytest.mark.kubo
+def test_ipfs_clone_broken_off_is_kept_and_resumed(tmp_path: Path, kubo: Kubo,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASYNC_REMOTE_ATTEMPTS", "2")
+    Cli(tmp_path)("init", "a", "--replica", "site-a")
+    a = Cli(tmp_path / "a")
+    for i in range(4):
+        write(a.cwd, f"data/{i}.bin", os.urandom(1_500_000))
+    a("commit", "-m", "data")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push")
+    rid = a("config", "repository_id").stdout.strip()
+    api = kubo.api_url.removeprefix("http://").split(":")
+    link = FlakyLink((api[0], int(api[1])), budget=2_500_000)
+    try:
+        url = f"ipfs+http://127.0.0.1:{link.port}/{rid}"
+        r = Cli(tmp_path)("clone", url, "b", "--timeout", "5", ok=False)
+        assert r.exit_code == 1 and "is kept" in r.stderr and "Traceback" not in r.stderr
+        assert (tmp_path / "b/.casync").is_dir()
+        link.budget = None
+        sent_before = link.sent
+        Cli(tmp_path)("clone", url, "b", "--timeout", "5")
+        assert link.sent - sent_before < 6_000_000 - 1_000_000  # blocks held were not fetched again
+    finally:
+        link.close()
+    for i in range(4):
+        assert (tmp_path / f"b/data/{i}.bin").read_bytes() == (a.cwd / f"data/{i}.bin").read_bytes()
