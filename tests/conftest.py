@@ -3,7 +3,9 @@ store) and a real Kubo node for IPFS tests; nothing is mocked."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from casync import Repository
 from casync.cli import main
+from casync.sync.http import PeerServer, serve
 
 pytest_plugins = ["tests.kubo_fixture"]
 
@@ -65,3 +68,17 @@ def age(root: Path, seconds: float = 10.0) -> None:
             p = os.path.join(dirpath, f)
             st = os.lstat(p)
             os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)), follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def serving(repo: Repository, token: str) -> Iterator[PeerServer]:
+    """``casync serve`` for ``repo`` on a free loopback port, in a thread; stopped after."""
+    srv = serve(repo, token.encode())
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(10)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.sync.http import PeerServer, serve
+from casync.sync.http import PeerServer
 
-from .conftest import Cli, write
+from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo
 
 TOKEN = "resume-token-for-tests"
@@ -106,13 +106,8 @@ def origin(tmp_path: Path) -> Iterator[Repository]:
 
 @pytest.fixture
 def server(origin: Repository) -> Iterator[PeerServer]:
-    srv = serve(origin, TOKEN.encode())
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(10)
+    with serving(origin, TOKEN) as srv:
+        yield srv
 
 
 def test_peer_clone_broken_off_is_kept_and_resumed(tmp_path: Path, origin: Repository, server: PeerServer,

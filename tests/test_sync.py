@@ -20,10 +20,10 @@ from casync.car import CarWriter
 from casync.errors import InvalidObject, RefConflict, RemoteError
 from casync.ids import RAW, cid_str, compute_cid
 from casync.sync.bundle import create_bundle, read_bundle
-from casync.sync.http import HttpPeer, PeerServer, serve
+from casync.sync.http import HttpPeer, PeerServer
 from casync.sync.peer import LocalPeer, fetch_from, push_to
 
-from .conftest import write
+from .conftest import serving, write
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -48,13 +48,8 @@ def clone_empty(tmp_path: Path, origin: Repository, name: str) -> Repository:
 
 @pytest.fixture
 def server(origin: Repository) -> Iterator[PeerServer]:
-    srv = serve(origin, TOKEN.encode())
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    t.join(10)
+    with serving(origin, TOKEN) as srv:
+        yield srv
 
 
 def url(srv: PeerServer) -> str:
