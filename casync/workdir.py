@@ -24,7 +24,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
-from casync.worktree import Ignore, WorktreeWriter, native_stat_records, scan
+from casync.worktree import FileStat, Ignore, WorktreeWriter, native_stat_records, scan
 
 __all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status", "update_worktree",
            "worktree_entries"]
@@ -55,7 +55,7 @@ class Status:
                 "skipped": self.skipped}
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
 
 
@@ -73,7 +73,7 @@ class _Snapshotter:
         self.now_ns = time.time_ns()
         self.root = str(repo.root)
 
-    def entry(self, path: str, st: os.stat_result) -> Entry | None:
+    def entry(self, path: str, st: FileStat | os.stat_result) -> Entry | None:
         """The entry for ``path`` (None if it vanished).  Re-reads until stable."""
         cached = self.cache.get(path)
         key = _stat_key(st)
@@ -100,7 +100,7 @@ class _Snapshotter:
         raise CasyncError(f"file {path} kept changing while it was being committed",
                           hint="stop the process writing it, or add it to .casyncignore, and retry")
 
-    def _read(self, path: str, st: os.stat_result) -> tuple[Entry, os.stat_result | None]:
+    def _read(self, path: str, st: FileStat | os.stat_result) -> tuple[Entry, os.stat_result | None]:
         abs_path = os.path.join(self.root, path)
         if stat_mod.S_ISLNK(st.st_mode):
             target = os.readlink(abs_path)
@@ -115,7 +115,7 @@ class _Snapshotter:
             after = os.fstat(fd)
         return entry, after
 
-    def _remember(self, path: str, st: os.stat_result, entry: Entry) -> None:
+    def _remember(self, path: str, st: FileStat | os.stat_result, entry: Entry) -> None:
         if st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS:
             return  # racily clean: hash it again next time
         self.new_cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
@@ -214,7 +214,7 @@ def _cache_describes(repo: Repository, head: Cid) -> bool:
     return cache_tree is not None and cache_tree == repo.tree_of(head)
 
 
-def _unchanged_since_cache(repo: Repository, head: Cid, files: dict[str, os.stat_result]) -> bool:
+def _unchanged_since_cache(repo: Repository, head: Cid, files: dict[str, FileStat]) -> bool:
     """The fast path: the stat cache describes HEAD's tree exactly and every file's
     lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
     (With the native walk, ``status`` first tries the same test as one digest comparison.)"""
