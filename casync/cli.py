@@ -188,7 +188,7 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
 
 @main.command()
 @click.option("-m", "--message", required=True, help="Commit message.")
-@click.option("--author", help="Author name (default: config 'author' or $USER).")
+@click.option("--author", help="Author name (default: $CASYNC_AUTHOR, config 'author', then the login name).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
 @_pass
 def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
@@ -552,6 +552,8 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
     except ValueError:
         parsed = value
     new_value = {**(current if isinstance(current, dict) else {}), sub: parsed} if sub else parsed
+    if top == "author" and not (isinstance(parsed, str) and parsed.strip()):
+        raise UsageError("config 'author' must be a non-empty name", hint="or --unset it to use the login name")
     if top == "merge":
         from casync.merge import PolicyRules
 
