@@ -480,6 +480,12 @@ class Repository:
                 raise InvalidObject(f"commit {cid_str(cid)} clock goes backwards for replica {replica!r}")
         if commit.clock.get(commit.replica, 0) != joined.get(commit.replica, 0) + 1:
             raise InvalidObject(f"commit {cid_str(cid)} clock does not count its own commit once")
+        latest = max((c.time for c in parents), default=None)
+        if latest is not None and not commit.time > latest:
+            # every casync commit's hybrid-logical time exceeds its parents' (hlc_next):
+            # last-write-wins merges rely on it
+            raise InvalidObject(f"commit {cid_str(cid)} has time {commit.time.wall_ms}.{commit.time.logical}, "
+                                f"not after its parent's {latest.wall_ms}.{latest.logical}")
 
 
 def _children(cid: Cid, block: bytes) -> Iterator[Cid]:

@@ -146,3 +146,27 @@ def test_commit_graph_table_persists(tmp_path: Path) -> None:
     assert node is not None and node.generation == 2 and node.parents == (first,)
     assert r.graph.merge_bases(first, second) == [first]
     r.close()
+
+
+def test_fsck_reports_a_commit_whose_time_is_not_after_its_parent(repo: Repository) -> None:
+    """Every casync commit's hybrid-logical time exceeds its parents' (lww relies on it); a
+    commit from elsewhere that breaks this is reported."""
+    from casync.ids import DAG_CBOR, cid_str, compute_cid
+    from casync.objects import Commit, encode_commit
+
+    (repo.root / "f").write_bytes(b"x")
+    repo.commit("one")
+    parent = repo.log()[0].commit
+    head = repo.refs.get_ref("heads/main")
+    assert head is not None
+    bad = Commit(tree=parent.tree, parents=(head,), clock={repo.replica: parent.clock[repo.replica] + 1},
+                 time=parent.time, replica=repo.replica, author="x", message="back in time",
+                 generation=parent.generation + 1)
+    block = encode_commit(bad)
+    cid = compute_cid(DAG_CBOR, block)
+    with repo.store.writer_lock():
+        repo.blocks.put(cid, block)
+        repo.blocks.flush()
+    repo.update_branch("main", head, cid, "test")
+    report = repo.fsck()
+    assert not report.ok and "not after its parent" in report.corrupt[cid_str(cid)]
