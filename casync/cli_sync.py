@@ -345,6 +345,11 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
             repo.close()
         raise
     created = not target.exists()
+    if repo is not None and replica is not None and replica != repo.replica:
+        repo.close()
+        peer.close()
+        raise UsageError(f"{target} holds an interrupted clone as replica {repo.replica}, not {replica}",
+                         hint="resume it without --replica (or with that one), or choose another directory")
     try:
         info = peer.info()
         if repo is None:
@@ -358,6 +363,9 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         elif repo.repo_id != info.repository_id:
             raise UsageError(f"{target} holds an interrupted clone of another repository",
                              hint="choose another directory")
+        elif token_file:  # a token given on resume replaces the first run's
+            origin = {**remotes(repo).get("origin", {"url": stored_url, "gateway": None}), "token_file": token_file}
+            repo.set_config("remotes", {**remotes(repo), "origin": origin})
         result = fetch_from(repo, peer, "origin", obj.progress())
         wanted = branch or (resumed[1].get("branch") if resumed else None) or \
             ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
@@ -367,8 +375,10 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
                 raise UsageError(f"{url} has no branch {wanted!r}")
             from casync.workdir import update_worktree
 
-            update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress())
-            repo.update_branch(wanted, None, tip, f"clone from {url}")
+            # a resumed clone checks out over what a broken-off checkout already wrote
+            update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress(),
+                            force=resumed is not None)
+            repo.update_branch(wanted, repo.refs.get_ref(f"heads/{wanted}"), tip, f"clone from {url}")
             repo.set_head(wanted)
         clear_pending(repo)
         data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
@@ -379,7 +389,10 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         if repo is not None:
             repo.close()
             repo = None
-            if is_resumable_failure(exc):
+            if resumed is not None or is_resumable_failure(exc):  # a resumed clone never deletes
+                if isinstance(exc, KeyboardInterrupt):
+                    click.echo(f"the partial clone in {target} is kept: run the same 'casync clone' again to "
+                               "resume", err=True)
                 raise kept_hint(target, exc) from None
         if created:
             shutil.rmtree(target, ignore_errors=True)

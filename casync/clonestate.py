@@ -4,8 +4,10 @@ A clone marks its new repository (``meta/clone_pending``: the source URL and bra
 ``init`` until the checkout is done.  If the transfer breaks (a network error, Ctrl-C),
 the directory and every verified block in it stay; running the same ``casync clone``
 again finds the mark, reopens the repository and fetches only what is still missing
-(both fetch paths stop at blocks already held).  Errors that a retry cannot fix (no such
-repository, a replica id already taken, invalid data) still remove the directory.
+(both fetch paths stop at blocks already held), then checks out over whatever a broken-off
+checkout left.  A first run's errors that a retry cannot fix (no such repository, a
+replica id already taken) remove the directory; a resumed run never deletes anything.
+A repository someone went on using by hand (a branch, a commit) is no longer resumed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def reopen_pending(root: Path, url: str) -> tuple[Repository, dict[str, Any]] | 
     repo = Repository.open(root, search_parents=False)
     raw = repo.store.get("meta", _KEY)
     state = json.loads(raw) if raw else None
+    used = repo.head() is not None or bool(repo.refs.list_refs("heads/"))
+    if state is not None and used:
+        clear_pending(repo)  # someone went on by hand (pull, commit): it is a repository now
+        state = None
     if state is None or state.get("url") != url:
         repo.close()
         what = f"an interrupted clone of {state['url']}" if state else "a repository"

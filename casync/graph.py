@@ -137,8 +137,9 @@ class CommitGraph:
         if cid in self._reaches:
             return self._reaches[cid]
         r = self._table.get_reach(cid) if self._table is not None else None
-        if r is not None or len(self._reaches) < 1_000_000:
-            self._reaches[cid] = r
+        if len(self._reaches) > 1_000_000:  # bounded, like the node cache (a long-running serve)
+            self._reaches.clear()
+        self._reaches[cid] = r
         return r
 
     def _first_parent(self, cid: Cid) -> Cid | None:

@@ -169,3 +169,59 @@ def test_ipfs_clone_broken_off_is_kept_and_resumed(tmp_path: Path, kubo: Kubo,
         link.close()
     for i in range(4):
         assert (tmp_path / f"b/data/{i}.bin").read_bytes() == (a.cwd / f"data/{i}.bin").read_bytes()
+
+
+def _broken_off_clone(tmp_path: Path, server: PeerServer, name: str, *args: str) -> tuple[FlakyLink, str]:
+    host, port = server.server_address[:2]
+    link = FlakyLink((str(host), int(port)), budget=14_000_000)
+    url = f"http://127.0.0.1:{link.port}"
+    r = Cli(tmp_path)("clone", url, name, *args, ok=False)
+    assert r.exit_code == 1 and "is kept" in r.stderr
+    link.budget = None
+    return link, url
+
+
+def test_a_resumed_clone_keeps_its_data_whatever_goes_wrong(tmp_path: Path, origin: Repository,
+                                                            server: PeerServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume that fails for another reason (a misspelt branch) keeps what arrived; a
+    different --replica is refused; files a broken-off checkout left are written over."""
+    monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
+    link, url = _broken_off_clone(tmp_path, server, "b", "--replica", "site-b")
+    try:
+        r = Cli(tmp_path)("clone", url, "b", "--replica", "site-x", ok=False)
+        assert r.exit_code == 2 and "replica site-b" in r.stderr
+        r = Cli(tmp_path)("clone", url, "b", "--branch", "mian", ok=False)
+        assert r.exit_code == 2 and "no branch 'mian'" in r.stderr
+        assert (tmp_path / "b/.casync").is_dir()  # kept, and now holds everything
+        write(tmp_path / "b", "data/0.bin", origin.read("data/0.bin"))  # as a cut-off checkout leaves it
+        write(tmp_path / "b", "data/1.bin", b"half written")
+        sent = link.sent
+        Cli(tmp_path)("clone", url, "b")
+        assert link.sent - sent < 1_000_000  # nothing left to fetch
+    finally:
+        link.close()
+    b = Repository.open(tmp_path / "b")
+    try:
+        assert b.replica == "site-b" and b.fsck().ok and b.status().clean
+        assert (tmp_path / "b/data/1.bin").read_bytes() == origin.read("data/1.bin")
+    finally:
+        b.close()
+
+
+def test_a_broken_off_clone_someone_went_on_with_is_not_resumed(tmp_path: Path, origin: Repository,
+                                                                server: PeerServer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
+    link, url = _broken_off_clone(tmp_path, server, "b")
+    try:
+        b = Cli(tmp_path / "b")
+        b("pull")
+        write(b.cwd, "notes.txt", "local work\n")
+        mine = b("commit", "-m", "local work").stdout.strip()
+        r = Cli(tmp_path)("clone", url, "b", ok=False)
+        assert r.exit_code == 2 and "already holds a repository" in r.stderr
+        assert b("log", "-n", "1", "--json").stdout.count(mine) == 1  # nothing was deleted
+        assert (b.cwd / "notes.txt").read_text() == "local work\n"
+    finally:
+        link.close()

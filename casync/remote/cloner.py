@@ -107,13 +107,14 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
                                   transient=True)
             head, diverged = _choose(repo, heads)
             if head is not None:
-                workdir.checkout(repo, cid_str(head), progress=progress)
-                repo.update_branch(branch, None, head, f"clone from {parsed.text}")
+                # a resumed clone checks out over what a broken-off checkout already wrote
+                workdir.checkout(repo, cid_str(head), force=resumed is not None, progress=progress)
+                repo.update_branch(branch, repo.refs.get_ref(f"heads/{branch}"), head, f"clone from {parsed.text}")
                 repo.set_head(branch)
             clear_pending(repo)
         except BaseException as exc:
             repo.close()
-            if is_resumable_failure(exc):
+            if resumed is not None or is_resumable_failure(exc):
                 raise kept_hint(root, exc) from None
             _remove(root, created)
             raise
