@@ -64,7 +64,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from _report import Row, log, markdown_table, rows_table  # benchmarks/_report.py
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -155,10 +156,6 @@ class Runner:
 
     def git(self, name: str, cwd: Path, *args: str) -> Step:
         return self.run("git", name, ["git", *GIT_CONFIG, *args], cwd)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def find_casync() -> str:
@@ -260,17 +257,6 @@ def git_objects(root: Path, runner: Runner) -> tuple[int, int]:
 
 
 # --- results -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    scenario: str
-    casync: str
-    git: str = "-"
-    ratio: str = "-"
-    target: str = "-"
-    met: bool | None = None
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 def speedup(git_s: float, casync_s: float) -> str:
@@ -423,19 +409,9 @@ def scenario_huge(r: Runner, base: Path, big_gib: float) -> list[Row]:
 
 
 def render(rows: Sequence[Row], steps: Sequence[Step]) -> str:
-    def table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |"
-
-        return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(b) for b in body)]
-
-    met = {True: "yes", False: "NO", None: "-"}
-    out = table(["scenario", "casync", "git", "ratio", "target", "met?"],
-                [[r.scenario, r.casync, r.git, r.ratio, r.target, met[r.met]] for r in rows])
+    out = rows_table(rows)
     out += ["", "ratio = git time / casync time (speed-up; higher is better). MB = 10^6 bytes.", ""]
-    out += table(["tool", "step", "seconds", "peak RSS"],
+    out += markdown_table(["tool", "step", "seconds", "peak RSS"],
                  [[s.tool, s.name, f"{s.seconds:.3f}", f"{s.max_rss_mib:.1f} MiB"] for s in steps])
     return "\n".join(out)
 

@@ -74,9 +74,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from _report import Row, log, rows_table  # benchmarks/_report.py (the script's directory)
 
 from casync.dag import Entry, update_tree
 from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
@@ -93,22 +95,7 @@ GIT_CONFIG = ("-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "protocol
 GIT_EPOCH = 1_700_000_000
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --- results -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    scenario: str
-    casync: str
-    git: str = "-"
-    ratio: str = "-"
-    target: str = "-"
-    met: bool | None = None
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 def human(n: float) -> str:
@@ -126,15 +113,7 @@ def ratio(git: float | None, casync: float) -> str:
 
 
 def render(rows: Sequence[Row]) -> str:
-    header = ["scenario", "casync", "git", "ratio", "target", "met?"]
-    met = {True: "yes", False: "NO", None: "-"}
-    body = [[r.scenario, r.casync, r.git, r.ratio, r.target, met[r.met]] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |"
-
-    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(b) for b in body)]
+    out = rows_table(rows)
     out += ["", "ratio = git value / casync value (time or bytes; higher is better for casync)."]
     return "\n".join(out)
 

@@ -25,6 +25,7 @@ from casync.ids import Cid, varint, verify_block
 from casync.objects import MAX_BLOCK_SIZE
 
 __all__ = [
+    "TruncatedCar",
     "MAX_HEADER_SIZE",
     "CarWriter",
     "decode_car",
@@ -35,6 +36,10 @@ __all__ = [
     "read_header",
     "section_size",
 ]
+
+class TruncatedCar(InvalidObject):
+    """The stream ended inside a CAR: usually a transfer cut short, worth retrying."""
+
 
 MAX_HEADER_SIZE = 1 << 20
 """A header longer than this is rejected (it only lists root CIDs)."""
@@ -111,7 +116,7 @@ class _Reader:
     def exact(self, n: int, what: str) -> bytes:
         data = self._stream.read(n)
         if data is None or len(data) != n:
-            raise InvalidObject(f"CAR truncated in {what} at byte {self.offset}")
+            raise TruncatedCar(f"CAR truncated in {what} at byte {self.offset}")
         self.offset += n
         return data
 
@@ -124,7 +129,7 @@ class _Reader:
             if not b:
                 if first and eof_ok:
                     return None
-                raise InvalidObject(f"CAR truncated in {what} length at byte {self.offset}")
+                raise TruncatedCar(f"CAR truncated in {what} length at byte {self.offset}")
             first = False
             self.offset += 1
             byte = b[0]

@@ -153,12 +153,17 @@ def test_kubo_killed_mid_push_then_rerun_sends_only_what_is_missing(
     assert (tmp_path / "b/big.bin").read_bytes() == (a.cwd / "big.bin").read_bytes()
 
 
-@pytest.mark.kubo
-def test_record_naming_an_incomplete_dag_is_reported_and_refs_stay(tmp_path: Path, kubo: Kubo) -> None:
+def _pushed(tmp_path: Path, kubo: Kubo) -> str:
+    """Replica site-a with one commit, pushed to ``kubo``: the repository id."""
     a = _repo_with_commit(tmp_path)
     a("remote", "add", "origin", kubo.remote_url)
     a("push")
-    rid = a("config", "repository_id").stdout.strip()
+    return a("config", "repository_id").stdout.strip()
+
+
+@pytest.mark.kubo
+def test_record_naming_an_incomplete_dag_is_reported_and_refs_stay(tmp_path: Path, kubo: Kubo) -> None:
+    rid = _pushed(tmp_path, kubo)
     Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
     b = Repository.open(tmp_path / "b")
     refs_before = b.refs.list_refs()
@@ -205,10 +210,7 @@ def test_record_naming_an_incomplete_dag_is_reported_and_refs_stay(tmp_path: Pat
 
 @pytest.mark.kubo
 def test_garbage_head_record_is_reported_not_trusted(tmp_path: Path, kubo: Kubo) -> None:
-    a = _repo_with_commit(tmp_path)
-    a("remote", "add", "origin", kubo.remote_url)
-    a("push")
-    rid = a("config", "repository_id").stdout.strip()
+    rid = _pushed(tmp_path, kubo)
     for name, body in (("evil", b'{"format": "casync-heads/1", "repository": "other", "replica": "evil"}'),
                        ("junk", b"\x00\x01not json")):
         kubo.ipfs("files", "write", "--create", "--parents", f"/casync/{rid}/heads/{name}", input=body)

@@ -29,6 +29,12 @@ def _repo_id(cli: Cli) -> str:
     return cli("config", "repository_id").stdout.strip()
 
 
+def _clone_b(tmp_path: Path, kubo: Kubo, origin: Cli) -> Cli:
+    """After origin pushed: replica site-b, cloned into tmp_path/b."""
+    Cli(tmp_path)("clone", f"{kubo.remote_url}/{_repo_id(origin)}", "b", "--replica", "site-b")
+    return Cli(tmp_path / "b")
+
+
 def _files(root: Path) -> dict[str, bytes]:
     out = {}
     for dirpath, dirs, files in os.walk(root):
@@ -144,9 +150,7 @@ def test_missing_blocks_match_the_exact_set_difference(tmp_path: Path, origin: C
 
 def test_fetch_pull_fast_forward_and_stop_at_held_blocks(tmp_path: Path, kubo: Kubo, origin: Cli) -> None:
     origin("push")
-    rid = _repo_id(origin)
-    Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
-    b = Cli(tmp_path / "b")
+    b = _clone_b(tmp_path, kubo, origin)
     write(origin.cwd, "docs/new.txt", "new file\n")
     origin("commit", "-m", "third")
     origin("push")
@@ -167,9 +171,7 @@ def test_fetch_pull_fast_forward_and_stop_at_held_blocks(tmp_path: Path, kubo: K
 
 def test_pull_merges_diverged_history(tmp_path: Path, kubo: Kubo, origin: Cli) -> None:
     origin("push")
-    rid = _repo_id(origin)
-    Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
-    b = Cli(tmp_path / "b")
+    b = _clone_b(tmp_path, kubo, origin)
     write(b.cwd, "b.txt", "from b\n")
     write(b.cwd, "docs/readme.txt", "b's readme\n")
     b("commit", "-m", "b's work")

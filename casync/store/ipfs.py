@@ -413,13 +413,8 @@ class IpfsClient:
     def block_size(self, cid: Cid) -> int | None:
         """Size of the block if the node holds it locally, else None."""
         text = cid_str(cid)
-        try:
-            res = self.call(f"block/stat {text}", lambda c: c.block.stat(text, offline=True))
-        except RemoteError as err:
-            if not err.transient and _is_not_found(err.message):
-                return None
-            raise
-        return int(res["Size"])
+        res = self._call_if_exists(f"block/stat {text}", lambda c: c.block.stat(text, offline=True))
+        return None if res is None else int(res["Size"])
 
     def block_rm(self, cid: Cid) -> None:
         text = cid_str(cid)
@@ -427,12 +422,7 @@ class IpfsClient:
         def rm(c: Any) -> Any:
             return c._client.request("/block/rm", (text,), decoder="json", opts={"force": "true"})
 
-        try:
-            self.call(f"block/rm {text}", rm)
-        except RemoteError as err:
-            if not err.transient and _is_not_found(err.message):
-                return
-            raise
+        self._call_if_exists(f"block/rm {text}", rm)  # gone already is fine
 
     def dag_import(self, car: bytes | Sequence[bytes | memoryview]) -> tuple[int, int]:
         """Import a CAR (roots not pinned); return (blocks, bytes) the node counted.
@@ -504,15 +494,20 @@ class IpfsClient:
 
     # --- MFS (head records) --------------------------------------------------------------------
 
-    def files_read(self, path: str, limit: int | None = None) -> bytes | None:
-        """An MFS file's bytes; with ``limit``, at most ``limit`` + 1 bytes are transferred."""
-        opts = {"count": limit + 1} if limit is not None else {}
+    def _call_if_exists(self, what: str, fn: Callable[[Any], T]) -> T | None:
+        """:meth:`call`, with None when the node says the path does not exist."""
         try:
-            return bytes(self.call(f"files/read {path}", lambda c: c.files.read(path, opts=opts)))
+            return self.call(what, fn)
         except RemoteError as err:
             if not err.transient and _is_not_found(err.message):
                 return None
             raise
+
+    def files_read(self, path: str, limit: int | None = None) -> bytes | None:
+        """An MFS file's bytes; with ``limit``, at most ``limit`` + 1 bytes are transferred."""
+        opts = {"count": limit + 1} if limit is not None else {}
+        data = self._call_if_exists(f"files/read {path}", lambda c: c.files.read(path, opts=opts))
+        return None if data is None else bytes(data)
 
     def files_write(self, path: str, data: bytes, hash_name: str = "sha2-256") -> None:
         """Replace the MFS file ``path`` with ``data`` (parents created; CIDv1, raw leaves)."""
@@ -535,12 +530,9 @@ class IpfsClient:
 
     def files_ls(self, path: str) -> list[str] | None:
         """Entry names of the MFS directory ``path`` (None when it does not exist)."""
-        try:
-            res = self.call(f"files/ls {path}", lambda c: c.files.ls(path))
-        except RemoteError as err:
-            if not err.transient and _is_not_found(err.message):
-                return None
-            raise
+        res = self._call_if_exists(f"files/ls {path}", lambda c: c.files.ls(path))
+        if res is None:
+            return None
         return sorted(str(e["Name"]) for e in (res.get("Entries") or []))
 
     def files_mkdir(self, path: str, hash_name: str = "sha2-256") -> None:
@@ -548,12 +540,9 @@ class IpfsClient:
         self.call(f"files/mkdir {path}", lambda c: c.files.mkdir(path, parents=True, opts=opts))
 
     def files_stat_cid(self, path: str) -> Cid | None:
-        try:
-            res = self.call(f"files/stat {path}", lambda c: c.files.stat(path))
-        except RemoteError as err:
-            if not err.transient and _is_not_found(err.message):
-                return None
-            raise
+        res = self._call_if_exists(f"files/stat {path}", lambda c: c.files.stat(path))
+        if res is None:
+            return None
         return parse_cid(str(res["Hash"]))
 
 

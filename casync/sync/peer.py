@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from casync.car import TruncatedCar
 from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
@@ -260,7 +261,7 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
                     again = ("run it again: what arrived whole is kept, and only the rest is sent"
                              if kept is not None else "run it again")
                     # a stream cut short is the link's fault (retry); a block that lies is not
-                    broken_off = isinstance(exc, InvalidObject) and "truncated" in exc.message
+                    broken_off = isinstance(exc, TruncatedCar)
                     raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
                                       transient=getattr(exc, "transient", False) or broken_off) from None
                 raise
