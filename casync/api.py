@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from casync import repo as _repo
 from casync import workdir
 from casync.dag import Entry, TreeChange
-from casync.errors import CasyncError, UsageError
+from casync.errors import CasyncError, StateRefused
 from casync.ids import cid_str
 
 if TYPE_CHECKING:
@@ -42,14 +42,14 @@ class Repository(_repo.Repository):
         """Snapshot the whole working tree; return the new commit's CID.
 
         Raises :class:`casync.errors.NothingToCommit` when nothing changed, and
-        :class:`casync.errors.UsageError` while a merge is stopped for conflicts (its
+        :class:`casync.errors.StateRefused` while a merge is stopped for conflicts (its
         commit is ``merge --continue``, which records both parents).
         """
         from casync import merger
 
         if merger.merge_state(self) is not None:
-            raise UsageError("a merge is in progress: a plain commit would drop its second parent",
-                             hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
+            raise StateRefused("a merge is in progress: a plain commit would drop its second parent",
+                               hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
         return cid_str(workdir.commit_worktree(self, message, author, allow_empty, progress))
 
     def status(self, progress: Progress = NULL_PROGRESS) -> Status:

@@ -18,7 +18,15 @@ import click
 
 from casync.api import Repository
 from casync.dag import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
-from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit, UsageError
+from casync.errors import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    CasyncError,
+    NothingToCommit,
+    StateRefused,
+    UnknownRevision,
+    UsageError,
+)
 from casync.ids import RAW, cid_codec, cid_str, short
 
 __all__ = ["main"]
@@ -88,6 +96,7 @@ class _Context:
     def __init__(self, directory: str, quiet: bool) -> None:
         self.directory = directory
         self.quiet = quiet
+        self.as_json = False  # a command's --json was given: failures are reported as JSON too
         self._repo: Repository | None = None
 
     def repo(self) -> Repository:
@@ -103,38 +112,69 @@ class _Context:
             self._repo.close()
 
 
-def _fail(message: str, hint: str | None, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+def _fail(message: str, hint: str | None, code: int, as_json: bool = False, prefix: str = "error: ") -> None:
+    click.echo(f"{prefix}{message}", err=True)
     if hint:
         click.echo(f"hint: {hint}", err=True)
+    _json_failure(as_json, message, hint, code)
     sys.exit(code)
 
 
+def _json_failure(as_json: bool, message: str, hint: str | None, code: int) -> None:
+    """With --json, a failure is also one JSON object on stdout (the lines above stay on stderr)."""
+    if as_json:
+        click.echo(json.dumps({"error": message, "hint": hint, "exit_code": code}))
+
+
+def _note_json(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value and isinstance(ctx.obj, _Context):
+        ctx.obj.as_json = True
+    return value
+
+
+def _report_json_failures(command: click.Command) -> click.Command:
+    """Give every ``--json`` option of ``command`` (and of its subcommands) the callback that
+    tells the error handler to answer in JSON, so no command has to remember it."""
+    for param in command.params:
+        if param.name == "as_json" and param.callback in (None, _note_json):
+            param.callback = _note_json
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _report_json_failures(sub)
+    return command
+
+
 class _Group(click.Group):
-    """Turns CasyncError and OS errors into one-line messages with exit codes."""
+    """Turns CasyncError and OS errors into one-line messages with exit codes (and, after
+    --json, into one JSON object on stdout too)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:  # click prints it; --json also gets the object
+            _json_failure(_wants_json(ctx), exc.format_message(), None, exc.exit_code)
+            raise
         except NothingToCommit as exc:
-            click.echo(str(exc), err=True)
-            sys.exit(exc.exit_code)
+            _fail(str(exc), exc.hint, exc.exit_code, _wants_json(ctx), prefix="")
         except CasyncError as exc:
-            _fail(exc.message, exc.hint, exc.exit_code)
+            _fail(exc.message, exc.hint, exc.exit_code, _wants_json(ctx))
         except BrokenPipeError:
             # 'casync log | head': the reader left; not an error worth a message
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
         except PermissionError as exc:
-            _fail(f"permission denied: {exc.filename}", None, EXIT_FAILURE)
+            _fail(f"permission denied: {exc.filename}", None, EXIT_FAILURE, _wants_json(ctx))
         except FileNotFoundError as exc:
-            _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE)
+            _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE, _wants_json(ctx))
         except OSError as exc:
-            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE)
+            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE, _wants_json(ctx))
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            _fail("interrupted", None, 130, _wants_json(ctx), prefix="")
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    return isinstance(ctx.obj, _Context) and ctx.obj.as_json
 
 
 def _pass(f: F) -> F:
@@ -414,8 +454,8 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_j
         if tip is None:
             raise UsageError(f"branch {delete!r} not found")
         if repo.current_branch() == delete:
-            raise UsageError(f"cannot delete branch {delete!r}: it is checked out",
-                             hint="switch to another branch first")
+            raise StateRefused(f"cannot delete branch {delete!r}: it is checked out",
+                               hint="switch to another branch first")
         repo.update_branch(delete, tip, None, "branch: deleted")
         click.echo(f"deleted branch {delete} (was {short(tip)})")
         return
@@ -448,7 +488,8 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
             raise UsageError(f"branch {branch_name!r} already exists")
         head = repo.head()
         if head is None:
-            raise UsageError("cannot create a branch before the first commit")
+            raise StateRefused("cannot create a branch before the first commit",
+                               hint="make a first commit with 'casync commit'")
         repo.update_branch(branch_name, None, head, "switch -c")
     elif branch_name not in repo.branches():
         raise UsageError(f"no branch named {branch_name!r}", hint="create it with 'casync switch -c NAME'")
@@ -487,12 +528,18 @@ def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> Non
     if ref == "HEAD":
         branch = repo.current_branch()
         if branch is None:
-            raise UsageError("HEAD is detached; give a branch name", hint="casync reflog main")
+            raise StateRefused("HEAD is detached; give a branch name", hint="casync reflog main")
         name = branch
-    full = name if name.startswith(("heads/", "remotes/", "bundles/", "partial/")) else f"heads/{name}"
-    entries = list(reversed(repo.refs.reflog(full)))[:max_count]
-    if not entries and repo.refs.get_ref(full) is None:
-        raise UsageError(f"no ref named {ref!r}")
+    from casync.repo import ref_candidates
+
+    found = repo.ref_named(name)  # the names 'log' takes: main, origin/main, remotes/origin/main, ...
+    # a deleted ref has no commit but keeps its reflog
+    logs = [(found[0], repo.refs.reflog(found[0]))] if found else \
+        [(c, log) for c in ref_candidates(name) if (log := repo.refs.reflog(c))]
+    if not logs:
+        raise UnknownRevision(f"no ref named {ref!r}", hint="list branches with 'casync branch'")
+    full = logs[0][0]
+    entries = list(reversed(logs[0][1]))[:max_count]
     if as_json:
         _json([{"ref": e.ref, "old": cid_str(e.old) if e.old else None, "new": cid_str(e.new) if e.new else None,
                 "time_ms": e.time_ms, "reason": e.reason} for e in entries])
@@ -515,8 +562,9 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
     merge = {"policy": "lww", "rules": {"*.json": "json"}}), else as a string.  KEY may
     name one field of an object: 'casync config merge.policy siblings'.
     """
+    from casync.settings import FIXED_KEYS, KNOWN_KEYS
+
     repo = obj.repo()
-    readonly = {"format", "repository_id", "replica", "hash", "chunker", "bare"}
     if key is None:
         if as_json:
             _json(repo.config)
@@ -525,7 +573,7 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
                 click.echo(f"{k} = {json.dumps(v)}")
         return
     top, _, sub = key.partition(".")  # KEY or OBJECT.FIELD (e.g. merge.policy)
-    if top in readonly and (unset or value is not None):
+    if top in FIXED_KEYS and (unset or value is not None):
         raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
     current = repo.config.get(top)
     if sub and current is not None and not isinstance(current, dict):
@@ -552,13 +600,10 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
     except ValueError:
         parsed = value
     new_value = {**(current if isinstance(current, dict) else {}), sub: parsed} if sub else parsed
-    if top == "author" and not (isinstance(parsed, str) and parsed.strip()):
-        raise UsageError("config 'author' must be a non-empty name", hint="or --unset it to use the login name")
-    if top == "merge":
-        from casync.merge import PolicyRules
-
-        PolicyRules.from_config({"merge": new_value})  # refuse a policy merges would choke on
-    repo.set_config(top, new_value)
+    repo.set_config(top, new_value)  # checked there: an unusable value is refused, naming key and value
+    if top not in KNOWN_KEYS:
+        click.echo(f"warning: casync does not read config key {top!r} (it reads: "
+                   f"{', '.join(k for k in KNOWN_KEYS if k not in FIXED_KEYS)}); stored as given", err=True)
 
 
 # Commands defined in their own modules, imported only when one of them runs (the
@@ -599,14 +644,14 @@ def _lazy_list_commands(ctx: click.Context) -> list[str]:
 
 def _lazy_get_command(ctx: click.Context, name: str) -> click.Command | None:
     if name in main.commands:
-        return main.commands[name]
+        return _report_json_failures(main.commands[name])
     spec = _available_extensions().get(name)
     if spec is None:
         return None
     import importlib
 
     command = getattr(importlib.import_module(spec[0]), spec[1], None)
-    return command if isinstance(command, click.Command) else None
+    return _report_json_failures(command) if isinstance(command, click.Command) else None
 
 
 main.list_commands = _lazy_list_commands  # type: ignore[method-assign]

@@ -41,9 +41,10 @@ def _retry() -> rmt.RetryPolicy:
 def _peer_hook(name: str) -> Any:
     """Peers (``casync serve`` URLs, paths) share ``remote``/``push``/``fetch``/``pull``/``clone``
     with IPFS remotes; their implementation lives in ``casync.cli_sync`` as plain functions
-    ``clone_peer(obj, url, directory, replica=, branch=, as_json=)``,
-    ``push_peer(obj, remote, branch, as_json=)``, ``fetch_peer(obj, remote, as_json=)`` and
-    ``pull_peer(obj, remote, force=, as_json=)``.  None when it does not provide one."""
+    ``clone_peer(obj, url, directory, replica=, branch=, as_json=, token_file=)``,
+    ``push_peer(obj, remote, branch, as_json=, token_file=)``, ``fetch_peer(obj, remote, as_json=,
+    token_file=)`` and ``pull_peer(obj, remote, force=, as_json=, policy=, token_file=)``.  None
+    when it does not provide one."""
     import importlib
 
     try:
@@ -53,15 +54,24 @@ def _peer_hook(name: str) -> Any:
     return getattr(mod, name, None)
 
 
-def _peer_remote(obj: Any, name: str | None, command: str) -> Any:
+def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | None = None) -> Any:
     """The peer hook for ``command`` if the remote ``name`` is a casync peer, else None."""
     r = rmt.get_remote(obj.repo(), name)
     if r.is_ipfs:
+        if token_file is not None:
+            raise UsageError(f"--token-file is for 'casync serve' peers, and {r.name!r} is an IPFS node",
+                             hint="a Kubo RPC API's credentials come from CASYNC_KUBO_API_AUTH")
         return None
     hook = _peer_hook(f"{command}_peer")
     if hook is None:
         r.require_ipfs()
     return hook
+
+
+token_file_option = click.option(
+    "--token-file", metavar="FILE",
+    help="For a 'casync serve' peer: file holding its bearer token (default: CASYNC_TOKEN, else the "
+         "remote's token_file).")
 
 
 def _mib(n: int | None) -> str:
@@ -185,16 +195,27 @@ def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
 @click.command()
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)
-@click.option("-f", "--force", is_flag=True, help="Replace this replica's published head even if not a fast-forward.")
+@click.option("-f", "--force", is_flag=True,
+              help="IPFS: replace this replica's published head even if not a fast-forward.")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, metavar="MIB",
-              help="Bytes of blocks per upload request (MiB).")
+              help="IPFS: bytes of blocks per upload request (MiB).")
+@token_file_option
 @json_option
 @click.pass_obj
-def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_size: int, as_json: bool) -> None:
-    """Upload BRANCH (default: current) to REMOTE (default: origin) and publish this replica's head."""
-    hook = _peer_remote(obj, remote, "push")
+def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_size: int, token_file: str | None,
+         as_json: bool) -> None:
+    """Send BRANCH (default: current) to REMOTE (default: origin).
+
+    To an IPFS node: upload its blocks and publish this replica's head.  To a casync peer:
+    move the peer's BRANCH, as a fast-forward only.  REMOTE is an IPFS node (ipfs+http://)
+    or a casync peer: a 'casync serve' URL or another repository's path.
+    """
+    hook = _peer_remote(obj, remote, "push", token_file)
     if hook is not None:
-        hook(obj, remote, branch, as_json=as_json)
+        if force:
+            raise UsageError("push --force is only for IPFS remotes: a casync peer takes fast-forwards only",
+                             hint="pull (fetch and merge) first, then push")
+        hook(obj, remote, branch, as_json=as_json, token_file=token_file)
         return
     repo = obj.repo()
     res = rmt.push(repo, remote, branch, force=force, progress=obj.progress(), batch_bytes=batch_size << 20,
@@ -225,16 +246,22 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 @click.command()
 @click.argument("remote", required=False)
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Blocks requested in parallel.")
+              help="IPFS: blocks requested in parallel.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
-              help="Seconds the node may spend finding a block it lacks among its peers.")
+              help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
+@token_file_option
 @json_option
 @click.pass_obj
-def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, as_json: bool) -> None:
-    """Download every replica's published heads from REMOTE (refs remotes/REMOTE/REPLICA/BRANCH)."""
-    hook = _peer_remote(obj, remote, "fetch")
+def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+    """Download REMOTE's history without merging it.
+
+    From an IPFS node: every replica's published heads (refs remotes/REMOTE/REPLICA/BRANCH).
+    From a casync peer: its branches (refs remotes/REMOTE/BRANCH).  REMOTE is an IPFS node
+    (ipfs+http://) or a casync peer: a 'casync serve' URL or another repository's path.
+    """
+    hook = _peer_remote(obj, remote, "fetch", token_file)
     if hook is not None:
-        hook(obj, remote, as_json=as_json)
+        hook(obj, remote, as_json=as_json, token_file=token_file)
         return
     res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=_retry())
     if as_json:
@@ -249,18 +276,25 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, as_json: bool
 
 @click.command()
 @click.argument("remote", required=False)
-@click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes in the way.")
+@click.option("-f", "--force", is_flag=True, help="IPFS: discard uncommitted changes in the way.")
 @click.option("--policy", "-p", help="Merge policy when histories diverged (default: config merge.policy, else lww).")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="IPFS: blocks requested in parallel.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
+@token_file_option
 @json_option
 @click.pass_obj
 def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
-         as_json: bool) -> None:
-    """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads."""
-    hook = _peer_remote(obj, remote, "pull")
+         token_file: str | None, as_json: bool) -> None:
+    """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads.
+
+    REMOTE is an IPFS node (ipfs+http://) or a casync peer: a 'casync serve' URL or another
+    repository's path.
+    """
+    hook = _peer_remote(obj, remote, "pull", token_file)
     if hook is not None:
-        hook(obj, remote, force=force, as_json=as_json, policy=policy)
+        hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file)
         return
     res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
                    retry=_retry(), policy=policy)

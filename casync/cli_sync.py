@@ -11,19 +11,23 @@ from typing import Any
 
 import click
 
-from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, UsageError
+from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.ids import short
 
 __all__ = ["bundle", "open_peer", "serve", "sync"]
 
 
-def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None) -> str | None:
-    """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file."""
-    path = token_file
+def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None, base: str = ".",
+               root: Path | None = None) -> str | None:
+    """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file.
+
+    A relative --token-file is taken relative to ``base`` (the -C directory), like every
+    path argument; a relative path in the config relative to ``root`` (the repository)."""
+    path = Path(base) / token_file if token_file is not None else None
     if path is None and os.environ.get("CASYNC_TOKEN"):
         return os.environ["CASYNC_TOKEN"]
     if path is None and remote_cfg and remote_cfg.get("token_file"):
-        path = Path(remote_cfg["token_file"])
+        path = (root or Path(base)) / remote_cfg["token_file"]
     if path is not None:
         try:
             token = path.read_text().strip()
@@ -40,14 +44,12 @@ def remotes(repo: Any) -> dict[str, dict[str, Any]]:
     return raw if isinstance(raw, dict) else {}
 
 
-def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") -> tuple[str, Any]:
-    """(remote name, peer) for a configured remote name, an http(s) URL or a path.
+def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, dict[str, Any] | None]:
+    """(remote name, URL, remote config) for a configured remote name, an http(s) URL or a
+    path, without contacting it; an unknown name is a usage error (exit 2).
 
     A relative path is taken relative to the repository root when it comes from the
     config (where it was written), else relative to ``base`` (the -C directory)."""
-    from casync.sync.http import HttpPeer
-    from casync.sync.peer import LocalPeer
-
     cfg = remotes(repo).get(spec)
     if cfg is None and "/" not in spec and "://" not in spec and not (Path(base) / spec).exists():
         raise UsageError(f"no remote named {spec!r}, and no repository at path {spec!r}",
@@ -55,15 +57,23 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
     url = cfg["url"] if cfg else spec
     if not url.startswith(("http://", "https://", "file://", "ipfs+")) and "://" not in url:
         url = str((repo.root / url).resolve()) if cfg else str((Path(base) / url).resolve())
-    name = spec if cfg else _name_for(url)
-    if url.startswith(("http://", "https://")):
-        return name, HttpPeer(url, read_token(token_file, cfg))
     if url.startswith("ipfs+"):
         raise UsageError(f"{spec} is an IPFS remote; 'casync sync' talks to peers (casync serve, paths)",
                          hint="use 'casync pull' / 'casync push' for IPFS remotes")
-    if url.startswith("file://") or "://" not in url:
-        return name, LocalPeer(url)
-    raise UsageError(f"unknown URL scheme in {url!r}", hint="use http(s)://HOST:PORT, a path, or file://PATH")
+    if not url.startswith(("http://", "https://", "file://")) and "://" in url:
+        raise UsageError(f"unknown URL scheme in {url!r}", hint="use http(s)://HOST:PORT, a path, or file://PATH")
+    return (spec if cfg else _name_for(url)), url, cfg
+
+
+def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") -> tuple[str, Any]:
+    """(remote name, peer) for :func:`peer_target`'s ``spec``; see :func:`read_token`."""
+    from casync.sync.http import HttpPeer
+    from casync.sync.peer import LocalPeer
+
+    name, url, cfg = peer_target(repo, spec, base)
+    if url.startswith(("http://", "https://")):
+        return name, HttpPeer(url, read_token(token_file, cfg, base, repo.root))
+    return name, LocalPeer(url)
 
 
 def _name_for(url: str) -> str:
@@ -92,7 +102,7 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
         raise UsageError(f"--bind expects HOST:PORT with a port 0-65535, got {bind!r}")
     if host.startswith("["):
         raise UsageError("IPv6 binds are not supported yet", hint="use 127.0.0.1:PORT")
-    token = read_token(token_file)
+    token = read_token(token_file, base=obj.directory)
     assert token is not None
     repo = obj.repo()
     server = make_server(repo, token.encode(), host.strip("[]"), int(port), read_only, verbose)
@@ -134,12 +144,14 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
     repo = obj.repo()
     branch = repo.current_branch()
     if branch is None:
-        raise UsageError("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
+        raise StateRefused("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
     targets = list(peers) or [n for n, c in remotes(repo).items() if not str(c.get("url", "")).startswith("ipfs+")]
     if not targets:
         raise UsageError("no peers to sync with", hint="give PEER arguments or add a remote")
+    for spec in targets:  # a mistyped peer is a usage error before any peer is contacted
+        peer_target(repo, spec, obj.directory)
     report: list[dict[str, Any]] = []
-    failed = False
+    exit_code = 0
     for spec in targets:
         entry: dict[str, Any] = {"peer": spec}
         try:
@@ -165,19 +177,19 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
                 peer.close()
         except RefConflict as exc:
             entry["error"] = f"{exc.message} (the peer moved during sync; run sync again)"
-            failed = True
+            exit_code = max(exit_code, exc.exit_code)
         except CasyncError as exc:
             entry["error"] = exc.message
             if exc.hint:
                 entry["hint"] = exc.hint
-            failed = True
+            exit_code = max(exit_code, exc.exit_code)
         report.append(entry)
         if not as_json:
             _print_sync(entry)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-    if failed:
-        sys.exit(EXIT_FAILURE)
+    if exit_code:
+        sys.exit(exit_code)  # 2 if a peer failed on a usage error (a token file), else 1
 
 
 def _print_sync(entry: dict[str, Any]) -> None:
@@ -254,11 +266,15 @@ def _emit(as_json: bool, data: dict[str, Any], line: str) -> None:
         click.echo(line)
 
 
-def fetch_peer(obj: Any, remote: str | None, as_json: bool = False) -> None:
+def _token_arg(token_file: str | None) -> Path | None:
+    return Path(token_file) if token_file else None
+
+
+def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
     from casync.sync.peer import fetch_from
 
     repo = obj.repo()
-    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
+    name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
         result = fetch_from(repo, peer, name, obj.progress())
     finally:
@@ -268,7 +284,7 @@ def fetch_peer(obj: Any, remote: str | None, as_json: bool = False) -> None:
 
 
 def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool = False,
-              policy: str | None = None) -> None:
+              policy: str | None = None, token_file: str | None = None) -> None:
     """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
     possible; a diverged history is merged with the configured policy)."""
     from casync import merger
@@ -277,8 +293,11 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     repo = obj.repo()
     branch = repo.current_branch()
     if branch is None:
-        raise UsageError("pull needs a branch checked out (HEAD is detached)")
-    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
+        raise StateRefused("pull needs a branch checked out (HEAD is detached)", hint="casync switch main")
+    if force:
+        raise UsageError("pull --force is only for IPFS remotes",
+                         hint="commit or move your local changes; a merge never overwrites them")
+    name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
         fetched = fetch_from(repo, peer, name, obj.progress())
     finally:
@@ -286,9 +305,6 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     ref = f"remotes/{name}/{branch}"
     if repo.refs.get_ref(ref) is None:
         raise UsageError(f"{name} has no branch {branch!r}")
-    if force:
-        raise UsageError("pull --force is only for IPFS remotes",
-                         hint="commit or move your local changes; a merge never overwrites them")
     outcome = merger.merge(repo, ref, policy=policy, progress=obj.progress())
     data = {"fetch": fetched.to_json(), "merge": outcome.to_json()}
     _emit(as_json, data, f"{branch}: {outcome.kind}" + (f" -> {short(outcome.commit)}" if outcome.commit else ""))
@@ -300,14 +316,15 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
         sys.exit(EXIT_FAILURE)
 
 
-def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = False) -> None:
+def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = False,
+              token_file: str | None = None) -> None:
     from casync.sync.peer import push_to
 
     repo = obj.repo()
     branch = branch or repo.current_branch()
     if branch is None:
-        raise UsageError("push needs a branch name (HEAD is detached)")
-    name, peer = open_peer(repo, remote or "origin", None, obj.directory)
+        raise StateRefused("push needs a branch name (HEAD is detached)", hint="casync push REMOTE BRANCH")
+    name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
         summary = push_to(repo, peer, name, branch, obj.progress())
     finally:

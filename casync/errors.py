@@ -5,8 +5,11 @@ message that names the object, path or argument involved, an optional hint sayin
 what to do, and the process exit code the CLI uses (see ``docs/cli.md``):
 
 * 0 — success
-* 1 — the operation failed (missing or corrupt data, conflicts, I/O, remote down)
-* 2 — usage error (bad arguments, not a repository, unknown revision)
+* 1 — the operation failed (missing or corrupt data, conflicts, I/O, remote down), or the
+  repository's present state refuses it (:class:`StateRefused`: a merge in progress, a
+  detached HEAD, uncommitted changes in the way)
+* 2 — usage error: the command as given cannot work (bad arguments or config values, not a
+  repository, an unknown revision, path, branch, remote or peer)
 
 Anything that is not a ``CasyncError`` is a bug and is reported with a traceback.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "NothingToCommit",
     "RefConflict",
     "RemoteError",
+    "StateRefused",
     "StorageFull",
     "UnknownRevision",
     "UsageError",
@@ -77,13 +81,18 @@ class InvalidPath(UsageError):
     """A path that is not allowed (escapes the tree, reserved name, ...)."""
 
 
+class StateRefused(CasyncError):
+    """The command is well-formed, but the repository's present state refuses it (a merge
+    in progress, a detached HEAD, the checked-out branch): the hint says what to change."""
+
+
 class NothingToCommit(CasyncError):
     """The working tree matches HEAD; not an error for scripts that check first."""
 
     exit_code = EXIT_FAILURE
 
 
-class WorktreeDirty(CasyncError):
+class WorktreeDirty(StateRefused):
     """An operation would overwrite uncommitted changes."""
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casync.dag import Entry, build_tree, directories_of, lookup
-from casync.errors import ConflictError, UsageError, WorktreeDirty
+from casync.errors import ConflictError, StateRefused, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str, parse_cid
 from casync.merge import (
     Conflict,
@@ -63,8 +63,9 @@ class MergeOutcome:
 
 
 def _priorities(repo: Repository) -> dict[str, int]:
-    raw = repo.config.get("priorities", {})
-    return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    from casync.settings import priorities
+
+    return priorities(repo.config)  # a bad stored value is a UsageError naming it, not a traceback
 
 
 class _WriteFinder:
@@ -187,8 +188,8 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
     usually another repository's data (a mistaken URL, a forged head record)."""
     with repo.store.writer_lock():
         if merge_state(repo) is not None:
-            raise UsageError("a merge is in progress", hint="finish it with 'casync merge --continue' or "
-                             "'casync merge --abort'")
+            raise StateRefused("a merge is in progress", hint="finish it with 'casync merge --continue' or "
+                               "'casync merge --abort'")
         ours = repo.head()
         theirs = repo.resolve(rev)
         branch = repo.current_branch()
@@ -271,7 +272,8 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
 
     state = merge_state(repo)
     if state is None:
-        raise UsageError("no merge in progress")
+        raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
+                           "sibling versions left to resolve")
     open_conflicts = [c for c in list_conflicts(repo) if c.source == "merge"]
     if open_conflicts:
         paths = ", ".join(c.path for c in open_conflicts)
@@ -290,7 +292,8 @@ def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
 
     state = merge_state(repo)
     if state is None:
-        raise UsageError("no merge in progress")
+        raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
+                           "sibling versions left to resolve")
     with repo.store.writer_lock():
         head = repo.head()
         written = flatten_tree(repo.blocks, parse_cid(state["written_tree"]))
@@ -374,6 +377,8 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
     sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after."""
     from casync.worktree import WorktreeWriter
 
+    repo.require_worktree("resolve", hint="in a bare repository, settle siblings in a transaction: write PATH "
+                          "with the version to keep and delete its PATH.~REPLICA files")
     if (pick is None) == (file_bytes is None):
         raise UsageError("give exactly one of --pick or --file")
     conflicts = {c.path: c for c in list_conflicts(repo)}

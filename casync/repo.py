@@ -57,10 +57,11 @@ from casync.objects import (
     encode_commit,
 )
 from casync.progress import NULL_PROGRESS, Progress
+from casync.settings import check_value
 from casync.store.lmdb import LmdbStore
 from casync.validate import REPO_DIR, is_replica_name, split_path
 
-__all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "validate_branch_name"]
+__all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates", "validate_branch_name"]
 
 _BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]+$")
 _REV_SUFFIX = re.compile(r"^(.*?)((?:~\d*|\^\d*)*)$")
@@ -110,6 +111,11 @@ class FsckReport:
         return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
                 "corrupt": self.corrupt, "refs": self.refs, "pack_bytes": self.pack_bytes,
                 "reclaimable_bytes": self.reclaimable_bytes}
+
+
+def ref_candidates(name: str) -> list[str]:
+    """The full ref names a short name may mean, in the order they are tried."""
+    return [f"heads/{name}"] + ([name, f"remotes/{name}"] if "/" in name else [])
 
 
 class Repository:
@@ -185,12 +191,14 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def require_worktree(self, what: str) -> None:
+    def require_worktree(self, what: str, hint: str = "use transactions (Python API) or a non-bare clone") -> None:
         if self.bare:
-            raise UsageError(f"{what} needs a working tree, and {self.root} is a bare repository",
-                             hint="use transactions (Python API) or a non-bare clone")
+            raise UsageError(f"{what} needs a working tree, and {self.root} is a bare repository", hint=hint)
 
     def set_config(self, key: str, value: Any) -> None:
+        """Set (``None``: remove) one config key; a value casync could not use is refused
+        here, naming the key and value (:func:`casync.settings.check_value`)."""
+        check_value(key, value)
         self.store.set_config({key: value})
         self.config = self.store.get_config()
 
@@ -261,22 +269,25 @@ class Repository:
                 cid = parents[n - 1]
         return cid
 
+    def ref_named(self, name: str) -> tuple[str, Cid] | None:
+        """(full ref name, commit) for a branch, or a ref that a name with ``/`` gives in full
+        (``remotes/origin/main``, ``bundles/main``) or as a remote-tracking head (``origin/main``);
+        the order revisions are resolved in.  None when no ref has that name."""
+        for full in ref_candidates(name):
+            cid = self.refs.get_ref(full)
+            if cid is not None:
+                return full, cid
+        return None
+
     def _resolve_base(self, base: str, rev: str) -> Cid:
         if base == "HEAD":
             head = self.head()
             if head is None:
                 raise UnknownRevision("HEAD has no commits yet", hint="make a first commit with 'casync commit'")
             return head
-        branch = self.refs.get_ref(f"heads/{base}")
-        if branch is not None:
-            return branch
-        if "/" in base:
-            exact = self.refs.get_ref(base)  # remotes/origin/main, bundles/main, ...
-            if exact is not None:
-                return exact
-            remote = self.refs.get_ref(f"remotes/{base}")  # origin/main
-            if remote is not None:
-                return remote
+        named = self.ref_named(base)
+        if named is not None:
+            return named[1]
         if len(base) >= 4 and base.isalnum():
             if base.startswith("b") and len(base) > 50:
                 with contextlib.suppress(UsageError):

@@ -24,7 +24,7 @@ from typing import Any
 
 from casync import workdir
 from casync.dag import validated_links
-from casync.errors import BlockNotFound, CasyncError, ConflictError, CorruptBlock, InvalidObject, UsageError
+from casync.errors import BlockNotFound, CasyncError, ConflictError, CorruptBlock, InvalidObject, StateRefused
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
 from casync.remote.config import Remote, get_remote
@@ -280,7 +280,7 @@ def pull(repo: Repository, remote_name: str | None = None, *, progress: Progress
     configured policy."""
     branch = repo.current_branch()
     if branch is None:
-        raise UsageError("HEAD is detached; switch to a branch to pull into it")
+        raise StateRefused("HEAD is detached; switch to a branch to pull into it", hint="casync switch main")
     remote = get_remote(repo, remote_name).require_ipfs()
     fetched = fetch(repo, remote.name, progress=progress, concurrency=concurrency, wait=wait, retry=retry)
     heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote.name}/").items()

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from casync.dag import tree_entry_cids
-from casync.errors import InvalidObject, RemoteError, UsageError
+from casync.errors import InvalidObject, RemoteError, StateRefused, UsageError
 from casync.ids import DAG_PB, RAW, Cid, cid_codec, cid_str
 from casync.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
 from casync.progress import NULL_PROGRESS, Progress
@@ -257,7 +257,7 @@ def push(repo: Repository, remote_name: str | None = None, branch: str | None = 
     if branch is None:
         branch = repo.current_branch()
         if branch is None:
-            raise UsageError("HEAD is detached; name the branch to push")
+            raise StateRefused("HEAD is detached; name the branch to push", hint="casync push REMOTE BRANCH")
     head = repo.refs.get_ref(f"heads/{branch}")
     if head is None:
         raise UsageError(f"branch {branch!r} has no commits to push")

@@ -194,8 +194,10 @@ class LmdbStore:
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
                 if size >= MAX_MAP_SIZE:
-                    raise StorageFull(f"LMDB map at {self.db_path} is full ({size} bytes)",
-                                      hint="free space or run 'casync gc'") from None
+                    raise StorageFull(f"LMDB map at {self.db_path} is full ({size} bytes); nothing was written",
+                                      hint="there is no garbage collection yet: 'casync clone' "
+                                           "this repository into a new directory for a fresh index that "
+                                           "holds only the reachable history") from None
                 self.env.set_mapsize(min(size * 2, MAX_MAP_SIZE))
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None

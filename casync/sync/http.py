@@ -165,15 +165,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"error": message, **({"hint": hint} if hint else {})})
 
     def _authorized(self) -> bool:
+        """Check the bearer token; a 401 says whether none was sent or it was refused
+        (``"reason": "missing"`` / ``"refused"``; RFC 6750's ``error="invalid_token"``)."""
         header = self.headers.get("Authorization", "")
-        given = header[len("Bearer "):].encode() if header.startswith("Bearer ") else b""
-        if hmac.compare_digest(given, self.server.token):
+        given = header[len("Bearer "):].strip().encode() if header.startswith("Bearer ") else b""
+        if given and hmac.compare_digest(given, self.server.token):
             return True
+        challenge = 'Bearer realm="casync"' + ("" if not given else ', error="invalid_token"')
+        reply = {"error": "no token sent", "reason": "missing"} if not given else \
+            {"error": "the token was refused: it is not this server's", "reason": "refused"}
+        body = json.dumps(reply).encode()
         self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Bearer realm="casync"')
-        self.send_header("Content-Length", "0")
+        self.send_header("WWW-Authenticate", challenge)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
+        self.wfile.write(body)
         self.close_connection = True  # the unread body must not be parsed as the next request
         return False
 
@@ -358,8 +366,8 @@ class HttpPeer:
         return cls(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self._token or ''}", **(extra or {})}
-        return h
+        auth = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return {**auth, **(extra or {})}
 
     def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                  stream: bool = False, chunked: bool = False, keepalive: bool = False) -> http.client.HTTPResponse:
@@ -379,9 +387,13 @@ class HttpPeer:
                     try:
                         early = conn.getresponse()
                         reason = early.read(4096)
-                        message = str(json.loads(reason).get("error", "")) if reason else ""
+                        said = json.loads(reason) if reason else {}
+                        message = str(said.get("error", ""))
                     except Exception:
-                        message = ""
+                        message, said, early = "", {}, None
+                    if early is not None and early.status == 401:
+                        conn.close()
+                        raise self._unauthorized(said.get("reason")) from None
                     if message:
                         conn.close()
                         raise RemoteError(f"{self.url} rejected the request: {message}") from None
@@ -404,19 +416,31 @@ class HttpPeer:
             if conn is self._keepalive:
                 self._keepalive = None
             hint: str | None = None
+            reply: Any = None
             try:
                 reply = json.loads(detail)
                 message, hint = str(reply.get("error", "")), reply.get("hint")
             except (ValueError, AttributeError):
                 message = detail.decode(errors="replace")[:200]
             if resp.status == 401:
-                raise RemoteError(f"{self.url} refused the token (401)",
-                                  hint="give the token: --token-file FILE, CASYNC_TOKEN, or store the file with "
-                                       "'casync remote set-url NAME --token-file FILE'")
+                raise self._unauthorized(reply.get("reason") if isinstance(reply, dict) else None)
             if resp.status == 409:
                 raise RefConflict(message, hint=str(hint) if hint else "pull (fetch and merge), then push again")
             raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None)
         return resp
+
+    def _unauthorized(self, reason: Any) -> RemoteError:
+        """A 401: no token sent, or one the server refused (its reply says which; an older
+        server's does not, so what this side sent decides)."""
+        if reason == "missing" or (reason != "refused" and not self._token):
+            return RemoteError(f"{self.url} needs a token, and none was sent (401)",
+                               hint="give the token 'casync serve' there uses: --token-file FILE or "
+                                    "CASYNC_TOKEN, or store its file with 'casync remote set-url NAME "
+                                    "--token-file FILE'")
+        return RemoteError(f"{self.url} refused the token sent (401): it is not the one 'casync serve' "
+                           "there was started with",
+                           hint="check which token was sent: --token-file, else CASYNC_TOKEN, else the "
+                                "remote's token_file ('casync config remotes'); it must match the server's")
 
     def _json(self, method: str, path: str, obj: Any = None) -> Any:
         body = json.dumps(obj).encode() if obj is not None else None

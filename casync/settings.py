@@ -1,0 +1,119 @@
+"""The repository configuration keys casync reads, and the check each value passes when set.
+
+A value is checked when it is written (``Repository.set_config``, ``casync config``), so a
+mistake is reported at once, naming the key and the value, instead of as a failure of a
+later merge or sync.  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from casync.errors import UsageError
+from casync.merge import PolicyRules
+from casync.validate import is_replica_name
+
+__all__ = ["FIXED_KEYS", "KNOWN_KEYS", "check_value", "priorities"]
+
+FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
+_MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
+_REMOTE_FIELDS = ("url", "gateway", "token_file")
+_REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)
+
+
+def _bad(key: str, value: Any, why: str, hint: str | None = None) -> UsageError:
+    return UsageError(f"config {key} = {_shown(value)}: {why}", hint=hint)
+
+
+def _check_author(value: Any) -> None:
+    if not (isinstance(value, str) and value.strip()):
+        raise _bad("author", value, "must be a non-empty name", hint="or --unset it to use the login name")
+
+
+def _check_merge(value: Any) -> None:
+    example = "casync config merge.policy siblings; casync config merge.rules '{\"*.json\": \"json\"}'"
+    if not isinstance(value, dict):
+        raise _bad("merge", value, "must be an object with fields policy, rules, skew_tolerance_ms", example)
+    for name in value:
+        if name not in _MERGE_FIELDS:
+            raise _bad(f"merge.{name}", value[name], f"unknown field (merge has {', '.join(_MERGE_FIELDS)})")
+    if "policy" in value and not isinstance(value["policy"], str):
+        raise _bad("merge.policy", value["policy"], "must be a policy name", example)
+    rules = value.get("rules", {})
+    if not isinstance(rules, dict):
+        raise _bad("merge.rules", rules, "must map path globs to policy names", example)
+    for glob, policy in rules.items():
+        if not isinstance(policy, str):
+            raise _bad(f"merge.rules[{glob!r}]", policy, "must be a policy name", example)
+    skew = value.get("skew_tolerance_ms", 0)
+    if isinstance(skew, bool) or not isinstance(skew, int) or skew < 0:
+        raise _bad("merge.skew_tolerance_ms", skew, "must be a whole number of milliseconds, 0 or more")
+    try:
+        PolicyRules.from_config({"merge": value})  # the policy names, as a merge will read them
+    except UsageError as exc:
+        raise UsageError(f"config merge: {exc.message}", hint=exc.hint) from None
+
+
+def _check_priorities(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _bad("priorities", value, "must map replica ids to numbers (lower wins)",
+                   hint="casync config priorities '{\"site-a\": 1, \"site-b\": 2}'")
+    for replica, rank in value.items():
+        if not is_replica_name(replica):
+            raise _bad(f"priorities[{replica!r}]", rank, f"{replica!r} is not a replica id",
+                       hint="replica ids are 1-64 letters, digits, '.', '_' or '-'")
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise _bad(f"priorities.{replica}", rank, "must be a whole number (lower wins)",
+                       hint=f"casync config priorities.{replica} 1")
+
+
+def _check_remotes(value: Any) -> None:
+    hint = "manage remotes with 'casync remote add|set-url|remove'"
+    if not isinstance(value, dict):
+        raise _bad("remotes", value, "must map remote names to {url, gateway, token_file}", hint)
+    for name, entry in value.items():
+        if not _REMOTE_NAME.match(name):
+            raise _bad(f"remotes[{name!r}]", entry, f"{name!r} is not a valid remote name", hint)
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str) or not entry["url"].strip():
+            raise _bad(f"remotes.{name}", entry, "must be an object with a 'url'", hint)
+        for field, item in entry.items():
+            if field not in _REMOTE_FIELDS:
+                raise _bad(f"remotes.{name}.{field}", item,
+                           f"unknown field (a remote has {', '.join(_REMOTE_FIELDS)})", hint)
+            if field != "url" and item is not None and not (isinstance(item, str) and item):
+                raise _bad(f"remotes.{name}.{field}", item, "must be a non-empty string or null", hint)
+
+
+_CHECKS: dict[str, Callable[[Any], None]] = {
+    "author": _check_author,
+    "merge": _check_merge,
+    "priorities": _check_priorities,
+    "remotes": _check_remotes,
+}
+KNOWN_KEYS = (*FIXED_KEYS, *_CHECKS)
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise :class:`UsageError` naming ``key`` and ``value`` if casync could not use it;
+    ``None`` (unset) always passes.  Keys casync does not read are the application's."""
+    if key in FIXED_KEYS:
+        raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
+    check = _CHECKS.get(key)
+    if check is not None and value is not None:
+        check(value)
+
+
+def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """The ``priorities`` map, checked again on read (a value stored before checks existed)."""
+    raw = cfg.get("priorities")
+    if raw is None:
+        return {}
+    _check_priorities(raw)
+    return dict(raw)
