@@ -372,9 +372,12 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
 @click.option("--remote", "remote_name", help="Remote whose gateway to use (default: origin).")
 @click.pass_obj
 def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
-    """Print the gateway URL of REV[:PATH]: GATEWAY/ipfs/COMMIT/tree/PATH."""
+    """Print the gateway URL of REV[:PATH]: GATEWAY/ipfs/COMMIT/tree/PATH.
+
+    GATEWAY is the remote's --gateway, else the one its node reports (Addresses.Gateway).
+    """
     repo = obj.repo()
-    click.echo(rmt.gateway_url(repo, spec, remote_name))
+    click.echo(rmt.gateway_url(repo, spec, remote_name, retry=_retry()))
     commit = repo.entry_at(spec if ":" in spec else spec + ":")[0]
     if not rmt.is_published(repo, commit, remote_name):
         click.echo(f"warning: {short(commit, 16)} has not been pushed to this remote (as far as this replica "

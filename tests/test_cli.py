@@ -110,7 +110,7 @@ def test_ls_show_and_branches(cli: Cli) -> None:
     assert not (cli.cwd / "d/y").exists()
     assert os.access(cli.cwd / "run.sh", os.X_OK)
     r = cli("branch", "-d", "main", ok=False)
-    assert r.exit_code == 2 and "checked out" in r.stderr
+    assert r.exit_code == 1 and "checked out" in r.stderr
     cli("branch", "-d", "feature")
     assert "feature" not in cli("branch").stdout
 

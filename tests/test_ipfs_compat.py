@@ -91,16 +91,6 @@ def test_gateway_serves_committed_paths(tmp_path: Path, kubo: Kubo) -> None:
     assert "small.txt" in listing and "sub dir" in listing
 
 
-def test_url_needs_a_gateway(tmp_path: Path) -> None:
-    Cli(tmp_path)("init", "wt")
-    cli = Cli(tmp_path / "wt")
-    write(cli.cwd, "f", "x")
-    cli("commit", "-m", "x")
-    cli("remote", "add", "origin", "ipfs+http://127.0.0.1:5001")
-    r = cli("url", "HEAD:f", ok=False)
-    assert r.exit_code == 2 and "no gateway" in r.stderr
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as resp:
         return bytes(resp.read())

@@ -16,7 +16,7 @@ from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, ma
 from casync.errors import ConflictError, RemoteError, UsageError
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
-from casync.remote.config import add_remote, get_remote, parse_url
+from casync.remote.config import Remote, add_remote, get_remote, parse_url
 from casync.remote.receiver import FetchResult, fast_forward_target, fetch_from
 from casync.remote.records import connect
 from casync.repo import Repository
@@ -155,14 +155,29 @@ def is_published(repo: Repository, commit: Cid, remote_name: str | None = None) 
     return any(repo.graph.is_ancestor(commit, h) for h in heads)
 
 
-def gateway_url(repo: Repository, spec: str, remote_name: str | None = None) -> str:
+def gateway_url(repo: Repository, spec: str, remote_name: str | None = None,
+                retry: RetryPolicy = DEFAULT_RETRY) -> str:
     """``<gateway>/ipfs/<commit-cid>/tree/<path>`` for ``REV[:PATH]``: Kubo's gateway follows
     the commit's ``tree`` link (DAG-CBOR path traversal) into the UnixFS tree."""
     remote = get_remote(repo, remote_name).require_ipfs()
-    if not remote.gateway:
-        raise UsageError(f"remote {remote.name!r} has no gateway URL",
-                         hint=f"set one: casync remote set-url {remote.name} --gateway http://HOST:PORT")
     commit, path, entry = repo.entry_at(spec if ":" in spec else spec + ":")
+    gateway = remote.gateway or _ask_gateway(remote, retry)
     quoted = "/".join(urllib.parse.quote(part, safe="") for part in path.split("/")) if path else ""
     suffix = "/" if entry.kind == "dir" and quoted else ""
-    return f"{remote.gateway}/ipfs/{cid_str(commit)}/tree/{quoted}{suffix}"
+    return f"{gateway}/ipfs/{cid_str(commit)}/tree/{quoted}{suffix}"
+
+
+def _ask_gateway(remote: Remote, retry: RetryPolicy) -> str:
+    """A remote configured without a gateway: the one its node serves (not stored, so a node
+    that moves its gateway is asked again next time)."""
+    set_one = f"set one: casync remote set-url {remote.name} --gateway http://HOST:PORT"
+    try:
+        with connect(remote.url, retry=retry) as node:
+            gateway = node.client.gateway_url()
+    except RemoteError as err:
+        raise RemoteError(f"remote {remote.name!r} has no gateway URL, and its node could not be asked for "
+                          f"one: {err.message}", hint=err.hint or set_one, transient=err.transient) from None
+    if gateway is None:
+        raise UsageError(f"remote {remote.name!r} has no gateway URL, and its node serves none "
+                         "(Addresses.Gateway is empty)", hint=set_one)
+    return gateway

@@ -133,6 +133,32 @@ def _multiaddr(url: str) -> tuple[str, str]:
 
 
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_UNSPECIFIED = ("0.0.0.0", "::")
+
+
+def gateway_from_multiaddrs(addrs: Any, api_url: str) -> str | None:
+    """``http://HOST:PORT`` of a node's gateway from its ``Addresses.Gateway`` setting (one
+    multiaddr or a list; the first TCP one counts), or None when it has none.  A gateway on
+    every interface is reached through the host of ``api_url``; one on the node's own
+    loopback only when the API is reached there too (else it is not reachable from here)."""
+    api_host = urllib.parse.urlsplit(api_url).hostname or "127.0.0.1"
+    for addr in [addrs] if isinstance(addrs, str) else addrs if isinstance(addrs, list) else []:
+        parts = str(addr).strip("/").split("/")
+        if len(parts) < 4 or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp":
+            continue  # /unix/..., or something this client cannot dial
+        host = parts[1]
+        if host in _UNSPECIFIED:
+            host = api_host
+        elif _is_loopback(host) and not _is_loopback(api_host):
+            raise RemoteError(f"the gateway of the IPFS node at {api_url} listens on its own loopback "
+                              f"({addr}), which is not reachable from here",
+                              hint="give a gateway URL that is: casync remote set-url NAME --gateway URL")
+        return f"http://{f'[{host}]' if ':' in host else host}:{parts[3]}"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _environment_matters(url: str) -> bool:
@@ -375,6 +401,12 @@ class IpfsClient:
             raise RemoteError(f"IPFS node at {self.url} runs Kubo {version}; casync needs >= 0.15 "
                               "(blake3 blocks)")
         return version
+
+    def gateway_url(self) -> str | None:
+        """The node's HTTP gateway (``config Addresses.Gateway``) as ``http://HOST:PORT``, or
+        None when it has none: for gateway URLs of a remote configured without one."""
+        res = self.call("config Addresses.Gateway", lambda c: c.config.set("Addresses.Gateway"))
+        return gateway_from_multiaddrs(res.get("Value"), self.url)
 
     def swarm_peer_count(self) -> int:
         res = self.call("swarm/peers", lambda c: c.swarm.peers())

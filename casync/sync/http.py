@@ -437,7 +437,7 @@ class HttpPeer:
                                hint="give the token 'casync serve' there uses: --token-file FILE or "
                                     "CASYNC_TOKEN, or store its file with 'casync remote set-url NAME "
                                     "--token-file FILE'")
-        return RemoteError(f"{self.url} refused the token sent (401): it is not the one 'casync serve' "
+        return RemoteError(f"{self.url} refused the token (401): it is not the one 'casync serve' "
                            "there was started with",
                            hint="check which token was sent: --token-file, else CASYNC_TOKEN, else the "
                                 "remote's token_file ('casync config remotes'); it must match the server's")
