@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from casync.errors import UsageError
-from casync.merge import PolicyRules
+from casync.merge import PolicyRules, check_policy
 from casync.validate import is_replica_name
 
 __all__ = ["FIXED_KEYS", "KNOWN_KEYS", "check_value", "priorities"]
@@ -44,21 +44,21 @@ def _check_merge(value: Any) -> None:
     for name in value:
         if name not in _MERGE_FIELDS:
             raise _bad(f"merge.{name}", value[name], f"unknown field (merge has {', '.join(_MERGE_FIELDS)})")
-    if "policy" in value and not isinstance(value["policy"], str):
-        raise _bad("merge.policy", value["policy"], "must be a policy name", example)
     rules = value.get("rules", {})
     if not isinstance(rules, dict):
         raise _bad("merge.rules", rules, "must map path globs to policy names", example)
-    for glob, policy in rules.items():
+    named = [(f"merge.rules[{glob!r}]", policy) for glob, policy in rules.items()]
+    for key, policy in [("merge.policy", value.get("policy", "lww")), *named]:
         if not isinstance(policy, str):
-            raise _bad(f"merge.rules[{glob!r}]", policy, "must be a policy name", example)
+            raise _bad(key, policy, "must be a policy name", example)
+        try:
+            check_policy(policy)
+        except UsageError as exc:
+            raise _bad(key, policy, exc.message, exc.hint) from None
     skew = value.get("skew_tolerance_ms", 0)
     if isinstance(skew, bool) or not isinstance(skew, int) or skew < 0:
         raise _bad("merge.skew_tolerance_ms", skew, "must be a whole number of milliseconds, 0 or more")
-    try:
-        PolicyRules.from_config({"merge": value})  # the policy names, as a merge will read them
-    except UsageError as exc:
-        raise UsageError(f"config merge: {exc.message}", hint=exc.hint) from None
+    PolicyRules.from_config({"merge": value})  # as a merge will read it
 
 
 def _check_priorities(value: Any) -> None:
