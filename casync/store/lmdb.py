@@ -723,7 +723,7 @@ class LmdbRefStore:
         return {k.decode(): v for k, v in self._store.items("refs", prefix.encode())}
 
     def cas_ref(self, name: str, old: Cid | None, new: Cid | None, reason: str) -> None:
-        refs, log = self._store.db("refs"), self._store.db("reflog")
+        refs, meta = self._store.db("refs"), self._store.db("meta")
         key = name.encode()
 
         def fn(txn: Any) -> None:
@@ -739,17 +739,43 @@ class LmdbRefStore:
                 txn.delete(key, db=refs)
             else:
                 txn.put(key, new, db=refs)
-            entry = {"old": cid_str(old) if old else None, "new": cid_str(new) if new else None,
-                     "time_ms": int(time.time() * 1000), "reason": reason}
-            cur = txn.cursor(db=log)
-            seq = 0
-            if cur.set_range(key + b"\x00\xff"):
-                pass
-            if cur.prev() and bytes(cur.key()).startswith(key + b"\x00"):
-                seq = struct.unpack(">Q", bytes(cur.key())[len(key) + 1 :])[0] + 1
-            txn.put(key + b"\x00" + struct.pack(">Q", seq), json.dumps(entry).encode(), db=log)
+            self._log(txn, key, old, new, reason)
+            if bytes(txn.get(b"HEAD", db=meta) or b"heads/main") == key:
+                self._log(txn, b"HEAD", old, new, reason)  # HEAD's reflog: every move of HEAD
 
         self._store.write(fn)
+
+    def set_head(self, value: bytes, reason: str) -> None:
+        """Point HEAD (meta ``HEAD``) at ``heads/<branch>`` or ``detached:<CID>``, logging
+        the move in HEAD's reflog (ref name ``HEAD``) when the value changes."""
+        refs, meta = self._store.db("refs"), self._store.db("meta")
+
+        def target(txn: Any, raw: bytes) -> Cid | None:
+            if raw.startswith(b"detached:"):
+                return raw[len(b"detached:"):] or None
+            found = txn.get(raw, db=refs)
+            return bytes(found) if found is not None else None
+
+        def fn(txn: Any) -> None:
+            current = bytes(txn.get(b"HEAD", db=meta) or b"heads/main")
+            if current == value:
+                return
+            txn.put(b"HEAD", value, db=meta)
+            self._log(txn, b"HEAD", target(txn, current), target(txn, value), reason)
+
+        self._store.write(fn)
+
+    def _log(self, txn: Any, key: bytes, old: Cid | None, new: Cid | None, reason: str) -> None:
+        entry = {"old": cid_str(old) if old else None, "new": cid_str(new) if new else None,
+                 "time_ms": int(time.time() * 1000), "reason": reason}
+        log = self._store.db("reflog")
+        cur = txn.cursor(db=log)
+        seq = 0
+        if cur.set_range(key + b"\x00\xff"):
+            pass
+        if cur.prev() and bytes(cur.key()).startswith(key + b"\x00"):
+            seq = struct.unpack(">Q", bytes(cur.key())[len(key) + 1 :])[0] + 1
+        txn.put(key + b"\x00" + struct.pack(">Q", seq), json.dumps(entry).encode(), db=log)
 
     def reflog(self, name: str) -> list[RefLogEntry]:
         from casync.ids import parse_cid
