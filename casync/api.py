@@ -59,7 +59,9 @@ class Repository(_repo.Repository):
         return cid_str(workdir.checkout(self, rev, force, progress))
 
     def restore(self, paths: list[str], source: str = "HEAD", progress: Progress = NULL_PROGRESS) -> list[str]:
-        return workdir.restore(self, source, paths, progress)
+        from casync import workedit
+
+        return workedit.restore(self, source, paths, progress)
 
     def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
         """What the working tree holds now, as tree entries (hashes files; stores nothing)."""

@@ -1,4 +1,4 @@
-"""Working-directory operations: snapshot (commit), status, checkout and restore.
+"""Working-directory operations: snapshot (commit), status and checkout.
 
 The stat cache makes unchanged files free: a file whose (mtime, ctime, size, inode,
 mode) match the cache is not re-read.  Files modified within the last
@@ -28,7 +28,7 @@ from casync.store.memory import MemoryBlockStore
 from casync.worktree import FileStat, Ignore, UntrackedIgnore, WorktreeWriter, native_stat_records, scan
 
 __all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
-           "restore", "status", "update_worktree", "worktree_entries"]
+           "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
 
 RACY_NS = 1_000_000_000
 MAX_RETRIES = 3
@@ -356,10 +356,18 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
                 repo.set_head(None, target, reason=reason)
             return target
         # from what the files hold: HEAD's tree, or an older one if HEAD moved without them
-        on_disk = workstate.checked_out(repo).tree
-        update_worktree(repo, flatten_tree(repo.blocks, on_disk) if on_disk is not None else {},
-                        repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
-                        can_force=True, commit=target)
+        state = workstate.checked_out(repo)
+        try:
+            update_worktree(repo, flatten_tree(repo.blocks, state.tree) if state.tree is not None else {},
+                            repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
+                            can_force=True, commit=target)
+        except WorktreeDirty as exc:
+            if state.commit is None or workstate.moved_since_checkout(repo) is None:
+                raise
+            at = cid_str(state.commit)[:16]  # the edits cannot be committed where they are
+            raise WorktreeDirty(exc.message, hint=f"keep them on a branch at the commit the files are at: 'casync "
+                                f"branch NAME {at}', 'casync switch NAME', commit, then merge; or pass --force "
+                                "to discard them") from None
         if branch is not None:
             repo.set_head(branch, reason=reason)
         else:
@@ -399,7 +407,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     touched = {c.path for c in diff_flat(old, new)}
     if not force:
         in_the_way = {p for p in st.added if p in new_dirs}
-        in_the_way |= _untracked_in_replaced_dirs(repo, old, new, touched)
+        in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
         dirty_touch = (dirty & touched) | in_the_way
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
@@ -421,7 +429,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     return st
 
 
-def _untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
+def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
                                 touched: set[str]) -> set[str]:
     """Files that are neither tracked nor ignored inside directories the update replaces
     with a file or symlink: writing it would delete them with the directory.  (Ignored
@@ -468,44 +476,3 @@ def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> Non
             continue
         cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
     repo.store.save_stat_cache(cache, tree)
-
-
-def restore(repo: Repository, source: str, paths: list[str], progress: Progress = NULL_PROGRESS) -> list[str]:
-    """Overwrite ``paths`` (files or directories, repository-relative) with their content in
-    ``source``.  Tracked files (in HEAD) under them that ``source`` lacks are removed;
-    untracked files are left alone.  Returns the paths written."""
-    from casync.validate import split_path
-
-    repo.require_worktree("restore")
-    with repo.store.writer_lock():
-        target = repo.resolve(source)
-        new_all = repo.flat_tree(target)
-        on_disk = workstate.checked_out(repo).tree
-        tracked = flatten_tree(repo.blocks, on_disk) if on_disk is not None else {}
-        prefixes = ["/".join(split_path(p)) for p in paths]
-        for pre in prefixes:
-            exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)
-                      or any(p == pre or p.startswith(pre + "/") for p in tracked))
-            if not exists:
-                where = "HEAD" if source == "HEAD" else f"{source} nor in HEAD"
-                raise UsageError(f"path {pre!r} is not in {where}",
-                                 hint="restore brings back committed files; untracked files are not tracked")
-
-        def under(path: str) -> bool:
-            return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
-
-        selected = {p: e for p, e in new_all.items() if under(p)}
-        placeholder = Entry(b"", "file", 0)  # forces a rewrite: the disk may differ from HEAD
-        old = {p: placeholder for p in tracked if under(p)}
-        old.update({p: placeholder for p in selected})
-        lost = _untracked_in_replaced_dirs(repo, tracked, selected, set(selected))
-        if lost:
-            listed = ", ".join(sorted(lost)[:5]) + (" ..." if len(lost) > 5 else "")
-            raise WorktreeDirty(f"restore would delete untracked files in a directory it replaces: {listed}",
-                                hint="move them away first")
-        apply_changes(repo, old, selected, None, progress)
-        cache = repo.store.load_stat_cache()
-        for p in old:
-            cache.pop(p, None)
-        repo.store.save_stat_cache(cache, None)
-        return sorted(selected)

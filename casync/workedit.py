@@ -1,4 +1,4 @@
-"""Working-tree edits besides checkout: abandoning a stopped merge, and ``rm``.
+"""Working-tree edits besides checkout: ``restore``, abandoning a stopped merge, ``rm``.
 
 Both follow the working tree's one rule: nothing a user wrote vanishes.  ``merge
 --abort`` resets only the paths the merge wrote and refuses when one of them was edited
@@ -17,10 +17,10 @@ from casync.ids import Cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.validate import split_path
-from casync.workdir import apply_changes, disk_entries, refresh_cache, status
+from casync.workdir import apply_changes, disk_entries, refresh_cache, status, untracked_in_replaced_dirs
 from casync.worktree import WorktreeWriter
 
-__all__ = ["abort_merge_worktree", "remove"]
+__all__ = ["abort_merge_worktree", "remove", "restore"]
 
 
 def _same(a: Entry | None, b: Entry | None) -> bool:
@@ -97,3 +97,43 @@ def remove(repo: Repository, paths: list[str], cached: bool = False, recursive: 
         for path in sorted(chosen):
             writer.remove(path)
         return sorted(chosen)
+
+
+def restore(repo: Repository, source: str, paths: list[str], progress: Progress = NULL_PROGRESS) -> list[str]:
+    """Overwrite ``paths`` (files or directories, repository-relative) with their content in
+    ``source``.  Tracked files (in the checked-out tree) under them that ``source`` lacks
+    are removed; untracked files are left alone.  Returns the paths written."""
+    repo.require_worktree("restore")
+    with repo.store.writer_lock():
+        target = repo.resolve(source)
+        new_all = repo.flat_tree(target)
+        on_disk = workstate.checked_out(repo).tree
+        tracked = flatten_tree(repo.blocks, on_disk) if on_disk is not None else {}
+        prefixes = ["/".join(split_path(p)) for p in paths]
+        for pre in prefixes:
+            exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)
+                      or any(p == pre or p.startswith(pre + "/") for p in tracked))
+            if not exists:
+                where = "HEAD" if source == "HEAD" else f"{source} nor in HEAD"
+                raise UsageError(f"path {pre!r} is not in {where}",
+                                 hint="restore brings back committed files; untracked files are not tracked")
+
+        def under(path: str) -> bool:
+            return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
+
+        selected = {p: e for p, e in new_all.items() if under(p)}
+        placeholder = Entry(b"", "file", 0)  # forces a rewrite: the disk may differ from HEAD
+        old = {p: placeholder for p in tracked if under(p)}
+        old.update({p: placeholder for p in selected})
+        lost = untracked_in_replaced_dirs(repo, tracked, selected, set(selected))
+        if lost:
+            listed = ", ".join(sorted(lost)[:5]) + (" ..." if len(lost) > 5 else "")
+            raise WorktreeDirty(f"restore would delete untracked files in a directory it replaces: {listed}",
+                                hint="move them away first")
+        WorktreeWriter(repo.root).check_parents(sorted(selected), {p for p in old if p not in selected})
+        apply_changes(repo, old, selected, None, progress)
+        cache = repo.store.load_stat_cache()
+        for p in old:
+            cache.pop(p, None)
+        repo.store.save_stat_cache(cache, None)
+        return sorted(selected)

@@ -317,3 +317,54 @@ def test_checkout_and_merge_refuse_to_write_through_an_ignored_symlink(cli: Cli,
     assert sorted(os.listdir(outside)) == ["victim"]
     assert cli("log", "--json").stdout == before and cli("status", "--json")  # nothing moved
     assert json.loads(cli("branch", "--json").stdout)[0]["current"] is True  # still on main
+
+
+def test_push_into_a_checked_out_branch_that_moved_leaves_the_files_for_checkout(tmp_path: Path) -> None:
+    """The push used to move the files from the branch's tip, which they were not at: the
+    transaction's file then read as deleted, and the next commit deleted it."""
+    from casync.sync.peer import LocalPeer, fetch_from, push_to
+
+    origin = Repository.init(tmp_path / "origin", replica="origin")
+    b = Repository.init(tmp_path / "b", replica="b", repository_id=origin.repo_id, bare=True)
+    try:
+        (origin.root / "notes.txt").write_bytes(b"n")
+        origin.commit("first")
+        with origin.transaction(message="app") as tx:
+            tx.write("sensors/api.json", b"{}")
+        peer = LocalPeer(str(origin.root))
+        fetch_from(b, peer, "origin")
+        b.update_branch("main", None, b.refs.get_ref("remotes/origin/main"), "track")
+        with b.transaction(branch="main", message="from b") as tx:
+            tx.write("b.txt", b"from b")
+        assert push_to(b, peer, "origin", "main")["result"] == "pushed"
+        peer.close()
+        st = origin.status()
+        assert st.deleted == []  # was ["sensors/api.json"]
+        assert st.moved and st.clean
+        origin.checkout("main")
+        assert (origin.root / "sensors/api.json").read_bytes() == b"{}"
+        assert (origin.root / "b.txt").read_bytes() == b"from b"
+        (origin.root / "notes.txt").write_bytes(b"edited")
+        origin.commit("edit")
+        assert [c.path for c in origin.diff("HEAD~1")] == ["notes.txt"]
+    finally:
+        origin.close()
+        b.close()
+
+
+def test_an_edit_the_moved_branch_also_changed_has_a_way_out(cli: Cli) -> None:
+    cli("init")
+    write(cli.cwd, "shared.json", "v1")
+    age(cli.cwd)
+    c1 = cli("commit", "-m", "one").stdout.strip()
+    with Repository.open(cli.cwd) as repo:
+        with repo.transaction(message="app") as tx:
+            tx.write("shared.json", b"app's v2")
+    write(cli.cwd, "shared.json", "my v2")
+    r = cli("checkout", "main", ok=False)
+    assert r.exit_code == 1 and "shared.json" in r.stderr and f"casync branch NAME {c1[:16]}" in r.stderr
+    cli("branch", "mine", c1[:16])
+    cli("switch", "mine")
+    cli("commit", "-m", "my v2")
+    assert cli("cat", "mine:shared.json").stdout == "my v2"
+    assert cli("cat", "main:shared.json").stdout == "app's v2"
