@@ -63,6 +63,12 @@ class Repository(_repo.Repository):
 
         return workedit.restore(self, source, paths, progress)
 
+    def remove(self, paths: list[str], cached: bool = False, recursive: bool = False) -> list[str]:
+        """Stop tracking ``paths``: delete them, or with ``cached`` keep them on disk (``casync rm``)."""
+        from casync import workedit
+
+        return workedit.remove(self, paths, cached, recursive)
+
     def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
         """What the working tree holds now, as tree entries (hashes files; stores nothing)."""
         return workdir.worktree_entries(self, progress)

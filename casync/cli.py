@@ -420,10 +420,8 @@ def _repo_relative(repo: Repository, base: str, path: str) -> str:
 def rm_cmd(obj: _Context, paths: tuple[str, ...], cached: bool, recursive: bool) -> None:
     """Stop tracking PATHS: delete them (refused for uncommitted edits), or with --cached
     keep them on disk; the next commit records it."""
-    from casync.workedit import remove
-
     repo = obj.repo()
-    done = remove(repo, [_repo_relative(repo, obj.directory, p) for p in paths], cached=cached, recursive=recursive)
+    done = repo.remove([_repo_relative(repo, obj.directory, p) for p in paths], cached=cached, recursive=recursive)
     for p in done:
         click.echo(f"{'untracked' if cached else 'removed'} {_quote_path(p)}", err=True)
 

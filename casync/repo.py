@@ -388,7 +388,8 @@ class Repository:
 
         ``branch`` defaults to HEAD's branch.  The working tree is not touched: an
         application writing through transactions normally has none; if the branch is
-        checked out, ``casync checkout -f BRANCH`` brings the files up to date.
+        checked out, commits refuse until ``casync checkout BRANCH`` brings the files up
+        to date (see :mod:`casync.workstate`).
         """
         branch = branch or self.current_branch() or "main"
         validate_branch_name(branch)
