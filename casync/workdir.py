@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +123,8 @@ class _Snapshotter:
         return entry, after
 
     def _remember(self, path: str, st: FileStat | os.stat_result, entry: Entry) -> None:
-        if st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS:
-            return  # racily clean: hash it again next time
-        self.new_cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+        racy = st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS
+        self.new_cache[path] = _untrusted(entry) if racy else (*_stat_key(st), entry.tsize, entry.cid)
 
     def snapshot(self, tracked_tree: Cid | None) -> tuple[dict[str, Entry], list[str]]:
         files, skipped, _ = _scan(self.repo, tracked_tree)
@@ -189,15 +188,19 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
                     checked_out=state.commit if moved else None,
                     merge_in_progress=workstate.merge_in_progress(repo))
     pending = workstate.untracks(repo)
-    if state.tree is not None and not pending and _cache_describes(repo, state.tree):
-        ignore = _ignore(repo, state.tree, pending)
+    described = state.tree is not None and not pending and _cache_describes(repo, state.tree)
+    # when the cache describes the tree it names every file of it: which paths are tracked
+    # is then a point lookup in it, not a read of tree blocks
+    tracked = repo.store.stat_cache_tracks if described and repo.store.stat_cache_complete() else None
+    if described:
+        ignore = _ignore(repo, state.tree, pending, tracked)
         native = native_stat_records(repo.root, ignore)
         if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
             result.skipped, result.ignored_tracked = native[1], sorted(_tracked_ignored(ignore))
             return result
-    files, result.skipped, ignore = _scan(repo, state.tree, pending)
+    files, result.skipped, ignore = _scan(repo, state.tree, pending, tracked)
     result.ignored_tracked = sorted(_tracked_ignored(ignore))
-    if state.tree is not None and not pending and _unchanged_since_cache(repo, state.tree, files):
+    if described and state.tree is not None and _unchanged_since_cache(repo, state.tree, files):
         if repo.store.stat_cache_digest() is None:
             with repo.store.try_writer_lock() as locked:
                 if locked:
@@ -222,22 +225,26 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     return result
 
 
-def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str]) -> Ignore:
-    """The root ignore rules, applied to paths ``tracked_tree`` does not hold (as in git)."""
+def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str],
+            tracked: Callable[[str, bool], bool] | None = None) -> Ignore:
+    """The root ignore rules, applied to paths ``tracked_tree`` does not hold (as in git);
+    ``tracked`` answers that question when the caller has a faster way."""
     rules = Ignore.load(repo.root)
-    return rules.untracked_only(workstate.TreePaths(repo, tracked_tree, pending)) if rules.rules else rules
+    if not rules.rules:
+        return rules
+    return rules.untracked_only(tracked or workstate.TreePaths(repo, tracked_tree, pending))
 
 
 def _tracked_ignored(ignore: Ignore) -> list[str]:
     return ignore.tracked_ignored if isinstance(ignore, UntrackedIgnore) else []
 
 
-def _scan(repo: Repository, tracked_tree: Cid | None, pending: set[str] | None = None
-          ) -> tuple[dict[str, FileStat], list[str], Ignore]:
+def _scan(repo: Repository, tracked_tree: Cid | None, pending: set[str] | None = None,
+          tracked: Callable[[str, bool], bool] | None = None) -> tuple[dict[str, FileStat], list[str], Ignore]:
     """``scan`` of the working tree with ignore rules for untracked paths, leaving out the
     files ``rm --cached`` untracked (until the next commit records that)."""
     pending = workstate.untracks(repo) if pending is None else pending
-    ignore = _ignore(repo, tracked_tree, pending)
+    ignore = _ignore(repo, tracked_tree, pending, tracked)
     files, skipped = scan(repo.root, ignore)
     for path in pending:
         files.pop(path, None)
@@ -424,7 +431,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     if new_tree is None:
         repo.store.save_stat_cache({}, None)
     else:
-        refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, new_tree)
+        refresh_cache(repo, new, new_tree, stale=keep_dirty)
         workstate.record(repo, new_tree, commit)
     return st
 
@@ -463,16 +470,26 @@ def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dic
     return out
 
 
-def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> None:
-    """After writing a tree out, record stat data so the next status reads nothing."""
+def _untrusted(entry: Entry) -> StatEntry:
+    """A cache entry that names a tracked file but never matches an lstat (st_mode 0: no
+    file has it), so the file is hashed again: racily clean, or with uncommitted edits.
+    With it, a cache that describes a tree names every file of it (see status)."""
+    return (0, 0, 0, 0, 0, entry.tsize, entry.cid)
+
+
+def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid, stale: set[str] | None = None) -> None:
+    """After writing ``tree`` (whose files are ``entries``) out, record stat data so the
+    next status reads nothing; ``stale`` paths (uncommitted edits kept) are not trusted."""
     now = time.time_ns()
     cache: dict[str, StatEntry] = {}
     for path, entry in entries.items():
         try:
             st = os.lstat(repo.root / path)
         except FileNotFoundError:
-            continue
-        if st.st_mtime_ns >= now - RACY_NS or st.st_ctime_ns >= now - RACY_NS:
-            continue
-        cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+            st = None
+        if (st is None or (stale and path in stale) or st.st_mtime_ns >= now - RACY_NS
+                or st.st_ctime_ns >= now - RACY_NS):
+            cache[path] = _untrusted(entry)
+        else:
+            cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
     repo.store.save_stat_cache(cache, tree)

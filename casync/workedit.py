@@ -59,8 +59,7 @@ def abort_merge_worktree(repo: Repository, written_tree: Cid, owned: set[str], r
                                             {p for p in merged if p in disk and p not in before})
     apply_changes(repo, disk, before, merged, progress)
     if before_tree is not None:
-        keep_dirty = st.paths() - merged
-        refresh_cache(repo, {p: e for p, e in before.items() if p not in keep_dirty}, before_tree)
+        refresh_cache(repo, before, before_tree, stale=st.paths() - merged)
     else:
         repo.store.save_stat_cache({}, None)
 

@@ -81,10 +81,11 @@ def require_current(repo: Repository, what: str) -> None:
     where = f"branch {branch}" if branch else "HEAD"
     at = f"commit {cid_str(state.commit)[:16]}" if state.commit else \
         f"tree {cid_str(state.tree)[:16]}" if state.tree else "an empty tree"
+    update = f"bring the files up to date with 'casync checkout {branch or 'HEAD'}' (uncommitted edits are kept)"
     raise WorktreeDirty(f"{where} moved since the working tree was checked out (the files are still at {at}); "
                         f"{what} now would revert that move",
-                        hint=f"bring the files up to date with 'casync checkout {branch or 'HEAD'}' (uncommitted "
-                        "edits are kept), then retry")
+                        hint=f"give up the stopped merge ('casync merge --abort'), {update}, and merge again"
+                        if merge_in_progress(repo) else f"{update}, then retry")
 
 
 def merge_in_progress(repo: Repository) -> bool:
@@ -113,19 +114,22 @@ class TreePaths:
 
     def __init__(self, repo: Repository, tree: Cid | None, untracked: set[str] | None = None) -> None:
         self._repo = repo
-        self._listings: dict[str, dict[str, Cid] | None] = {"": self._read(tree) if tree else None}
+        self._tree = tree
+        self._listings: dict[str, dict[str, Cid] | None] = {}
         self._untracked = untracked or set()
-
-    def _read(self, cid: Cid) -> dict[str, Cid]:
-        return {link.name: link.cid for link in read_dir(self._repo.blocks, cid)}
 
     def _listing(self, directory: str) -> dict[str, Cid] | None:
         if directory not in self._listings:
-            parent, _, name = directory.rpartition("/")
-            above = self._listing(parent)
-            cid = above.get(name) if above else None
-            is_dir = cid is not None and entry_for(self._repo.blocks, cid, 0).kind == "dir"
-            self._listings[directory] = self._read(cid) if cid is not None and is_dir else None
+            if directory:
+                parent, _, name = directory.rpartition("/")
+                above = self._listing(parent)
+                cid = above.get(name) if above else None
+                if cid is not None and entry_for(self._repo.blocks, cid, 0).kind != "dir":
+                    cid = None
+            else:
+                cid = self._tree
+            self._listings[directory] = ({link.name: link.cid for link in read_dir(self._repo.blocks, cid)}
+                                         if cid is not None else None)
         return self._listings[directory]
 
     def __call__(self, path: str, is_dir: bool) -> bool:

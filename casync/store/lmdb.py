@@ -356,9 +356,25 @@ class LmdbStore:
             txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
         self.write(fn)
 
+    def stat_cache_complete(self) -> bool:
+        """Whether the cache, when it describes a tree, names every file of it (as every
+        write since casync knew ignore rules only for untracked files does)."""
+        return self.get("meta", b"statcache_complete") is not None
+
+    def stat_cache_tracks(self, path: str, is_dir: bool) -> bool:
+        """Does the stat cache name ``path`` (a directory: a file under it)?  When it
+        describes a tree (``statcache_tree``) it names every file of that tree."""
+        key = path.encode("utf-8", "surrogateescape") + (b"/" if is_dir else b"")
+        with self.env.begin() as txn:
+            if not is_dir:
+                return txn.get(key, db=self._dbs["statcache"]) is not None
+            cur = txn.cursor(db=self._dbs["statcache"])
+            return bool(cur.set_range(key)) and bytes(cur.key()).startswith(key)
+
     def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
-        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly
-        (and ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
+        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly —
+        ``entries`` then name every file of it, an untrusted one with ``st_mode`` 0 — (and
+        ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
         def fn(txn: Any) -> None:
             db = self._dbs["statcache"]
             txn.drop(db, delete=False)
@@ -375,6 +391,8 @@ class LmdbStore:
                 txn.delete(b"statcache_tree", db=self._dbs["meta"])
             else:
                 txn.put(b"statcache_tree", tree, db=self._dbs["meta"])
+            # caches of older versions describing a tree could leave out racy files
+            txn.put(b"statcache_complete", b"1", db=self._dbs["meta"])
             if commit is None or tree is None:
                 txn.delete(b"statcache_commit", db=self._dbs["meta"])
             else:
