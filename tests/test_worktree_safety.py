@@ -136,7 +136,8 @@ def test_head_reflog_records_branch_moves_of_the_checked_out_branch(repo: Reposi
         tx.write("g", b"2")
     entries = repo.refs.reflog("HEAD")
     assert [e.reason for e in entries] == ["commit: one", "transaction: tx"]
-    assert entries[1].old is not None and repo.resolve_cid(c1) == c1
+    assert entries[0].old is None and entries[1].old == repo.resolve(c1) == entries[0].new
+    assert entries[1].new == repo.head()
 
 
 # --- item 5: a transaction into the checked-out branch ----------------------------------------
