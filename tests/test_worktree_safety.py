@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from casync import Repository, worktree
+from casync.errors import InvalidPath
+from casync.worktree import WorktreeWriter
 
 from .conftest import Cli, age, write
 
@@ -433,3 +435,27 @@ def test_merge_continue_after_the_branch_moved_refuses_and_says_how_to_recover(c
     cli("checkout", "main")
     assert (cli.cwd / "app.json").read_bytes() == b"{}"
     assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+def test_the_writer_itself_never_follows_a_symlinked_directory(tmp_path: Path) -> None:
+    """The last line of defence (a link planted after the checks): WorktreeWriter opens
+    every component with O_NOFOLLOW, so writes, symlinks and removals stop at the link."""
+    root, outside = tmp_path / "wt", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "victim").write_text("outside\n")
+    os.symlink(outside, root / "d")
+    (root / "f").write_text("a file, not a directory")
+    writer = WorktreeWriter(root)
+    for path in ("d/victim", "d/new", "d/sub/deep"):
+        with pytest.raises(InvalidPath, match="refusing to write"):
+            writer.write_file(path, [b"through the link?"], False)
+    with pytest.raises(InvalidPath, match="refusing to write"):
+        writer.write_symlink("d/evil", "/etc/passwd")
+    with pytest.raises(InvalidPath, match="f is a file or symlink"):
+        writer.write_file("f/x", [b"x"], False)
+    writer.remove("d/victim")  # nothing to remove inside the tree; the link is not followed
+    assert sorted(os.listdir(outside)) == ["victim"] and (outside / "victim").read_text() == "outside\n"
+    with pytest.raises(InvalidPath, match="d is a symlink"):
+        writer.check_parents(["d/victim"], set())
+    writer.check_parents(["d/victim"], {"d"})  # unless the caller removes d first
