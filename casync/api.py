@@ -59,7 +59,15 @@ class Repository(_repo.Repository):
         return cid_str(workdir.checkout(self, rev, force, progress))
 
     def restore(self, paths: list[str], source: str = "HEAD", progress: Progress = NULL_PROGRESS) -> list[str]:
-        return workdir.restore(self, source, paths, progress)
+        from casync import workedit
+
+        return workedit.restore(self, source, paths, progress)
+
+    def remove(self, paths: list[str], cached: bool = False, recursive: bool = False) -> list[str]:
+        """Stop tracking ``paths``: delete them, or with ``cached`` keep them on disk (``casync rm``)."""
+        from casync import workedit
+
+        return workedit.remove(self, paths, cached, recursive)
 
     def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
         """What the working tree holds now, as tree entries (hashes files; stores nothing)."""

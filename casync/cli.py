@@ -250,12 +250,24 @@ def status(obj: _Context, as_json: bool) -> None:
         return
     where = f"on branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}" if st.head else ""
     click.echo(where + ("" if st.head else " (no commits yet)"))
+    if st.moved:
+        at = f"commit {short(st.checked_out, 16)}" if st.checked_out else "an older tree"
+        click.echo(f"{'branch ' + st.branch if st.branch else 'HEAD'} moved since the working tree was checked out "
+                   f"(a transaction, a push): the files are still at {at}, and changes below are against it")
+        click.echo(f"  (use 'casync checkout {st.branch or 'HEAD'}' to bring them up to date, keeping your edits)")
+    if st.merge_in_progress:
+        click.echo("merge in progress: resolve the conflicts ('casync conflicts'), then 'casync merge --continue'")
+        click.echo("  (use 'casync merge --abort' to give it up)")
     if st.clean:
         click.echo("nothing to commit, working tree clean")
     for label, paths in (("new", st.added), ("modified", st.modified), ("deleted", st.deleted),
                          ("skipped", st.skipped)):  # skipped entries carry their reason
         for p in paths:
             click.echo(f"  {label + ':':10} {_quote_path(p)}")
+    if st.ignored_tracked:
+        click.echo("tracked, though .casyncignore matches (still committed; untrack with 'casync rm --cached PATH'):")
+        for p in st.ignored_tracked:
+            click.echo(f"  {'ignored:':10} {_quote_path(p)}")
 
 
 def _quote_path(path: str) -> str:
@@ -412,7 +424,7 @@ def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
 def checkout(obj: _Context, rev: str, force: bool) -> None:
     """Make the working tree match REV (a branch name also switches to that branch)."""
     repo = obj.repo()
-    cid = repo.checkout(rev, force=force, progress=obj.progress())
+    cid = _checkout(obj, repo, rev, force)
     branch = repo.current_branch()
     click.echo(f"switched to branch {branch} at {short(repo.resolve(cid))}" if branch and branch == rev
                else f"HEAD is now at {cid[:16]} (detached)", err=True)
@@ -438,6 +450,20 @@ def _repo_relative(repo: Repository, base: str, path: str) -> str:
         raise UsageError(f"path {path!r} is outside the working tree {root}")
     rel = os.path.relpath(absolute, root)
     return "" if rel == "." else rel.replace(os.sep, "/")
+
+
+@main.command("rm")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--cached", is_flag=True, help="Keep the files on disk; only stop tracking them.")
+@click.option("-r", "recursive", is_flag=True, help="Remove the tracked files under a directory.")
+@_pass
+def rm_cmd(obj: _Context, paths: tuple[str, ...], cached: bool, recursive: bool) -> None:
+    """Stop tracking PATHS: delete them (refused for uncommitted edits), or with --cached
+    keep them on disk; the next commit records it."""
+    repo = obj.repo()
+    done = repo.remove([_repo_relative(repo, obj.directory, p) for p in paths], cached=cached, recursive=recursive)
+    for p in done:
+        click.echo(f"{'untracked' if cached else 'removed'} {_quote_path(p)}", err=True)
 
 
 @main.command()
@@ -493,8 +519,24 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
         repo.update_branch(branch_name, None, head, "switch -c")
     elif branch_name not in repo.branches():
         raise UsageError(f"no branch named {branch_name!r}", hint="create it with 'casync switch -c NAME'")
-    repo.checkout(branch_name, force=force, progress=obj.progress())
+    _checkout(obj, repo, branch_name, force)
     click.echo(f"switched to branch {branch_name}", err=True)
+
+
+def _checkout(obj: _Context, repo: Repository, rev: str, force: bool) -> str:
+    """Check out REV; leaving a detached HEAD whose commits no ref reaches says so (they
+    are then only in HEAD's reflog), as git does."""
+    detached = repo.head() if repo.current_branch() is None else None
+    cid = repo.checkout(rev, force=force, progress=obj.progress())
+    if detached is not None and repo.head() != detached:
+        behind = repo.left_behind(detached)
+        if behind:
+            tip = short(behind[0], 16)
+            listed = ", ".join(short(c, 16) for c in behind[:3]) + (" ..." if len(behind) > 3 else "")
+            click.echo(f"warning: leaving {len(behind)} commit(s) behind, on no branch: {listed}", err=True)
+            click.echo(f"hint: keep them with 'casync branch NAME {tip}' ('casync reflog HEAD' lists them later)",
+                       err=True)
+    return cid
 
 
 @main.command()
@@ -522,24 +564,23 @@ def fsck(obj: _Context, as_json: bool) -> None:
 @json_option
 @_pass
 def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> None:
-    """Every move of REF (a branch, or HEAD's branch), newest first: how to find lost commits."""
+    """Every move of REF (default HEAD: every commit, checkout and switch, detached or not),
+    newest first: how to find lost commits."""
     repo = obj.repo()
-    name = ref
     if ref == "HEAD":
-        branch = repo.current_branch()
-        if branch is None:
-            raise StateRefused("HEAD is detached; give a branch name", hint="casync reflog main")
-        name = branch
-    from casync.repo import ref_candidates
+        full = "HEAD"
+        entries = list(reversed(repo.refs.reflog("HEAD")))[:max_count]
+    else:
+        from casync.repo import ref_candidates
 
-    found = repo.ref_named(name)  # the names 'log' takes: main, origin/main, remotes/origin/main, ...
-    # a deleted ref has no commit but keeps its reflog
-    logs = [(found[0], repo.refs.reflog(found[0]))] if found else \
-        [(c, log) for c in ref_candidates(name) if (log := repo.refs.reflog(c))]
-    if not logs:
-        raise UnknownRevision(f"no ref named {ref!r}", hint="list branches with 'casync branch'")
-    full = logs[0][0]
-    entries = list(reversed(logs[0][1]))[:max_count]
+        found = repo.ref_named(ref)  # the names 'log' takes: main, origin/main, remotes/origin/main, ...
+        # a deleted ref has no commit but keeps its reflog
+        logs = [(found[0], repo.refs.reflog(found[0]))] if found else \
+            [(c, log) for c in ref_candidates(ref) if (log := repo.refs.reflog(c))]
+        if not logs:
+            raise UnknownRevision(f"no ref named {ref!r}", hint="list branches with 'casync branch'")
+        full = logs[0][0]
+        entries = list(reversed(logs[0][1]))[:max_count]
     if as_json:
         _json([{"ref": e.ref, "old": cid_str(e.old) if e.old else None, "new": cid_str(e.new) if e.new else None,
                 "time_ms": e.time_ms, "reason": e.reason} for e in entries])

@@ -394,7 +394,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
 
             # a resumed clone checks out over what a broken-off checkout already wrote
             update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress(),
-                            force=resumed is not None)
+                            force=resumed is not None, commit=tip)
             repo.update_branch(wanted, repo.refs.get_ref(f"heads/{wanted}"), tip, f"clone from {url}")
             repo.set_head(wanted)
         clear_pending(repo)

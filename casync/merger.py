@@ -36,11 +36,12 @@ from casync.merge import (
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.workdir import update_worktree
+from casync.workstate import MERGE_STATE_KEY, require_current
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
 
-_STATE_KEY = b"merge_state"
+_STATE_KEY = MERGE_STATE_KEY
 DEFAULT_PRIORITY = 100
 
 
@@ -190,6 +191,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if merge_state(repo) is not None:
             raise StateRefused("a merge is in progress", hint="finish it with 'casync merge --continue' or "
                                "'casync merge --abort'")
+        require_current(repo, "merging")  # a merge on a moved branch would write over the files
         ours = repo.head()
         theirs = repo.resolve(rev)
         branch = repo.current_branch()
@@ -203,7 +205,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
                                  progress=progress, dry_run=True)
             _move(repo, branch, ours, theirs, f"merge {rev}: fast-forward")
             update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
-                            progress=progress, st=st)
+                            progress=progress, st=st, commit=theirs)
             return MergeOutcome("fast-forward", theirs)
         if repo.graph.is_ancestor(theirs, ours):
             return MergeOutcome("up-to-date", ours)
@@ -237,7 +239,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
         repo.blocks.flush()
         _move(repo, branch, ours, cid, f"merge {rev}")
-        update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st)
+        update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st, commit=cid)
         return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
 
 
@@ -251,7 +253,7 @@ def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reaso
     if branch is not None:
         repo.update_branch(branch, old, new, reason)
     else:
-        repo.set_head(None, new)
+        repo.set_head(None, new, reason=reason)
 
 
 def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:
@@ -287,19 +289,16 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
 
 
 def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
-    """Throw the merge away: the working tree goes back to HEAD."""
-    from casync.dag import flatten_tree
+    """Throw the merge away: the paths it wrote go back to HEAD; other uncommitted edits stay."""
+    from casync.workedit import abort_merge_worktree
 
     state = merge_state(repo)
     if state is None:
         raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
                            "sibling versions left to resolve")
     with repo.store.writer_lock():
-        head = repo.head()
-        written = flatten_tree(repo.blocks, parse_cid(state["written_tree"]))
-        head_tree = repo.tree_of(head) if head is not None else None
-        update_worktree(repo, written, repo.flat_tree(head), head_tree, "merge --abort", force=True,
-                        progress=progress)
+        owned = {c["path"] for c in state["conflicts"]} | {c["sibling"] for c in state["conflicts"] if c["sibling"]}
+        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned, set(state.get("resolved", [])), progress)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
 
 

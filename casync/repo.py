@@ -167,6 +167,8 @@ class Repository:
             "bare": bare,
         })
         store.put("meta", b"HEAD", f"heads/{branch}".encode())
+        if not bare:  # the working tree holds nothing yet (the record of casync.workstate)
+            store.put("meta", b"worktree", b'{"tree": null, "commit": null}')
         return cls(root, store)
 
     @classmethod
@@ -230,9 +232,15 @@ class Repository:
             return raw[len(b"detached:"):]
         return self.refs.get_ref(raw.decode())
 
-    def set_head(self, branch: str | None, detached: Cid | None = None) -> None:
+    def set_head(self, branch: str | None, detached: Cid | None = None, reason: str = "checkout") -> None:
+        """Attach HEAD to ``branch`` or detach it at ``detached``; HEAD's reflog records the move."""
         value = f"heads/{branch}".encode() if branch is not None else b"detached:" + (detached or b"")
-        self.store.put("meta", b"HEAD", value)
+        self.refs.set_head(value, reason)
+
+    def left_behind(self, commit: Cid) -> list[Cid]:
+        """Commits reachable from ``commit`` but from no ref, newest first: what leaving a
+        detached HEAD at ``commit`` would leave for only the HEAD reflog to remember."""
+        return list(reversed(self.graph.missing([commit], self.refs.list_refs().values())))
 
     def branches(self) -> dict[str, Cid]:
         return {k[len("heads/"):]: v for k, v in self.refs.list_refs("heads/").items()}
@@ -379,10 +387,11 @@ class Repository:
             parents = ([old] if old else []) + list(extra_parents)
             cid = self.make_commit(tree, parents, message, author)
             self.blocks.flush()
+            first_line = message.splitlines()[0] if message else ""
             if branch is not None:
-                self.update_branch(branch, old, cid, f"{reason}: {message.splitlines()[0] if message else ''}")
+                self.update_branch(branch, old, cid, f"{reason}: {first_line}")
             else:
-                self.set_head(None, cid)
+                self.set_head(None, cid, reason=f"{reason} on a detached HEAD: {first_line}")
             return cid
 
     def transaction(self, branch: str | None = None, message: str = "", author: str | None = None) -> Transaction:
@@ -390,7 +399,8 @@ class Repository:
 
         ``branch`` defaults to HEAD's branch.  The working tree is not touched: an
         application writing through transactions normally has none; if the branch is
-        checked out, ``casync checkout -f BRANCH`` brings the files up to date.
+        checked out, commits refuse until ``casync checkout BRANCH`` brings the files up
+        to date (see :mod:`casync.workstate`).
         """
         branch = branch or self.current_branch() or "main"
         validate_branch_name(branch)

@@ -1,4 +1,4 @@
-"""Working-directory operations: snapshot (commit), status, checkout and restore.
+"""Working-directory operations: snapshot (commit), status and checkout.
 
 The stat cache makes unchanged files free: a file whose (mtime, ctime, size, inode,
 mode) match the cache is not re-read.  Files modified within the last
@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from casync import workstate
 from casync.dag import Entry, FileWriter, Kind, diff_flat, directories_of, flatten_tree, read_symlink, write_symlink
 from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str
@@ -24,10 +25,10 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
-from casync.worktree import FileStat, Ignore, WorktreeWriter, native_stat_records, scan
+from casync.worktree import FileStat, Ignore, UntrackedIgnore, WorktreeWriter, native_stat_records, scan
 
-__all__ = ["RACY_NS", "Status", "checkout", "commit_worktree", "restore", "status", "update_worktree",
-           "worktree_entries"]
+__all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
+           "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
 
 RACY_NS = 1_000_000_000
 MAX_RETRIES = 3
@@ -41,6 +42,10 @@ class Status:
     skipped: list[str] = field(default_factory=list)
     branch: str | None = None
     head: Cid | None = None
+    ignored_tracked: list[str] = field(default_factory=list)  # tracked files an ignore rule matches
+    checked_out: Cid | None = None  # set when HEAD moved since: the commit the files are still at
+    moved: bool = False  # HEAD's tree is no longer the one checked out (a transaction, a push)
+    merge_in_progress: bool = False
 
     @property
     def clean(self) -> bool:
@@ -52,7 +57,9 @@ class Status:
     def to_json(self) -> dict[str, Any]:
         return {"branch": self.branch, "head": cid_str(self.head) if self.head else None, "clean": self.clean,
                 "added": self.added, "modified": self.modified, "deleted": self.deleted,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "ignored_tracked": self.ignored_tracked, "moved": self.moved,
+                "checked_out": cid_str(self.checked_out) if self.checked_out else None,
+                "merge_in_progress": self.merge_in_progress}
 
 
 def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
@@ -116,13 +123,11 @@ class _Snapshotter:
         return entry, after
 
     def _remember(self, path: str, st: FileStat | os.stat_result, entry: Entry) -> None:
-        if st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS:
-            return  # racily clean: hash it again next time
-        self.new_cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+        racy = st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS
+        self.new_cache[path] = _untrusted(entry) if racy else (*_stat_key(st), entry.tsize, entry.cid)
 
-    def snapshot(self) -> tuple[dict[str, Entry], list[str]]:
-        ignore = Ignore.load(self.repo.root)
-        files, skipped = scan(self.repo.root, ignore)
+    def snapshot(self, tracked_tree: Cid | None) -> tuple[dict[str, Entry], list[str]]:
+        files, skipped, _ = _scan(self.repo, tracked_tree)
         total = sum(st.st_size for p, st in files.items() if self.cache.get(p, (None,))[:5] != _stat_key(st))
         self.progress.start("hashing", total)
         out: dict[str, Entry] = {}
@@ -141,10 +146,11 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
     if not message:
         raise UsageError("empty commit message", hint="pass -m MESSAGE")
     with repo.store.writer_lock():
+        workstate.require_current(repo, "committing")
         head = repo.head()
         snap = _Snapshotter(repo, repo.new_file_writer(), progress)
         try:
-            files, _skipped = snap.snapshot()
+            files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None)
             tree = _build(repo, files)
             if not files and head is None and not allow_empty:
                 repo.blocks.discard()
@@ -153,12 +159,15 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
             if head is not None and tree == repo.tree_of(head) and not allow_empty:
                 repo.blocks.discard()
                 repo.store.save_stat_cache(snap.new_cache, tree, head)
+                workstate.record(repo, tree, head)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {cid_str(head)[:12]}")
             cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
         except BaseException:
             repo.blocks.discard()
             raise
         repo.store.save_stat_cache(snap.new_cache, tree, cid)
+        workstate.record(repo, tree, cid)
+        workstate.clear_untracks(repo)
         return cid
 
 
@@ -169,18 +178,29 @@ def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
 
 
 def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
-    """Compare the working tree with HEAD without storing anything."""
+    """Compare the working tree with the tree it was checked out at (HEAD's, unless
+    HEAD moved since: then ``moved`` is set) without storing anything."""
     repo.require_worktree("status")
     head = repo.head()
-    result = Status(branch=repo.current_branch(), head=head)
-    ignore = Ignore.load(repo.root)
-    if head is not None and _cache_describes(repo, head):
+    state = workstate.checked_out(repo)
+    moved = workstate.moved_since_checkout(repo) is not None
+    result = Status(branch=repo.current_branch(), head=head, moved=moved,
+                    checked_out=state.commit if moved else None,
+                    merge_in_progress=workstate.merge_in_progress(repo))
+    pending = workstate.untracks(repo)
+    described = state.tree is not None and not pending and _cache_describes(repo, state.tree)
+    # when the cache describes the tree it names every file of it: which paths are tracked
+    # is then a point lookup in it, not a read of tree blocks
+    tracked = repo.store.stat_cache_tracks if described and repo.store.stat_cache_complete() else None
+    if described:
+        ignore = _ignore(repo, state.tree, pending, tracked)
         native = native_stat_records(repo.root, ignore)
         if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
-            result.skipped = native[1]
+            result.skipped, result.ignored_tracked = native[1], sorted(_tracked_ignored(ignore))
             return result
-    files, result.skipped = scan(repo.root, ignore)
-    if head is not None and _unchanged_since_cache(repo, head, files):
+    files, result.skipped, ignore = _scan(repo, state.tree, pending, tracked)
+    result.ignored_tracked = sorted(_tracked_ignored(ignore))
+    if described and state.tree is not None and _unchanged_since_cache(repo, state.tree, files):
         if repo.store.stat_cache_digest() is None:
             with repo.store.try_writer_lock() as locked:
                 if locked:
@@ -188,8 +208,7 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     snap = _Snapshotter(repo, scratch, progress)
-    head_tree = repo.tree_of(head) if head is not None else None
-    committed = flatten_tree(repo.blocks, head_tree) if head_tree is not None else {}
+    committed = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
     current: dict[str, Entry] = {}
     for path in sorted(files):
         entry = snap.entry(path, files[path])
@@ -201,24 +220,47 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     # commit trust entries whose blocks the repository never got.  Keep only entries whose
     # content the repository holds (unchanged files, or content already committed).
     cache = {p: e for p, e in snap.new_cache.items() if p not in snap.hashed or repo.blocks.has(e[6])}
-    _save_cache_opportunistically(repo, cache, head_tree if result.clean else None,
-                                  head if result.clean else None)
+    clean = result.clean and not pending
+    _save_cache_opportunistically(repo, cache, state.tree if clean else None, state.commit if clean else None)
     return result
 
 
-def _cache_describes(repo: Repository, head: Cid) -> bool:
-    """The stat cache was written for exactly ``head``'s tree."""
-    if repo.store.get("meta", b"statcache_commit") == head:
-        return True
-    cache_tree = repo.store.get("meta", b"statcache_tree")
-    return cache_tree is not None and cache_tree == repo.tree_of(head)
+def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str],
+            tracked: Callable[[str, bool], bool] | None = None) -> Ignore:
+    """The root ignore rules, applied to paths ``tracked_tree`` does not hold (as in git);
+    ``tracked`` answers that question when the caller has a faster way."""
+    rules = Ignore.load(repo.root)
+    if not rules.rules:
+        return rules
+    return rules.untracked_only(tracked or workstate.TreePaths(repo, tracked_tree, pending))
 
 
-def _unchanged_since_cache(repo: Repository, head: Cid, files: dict[str, FileStat]) -> bool:
-    """The fast path: the stat cache describes HEAD's tree exactly and every file's
-    lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
+def _tracked_ignored(ignore: Ignore) -> list[str]:
+    return ignore.tracked_ignored if isinstance(ignore, UntrackedIgnore) else []
+
+
+def _scan(repo: Repository, tracked_tree: Cid | None, pending: set[str] | None = None,
+          tracked: Callable[[str, bool], bool] | None = None) -> tuple[dict[str, FileStat], list[str], Ignore]:
+    """``scan`` of the working tree with ignore rules for untracked paths, leaving out the
+    files ``rm --cached`` untracked (until the next commit records that)."""
+    pending = workstate.untracks(repo) if pending is None else pending
+    ignore = _ignore(repo, tracked_tree, pending, tracked)
+    files, skipped = scan(repo.root, ignore)
+    for path in pending:
+        files.pop(path, None)
+    return files, skipped, ignore
+
+
+def _cache_describes(repo: Repository, tree: Cid) -> bool:
+    """The stat cache was written for exactly ``tree`` (the checked-out tree)."""
+    return repo.store.get("meta", b"statcache_tree") == tree
+
+
+def _unchanged_since_cache(repo: Repository, tree: Cid, files: dict[str, FileStat]) -> bool:
+    """The fast path: the stat cache describes the checked-out tree exactly and every
+    file's lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
     (With the native walk, ``status`` first tries the same test as one digest comparison.)"""
-    if not _cache_describes(repo, head):
+    if not _cache_describes(repo, tree):
         return False
     raw = repo.store.load_stat_cache_raw()
     if len(raw) != len(files):
@@ -244,7 +286,7 @@ def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> di
     """``{path: Entry}`` for the working tree as it is now (nothing is stored)."""
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     snap = _Snapshotter(repo, scratch, progress)
-    files, _ = scan(repo.root, Ignore.load(repo.root))
+    files, _, _ = _scan(repo, workstate.checked_out(repo).tree)
     out = {}
     for path in sorted(files):
         entry = snap.entry(path, files[path])
@@ -253,7 +295,25 @@ def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> di
     return out
 
 
-def _apply(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], paths: Iterable[str] | None = None,
+def disk_entries(repo: Repository, paths: Iterable[str]) -> dict[str, Entry]:
+    """``{path: Entry}`` for just ``paths`` as they are on disk (missing ones left out),
+    hashed into a throwaway store."""
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, NULL_PROGRESS)
+    out: dict[str, Entry] = {}
+    for path in sorted(paths):
+        try:
+            st = os.lstat(repo.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISLNK(st.st_mode):
+            entry = snap.entry(path, st)
+            if entry is not None:
+                out[path] = entry
+    return out
+
+
+def apply_changes(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], paths: Iterable[str] | None = None,
            progress: Progress = NULL_PROGRESS) -> None:
     """Make the working tree go from ``old`` to ``new`` (restricted to ``paths`` if given)."""
     writer = WorktreeWriter(repo.root)
@@ -295,32 +355,46 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         if repo.bare:
             repo.set_head(branch, None if branch else target)
             return target
-        if head is not None and target == head and not force:
+        reason = f"checkout: moving to {rev}"
+        if head is not None and target == head and not force and workstate.moved_since_checkout(repo) is None:
             if branch is not None:
-                repo.set_head(branch)
+                repo.set_head(branch, reason=reason)
             elif rev != "HEAD":
-                repo.set_head(None, target)
+                repo.set_head(None, target, reason=reason)
             return target
-        update_worktree(repo, repo.flat_tree(head), repo.flat_tree(target), repo.tree_of(target),
-                        f"checkout of {rev}", force, progress, can_force=True)
+        # from what the files hold: HEAD's tree, or an older one if HEAD moved without them
+        state = workstate.checked_out(repo)
+        try:
+            update_worktree(repo, flatten_tree(repo.blocks, state.tree) if state.tree is not None else {},
+                            repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
+                            can_force=True, commit=target)
+        except WorktreeDirty as exc:
+            if state.commit is None or workstate.moved_since_checkout(repo) is None:
+                raise
+            at = cid_str(state.commit)[:16]  # the edits cannot be committed where they are
+            raise WorktreeDirty(exc.message, hint=f"keep them on a branch at the commit the files are at: 'casync "
+                                f"branch NAME {at}', 'casync switch NAME', commit, then merge; or pass --force "
+                                "to discard them") from None
         if branch is not None:
-            repo.set_head(branch)
+            repo.set_head(branch, reason=reason)
         else:
-            repo.set_head(None, target)
+            repo.set_head(None, target, reason=reason)
         return target
 
 
 def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], new_tree: Cid | None,
                     what: str, force: bool = False, progress: Progress = NULL_PROGRESS,
-                    dry_run: bool = False, st: Status | None = None, can_force: bool = False) -> Status:
-    """Move the working tree from ``old`` (what HEAD holds) to ``new``.
+                    dry_run: bool = False, st: Status | None = None, can_force: bool = False,
+                    commit: Cid | None = None) -> Status:
+    """Move the working tree from ``old`` (the tree it was checked out at) to ``new``.
 
     Uncommitted changes on paths this touches make it refuse with :class:`WorktreeDirty`
     (unless ``force``); with ``dry_run`` it only checks.  ``new_tree`` is the tree CID
     ``new`` was read from (None for an uncommitted tree), recorded for the stat cache.
     ``st`` is the working tree's status against ``old`` when the caller already has it
     (e.g. from a dry run before moving HEAD).  ``can_force``: the command offers --force
-    (the refusal's hint says so only then).  Returns that status.
+    (the refusal's hint says so only then).  ``commit`` is the commit ``new_tree`` is from,
+    recorded with it (see :mod:`casync.workstate`).  Returns that status.
     """
     if repo.bare:
         return Status(branch=repo.current_branch(), head=repo.head())
@@ -340,25 +414,29 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     touched = {c.path for c in diff_flat(old, new)}
     if not force:
         in_the_way = {p for p in st.added if p in new_dirs}
-        in_the_way |= _untracked_in_replaced_dirs(repo, old, new, touched)
+        in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
         dirty_touch = (dirty & touched) | in_the_way
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
             raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
                                 hint="commit them first, or pass --force to discard them" if can_force
                                 else "commit them (or move them away) first")
+    # refused before anything is written (or a ref moves), not half-way by the writer
+    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
+                                            {p for p in touched if p in old and p not in new})
     if dry_run:
         return st
-    _apply(repo, old, new, touched, progress)
+    apply_changes(repo, old, new, touched, progress)
     keep_dirty = set() if force else dirty - touched
     if new_tree is None:
         repo.store.save_stat_cache({}, None)
     else:
-        _refresh_cache(repo, {p: e for p, e in new.items() if p not in keep_dirty}, new_tree)
+        refresh_cache(repo, new, new_tree, stale=keep_dirty)
+        workstate.record(repo, new_tree, commit)
     return st
 
 
-def _untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
+def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
                                 touched: set[str]) -> set[str]:
     """Files that are neither tracked nor ignored inside directories the update replaces
     with a file or symlink: writing it would delete them with the directory.  (Ignored
@@ -392,56 +470,26 @@ def _untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: di
     return out
 
 
-def _refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid) -> None:
-    """After writing a tree out, record stat data so the next status reads nothing."""
+def _untrusted(entry: Entry) -> StatEntry:
+    """A cache entry that names a tracked file but never matches an lstat (st_mode 0: no
+    file has it), so the file is hashed again: racily clean, or with uncommitted edits.
+    With it, a cache that describes a tree names every file of it (see status)."""
+    return (0, 0, 0, 0, 0, entry.tsize, entry.cid)
+
+
+def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid, stale: set[str] | None = None) -> None:
+    """After writing ``tree`` (whose files are ``entries``) out, record stat data so the
+    next status reads nothing; ``stale`` paths (uncommitted edits kept) are not trusted."""
     now = time.time_ns()
     cache: dict[str, StatEntry] = {}
     for path, entry in entries.items():
         try:
             st = os.lstat(repo.root / path)
         except FileNotFoundError:
-            continue
-        if st.st_mtime_ns >= now - RACY_NS or st.st_ctime_ns >= now - RACY_NS:
-            continue
-        cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+            st = None
+        if (st is None or (stale and path in stale) or st.st_mtime_ns >= now - RACY_NS
+                or st.st_ctime_ns >= now - RACY_NS):
+            cache[path] = _untrusted(entry)
+        else:
+            cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
     repo.store.save_stat_cache(cache, tree)
-
-
-def restore(repo: Repository, source: str, paths: list[str], progress: Progress = NULL_PROGRESS) -> list[str]:
-    """Overwrite ``paths`` (files or directories, repository-relative) with their content in
-    ``source``.  Tracked files (in HEAD) under them that ``source`` lacks are removed;
-    untracked files are left alone.  Returns the paths written."""
-    from casync.validate import split_path
-
-    repo.require_worktree("restore")
-    with repo.store.writer_lock():
-        target = repo.resolve(source)
-        new_all = repo.flat_tree(target)
-        tracked = repo.flat_tree(repo.head())
-        prefixes = ["/".join(split_path(p)) for p in paths]
-        for pre in prefixes:
-            exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)
-                      or any(p == pre or p.startswith(pre + "/") for p in tracked))
-            if not exists:
-                where = "HEAD" if source == "HEAD" else f"{source} nor in HEAD"
-                raise UsageError(f"path {pre!r} is not in {where}",
-                                 hint="restore brings back committed files; untracked files are not tracked")
-
-        def under(path: str) -> bool:
-            return any(not pre or path == pre or path.startswith(pre + "/") for pre in prefixes)
-
-        selected = {p: e for p, e in new_all.items() if under(p)}
-        placeholder = Entry(b"", "file", 0)  # forces a rewrite: the disk may differ from HEAD
-        old = {p: placeholder for p in tracked if under(p)}
-        old.update({p: placeholder for p in selected})
-        lost = _untracked_in_replaced_dirs(repo, tracked, selected, set(selected))
-        if lost:
-            listed = ", ".join(sorted(lost)[:5]) + (" ..." if len(lost) > 5 else "")
-            raise WorktreeDirty(f"restore would delete untracked files in a directory it replaces: {listed}",
-                                hint="move them away first")
-        _apply(repo, old, selected, None, progress)
-        cache = repo.store.load_stat_cache()
-        for p in old:
-            cache.pop(p, None)
-        repo.store.save_stat_cache(cache, None)
-        return sorted(selected)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import stat as stat_mod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +20,7 @@ from typing import NamedTuple
 from casync.errors import InvalidPath
 from casync.validate import REPO_DIR, is_plain_name, is_reserved_name, split_path, validate_name
 
-__all__ = ["IGNORE_FILE", "FileStat", "Ignore", "WorktreeWriter", "native_stat_records", "scan"]
+__all__ = ["IGNORE_FILE", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter", "native_stat_records", "scan"]
 
 try:  # optional native walk (casync/_cscan.c); the pure-Python scan() below is the reference
     from casync._cscan import walk as _native_walk
@@ -116,6 +116,41 @@ class Ignore:
             if rule.regex.match(path):
                 result = not rule.negate
         return result
+
+    def untracked_only(self, tracked: Callable[[str, bool], bool]) -> UntrackedIgnore:
+        """These rules as git applies them: to untracked paths only (see UntrackedIgnore)."""
+        return UntrackedIgnore(self.rules, tracked)
+
+
+class UntrackedIgnore(Ignore):
+    """Ignore rules that leave tracked paths alone: a tracked file a rule matches is
+    still scanned (and committed with its changes), a directory a rule matches is
+    descended when it holds tracked files, and untracked files inside it stay ignored.
+
+    ``tracked(path, is_dir)`` is asked only about paths a rule matches.  A walk (scan,
+    or the native one) asks about a directory before its contents, which is what lets a
+    child know its parent was kept only for its tracked files.  ``tracked_ignored``
+    collects, during one walk, the tracked files a rule matches (for ``status``).
+    """
+
+    def __init__(self, rules: list[_Rule], tracked: Callable[[str, bool], bool]) -> None:
+        super().__init__()
+        self.rules = rules
+        self._tracked = tracked
+        self._kept_dirs: set[str] = set()
+        self.tracked_ignored: list[str] = []
+
+    def ignored(self, path: str, is_dir: bool) -> bool:
+        parent = path.rpartition("/")[0]
+        if not (parent in self._kept_dirs or super().ignored(path, is_dir)):
+            return False
+        if not self._tracked(path, is_dir):
+            return True
+        if is_dir:
+            self._kept_dirs.add(path)
+        else:
+            self.tracked_ignored.append(path)
+        return False
 
 
 class FileStat(NamedTuple):
@@ -252,6 +287,27 @@ class WorktreeWriter:
             yield fd
         finally:
             os.close(fd)
+
+    def check_parents(self, paths: Iterable[str], removed: set[str]) -> None:
+        """Refuse, before anything is written, what :meth:`write_file` would refuse half-way:
+        a path whose directory is a symlink or a file on disk (unless it is in ``removed``,
+        which the caller deletes first)."""
+        checked: set[str] = set()
+        for path in paths:
+            cut = path.find("/")
+            while cut != -1:
+                parent = path[:cut]
+                if parent not in checked:
+                    checked.add(parent)
+                    try:
+                        mode = os.lstat(self.root / parent).st_mode
+                    except (FileNotFoundError, NotADirectoryError):
+                        break  # the write creates it
+                    if not stat_mod.S_ISDIR(mode) and parent not in removed:
+                        kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
+                        raise InvalidPath(f"{parent} is a {kind}, not a directory; refusing to write {path} "
+                                          "through it", hint=f"move {parent} away, then retry")
+                cut = path.find("/", cut + 1)
 
     def write_file(self, path: str, chunks: Iterable[bytes], executable: bool) -> None:
         parts = split_path(path)

@@ -139,6 +139,15 @@ def test_symlinks_roundtrip_and_are_not_followed(cli: Cli, tmp_path: Path) -> No
     (cli.cwd / "link").unlink()
     cli("restore", "--source", "HEAD", "link")
     assert os.readlink(cli.cwd / "link") == "real/file"
+    # a directory swapped for a symlink to outside the tree is never written through
+    (cli.cwd / "real/file").unlink()
+    (cli.cwd / "real").rmdir()
+    os.symlink(outside, cli.cwd / "real")
+    r = cli("restore", "real/file", ok=False)
+    assert r.exit_code == 2 and "refusing to write real/file through it" in r.stderr
+    cli("checkout", "--force", "main")  # --force replaces the link (not what it points to)
+    assert not (cli.cwd / "real").is_symlink() and (cli.cwd / "real/file").read_text() == "data"
+    assert os.listdir(outside) == []
 
 
 def test_checkout_refuses_to_clobber(cli: Cli) -> None:

@@ -171,9 +171,10 @@ def test_state_refusals_exit_1_and_usage_errors_exit_2(tmp_path: Path) -> None:
     peer = _repo(tmp_path, "peer", "site-p")
     cli("remote", "add", "peer", str(peer.cwd))
     cli("checkout", "HEAD~1")  # detached
-    for args in (("sync", "peer"), ("push", "peer"), ("pull", "peer"), ("reflog",)):
+    for args in (("sync", "peer"), ("push", "peer"), ("pull", "peer")):
         r = cli(*args, ok=False)
         assert r.exit_code == 1 and "detached" in r.stderr and "Traceback" not in r.stderr, args
+    assert "checkout" in cli("reflog").stdout  # HEAD's own reflog works detached too
     cli("switch", "main")
     # usage: an unknown peer, remote, branch or ref
     r = cli("sync", "nosuchpeer", ok=False)

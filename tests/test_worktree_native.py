@@ -76,6 +76,30 @@ def test_native_walk_equals_python_scan_byte_for_byte(tmp_path: Path, with_rules
 
 
 @needs_native
+def test_native_walk_applies_ignore_rules_to_untracked_paths_only_as_scan_does(tmp_path: Path) -> None:
+    """A tracked file a rule matches is walked; an ignored directory holding tracked files is
+    descended, its untracked files stay ignored; both walks report the same tracked-ignored."""
+    _tricky_tree(tmp_path)
+    (tmp_path / "build" / "deep").mkdir()
+    (tmp_path / "build" / "deep" / "t.o").write_bytes(b"tracked under an ignored directory")
+    tracked = {"logs/drop.log", "build/deep/t.o"}
+    tracked_dirs = {"build", "build/deep", "logs"}
+
+    def is_tracked(path: str, is_dir: bool) -> bool:
+        return path in (tracked_dirs if is_dir else tracked)
+
+    rules = Ignore.load(tmp_path)
+    native_ignore, python_ignore = rules.untracked_only(is_tracked), rules.untracked_only(is_tracked)
+    native = native_stat_records(tmp_path, native_ignore)
+    assert native is not None
+    expected_records, expected_skipped = _python_records(tmp_path, python_ignore)
+    assert native[0] == expected_records and sorted(native[1]) == sorted(expected_skipped)
+    assert sorted(native_ignore.tracked_ignored) == sorted(python_ignore.tracked_ignored) == sorted(tracked)
+    assert b"logs/drop.log\0" in native[0] and b"build/deep/t.o\0" in native[0]
+    assert b"build/out.o\0" not in native[0]  # untracked, in an ignored directory
+
+
+@needs_native
 def test_native_walk_of_a_missing_root_names_it(tmp_path: Path) -> None:
     records, skipped = native_stat_records(tmp_path / "gone", Ignore()) or (None, None)
     assert records == b"" and skipped == []  # vanished, as scan() treats it

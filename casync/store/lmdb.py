@@ -358,9 +358,25 @@ class LmdbStore:
             txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
         self.write(fn)
 
+    def stat_cache_complete(self) -> bool:
+        """Whether the cache, when it describes a tree, names every file of it (as every
+        write since casync knew ignore rules only for untracked files does)."""
+        return self.get("meta", b"statcache_complete") is not None
+
+    def stat_cache_tracks(self, path: str, is_dir: bool) -> bool:
+        """Does the stat cache name ``path`` (a directory: a file under it)?  When it
+        describes a tree (``statcache_tree``) it names every file of that tree."""
+        key = path.encode("utf-8", "surrogateescape") + (b"/" if is_dir else b"")
+        with self.env.begin() as txn:
+            if not is_dir:
+                return txn.get(key, db=self._dbs["statcache"]) is not None
+            cur = txn.cursor(db=self._dbs["statcache"])
+            return bool(cur.set_range(key)) and bytes(cur.key()).startswith(key)
+
     def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
-        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly
-        (and ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
+        """Replace the stat cache; ``tree`` is the tree whose files it describes exactly —
+        ``entries`` then name every file of it, an untrusted one with ``st_mode`` 0 — (and
+        ``commit`` a commit with that tree, so status can skip decoding HEAD)."""
         def fn(txn: Any) -> None:
             db = self._dbs["statcache"]
             txn.drop(db, delete=False)
@@ -377,6 +393,8 @@ class LmdbStore:
                 txn.delete(b"statcache_tree", db=self._dbs["meta"])
             else:
                 txn.put(b"statcache_tree", tree, db=self._dbs["meta"])
+            # caches of older versions describing a tree could leave out racy files
+            txn.put(b"statcache_complete", b"1", db=self._dbs["meta"])
             if commit is None or tree is None:
                 txn.delete(b"statcache_commit", db=self._dbs["meta"])
             else:
@@ -725,7 +743,7 @@ class LmdbRefStore:
         return {k.decode(): v for k, v in self._store.items("refs", prefix.encode())}
 
     def cas_ref(self, name: str, old: Cid | None, new: Cid | None, reason: str) -> None:
-        refs, log = self._store.db("refs"), self._store.db("reflog")
+        refs, meta = self._store.db("refs"), self._store.db("meta")
         key = name.encode()
 
         def fn(txn: Any) -> None:
@@ -741,17 +759,43 @@ class LmdbRefStore:
                 txn.delete(key, db=refs)
             else:
                 txn.put(key, new, db=refs)
-            entry = {"old": cid_str(old) if old else None, "new": cid_str(new) if new else None,
-                     "time_ms": int(time.time() * 1000), "reason": reason}
-            cur = txn.cursor(db=log)
-            seq = 0
-            if cur.set_range(key + b"\x00\xff"):
-                pass
-            if cur.prev() and bytes(cur.key()).startswith(key + b"\x00"):
-                seq = struct.unpack(">Q", bytes(cur.key())[len(key) + 1 :])[0] + 1
-            txn.put(key + b"\x00" + struct.pack(">Q", seq), json.dumps(entry).encode(), db=log)
+            self._log(txn, key, old, new, reason)
+            if bytes(txn.get(b"HEAD", db=meta) or b"heads/main") == key:
+                self._log(txn, b"HEAD", old, new, reason)  # HEAD's reflog: every move of HEAD
 
         self._store.write(fn)
+
+    def set_head(self, value: bytes, reason: str) -> None:
+        """Point HEAD (meta ``HEAD``) at ``heads/<branch>`` or ``detached:<CID>``, logging
+        the move in HEAD's reflog (ref name ``HEAD``) when the value changes."""
+        refs, meta = self._store.db("refs"), self._store.db("meta")
+
+        def target(txn: Any, raw: bytes) -> Cid | None:
+            if raw.startswith(b"detached:"):
+                return raw[len(b"detached:"):] or None
+            found = txn.get(raw, db=refs)
+            return bytes(found) if found is not None else None
+
+        def fn(txn: Any) -> None:
+            current = bytes(txn.get(b"HEAD", db=meta) or b"heads/main")
+            if current == value:
+                return
+            txn.put(b"HEAD", value, db=meta)
+            self._log(txn, b"HEAD", target(txn, current), target(txn, value), reason)
+
+        self._store.write(fn)
+
+    def _log(self, txn: Any, key: bytes, old: Cid | None, new: Cid | None, reason: str) -> None:
+        entry = {"old": cid_str(old) if old else None, "new": cid_str(new) if new else None,
+                 "time_ms": int(time.time() * 1000), "reason": reason}
+        log = self._store.db("reflog")
+        cur = txn.cursor(db=log)
+        seq = 0
+        if cur.set_range(key + b"\x00\xff"):
+            pass
+        if cur.prev() and bytes(cur.key()).startswith(key + b"\x00"):
+            seq = struct.unpack(">Q", bytes(cur.key())[len(key) + 1 :])[0] + 1
+        txn.put(key + b"\x00" + struct.pack(">Q", seq), json.dumps(entry).encode(), db=log)
 
     def reflog(self, name: str) -> list[RefLogEntry]:
         from casync.ids import parse_cid

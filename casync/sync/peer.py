@@ -30,6 +30,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
 from casync.workdir import update_worktree
+from casync.workstate import moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
            "push_to"]
@@ -147,7 +148,10 @@ class PeerService:
                 receiver.abort()
                 raise
             current = self.repo.refs.get_ref(f"heads/{branch}")
-            checked_out = not self.repo.bare and self.repo.current_branch() == branch
+            # a working tree left behind by a branch move (a transaction) stays put: it is
+            # brought up to date by 'casync checkout', never moved from the wrong tree
+            checked_out = (not self.repo.bare and self.repo.current_branch() == branch
+                           and moved_since_checkout(self.repo) is None)
             st = None
             if checked_out and current == old:
                 # like git's receive.denyCurrentBranch=updateInstead: the files follow the
@@ -164,7 +168,7 @@ class PeerService:
             self.repo.update_branch(branch, old, new, "push")
             if checked_out:
                 update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new),
-                                self.repo.tree_of(new), f"push to {branch}", st=st)
+                                self.repo.tree_of(new), f"push to {branch}", st=st, commit=new)
             return stats
 
 
