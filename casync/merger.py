@@ -5,34 +5,28 @@ repository (flat trees, the last write of each conflicting path on each side), w
 merged content, makes the merge commit (both parents, joined vector clock), and moves
 the branch by compare-and-swap and the working tree with the usual dirty checks.
 
-Criss-cross histories have several best common ancestors; they are merged first into
-a virtual base (recursively, under ``lww`` so the result is deterministic), as git's
-``recursive`` strategy does.
+What the histories say (merge bases, a virtual base for criss-cross histories, who
+wrote what since) is gathered by :mod:`casync.mergehist`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, build_tree, directories_of, lookup
+from casync.dag import Entry, build_tree
 from casync.errors import ConflictError, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str, parse_cid
 from casync.merge import (
     Conflict,
     Decision,
-    MergeInput,
-    MergeResult,
     PolicyRules,
     ResolverFn,
-    Side,
-    Write,
-    merge_trees,
 )
+from casync.mergehist import merge_sides, real_side
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.workdir import update_worktree
@@ -41,7 +35,6 @@ __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "lis
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
 
 _STATE_KEY = b"merge_state"
-DEFAULT_PRIORITY = 100
 
 
 @dataclass
@@ -65,107 +58,6 @@ class MergeOutcome:
 def _priorities(repo: Repository) -> dict[str, int]:
     raw = repo.config.get("priorities", {})
     return {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-
-
-class _WriteFinder:
-    """Finds, for a path, the newest commit in one side's history that wrote the side's
-    current version: the commit whose entry differs from all its parents'."""
-
-    def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
-        self.repo = repo
-        self.priorities = priorities
-        self._entries: dict[tuple[Cid, str], Entry | None] = {}
-
-    def entry(self, commit: Cid, path: str) -> Entry | None:
-        key = (commit, path)
-        if key not in self._entries:
-            tree = self.repo.graph.node(commit).tree
-            self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
-        return self._entries[key]
-
-    def last_write(self, head: Cid, bases: list[Cid], path: str) -> Write:
-        graph = self.repo.graph
-        target = self.entry(head, path)
-        # The write may predate the merge base (a side can carry an old version that won
-        # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in graph.walk_nodes([head]):
-            here = self.entry(cid, path)
-            if not _same(here, target):
-                continue
-            if all(not _same(self.entry(p, path), here) for p in commit.parents):
-                return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
-        node = graph.node(head)
-        return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
-
-
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.executable) == (b.cid, b.executable)
-
-
-def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
-                   resolvers: Mapping[str, ResolverFn], depth: int = 0) -> tuple[MergeResult, list[Cid]]:
-    graph = repo.graph
-    bases = graph.merge_bases(ours, theirs)
-    if not bases:
-        base_flat: dict[str, Entry] = {}
-    elif len(bases) == 1 or depth > 8:
-        base_flat = repo.flat_tree(bases[0])
-    else:
-        virtual = bases[0]
-        base_flat = repo.flat_tree(virtual)
-        for other in bases[1:]:
-            # same rules as the outer merge: under 'siblings' a virtual base that dropped a
-            # version would make the outer merge see that version as "unchanged" and lose it
-            inner = rules if rules.default != "manual" else PolicyRules("siblings", (), rules.skew_tolerance_ms)
-            sub, _ = _merge_commits(repo, virtual, other, inner, resolvers, depth + 1)
-            base_flat = sub.tree
-    ours_flat, theirs_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
-    finder = _WriteFinder(repo, _priorities(repo))
-    touched_o = _touched(repo, ours, bases) if depth == 0 else None
-    touched_t = _touched(repo, theirs, bases) if depth == 0 else None
-    writes: dict[tuple[str, Side], Write] = {}
-    # a file on one side where the other has a directory: the file moves to a sibling named
-    # after the replica that wrote it, so every replica must know who that was
-    dirs_ours, dirs_theirs = directories_of(ours_flat), directories_of(theirs_flat)
-    clashes = {p for p in theirs_flat if p in dirs_ours} | {p for p in ours_flat if p in dirs_theirs}
-    for path in set(ours_flat) | set(theirs_flat) | set(base_flat):
-        b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
-        if _same(o, t):
-            continue
-        both = (touched_o is not None and touched_t is not None and path in touched_o and path in touched_t)
-        if both or (not _same(b, o) and not _same(b, t)) or path in clashes:
-            writes[(path, "ours")] = finder.last_write(ours, bases, path)
-            writes[(path, "theirs")] = finder.last_write(theirs, bases, path)
-
-    def load(entry: Entry) -> bytes:
-        return b"".join(repo.iter_file(entry.cid))
-
-    def store_bytes(data: bytes) -> Entry:
-        return repo.new_file_writer().write(io.BytesIO(data))
-
-    result = merge_trees(MergeInput(base_flat, ours_flat, theirs_flat, writes, rules, load, store_bytes,
-                                    resolvers, touched_o, touched_t))
-    return result, bases
-
-
-def _touched(repo: Repository, head: Cid, bases: list[Cid]) -> frozenset[str]:
-    """Paths written by commits between ``bases`` and ``head``: a plain commit writes what
-    differs from its parent; a merge writes only what differs from every parent."""
-    from casync.dag import changed_paths
-
-    graph = repo.graph
-    out: set[str] = set()
-    for cid in graph.missing([head], bases):  # exactly the commits since the bases
-        node = graph.node(cid)
-        tree = node.tree
-        if not node.parents:
-            out |= changed_paths(repo.blocks, None, tree)
-            continue
-        per_parent = [changed_paths(repo.blocks, graph.node(p).tree, tree) for p in node.parents]
-        out |= set.intersection(*per_parent)
-    return frozenset(out)
 
 
 def load_entry_point_resolvers() -> dict[str, ResolverFn]:
@@ -209,7 +101,8 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
             raise ConflictError(f"refusing to merge {rev}: it shares no history with {cid_str(ours)[:20]}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
-        result, _bases = _merge_commits(repo, ours, theirs, rules, all_resolvers)
+        result, _bases = merge_sides(repo, real_side(repo, ours), real_side(repo, theirs), rules, all_resolvers,
+                                     _priorities(repo))
         ours_flat = repo.flat_tree(ours)
         what = f"merge of {rev}"
         st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)

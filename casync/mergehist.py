@@ -1,0 +1,205 @@
+"""What a three-way merge needs to know of the histories: the merge base (a virtual one
+for criss-cross histories), the paths each side wrote since it, and when each side last
+wrote a path.  The decisions themselves are :mod:`casync.merge`'s (pure).
+
+Criss-cross histories have several best common ancestors.  As git's ``recursive``
+strategy does, they are merged into one *virtual* base: the first two bases are merged,
+the result with the third, and so on; each of these merges finds its own merge bases
+(recursively) and runs under the same policy rules as the outer merge, so it reproduces
+the merges the histories already hold and the outer merge sees only what changed since.
+A virtual merge cannot stop for a person: a path the ``manual`` policy would leave open
+gets a marker content that no side holds (git keeps conflict markers), so the outer
+merge sees both sides' versions as changes and reports the conflict again instead of
+silently taking one.  The asymmetric ``ours``/``theirs`` policies take the bases in
+their fixed order (newest generation first, then CID).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from casync.dag import Entry, changed_paths, directories_of, lookup
+from casync.ids import Cid, cid_str
+from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
+from casync.repo import Repository
+
+__all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
+
+DEFAULT_PRIORITY = 100
+MAX_DEPTH = 8  # virtual bases nested deeper than this fall back to the newest base
+
+
+@dataclass(frozen=True)
+class MergeSide:
+    """One side of a merge: a commit, or a virtual merge of merge bases (``cid`` None)
+    whose history is its parents' histories plus itself."""
+
+    flat: Mapping[str, Entry]
+    heads: tuple[Cid, ...]  # the real commits whose histories this side includes
+    cid: Cid | None = None
+    parents: tuple[MergeSide, ...] = field(default=())
+
+
+def real_side(repo: Repository, cid: Cid) -> MergeSide:
+    return MergeSide(repo.flat_tree(cid), (cid,), cid)
+
+
+def _same(a: Entry | None, b: Entry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.cid, a.executable) == (b.cid, b.executable)
+
+
+class _History:
+    """Lookups over the repository's commits, cached for one merge (and its virtual ones)."""
+
+    def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
+        self.repo = repo
+        self.priorities = priorities
+        self._entries: dict[tuple[Cid, str], Entry | None] = {}
+        self._touched: dict[tuple[Cid, tuple[Cid, ...]], frozenset[str]] = {}
+
+    def entry(self, commit: Cid, path: str) -> Entry | None:
+        key = (commit, path)
+        if key not in self._entries:
+            tree = self.repo.graph.node(commit).tree
+            self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
+        return self._entries[key]
+
+    def _write(self, cid: Cid) -> Write:
+        node = self.repo.graph.node(cid)
+        return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
+
+    def last_write(self, side: MergeSide, path: str) -> Write:
+        """When ``side`` wrote its version of ``path``.  A virtual side that took a
+        parent's version has that parent's write; one that made new content (a json
+        merge) counts as written when the latest of its parents' writes was."""
+        if side.cid is not None:
+            return self._commit_write(side.cid, path)
+        here = side.flat.get(path)
+        for parent in side.parents:
+            if _same(parent.flat.get(path), here):
+                return self.last_write(parent, path)
+        a, b = (self.last_write(p, path) for p in side.parents)
+        return a if lww_winner(a, b, 0) == "ours" else b
+
+    def _commit_write(self, head: Cid, path: str) -> Write:
+        graph = self.repo.graph
+        target = self.entry(head, path)
+        # The write may predate the merge base (a side can carry an old version that won
+        # an earlier merge), so search the whole history, newest first, until found.
+        for cid, commit in graph.walk_nodes([head]):
+            here = self.entry(cid, path)
+            if not _same(here, target):
+                continue
+            if all(not _same(self.entry(p, path), here) for p in commit.parents):
+                return self._write(cid)
+        return self._write(head)
+
+    def touched(self, side: MergeSide, bases: tuple[Cid, ...]) -> frozenset[str]:
+        """Paths written by commits between ``bases`` and ``side``: a plain commit writes
+        what differs from its parent; a merge (a virtual one too) writes only what differs
+        from every parent."""
+        if side.cid is not None:
+            key = (side.cid, bases)
+            if key not in self._touched:
+                self._touched[key] = self._commit_touched(side.cid, bases)
+            return self._touched[key]
+        out: set[str] = set()
+        for parent in side.parents:
+            out |= self.touched(parent, bases)
+        a, b = (p.flat for p in side.parents)
+        out |= {path for path in set(side.flat) | set(a) | set(b)
+                if not _same(side.flat.get(path), a.get(path)) and not _same(side.flat.get(path), b.get(path))}
+        return frozenset(out)
+
+    def _commit_touched(self, head: Cid, bases: tuple[Cid, ...]) -> frozenset[str]:
+        graph = self.repo.graph
+        out: set[str] = set()
+        for cid in graph.missing([head], bases):  # exactly the commits since the bases
+            node = graph.node(cid)
+            if not node.parents:
+                out |= changed_paths(self.repo.blocks, None, node.tree)
+                continue
+            per_parent = [changed_paths(self.repo.blocks, graph.node(p).tree, node.tree) for p in node.parents]
+            out |= set.intersection(*per_parent)
+        return frozenset(out)
+
+    def merge_bases(self, a: MergeSide, b: MergeSide) -> tuple[Cid, ...]:
+        """The best common ancestors of two sides' histories: the maximal ones among the
+        merge bases of every pair of their real heads, newest generation first."""
+        graph = self.repo.graph
+        found = {base for x in a.heads for y in b.heads for base in graph.merge_bases(x, y)}
+        best = [c for c in found if not any(o != c and graph.is_ancestor(c, o) for o in found)]
+        return tuple(sorted(best, key=lambda c: (-graph.node(c).generation, c)))
+
+
+def merge_sides(repo: Repository, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
+                resolvers: Mapping[str, ResolverFn], priorities: Mapping[str, int]) -> tuple[MergeResult, list[Cid]]:
+    """The three-way merge of two sides, over their (possibly virtual) merge base."""
+    return _merge(_History(repo, priorities), ours, theirs, rules, resolvers, 0)
+
+
+def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
+           resolvers: Mapping[str, ResolverFn], depth: int) -> tuple[MergeResult, list[Cid]]:
+    repo = hist.repo
+    bases = hist.merge_bases(ours, theirs)
+    base = _virtual_base(hist, bases, rules, resolvers, depth)
+    base_flat: Mapping[str, Entry] = base.flat if base is not None else {}
+    touched_o, touched_t = hist.touched(ours, bases), hist.touched(theirs, bases)
+    writes: dict[tuple[str, Side], Write] = {}
+    # a file on one side where the other has a directory: the file moves to a sibling named
+    # after the replica that wrote it, so every replica must know who that was
+    dirs_ours, dirs_theirs = directories_of(ours.flat), directories_of(theirs.flat)
+    clashes = {p for p in theirs.flat if p in dirs_ours} | {p for p in ours.flat if p in dirs_theirs}
+    for path in set(ours.flat) | set(theirs.flat) | set(base_flat):
+        b, o, t = base_flat.get(path), ours.flat.get(path), theirs.flat.get(path)
+        if _same(o, t):
+            continue
+        both = path in touched_o and path in touched_t
+        if both or (not _same(b, o) and not _same(b, t)) or path in clashes:
+            writes[(path, "ours")] = hist.last_write(ours, path)
+            writes[(path, "theirs")] = hist.last_write(theirs, path)
+
+    def load(entry: Entry) -> bytes:
+        return b"".join(repo.iter_file(entry.cid))
+
+    result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
+                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t))
+    return result, list(bases)
+
+
+def _store(repo: Repository, data: bytes) -> Entry:
+    return repo.new_file_writer().write(io.BytesIO(data))
+
+
+def _virtual_base(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
+                  resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
+    if not bases:
+        return None
+    acc = real_side(hist.repo, bases[0])
+    if depth >= MAX_DEPTH:
+        return acc
+    for cid in bases[1:]:
+        other = real_side(hist.repo, cid)
+        sub, _ = _merge(hist, acc, other, rules, resolvers, depth + 1)
+        tree = dict(sub.tree)
+        for c in sub.conflicts:  # what 'manual' leaves to a person: a marker no side holds
+            if c.kind == "file/directory":
+                continue
+            if c.sibling is not None:
+                tree.pop(c.sibling, None)
+            tree[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
+        acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other))
+    return acc
+
+
+def _marker(repo: Repository, path: str, ours: Entry | None, theirs: Entry | None) -> Entry:
+    def name(e: Entry | None) -> str:
+        return cid_str(e.cid) if e is not None else "deleted"
+
+    text = f"casync: {path} conflicts in a virtual merge base: {name(ours)} / {name(theirs)}\n"
+    return _store(repo, text.encode())
+
