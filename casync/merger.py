@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from casync.dag import Entry, build_tree
@@ -28,7 +29,7 @@ from casync.merge import (
 )
 from casync.mergehist import merge_sides, real_side
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import Repository
+from casync.repo import Repository, is_executable
 from casync.workdir import update_worktree
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
@@ -264,11 +265,26 @@ def _recorded_siblings(repo: Repository, head: Cid) -> dict[str, list[str]]:
 def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_bytes: bytes | None = None
                      ) -> str:
     """Settle one conflict in the working tree: keep ``ours``, ``theirs``, a replica's
-    sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after."""
-    from casync.worktree import WorktreeWriter
+    sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after.
 
+    Holds the writer lock throughout (a commit must not snapshot a half-resolved tree)
+    and keeps the executable bit of the version picked."""
     if (pick is None) == (file_bytes is None):
         raise UsageError("give exactly one of --pick or --file")
+    with repo.store.writer_lock():
+        return _resolve_locked(repo, path, pick, file_bytes)
+
+
+def _executable(path: Path) -> bool:
+    try:
+        return is_executable(path.lstat())
+    except FileNotFoundError:
+        return False
+
+
+def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: bytes | None) -> str:
+    from casync.worktree import WorktreeWriter
+
     conflicts = {c.path: c for c in list_conflicts(repo)}
     conflict = conflicts.get(path)
     if conflict is None:
@@ -278,7 +294,7 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
     recorded = next((c for c in (state or {}).get("conflicts", []) if c["path"] == path), None)
     chosen: str
     if file_bytes is not None:
-        writer.write_file(path, [file_bytes], False)
+        writer.write_file(path, [file_bytes], _executable(repo.root / path))
         chosen = "file"
     elif pick == "ours":
         if recorded is not None and recorded["ours"] is None:
@@ -310,13 +326,11 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
                                  hint=f"use ours, theirs, or one of: {options}")
             sibling = matches[0]
         data = (repo.root / sibling).read_bytes()
-        writer.write_file(path, [data], False)
+        writer.write_file(path, [data], _executable(repo.root / sibling))
         chosen = sibling
     for sib in conflict.siblings:
         writer.remove(sib)
     if state is not None and recorded is not None:
-        with repo.store.writer_lock():
-            fresh = merge_state(repo) or state
-            fresh.setdefault("resolved", []).append(path)
-            repo.store.put("meta", _STATE_KEY, json.dumps(fresh).encode())
+        state.setdefault("resolved", []).append(path)
+        repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
