@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from casync.errors import UsageError
 from casync.objects import Entry, HybridTime
+from casync.renames import RenamePlan
 from casync.validate import is_replica_name
 
 __all__ = [
@@ -55,11 +56,13 @@ class Write:
 @dataclass(frozen=True, slots=True)
 class Conflict:
     path: str
-    kind: Literal["modify/modify", "add/add", "delete/modify", "modify/delete", "file/directory"]
+    kind: Literal["modify/modify", "add/add", "delete/modify", "modify/delete", "file/directory",
+                  "rename/modify", "rename/rename"]
     base: Entry | None
     ours: Entry | None
     theirs: Entry | None
     sibling: str | None = None  # where the other version was kept, for siblings/manual
+    targets: tuple[str, ...] = ()  # rename conflicts: the paths the file was renamed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,9 @@ class MergeInput:
     # so a later delete wins under lww instead of vanishing as "no change".
     touched_ours: frozenset[str] | None = None
     touched_theirs: frozenset[str] | None = None
+    # renames found by casync.renames.find_renames (the writes of a carried edit's new
+    # path are keyed by that path on both sides)
+    renames: RenamePlan | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -189,8 +195,9 @@ def priority_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
 def merge_trees(inp: MergeInput) -> MergeResult:
     """Merge ``theirs`` into ``ours`` relative to ``base``."""
     result = MergeResult(tree={})
+    handled = _apply_renames(inp, result) if inp.renames is not None else set()
     paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
-    for path in sorted(paths):
+    for path in sorted(paths - handled):
         b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
         if _same(o, t):
             if o is not None:
@@ -216,6 +223,36 @@ def merge_trees(inp: MergeInput) -> MergeResult:
             _resolve(inp, result, path, b, o, t)
     _fix_file_directory_clashes(inp, result)
     return result
+
+
+def _apply_renames(inp: MergeInput, result: MergeResult) -> set[str]:
+    """Carry edits to renamed paths and record the ambiguous renames; returns the paths
+    settled here, which the path-by-path merge leaves alone."""
+    assert inp.renames is not None
+    handled: set[str] = set()
+    for carry in inp.renames.carries:
+        b = inp.base[carry.old]
+        moved = (inp.ours if carry.renamer == "ours" else inp.theirs)[carry.new]
+        edited = (inp.theirs if carry.renamer == "ours" else inp.ours)[carry.old]
+        handled |= {carry.old, carry.new}
+        if _same(moved, b):  # a plain rename: the edit goes to the new path
+            result.tree[carry.new] = edited
+            result.decisions.append(Decision(carry.new, "rename", "theirs" if carry.renamer == "ours" else "ours"))
+        else:  # renamed and edited: both edits meet at the new path
+            pair = (moved, edited) if carry.renamer == "ours" else (edited, moved)
+            _resolve(inp, result, carry.new, b, *pair)
+    for rc in inp.renames.conflicts:
+        mine, other = inp.ours.get(rc.old), inp.theirs.get(rc.old)
+        if rc.kind == "rename/modify":  # the edit stays where it was; nothing is lost
+            kept = mine if mine is not None else other
+            assert kept is not None
+            result.tree[rc.old] = kept
+            handled.add(rc.old)
+        conflict = Conflict(rc.old, rc.kind, inp.base.get(rc.old), mine, other, None, rc.targets)
+        policy = inp.rules.policy_for(rc.old)
+        (result.conflicts if policy == "manual" else result.siblings).append(conflict)
+        result.decisions.append(Decision(rc.old, policy, "siblings"))
+    return handled
 
 
 def _kind(b: Entry | None, o: Entry | None, t: Entry | None) -> Any:

@@ -21,8 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from casync.dag import Entry, changed_paths, directories_of, lookup
-from casync.ids import Cid, cid_str
+from casync.ids import DAG_PB, Cid, cid_codec, cid_str
 from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
+from casync.objects import decode_pbnode
+from casync.renames import find_renames
 from casync.repo import Repository
 
 __all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
@@ -60,6 +62,7 @@ class _History:
         self.priorities = priorities
         self._entries: dict[tuple[Cid, str], Entry | None] = {}
         self._touched: dict[tuple[Cid, tuple[Cid, ...]], frozenset[str]] = {}
+        self._chunks: dict[Cid, frozenset[Cid]] = {}
 
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
@@ -127,6 +130,23 @@ class _History:
             out |= set.intersection(*per_parent)
         return frozenset(out)
 
+    def chunks(self, entry: Entry) -> frozenset[Cid]:
+        """The leaf blocks (chunks) of a file, for rename detection."""
+        if entry.cid not in self._chunks:
+            leaves: set[Cid] = set()
+            todo = [entry.cid]
+            while todo:
+                cid = todo.pop()
+                if cid_codec(cid) != DAG_PB:
+                    leaves.add(cid)
+                    continue
+                links = decode_pbnode(self.repo.blocks.get(cid)).links
+                if not links:
+                    leaves.add(cid)  # a file whose bytes sit in the node itself
+                todo.extend(link.cid for link in links)
+            self._chunks[entry.cid] = frozenset(leaves)
+        return self._chunks[entry.cid]
+
     def merge_bases(self, a: MergeSide, b: MergeSide) -> tuple[Cid, ...]:
         """The best common ancestors of two sides' histories: the maximal ones among the
         merge bases of every pair of their real heads, newest generation first."""
@@ -150,6 +170,11 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     base_flat: Mapping[str, Entry] = base.flat if base is not None else {}
     touched_o, touched_t = hist.touched(ours, bases), hist.touched(theirs, bases)
     writes: dict[tuple[str, Side], Write] = {}
+    renames = find_renames(base_flat, ours.flat, theirs.flat, hist.chunks)
+    for carry in renames.carries:  # the edit meets the rename at the new path
+        renamer, other = (ours, theirs) if carry.renamer == "ours" else (theirs, ours)
+        writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
+        writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
     # a file on one side where the other has a directory: the file moves to a sibling named
     # after the replica that wrote it, so every replica must know who that was
     dirs_ours, dirs_theirs = directories_of(ours.flat), directories_of(theirs.flat)
@@ -167,7 +192,7 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
         return b"".join(repo.iter_file(entry.cid))
 
     result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
-                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t))
+                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames))
     return result, list(bases)
 
 

@@ -31,6 +31,7 @@ from casync.mergehist import merge_sides, real_side
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, is_executable
 from casync.workdir import update_worktree
+from casync.worktree import WorktreeWriter
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
@@ -48,7 +49,7 @@ class MergeOutcome:
 
     def to_json(self) -> dict[str, Any]:
         def conflict(c: Conflict) -> dict[str, Any]:
-            return {"path": c.path, "kind": c.kind, "sibling": c.sibling}
+            return {"path": c.path, "kind": c.kind, "sibling": c.sibling, "targets": list(c.targets)}
 
         return {"result": self.kind, "commit": cid_str(self.commit) if self.commit else None,
                 "decisions": [{"path": d.path, "policy": d.policy, "winner": d.winner} for d in self.decisions],
@@ -135,9 +136,14 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
 
 
 def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
-    if not siblings:
-        return {}
-    return {"casync.siblings": json.dumps({c.path: c.sibling for c in siblings}, sort_keys=True)}
+    meta: dict[str, str] = {}
+    kept = {c.path: c.sibling for c in siblings if c.sibling is not None}
+    if kept:
+        meta["casync.siblings"] = json.dumps(kept, sort_keys=True)
+    renames = {c.path: {"kind": c.kind, "targets": list(c.targets)} for c in siblings if c.targets}
+    if renames:
+        meta["casync.renames"] = json.dumps(renames, sort_keys=True)
+    return meta
 
 
 def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str) -> None:
@@ -149,7 +155,7 @@ def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reaso
 
 def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:
     state = {"theirs": cid_str(theirs), "message": message, "written_tree": cid_str(written),
-             "conflicts": [{"path": c.path, "kind": c.kind, "sibling": c.sibling,
+             "conflicts": [{"path": c.path, "kind": c.kind, "sibling": c.sibling, "targets": list(c.targets),
                             "ours": _entry_json(c.ours), "theirs": _entry_json(c.theirs)} for c in conflicts]}
     repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
 
@@ -215,7 +221,8 @@ class OpenConflict:
 
 
 def list_conflicts(repo: Repository) -> list[OpenConflict]:
-    """Conflicts of a merge in progress, then sibling versions kept in HEAD's tree."""
+    """Conflicts of a merge in progress, then sibling versions kept in HEAD's tree and
+    ambiguous renames that merges recorded and HEAD has not settled."""
     out: list[OpenConflict] = []
     state = merge_state(repo)
     seen: set[str] = set()
@@ -223,22 +230,62 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
         for c in state["conflicts"]:
             sib = c.get("sibling")
             alive = sib is not None and (repo.root / sib).exists()
-            if alive or (sib is None and c["path"] not in state.get("resolved", [])):
+            if c.get("targets"):
+                if c["path"] not in state.get("resolved", []):
+                    out.append(OpenConflict(c["path"], c["kind"], tuple(c["targets"]), "merge"))
+                    seen.add(c["path"])
+            elif alive or (sib is None and c["path"] not in state.get("resolved", [])):
                 out.append(OpenConflict(c["path"], c["kind"], (sib,) if alive and sib else (), "merge"))
                 seen.add(c["path"])
     head = repo.head()
     if head is not None:
-        for path, sibs in sorted(_recorded_siblings(repo, head).items()):
+        flat = repo.flat_tree(head)
+        for path, sibs in sorted(_recorded_siblings(repo, head, flat).items()):
             if path not in seen:
                 out.append(OpenConflict(path, "siblings", tuple(sibs), "tree"))
+                seen.add(path)
+        for path, (kind, targets) in sorted(_recorded_renames(repo, head, flat).items()):
+            if path not in seen:
+                out.append(OpenConflict(path, kind, targets, "tree"))
     return out
 
 
-def _recorded_siblings(repo: Repository, head: Cid) -> dict[str, list[str]]:
+def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
+                      ) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{old path: (kind, new paths)}`` for rename conflicts that merges recorded (commit
+    metadata ``casync.renames``) and HEAD has not settled: a ``rename/modify`` while the
+    edited file is still at its old path, a ``rename/rename`` while two of its new paths
+    exist.  The newest record of a path counts."""
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    settled: set[str] = set()
+    for cid, node in repo.graph.walk_nodes([head]):
+        if len(node.parents) < 2:
+            continue
+        try:
+            recorded = json.loads(repo.load_commit(cid).meta.get("casync.renames", "{}"))
+        except ValueError:
+            continue
+        if not isinstance(recorded, dict):
+            continue
+        for path, rec in recorded.items():
+            if path in found or path in settled or not isinstance(rec, dict):
+                continue
+            kind, targets = rec.get("kind"), rec.get("targets")
+            if kind not in ("rename/modify", "rename/rename") or not isinstance(targets, list):
+                continue
+            present = tuple(t for t in targets if isinstance(t, str) and t in flat)
+            open_ = path in flat if kind == "rename/modify" else len(present) >= 2
+            if open_:
+                found[str(path)] = (kind, present)
+            else:
+                settled.add(path)
+    return found
+
+
+def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -> dict[str, list[str]]:
     """``{path: [sibling paths]}`` for sibling versions that merges recorded (commit
     metadata ``casync.siblings``) and HEAD's tree still holds.  A file that merely has
     ``.~`` in its name is the user's, not a conflict."""
-    flat = repo.flat_tree(head)
     candidates = {p for p in flat if ".~" in p.rpartition("/")[2]}
     found: dict[str, set[str]] = {}
     if not candidates:
@@ -283,8 +330,6 @@ def _executable(path: Path) -> bool:
 
 
 def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: bytes | None) -> str:
-    from casync.worktree import WorktreeWriter
-
     conflicts = {c.path: c for c in list_conflicts(repo)}
     conflict = conflicts.get(path)
     if conflict is None:
@@ -293,7 +338,9 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
     state = merge_state(repo)
     recorded = next((c for c in (state or {}).get("conflicts", []) if c["path"] == path), None)
     chosen: str
-    if file_bytes is not None:
+    if conflict.kind.startswith("rename/"):
+        chosen = _resolve_rename(repo, writer, conflict, pick)
+    elif file_bytes is not None:
         writer.write_file(path, [file_bytes], _executable(repo.root / path))
         chosen = "file"
     elif pick == "ours":
@@ -328,9 +375,27 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
         data = (repo.root / sibling).read_bytes()
         writer.write_file(path, [data], _executable(repo.root / sibling))
         chosen = sibling
-    for sib in conflict.siblings:
-        writer.remove(sib)
+    if not conflict.kind.startswith("rename/"):
+        for sib in conflict.siblings:
+            writer.remove(sib)
     if state is not None and recorded is not None:
         state.setdefault("resolved", []).append(path)
         repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
+
+
+def _resolve_rename(repo: Repository, writer: WorktreeWriter, conflict: OpenConflict, pick: str | None) -> str:
+    """``--pick NEW_PATH``: for ``rename/modify`` the edited file moves there (its old
+    path goes); for ``rename/rename`` that path stays and the other new paths go."""
+    if pick not in conflict.siblings:
+        raise UsageError(f"{conflict.path!r} is a {conflict.kind} conflict: pick the path to keep",
+                         hint=f"use --pick with one of: {', '.join(conflict.siblings) or 'none'}")
+    if conflict.kind == "rename/modify":
+        source = repo.root / conflict.path
+        writer.write_file(pick, [source.read_bytes()], _executable(source))
+        writer.remove(conflict.path)
+    else:
+        for other in conflict.siblings:
+            if other != pick:
+                writer.remove(other)
+    return pick
