@@ -152,6 +152,9 @@ class MergeInput:
     # renames found by casync.renames.find_renames (the writes of a carried edit's new
     # path are keyed by that path on both sides)
     renames: RenamePlan | None = None
+    # when each side last wrote one key (a path of keys from the top object) of a JSON
+    # file, for the json policy's per-key lww; without it a tie goes to the file's winner
+    key_write: Callable[[str, Side, tuple[str, ...]], Write] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -287,8 +290,7 @@ def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o
     elif policy == "priority":
         take(priority_winner(wo, wt, inp.rules.skew_tolerance_ms))
     elif policy == "json" and o is not None and t is not None and inp.load and inp.store_bytes:
-        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t),
-                            lww_winner(wo, wt, inp.rules.skew_tolerance_ms))
+        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt))
         if merged is None:  # not JSON objects: fall back to the default policy for the whole file
             take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms), "json->lww")
         else:
@@ -356,9 +358,23 @@ def _fix_file_directory_clashes(inp: MergeInput, result: MergeResult) -> None:
 _MISSING = object()
 
 
-def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: Side) -> bytes | None:
+KeyTie = Side | Callable[[tuple[str, ...]], Side]
+
+
+def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
+    """A key both sides changed goes to the side that wrote *that key* later (lww per
+    key, from the histories); without key histories, to the file's lww winner."""
+    tol = inp.rules.skew_tolerance_ms
+    key_write = inp.key_write
+    if key_write is None:
+        return lww_winner(wo, wt, tol)
+    return lambda keys: lww_winner(key_write(path, "ours", keys), key_write(path, "theirs", keys), tol)
+
+
+def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
-    differently goes to ``tie`` (the default policy's winner).  None if not JSON objects."""
+    differently goes to ``tie`` (a side, or a function of the key's path from the top
+    object).  None if not JSON objects."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
@@ -366,11 +382,12 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: Side) -> byt
         return None
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
-    merged = _merge_obj(b, o, t, tie)
+    merged = _merge_obj(b, o, t, tie, ())
     return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
 
 
-def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: Side) -> dict[str, Any]:
+def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,
+               where: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(b) | set(o) | set(t)):
         bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
@@ -379,11 +396,12 @@ def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: Sid
         elif ov == bv:
             value = tv
         elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj(bv, ov, tv, tie)
+            value = _merge_obj(bv, ov, tv, tie, (*where, key))
         elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj({}, ov, tv, tie)
+            value = _merge_obj({}, ov, tv, tie, (*where, key))
         else:
-            value = ov if tie == "ours" else tv
+            side = tie((*where, key)) if callable(tie) else tie
+            value = ov if side == "ours" else tv
         if value is not _MISSING:
             out[key] = value
     return out

@@ -17,8 +17,10 @@ their fixed order (newest generation first, then CID).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from casync.dag import Entry, changed_paths, directories_of, lookup
 from casync.ids import DAG_PB, Cid, cid_codec, cid_str
@@ -48,6 +50,10 @@ def real_side(repo: Repository, cid: Cid) -> MergeSide:
     return MergeSide(repo.flat_tree(cid), (cid,), cid)
 
 
+def _file_version(entry: Entry | None) -> Hashable:
+    return None if entry is None else (entry.cid, entry.executable)
+
+
 def _same(a: Entry | None, b: Entry | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -63,6 +69,7 @@ class _History:
         self._entries: dict[tuple[Cid, str], Entry | None] = {}
         self._touched: dict[tuple[Cid, tuple[Cid, ...]], frozenset[str]] = {}
         self._chunks: dict[Cid, frozenset[Cid]] = {}
+        self._json: dict[Cid, Any] = {}
 
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
@@ -76,30 +83,48 @@ class _History:
         return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
 
     def last_write(self, side: MergeSide, path: str) -> Write:
-        """When ``side`` wrote its version of ``path``.  A virtual side that took a
-        parent's version has that parent's write; one that made new content (a json
-        merge) counts as written when the latest of its parents' writes was."""
-        if side.cid is not None:
-            return self._commit_write(side.cid, path)
-        here = side.flat.get(path)
-        for parent in side.parents:
-            if _same(parent.flat.get(path), here):
-                return self.last_write(parent, path)
-        a, b = (self.last_write(p, path) for p in side.parents)
-        return a if lww_winner(a, b, 0) == "ours" else b
+        """When ``side`` wrote its version of ``path``."""
+        return self._last(side, path, _file_version)
 
-    def _commit_write(self, head: Cid, path: str) -> Write:
-        graph = self.repo.graph
-        target = self.entry(head, path)
+    def last_key_write(self, side: MergeSide, path: str, keys: tuple[str, ...]) -> Write:
+        """When ``side`` wrote its value of one key of the JSON file at ``path``."""
+        return self._last(side, path, lambda entry: self._key_value(entry, keys))
+
+    def _last(self, side: MergeSide, path: str, version: Callable[[Entry | None], Hashable]) -> Write:
+        """The write of ``side``'s ``version`` of ``path``: the newest commit in its history
+        whose version differs from all its parents'.  A virtual side that took a parent's
+        version has that parent's write; one that made a new one (a json merge) counts as
+        written when the latest of its parents' writes was."""
+        if side.cid is None:
+            here = version(side.flat.get(path))
+            for parent in side.parents:
+                if version(parent.flat.get(path)) == here:
+                    return self._last(parent, path, version)
+            a, b = (self._last(p, path, version) for p in side.parents)
+            return a if lww_winner(a, b, 0) == "ours" else b
+        target = version(self.entry(side.cid, path))
         # The write may predate the merge base (a side can carry an old version that won
         # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in graph.walk_nodes([head]):
-            here = self.entry(cid, path)
-            if not _same(here, target):
-                continue
-            if all(not _same(self.entry(p, path), here) for p in commit.parents):
+        for cid, commit in self.repo.graph.walk_nodes([side.cid]):
+            here = version(self.entry(cid, path))
+            if here == target and all(version(self.entry(p, path)) != here for p in commit.parents):
                 return self._write(cid)
-        return self._write(head)
+        return self._write(side.cid)
+
+    def _key_value(self, entry: Entry | None, keys: tuple[str, ...]) -> Hashable:
+        if entry is None:
+            return ("absent",)
+        if entry.cid not in self._json:
+            try:
+                self._json[entry.cid] = json.loads(b"".join(self.repo.iter_file(entry.cid)))
+            except (ValueError, UnicodeDecodeError):
+                self._json[entry.cid] = None
+        value: Any = self._json[entry.cid]
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return ("absent",)
+            value = value[key]
+        return ("value", json.dumps(value, sort_keys=True))
 
     def touched(self, side: MergeSide, bases: tuple[Cid, ...]) -> frozenset[str]:
         """Paths written by commits between ``bases`` and ``side``: a plain commit writes
@@ -191,8 +216,12 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     def load(entry: Entry) -> bytes:
         return b"".join(repo.iter_file(entry.cid))
 
+    def key_write(path: str, side: Side, keys: tuple[str, ...]) -> Write:
+        return hist.last_key_write(ours if side == "ours" else theirs, path, keys)
+
     result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
-                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames))
+                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames,
+                                    key_write))
     return result, list(bases)
 
 
