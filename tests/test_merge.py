@@ -384,3 +384,19 @@ def test_resolve_waits_for_the_writer_lock(pair: tuple[Repository, Repository]) 
     other.close()
     assert done.is_set() and (a.root / "shared.txt").read_text() == "B\n"
     assert not (a.root / "shared.txt.~site-b").exists()
+
+
+def test_json_tie_goes_to_the_later_write_of_that_key(pair: tuple[Repository, Repository]) -> None:
+    """a writes rate, b writes rate later, then a writes mode: the file's last write is
+    a's, but b's rate is the later write of that key, so it wins."""
+    a, b = pair
+    write(a.root, "conf.json", '{"rate": 2, "mode": "x"}')
+    a.commit("a: rate 2")
+    write(b.root, "conf.json", '{"rate": 3, "mode": "x"}')
+    b.commit("b: rate 3")
+    write(a.root, "conf.json", '{"rate": 2, "mode": "z"}')
+    a.commit("a: mode z")
+    transfer(b, a, "main", "site-b")
+    a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json"}})
+    a.merge("site-b")
+    assert json.loads(a.read("conf.json")) == {"rate": 3, "mode": "z"}
