@@ -2,7 +2,10 @@
 
 Inputs are flat trees (``{path: Entry}``) for the merge base and both sides, plus, for
 every path both sides changed, a :class:`Write` per side saying when and where that
-side last wrote it.  The result is the merged flat tree, the decisions taken, and the
+side last wrote it, and the renames :mod:`casync.renames` found (an edit follows a
+rename; an ambiguous rename is a conflict).  The json policy asks, through a callable,
+when each side last wrote one key, so each key is a last-writer-wins register.  The
+result is the merged flat tree, the decisions taken, and the
 conflicts the policy left open (``manual``) or kept as siblings (``siblings``).
 
 Every replica must compute the same merge from the same inputs, so nothing here
@@ -254,7 +257,7 @@ def _apply_renames(inp: MergeInput, result: MergeResult) -> set[str]:
         conflict = Conflict(rc.old, rc.kind, inp.base.get(rc.old), mine, other, None, rc.targets)
         policy = inp.rules.policy_for(rc.old)
         (result.conflicts if policy == "manual" else result.siblings).append(conflict)
-        result.decisions.append(Decision(rc.old, policy, "siblings"))
+        result.decisions.append(Decision(rc.old, "rename", "siblings"))
     return handled
 
 
