@@ -22,10 +22,10 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, changed_paths, directories_of, lookup
+from casync.dag import Entry, changed_paths, directories_of, entry_for, read_dir
 from casync.ids import DAG_PB, Cid, cid_codec, cid_str
 from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
-from casync.objects import decode_pbnode
+from casync.objects import DirLink, decode_pbnode
 from casync.renames import find_renames
 from casync.repo import Repository
 
@@ -70,13 +70,31 @@ class _History:
         self._touched: dict[tuple[Cid, tuple[Cid, ...]], frozenset[str]] = {}
         self._chunks: dict[Cid, frozenset[Cid]] = {}
         self._json: dict[Cid, Any] = {}
+        self._dirs: dict[Cid, dict[str, DirLink]] = {}
+        self._kinds: dict[Cid, Entry] = {}
 
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
         if key not in self._entries:
-            tree = self.repo.graph.node(commit).tree
-            self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
+            self._entries[key] = self._lookup(self.repo.graph.node(commit).tree, path.split("/"))
         return self._entries[key]
+
+    def _lookup(self, root: Cid, parts: list[str]) -> Entry | None:
+        """:func:`casync.dag.lookup` with the directories decoded once per merge (a merge
+        asks for many paths of the same few trees)."""
+        entry = Entry(root, "dir", 0)
+        for part in parts:
+            if entry.kind != "dir":
+                return None
+            listing = self._dirs.get(entry.cid)
+            if listing is None:
+                listing = self._dirs[entry.cid] = {link.name: link for link in read_dir(self.repo.blocks, entry.cid)}
+            link = listing.get(part)
+            if link is None:
+                return None
+            entry = self._kinds.get(link.cid) or self._kinds.setdefault(
+                link.cid, entry_for(self.repo.blocks, link.cid, link.tsize))
+        return entry
 
     def _write(self, cid: Cid) -> Write:
         node = self.repo.graph.node(cid)
@@ -196,15 +214,19 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     touched_o, touched_t = hist.touched(ours, bases), hist.touched(theirs, bases)
     writes: dict[tuple[str, Side], Write] = {}
     renames = find_renames(base_flat, ours.flat, theirs.flat, hist.chunks)
-    for carry in renames.carries:  # the edit meets the rename at the new path
+    settled = set()  # paths the renames settle: the path-by-path merge needs no writes for them
+    for carry in renames.carries:
         renamer, other = (ours, theirs) if carry.renamer == "ours" else (theirs, ours)
-        writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
-        writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
+        settled |= {carry.old, carry.new}
+        if not _same(renamer.flat[carry.new], base_flat[carry.old]):  # renamed and edited: a conflict at new
+            writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
+            writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
+    settled |= {c.old for c in renames.conflicts if c.kind == "rename/modify"}
     # a file on one side where the other has a directory: the file moves to a sibling named
     # after the replica that wrote it, so every replica must know who that was
     dirs_ours, dirs_theirs = directories_of(ours.flat), directories_of(theirs.flat)
     clashes = {p for p in theirs.flat if p in dirs_ours} | {p for p in ours.flat if p in dirs_theirs}
-    for path in set(ours.flat) | set(theirs.flat) | set(base_flat):
+    for path in (set(ours.flat) | set(theirs.flat) | set(base_flat)) - settled:
         b, o, t = base_flat.get(path), ours.flat.get(path), theirs.flat.get(path)
         if _same(o, t):
             continue

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from casync.ids import Cid
+from casync.ids import RAW, Cid, cid_codec
 from casync.objects import Entry
 
 __all__ = ["RENAME_SHARE", "Carry", "RenameConflict", "RenamePlan", "find_renames"]
@@ -62,19 +62,45 @@ def _same(a: Entry | None, b: Entry | None) -> bool:
     return (a.cid, a.executable) == (b.cid, b.executable)
 
 
-def _targets(old: Entry, added: Mapping[str, Entry], chunks: ChunksFn) -> tuple[str, ...]:
-    exact = sorted(p for p, e in added.items() if e.cid == old.cid)
-    if exact:
-        return tuple(exact)
-    mine = chunks(old)
-    if len(mine) < 2:
-        return ()
-    similar = []
-    for path, entry in added.items():
-        theirs = chunks(entry)
-        if len(theirs) >= 2 and len(mine & theirs) >= RENAME_SHARE * max(len(mine), len(theirs)):
-            similar.append(path)
-    return tuple(sorted(similar))
+class _Added:
+    """The files one side added, indexed by CID and (built on first need) by chunk, so a
+    lookup costs what the candidates cost, not a scan of every added file."""
+
+    def __init__(self, added: Mapping[str, Entry], chunks: ChunksFn) -> None:
+        self.added = added
+        self.chunks = chunks
+        self.by_cid: dict[Cid, list[str]] = {}
+        for path, entry in sorted(added.items()):
+            self.by_cid.setdefault(entry.cid, []).append(path)
+        self._by_chunk: dict[Cid, set[str]] | None = None
+
+    def by_chunk(self) -> dict[Cid, set[str]]:
+        if self._by_chunk is None:
+            self._by_chunk = {}
+            for path, entry in self.added.items():
+                if cid_codec(entry.cid) == RAW:
+                    continue  # one chunk: never similar, only the same
+                for chunk in self.chunks(entry):
+                    self._by_chunk.setdefault(chunk, set()).add(path)
+        return self._by_chunk
+
+    def targets(self, old: Entry) -> tuple[str, ...]:
+        exact = self.by_cid.get(old.cid)
+        if exact:
+            return tuple(exact)
+        if cid_codec(old.cid) == RAW:
+            return ()
+        mine = self.chunks(old)
+        if len(mine) < 2:
+            return ()
+        index = self.by_chunk()
+        candidates = set().union(*(index.get(c, set()) for c in mine))
+        similar = []
+        for path in candidates:
+            theirs = self.chunks(self.added[path])
+            if len(theirs) >= 2 and len(mine & theirs) >= RENAME_SHARE * max(len(mine), len(theirs)):
+                similar.append(path)
+        return tuple(sorted(similar))
 
 
 def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: Mapping[str, Entry],
@@ -83,14 +109,15 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
     swapping the sides swaps ``renamer`` and nothing else."""
     plan = RenamePlan()
     sides: dict[Side, Mapping[str, Entry]] = {"ours": ours, "theirs": theirs}
-    added = {s: {p: e for p, e in flat.items() if p not in base and e.kind == "file"} for s, flat in sides.items()}
+    added = {s: _Added({p: e for p, e in flat.items() if p not in base and e.kind == "file"}, chunks)
+             for s, flat in sides.items()}
     for old in sorted(base):
         b = base[old]
         o, t = ours.get(old), theirs.get(old)
         if b.kind != "file" or (o is not None and t is not None):
             continue
         if o is None and t is None:
-            by_ours, by_theirs = _targets(b, added["ours"], chunks), _targets(b, added["theirs"], chunks)
+            by_ours, by_theirs = added["ours"].targets(b), added["theirs"].targets(b)
             if by_ours and by_theirs and set(by_ours) != set(by_theirs):
                 plan.conflicts.append(RenameConflict(old, "rename/rename", tuple(sorted({*by_ours, *by_theirs}))))
             continue
@@ -98,7 +125,7 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
         other: Side = "theirs" if renamer == "ours" else "ours"
         if _same(sides[other].get(old), b):
             continue  # the other side did not change the path: a plain remove + add
-        targets = _targets(b, added[renamer], chunks)
+        targets = added[renamer].targets(b)
         if len(targets) == 1 and targets[0] not in sides[other]:
             plan.carries.append(Carry(old, targets[0], renamer))
         elif targets:

@@ -11,7 +11,7 @@ import pytest
 
 from casync import Repository
 from casync.dag import Entry
-from casync.ids import RAW, compute_cid
+from casync.ids import DAG_PB, compute_cid
 from casync.renames import RENAME_SHARE, Carry, RenameConflict, find_renames
 
 from .conftest import Cli, write
@@ -189,7 +189,8 @@ def test_unrelated_remove_and_add_is_not_a_rename(sites: tuple[Repository, Repos
 
 
 def E(name: str, executable: bool = False) -> Entry:
-    return Entry(compute_cid(RAW, name.encode()), "file", len(name), executable)
+    """A file entry with a dag-pb CID (a file of several chunks: the chunks come from the test)."""
+    return Entry(compute_cid(DAG_PB, name.encode()), "file", len(name), executable)
 
 
 def test_find_renames_threshold_and_symmetry() -> None:
