@@ -72,7 +72,8 @@ def test_rename_after_the_edit_carries_it_too(sites: tuple[Repository, Repositor
     move(a, "images/cam2.raw", "archive/cam2.raw")
     a.commit("a renames later")
     exchange(a, b)
-    a.merge("site-b", policy="lww")
+    out = Cli(a.root)("merge", "site-b", "--policy", "lww").stdout
+    assert "rename" in out and "theirs" in out and "archive/cam2.raw" in out and "deleted" not in out
     assert a.read("archive/cam2.raw") == blob(2, 3000) and "images/cam2.raw" not in a.flat_tree(a.head())
 
 
