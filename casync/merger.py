@@ -103,9 +103,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
             raise ConflictError(f"refusing to merge {rev}: it shares no history with {cid_str(ours)[:20]}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
-        result, _bases = merge_sides(repo, real_side(repo, ours), real_side(repo, theirs), rules, all_resolvers,
-                                     _priorities(repo))
-        ours_flat = repo.flat_tree(ours)
+        our_side = real_side(repo, ours)
+        result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers, _priorities(repo))
+        ours_flat = dict(our_side.flat)
         what = f"merge of {rev}"
         st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)
         if result.conflicts and repo.bare:
@@ -392,6 +392,9 @@ def _resolve_rename(repo: Repository, writer: WorktreeWriter, conflict: OpenConf
                          hint=f"use --pick with one of: {', '.join(conflict.siblings) or 'none'}")
     if conflict.kind == "rename/modify":
         source = repo.root / conflict.path
+        if not source.is_file():
+            raise UsageError(f"{conflict.path!r} (the edited file to move to {pick}) is not in the working tree",
+                             hint=f"restore it with 'casync restore {conflict.path}', or commit without it")
         writer.write_file(pick, [source.read_bytes()], _executable(source))
         writer.remove(conflict.path)
     else:

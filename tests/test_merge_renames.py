@@ -213,3 +213,18 @@ def test_find_renames_threshold_and_symmetry() -> None:
     assert both.conflicts == [RenameConflict("p", "rename/rename", ("q1", "q2"))]
     same = find_renames(base, {"q": E("old")}, {"q": E("old")}, chunk_set)
     assert same.conflicts == [] and same.carries == []
+
+
+def test_resolving_a_rename_whose_edited_file_is_gone_is_a_usage_error(sites: tuple[Repository, Repository]) -> None:
+    a, b = sites
+    move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
+    a.commit("a copies")
+    write(b.root, "images/cam2.raw", blob(2, 3000))
+    b.commit("b edits")
+    transfer(b, a, "main", "site-b")
+    cli = Cli(a.root)
+    cli("merge", "site-b", "--policy", "lww")
+    (a.root / "images/cam2.raw").unlink()
+    r = cli("resolve", "images/cam2.raw", "--pick", "archive/cam2.raw", ok=False)
+    assert r.exit_code == 2 and "error:" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert (a.root / "archive/cam2.raw").read_bytes() == blob(1, 3000)
