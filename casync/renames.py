@@ -4,8 +4,8 @@ A side *renamed* a base path when it removed the path and added others holding t
 file (the same CID, so the same leaves) or, for files of two or more chunks, a similar
 one: at least :data:`RENAME_SHARE` of the larger file's chunks are shared.  Files of one
 chunk that were renamed *and* edited are not recognised (one chunk tells nothing about
-similarity).  Only base paths the other side also changed are looked at: a rename
-against an unchanged path merges as a plain remove + add.
+similarity), nor are empty files (all alike).  Only base paths the other side also
+changed are looked at: a rename against an unchanged path merges as a plain remove + add.
 
 What follows (:class:`RenamePlan`):
 
@@ -114,8 +114,8 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
     for old in sorted(base):
         b = base[old]
         o, t = ours.get(old), theirs.get(old)
-        if b.kind != "file" or (o is not None and t is not None):
-            continue
+        if b.kind != "file" or b.tsize == 0 or (o is not None and t is not None):
+            continue  # (every empty file is the same file: its "rename" would be a guess)
         if o is None and t is None:
             by_ours, by_theirs = added["ours"].targets(b), added["theirs"].targets(b)
             if by_ours and by_theirs and set(by_ours) != set(by_theirs):

@@ -11,7 +11,7 @@ import pytest
 
 from casync import Repository
 from casync.dag import Entry
-from casync.ids import DAG_PB, compute_cid
+from casync.ids import DAG_PB, RAW, compute_cid
 from casync.renames import RENAME_SHARE, Carry, RenameConflict, find_renames
 
 from .conftest import Cli, write
@@ -213,6 +213,8 @@ def test_find_renames_threshold_and_symmetry() -> None:
     assert both.conflicts == [RenameConflict("p", "rename/rename", ("q1", "q2"))]
     same = find_renames(base, {"q": E("old")}, {"q": E("old")}, chunk_set)
     assert same.conflicts == [] and same.carries == []
+    empty = Entry(compute_cid(RAW, b""), "file", 0)
+    assert find_renames({"p": empty}, {"q": empty}, {"p": E("edited")}, chunk_set).carries == []
 
 
 def test_resolving_a_rename_whose_edited_file_is_gone_is_a_usage_error(sites: tuple[Repository, Repository]) -> None:
