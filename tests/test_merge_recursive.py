@@ -205,3 +205,32 @@ _SEEN: list[int] = []
 def test_the_random_dags_had_up_to_four_merge_bases() -> None:
     if _SEEN:  # (only when the randomized test ran in this session)
         assert max(_SEEN) >= 4 and _SEEN.count(3) > 0
+
+
+def test_manual_choices_that_differ_across_a_criss_cross_are_asked_again(tmp_path: Path) -> None:
+    """x1 and x2 both changed p; a person kept x1's version when merging on branch a, and
+    x2's on branch b.  Merging b into a must stop again on p: the virtual base of x1 and
+    x2 holds a marker no side has, so neither side's choice looks 'unchanged'."""
+    from casync import merger
+
+    repo = Repository.init(tmp_path / "wt", replica="site-a")
+    (repo.root / "p").write_text("root\n")
+    repo.commit("root")
+    for name, text in (("x1", "A\n"), ("x2", "B\n")):
+        fork(repo, name, "main")
+        repo.checkout(name)
+        (repo.root / "p").write_text(text)
+        repo.commit(name)
+    for branch, other in (("a", "x2"), ("b", "x1")):
+        fork(repo, branch, "x1" if branch == "a" else "x2")
+        repo.checkout(branch)
+        assert repo.merge(other, policy="manual").kind == "conflicts"
+        repo.resolve_conflict("p", pick="ours")
+        merger.continue_merge(repo)
+    assert repo.read("p", "a") == b"A\n" and repo.read("p", "b") == b"B\n"
+    assert len(repo.graph.merge_bases(repo.resolve("a"), repo.resolve("b"))) == 2
+    repo.checkout("a")
+    outcome = repo.merge("b", policy="manual")
+    assert outcome.kind == "conflicts" and [c.path for c in outcome.conflicts] == ["p"]
+    merger.abort_merge(repo)
+    assert repo.read("p") == b"A\n"
