@@ -63,8 +63,9 @@ def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, co
         if outcome.kind == "merged":
             click.echo(f"merged: {short(outcome.commit or b'')}")
         for c in outcome.conflicts:
-            click.echo(f"CONFLICT ({c.kind}): {c.path}" + (f" (other version: {c.sibling})" if c.sibling else ""),
-                       err=True)
+            where = f" (other version: {c.sibling})" if c.sibling else ""
+            where += f" (renamed to: {', '.join(c.targets)})" if c.targets else ""
+            click.echo(f"CONFLICT ({c.kind}): {c.path}{where}", err=True)
     if outcome.kind == "conflicts":
         click.echo("hint: resolve with 'casync resolve PATH --pick ours|theirs', then 'casync merge --continue'",
                    err=True)
@@ -76,7 +77,9 @@ def report_decisions(outcome: Any) -> None:
     for d in outcome.decisions:
         click.echo(f"  {d.policy:9} {d.winner:8} {d.path}")
     for c in outcome.siblings:
-        if c.sibling:
+        if c.targets:
+            click.echo(f"  {c.kind}: {c.path} renamed to {', '.join(c.targets)}; see 'casync conflicts'")
+        elif c.sibling:
             click.echo(f"  kept both versions of {c.path} (other: {c.sibling})")
         else:  # delete/modify: the modified version is kept, nothing was lost
             click.echo(f"  kept the modified {c.path} ({c.kind})")
@@ -101,7 +104,8 @@ def conflicts(obj: Any, as_json: bool) -> None:
 
 @click.command()
 @click.argument("path")
-@click.option("--pick", help="ours, theirs, or a replica id whose sibling version to keep.")
+@click.option("--pick", help="ours, theirs, a replica id whose sibling version to keep, or (rename conflicts) "
+                            "the new path to keep.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this file's content.")
 @click.pass_obj

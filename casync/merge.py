@@ -2,7 +2,10 @@
 
 Inputs are flat trees (``{path: Entry}``) for the merge base and both sides, plus, for
 every path both sides changed, a :class:`Write` per side saying when and where that
-side last wrote it.  The result is the merged flat tree, the decisions taken, and the
+side last wrote it, and the renames :mod:`casync.renames` found (an edit follows a
+rename; an ambiguous rename is a conflict).  The json policy asks, through a callable,
+when each side last wrote one key, so each key is a last-writer-wins register.  The
+result is the merged flat tree, the decisions taken, and the
 conflicts the policy left open (``manual``) or kept as siblings (``siblings``).
 
 Every replica must compute the same merge from the same inputs, so nothing here
@@ -21,6 +24,7 @@ from typing import Any, Literal
 
 from casync.errors import UsageError
 from casync.objects import Entry, HybridTime
+from casync.renames import RenamePlan
 from casync.validate import is_replica_name
 
 __all__ = [
@@ -55,11 +59,13 @@ class Write:
 @dataclass(frozen=True, slots=True)
 class Conflict:
     path: str
-    kind: Literal["modify/modify", "add/add", "delete/modify", "modify/delete", "file/directory"]
+    kind: Literal["modify/modify", "add/add", "delete/modify", "modify/delete", "file/directory",
+                  "rename/modify", "rename/rename"]
     base: Entry | None
     ours: Entry | None
     theirs: Entry | None
     sibling: str | None = None  # where the other version was kept, for siblings/manual
+    targets: tuple[str, ...] = ()  # rename conflicts: the paths the file was renamed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,12 @@ class MergeInput:
     # so a later delete wins under lww instead of vanishing as "no change".
     touched_ours: frozenset[str] | None = None
     touched_theirs: frozenset[str] | None = None
+    # renames found by casync.renames.find_renames (the writes of a carried edit's new
+    # path are keyed by that path on both sides)
+    renames: RenamePlan | None = None
+    # when each side last wrote one key (a path of keys from the top object) of a JSON
+    # file, for the json policy's per-key lww; without it a tie goes to the file's winner
+    key_write: Callable[[str, Side, tuple[str, ...]], Write] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -189,8 +201,9 @@ def priority_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
 def merge_trees(inp: MergeInput) -> MergeResult:
     """Merge ``theirs`` into ``ours`` relative to ``base``."""
     result = MergeResult(tree={})
+    handled = _apply_renames(inp, result) if inp.renames is not None else set()
     paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
-    for path in sorted(paths):
+    for path in sorted(paths - handled):
         b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
         if _same(o, t):
             if o is not None:
@@ -216,6 +229,36 @@ def merge_trees(inp: MergeInput) -> MergeResult:
             _resolve(inp, result, path, b, o, t)
     _fix_file_directory_clashes(inp, result)
     return result
+
+
+def _apply_renames(inp: MergeInput, result: MergeResult) -> set[str]:
+    """Carry edits to renamed paths and record the ambiguous renames; returns the paths
+    settled here, which the path-by-path merge leaves alone."""
+    assert inp.renames is not None
+    handled: set[str] = set()
+    for carry in inp.renames.carries:
+        b = inp.base[carry.old]
+        moved = (inp.ours if carry.renamer == "ours" else inp.theirs)[carry.new]
+        edited = (inp.theirs if carry.renamer == "ours" else inp.ours)[carry.old]
+        handled |= {carry.old, carry.new}
+        if _same(moved, b):  # a plain rename: the edit goes to the new path
+            result.tree[carry.new] = edited
+            result.decisions.append(Decision(carry.new, "rename", "theirs" if carry.renamer == "ours" else "ours"))
+        else:  # renamed and edited: both edits meet at the new path
+            pair = (moved, edited) if carry.renamer == "ours" else (edited, moved)
+            _resolve(inp, result, carry.new, b, *pair)
+    for rc in inp.renames.conflicts:
+        mine, other = inp.ours.get(rc.old), inp.theirs.get(rc.old)
+        if rc.kind == "rename/modify":  # the edit stays where it was; nothing is lost
+            kept = mine if mine is not None else other
+            assert kept is not None
+            result.tree[rc.old] = kept
+            handled.add(rc.old)
+        conflict = Conflict(rc.old, rc.kind, inp.base.get(rc.old), mine, other, None, rc.targets)
+        policy = inp.rules.policy_for(rc.old)
+        (result.conflicts if policy == "manual" else result.siblings).append(conflict)
+        result.decisions.append(Decision(rc.old, "rename", "siblings"))
+    return handled
 
 
 def _kind(b: Entry | None, o: Entry | None, t: Entry | None) -> Any:
@@ -250,8 +293,7 @@ def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o
     elif policy == "priority":
         take(priority_winner(wo, wt, inp.rules.skew_tolerance_ms))
     elif policy == "json" and o is not None and t is not None and inp.load and inp.store_bytes:
-        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t),
-                            lww_winner(wo, wt, inp.rules.skew_tolerance_ms))
+        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt))
         if merged is None:  # not JSON objects: fall back to the default policy for the whole file
             take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms), "json->lww")
         else:
@@ -319,9 +361,23 @@ def _fix_file_directory_clashes(inp: MergeInput, result: MergeResult) -> None:
 _MISSING = object()
 
 
-def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: Side) -> bytes | None:
+KeyTie = Side | Callable[[tuple[str, ...]], Side]
+
+
+def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
+    """A key both sides changed goes to the side that wrote *that key* later (lww per
+    key, from the histories); without key histories, to the file's lww winner."""
+    tol = inp.rules.skew_tolerance_ms
+    key_write = inp.key_write
+    if key_write is None:
+        return lww_winner(wo, wt, tol)
+    return lambda keys: lww_winner(key_write(path, "ours", keys), key_write(path, "theirs", keys), tol)
+
+
+def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
-    differently goes to ``tie`` (the default policy's winner).  None if not JSON objects."""
+    differently goes to ``tie`` (a side, or a function of the key's path from the top
+    object).  None if not JSON objects."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
@@ -329,11 +385,12 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: Side) -> byt
         return None
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
-    merged = _merge_obj(b, o, t, tie)
+    merged = _merge_obj(b, o, t, tie, ())
     return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
 
 
-def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: Side) -> dict[str, Any]:
+def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,
+               where: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(b) | set(o) | set(t)):
         bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
@@ -342,11 +399,12 @@ def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: Sid
         elif ov == bv:
             value = tv
         elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj(bv, ov, tv, tie)
+            value = _merge_obj(bv, ov, tv, tie, (*where, key))
         elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj({}, ov, tv, tie)
+            value = _merge_obj({}, ov, tv, tie, (*where, key))
         else:
-            value = ov if tie == "ours" else tv
+            side = tie((*where, key)) if callable(tie) else tie
+            value = ov if side == "ours" else tv
         if value is not _MISSING:
             out[key] = value
     return out

@@ -5,44 +5,39 @@ repository (flat trees, the last write of each conflicting path on each side), w
 merged content, makes the merge commit (both parents, joined vector clock), and moves
 the branch by compare-and-swap and the working tree with the usual dirty checks.
 
-Criss-cross histories have several best common ancestors; they are merged first into
-a virtual base (recursively, under ``lww`` so the result is deterministic), as git's
-``recursive`` strategy does.
+What the histories say (merge bases, a virtual base for criss-cross histories, who
+wrote what since) is gathered by :mod:`casync.mergehist`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from casync.dag import Entry, build_tree, directories_of, lookup
+from casync.dag import Entry, build_tree
 from casync.errors import ConflictError, StateRefused, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str, parse_cid
 from casync.merge import (
     Conflict,
     Decision,
-    MergeInput,
-    MergeResult,
     PolicyRules,
     ResolverFn,
-    Side,
-    Write,
-    merge_trees,
 )
+from casync.mergehist import merge_sides, real_side
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import Repository
+from casync.repo import Repository, is_executable
 from casync.workdir import update_worktree
 from casync.workstate import MERGE_STATE_KEY, require_current
+from casync.worktree import WorktreeWriter
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
 
 _STATE_KEY = MERGE_STATE_KEY
-DEFAULT_PRIORITY = 100
 
 
 @dataclass
@@ -55,7 +50,7 @@ class MergeOutcome:
 
     def to_json(self) -> dict[str, Any]:
         def conflict(c: Conflict) -> dict[str, Any]:
-            return {"path": c.path, "kind": c.kind, "sibling": c.sibling}
+            return {"path": c.path, "kind": c.kind, "sibling": c.sibling, "targets": list(c.targets)}
 
         return {"result": self.kind, "commit": cid_str(self.commit) if self.commit else None,
                 "decisions": [{"path": d.path, "policy": d.policy, "winner": d.winner} for d in self.decisions],
@@ -67,107 +62,6 @@ def _priorities(repo: Repository) -> dict[str, int]:
     from casync.settings import priorities
 
     return priorities(repo.config)  # a bad stored value is a UsageError naming it, not a traceback
-
-
-class _WriteFinder:
-    """Finds, for a path, the newest commit in one side's history that wrote the side's
-    current version: the commit whose entry differs from all its parents'."""
-
-    def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
-        self.repo = repo
-        self.priorities = priorities
-        self._entries: dict[tuple[Cid, str], Entry | None] = {}
-
-    def entry(self, commit: Cid, path: str) -> Entry | None:
-        key = (commit, path)
-        if key not in self._entries:
-            tree = self.repo.graph.node(commit).tree
-            self._entries[key] = lookup(self.repo.blocks, tree, tuple(path.split("/")))
-        return self._entries[key]
-
-    def last_write(self, head: Cid, bases: list[Cid], path: str) -> Write:
-        graph = self.repo.graph
-        target = self.entry(head, path)
-        # The write may predate the merge base (a side can carry an old version that won
-        # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in graph.walk_nodes([head]):
-            here = self.entry(cid, path)
-            if not _same(here, target):
-                continue
-            if all(not _same(self.entry(p, path), here) for p in commit.parents):
-                return Write(commit.time, commit.replica, self.priorities.get(commit.replica, DEFAULT_PRIORITY))
-        node = graph.node(head)
-        return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
-
-
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.executable) == (b.cid, b.executable)
-
-
-def _merge_commits(repo: Repository, ours: Cid, theirs: Cid, rules: PolicyRules,
-                   resolvers: Mapping[str, ResolverFn], depth: int = 0) -> tuple[MergeResult, list[Cid]]:
-    graph = repo.graph
-    bases = graph.merge_bases(ours, theirs)
-    if not bases:
-        base_flat: dict[str, Entry] = {}
-    elif len(bases) == 1 or depth > 8:
-        base_flat = repo.flat_tree(bases[0])
-    else:
-        virtual = bases[0]
-        base_flat = repo.flat_tree(virtual)
-        for other in bases[1:]:
-            # same rules as the outer merge: under 'siblings' a virtual base that dropped a
-            # version would make the outer merge see that version as "unchanged" and lose it
-            inner = rules if rules.default != "manual" else PolicyRules("siblings", (), rules.skew_tolerance_ms)
-            sub, _ = _merge_commits(repo, virtual, other, inner, resolvers, depth + 1)
-            base_flat = sub.tree
-    ours_flat, theirs_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
-    finder = _WriteFinder(repo, _priorities(repo))
-    touched_o = _touched(repo, ours, bases) if depth == 0 else None
-    touched_t = _touched(repo, theirs, bases) if depth == 0 else None
-    writes: dict[tuple[str, Side], Write] = {}
-    # a file on one side where the other has a directory: the file moves to a sibling named
-    # after the replica that wrote it, so every replica must know who that was
-    dirs_ours, dirs_theirs = directories_of(ours_flat), directories_of(theirs_flat)
-    clashes = {p for p in theirs_flat if p in dirs_ours} | {p for p in ours_flat if p in dirs_theirs}
-    for path in set(ours_flat) | set(theirs_flat) | set(base_flat):
-        b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
-        if _same(o, t):
-            continue
-        both = (touched_o is not None and touched_t is not None and path in touched_o and path in touched_t)
-        if both or (not _same(b, o) and not _same(b, t)) or path in clashes:
-            writes[(path, "ours")] = finder.last_write(ours, bases, path)
-            writes[(path, "theirs")] = finder.last_write(theirs, bases, path)
-
-    def load(entry: Entry) -> bytes:
-        return b"".join(repo.iter_file(entry.cid))
-
-    def store_bytes(data: bytes) -> Entry:
-        return repo.new_file_writer().write(io.BytesIO(data))
-
-    result = merge_trees(MergeInput(base_flat, ours_flat, theirs_flat, writes, rules, load, store_bytes,
-                                    resolvers, touched_o, touched_t))
-    return result, bases
-
-
-def _touched(repo: Repository, head: Cid, bases: list[Cid]) -> frozenset[str]:
-    """Paths written by commits between ``bases`` and ``head``: a plain commit writes what
-    differs from its parent; a merge writes only what differs from every parent."""
-    from casync.dag import changed_paths
-
-    graph = repo.graph
-    out: set[str] = set()
-    for cid in graph.missing([head], bases):  # exactly the commits since the bases
-        node = graph.node(cid)
-        tree = node.tree
-        if not node.parents:
-            out |= changed_paths(repo.blocks, None, tree)
-            continue
-        per_parent = [changed_paths(repo.blocks, graph.node(p).tree, tree) for p in node.parents]
-        out |= set.intersection(*per_parent)
-    return frozenset(out)
 
 
 def load_entry_point_resolvers() -> dict[str, ResolverFn]:
@@ -212,8 +106,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
             raise ConflictError(f"refusing to merge {rev}: it shares no history with {cid_str(ours)[:20]}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
-        result, _bases = _merge_commits(repo, ours, theirs, rules, all_resolvers)
-        ours_flat = repo.flat_tree(ours)
+        our_side = real_side(repo, ours)
+        result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers, _priorities(repo))
+        ours_flat = dict(our_side.flat)
         what = f"merge of {rev}"
         st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)
         if result.conflicts and repo.bare:
@@ -244,9 +139,14 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
 
 
 def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
-    if not siblings:
-        return {}
-    return {"casync.siblings": json.dumps({c.path: c.sibling for c in siblings}, sort_keys=True)}
+    meta: dict[str, str] = {}
+    kept = {c.path: c.sibling for c in siblings if c.sibling is not None}
+    if kept:
+        meta["casync.siblings"] = json.dumps(kept, sort_keys=True)
+    renames = {c.path: {"kind": c.kind, "targets": list(c.targets)} for c in siblings if c.targets}
+    if renames:
+        meta["casync.renames"] = json.dumps(renames, sort_keys=True)
+    return meta
 
 
 def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str) -> None:
@@ -258,7 +158,7 @@ def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reaso
 
 def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:
     state = {"theirs": cid_str(theirs), "message": message, "written_tree": cid_str(written),
-             "conflicts": [{"path": c.path, "kind": c.kind, "sibling": c.sibling,
+             "conflicts": [{"path": c.path, "kind": c.kind, "sibling": c.sibling, "targets": list(c.targets),
                             "ours": _entry_json(c.ours), "theirs": _entry_json(c.theirs)} for c in conflicts]}
     repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
 
@@ -323,7 +223,8 @@ class OpenConflict:
 
 
 def list_conflicts(repo: Repository) -> list[OpenConflict]:
-    """Conflicts of a merge in progress, then sibling versions kept in HEAD's tree."""
+    """Conflicts of a merge in progress, then sibling versions kept in HEAD's tree and
+    ambiguous renames that merges recorded and HEAD has not settled."""
     out: list[OpenConflict] = []
     state = merge_state(repo)
     seen: set[str] = set()
@@ -331,22 +232,62 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
         for c in state["conflicts"]:
             sib = c.get("sibling")
             alive = sib is not None and (repo.root / sib).exists()
-            if alive or (sib is None and c["path"] not in state.get("resolved", [])):
+            if c.get("targets"):
+                if c["path"] not in state.get("resolved", []):
+                    out.append(OpenConflict(c["path"], c["kind"], tuple(c["targets"]), "merge"))
+                    seen.add(c["path"])
+            elif alive or (sib is None and c["path"] not in state.get("resolved", [])):
                 out.append(OpenConflict(c["path"], c["kind"], (sib,) if alive and sib else (), "merge"))
                 seen.add(c["path"])
     head = repo.head()
     if head is not None:
-        for path, sibs in sorted(_recorded_siblings(repo, head).items()):
+        flat = repo.flat_tree(head)
+        for path, sibs in sorted(_recorded_siblings(repo, head, flat).items()):
             if path not in seen:
                 out.append(OpenConflict(path, "siblings", tuple(sibs), "tree"))
+                seen.add(path)
+        for path, (kind, targets) in sorted(_recorded_renames(repo, head, flat).items()):
+            if path not in seen:
+                out.append(OpenConflict(path, kind, targets, "tree"))
     return out
 
 
-def _recorded_siblings(repo: Repository, head: Cid) -> dict[str, list[str]]:
+def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
+                      ) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """``{old path: (kind, new paths)}`` for rename conflicts that merges recorded (commit
+    metadata ``casync.renames``) and HEAD has not settled: a ``rename/modify`` while the
+    edited file is still at its old path, a ``rename/rename`` while two of its new paths
+    exist.  The newest record of a path counts."""
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    settled: set[str] = set()
+    for cid, node in repo.graph.walk_nodes([head]):
+        if len(node.parents) < 2:
+            continue
+        try:
+            recorded = json.loads(repo.load_commit(cid).meta.get("casync.renames", "{}"))
+        except ValueError:
+            continue
+        if not isinstance(recorded, dict):
+            continue
+        for path, rec in recorded.items():
+            if path in found or path in settled or not isinstance(rec, dict):
+                continue
+            kind, targets = rec.get("kind"), rec.get("targets")
+            if kind not in ("rename/modify", "rename/rename") or not isinstance(targets, list):
+                continue
+            present = tuple(t for t in targets if isinstance(t, str) and t in flat)
+            open_ = path in flat if kind == "rename/modify" else len(present) >= 2
+            if open_:
+                found[str(path)] = (kind, present)
+            else:
+                settled.add(path)
+    return found
+
+
+def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -> dict[str, list[str]]:
     """``{path: [sibling paths]}`` for sibling versions that merges recorded (commit
     metadata ``casync.siblings``) and HEAD's tree still holds.  A file that merely has
     ``.~`` in its name is the user's, not a conflict."""
-    flat = repo.flat_tree(head)
     candidates = {p for p in flat if ".~" in p.rpartition("/")[2]}
     found: dict[str, set[str]] = {}
     if not candidates:
@@ -373,13 +314,26 @@ def _recorded_siblings(repo: Repository, head: Cid) -> dict[str, list[str]]:
 def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_bytes: bytes | None = None
                      ) -> str:
     """Settle one conflict in the working tree: keep ``ours``, ``theirs``, a replica's
-    sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after."""
-    from casync.worktree import WorktreeWriter
+    sibling, or given bytes; sibling files go away.  Commit (or ``merge --continue``) after.
 
+    Holds the writer lock throughout (a commit must not snapshot a half-resolved tree)
+    and keeps the executable bit of the version picked."""
     repo.require_worktree("resolve", hint="in a bare repository, settle siblings in a transaction: write PATH "
                           "with the version to keep and delete its PATH.~REPLICA files")
     if (pick is None) == (file_bytes is None):
         raise UsageError("give exactly one of --pick or --file")
+    with repo.store.writer_lock():
+        return _resolve_locked(repo, path, pick, file_bytes)
+
+
+def _executable(path: Path) -> bool:
+    try:
+        return is_executable(path.lstat())
+    except FileNotFoundError:
+        return False
+
+
+def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: bytes | None) -> str:
     conflicts = {c.path: c for c in list_conflicts(repo)}
     conflict = conflicts.get(path)
     if conflict is None:
@@ -388,8 +342,10 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
     state = merge_state(repo)
     recorded = next((c for c in (state or {}).get("conflicts", []) if c["path"] == path), None)
     chosen: str
-    if file_bytes is not None:
-        writer.write_file(path, [file_bytes], False)
+    if conflict.kind.startswith("rename/"):
+        chosen = _resolve_rename(repo, writer, conflict, pick)
+    elif file_bytes is not None:
+        writer.write_file(path, [file_bytes], _executable(repo.root / path))
         chosen = "file"
     elif pick == "ours":
         if recorded is not None and recorded["ours"] is None:
@@ -421,13 +377,32 @@ def resolve_conflict(repo: Repository, path: str, pick: str | None = None, file_
                                  hint=f"use ours, theirs, or one of: {options}")
             sibling = matches[0]
         data = (repo.root / sibling).read_bytes()
-        writer.write_file(path, [data], False)
+        writer.write_file(path, [data], _executable(repo.root / sibling))
         chosen = sibling
-    for sib in conflict.siblings:
-        writer.remove(sib)
+    if not conflict.kind.startswith("rename/"):
+        for sib in conflict.siblings:
+            writer.remove(sib)
     if state is not None and recorded is not None:
-        with repo.store.writer_lock():
-            fresh = merge_state(repo) or state
-            fresh.setdefault("resolved", []).append(path)
-            repo.store.put("meta", _STATE_KEY, json.dumps(fresh).encode())
+        state.setdefault("resolved", []).append(path)
+        repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
+
+
+def _resolve_rename(repo: Repository, writer: WorktreeWriter, conflict: OpenConflict, pick: str | None) -> str:
+    """``--pick NEW_PATH``: for ``rename/modify`` the edited file moves there (its old
+    path goes); for ``rename/rename`` that path stays and the other new paths go."""
+    if pick not in conflict.siblings:
+        raise UsageError(f"{conflict.path!r} is a {conflict.kind} conflict: pick the path to keep",
+                         hint=f"use --pick with one of: {', '.join(conflict.siblings) or 'none'}")
+    if conflict.kind == "rename/modify":
+        source = repo.root / conflict.path
+        if not source.is_file():
+            raise UsageError(f"{conflict.path!r} (the edited file to move to {pick}) is not in the working tree",
+                             hint=f"restore it with 'casync restore {conflict.path}', or commit without it")
+        writer.write_file(pick, [source.read_bytes()], _executable(source))
+        writer.remove(conflict.path)
+    else:
+        for other in conflict.siblings:
+            if other != pick:
+                writer.remove(other)
+    return pick

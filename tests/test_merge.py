@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,84 @@ def test_file_directory_siblings_are_named_after_the_writer_on_every_replica(
     tree_a, tree_b = a.log()[0].commit.tree, b.log()[0].commit.tree
     assert tree_a == tree_b  # both replicas converge
     assert a.read("d.~site-b") == b"d is a file on b\n" and a.read("d/x.txt") == b"x edited on a\n"
+
+
+# --- resolve: under the writer lock, keeping the executable bit ---------------------------------
+
+
+def test_resolved_executable_stays_executable(pair: tuple[Repository, Repository]) -> None:
+    a, b = pair
+    write(a.root, "run.sh", "#!/bin/sh\necho a\n", mode=0o755)
+    a.commit("a adds a script")
+    transfer(a, b, "main", "main")
+    b.checkout("main", force=True)
+    write(a.root, "run.sh", "#!/bin/sh\necho a2\n", mode=0o755)
+    a.commit("a edits it")
+    write(b.root, "run.sh", "#!/bin/sh\necho b2\n", mode=0o755)
+    b.commit("b edits it")
+    transfer(b, a, "main", "site-b")
+    a.merge("site-b", policy="siblings")
+    assert os.access(a.root / "run.sh.~site-b", os.X_OK)
+    cli = Cli(a.root)
+    cli("resolve", "run.sh", "--pick", "site-b")
+    assert (a.root / "run.sh").read_text() == "#!/bin/sh\necho b2\n" and os.access(a.root / "run.sh", os.X_OK)
+    given = write(a.root, "../given.sh", "#!/bin/sh\necho mine\n")
+    write(a.root, "run.sh", "#!/bin/sh\necho a3\n", mode=0o755)
+    a.commit("a3")
+    write(b.root, "run.sh", "#!/bin/sh\necho b3\n", mode=0o755)
+    b.commit("b3")
+    transfer(b, a, "main", "site-b")
+    a.merge("site-b", policy="siblings")
+    cli("resolve", "run.sh", "--file", str(given))
+    assert os.access(a.root / "run.sh", os.X_OK)
+    cli("commit", "-m", "resolved")
+    assert a.flat_tree(a.head())["run.sh"].executable
+
+
+def _flock_waiters(lock: Path) -> int:
+    """Processes (threads) blocked waiting for a flock on ``lock``, from /proc/locks."""
+    ino = os.stat(lock).st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and line.split()[-3].endswith(f":{ino}"))
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_resolve_waits_for_the_writer_lock(pair: tuple[Repository, Repository]) -> None:
+    """While another writer holds the lock, resolve writes nothing; it goes on once the
+    lock is free.  No timing: the test waits until the resolve is either blocked on the
+    lock (seen in /proc/locks) or finished."""
+    import threading
+
+    a, _b = pair
+    diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"})
+    a.merge("site-b", policy="siblings")
+    other = Repository.open(a.root)  # a second handle: its own lock file descriptor
+    lock = a.store.root / "lock"
+    done = threading.Event()
+    with other.store.writer_lock():
+        worker = threading.Thread(target=lambda: (a.resolve_conflict("shared.txt", pick="site-b"), done.set()))
+        worker.start()
+        while not done.is_set() and _flock_waiters(lock) == 0:
+            done.wait(0.01)
+        assert not done.is_set(), "resolve finished while another writer held the lock"
+        assert (a.root / "shared.txt").read_text() == "A\n" and (a.root / "shared.txt.~site-b").exists()
+    worker.join()
+    other.close()
+    assert done.is_set() and (a.root / "shared.txt").read_text() == "B\n"
+    assert not (a.root / "shared.txt.~site-b").exists()
+
+
+def test_json_tie_goes_to_the_later_write_of_that_key(pair: tuple[Repository, Repository]) -> None:
+    """a writes rate, b writes rate later, then a writes mode: the file's last write is
+    a's, but b's rate is the later write of that key, so it wins."""
+    a, b = pair
+    write(a.root, "conf.json", '{"rate": 2, "mode": "x"}')
+    a.commit("a: rate 2")
+    write(b.root, "conf.json", '{"rate": 3, "mode": "x"}')
+    b.commit("b: rate 3")
+    write(a.root, "conf.json", '{"rate": 2, "mode": "z"}')
+    a.commit("a: mode z")
+    transfer(b, a, "main", "site-b")
+    a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json"}})
+    a.merge("site-b")
+    assert json.loads(a.read("conf.json")) == {"rate": 3, "mode": "z"}
