@@ -228,15 +228,39 @@ def _format_time(wall_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(wall_ms / 1000))
 
 
-@main.command()
+class _PathsAfterDashes(click.Command):
+    """Keeps what follows ``--`` apart (``log REV -- PATH...``): click would merge it
+    into the positional arguments, and a path must never be read as a revision."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["paths"], args = args[at + 1:], args[:at]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_PathsAfterDashes)
 @click.argument("rev", default="HEAD")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @json_option
 @_pass
 def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
-    """Show the history reachable from REV (default HEAD), newest first."""
-    entries = obj.repo().log(rev, limit=max_count)
+    """Show the history reachable from REV (default HEAD), newest first.
+
+    'casync log [REV] -- PATH...' shows only the commits that changed a PATH (a file or
+    a directory; relative to the directory casync runs in).
+    """
+    repo = obj.repo()
+    paths = click.get_current_context().meta.get("paths")
+    if paths is not None:
+        if not paths:
+            raise UsageError("'--' must be followed by at least one PATH")
+        from casync.history import path_log
+
+        entries = path_log(repo, rev, [_repo_relative(repo, obj.directory, p) for p in paths], max_count)
+    else:
+        entries = repo.log(rev, limit=max_count)
     if as_json:
         _json([e.to_json() for e in entries])
         return
@@ -404,11 +428,20 @@ def _repo_relative(repo: Repository, base: str, path: str) -> str:
 @click.argument("name", required=False)
 @click.argument("start", required=False, default="HEAD")
 @click.option("-d", "--delete", "delete", metavar="NAME", help="Delete branch NAME.")
+@click.option("-r", "--remotes", "list_remotes", is_flag=True, help="List remote-tracking branches.")
+@click.option("-a", "--all", "list_all", is_flag=True, help="List local and remote-tracking branches.")
 @json_option
 @_pass
-def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_json: bool) -> None:
-    """List branches, create NAME at START (default HEAD), or delete one with -d."""
+def branch(obj: _Context, name: str | None, start: str, delete: str | None, list_remotes: bool, list_all: bool,
+           as_json: bool) -> None:
+    """List branches, create NAME at START (default HEAD), or delete one with -d.
+
+    -r lists remote-tracking branches (what fetch, pull and push last saw, as
+    REMOTE/BRANCH, or REMOTE/REPLICA/BRANCH for IPFS remotes); -a lists both.
+    """
     repo = obj.repo()
+    if (list_remotes or list_all) and (name or delete):
+        raise UsageError("-r and -a list branches; they take no NAME and no -d")
     if delete:
         tip = repo.branches().get(delete)
         if tip is None:
@@ -426,13 +459,19 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_j
         repo.update_branch(name, None, target, f"branch: created from {start}")
         click.echo(f"created branch {name} at {short(target)}")
         return
-    branches = repo.branches()
     current = repo.current_branch()
+    rows: list[tuple[str, bytes, bool, str | None]] = [] if list_remotes else [(b, c, b == current, None) for b, c in repo.branches().items()]
+    if list_remotes or list_all:
+        for ref, c in repo.refs.list_refs("remotes/").items():
+            tracking = ref[len("remotes/"):]
+            rows.append((tracking, c, False, tracking.split("/", 1)[0]))
     if as_json:
-        _json([{"name": b, "commit": cid_str(c), "current": b == current} for b, c in branches.items()])
+        _json([{"name": b, "commit": cid_str(c), "current": cur, **({"remote": r} if list_remotes or list_all else {})}
+               for b, c, cur, r in rows])
         return
-    for b, c in branches.items():
-        click.echo(f"{'*' if b == current else ' '} {b:20} {short(c)}")
+    for b, c, cur, r in rows:
+        label = f"remotes/{b}" if list_all and r else b
+        click.echo(f"{'*' if cur else ' '} {label:20} {short(c)}")
 
 
 @main.command()
@@ -489,7 +528,8 @@ def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> Non
         if branch is None:
             raise UsageError("HEAD is detached; give a branch name", hint="casync reflog main")
         name = branch
-    full = name if name.startswith(("heads/", "remotes/", "bundles/", "partial/")) else f"heads/{name}"
+    full = name if name.startswith(("heads/", "remotes/", "bundles/", "partial/", "tags/", "tag-conflicts/")) \
+        else f"heads/{name}"
     entries = list(reversed(repo.refs.reflog(full)))[:max_count]
     if not entries and repo.refs.get_ref(full) is None:
         raise UsageError(f"no ref named {ref!r}")
@@ -576,6 +616,7 @@ _EXTENSIONS: dict[str, tuple[str, str]] = {
     "pull": ("casync.cli_remote", "pull"),
     "clone": ("casync.cli_remote", "clone"),
     "url": ("casync.cli_remote", "url_cmd"),
+    "tag": ("casync.cli_tag", "tag"),
 }
 
 

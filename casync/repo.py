@@ -236,7 +236,7 @@ class Repository:
     # --- revisions -----------------------------------------------------------------------
 
     def resolve(self, rev: str) -> Cid:
-        """A commit CID for ``HEAD``, a branch, a CID or unique CID prefix, with ``~N``/``^N``."""
+        """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``."""
         m = _REV_SUFFIX.match(rev.strip())
         assert m is not None
         base, suffix = m.group(1), m.group(2)
@@ -270,6 +270,9 @@ class Repository:
         branch = self.refs.get_ref(f"heads/{base}")
         if branch is not None:
             return branch
+        tag = self.refs.get_ref(f"tags/{base}")  # a branch of the same name comes first, as in git
+        if tag is not None:
+            return tag
         if "/" in base:
             exact = self.refs.get_ref(base)  # remotes/origin/main, bundles/main, ...
             if exact is not None:
@@ -292,7 +295,7 @@ class Repository:
                 raise UnknownRevision(f"revision {base!r} is ambiguous ({len(matches)} commits match)",
                                       hint="give more characters of the CID")
         raise UnknownRevision(f"unknown revision {rev!r}",
-                              hint="use a branch name, HEAD, HEAD~N or a commit CID (see 'casync log')")
+                              hint="use a branch or tag name, HEAD, HEAD~N or a commit CID (see 'casync log')")
 
     def _commit_cids(self) -> Iterator[Cid]:
         prefix = compute_cid(DAG_CBOR, b"", self.hash_name)[:-32]
