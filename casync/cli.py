@@ -460,7 +460,8 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, list
         click.echo(f"created branch {name} at {short(target)}")
         return
     current = repo.current_branch()
-    rows: list[tuple[str, bytes, bool, str | None]] = [] if list_remotes else [(b, c, b == current, None) for b, c in repo.branches().items()]
+    rows: list[tuple[str, bytes, bool, str | None]] = [] if list_remotes else [
+        (b, c, b == current, None) for b, c in repo.branches().items()]
     if list_remotes or list_all:
         for ref, c in repo.refs.list_refs("remotes/").items():
             tracking = ref[len("remotes/"):]

@@ -220,6 +220,9 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
         click.echo(f"{level}: {f.replica}/{f.branch} ({cid_str(f.commit)}) not fetched: {f.error}", err=True)
     for e in res.invalid_records:
         click.echo(f"{level}: {e}", err=True)
+    from casync.cli_tag import print_tag_report
+
+    print_tag_report(res.tags.to_json() if res.tags is not None else None, res.remote)
 
 
 @click.command()
