@@ -267,11 +267,11 @@ def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: 
     for e in entries:
         c = e.commit
         if oneline:
-            click.echo(f"{short(e.cid, 16)} {c.message.splitlines()[0] if c.message else ''}")
+            click.echo(f"{short(e.cid)} {c.message.splitlines()[0] if c.message else ''}")
             continue
         click.echo(f"commit {cid_str(e.cid)}")
         if len(c.parents) > 1:
-            click.echo("merge:  " + " ".join(short(p, 16) for p in c.parents))
+            click.echo("merge:  " + " ".join(short(p) for p in c.parents))
         click.echo(f"author: {c.author}  (replica {c.replica})")
         click.echo(f"date:   {_format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
         click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())))
@@ -399,7 +399,7 @@ def checkout(obj: _Context, rev: str, force: bool) -> None:
     cid = repo.checkout(rev, force=force, progress=obj.progress())
     branch = repo.current_branch()
     click.echo(f"switched to branch {branch} at {short(repo.resolve(cid))}" if branch and branch == rev
-               else f"HEAD is now at {cid[:16]} (detached)", err=True)
+               else f"HEAD is now at {cid[:20]} (detached)", err=True)
 
 
 @main.command()

@@ -46,7 +46,7 @@ from casync.errors import (
     UsageError,
 )
 from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid
+from casync.ids import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
 from casync.objects import (
     UNIXFS_DIRECTORY,
     Commit,
@@ -315,7 +315,7 @@ class Repository:
         entry = lookup(self.blocks, self.tree_of(commit), parts)
         path = "/".join(parts)
         if entry is None:
-            raise UnknownRevision(f"path {path!r} does not exist in {cid_str(commit)[:12]} ({spec})")
+            raise UnknownRevision(f"path {path!r} does not exist in {short(commit)} ({spec})")
         return commit, path, entry
 
     # --- committing ----------------------------------------------------------------------
