@@ -288,8 +288,8 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
     if info.repository_id != repo.repo_id:
         raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one ({repo.repo_id})",
                           hint="clone it instead, or check the remote's URL")
-    wants = [c for c in dict.fromkeys([*info.refs.values(), *(info.tags or {}).values()])
-             if not repo.blocks.has(c)]
+    wants = [c for c in dict.fromkeys(info.refs.values()) if not repo.blocks.has(c)]
+    wants += _tag_wants(repo, info, wants)
     if wants:
         graph = repo.graph
         heads = _local_heads(repo)
@@ -339,6 +339,13 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
         if info.tags is not None:
             result.tags = receive_tags(repo, info.tags, remote)
     return result
+
+
+def _tag_wants(repo: Repository, info: PeerInfo, wants: list[Cid]) -> list[Cid]:
+    """The peer's tag targets this repository lacks, within one request's limit; a tag left
+    out is reported as skipped and comes with a later fetch."""
+    extra = [c for c in dict.fromkeys((info.tags or {}).values()) if c not in wants and not repo.blocks.has(c)]
+    return extra[: max(0, MAX_WANTS - len(wants))]
 
 
 def _set_ref(repo: Repository, name: str, cid: Cid, reason: str) -> None:
