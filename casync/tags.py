@@ -19,7 +19,7 @@ from casync.errors import RefConflict, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, short
 from casync.repo import Repository, validate_branch_name
 
-__all__ = ["CONFLICT_PREFIX", "TAG_PREFIX", "TagUpdate", "create_tag", "delete_tag",
+__all__ = ["CONFLICT_PREFIX", "TAG_PREFIX", "TagUpdate", "checked_tags", "create_tag", "delete_tag",
            "list_tags", "receive_tags", "tag_conflicts", "tags_reaching", "validate_tag_name"]
 
 TAG_PREFIX = "tags/"
@@ -33,6 +33,16 @@ def validate_tag_name(name: str) -> None:
     except UsageError:
         raise UsageError(f"invalid tag name {name!r}",
                          hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')") from None
+
+
+def checked_tags(tags: Mapping[str, Cid]) -> dict[str, Cid]:
+    """``tags`` from elsewhere (a peer, a bundle, a head record), each name valid and each
+    target a commit CID; UsageError or ValueError otherwise (callers word the error)."""
+    for name, target in tags.items():
+        validate_tag_name(name)
+        if cid_codec(target) != DAG_CBOR:
+            raise ValueError(f"tag {name!r} does not name a commit")
+    return dict(tags)
 
 
 def list_tags(repo: Repository) -> dict[str, Cid]:

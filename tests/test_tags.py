@@ -198,3 +198,56 @@ def test_peer_fetch_and_push_through_the_python_api(tmp_path: Path, a: Cli) -> N
         finally:
             peer.close()
         assert summary["tags"]["created"] == {"b1": b.resolve_cid("b1")}
+
+
+def test_tags_from_elsewhere_are_validated(tmp_path: Path) -> None:
+    """A peer's info, a head record: a bad tag name or a non-commit target is refused whole."""
+    from casync.errors import InvalidObject, RemoteError
+    from casync.remote.records import HeadRecord, decode_record
+    from casync.sync.peer import PeerInfo
+
+    with Repository.init(tmp_path / "x", replica="x") as x:
+        with x.transaction(message="x") as tx:
+            tx.write("a", b"1")
+        commit = x.resolve("HEAD")
+        tree = x.tree_of(commit)
+    info = {"repository_id": "r", "replica": "p", "read_only": False, "refs": {}}
+    assert PeerInfo.from_json(info).tags is None  # a peer from before tags
+    assert PeerInfo.from_json({**info, "tags": {"v1": cid_str(commit)}}).tags == {"v1": commit}
+    for bad in ({"../v1": cid_str(commit)}, {"v1": cid_str(tree)}, {"v1": "nonsense"}, {"v1": 5}, ["v1"]):
+        with pytest.raises(RemoteError):
+            PeerInfo.from_json({**info, "tags": bad})
+    record = HeadRecord("r" * 32, "p", 1, 1, "blake3", "cdc", {}, {"v1": commit})
+    assert decode_record(record.encode(), "r" * 32, "p", "here").tags == {"v1": commit}
+    bad_record = json.loads(record.encode())
+    bad_record["tags"] = {"v1": cid_str(tree)}
+    with pytest.raises(InvalidObject):
+        decode_record(json.dumps(bad_record).encode(), "r" * 32, "p", "here")
+
+
+def test_a_bundle_naming_a_tag_it_does_not_carry_is_refused(tmp_path: Path) -> None:
+    """Closure: a hostile manifest tagging a commit outside the bundle sets nothing."""
+    from casync.car import CarWriter
+    from casync.errors import InvalidObject
+    from casync.sync.bundle import _manifest, read_bundle
+    from casync.sync.pack import blocks_for_commits
+
+    with Repository.init(tmp_path / "a", replica="a") as a:
+        with a.transaction(message="one") as tx:
+            tx.write("f", b"1")
+        main = a.resolve("main")
+        a.update_branch("x", None, main, "test")
+        with a.transaction(branch="x", message="elsewhere") as tx:
+            tx.write("g", b"2")
+        elsewhere = a.resolve("x")
+        manifest_cid, manifest = _manifest(a, {"main": main}, [], {"t": elsewhere})
+        path = tmp_path / "hostile.car"
+        with open(path, "wb") as f:
+            writer = CarWriter(f, [manifest_cid])
+            for cid, block in blocks_for_commits(a, a.graph.missing([main], [])):
+                writer.add(cid, block)
+            writer.add(manifest_cid, manifest)
+        with Repository.init(tmp_path / "b", replica="b", repository_id=a.repo_id) as b:
+            with pytest.raises(InvalidObject, match="asked for but not sent"):
+                read_bundle(b, path)
+            assert list_tags(b) == {} and b.refs.get_ref("bundles/main") is None

@@ -35,6 +35,7 @@ from casync.ids import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, parse_cid
 from casync.remote.config import RemoteUrl, validate_repo_id
 from casync.repo import validate_branch_name, validate_replica_name
 from casync.store.ipfs import DEFAULT_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
+from casync.tags import checked_tags
 
 __all__ = ["FORMAT", "MAX_RECORD_BYTES", "BranchHead", "HeadRecord", "RemoteNode", "connect"]
 
@@ -136,14 +137,10 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
 def _decode_tags(value: Any, where: str) -> dict[str, Cid]:
     if not isinstance(value, dict):
         raise InvalidObject(f"head record {where}: tags must be an object")
-    tags = {}
-    for name, text in value.items():
-        validate_branch_name(name)  # tag names follow the branch-name rules
-        cid = parse_cid(text)
-        if cid_codec(cid) != DAG_CBOR:
-            raise InvalidObject(f"head record {where}: tag {name} does not name a commit")
-        tags[str(name)] = cid
-    return tags
+    try:
+        return checked_tags({str(k): parse_cid(v) for k, v in value.items()})
+    except ValueError as exc:
+        raise InvalidObject(f"head record {where}: {exc}") from None
 
 
 class RemoteNode:

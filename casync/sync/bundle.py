@@ -26,7 +26,7 @@ from casync.errors import CorruptBlock, InvalidObject, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import MissingLink, PackReceiver, TransferStats, blocks_for_commits
-from casync.tags import TagUpdate, receive_tags, tags_reaching, validate_tag_name
+from casync.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
 
 __all__ = ["BundleInfo", "create_bundle", "read_bundle"]
 
@@ -120,12 +120,7 @@ def _parse_manifest(cid: Cid, block: bytes) -> _Manifest:
 def _parse_tags(value: Any) -> dict[str, Cid]:
     if not isinstance(value, dict) or not all(isinstance(v, Link) for v in value.values()):
         raise ValueError("tags must map names to links")
-    tags = {str(k): bytes(v) for k, v in value.items()}
-    for name, target in tags.items():
-        validate_tag_name(name)
-        if cid_codec(target) != DAG_CBOR:
-            raise ValueError(f"tag {name!r} does not name a commit")
-    return tags
+    return checked_tags({str(k): bytes(v) for k, v in value.items()})
 
 
 def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> BundleInfo:

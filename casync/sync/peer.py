@@ -29,7 +29,7 @@ from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
-from casync.tags import TagUpdate, list_tags, receive_tags, validate_tag_name
+from casync.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.workdir import update_worktree
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
@@ -76,18 +76,9 @@ def parse_tag_map(value: Any) -> dict[str, Cid] | None:
     """A peer's ``{"tags": {name: commit CID}}`` (absent: None); malformed -> ValueError."""
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise ValueError("tags must be an object")
-    tags = {}
-    for name, text in value.items():
-        if not isinstance(name, str) or not isinstance(text, str):
-            raise ValueError("tags must map names to CID strings")
-        validate_tag_name(name)
-        cid = parse_cid(text)
-        if cid_codec(cid) != DAG_CBOR:
-            raise ValueError(f"tag {name!r} does not name a commit")
-        tags[name] = cid
-    return tags
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("tags must map names to CID strings")
+    return checked_tags({k: parse_cid(v) for k, v in value.items()})
 
 
 class Peer(Protocol):
@@ -198,10 +189,10 @@ class PeerService:
             raise RemoteError("this peer is read-only; it does not accept pushes")
         if len(tags) > MAX_TAGS_PER_PUSH:
             raise InvalidObject(f"at most {MAX_TAGS_PER_PUSH} tags per push")
-        for name, cid in tags.items():
-            validate_tag_name(name)
-            if cid_codec(cid) != DAG_CBOR:
-                raise InvalidObject(f"tag {name!r} names {cid_str(cid)}, which is not a commit")
+        try:
+            checked_tags(tags)
+        except ValueError as exc:
+            raise InvalidObject(str(exc)) from None
 
     def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
         """Store the blocks the tags' commits need (checked), then create the tags that are
