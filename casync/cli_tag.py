@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -94,9 +95,10 @@ def print_tag_report(report: dict[str, Any] | None, source: str, pushed: bool = 
     if conflicts:
         name, c = next(iter(conflicts.items()))
         if pushed:
-            hint = (f"tags never move on their own; 'casync fetch {source}' brings theirs here as "
-                    f"tag-conflicts/{source}/{name}; to publish yours, give it another name ('casync tag NEW {name}')")
+            hint = (f"tags never move on their own; a fetch from {source} keeps theirs here under tag-conflicts/; "
+                    f"to publish yours, give it another name ('casync tag NEW {name}')")
         else:
+            other = f"{name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', source).strip('_.-') or 'theirs'}"
             hint = (f"tags never move on their own; to take theirs: 'casync tag -f {name} {c['theirs']}'; "
-                    f"to keep both: 'casync tag {name}-{source} {c['theirs']}'")
+                    f"to keep both: 'casync tag {other} {c['theirs']}'")
         click.echo(f"hint: {hint}", err=True)
