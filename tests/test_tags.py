@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,39 @@ def test_a_bundle_naming_a_tag_it_does_not_carry_is_refused(tmp_path: Path) -> N
             with pytest.raises(InvalidObject, match="asked for but not sent"):
                 read_bundle(b, path)
             assert list_tags(b) == {} and b.refs.get_ref("bundles/main") is None
+
+
+def test_http_tags_endpoint_refuses_malformed_and_read_only(tmp_path: Path, a: Cli) -> None:
+    import http.client
+    import urllib.parse
+
+    from casync.errors import RemoteError
+    from casync.sync.http import HttpPeer, serve
+
+    with Repository.open(tmp_path / "a") as served:
+        head = served.resolve("HEAD")
+        with serving(served, "secret") as srv:
+            port = srv.server_address[1]
+            for query in ("", "tags=notjson", "tags=" + urllib.parse.quote(json.dumps({"../x": cid_str(head)})),
+                          "tags=" + urllib.parse.quote(json.dumps({"v1": cid_str(served.tree_of(head))}))):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", f"/v1/tags?{query}", body=b"", headers={"Authorization": "Bearer secret",
+                                                                               "Content-Length": "0"})
+                assert conn.getresponse().status == 400, query
+                conn.close()
+            assert list_tags(served) == {}
+        ro = serve(served, b"secret", read_only=True)
+        t = threading.Thread(target=ro.serve_forever, daemon=True)
+        t.start()
+        try:
+            peer = HttpPeer(f"http://127.0.0.1:{ro.server_address[1]}", "secret")
+            try:
+                with pytest.raises(RemoteError, match="read-only"):
+                    peer.push_tags({"v1": head}, iter(()))
+            finally:
+                peer.close()
+        finally:
+            ro.shutdown()
+            ro.server_close()
+            t.join(10)
+        assert list_tags(served) == {}
