@@ -103,3 +103,29 @@ class Repository(_repo.Repository):
     def resolve_cid(self, rev: str) -> str:
         """The text CID of the commit ``rev`` names."""
         return cid_str(self.resolve(rev))
+
+    def path_log(self, paths: str | list[str], rev: str = "HEAD", limit: int | None = None) -> list[LogEntry]:
+        """The commits reachable from ``rev`` that changed a file or directory of ``paths``
+        (repository-relative), newest first: ``casync log REV -- PATH``."""
+        from casync.history import path_log
+
+        return path_log(self, rev, [paths] if isinstance(paths, str) else paths, limit)
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> commit CID."""
+        from casync import tags
+
+        return {n: cid_str(c) for n, c in tags.list_tags(self).items()}
+
+    def tag(self, name: str, rev: str = "HEAD", force: bool = False) -> str:
+        """Tag ``rev`` as ``name`` (an existing tag is a RefConflict unless ``force``); the commit CID."""
+        from casync import tags
+
+        target = self.resolve(rev)
+        tags.create_tag(self, name, target, force=force)
+        return cid_str(target)
+
+    def delete_tag(self, name: str) -> str:
+        from casync import tags
+
+        return cid_str(tags.delete_tag(self, name))

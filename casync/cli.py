@@ -280,26 +280,50 @@ def _format_time(wall_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(wall_ms / 1000))
 
 
-@main.command()
+class _PathsAfterDashes(click.Command):
+    """Keeps what follows ``--`` apart (``log REV -- PATH...``): click would merge it
+    into the positional arguments, and a path must never be read as a revision."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["paths"], args = args[at + 1:], args[:at]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_PathsAfterDashes)
 @click.argument("rev", default="HEAD")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @json_option
 @_pass
 def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
-    """Show the history reachable from REV (default HEAD), newest first."""
-    entries = obj.repo().log(rev, limit=max_count)
+    """Show the history reachable from REV (default HEAD), newest first.
+
+    'casync log [REV] -- PATH...' shows only the commits that changed a PATH (a file or
+    a directory; relative to the directory casync runs in).
+    """
+    repo = obj.repo()
+    paths = click.get_current_context().meta.get("paths")
+    if paths is not None:
+        if not paths:
+            raise UsageError("'--' must be followed by at least one PATH")
+        from casync.history import path_log
+
+        entries = path_log(repo, rev, [_repo_relative(repo, obj.directory, p) for p in paths], max_count)
+    else:
+        entries = repo.log(rev, limit=max_count)
     if as_json:
         _json([e.to_json() for e in entries])
         return
     for e in entries:
         c = e.commit
         if oneline:
-            click.echo(f"{short(e.cid, 16)} {c.message.splitlines()[0] if c.message else ''}")
+            click.echo(f"{short(e.cid)} {c.message.splitlines()[0] if c.message else ''}")
             continue
         click.echo(f"commit {cid_str(e.cid)}")
         if len(c.parents) > 1:
-            click.echo("merge:  " + " ".join(short(p, 16) for p in c.parents))
+            click.echo("merge:  " + " ".join(short(p) for p in c.parents))
         click.echo(f"author: {c.author}  (replica {c.replica})")
         click.echo(f"date:   {_format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
         click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())))
@@ -427,7 +451,7 @@ def checkout(obj: _Context, rev: str, force: bool) -> None:
     cid = _checkout(obj, repo, rev, force)
     branch = repo.current_branch()
     click.echo(f"switched to branch {branch} at {short(repo.resolve(cid))}" if branch and branch == rev
-               else f"HEAD is now at {cid[:16]} (detached)", err=True)
+               else f"HEAD is now at {cid[:20]} (detached)", err=True)
 
 
 @main.command()
@@ -470,11 +494,20 @@ def rm_cmd(obj: _Context, paths: tuple[str, ...], cached: bool, recursive: bool)
 @click.argument("name", required=False)
 @click.argument("start", required=False, default="HEAD")
 @click.option("-d", "--delete", "delete", metavar="NAME", help="Delete branch NAME.")
+@click.option("-r", "--remotes", "list_remotes", is_flag=True, help="List remote-tracking branches.")
+@click.option("-a", "--all", "list_all", is_flag=True, help="List local and remote-tracking branches.")
 @json_option
 @_pass
-def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_json: bool) -> None:
-    """List branches, create NAME at START (default HEAD), or delete one with -d."""
+def branch(obj: _Context, name: str | None, start: str, delete: str | None, list_remotes: bool, list_all: bool,
+           as_json: bool) -> None:
+    """List branches, create NAME at START (default HEAD), or delete one with -d.
+
+    -r lists remote-tracking branches (what fetch, pull and push last saw, as
+    REMOTE/BRANCH, or REMOTE/REPLICA/BRANCH for IPFS remotes); -a lists both.
+    """
     repo = obj.repo()
+    if (list_remotes or list_all) and (name or delete):
+        raise UsageError("-r and -a list branches; they take no NAME and no -d")
     if delete:
         tip = repo.branches().get(delete)
         if tip is None:
@@ -492,13 +525,20 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, as_j
         repo.update_branch(name, None, target, f"branch: created from {start}")
         click.echo(f"created branch {name} at {short(target)}")
         return
-    branches = repo.branches()
     current = repo.current_branch()
+    rows: list[tuple[str, bytes, bool, str | None]] = [] if list_remotes else [
+        (b, c, b == current, None) for b, c in repo.branches().items()]
+    if list_remotes or list_all:
+        for ref, c in repo.refs.list_refs("remotes/").items():
+            tracking = ref[len("remotes/"):]
+            rows.append((tracking, c, False, tracking.split("/", 1)[0]))
     if as_json:
-        _json([{"name": b, "commit": cid_str(c), "current": b == current} for b, c in branches.items()])
+        _json([{"name": b, "commit": cid_str(c), "current": cur, **({"remote": r} if list_remotes or list_all else {})}
+               for b, c, cur, r in rows])
         return
-    for b, c in branches.items():
-        click.echo(f"{'*' if b == current else ' '} {b:20} {short(c)}")
+    for b, c, cur, r in rows:
+        label = f"remotes/{b}" if list_all and r else b
+        click.echo(f"{'*' if cur else ' '} {label:20} {short(c)}")
 
 
 @main.command()
@@ -573,12 +613,13 @@ def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> Non
     else:
         from casync.repo import ref_candidates
 
-        found = repo.ref_named(ref)  # the names 'log' takes: main, origin/main, remotes/origin/main, ...
+        found = repo.ref_named(ref)  # the names 'log' takes: main, v1, origin/main, remotes/origin/main, ...
         # a deleted ref has no commit but keeps its reflog
         logs = [(found[0], repo.refs.reflog(found[0]))] if found else \
             [(c, log) for c in ref_candidates(ref) if (log := repo.refs.reflog(c))]
         if not logs:
-            raise UnknownRevision(f"no ref named {ref!r}", hint="list branches with 'casync branch'")
+            raise UnknownRevision(f"no ref named {ref!r}", hint="list branches with 'casync branch', tags with "
+                                  "'casync tag'")
         full = logs[0][0]
         entries = list(reversed(logs[0][1]))[:max_count]
     if as_json:
@@ -662,6 +703,7 @@ _EXTENSIONS: dict[str, tuple[str, str]] = {
     "pull": ("casync.cli_remote", "pull"),
     "clone": ("casync.cli_remote", "clone"),
     "url": ("casync.cli_remote", "url_cmd"),
+    "tag": ("casync.cli_tag", "tag"),
 }
 
 

@@ -224,10 +224,10 @@ def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_si
         _json(res.to_json())
         return
     if res.up_to_date:
-        click.echo(f"{res.remote}: {res.replica}/{res.branch} already at {short(res.head, 16)}")
+        click.echo(f"{res.remote}: {res.replica}/{res.branch} already at {short(res.head)}")
         return
-    old = short(res.old, 16) if res.old else "(new)"
-    click.echo(f"{res.remote}: {res.replica}/{res.branch} {old} -> {short(res.head, 16)}  "
+    old = short(res.old) if res.old else "(new)"
+    click.echo(f"{res.remote}: {res.replica}/{res.branch} {old} -> {short(res.head)}  "
                f"({res.blocks_sent} blocks, {_mib(res.bytes_sent)} in {res.batches} request(s)"
                + (f", {res.skipped_present} already there" if res.resumed else "") + ")")
     if res.index:
@@ -236,11 +236,14 @@ def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_si
 
 def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
     for ref, (old, new) in res.updated.items():
-        click.echo(f"  {short(old, 16) if old else '(new)':>16} -> {short(new, 16)}  {ref}")
+        click.echo(f"  {short(old) if old else '(new)':>20} -> {short(new)}  {ref}")
     for f in res.failed:
         click.echo(f"{level}: {f.replica}/{f.branch} ({cid_str(f.commit)}) not fetched: {f.error}", err=True)
     for e in res.invalid_records:
         click.echo(f"{level}: {e}", err=True)
+    from casync.cli_tag import print_tag_report
+
+    print_tag_report(res.tags.to_json() if res.tags is not None else None, res.remote)
 
 
 @click.command()
@@ -307,13 +310,13 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
         elif res.merged:
             from casync.cli_merge import report_decisions
 
-            new = short(res.new, 16) if res.new else ""
+            new = short(res.new) if res.new else ""
             click.echo(f"{res.branch}: merged {len(res.merged)} diverged head(s) -> {new}")
             for outcome in res.outcomes:
                 report_decisions(outcome)
         else:
-            click.echo(f"{res.branch}: fast-forward {short(res.old, 16) if res.old else '(empty)'} -> "
-                       f"{short(res.new, 16) if res.new else ''}")
+            click.echo(f"{res.branch}: fast-forward {short(res.old) if res.old else '(empty)'} -> "
+                       f"{short(res.new) if res.new else ''}")
     if not res.fetch.ok:
         sys.exit(EXIT_FAILURE)
 
@@ -361,7 +364,7 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
         _json(res.to_json())
     else:
         _report_fetch(res.fetch, "warning")
-        where = f"branch {res.branch} at {short(res.head, 16)}" if res.head else "no commits"
+        where = f"branch {res.branch} at {short(res.head)}" if res.head else "no commits"
         click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where})")
         if res.diverged:
             click.echo("warning: the published heads have diverged; checked out the newest", err=True)
@@ -380,7 +383,7 @@ def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
     click.echo(rmt.gateway_url(repo, spec, remote_name, retry=_retry()))
     commit = repo.entry_at(spec if ":" in spec else spec + ":")[0]
     if not rmt.is_published(repo, commit, remote_name):
-        click.echo(f"warning: {short(commit, 16)} has not been pushed to this remote (as far as this replica "
+        click.echo(f"warning: {short(commit)} has not been pushed to this remote (as far as this replica "
                    "knows): the gateway serves it only once the node has it ('casync push')", err=True)
 
 

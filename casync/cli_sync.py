@@ -210,6 +210,22 @@ def _print_sync(entry: dict[str, Any]) -> None:
     p = entry.get("push")
     if p:
         click.echo(f"{peer}: push {p.get('result')}" + (f" ({p.get('blocks')} blocks)" if "blocks" in p else ""))
+    _print_tags(entry)
+
+
+def _print_tags(entry: dict[str, Any]) -> None:
+    """Tags that arrived or left, and any conflict, once per peer (a conflict found by the
+    fetch is not repeated for the push)."""
+    from casync.cli_tag import print_tag_report
+
+    peer = entry["peer"]
+    fetched = entry.get("fetch", {}).get("tags")
+    print_tag_report(fetched, peer)
+    pushed = (entry.get("push") or {}).get("tags")
+    if pushed and fetched:
+        pushed = {**pushed, "conflicts": {n: c for n, c in pushed.get("conflicts", {}).items()
+                                          if n not in fetched.get("conflicts", {})}}
+    print_tag_report(pushed, peer, pushed=True)
 
 
 @click.group()
@@ -254,6 +270,10 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
         for name, cid in info.refs.items():
             click.echo(f"bundles/{name} -> {short(cid)}")
         click.echo(f"{info.stats.new_blocks} new block(s), {info.stats.new_bytes} bytes", err=True)
+    if info.tag_update is not None:
+        from casync.cli_tag import print_tag_report
+
+        print_tag_report(info.tag_update.to_json(), "bundle")
 
 
 # --- peer remotes behind `casync clone/fetch/pull/push` (dispatched from cli_remote) -----------------
@@ -281,6 +301,7 @@ def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: 
         peer.close()
     _emit(as_json, result.to_json(), f"fetched {len(result.stats.commits)} commit(s), {result.stats.new_blocks} new "
           f"block(s) ({result.stats.new_bytes} bytes) from {name} in {result.round_trips} round trip(s)")
+    _print_tags({"peer": name, "fetch": result.to_json()})
 
 
 def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool = False,
@@ -308,6 +329,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     outcome = merger.merge(repo, ref, policy=policy, progress=obj.progress())
     data = {"fetch": fetched.to_json(), "merge": outcome.to_json()}
     _emit(as_json, data, f"{branch}: {outcome.kind}" + (f" -> {short(outcome.commit)}" if outcome.commit else ""))
+    _print_tags({"peer": name, "fetch": data["fetch"]})
     if not as_json:
         from casync.cli_merge import report_decisions
 
@@ -332,6 +354,7 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
     _emit(as_json, summary, f"{name}: {branch} {summary['result']}"
           + (f" ({summary.get('commits', 0)} commit(s), {summary.get('blocks', 0)} blocks, "
              f"{summary.get('bytes', 0)} bytes)" if summary["result"] == "pushed" else ""))
+    _print_tags({"peer": name, "push": summary})
 
 
 def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,

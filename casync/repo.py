@@ -46,7 +46,7 @@ from casync.errors import (
     UsageError,
 )
 from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid
+from casync.ids import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
 from casync.objects import (
     UNIXFS_DIRECTORY,
     Commit,
@@ -115,7 +115,8 @@ class FsckReport:
 
 def ref_candidates(name: str) -> list[str]:
     """The full ref names a short name may mean, in the order they are tried."""
-    return [f"heads/{name}"] + ([name, f"remotes/{name}"] if "/" in name else [])
+    # a branch of the same name comes before a tag, as in git
+    return [f"heads/{name}", f"tags/{name}"] + ([name, f"remotes/{name}"] if "/" in name else [])
 
 
 class Repository:
@@ -252,7 +253,7 @@ class Repository:
     # --- revisions -----------------------------------------------------------------------
 
     def resolve(self, rev: str) -> Cid:
-        """A commit CID for ``HEAD``, a branch, a CID or unique CID prefix, with ``~N``/``^N``."""
+        """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``."""
         m = _REV_SUFFIX.match(rev.strip())
         assert m is not None
         base, suffix = m.group(1), m.group(2)
@@ -278,7 +279,7 @@ class Repository:
         return cid
 
     def ref_named(self, name: str) -> tuple[str, Cid] | None:
-        """(full ref name, commit) for a branch, or a ref that a name with ``/`` gives in full
+        """(full ref name, commit) for a branch, a tag, or a ref that a name with ``/`` gives in full
         (``remotes/origin/main``, ``bundles/main``) or as a remote-tracking head (``origin/main``);
         the order revisions are resolved in.  None when no ref has that name."""
         for full in ref_candidates(name):
@@ -311,7 +312,7 @@ class Repository:
                 raise UnknownRevision(f"revision {base!r} is ambiguous ({len(matches)} commits match)",
                                       hint="give more characters of the CID")
         raise UnknownRevision(f"unknown revision {rev!r}",
-                              hint="use a branch name, HEAD, HEAD~N or a commit CID (see 'casync log')")
+                              hint="use a branch or tag name, HEAD, HEAD~N or a commit CID (see 'casync log')")
 
     def _commit_cids(self) -> Iterator[Cid]:
         prefix = compute_cid(DAG_CBOR, b"", self.hash_name)[:-32]
@@ -331,7 +332,7 @@ class Repository:
         entry = lookup(self.blocks, self.tree_of(commit), parts)
         path = "/".join(parts)
         if entry is None:
-            raise UnknownRevision(f"path {path!r} does not exist in {cid_str(commit)[:12]} ({spec})")
+            raise UnknownRevision(f"path {path!r} does not exist in {short(commit)} ({spec})")
         return commit, path, entry
 
     # --- committing ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from casync import workstate
 from casync.dag import Entry, FileWriter, Kind, diff_flat, directories_of, flatten_tree, read_symlink, write_symlink
 from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
-from casync.ids import Cid, cid_str
+from casync.ids import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
@@ -160,7 +160,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
                 repo.blocks.discard()
                 repo.store.save_stat_cache(snap.new_cache, tree, head)
                 workstate.record(repo, tree, head)
-                raise NothingToCommit(f"nothing to commit: the working tree matches {cid_str(head)[:12]}")
+                raise NothingToCommit(f"nothing to commit: the working tree matches {short(head)}")
             cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
         except BaseException:
             repo.blocks.discard()

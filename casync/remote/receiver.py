@@ -33,6 +33,7 @@ from casync.remote.util import remote_lock
 from casync.repo import Repository
 from casync.store.base import BlockStore
 from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
+from casync.tags import TagUpdate, receive_tags
 
 __all__ = ["DagFetcher", "FetchResult", "HeadFailure", "PullResult", "fast_forward_target", "fetch",
            "fetch_from", "pull"]
@@ -65,6 +66,7 @@ class FetchResult:
     blocks_min: int = 0
     bytes_min: int = 0
     seconds: float = 0.0
+    tags: TagUpdate | None = None
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ class FetchResult:
             "unchanged": self.unchanged, "failed": [f.to_json() for f in self.failed],
             "invalid_records": self.invalid_records,
             "blocks_received": self.blocks_received, "bytes_received": self.bytes_received,
+            "tags": self.tags.to_json() if self.tags is not None else None,
             "blocks_min": self.blocks_min, "bytes_min": self.bytes_min, "seconds": round(self.seconds, 3),
         }
 
@@ -234,7 +237,19 @@ def fetch_from(repo: Repository, remote: Remote, node: RemoteNode, *, progress: 
         store.discard()
         result.blocks_received, result.bytes_received = fetcher.blocks_received, fetcher.bytes_received
         result.blocks_min, result.bytes_min = fetcher.blocks_stored, fetcher.bytes_stored
+    result.tags = receive_record_tags(repo, remote.name, records)
     return result
+
+
+def receive_record_tags(repo: Repository, remote: str, records: dict[str, HeadRecord]) -> TagUpdate:
+    """Apply the tags every replica publishes (see :func:`casync.tags.receive_tags`); a
+    conflict is kept per publishing replica, as ``tag-conflicts/<remote>@<replica>/<name>``.
+    Only tags on heads that were fetched whole are set (closure)."""
+    update = TagUpdate(remote)
+    for replica in sorted(records):
+        if records[replica].tags:
+            update.merge(receive_tags(repo, records[replica].tags, f"{remote}@{replica}"))
+    return update
 
 
 # --- pull -------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ node's MFS::
 
     {"format": "casync-heads/1", "repository": "...", "replica": "edge-1", "seq": 7,
      "time_ms": 1700000000000, "hash": "blake3", "chunker": "cdc",
-     "heads": {"main": {"commit": "bafyr...", "generation": 12, "clock": {"edge-1": 7}}}}
+     "heads": {"main": {"commit": "bafyr...", "generation": 12, "clock": {"edge-1": 7}}},
+     "tags": {"v1": "bafyr..."}}
+
+``tags`` (absent when there are none) are the replica's tags on commits its heads reach.
 
 A record is written only after every block its heads reach is on the node and the
 heads are pinned (closure invariant).  ``seq`` grows by one per publish.  MFS is local to
@@ -32,6 +35,7 @@ from casync.ids import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, parse_cid
 from casync.remote.config import RemoteUrl, validate_repo_id
 from casync.repo import validate_branch_name, validate_replica_name
 from casync.store.ipfs import DEFAULT_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
+from casync.tags import checked_tags
 
 __all__ = ["FORMAT", "MAX_RECORD_BYTES", "BranchHead", "HeadRecord", "RemoteNode", "connect"]
 
@@ -56,6 +60,7 @@ class HeadRecord:
     hash: str
     chunker: str
     heads: Mapping[str, BranchHead]
+    tags: Mapping[str, Cid] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         obj = {
@@ -69,6 +74,8 @@ class HeadRecord:
             "heads": {b: {"commit": cid_str(h.commit), "generation": h.generation, "clock": dict(h.clock)}
                       for b, h in sorted(self.heads.items())},
         }
+        if self.tags:  # absent when there are none: records without tags read as before
+            obj["tags"] = {t: cid_str(c) for t, c in sorted(self.tags.items())}
         return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
 
     def to_json(self) -> dict[str, Any]:
@@ -79,7 +86,11 @@ class HeadRecord:
         heads = dict(self.heads)
         heads[branch] = head
         return HeadRecord(self.repository, self.replica, self.seq + 1, int(time.time() * 1000), self.hash,
-                          self.chunker, heads)
+                          self.chunker, heads, self.tags)
+
+    def with_tags(self, tags: Mapping[str, Cid]) -> HeadRecord:
+        return HeadRecord(self.repository, self.replica, self.seq, self.time_ms, self.hash, self.chunker,
+                          self.heads, dict(tags))
 
 
 def decode_record(data: bytes, repository: str, replica: str, where: str) -> HeadRecord:
@@ -115,11 +126,21 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         seq, time_ms = int(obj["seq"]), int(obj["time_ms"])
         if seq < 1:
             raise InvalidObject(f"head record {where} has sequence number {seq}")
-        return HeadRecord(repository, replica, seq, time_ms, str(obj["hash"]), str(obj["chunker"]), heads)
+        tags = _decode_tags(obj.get("tags", {}), where)
+        return HeadRecord(repository, replica, seq, time_ms, str(obj["hash"]), str(obj["chunker"]), heads, tags)
     except InvalidObject:
         raise
     except (CasyncError, KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         raise InvalidObject(f"head record {where} is malformed ({type(exc).__name__})") from None
+
+
+def _decode_tags(value: Any, where: str) -> dict[str, Cid]:
+    if not isinstance(value, dict):
+        raise InvalidObject(f"head record {where}: tags must be an object")
+    try:
+        return checked_tags({str(k): parse_cid(v) for k, v in value.items()})
+    except ValueError as exc:
+        raise InvalidObject(f"head record {where}: {exc}") from None
 
 
 class RemoteNode:

@@ -27,7 +27,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from casync.dag import tree_entry_cids
@@ -40,6 +40,7 @@ from casync.remote.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.remote.util import remote_lock
 from casync.repo import Repository
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
+from casync.tags import tags_reaching
 
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
 
@@ -66,9 +67,11 @@ class PushResult:
     seq: int = 0
     index: Cid | None = None
     seconds: float = 0.0
+    tags: dict[str, Cid] = field(default_factory=dict)  # the tags this replica's record publishes
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tags": {n: cid_str(c) for n, c in self.tags.items()},
             "remote": self.remote, "url": self.url, "branch": self.branch, "replica": self.replica,
             "head": cid_str(self.head), "old": cid_str(self.old) if self.old else None,
             "up_to_date": self.up_to_date, "blocks_sent": self.blocks_sent, "bytes_sent": self.bytes_sent,
@@ -283,8 +286,9 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                           f"which is not an ancestor of {cid_str(head)}",
                           hint="pass --force to replace it (its history stays only where it is pinned "
                                "or referenced elsewhere)")
-    if old == head and node.client.is_pinned(head):
+    if old == head and node.client.is_pinned(head) and not _tags_changed(repo, mine):
         result.up_to_date, result.seq = True, mine.seq if mine else 0
+        result.tags = dict(mine.tags) if mine else {}
         result.blocks_min = result.bytes_min = 0  # nothing was missing
         result.index = node.index_cid(repo.repo_id)
         _track(repo, remote.name, branch, head)
@@ -337,12 +341,20 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     if mine is None:
         mine = HeadRecord(repo.repo_id, repo.replica, 0, 0, repo.hash_name, repo.chunker_name, {})
     record = mine.with_head(branch, entry)
+    record = record.with_tags(tags_reaching(repo, [h.commit for h in record.heads.values()]))
     node.publish(record)
     _set_pending(repo, remote.name, None)
-    result.seq = record.seq
+    result.seq, result.tags = record.seq, dict(record.tags)
     result.index = node.index_cid(repo.repo_id)
     _track(repo, remote.name, branch, head)
     return result
+
+
+def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:
+    """Whether this replica's record would publish other tags than it does (then an
+    up-to-date branch is published again, to carry them)."""
+    heads = [h.commit for h in mine.heads.values()] if mine else []
+    return tags_reaching(repo, heads) != dict(mine.tags if mine else {})
 
 
 def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool) -> None:

@@ -1,9 +1,12 @@
 """Bundles for sneakernet: a CAR v1 file carrying commits and everything they reach.
 
 The CAR's single root is a small DAG-CBOR *manifest* block ``{"casync_bundle": 1,
-"repository_id": str, "refs": {name: Link}, "prerequisites": [Link]}``; it is
-the last block of the file.  ``prerequisites`` are commits the receiver must already
-hold (a bundle made with ``--since``); everything else the refs reach is inside.
+"repository_id": str, "refs": {name: Link}, "prerequisites": [Link], "tags": {name: Link}}``;
+it is the last block of the file.  ``tags`` (optional) are the sender's tags on commits
+the refs reach; the receiver creates the ones it lacks and never moves one it has (a
+differing one is kept as ``tag-conflicts/bundle/<name>`` and reported).
+``prerequisites`` are commits the receiver must already hold (a bundle made with
+``--since``); everything else the refs reach is inside.
 Unbundling checks every block exactly like a network fetch (hash, links, no strays),
 so a bundle from an untrusted USB stick is as safe as a peer.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from casync.errors import CorruptBlock, InvalidObject, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import MissingLink, PackReceiver, TransferStats, blocks_for_commits
+from casync.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
 
 __all__ = ["BundleInfo", "create_bundle", "read_bundle"]
 
@@ -33,19 +37,27 @@ class BundleInfo:
     refs: dict[str, Cid]
     prerequisites: list[Cid]
     stats: TransferStats
+    tags: dict[str, Cid] = field(default_factory=dict)
+    tag_update: TagUpdate | None = None  # what unbundling did with the tags
 
     def to_json(self) -> dict[str, Any]:
         return {"repository_id": self.repository_id, "refs": {k: cid_str(v) for k, v in self.refs.items()},
-                "prerequisites": [cid_str(p) for p in self.prerequisites], **self.stats.to_json()}
+                "prerequisites": [cid_str(p) for p in self.prerequisites], **self.stats.to_json(),
+                "tags": {k: cid_str(v) for k, v in self.tags.items()},
+                **({"tag_update": self.tag_update.to_json()} if self.tag_update is not None else {})}
 
 
-def _manifest(repo: Repository, refs: dict[str, Cid], prerequisites: list[Cid]) -> tuple[Cid, bytes]:
-    block = cbor.encode({
+def _manifest(repo: Repository, refs: dict[str, Cid], prerequisites: list[Cid], tags: dict[str, Cid]
+              ) -> tuple[Cid, bytes]:
+    manifest: dict[str, Any] = {
         "casync_bundle": 1,
         "repository_id": repo.repo_id,
         "refs": {k: Link(v) for k, v in refs.items()},
         "prerequisites": [Link(p) for p in prerequisites],
-    })
+    }
+    if tags:  # absent when there are none: a bundle without tags reads as before
+        manifest["tags"] = {k: Link(v) for k, v in tags.items()}
+    block = cbor.encode(manifest)
     return compute_cid(DAG_CBOR, block, repo.hash_name), block
 
 
@@ -64,7 +76,8 @@ def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str
         refs[name] = cid
     prerequisites = [repo.resolve(s) for s in since or []]
     commits = repo.graph.missing(list(refs.values()), prerequisites)
-    manifest_cid, manifest = _manifest(repo, refs, prerequisites)
+    tags = tags_reaching(repo, refs.values())
+    manifest_cid, manifest = _manifest(repo, refs, prerequisites, tags)
     stats = TransferStats()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -78,10 +91,13 @@ def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str
         os.fsync(f.fileno())
     os.replace(tmp, path)
     stats.commits = commits
-    return BundleInfo(repo.repo_id, refs, prerequisites, stats)
+    return BundleInfo(repo.repo_id, refs, prerequisites, stats, tags)
 
 
-def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[Cid]]:
+_Manifest = tuple[str, dict[str, Cid], list[Cid], dict[str, Cid]]
+
+
+def _parse_manifest(cid: Cid, block: bytes) -> _Manifest:
     try:
         obj: Any = cbor.decode(block)
         if not isinstance(obj, dict) or obj.get("casync_bundle") != 1:
@@ -96,9 +112,15 @@ def _parse_manifest(cid: Cid, block: bytes) -> tuple[str, dict[str, Cid], list[C
                 raise ValueError(f"ref {name!r} does not name a commit")
         if any(cid_codec(p) != DAG_CBOR for p in prereq):
             raise ValueError("a prerequisite is not a commit")
-        return str(obj["repository_id"]), refs, prereq
+        return str(obj["repository_id"]), refs, prereq, _parse_tags(obj.get("tags", {}))
     except (ValueError, KeyError, TypeError, AttributeError, UsageError, InvalidObject) as exc:
         raise InvalidObject(f"bundle manifest {cid_str(cid)} is malformed ({exc})") from None
+
+
+def _parse_tags(value: Any) -> dict[str, Cid]:
+    if not isinstance(value, dict) or not all(isinstance(v, Link) for v in value.values()):
+        raise ValueError("tags must map names to links")
+    return checked_tags({str(k): bytes(v) for k, v in value.items()})
 
 
 def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> BundleInfo:
@@ -113,7 +135,7 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
         if len(roots) != 1 or cid_codec(roots[0]) != DAG_CBOR:
             raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
         receiver = PackReceiver(repo, None)
-        manifest: tuple[str, dict[str, Cid], list[Cid]] | None = None
+        manifest: _Manifest | None = None
         try:
             try:
                 for cid, block in iter_car(reader):
@@ -133,14 +155,14 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
                                          "a bundle of another repository never applies") from None
             if manifest is None:
                 raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
-            repo_id, refs, prereq = manifest
+            repo_id, refs, prereq, tags = manifest
             if repo_id != repo.repo_id:
                 raise InvalidObject(f"bundle {path} is from repository {repo_id}, not this one")
             lacking = [p for p in prereq if not repo.blocks.has(p)]
             if lacking:
                 raise InvalidObject(f"bundle {path} needs commit {cid_str(lacking[0])}, which this repository lacks",
                                     hint="it was made with --since: apply the earlier bundle first")
-            receiver.wants = set(refs.values())
+            receiver.wants = set(refs.values()) | set(tags.values())
             stats = receiver.finish()
         except BaseException:
             receiver.abort()
@@ -148,4 +170,6 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
         for name, cid in refs.items():
             ref = f"{ref_prefix}/{name}"
             repo.refs.cas_ref(ref, repo.refs.get_ref(ref), cid, f"unbundle {path.name}")
-        return BundleInfo(repo_id, refs, prereq, stats)
+        info = BundleInfo(repo_id, refs, prereq, stats, tags)
+        info.tag_update = receive_tags(repo, tags, "bundle")
+        return info

@@ -8,6 +8,9 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
   missing blocks (post-order per commit, commit block last), streamed
 * ``POST /v1/push?branch=B&old=CID&new=CID`` with a zstd-compressed CAR body (chunked
   transfer encoding) -> ``{"updated": ...}``; 409 on a non-fast-forward
+* ``POST /v1/tags?tags={"NAME":"CID",...}`` with a zstd-compressed CAR of the commits the
+  tags need -> the receiver's tag report (``created``, ``unchanged``, ``conflicts``:
+  an existing tag is never moved)
 
 The server binds to 127.0.0.1 by default.  Bodies are size-limited; malformed
 messages get 400 and change nothing.
@@ -49,7 +52,8 @@ from casync.errors import (
 from casync.ids import Cid, cid_str, parse_cid
 from casync.repo import Repository
 from casync.sync.pack import TransferStats
-from casync.sync.peer import MAX_HAVES, MAX_WANTS, PeerInfo, PeerService, parse_cid_list
+from casync.sync.peer import MAX_HAVES, MAX_WANTS, PeerInfo, PeerService, parse_cid_list, parse_tag_map
+from casync.tags import TagUpdate
 
 __all__ = ["HttpPeer", "PeerServer", "serve"]
 
@@ -238,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._fetch()
         elif url.path == "/v1/push":
             self._push(urllib.parse.parse_qs(url.query))
+        elif url.path == "/v1/tags":
+            self._push_tags(urllib.parse.parse_qs(url.query))
         else:
             self._error(404, "unknown endpoint")
 
@@ -277,6 +283,18 @@ class _Handler(BaseHTTPRequestHandler):
         except CasyncError:
             self.close_connection = True  # the unread body must not be parsed as a request
             raise
+        with self._spooled_body() as spool, self.server.lock:
+            stream = zstandard.ZstdDecompressor().stream_reader(spool, closefd=False)
+            reader = io.BufferedReader(stream, _CHUNK)
+            roots = read_header(reader)
+            if roots and roots != [new]:
+                raise InvalidObject("push CAR roots do not match the pushed commit")
+            stats = self.server.service.push(branch, old, new, iter_car(reader))
+        self._send_json(200, {"updated": {branch: cid_str(new)}, **stats.to_json()})
+
+    @contextlib.contextmanager
+    def _spooled_body(self) -> Iterator[Any]:
+        """The whole request body, received without the lock, in memory or in .casync."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raw: Any = _ChunkedReader(self.rfile, MAX_PUSH_BYTES)
         else:
@@ -285,14 +303,27 @@ class _Handler(BaseHTTPRequestHandler):
             while piece := raw.read(_CHUNK):  # the network part, without the lock
                 spool.write(piece)
             spool.seek(0)
-            with self.server.lock:
-                stream = zstandard.ZstdDecompressor().stream_reader(spool, closefd=False)
-                reader = io.BufferedReader(stream, _CHUNK)
-                roots = read_header(reader)
-                if roots and roots != [new]:
-                    raise InvalidObject("push CAR roots do not match the pushed commit")
-                stats = self.server.service.push(branch, old, new, iter_car(reader))
-        self._send_json(200, {"updated": {branch: cid_str(new)}, **stats.to_json()})
+            yield spool
+
+    def _push_tags(self, query: dict[str, list[str]]) -> None:
+        """``POST /v1/tags?tags={"NAME": "CID", ...}`` with a zstd CAR of the commits they need."""
+        try:
+            tags = parse_tag_map(json.loads(query["tags"][0]))
+        except (KeyError, IndexError, ValueError, UsageError) as exc:
+            self.close_connection = True
+            raise InvalidObject(f"push of tags needs a tags query parameter mapping names to commits ({exc})"
+                                ) from None
+        try:
+            self.server.service.check_push_tags(tags or {})  # refuse before receiving anything
+        except CasyncError:
+            self.close_connection = True
+            raise
+        with self._spooled_body() as spool, self.server.lock:
+            stream = zstandard.ZstdDecompressor().stream_reader(spool, closefd=False)
+            reader = io.BufferedReader(stream, _CHUNK)
+            read_header(reader)
+            update = self.server.service.push_tags(tags or {}, iter_car(reader))
+        self._send_json(200, update.to_json())
 
 
 class PeerServer(ThreadingHTTPServer):
@@ -476,23 +507,7 @@ class HttpPeer:
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})
-
-        def body() -> Iterator[bytes]:
-            buf = io.BytesIO()
-            comp = zstandard.ZstdCompressor(level=3).stream_writer(buf, closefd=False)
-            writer = CarWriter(comp, [new])
-            for cid, block in blocks:
-                writer.add(cid, block)
-                if buf.tell() >= _CHUNK:
-                    yield buf.getvalue()
-                    buf.seek(0)
-                    buf.truncate()
-            comp.flush(zstandard.FLUSH_FRAME)
-            if buf.tell():
-                yield buf.getvalue()
-
-        resp = self._request("POST", f"/v1/push?{query}", body(), {"Content-Type": "application/vnd.ipld.car",
-                                                                  "Content-Encoding": "zstd"}, chunked=True)
+        resp = self._request("POST", f"/v1/push?{query}", _car_body([new], blocks), _CAR_HEADERS, chunked=True)
         try:
             reply = json.loads(resp.read(MAX_JSON_BODY))
             return TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
@@ -501,7 +516,34 @@ class HttpPeer:
         except (ValueError, TypeError, AttributeError):
             raise RemoteError(f"{self.url} accepted the push but sent a malformed reply") from None
 
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
+        query = urllib.parse.urlencode({"tags": json.dumps({n: cid_str(c) for n, c in tags.items()})})
+        resp = self._request("POST", f"/v1/tags?{query}", _car_body([], blocks), _CAR_HEADERS, chunked=True)
+        try:
+            return TagUpdate.from_json(self.url, json.loads(resp.read(MAX_JSON_BODY)))
+        except (ValueError, TypeError, KeyError, AttributeError, UsageError):
+            raise RemoteError(f"{self.url} took the tags but sent a malformed reply") from None
+
     def close(self) -> None:
         if self._keepalive is not None:
             self._keepalive.close()
             self._keepalive = None
+
+
+_CAR_HEADERS = {"Content-Type": "application/vnd.ipld.car", "Content-Encoding": "zstd"}
+
+
+def _car_body(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]]) -> Iterator[bytes]:
+    """A zstd-compressed CAR of ``blocks``, in pieces of about :data:`_CHUNK` bytes."""
+    buf = io.BytesIO()
+    comp = zstandard.ZstdCompressor(level=3).stream_writer(buf, closefd=False)
+    writer = CarWriter(comp, roots)
+    for cid, block in blocks:
+        writer.add(cid, block)
+        if buf.tell() >= _CHUNK:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    comp.flush(zstandard.FLUSH_FRAME)
+    if buf.tell():
+        yield buf.getvalue()

@@ -29,14 +29,16 @@ from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
+from casync.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.workdir import update_worktree
 from casync.workstate import moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
-           "push_to"]
+           "push_tags_to", "push_to"]
 
 MAX_HAVES = 4096
 MAX_WANTS = 1024
+MAX_TAGS_PER_PUSH = 256
 WINDOWS = ((0, 64), (65, 4096), (4097, 1 << 62))
 
 
@@ -48,10 +50,14 @@ class PeerInfo:
     read_only: bool
     hash: str = "blake3"
     chunker: str = "cdc"
+    tags: dict[str, Cid] | None = None  # None: a peer from before tags (it neither sends nor takes them)
 
     def to_json(self) -> dict[str, Any]:
-        return {"repository_id": self.repository_id, "replica": self.replica, "read_only": self.read_only,
-                "hash": self.hash, "chunker": self.chunker, "refs": {k: cid_str(v) for k, v in self.refs.items()}}
+        out = {"repository_id": self.repository_id, "replica": self.replica, "read_only": self.read_only,
+               "hash": self.hash, "chunker": self.chunker, "refs": {k: cid_str(v) for k, v in self.refs.items()}}
+        if self.tags is not None:
+            out["tags"] = {k: cid_str(v) for k, v in self.tags.items()}
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> PeerInfo:
@@ -62,9 +68,18 @@ class PeerInfo:
                 if cid_codec(cid) != DAG_CBOR:
                     raise UsageError(f"branch {name!r} does not name a commit")
             return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
-                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")))
+                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")), parse_tag_map(obj.get("tags")))
         except (KeyError, TypeError, AttributeError, ValueError, UsageError) as exc:
             raise RemoteError(f"peer sent a malformed info message ({exc})") from None
+
+
+def parse_tag_map(value: Any) -> dict[str, Cid] | None:
+    """A peer's ``{"tags": {name: commit CID}}`` (absent: None); malformed -> ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("tags must map names to CID strings")
+    return checked_tags({k: parse_cid(v) for k, v in value.items()})
 
 
 class Peer(Protocol):
@@ -77,6 +92,8 @@ class Peer(Protocol):
     def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats: ...
+
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate: ...
 
     def close(self) -> None: ...
 
@@ -108,7 +125,7 @@ class PeerService:
 
     def info(self) -> PeerInfo:
         return PeerInfo(self.repo.repo_id, self.repo.replica, self.repo.branches(), self.read_only,
-                        self.repo.hash_name, self.repo.chunker_name)
+                        self.repo.hash_name, self.repo.chunker_name, list_tags(self.repo))
 
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         # A commit block is stored only after everything it reaches (closure), so holding
@@ -171,6 +188,32 @@ class PeerService:
                                 self.repo.tree_of(new), f"push to {branch}", st=st, commit=new)
             return stats
 
+    def check_push_tags(self, tags: dict[str, Cid]) -> None:
+        if self.read_only:
+            raise RemoteError("this peer is read-only; it does not accept pushes")
+        if len(tags) > MAX_TAGS_PER_PUSH:
+            raise InvalidObject(f"at most {MAX_TAGS_PER_PUSH} tags per push")
+        try:
+            checked_tags(tags)
+        except ValueError as exc:
+            raise InvalidObject(str(exc)) from None
+
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
+        """Store the blocks the tags' commits need (checked), then create the tags that are
+        new here; an existing tag is never moved (a differing one is a conflict, kept under
+        ``tag-conflicts/pushed/NAME``)."""
+        self.check_push_tags(tags)
+        with self.repo.store.writer_lock():
+            receiver = PackReceiver(self.repo, tags.values())
+            try:
+                for cid, block in blocks:
+                    receiver.add(cid, block)
+                receiver.finish()
+            except BaseException:
+                receiver.abort()
+                raise
+            return receive_tags(self.repo, tags, "pushed")
+
 
 class LocalPeer:
     """Another repository on this machine (a path or ``file://`` URL)."""
@@ -196,6 +239,9 @@ class LocalPeer:
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         return self.service.push(branch, old, new, blocks)
 
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
+        return self.service.push_tags(tags, blocks)
+
     def close(self) -> None:
         self.repo.close()
 
@@ -206,11 +252,13 @@ class FetchResult:
     updated: dict[str, tuple[Cid | None, Cid]] = field(default_factory=dict)
     stats: TransferStats = field(default_factory=TransferStats)
     round_trips: int = 0
+    tags: TagUpdate | None = None  # None: the peer does not send tags
 
     def to_json(self) -> dict[str, Any]:
         return {"remote": self.remote, "round_trips": self.round_trips, **self.stats.to_json(),
                 "updated": {b: {"old": cid_str(o) if o else None, "new": cid_str(n)}
-                            for b, (o, n) in self.updated.items()}}
+                            for b, (o, n) in self.updated.items()},
+                "tags": self.tags.to_json() if self.tags is not None else None}
 
 
 def _local_heads(repo: Repository) -> list[Cid]:
@@ -236,6 +284,7 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
         raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one ({repo.repo_id})",
                           hint="clone it instead, or check the remote's URL")
     wants = [c for c in dict.fromkeys(info.refs.values()) if not repo.blocks.has(c)]
+    wants += _tag_wants(repo, info, wants)
     if wants:
         graph = repo.graph
         heads = _local_heads(repo)
@@ -282,7 +331,16 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
         partial = repo.refs.get_ref(f"partial/{remote}")
         if partial is not None:
             repo.refs.cas_ref(f"partial/{remote}", partial, None, "fetch completed")
+        if info.tags is not None:
+            result.tags = receive_tags(repo, info.tags, remote)
     return result
+
+
+def _tag_wants(repo: Repository, info: PeerInfo, wants: list[Cid]) -> list[Cid]:
+    """The peer's tag targets this repository lacks, within one request's limit; a tag left
+    out is reported as skipped and comes with a later fetch."""
+    extra = [c for c in dict.fromkeys((info.tags or {}).values()) if c not in wants and not repo.blocks.has(c)]
+    return extra[: max(0, MAX_WANTS - len(wants))]
 
 
 def _set_ref(repo: Repository, name: str, cid: Cid, reason: str) -> None:
@@ -291,11 +349,21 @@ def _set_ref(repo: Repository, name: str, cid: Cid, reason: str) -> None:
 
 def push_to(repo: Repository, peer: Peer, remote: str, branch: str, progress: Progress = NULL_PROGRESS
             ) -> dict[str, Any]:
-    """Push ``branch`` to the peer's branch of the same name (fast-forward only)."""
+    """Push ``branch`` to the peer's branch of the same name (fast-forward only), then the
+    tags the peer lacks (``summary["tags"]``; see :func:`push_tags_to`)."""
+    info = peer.info()
+    summary = _push_branch(repo, peer, info, remote, branch, progress)
+    tip = repo.refs.get_ref(f"heads/{branch}")
+    tags = push_tags_to(repo, peer, info, remote, [tip] if tip is not None else [])
+    summary["tags"] = tags.to_json() if tags is not None else None
+    return summary
+
+
+def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, branch: str, progress: Progress
+                 ) -> dict[str, Any]:
     local = repo.refs.get_ref(f"heads/{branch}")
     if local is None:
         raise UsageError(f"no local branch {branch!r} to push")
-    info = peer.info()
     if info.repository_id != repo.repo_id:
         raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one")
     if info.read_only:
@@ -334,6 +402,39 @@ def push_to(repo: Repository, peer: Peer, remote: str, branch: str, progress: Pr
         repo.refs.cas_ref(name, repo.refs.get_ref(name), local, f"push {remote}")
     summary.update(result="pushed", commits=len(missing), **sent)
     return summary
+
+
+def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, pushed: list[Cid]
+                 ) -> TagUpdate | None:
+    """Send the local tags the peer lacks, with the blocks their commits need beyond what
+    the peer holds (its refs, its tags and ``pushed``).  A tag the peer has with another
+    target is not sent: it is reported as a conflict (ours, theirs).  None when the peer
+    takes no tags (read-only, or from before tags)."""
+    if info.tags is None or info.read_only:
+        return None
+    result = TagUpdate(remote)
+    send: dict[str, Cid] = {}
+    for name, cid in list_tags(repo).items():
+        theirs = info.tags.get(name)
+        if theirs is None:
+            send[name] = cid
+        elif theirs == cid:
+            result.unchanged.append(name)
+        else:
+            result.conflicts[name] = (cid, theirs)
+    held = [c for c in dict.fromkeys([*info.refs.values(), *info.tags.values(), *pushed]) if repo.blocks.has(c)]
+    names = sorted(send)
+    for i in range(0, len(names), MAX_TAGS_PER_PUSH):
+        batch = {n: send[n] for n in names[i : i + MAX_TAGS_PER_PUSH]}
+        commits = repo.graph.missing(list(dict.fromkeys(batch.values())), held)
+        reply = peer.push_tags(batch, blocks_for_commits(repo, commits))
+        held.extend(batch.values())
+        result.created.update(reply.created)
+        result.unchanged.extend(reply.unchanged)
+        result.skipped.update(reply.skipped)
+        # the peer's view is (its tag, ours): turn it round
+        result.conflicts.update({n: (t, o) for n, (o, t) in reply.conflicts.items()})
+    return result
 
 
 def remote_json(obj: Any) -> str:

@@ -1,0 +1,79 @@
+"""The documentation says what the code does: documented signatures match the code, every
+abbreviated CID in the docs has the length casync prints, install commands point at the
+checkout.  (The README tour itself runs in tests/test_readme_tour.py.)"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+from casync import Repository
+from casync.sync import peer
+
+from .conftest import Cli, write
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FULL_CID = 59  # CIDv1, base32, 32-byte digest (blake3 or sha2-256)
+SHORT_CID = 20  # what human output shows (casync.ids.short)
+_CID = re.compile(r"\bbaf[a-z2-7]{6,}")
+
+
+def _param_names(text: str) -> list[str]:
+    names = []
+    for part in re.split(r",(?![^(]*\))", text):
+        name = part.split("=")[0].strip()
+        if name and name not in ("*", "..."):
+            names.append(name)
+    return names
+
+
+def _code_params(fn: object) -> list[str]:
+    return [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]  # type: ignore[arg-type]
+
+
+def test_documented_signatures_match_the_code() -> None:
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    found = re.findall(r"^(repo|Repository)\.(\w+)\(((?:[^()]|\([^()]*\))*)\)\s*->", text, re.M | re.S)
+    assert len(found) >= 15
+    for owner, name, params in found:
+        documented = _param_names(" ".join(params.split()))
+        assert documented == _code_params(getattr(Repository, name)), f"{owner}.{name}"
+    for name in ("fetch_from", "push_to"):
+        m = re.search(rf"`{name}\(([^`]*?)\) ->", text)
+        assert m is not None, f"{name} is not documented"
+        assert _param_names(m.group(1)) == _code_params(getattr(peer, name)), name
+    for name in peer.FetchResult.__dataclass_fields__:
+        assert f"`{name}`" in text, f"FetchResult.{name} is not documented"
+
+
+def test_abbreviated_cids_in_the_docs_have_the_printed_length() -> None:
+    for doc in DOCS:
+        for cid in _CID.findall(doc.read_text()):
+            assert len(cid) in (SHORT_CID, FULL_CID), f"{doc.name}: {cid} ({len(cid)} characters)"
+
+
+def test_human_output_abbreviates_every_cid_to_the_same_length(cli: Cli) -> None:
+    cli("init", "--replica", "r1")
+    write(cli.cwd, "a.txt", "1")
+    cli("commit", "-m", "one")
+    write(cli.cwd, "a.txt", "2")
+    cli("commit", "-m", "two")
+    outputs = [cli("log", "--oneline"), cli("checkout", "HEAD~1"), cli("status"), cli("switch", "main"),
+               cli("commit", "-m", "none", ok=False), cli("branch", "b"), cli("branch", "-a"), cli("tag", "v1"),
+               cli("cat", "HEAD:nope", ok=False), cli("show")]
+    seen = 0
+    for out in outputs:
+        for cid in _CID.findall(out.stdout + out.stderr):
+            seen += 1
+            assert len(cid) in (SHORT_CID, FULL_CID), f"{cid!r} in {out.stdout + out.stderr!r}"
+    assert seen >= 9
+    assert all(len(e["cid"]) == FULL_CID for e in json.loads(cli("log", "--json").stdout))
+
+
+def test_install_commands_point_at_the_checkout() -> None:
+    for doc in DOCS:
+        for target in re.findall(r"pip install (?:-e )?'?(\.[^\s'\[]*)", doc.read_text()):
+            assert (ROOT / target / "pyproject.toml").is_file(), f"{doc.name}: pip install {target}"
