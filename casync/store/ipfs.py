@@ -16,7 +16,9 @@ the latest release):
 
 Errors are classified once, here: connection refused/reset, timeouts, broken responses
 and 5xx statuses without a Kubo error body are *transient* and retried with bounded
-exponential backoff (:class:`RetryPolicy`); Kubo command errors and 4xx are permanent.
+exponential backoff (:class:`RetryPolicy`); Kubo command errors and 4xx are permanent,
+except the errors of a node that is starting or shutting down (:data:`NODE_GOING_AWAY`:
+"repo not open"), which a moment later is either back or refusing connections.
 Every error names the node's URL.  Every block read from the node is hash-verified.
 """
 
@@ -244,7 +246,7 @@ class IpfsClient:
             return RemoteError(f"the connection to the {where} broke ({what}): {_reason(exc)}",
                                transient=True)
         if isinstance(exc, ipfs_exc.ErrorResponse):
-            return RemoteError(f"{where}: {what} failed: {exc}")
+            return _command_error(where, what, str(exc))
         if isinstance(exc, ipfs_exc.StatusError):
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
             return _status_error(where, what, status)
@@ -353,7 +355,7 @@ class IpfsClient:
         except (ValueError, AttributeError, RecursionError):
             message = None
         if isinstance(message, str):
-            return RemoteError(f"{where}: {what} failed: {message}")
+            return _command_error(where, what, message)
         return _status_error(where, what, status)
 
     # --- node ----------------------------------------------------------------------------------
@@ -569,6 +571,17 @@ class _MultipartFile:
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         return iter(self._parts)
+
+
+NODE_GOING_AWAY = ("repo not open",)
+"""Kubo command errors that mean the node is shutting down (or not yet up), not that the
+command is wrong: transient."""
+
+
+def _command_error(where: str, what: str, message: str) -> RemoteError:
+    """A Kubo command error: permanent, unless the node is going away (:data:`NODE_GOING_AWAY`)."""
+    going_away = any(m in message for m in NODE_GOING_AWAY)
+    return RemoteError(f"{where}: {what} failed: {message}", transient=going_away)
 
 
 def _status_error(where: str, what: str, status: object) -> RemoteError:
