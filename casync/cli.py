@@ -469,8 +469,15 @@ def fsck(obj: _Context, as_json: bool) -> None:
             click.echo(f"missing  {cid}  (needed by {where})")
         for cid, why in report.corrupt.items():
             click.echo(f"corrupt  {cid}  {why}")
-        click.echo(f"checked {report.checked} blocks: "
-                   + ("ok" if report.ok else f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"))
+        for stamp, cids in report.reused_stamps.items():
+            click.echo(f"reused   replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)}")
+        summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
+        if report.reused_stamps:
+            summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
+        click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary))
+        if report.reused_stamps:
+            click.echo("hint: two sites commit under one replica id: make one of them a new replica "
+                       "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)
     if not report.ok:
         sys.exit(EXIT_FAILURE)
 

@@ -323,7 +323,15 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
     import shutil
 
     from casync.api import Repository
-    from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, mark_pending, reopen_pending
+    from casync.clonestate import (
+        clear_pending,
+        is_resumable_failure,
+        kept_hint,
+        mark_pending,
+        refuse_replica_in_use,
+        reopen_pending,
+        replicas_in_history,
+    )
     from casync.sync.http import HttpPeer
     from casync.sync.peer import LocalPeer, fetch_from
 
@@ -366,7 +374,11 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         elif token_file:  # a token given on resume replaces the first run's
             origin = {**remotes(repo).get("origin", {"url": stored_url, "gateway": None}), "token_file": token_file}
             repo.set_config("remotes", {**remotes(repo), "origin": origin})
+        chosen = replica is not None
+        refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
         result = fetch_from(repo, peer, "origin", obj.progress())
+        refuse_replica_in_use(repo.replica, replicas_in_history(repo, info.refs.values()), info.repository_id,
+                              chosen=chosen)
         wanted = branch or (resumed[1].get("branch") if resumed else None) or \
             ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
         if wanted is not None:
