@@ -20,6 +20,7 @@ from casync.api import Repository
 from casync.dag import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
 from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit, UsageError
 from casync.ids import RAW, cid_codec, cid_str, short
+from casync.repo import FsckReport
 
 __all__ = ["main"]
 
@@ -457,29 +458,63 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
 
 
 @main.command()
+@click.option("--repair", "remote", metavar="REMOTE",
+              help="Fetch good copies of missing or damaged blocks from REMOTE (a remote name, a "
+                   "'casync serve' URL, a path or an ipfs+http:// URL) and store them in place.")
 @json_option
 @_pass
-def fsck(obj: _Context, as_json: bool) -> None:
+def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
     """Verify every block reachable from refs: present, hash-valid, well-formed.  Exit 1 if not."""
+    if remote is not None:
+        _repair(obj, remote, as_json)
+        return
     report = obj.repo().fsck(progress=obj.progress())
     if as_json:
         _json(report.to_json())
     else:
-        for cid, where in report.missing.items():
-            click.echo(f"missing  {cid}  (needed by {where})")
-        for cid, why in report.corrupt.items():
-            click.echo(f"corrupt  {cid}  {why}")
-        for stamp, cids in report.reused_stamps.items():
-            click.echo(f"reused   replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)}")
-        summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
-        if report.reused_stamps:
-            summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
-        click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary))
-        if report.reused_stamps:
-            click.echo("hint: two sites commit under one replica id: make one of them a new replica "
-                       "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)
+        _print_fsck(report)
     if not report.ok:
         sys.exit(EXIT_FAILURE)
+
+
+def _repair(obj: _Context, remote: str, as_json: bool) -> None:
+    import importlib
+
+    from casync.repair import repair
+
+    block_source = importlib.import_module("casync.cli_remote").block_source
+    with block_source(obj, remote) as source:
+        result = repair(obj.repo(), source, progress=obj.progress())
+    if as_json:
+        _json(result.to_json())
+    else:
+        for cid in result.repaired:
+            click.echo(f"repaired {cid_str(cid)}")
+        _print_fsck(result.fsck)
+        click.echo(f"repaired {len(result.repaired)} block(s) from {remote}"
+                   + (f"; {len(result.unrepaired)} still missing or damaged ({remote} has no good copy)"
+                      if result.unrepaired else ""))
+    if not result.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+def _print_fsck(report: FsckReport) -> None:
+    for cid, where in report.missing.items():
+        click.echo(f"missing  {cid}  (needed by {where})")
+    for cid, why in report.corrupt.items():
+        click.echo(f"corrupt  {cid}  {why}")
+    for stamp, cids in report.reused_stamps.items():
+        click.echo(f"reused   replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)}")
+    summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
+    if report.reused_stamps:
+        summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
+    click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary))
+    if report.reused_stamps:
+        click.echo("hint: two sites commit under one replica id: make one of them a new replica "
+                   "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)
+    if report.damaged:
+        click.echo("hint: 'casync fsck --repair REMOTE' fetches good copies from a remote that has them",
+                   err=True)
 
 
 @main.command()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import click
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, UsageError
 from casync.ids import short
 
-__all__ = ["bundle", "open_peer", "serve", "sync"]
+__all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
 
 
 def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None) -> str | None:
@@ -64,6 +66,17 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
     if url.startswith("file://") or "://" not in url:
         return name, LocalPeer(url)
     raise UsageError(f"unknown URL scheme in {url!r}", hint="use http(s)://HOST:PORT, a path, or file://PATH")
+
+
+@contextlib.contextmanager
+def peer_block_source(obj: Any, spec: str) -> Iterator[Any]:
+    """``fsck --repair`` from a peer (a remote name, a 'casync serve' URL or a path): its
+    ``blocks`` call, which answers with the blocks it holds intact."""
+    _name, peer = open_peer(obj.repo(), spec, None, obj.directory)
+    try:
+        yield peer.blocks
+    finally:
+        peer.close()
 
 
 def _name_for(url: str) -> str:

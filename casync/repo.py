@@ -104,6 +104,7 @@ class FsckReport:
     # "replica:counter" -> the different commits stamped with it (a replica id used twice)
     reused_stamps: dict[str, list[str]] = field(default_factory=dict)
     _stamps: dict[tuple[str, int], Cid] = field(default_factory=dict, repr=False)
+    damaged: list[Cid] = field(default_factory=list, repr=False)  # missing or hash-mismatched: refetchable
 
     @property
     def ok(self) -> bool:
@@ -464,9 +465,11 @@ class Repository:
                 block = self.blocks.get(cid)
             except BlockNotFound:
                 report.missing[cid_str(cid)] = where
+                report.damaged.append(cid)
                 continue
             except CorruptBlock:
                 report.corrupt[cid_str(cid)] = f"bytes do not match the CID (needed by {where})"
+                report.damaged.append(cid)
                 continue
             try:
                 children = list(_children(cid, block))

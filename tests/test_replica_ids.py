@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from casync import Repository
 from casync.ids import cid_str
@@ -25,9 +26,9 @@ def _site(tmp_path: Path, name: str, replica: str) -> Cli:
     return cli
 
 
-def _refused(r: object, replica: str) -> None:
-    assert getattr(r, "exit_code") == 2
-    err = getattr(r, "stderr")
+def _refused(r: Result, replica: str) -> None:
+    assert r.exit_code == 2
+    err = r.stderr
     assert f"error: replica {replica!r} is already in use" in err
     assert "hint: each clone needs its own replica id" in err
     assert "Traceback" not in err

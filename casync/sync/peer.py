@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from casync.car import TruncatedCar
-from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
+from casync.errors import (
+    BlockNotFound,
+    CasyncError,
+    CorruptBlock,
+    InvalidObject,
+    RefConflict,
+    RemoteError,
+    UsageError,
+)
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
@@ -77,11 +85,14 @@ class Peer(Protocol):
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats: ...
 
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
+
     def close(self) -> None: ...
 
 
-def parse_cid_list(value: Any, what: str, limit: int) -> list[Cid]:
-    """Strictly parse a JSON list of commit CIDs from a peer (malformed -> InvalidObject)."""
+def parse_cid_list(value: Any, what: str, limit: int, commits: bool = True) -> list[Cid]:
+    """Strictly parse a JSON list of commit CIDs (any CIDs with ``commits=False``) from a
+    peer (malformed -> InvalidObject)."""
     if not isinstance(value, list) or len(value) > limit:
         raise InvalidObject(f"{what} must be a list of at most {limit} CIDs")
     out = []
@@ -92,7 +103,7 @@ def parse_cid_list(value: Any, what: str, limit: int) -> list[Cid]:
             cid = parse_cid(item)
         except UsageError:
             raise InvalidObject(f"{what} holds an invalid CID {item[:80]!r}") from None
-        if cid_codec(cid) != DAG_CBOR:
+        if commits and cid_codec(cid) != DAG_CBOR:
             raise InvalidObject(f"{what} holds {item[:80]!r}, which is not a commit CID")
         out.append(cid)
     return out
@@ -122,6 +133,15 @@ class PeerService:
         common = self.negotiate(haves)
         missing = self.repo.graph.missing(wants, common)
         return blocks_for_commits(self.repo, missing)
+
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        """The blocks of ``cids`` this peer holds intact, in order (for ``fsck --repair``);
+        one it lacks or holds damaged itself is left out, and the caller asks elsewhere."""
+        for cid in cids:
+            try:
+                yield cid, self.repo.blocks.get(cid)
+            except (BlockNotFound, CorruptBlock):
+                continue
 
     def check_push(self, branch: str, old: Cid | None, new: Cid) -> None:
         """The checks a push must pass before any of its blocks is worth receiving."""
@@ -191,6 +211,9 @@ class LocalPeer:
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         return self.service.push(branch, old, new, blocks)
+
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        return self.service.blocks(cids)
 
     def close(self) -> None:
         self.repo.close()
