@@ -28,15 +28,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Progress:
-    """Progress on stderr for work lasting over a second: bytes done, rate, and with a
-    known total a bar, percentage and time left.  Redrawn at most ten times a second."""
+    """Progress on stderr for work lasting over ``delay`` seconds (1 by default): label, bytes
+    done, rate, and with a known total a bar, percentage and time left.  Redrawn at most ten
+    times a second; the last draw ends its line, so what is printed next starts on a new one.
+    Work reported without a ``start`` (a library caller that only advances) is timed from
+    its first ``advance`` and labelled "working", never from the epoch of the clock."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, delay: float = 1.0) -> None:
         self.enabled = enabled
+        self.delay = delay
         self._label = ""
         self._total: int | None = None
         self._done = 0
-        self._t0 = 0.0
+        self._t0: float | None = None
         self._drawn = 0.0
         self._shown = False
 
@@ -45,16 +49,19 @@ class _Progress:
         self._label, self._total, self._done, self._t0, self._drawn = label, total, 0, time.monotonic(), 0.0
 
     def advance(self, n: int) -> None:
+        if self._t0 is None:
+            self.start("working", None)
         self._done += n
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self._t0 >= 1.0 and now - self._drawn >= 0.1:
+        assert self._t0 is not None
+        if now - self._t0 >= self.delay and now - self._drawn >= 0.1:
             self._drawn = now
             self._draw(now)
 
     def _draw(self, now: float, final: bool = False) -> None:
-        elapsed = max(now - self._t0, 1e-6)
+        elapsed = max(now - (self._t0 if self._t0 is not None else now), 1e-6)
         rate = self._done / elapsed
         text = f"{self._label}: {_human(self._done)}"
         if self._total:
@@ -75,6 +82,7 @@ class _Progress:
         if self._shown:
             self._draw(time.monotonic(), final=True)
             self._shown = False
+        self._t0 = None
 
 
 def _human(n: float) -> str:
@@ -86,10 +94,12 @@ def _human(n: float) -> str:
 
 
 class _Context:
-    def __init__(self, directory: str, quiet: bool) -> None:
+    def __init__(self, directory: str, quiet: bool, force_progress: bool = False) -> None:
         self.directory = directory
         self.quiet = quiet
+        self.force_progress = force_progress
         self._repo: Repository | None = None
+        self._progress: _Progress | None = None
 
     def repo(self) -> Repository:
         if self._repo is None:
@@ -97,9 +107,17 @@ class _Context:
         return self._repo
 
     def progress(self) -> _Progress:
-        return _Progress(enabled=not self.quiet and sys.stderr.isatty())
+        """One renderer per command, so a bar left drawn is ended before the next starts."""
+        if self._progress is None:
+            if self.force_progress and not self.quiet:
+                self._progress = _Progress(enabled=True, delay=0.0)
+            else:
+                self._progress = _Progress(enabled=not self.quiet and sys.stderr.isatty())
+        return self._progress
 
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.finish()
         if self._repo is not None:
             self._repo.close()
 
@@ -157,14 +175,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-C", "directory", default=".", metavar="DIR", help="Run as if started in DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--progress", "force_progress", is_flag=True,
+              help="Show progress even when stderr is not a terminal, from the start of each step.")
 @click.version_option(package_name="casync")
 @click.pass_context
-def main(ctx: click.Context, directory: str, quiet: bool) -> None:
+def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) -> None:
     """casync: a git-like, content-addressed, versioned data store on IPFS.
 
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
-    obj = _Context(directory, quiet)
+    obj = _Context(directory, quiet, force_progress)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 

@@ -460,9 +460,9 @@ class Repository:
                 continue
             seen.add(cid)
             report.checked += 1
-            progress.advance(1)
             try:
                 block = self.blocks.get(cid)
+                progress.advance(len(block))  # bytes, like every other progress report
             except BlockNotFound:
                 report.missing[cid_str(cid)] = where
                 report.damaged.append(cid)

@@ -191,10 +191,12 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     head_tree = repo.tree_of(head) if head is not None else None
     committed = flatten_tree(repo.blocks, head_tree) if head_tree is not None else {}
     current: dict[str, Entry] = {}
+    progress.start("checking the working tree", None)  # files not in the stat cache are hashed
     for path in sorted(files):
         entry = snap.entry(path, files[path])
         if entry is not None:
             current[path] = entry
+    progress.finish()
     for change in diff_flat(committed, current):
         getattr(result, change.status).append(change.path)
     # Files hashed here went to a throwaway store: caching their CIDs would let the next
@@ -324,7 +326,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     """
     if repo.bare:
         return Status(branch=repo.current_branch(), head=repo.head())
-    st = st if st is not None else status(repo)
+    st = st if st is not None else status(repo, progress)
     dirty = st.paths()
     new_dirs = directories_of(new)
     if force:
