@@ -197,12 +197,20 @@ def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) 
               help="cdc: content-defined (dedupes insertions); fixed: 256 KiB, same CIDs as 'ipfs add'.")
 @click.option("--branch", default="main", show_default=True, help="Name of the initial branch.")
 @click.option("--bare", is_flag=True, help="No working tree (servers, applications using transactions).")
+@click.option("--repository-id", metavar="ID",
+              help="Join an existing repository as a new replica (its id: 'casync remote show' or a bundle's "
+                   "--json), e.g. before 'casync bundle unbundle'; default: a new repository.")
 @_pass
 def init(obj: _Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
-         branch: str, bare: bool) -> None:
+         branch: str, bare: bool, repository_id: str | None) -> None:
     """Create a repository in DIRECTORY (default: the current directory)."""
     path = os.path.join(obj.directory, directory) if directory else obj.directory
-    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare)
+    if repository_id is not None:
+        from casync.remote.config import validate_repo_id  # the rule IPFS paths use
+
+        validate_repo_id(repository_id)
+    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare,
+                           repository_id=repository_id)
     click.echo(f"Initialized casync repository in {repo.root} (replica {repo.replica}, {hash_name}, {chunker})")
     repo.close()
 

@@ -349,6 +349,9 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
     from casync.sync.peer import LocalPeer, fetch_from
 
     target = (Path(obj.directory) / directory).resolve()
+    if "://" not in url and (Path(obj.directory) / url).is_file():
+        _clone_bundle(obj, Path(obj.directory) / url, target, replica, branch, as_json)
+        return
     if url.startswith(("http://", "https://")):
         stored_url = url
     elif url.startswith("file://") or "://" not in url:
@@ -428,3 +431,18 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         peer.close()
         if repo is not None:
             repo.close()
+
+
+def _clone_bundle(obj: Any, path: Path, target: Path, replica: str | None, branch: str | None,
+                  as_json: bool) -> None:
+    """``casync clone FILE.car DIR``: a new site from a bundle carried on a USB stick."""
+    from casync.sync.bundle import clone_bundle
+
+    repo, info, wanted = clone_bundle(path, target, replica=replica, branch=branch, progress=obj.progress())
+    try:
+        data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
+                "bundle": str(path), **info.to_json()}
+        _emit(as_json, data, f"cloned bundle {path} into {repo.root} (replica {repo.replica}, branch {wanted}; "
+              f"{len(info.stats.commits)} commit(s), {info.stats.new_blocks} blocks)")
+    finally:
+        repo.close()

@@ -30,6 +30,7 @@ __all__ = [
     "RAW",
     "Cid",
     "cid_codec",
+    "cid_hash",
     "is_empty_block",
     "cid_str",
     "compute_cid",
@@ -119,6 +120,12 @@ def is_empty_block(cid: Cid) -> bool:
     supported hash: its bytes are known, so it is never worth asking a node for (Kubo's
     bitswap never sends a zero-length block, it only answers "have")."""
     return cid in _empty_blocks()
+
+
+def cid_hash(cid: Cid) -> str | None:
+    """The name of the supported hash function ``cid`` was made with (None if another)."""
+    known = _known_prefixes().get(cid[:-32])
+    return known[1] if known is not None else None
 
 
 def cid_codec(cid: Cid) -> int:
