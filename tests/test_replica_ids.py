@@ -4,6 +4,7 @@ or the peer already uses, and fsck reports two commits stamped with one (replica
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from casync.ids import cid_str
 from casync.sync.peer import LocalPeer, fetch_from
 
 from .conftest import Cli, serving, write
+from .kubo_fixture import Kubo
 
 TOKEN = "replica ids are not shared"
 
@@ -95,3 +97,22 @@ def test_fsck_reports_two_commits_with_the_same_replica_and_counter(tmp_path: Pa
     assert "reused   replica:counter twin:1 stamps 2 different commits" in r.stdout
     assert "1 reused replica stamp(s)" in r.stdout and "hint: two sites commit under one replica id" in r.stderr
     assert json.loads(Cli(tmp_path / "a")("fsck", "--json", ok=False).stdout)["reused_stamps"]
+
+
+@pytest.mark.kubo
+def test_ipfs_clone_refuses_a_replica_id_from_the_published_history(
+        tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    k = kubo_factory()
+    a = _site(tmp_path, "a", "site-a")
+    Cli(tmp_path)("clone", "a", "b", "--replica", "site-b")
+    b = Cli(tmp_path / "b")
+    write(b.cwd, "b.txt", "b")
+    b("commit", "-m", "from b")
+    a("sync", "../b", "--no-push")  # site-b committed in a's history, and never pushed itself
+    a("remote", "add", "ipfs", k.remote_url)
+    a("push", "ipfs")
+    for taken in ("site-a", "site-b"):
+        r = Cli(tmp_path)("clone", k.remote_url, "c", "--replica", taken, ok=False)
+        _refused(r, taken)
+        assert not (tmp_path / "c").exists()
+    Cli(tmp_path)("clone", k.remote_url, "c", "--replica", "site-c")
