@@ -234,6 +234,9 @@ def clone_bundle(path: Path, directory: Path, *, replica: str | None = None, bra
         else:  # it was empty: everything in it is ours
             for child in list(root.iterdir()):
                 with contextlib.suppress(OSError):
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
         raise
     return repo, info, wanted
