@@ -28,6 +28,7 @@ from casync.errors import (
     UsageError,
 )
 from casync.ids import RAW, cid_codec, cid_str, short
+from casync.repo import FsckReport
 
 __all__ = ["main"]
 
@@ -35,15 +36,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Progress:
-    """Progress on stderr for work lasting over a second: bytes done, rate, and with a
-    known total a bar, percentage and time left.  Redrawn at most ten times a second."""
+    """Progress on stderr for work lasting over ``delay`` seconds (1 by default): label, bytes
+    done, rate, and with a known total a bar, percentage and time left.  Redrawn at most ten
+    times a second; the last draw ends its line, so what is printed next starts on a new one.
+    Work reported without a ``start`` (a library caller that only advances) is timed from
+    its first ``advance`` and labelled "working", never from the epoch of the clock."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, delay: float = 1.0) -> None:
         self.enabled = enabled
+        self.delay = delay
         self._label = ""
         self._total: int | None = None
         self._done = 0
-        self._t0 = 0.0
+        self._t0: float | None = None
         self._drawn = 0.0
         self._shown = False
 
@@ -52,16 +57,19 @@ class _Progress:
         self._label, self._total, self._done, self._t0, self._drawn = label, total, 0, time.monotonic(), 0.0
 
     def advance(self, n: int) -> None:
+        if self._t0 is None:
+            self.start("working", None)
         self._done += n
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self._t0 >= 1.0 and now - self._drawn >= 0.1:
+        assert self._t0 is not None
+        if now - self._t0 >= self.delay and now - self._drawn >= 0.1:
             self._drawn = now
             self._draw(now)
 
     def _draw(self, now: float, final: bool = False) -> None:
-        elapsed = max(now - self._t0, 1e-6)
+        elapsed = max(now - (self._t0 if self._t0 is not None else now), 1e-6)
         rate = self._done / elapsed
         text = f"{self._label}: {_human(self._done)}"
         if self._total:
@@ -82,6 +90,7 @@ class _Progress:
         if self._shown:
             self._draw(time.monotonic(), final=True)
             self._shown = False
+        self._t0 = None
 
 
 def _human(n: float) -> str:
@@ -93,11 +102,13 @@ def _human(n: float) -> str:
 
 
 class _Context:
-    def __init__(self, directory: str, quiet: bool) -> None:
+    def __init__(self, directory: str, quiet: bool, force_progress: bool = False) -> None:
         self.directory = directory
         self.quiet = quiet
         self.as_json = False  # a command's --json was given: failures are reported as JSON too
+        self.force_progress = force_progress
         self._repo: Repository | None = None
+        self._progress: _Progress | None = None
 
     def repo(self) -> Repository:
         if self._repo is None:
@@ -105,9 +116,17 @@ class _Context:
         return self._repo
 
     def progress(self) -> _Progress:
-        return _Progress(enabled=not self.quiet and sys.stderr.isatty())
+        """One renderer per command, so a bar left drawn is ended before the next starts."""
+        if self._progress is None:
+            if self.force_progress and not self.quiet:
+                self._progress = _Progress(enabled=True, delay=0.0)
+            else:
+                self._progress = _Progress(enabled=not self.quiet and sys.stderr.isatty())
+        return self._progress
 
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.finish()
         if self._repo is not None:
             self._repo.close()
 
@@ -196,14 +215,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-C", "directory", default=".", metavar="DIR", help="Run as if started in DIR.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--progress", "force_progress", is_flag=True,
+              help="Show progress even when stderr is not a terminal, from the start of each step.")
 @click.version_option(package_name="casync")
 @click.pass_context
-def main(ctx: click.Context, directory: str, quiet: bool) -> None:
+def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) -> None:
     """casync: a git-like, content-addressed, versioned data store on IPFS.
 
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
-    obj = _Context(directory, quiet)
+    obj = _Context(directory, quiet, force_progress)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 
@@ -216,12 +237,20 @@ def main(ctx: click.Context, directory: str, quiet: bool) -> None:
               help="cdc: content-defined (dedupes insertions); fixed: 256 KiB, same CIDs as 'ipfs add'.")
 @click.option("--branch", default="main", show_default=True, help="Name of the initial branch.")
 @click.option("--bare", is_flag=True, help="No working tree (servers, applications using transactions).")
+@click.option("--repository-id", metavar="ID",
+              help="Join an existing repository as a new replica (its id: 'casync remote show' or a bundle's "
+                   "--json), e.g. before 'casync bundle unbundle'; default: a new repository.")
 @_pass
 def init(obj: _Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
-         branch: str, bare: bool) -> None:
+         branch: str, bare: bool, repository_id: str | None) -> None:
     """Create a repository in DIRECTORY (default: the current directory)."""
     path = os.path.join(obj.directory, directory) if directory else obj.directory
-    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare)
+    if repository_id is not None:
+        from casync.remote.config import validate_repo_id  # the rule IPFS paths use
+
+        validate_repo_id(repository_id)
+    repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare,
+                           repository_id=repository_id)
     click.echo(f"Initialized casync repository in {repo.root} (replica {repo.replica}, {hash_name}, {chunker})")
     repo.close()
 
@@ -251,7 +280,7 @@ def status(obj: _Context, as_json: bool) -> None:
     where = f"on branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}" if st.head else ""
     click.echo(where + ("" if st.head else " (no commits yet)"))
     if st.moved:
-        at = f"commit {short(st.checked_out, 16)}" if st.checked_out else "an older tree"
+        at = f"commit {short(st.checked_out)}" if st.checked_out else "an older tree"
         click.echo(f"{'branch ' + st.branch if st.branch else 'HEAD'} moved since the working tree was checked out "
                    f"(a transaction, a push): the files are still at {at}, and changes below are against it")
         click.echo(f"  (use 'casync checkout {st.branch or 'HEAD'}' to bring them up to date, keeping your edits)")
@@ -451,7 +480,7 @@ def checkout(obj: _Context, rev: str, force: bool) -> None:
     cid = _checkout(obj, repo, rev, force)
     branch = repo.current_branch()
     click.echo(f"switched to branch {branch} at {short(repo.resolve(cid))}" if branch and branch == rev
-               else f"HEAD is now at {cid[:20]} (detached)", err=True)
+               else f"HEAD is now at {short(repo.resolve(cid))} (detached)", err=True)
 
 
 @main.command()
@@ -571,8 +600,8 @@ def _checkout(obj: _Context, repo: Repository, rev: str, force: bool) -> str:
     if detached is not None and repo.head() != detached:
         behind = repo.left_behind(detached)
         if behind:
-            tip = short(behind[0], 16)
-            listed = ", ".join(short(c, 16) for c in behind[:3]) + (" ..." if len(behind) > 3 else "")
+            tip = short(behind[0])
+            listed = ", ".join(short(c) for c in behind[:3]) + (" ..." if len(behind) > 3 else "")
             click.echo(f"warning: leaving {len(behind)} commit(s) behind, on no branch: {listed}", err=True)
             click.echo(f"hint: keep them with 'casync branch NAME {tip}' ('casync reflog HEAD' lists them later)",
                        err=True)
@@ -580,22 +609,63 @@ def _checkout(obj: _Context, repo: Repository, rev: str, force: bool) -> str:
 
 
 @main.command()
+@click.option("--repair", "remote", metavar="REMOTE",
+              help="Fetch good copies of missing or damaged blocks from REMOTE (a remote name, a "
+                   "'casync serve' URL, a path or an ipfs+http:// URL) and store them in place.")
 @json_option
 @_pass
-def fsck(obj: _Context, as_json: bool) -> None:
+def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
     """Verify every block reachable from refs: present, hash-valid, well-formed.  Exit 1 if not."""
+    if remote is not None:
+        _repair(obj, remote, as_json)
+        return
     report = obj.repo().fsck(progress=obj.progress())
     if as_json:
         _json(report.to_json())
     else:
-        for cid, where in report.missing.items():
-            click.echo(f"missing  {cid}  (needed by {where})")
-        for cid, why in report.corrupt.items():
-            click.echo(f"corrupt  {cid}  {why}")
-        click.echo(f"checked {report.checked} blocks: "
-                   + ("ok" if report.ok else f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"))
+        _print_fsck(report)
     if not report.ok:
         sys.exit(EXIT_FAILURE)
+
+
+def _repair(obj: _Context, remote: str, as_json: bool) -> None:
+    import importlib
+
+    from casync.repair import repair
+
+    block_source = importlib.import_module("casync.cli_remote").block_source
+    with block_source(obj, remote) as source:
+        result = repair(obj.repo(), source, progress=obj.progress())
+    if as_json:
+        _json(result.to_json())
+    else:
+        for cid in result.repaired:
+            click.echo(f"repaired {cid_str(cid)}")
+        _print_fsck(result.fsck)
+        click.echo(f"repaired {len(result.repaired)} block(s) from {remote}"
+                   + (f"; {len(result.unrepaired)} still missing or damaged ({remote} has no good copy)"
+                      if result.unrepaired else ""))
+    if not result.ok:
+        sys.exit(EXIT_FAILURE)
+
+
+def _print_fsck(report: FsckReport) -> None:
+    for cid, where in report.missing.items():
+        click.echo(f"missing  {cid}  (needed by {where})")
+    for cid, why in report.corrupt.items():
+        click.echo(f"corrupt  {cid}  {why}")
+    for stamp, cids in report.reused_stamps.items():
+        click.echo(f"reused   replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)}")
+    summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
+    if report.reused_stamps:
+        summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
+    click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary))
+    if report.reused_stamps:
+        click.echo("hint: two sites commit under one replica id: make one of them a new replica "
+                   "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)
+    if report.damaged:
+        click.echo("hint: 'casync fsck --repair REMOTE' fetches good copies from a remote that has them",
+                   err=True)
 
 
 @main.command()
@@ -627,7 +697,7 @@ def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> Non
                 "time_ms": e.time_ms, "reason": e.reason} for e in entries])
         return
     for i, e in enumerate(entries):
-        new = short(e.new, 20) if e.new else "(deleted)"
+        new = short(e.new) if e.new else "(deleted)"
         click.echo(f"{new}  {full}@{{{i}}}  {_format_time(e.time_ms)}  {e.reason}")
 
 

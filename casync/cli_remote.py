@@ -7,18 +7,20 @@ context object is the CLI's (``repo()``, ``progress()``, ``directory``); errors 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
 
 from casync import remote as rmt
-from casync.errors import EXIT_FAILURE, UsageError
-from casync.ids import cid_str, short
+from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError, UsageError
+from casync.ids import Cid, cid_str, short
 
-__all__ = ["register"]
+__all__ = ["block_source", "register"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 
@@ -385,6 +387,43 @@ def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
     if not rmt.is_published(repo, commit, remote_name):
         click.echo(f"warning: {short(commit)} has not been pushed to this remote (as far as this replica "
                    "knows): the gateway serves it only once the node has it ('casync push')", err=True)
+
+
+@contextlib.contextmanager
+def block_source(obj: Any, spec: str) -> Iterator[Any]:
+    """For ``fsck --repair SPEC``: a function from CIDs to the ``(cid, bytes)`` that SPEC (a
+    remote name or URL; an IPFS node, else a casync peer) can give (:data:`casync.repair.BlockSource`)."""
+    repo = obj.repo()
+    configured = {r.name: r for r in rmt.list_remotes(repo)}.get(spec)
+    if configured is not None and configured.is_ipfs:
+        url = configured.url
+    elif configured is None and rmt.is_ipfs_url(spec):
+        url = rmt.parse_url(spec)
+    else:
+        hook = _peer_hook("peer_block_source")
+        if hook is None:
+            raise UsageError(f"{spec} is not an IPFS remote")
+        with hook(obj, spec) as source:
+            yield source
+        return
+    with rmt.connect(url, retry=_retry()) as node:
+        store = node.block_store()
+
+        def copies(cids: list[Cid]) -> Iterable[tuple[Cid, bytes]]:
+            for cid in cids:
+                try:
+                    yield cid, store.get(cid)
+                except (BlockNotFound, CorruptBlock):
+                    continue  # the node has no good copy either
+                except RemoteError as err:
+                    if err.transient:
+                        raise
+                    continue
+
+        try:
+            yield copies
+        finally:
+            store.discard()
 
 
 def register(group: click.Group) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import click
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.ids import short
 
-__all__ = ["bundle", "open_peer", "serve", "sync"]
+__all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
 
 
 def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None, base: str = ".",
@@ -74,6 +76,17 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
     if url.startswith(("http://", "https://")):
         return name, HttpPeer(url, read_token(token_file, cfg, base, repo.root))
     return name, LocalPeer(url)
+
+
+@contextlib.contextmanager
+def peer_block_source(obj: Any, spec: str) -> Iterator[Any]:
+    """``fsck --repair`` from a peer (a remote name, a 'casync serve' URL or a path): its
+    ``blocks`` call, which answers with the blocks it holds intact."""
+    _name, peer = open_peer(obj.repo(), spec, None, obj.directory)
+    try:
+        yield peer.blocks
+    finally:
+        peer.close()
 
 
 def _name_for(url: str) -> str:
@@ -363,11 +376,22 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
     import shutil
 
     from casync.api import Repository
-    from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, mark_pending, reopen_pending
+    from casync.clonestate import (
+        clear_pending,
+        is_resumable_failure,
+        kept_hint,
+        mark_pending,
+        refuse_replica_in_use,
+        reopen_pending,
+        replicas_in_history,
+    )
     from casync.sync.http import HttpPeer
     from casync.sync.peer import LocalPeer, fetch_from
 
     target = (Path(obj.directory) / directory).resolve()
+    if "://" not in url and (Path(obj.directory) / url).is_file():
+        _clone_bundle(obj, Path(obj.directory) / url, target, replica, branch, as_json)
+        return
     if url.startswith(("http://", "https://")):
         stored_url = url
     elif url.startswith("file://") or "://" not in url:
@@ -406,7 +430,11 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         elif token_file:  # a token given on resume replaces the first run's
             origin = {**remotes(repo).get("origin", {"url": stored_url, "gateway": None}), "token_file": token_file}
             repo.set_config("remotes", {**remotes(repo), "origin": origin})
+        chosen = replica is not None
+        refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
         result = fetch_from(repo, peer, "origin", obj.progress())
+        refuse_replica_in_use(repo.replica, replicas_in_history(repo, info.refs.values()), info.repository_id,
+                              chosen=chosen)
         wanted = branch or (resumed[1].get("branch") if resumed else None) or \
             ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
         if wanted is not None:
@@ -443,3 +471,18 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         peer.close()
         if repo is not None:
             repo.close()
+
+
+def _clone_bundle(obj: Any, path: Path, target: Path, replica: str | None, branch: str | None,
+                  as_json: bool) -> None:
+    """``casync clone FILE.car DIR``: a new site from a bundle carried on a USB stick."""
+    from casync.sync.bundle import clone_bundle
+
+    repo, info, wanted = clone_bundle(path, target, replica=replica, branch=branch, progress=obj.progress())
+    try:
+        data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
+                "bundle": str(path), **info.to_json()}
+        _emit(as_json, data, f"cloned bundle {path} into {repo.root} (replica {repo.replica}, branch {wanted}; "
+              f"{len(info.stats.commits)} commit(s), {info.stats.new_blocks} blocks)")
+    finally:
+        repo.close()

@@ -13,14 +13,17 @@ A repository someone went on using by hand (a branch, a commit) is no longer res
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from casync.errors import CasyncError, RemoteError, UsageError
+from casync.ids import Cid
 from casync.repo import Repository
 from casync.validate import REPO_DIR
 
-__all__ = ["clear_pending", "is_resumable_failure", "kept_hint", "mark_pending", "reopen_pending"]
+__all__ = ["clear_pending", "is_resumable_failure", "kept_hint", "mark_pending", "refuse_replica_in_use",
+           "replicas_in_history", "reopen_pending"]
 
 _KEY = b"clone_pending"
 
@@ -71,3 +74,28 @@ def kept_hint(root: Path, exc: BaseException) -> BaseException:
     if isinstance(exc, CasyncError):
         exc.hint = f"{exc.hint}; {resume}" if exc.hint else resume
     return exc
+
+
+def replicas_in_history(repo: Repository, heads: Iterable[Cid]) -> set[str]:
+    """Every replica that committed in the history of ``heads``: a commit's clock joins
+    its parents', so the heads' clocks name them all (one read per head)."""
+    out: set[str] = set()
+    for head in heads:
+        commit = repo.load_commit(head)
+        out.update(commit.clock)
+        out.add(commit.replica)
+    return out
+
+
+def refuse_replica_in_use(replica: str, in_use: Iterable[str], repo_id: str, *, chosen: bool) -> None:
+    """A clone is a new replica.  With an id the source's history or replicas already use,
+    two sites would stamp identical vector clocks on concurrent commits (``fsck`` reports
+    it), so every clone (IPFS, peer, path, bundle) refuses it, before and after fetching."""
+    if replica not in set(in_use):
+        return
+    if chosen:
+        raise UsageError(f"replica {replica!r} is already in use in repository {repo_id}",
+                         hint="each clone needs its own replica id: choose another --replica, or leave "
+                              "it out for a new one")
+    raise UsageError(f"replica id {replica} is already used in repository {repo_id}",  # vanishingly unlikely
+                     hint="run the clone again (a new id is drawn)")

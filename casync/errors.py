@@ -102,7 +102,8 @@ class BlockNotFound(CasyncError):
     def __init__(self, cid: str, where: str = "store") -> None:
         super().__init__(
             f"block {cid} is missing from the {where}",
-            hint="run 'casync fsck' to list all missing blocks; fetch them again from a remote",
+            hint="run 'casync fsck' to list all missing blocks; 'casync fsck --repair REMOTE' fetches them "
+                 "from a remote that has them",
         )
         self.cid = cid
 
@@ -113,7 +114,8 @@ class CorruptBlock(CasyncError):
     def __init__(self, cid: str, where: str = "store") -> None:
         super().__init__(
             f"block {cid} in the {where} is corrupt: its bytes do not match its CID",
-            hint="run 'casync fsck' to list every damaged block; fetch it again from a remote",
+            hint="run 'casync fsck' to list every damaged block; 'casync fsck --repair REMOTE' replaces "
+                 "them with good copies from a remote",
         )
         self.cid = cid
 

@@ -30,6 +30,8 @@ __all__ = [
     "RAW",
     "Cid",
     "cid_codec",
+    "cid_hash",
+    "is_empty_block",
     "cid_str",
     "compute_cid",
     "digest_fn",
@@ -106,6 +108,24 @@ def digest_fn(hash_name: str) -> Callable[[bytes | memoryview], bytes]:
 def compute_cid(codec: int, data: bytes | memoryview, hash_name: str = "blake3") -> Cid:
     """The CIDv1 of ``data`` under ``codec`` and ``hash_name``."""
     return _prefix(codec, hash_name) + digest_fn(hash_name)(data)
+
+
+@cache
+def _empty_blocks() -> frozenset[Cid]:
+    return frozenset(compute_cid(RAW, b"", h) for h in HASHES)
+
+
+def is_empty_block(cid: Cid) -> bool:
+    """Whether ``cid`` is the zero-length raw block (the content of an empty file) under a
+    supported hash: its bytes are known, so it is never worth asking a node for (Kubo's
+    bitswap never sends a zero-length block, it only answers "have")."""
+    return cid in _empty_blocks()
+
+
+def cid_hash(cid: Cid) -> str | None:
+    """The name of the supported hash function ``cid`` was made with (None if another)."""
+    known = _known_prefixes().get(cid[:-32])
+    return known[1] if known is not None else None
 
 
 def cid_codec(cid: Cid) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from casync.dag import Entry, build_tree
 from casync.errors import ConflictError, StateRefused, UsageError, WorktreeDirty
-from casync.ids import Cid, cid_str, parse_cid
+from casync.ids import Cid, cid_str, parse_cid, short
 from casync.merge import (
     Conflict,
     Decision,
@@ -104,7 +104,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if repo.graph.is_ancestor(theirs, ours):
             return MergeOutcome("up-to-date", ours)
         if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
-            raise ConflictError(f"refusing to merge {rev}: it shares no history with {cid_str(ours)[:20]}",
+            raise ConflictError(f"refusing to merge {rev}: it shares no history with {short(ours)}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
         our_side = real_side(repo, ours)
         result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers, _priorities(repo))

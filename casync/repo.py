@@ -102,15 +102,28 @@ class FsckReport:
     refs: dict[str, str] = field(default_factory=dict)
     pack_bytes: int = 0
     reclaimable_bytes: int = 0
+    # "replica:counter" -> the different commits stamped with it (a replica id used twice)
+    reused_stamps: dict[str, list[str]] = field(default_factory=dict)
+    _stamps: dict[tuple[str, int], Cid] = field(default_factory=dict, repr=False)
+    damaged: list[Cid] = field(default_factory=list, repr=False)  # missing or hash-mismatched: refetchable
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.corrupt
+        return not self.missing and not self.corrupt and not self.reused_stamps
+
+    def stamp(self, cid: Cid, commit: Commit) -> None:
+        """Note ``commit``'s (replica, own counter); two different commits with one stamp
+        mean two sites commit as the same replica, and their clocks stop telling them apart."""
+        key = (commit.replica, commit.clock.get(commit.replica, 0))
+        first = self._stamps.setdefault(key, cid)
+        if first != cid:
+            same = self.reused_stamps.setdefault(f"{key[0]}:{key[1]}", [cid_str(first)])
+            same.append(cid_str(cid))
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
-                "corrupt": self.corrupt, "refs": self.refs, "pack_bytes": self.pack_bytes,
-                "reclaimable_bytes": self.reclaimable_bytes}
+                "corrupt": self.corrupt, "reused_stamps": self.reused_stamps, "refs": self.refs,
+                "pack_bytes": self.pack_bytes, "reclaimable_bytes": self.reclaimable_bytes}
 
 
 def ref_candidates(name: str) -> list[str]:
@@ -443,7 +456,8 @@ class Repository:
 
     def fsck(self, progress: Progress = NULL_PROGRESS) -> FsckReport:
         """Check every block reachable from every ref and HEAD: present, hash-valid, decodable,
-        and every commit's generation and clock consistent with its parents."""
+        every commit's generation and clock consistent with its parents, and no two commits
+        stamped with the same (replica, counter)."""
         report = FsckReport()
         roots: dict[str, Cid] = dict(self.refs.list_refs())
         head = self.head()
@@ -468,19 +482,23 @@ class Repository:
                 continue
             seen.add(cid)
             report.checked += 1
-            progress.advance(1)
             try:
                 block = self.blocks.get(cid)
+                progress.advance(len(block))  # bytes, like every other progress report
             except BlockNotFound:
                 report.missing[cid_str(cid)] = where
+                report.damaged.append(cid)
                 continue
             except CorruptBlock:
                 report.corrupt[cid_str(cid)] = f"bytes do not match the CID (needed by {where})"
+                report.damaged.append(cid)
                 continue
             try:
                 children = list(_children(cid, block))
                 if cid_codec(cid) == DAG_CBOR:
-                    self._check_commit_against_parents(cid, decode_commit(block, cid))
+                    commit = decode_commit(block, cid)
+                    report.stamp(cid, commit)
+                    self._check_commit_against_parents(cid, commit)
             except CasyncError as exc:
                 report.corrupt[cid_str(cid)] = str(exc)
                 continue

@@ -210,10 +210,12 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     snap = _Snapshotter(repo, scratch, progress)
     committed = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
     current: dict[str, Entry] = {}
+    progress.start("checking the working tree", None)  # files not in the stat cache are hashed
     for path in sorted(files):
         entry = snap.entry(path, files[path])
         if entry is not None:
             current[path] = entry
+    progress.finish()
     for change in diff_flat(committed, current):
         getattr(result, change.status).append(change.path)
     # Files hashed here went to a throwaway store: caching their CIDs would let the next
@@ -371,7 +373,7 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         except WorktreeDirty as exc:
             if state.commit is None or workstate.moved_since_checkout(repo) is None:
                 raise
-            at = cid_str(state.commit)[:16]  # the edits cannot be committed where they are
+            at = short(state.commit)  # the edits cannot be committed where they are
             raise WorktreeDirty(exc.message, hint=f"keep them on a branch at the commit the files are at: 'casync "
                                 f"branch NAME {at}', 'casync switch NAME', commit, then merge; or pass --force "
                                 "to discard them") from None
@@ -398,7 +400,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     """
     if repo.bare:
         return Status(branch=repo.current_branch(), head=repo.head())
-    st = st if st is not None else status(repo)
+    st = st if st is not None else status(repo, progress)
     dirty = st.paths()
     new_dirs = directories_of(new)
     if force:

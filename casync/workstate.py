@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from casync.dag import entry_for, read_dir
 from casync.errors import WorktreeDirty
-from casync.ids import Cid, cid_str, parse_cid
+from casync.ids import Cid, cid_str, parse_cid, short
 from casync.repo import Repository
 
 __all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "merge_in_progress",
@@ -79,8 +79,8 @@ def require_current(repo: Repository, what: str) -> None:
         return
     branch = repo.current_branch()
     where = f"branch {branch}" if branch else "HEAD"
-    at = f"commit {cid_str(state.commit)[:16]}" if state.commit else \
-        f"tree {cid_str(state.tree)[:16]}" if state.tree else "an empty tree"
+    at = f"commit {short(state.commit)}" if state.commit else \
+        f"tree {short(state.tree)}" if state.tree else "an empty tree"
     update = f"bring the files up to date with 'casync checkout {branch or 'HEAD'}' (uncommitted edits are kept)"
     raise WorktreeDirty(f"{where} moved since the working tree was checked out (the files are still at {at}); "
                         f"{what} now would revert that move",

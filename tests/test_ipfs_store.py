@@ -317,6 +317,37 @@ def test_kubo_command_errors_are_permanent_and_not_retried() -> None:
     assert "something is wrong" in str(err.value)
 
 
+def test_a_node_shutting_down_repo_not_open_is_transient_and_retried() -> None:
+    # a Kubo node that is stopping answers 500 "repo not open" before it refuses connections:
+    # the command is fine, the node is going away (the flaky killed-mid-push test hit this)
+    data = b"after the restart"
+    cid = compute_cid(RAW, data)
+
+    def stopping_once(n: int) -> tuple[str, Any]:
+        return ("kubo-error", "repo not open") if n == 1 else ("json", {"Pins": [cid_str(cid)]})
+
+    def stopping_block(n: int) -> tuple[str, Any]:
+        return ("kubo-error", "repo not open") if n == 1 else ("200", data)
+
+    with _FakeKubo({"/api/v0/pin/add": stopping_once, "/api/v0/block/get": stopping_block}) as fake:
+        client = IpfsClient(fake.url, retry=FAST_RETRY)
+        client.pin_add(cid)  # through ipfshttpclient
+        s = IpfsBlockStore(client)
+        assert s.get(cid) == data  # through the plain-HTTP block reader
+        s.close()
+    assert fake.requests.count("/api/v0/pin/add") == 2 and fake.requests.count("/api/v0/block/get") == 2
+
+
+def test_repo_not_open_gives_up_as_transient() -> None:
+    with _FakeKubo({"/api/v0/pin/add": ("kubo-error", "repo not open")}) as fake:
+        client = IpfsClient(fake.url, retry=FAST_RETRY)
+        with pytest.raises(RemoteError) as err:
+            client.pin_add(compute_cid(RAW, b"x"))
+        client.close()
+    assert err.value.transient and "repo not open" in str(err.value)
+    assert fake.requests.count("/api/v0/pin/add") == 3
+
+
 def test_gateway_port_instead_of_api_gives_a_hint() -> None:
     with _FakeKubo({}) as fake:  # every path answers 404, like a gateway for /api/v0
         client = IpfsClient(fake.url, retry=FAST_RETRY)

@@ -25,6 +25,7 @@ def test_push_to_a_clone_from_b(tmp_path: Path, kubo_factory: Callable[[], Kubo]
     payload = os.urandom(1_200_000)
     write(a.cwd, "data/payload.bin", payload)
     write(a.cwd, "notes.txt", "two nodes\n")
+    write(a.cwd, "empty.txt", "")  # bitswap never sends a zero-length block: made locally
     a("commit", "-m", "on node a")
     a("remote", "add", "origin", node_a.remote_url)
     pushed = json.loads(a("push", "--json").stdout)
@@ -44,6 +45,7 @@ def test_push_to_a_clone_from_b(tmp_path: Path, kubo_factory: Callable[[], Kubo]
     assert cloned["head"] == head_cid and cloned["fetch"]["ok"]
     b = Cli(tmp_path / "b")
     assert (b.cwd / "data/payload.bin").read_bytes() == payload
+    assert (b.cwd / "empty.txt").read_bytes() == b""
     assert b("log", "--json").stdout == a("log", "--json").stdout
     assert _local_or_empty(node_b, head_cid) != b""  # B now holds the blocks itself
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from casync import workdir
-from casync.clonestate import clear_pending, is_resumable_failure, kept_hint, mark_pending, reopen_pending
+from casync.clonestate import (
+    clear_pending,
+    is_resumable_failure,
+    kept_hint,
+    mark_pending,
+    refuse_replica_in_use,
+    reopen_pending,
+    replicas_in_history,
+)
 from casync.errors import ConflictError, RemoteError, UsageError
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -89,11 +97,8 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
                                    repository_id=repo_id, branch=branch)
             mark_pending(repo, parsed.text, branch)
         try:
-            if resumed is None and replica is None and repo.replica in records:  # vanishingly unlikely
-                raise UsageError(f"replica id {repo.replica} is already used in repository {repo_id}")
-            if resumed is None and replica is not None and replica in records:
-                raise UsageError(f"replica {replica!r} already publishes heads in repository {repo_id}",
-                                 hint="each clone needs its own replica id")
+            published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
+            refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
             if resumed is not None:
                 remote = get_remote(repo, remote_name)
             else:
@@ -105,6 +110,9 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
                 f = result.failed[0]
                 raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}",
                                   transient=True)
+            fetched = repo.refs.list_refs(f"remotes/{remote_name}/").values()
+            refuse_replica_in_use(repo.replica, replicas_in_history(repo, fetched), repo_id,
+                                  chosen=replica is not None)
             head, diverged = _choose(repo, heads)
             if head is not None:
                 # a resumed clone checks out over what a broken-off checkout already wrote

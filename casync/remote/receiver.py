@@ -25,7 +25,7 @@ from typing import Any
 from casync import workdir
 from casync.dag import validated_links
 from casync.errors import BlockNotFound, CasyncError, ConflictError, CorruptBlock, InvalidObject, StateRefused
-from casync.ids import Cid, cid_str
+from casync.ids import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.remote.config import Remote, get_remote
 from casync.remote.records import HeadRecord, RemoteNode, connect
@@ -328,7 +328,7 @@ def _pull_by_merging(repo: Repository, fetched: FetchResult, branch: str, local:
         outcome = merge(repo, cid_str(head), policy=policy, progress=progress)
         outcomes.append(outcome)
         if outcome.kind == "conflicts":
-            raise ConflictError(f"pull stopped on conflicts merging {cid_str(head)[:20]}",
+            raise ConflictError(f"pull stopped on conflicts merging {short(head)}",
                                 hint="resolve them ('casync conflicts'), then 'casync merge --continue'")
         merged.append(head)
     return PullResult(fetched, branch, local, repo.refs.get_ref(f"heads/{branch}"), False, merged, outcomes)

@@ -16,7 +16,9 @@ the latest release):
 
 Errors are classified once, here: connection refused/reset, timeouts, broken responses
 and 5xx statuses without a Kubo error body are *transient* and retried with bounded
-exponential backoff (:class:`RetryPolicy`); Kubo command errors and 4xx are permanent.
+exponential backoff (:class:`RetryPolicy`); Kubo command errors and 4xx are permanent,
+except the errors of a node that is starting or shutting down (:data:`NODE_GOING_AWAY`:
+"repo not open"), which a moment later is either back or refusing connections.
 Every error names the node's URL.  Every block read from the node is hash-verified.
 """
 
@@ -47,7 +49,7 @@ from ipfshttpclient import exceptions as ipfs_exc
 
 from casync.car import car_parts, section_size
 from casync.errors import BlockNotFound, CasyncError, RemoteError, UsageError
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
+from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, is_empty_block, parse_cid, verify_block
 from casync.objects import MAX_BLOCK_SIZE
 
 __all__ = [
@@ -270,7 +272,7 @@ class IpfsClient:
             return RemoteError(f"the connection to the {where} broke ({what}): {_reason(exc)}",
                                transient=True)
         if isinstance(exc, ipfs_exc.ErrorResponse):
-            return RemoteError(f"{where}: {what} failed: {exc}")
+            return _command_error(where, what, str(exc))
         if isinstance(exc, ipfs_exc.StatusError):
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
             return _status_error(where, what, status)
@@ -379,7 +381,7 @@ class IpfsClient:
         except (ValueError, AttributeError, RecursionError):
             message = None
         if isinstance(message, str):
-            return RemoteError(f"{where}: {what} failed: {message}")
+            return _command_error(where, what, message)
         return _status_error(where, what, status)
 
     # --- node ----------------------------------------------------------------------------------
@@ -603,6 +605,17 @@ class _MultipartFile:
         return iter(self._parts)
 
 
+NODE_GOING_AWAY = ("repo not open",)
+"""Kubo command errors that mean the node is shutting down (or not yet up), not that the
+command is wrong: transient."""
+
+
+def _command_error(where: str, what: str, message: str) -> RemoteError:
+    """A Kubo command error: permanent, unless the node is going away (:data:`NODE_GOING_AWAY`)."""
+    going_away = any(m in message for m in NODE_GOING_AWAY)
+    return RemoteError(f"{where}: {what} failed: {message}", transient=going_away)
+
+
 def _status_error(where: str, what: str, status: object) -> RemoteError:
     """An HTTP error status from the node: 5xx is transient (retried), the rest permanent."""
     if isinstance(status, int) and status >= 500:
@@ -772,6 +785,8 @@ class IpfsBlockStore:
             data = self._pending.get(cid, self._in_flight_blocks.get(cid))
         if data is not None:
             return data
+        if is_empty_block(cid):  # made here: bitswap would never deliver it (docs/remotes.md)
+            return b""
         data = self.client.block_get(cid, offline=self.offline, wait=self.wait)
         if len(data) > MAX_BLOCK_SIZE:
             raise RemoteError(f"block {cid_str(cid)} from the {self.where} is {len(data)} bytes, "

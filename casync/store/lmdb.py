@@ -484,6 +484,7 @@ class PackBlockStore:
     def __init__(self, store: LmdbStore) -> None:
         self._store = store
         self._pending: dict[Cid, tuple[int, int, int]] = {}
+        self._replacing: set[Cid] = set()  # pending entries that repoint an existing index entry
         self._writer: Any = None
         self._writer_no = 0
         self._writer_durable = 0
@@ -633,29 +634,47 @@ class PackBlockStore:
         with self._lock:
             if self._held(cid):
                 return False
-            if self._writer is None:
-                self._open_writer()
-            header = varint(len(cid)) + cid + varint(len(data))
-            try:
-                self._writer.write(header)
-                self._writer.write(data)
-            except OSError as exc:
-                self._abort_writes()
-                if exc.errno in _DISK_FULL:
-                    raise StorageFull(f"disk full writing pack {self._writer_no:08d}",
-                                      hint="free disk space and retry; nothing was committed") from None
-                raise
-            offset = self._writer_pos + len(header)
-            self._pending[cid] = (self._writer_no, offset, len(data))
-            self._writer_pos = offset + len(data)
-            self._unsynced += len(data)
-            if self._unsynced >= SYNC_AHEAD_BYTES:
-                self._background_sync()
+            self._append(cid, data)
             return True
+
+    def replace(self, cid: Cid, data: bytes | memoryview) -> None:
+        """Store a good copy of a block held damaged (or whose pack is gone), for repair.
+
+        Nothing is overwritten: the copy is appended to the current pack like any new block
+        and, at :meth:`flush`, the index entry is repointed to it in the same LMDB
+        transaction as the batch (after the pack is fsynced).  A crash before that leaves
+        the old entry, so the block is still reported damaged and can be repaired again;
+        the old bytes become reclaimable (``fsck`` counts them)."""
+        verify_block(cid, data, "repair source")
+        with self._lock:
+            self._append(cid, data)
+            self._replacing.add(cid)
+
+    def _append(self, cid: Cid, data: bytes | memoryview) -> None:
+        """Write one record to the current pack; indexed at :meth:`flush` (caller holds the lock)."""
+        if self._writer is None:
+            self._open_writer()
+        header = varint(len(cid)) + cid + varint(len(data))
+        try:
+            self._writer.write(header)
+            self._writer.write(data)
+        except OSError as exc:
+            self._abort_writes()
+            if exc.errno in _DISK_FULL:
+                raise StorageFull(f"disk full writing pack {self._writer_no:08d}",
+                                  hint="free disk space and retry; nothing was committed") from None
+            raise
+        offset = self._writer_pos + len(header)
+        self._pending[cid] = (self._writer_no, offset, len(data))
+        self._writer_pos = offset + len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= SYNC_AHEAD_BYTES:
+            self._background_sync()
 
     def _abort_writes(self) -> None:
         """Forget unflushed blocks and cut the pack back to its last durable length."""
         self._pending.clear()
+        self._replacing.clear()
         self._join_syncer()
         self.end_session()
         if self._writer is not None:
@@ -684,10 +703,11 @@ class PackBlockStore:
 
             end = self._writer_pos
             meta_db = self._store.db("meta")
+            replacing = set(self._replacing)
 
             def fn(txn: Any) -> None:
                 for cid, loc in pending:
-                    txn.put(cid, _LOC.pack(*loc), db=db, overwrite=False)
+                    txn.put(cid, _LOC.pack(*loc), db=db, overwrite=cid in replacing)
                 txn.put(b"pack_end/%d" % self._writer_no, str(end).encode(), db=meta_db)
 
             try:
@@ -696,6 +716,7 @@ class PackBlockStore:
                 self._abort_writes()
                 raise
             self._pending.clear()
+            self._replacing.clear()
             self.end_session()
             self._unsynced = 0
             # Close after every durable batch: the next batch re-reads the pack's length,

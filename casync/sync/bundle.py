@@ -1,20 +1,24 @@
 """Bundles for sneakernet: a CAR v1 file carrying commits and everything they reach.
 
 The CAR's single root is a small DAG-CBOR *manifest* block ``{"casync_bundle": 1,
-"repository_id": str, "refs": {name: Link}, "prerequisites": [Link], "tags": {name: Link}}``;
-it is the last block of the file.  ``tags`` (optional) are the sender's tags on commits
-the refs reach; the receiver creates the ones it lacks and never moves one it has (a
-differing one is kept as ``tag-conflicts/bundle/<name>`` and reported).
-``prerequisites`` are commits the receiver must already hold (a bundle made with
-``--since``); everything else the refs reach is inside.
+"repository_id": str, "refs": {name: Link}, "prerequisites": [Link], "tags": {name: Link},
+"hash": str, "chunker": str}``; it is the last block of the file.  ``tags`` (optional) are the
+sender's tags on commits the refs reach; the receiver creates the ones it lacks and never moves
+one it has (a differing one is kept as ``tag-conflicts/bundle/<name>`` and reported).
+``hash`` and ``chunker``, which a clone from a bundle needs, are absent from older bundles:
+then the hash comes from the manifest's CID and the chunker is ``cdc``.  ``prerequisites`` are
+commits the receiver must already hold (a bundle made with ``--since``); everything else the
+refs reach is inside.
 Unbundling checks every block exactly like a network fetch (hash, links, no strays),
 so a bundle from an untrusted USB stick is as safe as a peer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +26,16 @@ from typing import Any
 from casync import cbor
 from casync.car import CarWriter, iter_car, read_header
 from casync.cbor import Link
+from casync.clonestate import refuse_replica_in_use, replicas_in_history
 from casync.errors import CorruptBlock, InvalidObject, UsageError
-from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid
+from casync.ids import DAG_CBOR, Cid, cid_codec, cid_hash, cid_str, compute_cid, short, verify_block
+from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import MissingLink, PackReceiver, TransferStats, blocks_for_commits
 from casync.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
+from casync.workdir import update_worktree
 
-__all__ = ["BundleInfo", "create_bundle", "read_bundle"]
+__all__ = ["BundleInfo", "BundleManifest", "clone_bundle", "create_bundle", "peek_bundle", "read_bundle"]
 
 
 @dataclass
@@ -54,6 +61,8 @@ def _manifest(repo: Repository, refs: dict[str, Cid], prerequisites: list[Cid], 
         "repository_id": repo.repo_id,
         "refs": {k: Link(v) for k, v in refs.items()},
         "prerequisites": [Link(p) for p in prerequisites],
+        "hash": repo.hash_name,
+        "chunker": repo.chunker_name,
     }
     if tags:  # absent when there are none: a bundle without tags reads as before
         manifest["tags"] = {k: Link(v) for k, v in tags.items()}
@@ -173,3 +182,85 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
         info = BundleInfo(repo_id, refs, prereq, stats, tags)
         info.tag_update = receive_tags(repo, tags, "bundle")
         return info
+
+
+@dataclass
+class BundleManifest:
+    repository_id: str
+    refs: dict[str, Cid]
+    prerequisites: list[Cid]
+    hash: str
+    chunker: str
+
+
+def peek_bundle(path: Path) -> BundleManifest:
+    """The manifest of the bundle at ``path``, read without storing anything: a quick pass
+    over the file that hash-checks the manifest only (:func:`read_bundle` checks the rest)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read bundle {path}: {exc.strerror}") from None
+    with f:
+        reader = io.BufferedReader(f, 1 << 20)
+        roots = read_header(reader)
+        if len(roots) != 1 or cid_codec(roots[0]) != DAG_CBOR:
+            raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
+        for cid, block in iter_car(reader, verify=False):
+            if cid == roots[0]:
+                try:
+                    verify_block(cid, block, f"bundle {path}")
+                except CorruptBlock as exc:
+                    raise InvalidObject(f"bundle {path} is damaged: {exc.message}",
+                                        hint="copy it again, or create it again from the source") from None
+                repo_id, refs, prereq, _tags = _parse_manifest(cid, block)
+                extra: Any = cbor.decode(block)
+                hash_name = str(extra.get("hash") or cid_hash(cid) or "blake3")
+                return BundleManifest(repo_id, refs, prereq, hash_name, str(extra.get("chunker") or "cdc"))
+    raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
+
+
+def clone_bundle(path: Path, directory: Path, *, replica: str | None = None, branch: str | None = None,
+                 progress: Progress = NULL_PROGRESS) -> tuple[Repository, BundleInfo, str]:
+    """Create ``directory`` as a new replica of the repository a full bundle carries (a new
+    site set up from a USB stick): same repository id, hash and chunker, a new replica id,
+    every block checked as :func:`read_bundle` checks it, ``branch`` (default ``main``, else
+    the first) checked out; the bundle's refs stay as ``bundles/<name>``.  After a failure
+    nothing is left behind."""
+    manifest = peek_bundle(path)
+    if manifest.prerequisites:
+        raise UsageError(f"bundle {path} was made with --since: it lacks the history before "
+                         f"{short(manifest.prerequisites[0])}, so no new replica can start from it",
+                         hint="create a full bundle for a new site ('casync bundle create FILE main')")
+    if not manifest.refs:
+        raise UsageError(f"bundle {path} holds no refs")
+    wanted = branch or ("main" if "main" in manifest.refs else sorted(manifest.refs)[0])
+    if wanted not in manifest.refs:
+        raise UsageError(f"bundle {path} has no branch {wanted!r}",
+                         hint=f"it holds: {', '.join(sorted(manifest.refs))}")
+    root = directory.resolve()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"destination {root} exists and is not an empty directory")
+    created = not root.exists()
+    repo = Repository.init(root, replica=replica, hash=manifest.hash, chunker=manifest.chunker,
+                           repository_id=manifest.repository_id, branch=wanted)
+    try:
+        info = read_bundle(repo, path)
+        refuse_replica_in_use(repo.replica, replicas_in_history(repo, info.refs.values()), repo.repo_id,
+                              chosen=replica is not None)
+        tip = info.refs[wanted]
+        update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=progress)
+        repo.update_branch(wanted, None, tip, f"clone from bundle {path.name}")
+        repo.set_head(wanted)
+    except BaseException:
+        repo.close()
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:  # it was empty: everything in it is ours
+            for child in list(root.iterdir()):
+                with contextlib.suppress(OSError):
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        raise
+    return repo, info, wanted

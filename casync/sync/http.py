@@ -11,6 +11,8 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 * ``POST /v1/tags?tags={"NAME":"CID",...}`` with a zstd-compressed CAR of the commits the
   tags need -> the receiver's tag report (``created``, ``unchanged``, ``conflicts``:
   an existing tag is never moved)
+* ``POST /v1/blocks`` ``{"cids": [cid...]}`` (at most 1024, any codec) -> zstd-compressed CAR
+  of those the peer holds intact (``fsck --repair``)
 
 The server binds to 127.0.0.1 by default.  Bodies are size-limited; malformed
 messages get 400 and change nothing.
@@ -240,6 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"common": [cid_str(c) for c in common]})
         elif url.path == "/v1/fetch":
             self._fetch()
+        elif url.path == "/v1/blocks":
+            body = self._json_body()
+            cids = parse_cid_list(body.get("cids") if isinstance(body, dict) else None, "cids", MAX_WANTS,
+                                  commits=False)
+            with self.server.lock:
+                blocks = list(self.server.service.blocks(cids))  # at most 1024 blocks of <= 1 MiB
+            self._send_car([], iter(blocks), [])
         elif url.path == "/v1/push":
             self._push(urllib.parse.parse_qs(url.query))
         elif url.path == "/v1/tags":
@@ -256,6 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             blocks = self.server.service.fetch(wants, haves)
             batch = _take(blocks, FETCH_BATCH_BYTES)  # surfaces errors before the 200 goes out
+        self._send_car(wants, blocks, batch, locked=True)
+
+    def _send_car(self, roots: list[Cid], blocks: Iterator[tuple[Cid, bytes]], batch: list[tuple[Cid, bytes]],
+                  locked: bool = False) -> None:
+        """A 200 with a zstd CAR of ``batch`` then the rest of ``blocks`` (read under the
+        lock when ``locked``: they come from the repository)."""
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.ipld.car; version=1")
         self.send_header("Content-Encoding", "zstd")
@@ -263,10 +278,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         compressor = zstandard.ZstdCompressor(level=3).stream_writer(self.wfile, closefd=False)  # type: ignore[arg-type]
-        writer = CarWriter(compressor, wants)
+        writer = CarWriter(compressor, roots)
+        if not locked:
+            batch = [*batch, *blocks]
         while batch:
             for cid, block in batch:  # the network part, without the lock
                 writer.add(cid, block)
+            if not locked:
+                break
             with self.server.lock:
                 batch = _take(blocks, FETCH_BATCH_BYTES)
         compressor.flush(zstandard.FLUSH_FRAME)
@@ -494,14 +513,23 @@ class HttpPeer:
 
     def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         body = json.dumps({"wants": [cid_str(w) for w in wants], "haves": [cid_str(h) for h in haves]}).encode()
-        resp = self._request("POST", "/v1/fetch", body, {"Content-Type": "application/json"})
+        yield from self._car("/v1/fetch", body)
+
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        for at in range(0, len(cids), MAX_WANTS):
+            body = json.dumps({"cids": [cid_str(c) for c in cids[at : at + MAX_WANTS]]}).encode()
+            yield from self._car("/v1/blocks", body)
+
+    def _car(self, path: str, body: bytes) -> Iterator[tuple[Cid, bytes]]:
+        """The blocks of a zstd CAR answer (each hash-checked by the CAR reader)."""
+        resp = self._request("POST", path, body, {"Content-Type": "application/json"})
         stream = zstandard.ZstdDecompressor().stream_reader(resp)
         reader = io.BufferedReader(stream, _CHUNK)
         try:
             read_header(reader)
             yield from iter_car(reader)
         except zstandard.ZstdError as exc:
-            raise InvalidObject(f"fetch stream from {self.url} is corrupt or truncated ({exc})") from None
+            raise InvalidObject(f"stream from {self.url} is corrupt or truncated ({exc})") from None
         finally:
             resp.close()
 

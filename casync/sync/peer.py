@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from casync.car import TruncatedCar
-from casync.errors import CasyncError, CorruptBlock, InvalidObject, RefConflict, RemoteError, UsageError
-from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
+from casync.errors import (
+    BlockNotFound,
+    CasyncError,
+    CorruptBlock,
+    InvalidObject,
+    RefConflict,
+    RemoteError,
+    UsageError,
+)
+from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
@@ -94,12 +102,14 @@ class Peer(Protocol):
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats: ...
 
     def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate: ...
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
 
     def close(self) -> None: ...
 
 
-def parse_cid_list(value: Any, what: str, limit: int) -> list[Cid]:
-    """Strictly parse a JSON list of commit CIDs from a peer (malformed -> InvalidObject)."""
+def parse_cid_list(value: Any, what: str, limit: int, commits: bool = True) -> list[Cid]:
+    """Strictly parse a JSON list of commit CIDs (any CIDs with ``commits=False``) from a
+    peer (malformed -> InvalidObject)."""
     if not isinstance(value, list) or len(value) > limit:
         raise InvalidObject(f"{what} must be a list of at most {limit} CIDs")
     out = []
@@ -110,7 +120,7 @@ def parse_cid_list(value: Any, what: str, limit: int) -> list[Cid]:
             cid = parse_cid(item)
         except UsageError:
             raise InvalidObject(f"{what} holds an invalid CID {item[:80]!r}") from None
-        if cid_codec(cid) != DAG_CBOR:
+        if commits and cid_codec(cid) != DAG_CBOR:
             raise InvalidObject(f"{what} holds {item[:80]!r}, which is not a commit CID")
         out.append(cid)
     return out
@@ -140,6 +150,15 @@ class PeerService:
         common = self.negotiate(haves)
         missing = self.repo.graph.missing(wants, common)
         return blocks_for_commits(self.repo, missing)
+
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        """The blocks of ``cids`` this peer holds intact, in order (for ``fsck --repair``);
+        one it lacks or holds damaged itself is left out, and the caller asks elsewhere."""
+        for cid in cids:
+            try:
+                yield cid, self.repo.blocks.get(cid)
+            except (BlockNotFound, CorruptBlock):
+                continue
 
     def check_push(self, branch: str, old: Cid | None, new: Cid) -> None:
         """The checks a push must pass before any of its blocks is worth receiving."""
@@ -177,11 +196,11 @@ class PeerService:
                                      f"push to the checked-out branch {branch}", dry_run=True)
             if current != old:
                 raise RefConflict(f"push to {branch} rejected: the branch moved to "
-                                  f"{cid_str(current)[:16] if current else 'nothing'} (non-fast-forward)",
+                                  f"{short(current) if current else 'nothing'} (non-fast-forward)",
                                   hint="fetch and merge, then push again")
             if old is not None and not self.repo.graph.is_ancestor(old, new):
-                raise RefConflict(f"push to {branch} rejected: {cid_str(new)[:16]} does not contain "
-                                  f"{cid_str(old)[:16]} (non-fast-forward)", hint="fetch and merge, then push again")
+                raise RefConflict(f"push to {branch} rejected: {short(new)} does not contain "
+                                  f"{short(old)} (non-fast-forward)", hint="fetch and merge, then push again")
             self.repo.update_branch(branch, old, new, "push")
             if checked_out:
                 update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new),
@@ -241,6 +260,8 @@ class LocalPeer:
 
     def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
         return self.service.push_tags(tags, blocks)
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        return self.service.blocks(cids)
 
     def close(self) -> None:
         self.repo.close()
