@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -57,8 +58,15 @@ def _peer_hook(name: str) -> Any:
 
 
 def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | None = None) -> Any:
-    """The peer hook for ``command`` if the remote ``name`` is a casync peer, else None."""
-    r = rmt.get_remote(obj.repo(), name)
+    """The peer hook for ``command`` if ``name`` is a casync peer (a remote's name, or a peer
+    given directly as a 'casync serve' URL or a repository path, as 'casync sync' takes), else None."""
+    repo = obj.repo()
+    if name is not None and name not in {r.name for r in rmt.list_remotes(repo)} and (
+            name.startswith(("http://", "https://", "file://")) or (Path(obj.directory) / name).is_dir()):
+        hook = _peer_hook(f"{command}_peer")
+        if hook is not None:
+            return hook
+    r = rmt.get_remote(repo, name)
     if r.is_ipfs:
         if token_file is not None:
             raise UsageError(f"--token-file is for 'casync serve' peers, and {r.name!r} is an IPFS node",

@@ -154,3 +154,24 @@ def test_a_refused_request_closes_its_connection(served: tuple[Path, str, Path])
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
     assert reply.count(b"HTTP/1.1") == 1  # the body was not answered as a second request
+
+
+def test_fetch_pull_push_take_a_path_or_url_as_sync_does(tmp_path: Path, served: tuple[Path, str, Path]) -> None:
+    """Their help says REMOTE may be a repository's path or a 'casync serve' URL: it used to be
+    refused as "no remote named '../a'" unless added with 'remote add' first."""
+    a, url, token = served
+    c = tmp_path / "c"
+    run(tmp_path, "clone", str(a), str(c), "--replica", "site-c")
+    write(a, "more.txt", "more")
+    run(a, "commit", "-m", "a adds")
+    r = run(c, "fetch", "../a")
+    assert "fetched 1 commit(s)" in r.stdout
+    run(c, "pull", "../a")
+    assert (c / "more.txt").read_text() == "more"
+    write(c, "from-c.txt", "C")
+    run(c, "commit", "-m", "c adds")
+    r = run(c, "push", url, "main", env={"CASYNC_TOKEN": token.read_text().strip()})
+    assert "pushed" in r.stdout
+    assert run(a, "log", "--oneline", "main").stdout.count("\n") == 3
+    r = run(c, "fetch", "nosuchremote", ok=False)  # neither a remote nor a path: usage
+    assert r.returncode == 2 and "no remote named 'nosuchremote'" in r.stderr
