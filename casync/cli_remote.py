@@ -347,7 +347,8 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
           jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
     """Create DIR as a new replica of the repository at URL: an IPFS node
     (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]), a 'casync serve' peer (http(s)://HOST:PORT),
-    or another repository (a path or file:// URL).
+    another repository (a path or file:// URL), or a full bundle file made with 'casync bundle
+    create' (FILE.car: a new site set up from a USB stick).
 
     Heads that cannot be fetched (or invalid head records) are warnings: the clone
     succeeds with the rest; 'casync fetch' reports them as errors.
