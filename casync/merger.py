@@ -183,7 +183,8 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
                             hint="pick a version with 'casync resolve PATH --pick ours|theirs' first")
     with repo.store.writer_lock():
         cid = commit_worktree(repo, message or state["message"], allow_empty=True,
-                              extra_parents=(parse_cid(state["theirs"]),))
+                              extra_parents=(parse_cid(state["theirs"]),),
+                              merged_tree=parse_cid(state["written_tree"]))
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
         return cid
 
