@@ -429,6 +429,9 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         in_the_way = {p for p in st.added if p in new_dirs}
         in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
         dirty_touch = (dirty & touched) | in_the_way
+        if dirty_touch - in_the_way:  # a file that already holds what the update writes loses nothing
+            ready = {p: e for p, e in disk_entries(repo, dirty_touch - in_the_way).items() if p in new}
+            dirty_touch -= set(ready) - {c.path for c in diff_flat(ready, {p: new[p] for p in ready})}
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
             raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",

@@ -503,3 +503,25 @@ def test_checkout_is_refused_while_a_merge_is_stopped(cli: Cli) -> None:
     assert (cli.cwd / "conflict.txt.~site-a").exists()
     cli("merge", "--abort")
     cli("switch", "elsewhere")
+
+
+def test_checkout_after_a_move_accepts_a_file_that_already_holds_the_new_version(cli: Cli) -> None:
+    """After a transaction, 'casync restore PATH' puts HEAD's version on disk; the checkout
+    that brings the rest up to date must not call that an uncommitted change in its way."""
+    cli("init")
+    write(cli.cwd, "a.txt", "base\n")
+    write(cli.cwd, "n.txt", "n\n")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    with Repository.open(cli.cwd) as repo:
+        with repo.transaction(message="app") as tx:
+            tx.write("a.txt", b"from the app\n")
+            tx.write("n.txt", b"n, from the app\n")
+    cli("restore", "a.txt")
+    write(cli.cwd, "n.txt", "a real edit\n")  # still refused: it would be overwritten
+    r = cli("checkout", "main", ok=False)
+    assert r.exit_code == 1 and "n.txt" in r.stderr and "a.txt" not in r.stderr
+    write(cli.cwd, "n.txt", "n\n")
+    cli("checkout", "main")
+    assert (cli.cwd / "a.txt").read_text() == "from the app\n"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
