@@ -184,7 +184,7 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
     with repo.store.writer_lock():
         cid = commit_worktree(repo, message or state["message"], allow_empty=True,
                               extra_parents=(parse_cid(state["theirs"]),),
-                              merged_tree=parse_cid(state["written_tree"]))
+                              merged_tree=parse_cid(state["written_tree"]) if state.get("written_tree") else None)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
         return cid
 
