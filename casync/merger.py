@@ -198,8 +198,9 @@ def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
         raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
                            "sibling versions left to resolve")
     with repo.store.writer_lock():
+        resolved = set(state.get("resolved", [])) | set(state.get("resolve_wrote", []))
         owned = {c["path"] for c in state["conflicts"]} | {c["sibling"] for c in state["conflicts"] if c["sibling"]}
-        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned, set(state.get("resolved", [])), progress)
+        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned | resolved, resolved, progress)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
 
 
@@ -385,6 +386,9 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
             writer.remove(sib)
     if state is not None and recorded is not None:
         state.setdefault("resolved", []).append(path)
+        if conflict.kind.startswith("rename/"):  # it wrote (or removed) the new paths too: abort puts them back
+            wrote = state.setdefault("resolve_wrote", [])
+            wrote.extend(p for p in conflict.siblings if p not in wrote)
         repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
 

@@ -230,3 +230,24 @@ def test_resolving_a_rename_whose_edited_file_is_gone_is_a_usage_error(sites: tu
     r = cli("resolve", "images/cam2.raw", "--pick", "archive/cam2.raw", ok=False)
     assert r.exit_code == 2 and "error:" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
     assert (a.root / "archive/cam2.raw").read_bytes() == blob(1, 3000)
+
+
+@pytest.mark.parametrize("renamer", ["ours", "theirs"])
+def test_merge_abort_undoes_the_resolve_of_a_rename_conflict(sites: tuple[Repository, Repository],
+                                                            renamer: str) -> None:
+    """resolve --pick NEWPATH writes NEWPATH and removes the old path: that is the merge's
+    work, so --abort puts both back as HEAD has them (and refuses nothing)."""
+    a, b = sites
+    mover, editor = (a, b) if renamer == "ours" else (b, a)
+    move(mover, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
+    mover.commit("copies")
+    write(editor.root, "images/cam2.raw", blob(2, 3000))
+    editor.commit("edit")
+    transfer(b, a, "main", "site-b")
+    before = {p: e.cid for p, e in a.flat_tree(a.head()).items()}
+    cli = Cli(a.root)
+    assert cli("merge", "site-b", "--policy", "manual", ok=False).exit_code == 1
+    cli("resolve", "images/cam2.raw", "--pick", "backup/cam2.raw")
+    cli("merge", "--abort")
+    assert {p: e.cid for p, e in a.worktree_entries().items()} == before
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
