@@ -28,6 +28,7 @@ from casync.merge import (
     ResolverFn,
 )
 from casync.mergehist import merge_sides, real_side
+from casync.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, is_executable
 from casync.workdir import update_worktree
@@ -254,6 +255,20 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
     return out
 
 
+def _recorded(repo: Repository, cid: Cid, key: str) -> dict[str, Any]:
+    """A merge commit's ``meta[key]`` record ({} if none, or unreadable).  The raw block is
+    searched for the key first (DAG-CBOR spells map keys out), so the many merges that
+    record nothing are not decoded: 'casync conflicts' walks the whole history."""
+    raw = repo.blocks.get(cid)
+    if key.encode() not in raw:
+        return {}
+    try:
+        recorded = json.loads(decode_commit(raw, cid).meta.get(key, "{}"))
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
                       ) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{old path: (kind, new paths)}`` for rename conflicts that merges recorded (commit
@@ -265,13 +280,7 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.renames", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, rec in recorded.items():
+        for path, rec in _recorded(repo, cid, "casync.renames").items():
             if path in found or path in settled or not isinstance(rec, dict):
                 continue
             kind, targets = rec.get("kind"), rec.get("targets")
@@ -298,13 +307,7 @@ def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.siblings", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, sib in recorded.items():
+        for path, sib in _recorded(repo, cid, "casync.siblings").items():
             if isinstance(sib, str) and sib in candidates:
                 found.setdefault(str(path), set()).add(sib)
                 left.discard(sib)
