@@ -579,6 +579,9 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
     """Switch the working tree and HEAD to BRANCH."""
     repo = obj.repo()
     if create:
+        from casync.workstate import refuse_mid_merge
+
+        refuse_mid_merge(repo, "switch")  # before the branch is made, not after
         if branch_name in repo.branches():
             raise UsageError(f"branch {branch_name!r} already exists")
         head = repo.head()

@@ -72,6 +72,17 @@ class _History:
         self._json: dict[Cid, Any] = {}
         self._dirs: dict[Cid, dict[str, DirLink]] = {}
         self._kinds: dict[Cid, Entry] = {}
+        self._sides: dict[Cid, MergeSide] = {}
+        # virtual bases by (bases, depth): criss-cross histories (replicas that sync with
+        # each other) reach the same sets of bases again and again, so without this the
+        # recursion is exponential in the number of criss-crosses
+        self.virtual: dict[tuple[tuple[Cid, ...], int], MergeSide | None] = {}
+
+    def side(self, cid: Cid) -> MergeSide:
+        """:func:`real_side`, each commit's tree flattened once per merge."""
+        if cid not in self._sides:
+            self._sides[cid] = real_side(self.repo, cid)
+        return self._sides[cid]
 
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
@@ -253,13 +264,21 @@ def _store(repo: Repository, data: bytes) -> Entry:
 
 def _virtual_base(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
                   resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
+    key = (bases, depth)
+    if key not in hist.virtual:
+        hist.virtual[key] = _fold_bases(hist, bases, rules, resolvers, depth)
+    return hist.virtual[key]
+
+
+def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
+                resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
     if not bases:
         return None
-    acc = real_side(hist.repo, bases[0])
+    acc = hist.side(bases[0])
     if depth >= MAX_DEPTH:
         return acc
     for cid in bases[1:]:
-        other = real_side(hist.repo, cid)
+        other = hist.side(cid)
         sub, _ = _merge(hist, acc, other, rules, resolvers, depth + 1)
         tree = dict(sub.tree)
         for c in sub.conflicts:  # what 'manual' leaves to a person: a marker no side holds

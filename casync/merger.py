@@ -28,6 +28,7 @@ from casync.merge import (
     ResolverFn,
 )
 from casync.mergehist import merge_sides, real_side
+from casync.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, is_executable
 from casync.workdir import update_worktree
@@ -183,7 +184,8 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
                             hint="pick a version with 'casync resolve PATH --pick ours|theirs' first")
     with repo.store.writer_lock():
         cid = commit_worktree(repo, message or state["message"], allow_empty=True,
-                              extra_parents=(parse_cid(state["theirs"]),))
+                              extra_parents=(parse_cid(state["theirs"]),),
+                              merged_tree=parse_cid(state["written_tree"]) if state.get("written_tree") else None)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
         return cid
 
@@ -197,8 +199,9 @@ def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
         raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
                            "sibling versions left to resolve")
     with repo.store.writer_lock():
+        resolved = set(state.get("resolved", [])) | set(state.get("resolve_wrote", []))
         owned = {c["path"] for c in state["conflicts"]} | {c["sibling"] for c in state["conflicts"] if c["sibling"]}
-        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned, set(state.get("resolved", [])), progress)
+        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned | resolved, resolved, progress)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
 
 
@@ -252,6 +255,20 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
     return out
 
 
+def _recorded(repo: Repository, cid: Cid, key: str) -> dict[str, Any]:
+    """A merge commit's ``meta[key]`` record ({} if none, or unreadable).  The raw block is
+    searched for the key first (DAG-CBOR spells map keys out), so the many merges that
+    record nothing are not decoded: 'casync conflicts' walks the whole history."""
+    raw = repo.blocks.get(cid)
+    if key.encode() not in raw:
+        return {}
+    try:
+        recorded = json.loads(decode_commit(raw, cid).meta.get(key, "{}"))
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
                       ) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{old path: (kind, new paths)}`` for rename conflicts that merges recorded (commit
@@ -263,13 +280,7 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.renames", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, rec in recorded.items():
+        for path, rec in _recorded(repo, cid, "casync.renames").items():
             if path in found or path in settled or not isinstance(rec, dict):
                 continue
             kind, targets = rec.get("kind"), rec.get("targets")
@@ -296,13 +307,7 @@ def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.siblings", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, sib in recorded.items():
+        for path, sib in _recorded(repo, cid, "casync.siblings").items():
             if isinstance(sib, str) and sib in candidates:
                 found.setdefault(str(path), set()).add(sib)
                 left.discard(sib)
@@ -384,6 +389,9 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
             writer.remove(sib)
     if state is not None and recorded is not None:
         state.setdefault("resolved", []).append(path)
+        if conflict.kind.startswith("rename/"):  # it wrote (or removed) the new paths too: abort puts them back
+            wrote = state.setdefault("resolve_wrote", [])
+            wrote.extend(p for p in conflict.siblings if p not in wrote)
         repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
 

@@ -41,7 +41,7 @@ def abort_merge_worktree(repo: Repository, written_tree: Cid, owned: set[str], r
     checked-out version; every other path keeps its uncommitted edits, as ``git merge
     --abort`` does.  A path the merge wrote and the user edited since (neither the
     merge's nor the original version) is refused, unless it is in ``owned`` (conflicted
-    paths and their siblings: the merge's own work).  Caller holds the writer lock."""
+    paths, their siblings and what ``resolve`` wrote: the merge's own work).  Caller holds the writer lock."""
     before_tree = workstate.checked_out(repo).tree
     before = flatten_tree(repo.blocks, before_tree) if before_tree is not None else {}
     written = flatten_tree(repo.blocks, written_tree)

@@ -459,3 +459,69 @@ def test_the_writer_itself_never_follows_a_symlinked_directory(tmp_path: Path) -
     with pytest.raises(InvalidPath, match="d is a symlink"):
         writer.check_parents(["d/victim"], set())
     writer.check_parents(["d/victim"], {"d"})  # unless the caller removes d first
+
+
+# --- found in review -------------------------------------------------------------------------
+
+def test_merge_continue_keeps_a_file_the_merge_brought_that_an_ignore_rule_matches(cli: Cli) -> None:
+    """other tracks cam.raw; main ignores *.raw.  The stopped merge writes cam.raw, so
+    it is tracked (in the merged tree): merge --continue must commit it, or the next
+    sync would delete it at every site that has it."""
+    cli("init", "--replica", "site-a")
+    write(cli.cwd, "a.txt", "base\n")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    cli("switch", "-c", "other")
+    write(cli.cwd, "a.txt", "theirs\n")
+    write(cli.cwd, "cam.raw", "raw bytes")
+    age(cli.cwd)
+    cli("commit", "-m", "theirs, with a raw file")
+    cli("switch", "main")
+    write(cli.cwd, "a.txt", "ours\n")
+    write(cli.cwd, ".casyncignore", "*.raw\n")
+    age(cli.cwd)
+    cli("commit", "-m", "ours ignores raw files")
+    assert cli("merge", "--policy", "manual", "other", ok=False).exit_code == 1
+    assert (cli.cwd / "cam.raw").read_text() == "raw bytes"
+    cli("resolve", "a.txt", "--pick", "ours")
+    cli("merge", "--continue")
+    assert cli("cat", "HEAD:cam.raw").stdout == "raw bytes"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+def test_checkout_is_refused_while_a_merge_is_stopped(cli: Cli) -> None:
+    """A checkout would carry the stopped merge to another commit: --continue would then
+    commit it there with the wrong first parent, and --abort would reset to the wrong tree."""
+    _stopped_merge(cli)
+    cli("branch", "elsewhere", "HEAD~1")
+    for args in (("switch", "elsewhere"), ("switch", "--force", "elsewhere"), ("checkout", "HEAD~1"),
+                 ("switch", "-c", "fresh")):
+        r = cli(*args, ok=False)
+        assert r.exit_code == 1 and "merge is in progress" in r.stderr and "merge --abort" in r.stderr, args
+        assert json.loads(cli("status", "--json").stdout)["branch"] == "main"
+    assert "fresh" not in {b["name"] for b in json.loads(cli("branch", "--json").stdout)}
+    assert (cli.cwd / "conflict.txt.~site-a").exists()
+    cli("merge", "--abort")
+    cli("switch", "elsewhere")
+
+
+def test_checkout_after_a_move_accepts_a_file_that_already_holds_the_new_version(cli: Cli) -> None:
+    """After a transaction, 'casync restore PATH' puts HEAD's version on disk; the checkout
+    that brings the rest up to date must not call that an uncommitted change in its way."""
+    cli("init")
+    write(cli.cwd, "a.txt", "base\n")
+    write(cli.cwd, "n.txt", "n\n")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    with Repository.open(cli.cwd) as repo:
+        with repo.transaction(message="app") as tx:
+            tx.write("a.txt", b"from the app\n")
+            tx.write("n.txt", b"n, from the app\n")
+    cli("restore", "a.txt")
+    write(cli.cwd, "n.txt", "a real edit\n")  # still refused: it would be overwritten
+    r = cli("checkout", "main", ok=False)
+    assert r.exit_code == 1 and "n.txt" in r.stderr and "a.txt" not in r.stderr
+    write(cli.cwd, "n.txt", "n\n")
+    cli("checkout", "main")
+    assert (cli.cwd / "a.txt").read_text() == "from the app\n"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
