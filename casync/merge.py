@@ -66,6 +66,7 @@ class Conflict:
     theirs: Entry | None
     sibling: str | None = None  # where the other version was kept, for siblings/manual
     targets: tuple[str, ...] = ()  # rename conflicts: the paths the file was renamed to
+    kept_by: str | None = None  # siblings: the replica whose version stayed at the path
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +324,19 @@ def _keep_both(inp: MergeInput, result: MergeResult, path: str, b: Entry | None,
         result.tree[path] = kept
         conflict = Conflict(path, kind, b, o, t, None)
     else:
-        sib = sibling_name(path, wt.replica or "theirs")
+        # 'manual' shows ours at the path (the person merging decides); 'siblings' keeps the
+        # lww winner there and the other write beside it, so two replicas merging the same
+        # heads in opposite directions build the same tree (and the next sync nests nothing)
+        keep_ours = policy == "manual" or lww_winner(wo, wt, inp.rules.skew_tolerance_ms) == "ours"
+        kept, other, other_write = (o, t, wt) if keep_ours else (t, o, wo)
+        fallback = "theirs" if keep_ours else "ours"
+        sib = sibling_name(path, other_write.replica or fallback)
         if sib in inp.ours or sib in inp.theirs:
-            sib = sibling_name(path, f"{wt.replica or 'theirs'}.{t.cid.hex()[-8:]}")
-        result.tree[path] = o
-        result.tree[sib] = t
-        conflict = Conflict(path, kind, b, o, t, sib)
+            sib = sibling_name(path, f"{other_write.replica or fallback}.{other.cid.hex()[-8:]}")
+        result.tree[path] = kept
+        result.tree[sib] = other
+        kept_by = None if policy == "manual" else ((wo if keep_ours else wt).replica or None)
+        conflict = Conflict(path, kind, b, o, t, sib, kept_by=kept_by)
     if policy == "manual":
         result.conflicts.append(conflict)
     else:

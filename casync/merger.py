@@ -144,6 +144,9 @@ def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
     kept = {c.path: c.sibling for c in siblings if c.sibling is not None}
     if kept:
         meta["casync.siblings"] = json.dumps(kept, sort_keys=True)
+    kept_by = {c.path: c.kept_by for c in siblings if c.sibling is not None and c.kept_by}
+    if kept_by:  # whose version stayed at the path: 'resolve --pick REPLICA' finds it there
+        meta["casync.kept"] = json.dumps(kept_by, sort_keys=True)
     renames = {c.path: {"kind": c.kind, "targets": list(c.targets)} for c in siblings if c.targets}
     if renames:
         meta["casync.renames"] = json.dumps(renames, sort_keys=True)
@@ -220,9 +223,11 @@ class OpenConflict:
     kind: str
     siblings: tuple[str, ...]
     source: str  # "merge" (a merge in progress) or "tree" (siblings committed in HEAD)
+    kept_by: str | None = None  # the replica whose version is at the path (siblings merges record it)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "siblings": list(self.siblings), "source": self.source}
+        return {"path": self.path, "kind": self.kind, "siblings": list(self.siblings), "source": self.source,
+                "kept_by": self.kept_by}
 
 
 def list_conflicts(repo: Repository) -> list[OpenConflict]:
@@ -245,9 +250,10 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
     head = repo.head()
     if head is not None:
         flat = repo.flat_tree(head)
-        for path, sibs in sorted(_recorded_siblings(repo, head, flat).items()):
+        kept_by: dict[str, str] = {}
+        for path, sibs in sorted(_recorded_siblings(repo, head, flat, kept_by).items()):
             if path not in seen:
-                out.append(OpenConflict(path, "siblings", tuple(sibs), "tree"))
+                out.append(OpenConflict(path, "siblings", tuple(sibs), "tree", kept_by.get(path)))
                 seen.add(path)
         for path, (kind, targets) in sorted(_recorded_renames(repo, head, flat).items()):
             if path not in seen:
@@ -295,10 +301,12 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     return found
 
 
-def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -> dict[str, list[str]]:
+def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry],
+                       kept_by: dict[str, str] | None = None) -> dict[str, list[str]]:
     """``{path: [sibling paths]}`` for sibling versions that merges recorded (commit
     metadata ``casync.siblings``) and HEAD's tree still holds.  A file that merely has
-    ``.~`` in its name is the user's, not a conflict."""
+    ``.~`` in its name is the user's, not a conflict.  ``kept_by`` gets, per path, the
+    replica whose version the newest such merge left at the path (``casync.kept``)."""
     candidates = {p for p in flat if ".~" in p.rpartition("/")[2]}
     found: dict[str, set[str]] = {}
     if not candidates:
@@ -307,10 +315,13 @@ def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
+        kept = _recorded(repo, cid, "casync.kept") if kept_by is not None else {}
         for path, sib in _recorded(repo, cid, "casync.siblings").items():
             if isinstance(sib, str) and sib in candidates:
                 found.setdefault(str(path), set()).add(sib)
                 left.discard(sib)
+                if kept_by is not None and isinstance(kept.get(path), str):
+                    kept_by.setdefault(str(path), kept[path])
         if not left:
             break
     return {path: sorted(sibs) for path, sibs in found.items()}
@@ -369,6 +380,8 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
                 raise UsageError(f"{path!r} has {len(conflict.siblings)} sibling versions",
                                  hint="pick one by replica: --pick REPLICA")
             sibling = conflict.siblings[0]
+        elif pick is not None and pick == conflict.kept_by:
+            sibling = path  # that replica's version is the one at the path: keep it
         else:
             # siblings are named path.~REPLICA, or path.~REPLICA.<hash> when that was taken
             # (an exact name first: replica ids may themselves contain dots)
@@ -376,13 +389,15 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
             matches = [s for s in conflict.siblings if s.rpartition(".~")[2] == pick] or \
                 [s for s in conflict.siblings if hashed.fullmatch(s.rpartition(".~")[2])]
             if len(matches) != 1:
-                options = ", ".join(s.rpartition(".~")[2] for s in conflict.siblings) or "none"
+                options = ", ".join([*([conflict.kept_by] if conflict.kept_by else []),
+                                     *(s.rpartition(".~")[2] for s in conflict.siblings)]) or "none"
                 what = "no version" if not matches else f"{len(matches)} versions"
                 raise UsageError(f"{what} of {path!r} from {pick!r}",
                                  hint=f"use ours, theirs, or one of: {options}")
             sibling = matches[0]
-        data = (repo.root / sibling).read_bytes()
-        writer.write_file(path, [data], _executable(repo.root / sibling))
+        if sibling != path:
+            data = (repo.root / sibling).read_bytes()
+            writer.write_file(path, [data], _executable(repo.root / sibling))
         chosen = sibling
     if not conflict.kind.startswith("rename/"):
         for sib in conflict.siblings:

@@ -87,13 +87,13 @@ def test_renamed_and_edited_large_file_is_found_by_shared_chunks(tmp_path: Path)
     b = Repository.init(tmp_path / "b", replica="site-b", repository_id=a.repo_id)
     transfer(a, b, "main", "main")
     b.checkout("main", force=True)
-    edited_a = bytes(big[:100] + b"A" * 10 + big[110:])
-    write(a.root, "old/big.bin", edited_a)
-    (a.root / "data/big.bin").unlink()
-    a.commit("a moves and edits the start")
     edited_b = bytes(big[:-100] + b"B" * 100)
     write(b.root, "data/big.bin", edited_b)
     b.commit("b edits the end")
+    edited_a = bytes(big[:100] + b"A" * 10 + big[110:])
+    write(a.root, "old/big.bin", edited_a)
+    (a.root / "data/big.bin").unlink()
+    a.commit("a moves and edits the start")  # later: a's version keeps the path
     transfer(b, a, "main", "site-b")
     cli = Cli(a.root)
     out = cli("merge", "site-b", "--policy", "siblings").stdout
@@ -102,7 +102,7 @@ def test_renamed_and_edited_large_file_is_found_by_shared_chunks(tmp_path: Path)
     assert "data/big.bin" not in a.flat_tree(a.head())
     listed = json.loads(cli("conflicts", "--json").stdout)
     assert listed == [{"path": "old/big.bin", "kind": "siblings", "siblings": ["old/big.bin.~site-b"],
-                       "source": "tree"}]
+                       "source": "tree", "kept_by": "site-a"}]
 
 
 @pytest.mark.parametrize("policy", ["lww", "siblings"])
@@ -121,7 +121,7 @@ def test_rename_to_two_places_is_a_listed_conflict_and_keeps_the_edit(
     assert a.read("archive/cam2.raw") == blob(1, 3000) == a.read("backup/cam2.raw")
     listed = json.loads(cli("conflicts", "--json").stdout)
     assert listed == [{"path": "images/cam2.raw", "kind": "rename/modify",
-                       "siblings": ["archive/cam2.raw", "backup/cam2.raw"], "source": "tree"}]
+                       "siblings": ["archive/cam2.raw", "backup/cam2.raw"], "source": "tree", "kept_by": None}]
     assert "no conflicts" not in cli("conflicts").stdout
     r = cli("resolve", "images/cam2.raw", "--pick", "ours", ok=False)
     assert r.exit_code == 2 and "archive/cam2.raw" in r.stderr
@@ -146,7 +146,7 @@ def test_renamed_differently_on_both_sides_keeps_both_and_is_listed(sites: tuple
     assert a.log()[0].commit.tree == b.log()[0].commit.tree
     listed = [c.to_json() for c in a.conflicts()]
     assert listed == [{"path": "images/cam2.raw", "kind": "rename/rename",
-                       "siblings": ["archive/cam2.raw", "raw/cam2.raw"], "source": "tree"}]
+                       "siblings": ["archive/cam2.raw", "raw/cam2.raw"], "source": "tree", "kept_by": None}]
     assert a.resolve_conflict("images/cam2.raw", pick="raw/cam2.raw") == "raw/cam2.raw"
     assert not (a.root / "archive/cam2.raw").exists() and (a.root / "raw/cam2.raw").exists()
     a.commit("settled")
@@ -166,7 +166,7 @@ def test_manual_stops_for_an_ambiguous_rename_then_continues(sites: tuple[Reposi
     assert "CONFLICT (rename/modify): images/cam2.raw (renamed to: archive/cam2.raw, backup/cam2.raw)" in r.stderr
     listed = json.loads(cli("conflicts", "--json").stdout)
     assert listed == [{"path": "images/cam2.raw", "kind": "rename/modify",
-                       "siblings": ["archive/cam2.raw", "backup/cam2.raw"], "source": "merge"}]
+                       "siblings": ["archive/cam2.raw", "backup/cam2.raw"], "source": "merge", "kept_by": None}]
     cli("resolve", "images/cam2.raw", "--pick", "backup/cam2.raw")
     cli("merge", "--continue")
     assert a.read("backup/cam2.raw") == blob(2, 3000) and "images/cam2.raw" not in a.flat_tree(a.head())
