@@ -427,10 +427,16 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
                 current[path] = placeholder
         old = current
     touched = {c.path for c in diff_flat(old, new)}
+    # refused before anything is written (or a ref moves), not half-way by the writer; and
+    # first, so the checks below never look through a symlink
+    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
+                                            {p for p in touched if p in old and p not in new})
     if not force:
         in_the_way = {p for p in st.added if p in new_dirs}
         in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
-        dirty_touch = (dirty & touched) | in_the_way
+        # an ignored (so unlisted) file where the update creates a path is a user's file too:
+        # overwriting it would lose it (git treats ignored files as expendable; a data store does not)
+        dirty_touch = (dirty & touched) | in_the_way | _unlisted_files_at(repo, touched - set(old) - dirty, new)
         if dirty_touch - in_the_way:  # a file that already holds what the update writes loses nothing
             ready = {p: e for p, e in disk_entries(repo, dirty_touch - in_the_way).items() if p in new}
             dirty_touch -= set(ready) - {c.path for c in diff_flat(ready, {p: new[p] for p in ready})}
@@ -439,9 +445,6 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
             raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
                                 hint="commit them first, or pass --force to discard them" if can_force
                                 else "commit them (or move them away) first")
-    # refused before anything is written (or a ref moves), not half-way by the writer
-    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
-                                            {p for p in touched if p in old and p not in new})
     if dry_run:
         return st
     apply_changes(repo, old, new, touched, progress)
@@ -454,12 +457,17 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     return st
 
 
+def _unlisted_files_at(repo: Repository, paths: set[str], new: dict[str, Entry]) -> set[str]:
+    """Of ``paths`` the update creates, those where a file (or link) the status did not list
+    already exists: ignored files, which status does not report."""
+    return {p for p in paths if p in new and os.path.lexists(repo.root / p)
+            and not os.path.isdir(repo.root / p)}
+
+
 def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
                                 touched: set[str]) -> set[str]:
-    """Files that are neither tracked nor ignored inside directories the update replaces
-    with a file or symlink: writing it would delete them with the directory.  (Ignored
-    files there are expendable, as in git.)"""
-    ignore = Ignore.load(repo.root)
+    """Untracked files, ignored ones included, inside directories the update replaces
+    with a file or symlink: writing it would delete them with the directory."""
     out: set[str] = set()
     for path in touched:
         if path not in new:
@@ -479,8 +487,6 @@ def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dic
             for de in entries:
                 rel = f"{rel_dir}/{de.name}"
                 is_dir = de.is_dir(follow_symlinks=False)
-                if ignore.ignored(rel, is_dir):
-                    continue
                 if is_dir:
                     stack.append(rel)
                 elif rel not in old:

@@ -525,3 +525,33 @@ def test_checkout_after_a_move_accepts_a_file_that_already_holds_the_new_version
     cli("checkout", "main")
     assert (cli.cwd / "a.txt").read_text() == "from the app\n"
     assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+@pytest.mark.parametrize("how", ["pull", "checkout"])
+def test_an_ignored_local_file_is_never_overwritten(tmp_path: Path, cli: Cli, how: str) -> None:
+    """Site b ignores '*.raw' and keeps a local cam.raw; site a commits its own cam.raw. b's pull
+    (and a checkout of a's commit) used to replace b's file silently: git's "ignored files are
+    expendable" loses data in a data store. Now it is refused like any untracked file in the way."""
+    cli("init", "--replica", "site-a")
+    write(cli.cwd, "notes.txt", "n")
+    cli("commit", "-m", "first")
+    b = Cli(tmp_path / "b")
+    cli("clone", str(cli.cwd), str(b.cwd), "--replica", "site-b")
+    write(b.cwd, ".casyncignore", "*.raw\n")
+    write(b.cwd, "cam.raw", "b's own capture")
+    write(b.cwd, "old/cam.raw", "b's file in a directory a replaces with a file")
+    b("commit", "-m", "b ignores raw files")
+    write(cli.cwd, "cam.raw", "a's capture")
+    write(cli.cwd, "old", "a file where b has a directory")
+    cli("commit", "-m", "a adds cam.raw")
+    b("fetch", "origin")
+    head = b("log", "--json", "-n", "1").stdout
+    r = b("pull", "origin", ok=False) if how == "pull" else b("checkout", "origin/main", ok=False)
+    assert r.exit_code == 1 and "cam.raw" in r.stderr and "Traceback" not in r.stderr
+    assert b("log", "--json", "-n", "1").stdout == head  # refused before anything moved
+    assert (b.cwd / "cam.raw").read_text() == "b's own capture"
+    assert (b.cwd / "old/cam.raw").read_text() == "b's file in a directory a replaces with a file"
+    (b.cwd / "cam.raw").rename(tmp_path / "kept.raw")
+    (b.cwd / "old/cam.raw").rename(tmp_path / "kept2.raw")
+    b("pull", "origin") if how == "pull" else b("checkout", "origin/main")
+    assert (b.cwd / "cam.raw").read_text() == "a's capture"
