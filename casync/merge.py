@@ -394,7 +394,10 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
     merged = _merge_obj(b, o, t, tie, ())
-    return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+    try:
+        return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+    except UnicodeEncodeError:  # an unpaired surrogate escape ("\ud800") has no UTF-8 form: escape all
+        return (json.dumps(merged, sort_keys=True, ensure_ascii=True, indent=2) + "\n").encode()
 
 
 def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,

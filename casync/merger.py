@@ -204,7 +204,13 @@ def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
     with repo.store.writer_lock():
         resolved = set(state.get("resolved", [])) | set(state.get("resolve_wrote", []))
         owned = {c["path"] for c in state["conflicts"]} | {c["sibling"] for c in state["conflicts"] if c["sibling"]}
-        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned | resolved, resolved, progress)
+        head = repo.head()
+        if state.get("written_tree"):
+            abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned | resolved, resolved, progress)
+        elif head is not None:
+            # stopped by a casync that did not record 'written_tree': the conflicted paths and
+            # their siblings go back; what else it merged cleanly stays, shown as modified
+            abort_merge_worktree(repo, repo.tree_of(head), owned | resolved, owned | resolved, progress)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
 
 

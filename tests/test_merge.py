@@ -451,3 +451,12 @@ def test_json_tie_goes_to_the_later_write_of_that_key(pair: tuple[Repository, Re
     a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json"}})
     a.merge("site-b")
     assert json.loads(a.read("conf.json")) == {"rate": 3, "mode": "z"}
+
+
+def test_json_merge_of_an_unpaired_surrogate_escape_is_not_a_traceback() -> None:
+    """'"\\ud800"' is valid JSON but has no UTF-8 form: the merged output used to raise
+    UnicodeEncodeError. It is written with \\u escapes instead, and reads back the same."""
+    base = b'{"a": 0, "s": "\\ud800"}'
+    out = json_merge(base, b'{"a": 1, "s": "\\ud800"}', b'{"a": 0, "s": "\\ud800", "b": 2}', "ours")
+    assert out is not None and json.loads(out) == {"a": 1, "b": 2, "s": "\ud800"}
+    assert b"\\ud800" in out

@@ -555,3 +555,55 @@ def test_an_ignored_local_file_is_never_overwritten(tmp_path: Path, cli: Cli, ho
     (b.cwd / "old/cam.raw").rename(tmp_path / "kept2.raw")
     b("pull", "origin") if how == "pull" else b("checkout", "origin/main")
     assert (b.cwd / "cam.raw").read_text() == "a's capture"
+
+
+def test_merge_abort_of_a_merge_stopped_by_an_older_casync(cli: Cli) -> None:
+    """A merge state without 'written_tree' (written before it was recorded) made abort
+    raise a KeyError traceback. The conflicted path and its sibling go back; the cleanly
+    merged files stay as they are, shown as modified: nothing is lost."""
+    _stopped_merge(cli)
+    with Repository.open(cli.cwd) as repo:
+        raw = repo.store.get("meta", b"merge_state")
+        assert raw is not None
+        state = json.loads(raw)
+        del state["written_tree"]
+        repo.store.put("meta", b"merge_state", json.dumps(state).encode())
+    r = cli("merge", "--abort")
+    assert "Traceback" not in r.stderr
+    assert (cli.cwd / "conflict.txt").read_text() == "ours\n"
+    assert not [p for p in os.listdir(cli.cwd) if p.startswith("conflict.txt.~")]
+    assert (cli.cwd / "merged.txt").read_text() == "theirs\n"  # kept: abort cannot know the merge wrote it
+    assert "merge_in_progress" in (st := json.loads(cli("status", "--json").stdout)) and not st["merge_in_progress"]
+    assert "merged.txt" in st["modified"]
+
+
+def test_a_push_into_a_checked_out_branch_with_a_stopped_merge_is_refused(tmp_path: Path, cli: Cli) -> None:
+    """The push used to move the files under the half-done merge, so '--continue' then built
+    it on the pushed commit. Now it is refused (409 over HTTP) and nothing changes there."""
+    from casync.errors import RefConflict
+    from casync.sync.http import HttpPeer
+    from casync.sync.peer import fetch_from, push_to
+
+    from .conftest import serving
+
+    _stopped_merge(cli)
+    with Repository.open(cli.cwd) as served:
+        b = Repository.init(tmp_path / "b", replica="site-b", repository_id=served.repo_id, bare=True)
+        try:
+            with serving(served, "tok") as srv:
+                peer = HttpPeer(f"http://127.0.0.1:{srv.server_address[1]}", "tok")
+                try:
+                    fetch_from(b, peer, "origin")
+                    b.update_branch("main", None, b.refs.get_ref("remotes/origin/main"), "track")
+                    with b.transaction(branch="main", message="from b") as tx:
+                        tx.write("b.txt", b"from b")
+                    before = served.resolve("main")
+                    with pytest.raises(RefConflict) as err:
+                        push_to(b, peer, "origin", "main")
+                finally:
+                    peer.close()
+            assert "a merge is stopped" in err.value.message and "merge --continue" in (err.value.hint or "")
+            assert served.resolve("main") == before and not (cli.cwd / "b.txt").exists()
+        finally:
+            b.close()
+    assert json.loads(cli("status", "--json").stdout)["merge_in_progress"]

@@ -48,6 +48,7 @@ from casync.errors import (
     InvalidObject,
     RefConflict,
     RemoteError,
+    StateRefused,
     UsageError,
     WorktreeDirty,
 )
@@ -222,6 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(409, exc.message)
         except WorktreeDirty as exc:  # the served repository's files have local edits
             self._error(409, exc.message, "commit or discard the uncommitted changes on that replica, then push again")
+        except StateRefused as exc:  # e.g. a merge stopped there
+            self._error(409, exc.message, exc.hint)
         except (InvalidObject, CorruptBlock, UsageError) as exc:
             self.close_connection = True
             self._error(400, exc.message)
