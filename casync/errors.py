@@ -33,6 +33,7 @@ __all__ = [
     "StateRefused",
     "StorageFull",
     "UnknownRevision",
+    "UnsupportedFormat",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -84,6 +85,11 @@ class InvalidPath(UsageError):
 class StateRefused(CasyncError):
     """The command is well-formed, but the repository's present state refuses it (a merge
     in progress, a detached HEAD, the checked-out branch): the hint says what to change."""
+
+
+class UnsupportedFormat(StateRefused):
+    """The repository was written by a newer casync (config ``format`` above the one this
+    version knows): opening it could misread or damage what the newer version wrote."""
 
 
 class NothingToCommit(CasyncError):

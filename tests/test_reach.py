@@ -10,7 +10,7 @@ from casync import Repository
 from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
 from casync.objects import Commit, HybridTime, encode_commit, encode_directory
 from casync.reach import first_parent_ancestor, skip_depth
-from casync.store.lmdb import _encode_node
+from casync.store.commitgraph import _encode_node
 
 TREE = compute_cid(DAG_PB, encode_directory([]))
 
