@@ -12,6 +12,7 @@ own protocols (head records; one file read once) and are only classified here.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import re
 import time
@@ -138,17 +139,34 @@ class RetryingPeer:
         return retrying(lambda: call(body()), self.retry, may_retry=lambda: not started)
 
     def _stream(self, open_stream: Callable[[], Iterator[tuple[Cid, bytes]]]) -> Iterator[tuple[Cid, bytes]]:
-        delivered: set[Cid] = set()
+        """The blocks of ``open_stream()``, asked for again after a break.  A peer answers the
+        same request with the same stream, so the blocks already delivered are skipped by
+        count, their CIDs checked against a digest of what was delivered (memory stays
+        constant however long the stream; a peer that answers differently is an error, never
+        a silent gap)."""
+        delivered = 0
+        sent = hashlib.blake2b(digest_size=16)
         delays = self.retry.delays()
         attempts = 0
         while True:
             attempts += 1
             stream = open_stream()
+            seen = 0
+            again = hashlib.blake2b(digest_size=16)
             try:
                 for cid, block in stream:
-                    if cid not in delivered:
-                        delivered.add(cid)
-                        yield cid, block
+                    if seen < delivered:
+                        seen += 1
+                        again.update(len(cid).to_bytes(2, "big") + cid)
+                        if seen == delivered and again.digest() != sent.digest():
+                            raise RemoteError(f"{self.url} answered a repeated request with another stream")
+                        continue
+                    sent.update(len(cid).to_bytes(2, "big") + cid)
+                    delivered += 1
+                    seen += 1
+                    yield cid, block
+                if seen < delivered:
+                    raise RemoteError(f"{self.url} answered a repeated request with a shorter stream")
                 return
             except (RemoteError, TruncatedCar, OSError, http.client.HTTPException) as exc:
                 delay = next(delays, None) if _broke(exc) else None
