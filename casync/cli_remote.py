@@ -362,14 +362,9 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
                  token_file=_token_path(obj, token_file) if token_file else None)
             return
     path = os.path.join(obj.directory, directory)
-    try:
-        repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
-                              concurrency=jobs, wait=timeout, retry=retry_policy())
-    except KeyboardInterrupt:
-        if os.path.isdir(os.path.join(path, ".casync")):
-            click.echo(f"the partial clone in {os.path.abspath(path)} is kept: run the same 'casync clone' again "
-                       "to resume", err=True)
-        raise
+    # Ctrl-C: clonestate.CloneInterrupted carries the hint that the partial clone is kept
+    repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
+                          concurrency=jobs, wait=timeout, retry=retry_policy())
     repo.close()
     if as_json:
         _json(res.to_json())

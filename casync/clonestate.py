@@ -159,24 +159,29 @@ class CloneTarget:
             if self.repo.repo_id != repository_id:
                 raise UsageError(f"{self.root} holds an interrupted clone of another repository",
                                  hint="choose another directory")
-            if replica is not None and replica != self.repo.replica:
-                raise UsageError(f"{self.root} holds an interrupted clone as replica {self.repo.replica}, "
-                                 f"not {replica}",
-                                 hint="resume it without --replica (or with that one), or choose another directory")
+            self.refuse_other_replica(replica)
             return self.repo
         self.repo = repo_class.init(self.root, replica=replica, hash=hash, chunker=chunker,
                                     repository_id=repository_id, branch=branch or "main")
         mark_pending(self.repo, self.url, branch)
         return self.repo
 
+    def refuse_other_replica(self, replica: str | None) -> None:
+        """A resumed clone stays the replica it began as (checked before the source is contacted)."""
+        if self.repo is not None and replica is not None and replica != self.repo.replica:
+            raise UsageError(f"{self.root} holds an interrupted clone as replica {self.repo.replica}, not {replica}",
+                             hint="resume it without --replica (or with that one), or choose another directory")
+
     def checkout(self, tip: Cid, branch: str, reason: str, progress: Progress = NULL_PROGRESS) -> None:
         """Check ``tip`` out as ``branch`` (over what a broken-off checkout wrote, if resumed)."""
         repo = self._open_repo()
         new = repo.flat_tree(tip)
         self._written.update(path.split("/", 1)[0] for path in new)
-        update_worktree(repo, {}, new, repo.tree_of(tip), "clone", force=self.resumed, progress=progress, commit=tip)
-        repo.update_branch(branch, repo.refs.get_ref(f"heads/{branch}"), tip, reason)
-        repo.set_head(branch)
+        with repo.store.writer_lock():  # as every checkout: no other writer moves files or refs meanwhile
+            update_worktree(repo, {}, new, repo.tree_of(tip), "clone", force=self.resumed, progress=progress,
+                            commit=tip)
+            repo.update_branch(branch, repo.refs.get_ref(f"heads/{branch}"), tip, reason)
+            repo.set_head(branch)
 
     def finish(self) -> Repository:
         """The clone is complete: no longer pending."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
@@ -49,7 +50,9 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
     clone procedure (:class:`casync.clonestate.CloneTarget`)."""
     t0 = time.monotonic()
     parsed = parse_url(url)
-    with CloneTarget(Path(directory).resolve(), parsed.text) as target, connect(parsed, retry=retry, wait=wait) as node:
+    with CloneTarget(Path(directory).resolve(), parsed.text) as target, contextlib.ExitStack() as stack:
+        target.refuse_other_replica(replica)
+        node = stack.enter_context(connect(parsed, retry=retry, wait=wait))
         repo_id = node.resolve_repo_id()
         errors: list[str] = []
         records = node.records(repo_id, errors=errors)

@@ -235,6 +235,7 @@ def clone_bundle(path: Path, directory: Path, *, replica: str | None = None, bra
         raise UsageError(f"bundle {path} has no branch {wanted!r}",
                          hint=f"it holds: {', '.join(sorted(manifest.refs))}")
     with CloneTarget(directory.resolve(), str(path.resolve())) as target:
+        target.refuse_other_replica(replica)
         repo = target.open(repository_id=manifest.repository_id, replica=replica, hash=manifest.hash,
                            chunker=manifest.chunker, branch=wanted)
         info = read_bundle(repo, path)

@@ -36,6 +36,7 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
     """Clone the peer at ``where`` into ``directory``; its remote ``origin`` keeps
     ``token_file`` (the path, not the token) for later fetches."""
     with CloneTarget(directory, where.url) as target:
+        target.refuse_other_replica(replica)
         peer = open_peer(where, token, retry)
         try:
             info = peer.info()
