@@ -188,8 +188,8 @@ class _Group(click.Group):
             _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE, _wants_json(ctx))
         except OSError as exc:
             _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE, _wants_json(ctx))
-        except KeyboardInterrupt:
-            _fail("interrupted", None, 130, _wants_json(ctx), prefix="")
+        except KeyboardInterrupt as exc:  # a clone's says that its partial copy is kept
+            _fail("interrupted", getattr(exc, "hint", None), 130, _wants_json(ctx), prefix="")
 
 
 def _wants_json(ctx: click.Context) -> bool:

@@ -108,7 +108,8 @@ def _meta_keys() -> dict[str, str]:
 def _ref_namespaces() -> dict[str, str]:
     spaces: dict[str, str] = {}
     for where, call, names in _calls():
-        if "ref" not in _func_name(call).lower() or not call.args:
+        # get_ref, cas_ref, reflog, ref_named...: "ref" as a word of the name (not removeprefix)
+        if not re.search(r"(?:^|_)ref(?:s|log)?(?:_|$)", _func_name(call).lower()) or not call.args:
             continue
         key = _key(call.args[0], names)
         if key is not None and "/" in key:

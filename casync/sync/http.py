@@ -479,7 +479,9 @@ class HttpPeer:
                 raise self._unauthorized(reply.get("reason") if isinstance(reply, dict) else None)
             if resp.status == 409:
                 raise RefConflict(message, hint=str(hint) if hint else "pull (fetch and merge), then push again")
-            raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None)
+            # 502/503/504: a proxy or a server out of connections; a moment later it may answer
+            raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None,
+                              transient=resp.status in (502, 503, 504))
         return resp
 
     def _unauthorized(self, reason: Any) -> RemoteError:
