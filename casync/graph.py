@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from casync.errors import BlockNotFound, UnknownRevision
 from casync.ids import Cid
 from casync.objects import Commit, HybridTime
 from casync.reach import Reach, first_parent_ancestor
@@ -309,7 +310,7 @@ class CommitGraph:
         for h in haves:
             try:
                 self.node(h)
-            except Exception:
+            except (BlockNotFound, UnknownRevision):  # not held, or not a commit
                 continue
             push(h, True)
         for w in wants:

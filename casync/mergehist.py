@@ -22,12 +22,13 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, changed_paths, directories_of, entry_for, read_dir
+from casync.dag import Entry, directories_of, entry_for, read_dir
 from casync.ids import DAG_PB, Cid, cid_codec, cid_str
 from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
 from casync.objects import DirLink, decode_pbnode
 from casync.renames import find_renames
 from casync.repo import Repository
+from casync.walk import changed_paths
 
 __all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
 
@@ -167,9 +168,9 @@ class _History:
         for cid in graph.missing([head], bases):  # exactly the commits since the bases
             node = graph.node(cid)
             if not node.parents:
-                out |= changed_paths(self.repo.blocks, None, node.tree)
+                out |= changed_paths(self.repo.blocks.get, None, node.tree)
                 continue
-            per_parent = [changed_paths(self.repo.blocks, graph.node(p).tree, node.tree) for p in node.parents]
+            per_parent = [changed_paths(self.repo.blocks.get, graph.node(p).tree, node.tree) for p in node.parents]
             out |= set.intersection(*per_parent)
         return frozenset(out)
 
