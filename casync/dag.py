@@ -33,6 +33,7 @@ from casync.objects import (
     decode_unixfs,
     encode_directory,
     encode_symlink,
+    same_entry,
 )
 from casync.store.base import BlockStore
 from casync.validate import validate_name
@@ -324,7 +325,7 @@ def diff_flat(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> list[TreeCh
             out.append(TreeChange(path, "added", None, b))
         elif b is None:
             out.append(TreeChange(path, "deleted", a, None))
-        elif (a.cid, a.kind, a.executable) != (b.cid, b.kind, b.executable):
+        elif not same_entry(a, b):
             out.append(TreeChange(path, "modified", a, b))
     return out
 

@@ -31,6 +31,7 @@ from casync.ids import (
 from casync.validate import is_replica_name
 
 __all__ = [
+    "same_entry",
     "MAX_BLOCK_SIZE",
     "MAX_LINKS_PER_FILE_NODE",
     "UNIXFS_DIRECTORY",
@@ -358,6 +359,14 @@ class Entry:
     tsize: int
     executable: bool = False
 
+
+def same_entry(a: Entry | None, b: Entry | None) -> bool:
+    """The one definition of "unchanged at a path": same CID, kind and exec bit (``tsize``
+    is left out: a working-tree entry may carry another count for the same content), and
+    an absent path equals only an absent path."""
+    if a is None or b is None:
+        return a is b
+    return a.cid == b.cid and a.kind == b.kind and a.executable == b.executable
 
 
 # --- commits (DAG-CBOR) --------------------------------------------------------------------------

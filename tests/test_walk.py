@@ -53,7 +53,7 @@ def test_an_unreadable_parent_tree_is_an_error_not_a_bigger_stream(tmp_path: Pat
 
 
 def test_peer_streams_and_ipfs_push_send_the_same_blocks(tmp_path: Path) -> None:
-    repo, first, second = _two_commits(tmp_path)
+    repo, first, _second = _two_commits(tmp_path)
     with repo:
         data = os.urandom(3 << 20)
         with repo.transaction(branch="main", message="three") as tx:
