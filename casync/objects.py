@@ -26,6 +26,7 @@ from casync.ids import (
     cid_codec,
     cid_str,
     compute_cid,
+    read_varint,
     varint,
 )
 from casync.validate import is_replica_name
@@ -71,26 +72,8 @@ UNIXFS_SYMLINK = 4
 
 # --- protobuf primitives -------------------------------------------------------------------------
 
+_PB_VARINT = "protobuf varint"
 
-
-
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = len(buf)
-    while True:
-        if pos >= end:
-            raise InvalidObject("truncated protobuf varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and shift:
-                raise InvalidObject("non-minimal protobuf varint")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise InvalidObject("protobuf varint too long")
 
 
 def _bytes_field(tag: int, value: bytes) -> bytes:
@@ -106,21 +89,21 @@ def _fields(buf: bytes | memoryview) -> Iterable[tuple[int, int, Any]]:
     pos = 0
     end = len(buf)
     while pos < end:
-        key = buf[pos]  # one-byte keys and lengths (nearly all of them) skip _read_varint
+        key = buf[pos]  # one-byte keys and lengths (nearly all of them) skip read_varint
         if key < 0x80:
             pos += 1
         else:
-            key, pos = _read_varint(buf, pos)
+            key, pos = read_varint(buf, pos, _PB_VARINT)
         tag, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos, _PB_VARINT)
             yield tag, wire, value
         elif wire == 2:
             if pos < end and buf[pos] < 0x80:
                 length = buf[pos]
                 pos += 1
             else:
-                length, pos = _read_varint(buf, pos)
+                length, pos = read_varint(buf, pos, _PB_VARINT)
             if pos + length > end:
                 raise InvalidObject("truncated protobuf field")
             yield tag, wire, bytes(buf[pos : pos + length])
