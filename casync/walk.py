@@ -81,12 +81,10 @@ def held_entries(get: GetBlock, trees: Iterable[Cid]) -> set[Cid]:
     return out
 
 
-class _Visit(NamedTuple):
-    cid: Cid
-    size: int
-    olds: Sequence[Cid]  # what the old trees hold at this path
-    covered: frozenset[Cid] | set[Cid]  # blocks of the old versions of the enclosing file
-    done: bytes | None  # set on the second visit: the children are out, emit the node
+_Visit = tuple[Cid, int, Sequence[Cid], frozenset[Cid] | set[Cid], bytes | None]
+"""A node to walk: CID, size from its link, what the old trees hold at its path, the blocks
+of the old versions of the file it is in, and (on the second visit, once its children are
+out) its bytes, to emit it."""
 
 
 class TreeWalker:
@@ -123,7 +121,7 @@ class TreeWalker:
     def tree(self, root: Cid, olds: Sequence[Cid]) -> Iterator[Block]:
         """The blocks under ``root`` that neither ``olds`` (at the same paths) nor what was
         sent before hold, in post-order."""
-        stack = [_Visit(root, 0, olds, _NOTHING, None)]
+        stack: list[_Visit] = [(root, 0, olds, _NOTHING, None)]
         while stack:
             cid, size, olds, covered, done = stack.pop()
             if done is not None:
@@ -150,15 +148,15 @@ class TreeWalker:
                     same = [m[name] for m in old_dirs if name in m]
                     if not same and cid_codec(link.cid) == DAG_PB and self.receiver_holds(link.cid):
                         continue  # moved or copied: the receiver has it under another path
-                    children.append(_Visit(link.cid, link.tsize or 0, same, _NOTHING, None))
+                    children.append((link.cid, link.tsize or 0, same, _NOTHING, None))
             else:
                 if olds:  # a changed file: the blocks of its old versions are held
                     covered = self._covered(covered, olds)
                     if cid in covered:
                         continue
-                children = [_Visit(link.cid, link.tsize or 0, (), covered, None) for link in node.links]
+                children = [(link.cid, link.tsize or 0, (), covered, None) for link in node.links]
             self.sent.add(cid)
-            stack.append(_Visit(cid, 0, (), _NOTHING, block))
+            stack.append((cid, 0, (), _NOTHING, block))
             stack.extend(reversed(children))
 
     def _dir_map(self, cid: Cid) -> dict[bytes, Cid] | None:
@@ -168,6 +166,8 @@ class TreeWalker:
         return {link.name or b"": link.cid for link in node.links} if _is_dir(node) else None
 
     def _covered(self, covered: frozenset[Cid] | set[Cid], olds: Sequence[Cid]) -> frozenset[Cid] | set[Cid]:
+        if not covered and len(olds) == 1:
+            return self._file_set(olds[0])  # the common case: no copy
         out = set(covered)
         for o in olds:
             out |= self._file_set(o)

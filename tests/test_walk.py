@@ -97,3 +97,22 @@ def test_changed_paths_names_files_of_changed_subtrees_only(tmp_path: Path) -> N
         two = repo.graph.node(repo.resolve("main")).tree
         assert changed_paths(repo.blocks.get, one, two) == {"d/x.txt", "e/z.txt", "e"}
         assert changed_paths(repo.blocks.get, None, one) == {"d/x.txt", "d/y.txt", "e/z.txt"}
+
+
+def test_ipfs_push_of_an_edit_then_a_copy_sends_only_the_new_chunks(tmp_path: Path) -> None:
+    # the push walk went newest commit first: the copy (a new path) was walked before the
+    # edit, against nothing, so every chunk of the file went up again
+    with Repository.init(tmp_path / "r", replica="r") as repo:
+        data = bytearray(os.urandom(4 << 20))
+        with repo.transaction(branch="main", message="file") as tx:
+            tx.write("a/data.bin", bytes(data))
+        pushed = repo.resolve("main")
+        data.insert(len(data) // 2, 7)
+        with repo.transaction(branch="main", message="edit") as tx:
+            tx.write("a/data.bin", bytes(data))
+        with repo.transaction(branch="main", message="copy") as tx:
+            tx.write("b/data.bin", bytes(data))
+        head = repo.resolve("main")
+        exact = set(all_blocks(repo, [head])) - set(all_blocks(repo, [pushed]))
+        assert {c for c, _ in missing_blocks(repo, head, [pushed])} == exact
+        assert len(exact) < 12  # the new chunks, the file's root, directories and commits
