@@ -116,3 +116,24 @@ def test_ipfs_push_of_an_edit_then_a_copy_sends_only_the_new_chunks(tmp_path: Pa
         exact = set(all_blocks(repo, [head])) - set(all_blocks(repo, [pushed]))
         assert {c for c, _ in missing_blocks(repo, head, [pushed])} == exact
         assert len(exact) < 12  # the new chunks, the file's root, directories and commits
+
+
+def test_the_receiver_names_what_is_wrong_with_a_stream_by_type(tmp_path: Path) -> None:
+    from casync.ids import RAW, compute_cid
+    from casync.sync.pack import MissingLink, MissingWant, PackReceiver, StrayBlock, UnwantedCommit
+
+    src, first, second = _two_commits(tmp_path)
+    with src, Repository.init(tmp_path / "dst", replica="dst", repository_id=src.repo_id) as dst:
+        stream = list(blocks_for_commits(src, [first, second]))
+        stray = (compute_cid(RAW, b"stray"), b"stray")
+        cases = [([stray, *stream], None, StrayBlock), (stream[:-1], None, StrayBlock),
+                 (stream[1:], None, MissingLink), (stream, {first}, UnwantedCommit),
+                 (stream, {second, compute_cid(RAW, b"x")}, MissingWant)]
+        for blocks, wants, error in cases:
+            receiver = PackReceiver(dst, wants)
+            with pytest.raises(error):
+                for cid, block in blocks:
+                    receiver.add(cid, block)
+                receiver.finish()
+            receiver.abort()
+        assert not dst.blocks.has(second)

@@ -24,13 +24,26 @@ from casync.objects import decode_commit
 from casync.repo import Repository
 from casync.walk import commit_blocks
 
-__all__ = ["MissingLink", "PackReceiver", "TransferStats", "blocks_for_commits"]
+__all__ = ["MissingLink", "MissingWant", "PackReceiver", "StrayBlock", "TransferStats", "UnwantedCommit",
+           "blocks_for_commits"]
 
 FLUSH_BYTES = 8 << 20
 
 
 class MissingLink(InvalidObject):
     """A received block links to a block neither held nor received before it."""
+
+
+class StrayBlock(InvalidObject):
+    """A received block that no commit of the stream reaches (or the stream stopped before it)."""
+
+
+class UnwantedCommit(InvalidObject):
+    """The stream ends with a commit that was not asked for."""
+
+
+class MissingWant(InvalidObject):
+    """A commit that was asked for did not arrive."""
 
 
 def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
@@ -97,7 +110,7 @@ class PackReceiver:
         if cid_codec(cid) == DAG_CBOR:
             if self._since_commit:
                 stray = next(iter(self._since_commit))
-                raise InvalidObject(f"block {cid_str(stray)} was sent but no commit needs it")
+                raise StrayBlock(f"block {cid_str(stray)} was sent but no commit needs it")
             self._dangling_commits.add(cid)
             self.stats.commits.append(cid)
             self._unflushed_commits.append(cid)
@@ -112,14 +125,14 @@ class PackReceiver:
     def finish(self) -> TransferStats:
         if self._since_commit:
             stray = next(iter(self._since_commit))
-            raise InvalidObject(f"block {cid_str(stray)} was sent but no commit needs it (truncated stream?)")
+            raise StrayBlock(f"block {cid_str(stray)} was sent but no commit needs it (truncated stream?)")
         if self.wants is not None:
             extra = self._dangling_commits - self.wants
             if extra:
-                raise InvalidObject(f"commit {cid_str(next(iter(extra)))} was sent but not asked for")
+                raise UnwantedCommit(f"commit {cid_str(next(iter(extra)))} was sent but not asked for")
             missing = [w for w in self.wants if not self._present(w)]
             if missing:
-                raise InvalidObject(f"commit {cid_str(missing[0])} was asked for but not sent")
+                raise MissingWant(f"commit {cid_str(missing[0])} was asked for but not sent")
         self.repo.blocks.flush()
         return self.stats
 
