@@ -25,7 +25,7 @@ from typing import Any
 from casync.dag import Entry, directories_of, entry_for, read_dir
 from casync.ids import DAG_PB, Cid, cid_codec, cid_str
 from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
-from casync.objects import DirLink, decode_pbnode, same_entry
+from casync.objects import DirLink, decode_pbnode, entry_key, same_entry
 from casync.renames import find_renames
 from casync.repo import Repository
 from casync.walk import changed_paths
@@ -49,11 +49,6 @@ class MergeSide:
 
 def real_side(repo: Repository, cid: Cid) -> MergeSide:
     return MergeSide(repo.flat_tree(cid), (cid,), cid)
-
-
-def _file_version(entry: Entry | None) -> Hashable:
-    return None if entry is None else (entry.cid, entry.executable)
-
 
 
 class _History:
@@ -98,7 +93,7 @@ class _History:
 
     def last_write(self, side: MergeSide, path: str) -> Write:
         """When ``side`` wrote its version of ``path``."""
-        return self._last(side, path, _file_version)
+        return self._last(side, path, entry_key)
 
     def last_key_write(self, side: MergeSide, path: str, keys: tuple[str, ...]) -> Write:
         """When ``side`` wrote its value of one key of the JSON file at ``path``."""

@@ -32,6 +32,7 @@ from casync.ids import (
 from casync.validate import is_replica_name
 
 __all__ = [
+    "entry_key",
     "same_entry",
     "MAX_BLOCK_SIZE",
     "MAX_LINKS_PER_FILE_NODE",
@@ -343,13 +344,16 @@ class Entry:
     executable: bool = False
 
 
+def entry_key(entry: Entry | None) -> tuple[Cid, Kind, bool] | None:
+    """The one definition of what a path holds, as a hashable key: CID, kind and exec bit
+    (``tsize`` is left out: a working-tree entry may carry another count for the same
+    content); None for an absent path."""
+    return None if entry is None else (entry.cid, entry.kind, entry.executable)
+
+
 def same_entry(a: Entry | None, b: Entry | None) -> bool:
-    """The one definition of "unchanged at a path": same CID, kind and exec bit (``tsize``
-    is left out: a working-tree entry may carry another count for the same content), and
-    an absent path equals only an absent path."""
-    if a is None or b is None:
-        return a is b
-    return a.cid == b.cid and a.kind == b.kind and a.executable == b.executable
+    """Whether a path is unchanged between two trees (:func:`entry_key` equal)."""
+    return entry_key(a) == entry_key(b)
 
 
 # --- commits (DAG-CBOR) --------------------------------------------------------------------------
