@@ -130,6 +130,10 @@ class InvalidObject(CasyncError):
     """Bytes that do not decode as the object they claim to be, or break a format rule."""
 
 
+class BadVarint(InvalidObject):
+    """An unsigned varint that is truncated, not minimally encoded, or wider than 64 bits."""
+
+
 class RefConflict(CasyncError):
     """A compare-and-swap ref update lost a race: the ref moved meanwhile."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from casync.errors import UsageError
-from casync.objects import Entry, HybridTime
+from casync.objects import Entry, HybridTime, same_entry
 from casync.renames import RenamePlan
 from casync.validate import is_replica_name
 
@@ -171,11 +171,6 @@ def sibling_name(path: str, replica: str) -> str:
     return f"{path}.~{replica}"
 
 
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.kind, a.executable) == (b.cid, b.kind, b.executable)
-
 
 def lww_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
     """The later HLC time wins.  Times within ``tolerance_ms`` of each other (clock skew
@@ -206,7 +201,7 @@ def merge_trees(inp: MergeInput) -> MergeResult:
     paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
     for path in sorted(paths - handled):
         b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
-        if _same(o, t):
+        if same_entry(o, t):
             if o is not None:
                 result.tree[path] = o
             continue
@@ -220,10 +215,10 @@ def merge_trees(inp: MergeInput) -> MergeResult:
                 if kept is not None:
                     result.tree[path] = kept
                 continue
-        if _same(b, t):
+        if same_entry(b, t):
             if o is not None:
                 result.tree[path] = o
-        elif _same(b, o):
+        elif same_entry(b, o):
             if t is not None:
                 result.tree[path] = t
         else:
@@ -242,7 +237,7 @@ def _apply_renames(inp: MergeInput, result: MergeResult) -> set[str]:
         moved = (inp.ours if carry.renamer == "ours" else inp.theirs)[carry.new]
         edited = (inp.theirs if carry.renamer == "ours" else inp.ours)[carry.old]
         handled |= {carry.old, carry.new}
-        if _same(moved, b):  # a plain rename: the edit goes to the new path
+        if same_entry(moved, b):  # a plain rename: the edit goes to the new path
             result.tree[carry.new] = edited
             result.decisions.append(Decision(carry.new, "rename", "theirs" if carry.renamer == "ours" else "ours"))
         else:  # renamed and edited: both edits meet at the new path
@@ -355,7 +350,7 @@ def _fix_file_directory_clashes(inp: MergeInput, result: MergeResult) -> None:
             dirs.add("/".join(parts[:i]))
     for path in sorted(dirs & set(tree)):
         entry = tree.pop(path)
-        side: Side = "ours" if _same(inp.ours.get(path), entry) else "theirs"
+        side: Side = "ours" if same_entry(inp.ours.get(path), entry) else "theirs"
         replica = (inp.writes.get((path, side)) or Write(HybridTime(0, 0), side)).replica or side
         sib = sibling_name(path, replica)
         tree[sib] = entry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from casync.clock import Order, compare, hlc_next, join, tick
 from casync.graph import CommitGraph
 from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
@@ -139,3 +141,25 @@ def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() 
             assert set(missing) == expected and len(missing) == len(expected)
             position = {c: i for i, c in enumerate(missing)}  # oldest first: parents before children
             assert all(position[p] < position[c] for c in missing for p in d.commits[c].parents if p in position)
+
+
+def test_missing_ignores_haves_it_does_not_hold_but_not_a_corrupt_one() -> None:
+    from casync.errors import BlockNotFound, CorruptBlock
+    from casync.ids import cid_str
+
+    d = Dag()
+    a = d.add("x")
+    b = d.add("x", a)
+    unknown, rotten = compute_cid(DAG_CBOR, b"unknown"), compute_cid(DAG_CBOR, b"rotten")
+
+    def load(cid: Cid) -> Commit:
+        if cid == rotten:
+            raise CorruptBlock(cid_str(cid))
+        if cid not in d.commits:
+            raise BlockNotFound(cid_str(cid))
+        return d.commits[cid]
+
+    graph = CommitGraph(load)
+    assert graph.missing([b], [unknown, a]) == [b]  # a peer's hint we lack: ignored
+    with pytest.raises(CorruptBlock):  # the store's damage is reported, not taken for "not held"
+        graph.missing([b], [rotten])
