@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ import click
 
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.ids import short
+from casync.settings import RemoteEntry, remotes
 
 __all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
 
 
-def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None, base: str = ".",
+def read_token(token_file: Path | None, remote: RemoteEntry | None = None, base: str = ".",
                root: Path | None = None) -> str | None:
     """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file.
 
@@ -28,8 +30,8 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     path = Path(base) / token_file if token_file is not None else None
     if path is None and os.environ.get("CASYNC_TOKEN"):
         return os.environ["CASYNC_TOKEN"]
-    if path is None and remote_cfg and remote_cfg.get("token_file"):
-        path = (root or Path(base)) / remote_cfg["token_file"]
+    if path is None and remote is not None and remote.token_file:
+        path = (root or Path(base)) / remote.token_file
     if path is not None:
         try:
             token = path.read_text().strip()
@@ -41,22 +43,17 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     return os.environ.get("CASYNC_TOKEN") or None
 
 
-def remotes(repo: Any) -> dict[str, dict[str, Any]]:
-    raw = repo.config.get("remotes", {})
-    return raw if isinstance(raw, dict) else {}
-
-
-def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, dict[str, Any] | None]:
+def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, RemoteEntry | None]:
     """(remote name, URL, remote config) for a configured remote name, an http(s) URL or a
     path, without contacting it; an unknown name is a usage error (exit 2).
 
     A relative path is taken relative to the repository root when it comes from the
     config (where it was written), else relative to ``base`` (the -C directory)."""
-    cfg = remotes(repo).get(spec)
+    cfg = remotes(repo.config).get(spec)
     if cfg is None and "/" not in spec and "://" not in spec and not (Path(base) / spec).exists():
         raise UsageError(f"no remote named {spec!r}, and no repository at path {spec!r}",
                          hint="list remotes with 'casync remote -v', or give a URL or a path")
-    url = cfg["url"] if cfg else spec
+    url = cfg.url if cfg else spec
     if not url.startswith(("http://", "https://", "file://", "ipfs+")) and "://" not in url:
         url = str((repo.root / url).resolve()) if cfg else str((Path(base) / url).resolve())
     if url.startswith("ipfs+"):
@@ -158,7 +155,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
     branch = repo.current_branch()
     if branch is None:
         raise StateRefused("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
-    targets = list(peers) or [n for n, c in remotes(repo).items() if not str(c.get("url", "")).startswith("ipfs+")]
+    targets = list(peers) or [n for n, c in remotes(repo.config).items() if not c.url.startswith("ipfs+")]
     if not targets:
         raise UsageError("no peers to sync with", hint="give PEER arguments or add a remote")
     for spec in targets:  # a mistyped peer is a usage error before any peer is contacted
@@ -385,6 +382,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         reopen_pending,
         replicas_in_history,
     )
+    from casync.remote.config import write_remote
     from casync.sync.http import HttpPeer
     from casync.sync.peer import LocalPeer, fetch_from
 
@@ -420,16 +418,13 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
             repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
                                    repository_id=info.repository_id)
             mark_pending(repo, stored_url, branch)
-            origin: dict[str, Any] = {"url": stored_url, "gateway": None}
-            if token_file:
-                origin["token_file"] = token_file
-            repo.set_config("remotes", {"origin": origin})
+            write_remote(repo, "origin", RemoteEntry(stored_url, token_file=token_file or None))
         elif repo.repo_id != info.repository_id:
             raise UsageError(f"{target} holds an interrupted clone of another repository",
                              hint="choose another directory")
         elif token_file:  # a token given on resume replaces the first run's
-            origin = {**remotes(repo).get("origin", {"url": stored_url, "gateway": None}), "token_file": token_file}
-            repo.set_config("remotes", {**remotes(repo), "origin": origin})
+            origin = remotes(repo.config).get("origin", RemoteEntry(stored_url))
+            write_remote(repo, "origin", replace(origin, token_file=token_file))
         chosen = replica is not None
         refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
         result = fetch_from(repo, peer, "origin", obj.progress())
