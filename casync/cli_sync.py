@@ -105,7 +105,7 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
 
     Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
     """
-    from casync.sync.http import serve as make_server
+    from casync.sync.server import serve as make_server
 
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
