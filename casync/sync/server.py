@@ -59,7 +59,7 @@ BUFFER_IN_MEMORY = 8 << 20  # a bigger request body or reply backlog goes to a t
 _BODY_ENDPOINTS = {"/v1/negotiate": MAX_JSON_BODY, "/v1/fetch": MAX_JSON_BODY, "/v1/blocks": MAX_JSON_BODY,
                    "/v1/push": MAX_PUSH_BYTES, "/v1/tags": MAX_PUSH_BYTES}
 _CAR_TYPE = "application/vnd.ipld.car; version=1"
-_REFUSED = "casync.refused"  # environ key: the reply _Gate chose before the body
+_REFUSED = "casync.refused"  # environ key: _Gate's refusal (None: none) decided before the body
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             409: "Conflict", 500: "Internal Server Error"}
@@ -156,8 +156,11 @@ class PeerApp:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         query = environ.get("QUERY_STRING", "")
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        early = environ.get(_REFUSED) or self.refusal(method, path, query, environ.get("HTTP_AUTHORIZATION", ""),
-                                                      length)
+        early: _Reply | None
+        if _REFUSED in environ:  # waitress's _Gate asked refusal() already, on the headers
+            early = environ[_REFUSED]
+        else:
+            early = self.refusal(method, path, query, environ.get("HTTP_AUTHORIZATION", ""), length)
         if early is not None:
             return early
         try:
@@ -238,8 +241,7 @@ class PeerApp:
                 batch = _take(blocks, FETCH_BATCH_BYTES)
 
     def _push(self, query: dict[str, list[str]], body: Any) -> _Reply:
-        branch, old, new = _push_args(query)
-        self.service.check_push(branch, old, new)
+        branch, old, new = _push_args(query)  # refusal() ran check_push before the body came
         with self.lock:
             reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(body, closefd=False), _CHUNK)
             roots = read_header(reader)
@@ -250,8 +252,7 @@ class PeerApp:
 
     def _push_tags(self, query: dict[str, list[str]], body: Any) -> _Reply:
         """``POST /v1/tags?tags={"NAME": "CID", ...}`` with a zstd CAR of the commits they need."""
-        tags = _tag_args(query)
-        self.service.check_push_tags(tags)
+        tags = _tag_args(query)  # refusal() ran check_push_tags before the body came
         with self.lock:
             reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(body, closefd=False), _CHUNK)
             read_header(reader)
@@ -323,9 +324,7 @@ class _Task(WSGITask):
 
     def get_environment(self) -> Any:
         environ = super().get_environment()
-        refused = getattr(self.request, "refused", None)
-        if refused is not None:  # decided on the headers (by _Gate); the body was never read
-            environ[_REFUSED] = refused
+        environ[_REFUSED] = getattr(self.request, "refused", None)  # _Gate's answer on the headers
         return environ
 
     def build_response_header(self) -> bytes:
