@@ -132,7 +132,11 @@ def _read(cfg: Mapping[str, Any], key: str) -> Any:
     raw = cfg.get(key)
     if raw is None:
         return KEYS[key].default
-    KEYS[key].check(raw)
+    try:
+        KEYS[key].check(raw)
+    except UsageError as exc:  # stored already: say how to repair it
+        raise UsageError(f"stored {exc.message}", hint=f"set a good value with 'casync config {key} VALUE', "
+                         f"or remove it with 'casync config {key} --unset'") from None
     return raw
 
 
