@@ -13,13 +13,13 @@ import os
 import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
-
-from pathspec import GitIgnoreSpec
-from pathspec.patterns.gitignore import GitIgnorePatternError
+from typing import TYPE_CHECKING, NamedTuple
 
 from casync.errors import InvalidPath
 from casync.validate import REPO_DIR, is_plain_name, is_reserved_name, split_path, validate_name
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 __all__ = ["IGNORE_FILE", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter", "native_stat_records", "scan"]
 
@@ -46,13 +46,22 @@ def _trim_trailing_spaces(line: str) -> str:
     return line if cut is None else line[:cut]
 
 
-def _valid(line: str) -> bool:
-    """A pattern git could use; git silently skips the others (a lone trailing ``\\``)."""
-    try:
-        GitIgnoreSpec.from_lines([line])
-    except (GitIgnorePatternError, ValueError):
-        return False
-    return True
+def _spec(lines: list[str]) -> tuple[list[str], GitIgnoreSpec]:
+    """The lines git could use (it silently skips the others, such as a lone trailing
+    ``\\``) and their matcher.  pathspec is imported here, once rules exist: it costs
+    ~15 ms, which a command in a tree without ``.casyncignore`` need not pay."""
+    from pathspec import GitIgnoreSpec
+    from pathspec.patterns.gitignore import GitIgnorePatternError
+
+    def usable(line: str) -> bool:
+        try:
+            GitIgnoreSpec.from_lines([line])
+        except (GitIgnorePatternError, ValueError):
+            return False
+        return True
+
+    kept = [line for line in lines if usable(line)]
+    return kept, GitIgnoreSpec.from_lines(kept)
 
 
 class Ignore:
@@ -64,8 +73,11 @@ class Ignore:
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
         kept = (_trim_trailing_spaces(raw.rstrip("\r\n")) for raw in lines)
-        self.rules: list[str] = [line for line in kept if line and not line.startswith("#") and _valid(line)]
-        self._spec = GitIgnoreSpec.from_lines(self.rules)
+        patterns = [line for line in kept if line and not line.startswith("#")]
+        self.rules: list[str] = []
+        self._spec: GitIgnoreSpec | None = None
+        if patterns:
+            self.rules, self._spec = _spec(patterns)
 
     @classmethod
     def load(cls, root: Path) -> Ignore:
@@ -78,7 +90,7 @@ class Ignore:
     def ignored(self, path: str, is_dir: bool) -> bool:
         """Whether a rule ignores ``path`` (``/``-separated, relative to the root); both
         walks (:func:`scan` and the native one) ask this same method."""
-        return self._spec.match_file(f"{path}/" if is_dir else path)
+        return self._spec is not None and self._spec.match_file(f"{path}/" if is_dir else path)
 
     def untracked_only(self, tracked: Callable[[str, bool], bool]) -> UntrackedIgnore:
         """These rules as git applies them: to untracked paths only (see UntrackedIgnore)."""
