@@ -65,3 +65,18 @@ def test_both_walks_take_the_same_ignore_decision_for_escaped_spaces(tmp_path: P
     native = native_stat_records(tmp_path, ignore)
     if native is not None:
         assert b"foo \0" not in native[0] and b"foo\0" in native[0]
+
+
+def test_the_quick_no_rule_matches_answer_agrees_with_pathspec() -> None:
+    """Ignore answers paths no rule matches with one joined regex; every answer must be
+    the one pathspec's GitIgnoreSpec gives."""
+    from pathspec import GitIgnoreSpec
+
+    rules = ["*.log", "!keep.log", "build/", "/top", "a/**/b", "[!x]y?", "data/**", "\\#z", "logs/*.gz", "foo\\ "]
+    paths = ["x.log", "d/keep.log", "build", "build/o", "top", "s/top", "a/b", "a/q/r/b", "zy1", "xy1", "data",
+             "data/1", "#z", "logs/1.gz", "logs/s/1.gz", "foo ", "foo", "plain.txt", "d/e/f.txt"]
+    ignore, spec = Ignore(rules), GitIgnoreSpec.from_lines(rules)
+    for path in paths:
+        for is_dir in (False, True):
+            asked = f"{path}/" if is_dir else path
+            assert ignore.ignored(path, is_dir) is spec.match_file(asked), (path, is_dir)
