@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,35 @@ def test_the_wsgi_application_answers_in_process(served: Repository) -> None:
     status, reply = _call(app, "GET", "/v1/info", token="wrong")
     assert status.startswith("401") and reply["reason"] == "refused"
     assert _call(app, "GET", "/v1/nothing")[0].startswith("404")
+
+
+def test_a_client_that_stops_reading_its_fetch_is_cut_off_and_frees_the_server(served: Repository) -> None:
+    """waitress never times out a connection with a request in progress; the server does,
+    as http.server's socket timeout did, so a stalled site cannot hold a worker for good."""
+    with served.transaction(branch="main", message="big") as tx:
+        tx.write("big.bin", os.urandom(40_000_000))  # more than waitress buffers (16 MiB) for one reply
+    srv = serve(served, TOKEN.encode(), idle_timeout=1)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        with _connect(srv) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            body = json.dumps({"wants": [cid_str(served.refs.get_ref("heads/main") or b"")]}).encode()
+            s.sendall(f"POST /v1/fetch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert s.recv(64).startswith(b"HTTP/1.1 200")  # then it reads no more
+            for _ in range(600):  # until the server gives up on it (its idle timeout is 1 s)
+                if srv.open_connections == 0:
+                    break
+                time.sleep(0.05)
+            assert srv.open_connections == 0
+            received = 0
+            while piece := s.recv(1 << 20):  # what was on its way still arrives, then the end
+                received += len(piece)
+            assert received < 30_000_000  # cut off: far less than the reply
+        assert srv.app.lock.acquire(timeout=30)  # and nothing holds the repository
+        srv.app.lock.release()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(10)

@@ -216,14 +216,14 @@ class HttpPeer:
 _CAR_HEADERS = {"Content-Type": "application/vnd.ipld.car", "Content-Encoding": "zstd"}
 
 
-def _car_body(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]]) -> Iterator[bytes]:
-    """A zstd-compressed CAR of ``blocks``, in pieces of about :data:`_CHUNK` bytes."""
+def _car_body(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]], piece: int = _CHUNK) -> Iterator[bytes]:
+    """A zstd-compressed CAR of ``blocks``, in pieces of about ``piece`` bytes."""
     buf = io.BytesIO()
     comp = zstandard.ZstdCompressor(level=3).stream_writer(buf, closefd=False)
     writer = CarWriter(comp, roots)
     for cid, block in blocks:
         writer.add(cid, block)
-        if buf.tell() >= _CHUNK:
+        if buf.tell() >= piece:
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()

@@ -55,7 +55,8 @@ __all__ = ["MAX_PUSH_BYTES", "PeerApp", "PeerServer", "serve"]
 MAX_PUSH_BYTES = 64 << 30
 FETCH_BATCH_BYTES = 1 << 20
 _REPLY_PIECE = 1 << 20
-BUFFER_IN_MEMORY = 8 << 20  # a bigger request body or reply backlog goes to a temporary file
+BUFFER_IN_MEMORY = 8 << 20
+IDLE_TIMEOUT = 60  # seconds  # a bigger request body or reply backlog goes to a temporary file
 _BODY_ENDPOINTS = {"/v1/negotiate": MAX_JSON_BODY, "/v1/fetch": MAX_JSON_BODY, "/v1/blocks": MAX_JSON_BODY,
                    "/v1/push": MAX_PUSH_BYTES, "/v1/tags": MAX_PUSH_BYTES}
 _CAR_TYPE = "application/vnd.ipld.car; version=1"
@@ -272,22 +273,7 @@ def _json_body(body: Any, length: int) -> Any:
 def _car_reply(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]]) -> _Reply:
     """A 200 with a zstd CAR of ``blocks``, streamed (waitress closes the connection after)."""
     return _Reply(200, [("Content-Type", _CAR_TYPE), ("Content-Encoding", "zstd")],
-                  _pieces(_car_body(roots, blocks), _REPLY_PIECE))
-
-
-def _pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """``chunks`` joined into pieces of about ``size`` bytes: each piece handed to waitress
-    costs a lock and a wake-up of its event loop, so fewer, bigger ones send faster."""
-    held: list[bytes] = []
-    total = 0
-    for chunk in chunks:
-        held.append(chunk)
-        total += len(chunk)
-        if total >= size:
-            yield b"".join(held)
-            held, total = [], 0
-    if held:
-        yield b"".join(held)
+                  _car_body(roots, blocks, _REPLY_PIECE))  # each piece costs waitress a lock and a wake-up
 
 
 # --- waitress -----------------------------------------------------------------------------------
@@ -359,8 +345,9 @@ class PeerServer:
     max_connections = 64
 
     def __init__(self, repo: Repository, token: bytes, bind: tuple[str, int], read_only: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.app = PeerApp(repo, token, read_only, verbose)
+        self.idle_timeout = idle_timeout
         self.service = self.app.service
         listener = socket.create_server(bind)  # the address as given (port 0: a free one); errors here
         gate = type("Gate", (_Gate,), {"app": self.app})
@@ -368,13 +355,30 @@ class PeerServer:
         self._server = cast(Any, create_server(
             self.app, sockets=[listener], threads=8, ident="casync",
             connection_limit=self.max_connections + 16,  # past max_connections: 503 (see _Channel)
-            channel_timeout=60,  # seconds a stalled client may keep its connection
+            channel_timeout=idle_timeout, cleanup_interval=min(30.0, idle_timeout),  # a stalled client's time
             max_request_body_size=MAX_PUSH_BYTES + 1, clear_untrusted_proxy_headers=True,
-            inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY))
+            inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY,
+            outbuf_high_watermark=BUFFER_IN_MEMORY // 2))  # a reply backlog stays in memory, never on disk
         self._server.channel_class = channel
+        self._idle_cleanup = self._server.maintenance
+        self._server.maintenance = self._maintenance
         self.server_address: tuple[str, int] = listener.getsockname()[:2]
         self._stopped = threading.Event()
         self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._server.active_channels)
+
+    def _maintenance(self, now: float) -> None:
+        """waitress closes connections idle for ``channel_timeout``, but never one with a
+        request in progress; a client that stopped reading its fetch would then hold a
+        worker thread for good.  A reply that has not moved for as long is closed too."""
+        self._idle_cleanup(now)
+        for channel in list(self._server.active_channels.values()):
+            if channel.requests and channel.total_outbufs_len and channel.last_activity < now - self.idle_timeout:
+                channel.handle_close()  # (a full socket is never writable: will_close would wait) the
+                # worker waiting to write wakes up and ends with ClientDisconnected
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until :meth:`shutdown` (or Ctrl-C); ``poll_interval`` is accepted for
@@ -417,6 +421,7 @@ class PeerServer:
 
 
 def serve(repo: Repository, token: bytes, host: str = "127.0.0.1", port: int = 0, read_only: bool = False,
-          verbose: bool = False) -> PeerServer:
-    """A bound server, not yet serving (call ``serve_forever``); port 0 picks a free one."""
-    return PeerServer(repo, token, (host, port), read_only, verbose)
+          verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT) -> PeerServer:
+    """A bound server, not yet serving (call ``serve_forever``); port 0 picks a free one.
+    A connection whose client sends or reads nothing for ``idle_timeout`` seconds is closed."""
+    return PeerServer(repo, token, (host, port), read_only, verbose, idle_timeout)
