@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import click
 from casync import remote as rmt
 from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError, UsageError
 from casync.ids import Cid, cid_str, short
+from casync.settings import remotes as configured_remotes
 
 __all__ = ["block_source", "register"]
 
@@ -147,10 +149,8 @@ def _token_path(obj: Any, token_file: str) -> str:
 
 
 def _store_token_file(repo: Any, name: str, path: str | None) -> None:
-    remotes = dict(repo.config.get("remotes", {}))
-    entry = {k: v for k, v in remotes[name].items() if k != "token_file"}
-    remotes[name] = {**entry, "token_file": path} if path else entry
-    repo.set_config("remotes", remotes)
+    entry = configured_remotes(repo.config)[name]
+    rmt.write_remote(repo, name, replace(entry, token_file=path or None))
 
 
 @remote_cmd.command("set-url")

@@ -15,11 +15,12 @@ import click
 
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.ids import short
+from casync.settings import RemoteEntry, remotes
 
 __all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
 
 
-def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None, base: str = ".",
+def read_token(token_file: Path | None, remote: RemoteEntry | None = None, base: str = ".",
                root: Path | None = None) -> str | None:
     """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file.
 
@@ -28,8 +29,8 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     path = Path(base) / token_file if token_file is not None else None
     if path is None and os.environ.get("CASYNC_TOKEN"):
         return os.environ["CASYNC_TOKEN"]
-    if path is None and remote_cfg and remote_cfg.get("token_file"):
-        path = (root or Path(base)) / remote_cfg["token_file"]
+    if path is None and remote is not None and remote.token_file:
+        path = (root or Path(base)) / remote.token_file
     if path is not None:
         try:
             token = path.read_text().strip()
@@ -41,18 +42,13 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     return os.environ.get("CASYNC_TOKEN") or None
 
 
-def remotes(repo: Any) -> dict[str, dict[str, Any]]:
-    raw = repo.config.get("remotes", {})
-    return raw if isinstance(raw, dict) else {}
-
-
-def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, dict[str, Any] | None]:
+def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, RemoteEntry | None]:
     """(remote name, URL, remote config) for a configured remote name, an http(s) URL or a
     path (:func:`casync.sync.transport.locate`), without contacting it; an unknown name or
     an IPFS remote is a usage error (exit 2)."""
     from casync.sync.transport import locate, open_peer
 
-    where = locate(spec, remotes(repo), repo.root, base)
+    where = locate(spec, remotes(repo.config), repo.root, base)
     if where.kind == "ipfs":
         open_peer(where)  # raises: IPFS remotes are for pull / push
     return where.name, where.url, where.config
@@ -70,7 +66,7 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
     from casync.sync.transport import locate
     from casync.sync.transport import open_peer as open_transport
 
-    where = locate(spec, remotes(repo), repo.root, base)
+    where = locate(spec, remotes(repo.config), repo.root, base)
     token = read_token(token_file, where.config, base, repo.root) if where.kind == "http" else None
     return where.name, open_transport(where, token, retry_policy())
 
@@ -99,7 +95,7 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
 
     Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
     """
-    from casync.sync.http import serve as make_server
+    from casync.sync.server import serve as make_server
 
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -149,7 +145,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
     branch = repo.current_branch()
     if branch is None:
         raise StateRefused("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
-    targets = list(peers) or [n for n, c in remotes(repo).items() if not str(c.get("url", "")).startswith("ipfs+")]
+    targets = list(peers) or [n for n, c in remotes(repo.config).items() if not c.url.startswith("ipfs+")]
     if not targets:
         raise UsageError("no peers to sync with", hint="give PEER arguments or add a remote")
     for spec in targets:  # a mistyped peer is a usage error before any peer is contacted

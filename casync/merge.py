@@ -109,27 +109,6 @@ class PolicyRules:
                 return policy
         return self.default
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], override: str | None = None) -> PolicyRules:
-        raw = cfg.get("merge", {})
-        if not isinstance(raw, dict):
-            raise UsageError(f"config 'merge' must be an object, not {raw!r}",
-                             hint="casync config merge.policy siblings, or casync config merge "
-                                  "'{\"policy\": \"lww\", \"rules\": {\"*.json\": \"json\"}}'")
-        default = override if override is not None else raw.get("policy", "lww")
-        check_policy(default)
-        rules_cfg = raw.get("rules", {})
-        if not isinstance(rules_cfg, dict):
-            raise UsageError("config 'merge.rules' must map path globs to policies")
-        rules = () if override is not None else tuple((str(k), str(v)) for k, v in rules_cfg.items())
-        for _glob, policy in rules:
-            check_policy(policy)
-        try:
-            skew = int(raw.get("skew_tolerance_ms", 0))
-        except (TypeError, ValueError):
-            raise UsageError("config 'merge.skew_tolerance_ms' must be a number of milliseconds") from None
-        return cls(default, rules, skew)
-
 
 def check_policy(policy: str) -> None:
     if policy not in POLICIES and not policy.startswith("custom:"):

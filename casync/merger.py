@@ -24,13 +24,13 @@ from casync.ids import Cid, cid_str, parse_cid, short
 from casync.merge import (
     Conflict,
     Decision,
-    PolicyRules,
     ResolverFn,
 )
 from casync.mergehist import merge_sides, real_side
 from casync.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, is_executable
+from casync.settings import merge_rules, priorities
 from casync.workdir import update_worktree
 from casync.workstate import MERGE_STATE_KEY, require_current
 from casync.worktree import WorktreeWriter
@@ -60,8 +60,6 @@ class MergeOutcome:
 
 
 def _priorities(repo: Repository) -> dict[str, int]:
-    from casync.settings import priorities
-
     return priorities(repo.config)  # a bad stored value is a UsageError naming it, not a traceback
 
 
@@ -90,7 +88,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         ours = repo.head()
         theirs = repo.resolve(rev)
         branch = repo.current_branch()
-        rules = PolicyRules.from_config(repo.config, policy)
+        rules = merge_rules(repo.config, policy)  # checked: a bad stored value names itself
         all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:

@@ -54,6 +54,7 @@ from casync.objects import (
     encode_commit,
 )
 from casync.progress import NULL_PROGRESS, Progress
+from casync.settings import author as settings_author
 from casync.settings import check_value
 from casync.store.lmdb import LmdbStore
 from casync.validate import REPO_DIR, is_replica_name, split_path
@@ -352,7 +353,7 @@ class Repository:
         $CASYNC_AUTHOR, then config ``author``, then the login name, then ``unknown``."""
         import getpass
 
-        configured = os.environ.get("CASYNC_AUTHOR") or self.config.get("author")
+        configured = os.environ.get("CASYNC_AUTHOR") or settings_author(self.config)
         if isinstance(configured, str) and configured:
             return configured
         try:

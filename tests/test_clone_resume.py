@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.sync.http import PeerServer
+from casync.sync.server import PeerServer
 
 from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo

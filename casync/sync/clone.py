@@ -4,14 +4,16 @@ clone procedure every remote uses (:class:`casync.clonestate.CloneTarget`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from casync.clonestate import CloneTarget, refuse_replica_in_use, replicas_in_history
 from casync.errors import UsageError
 from casync.progress import NULL_PROGRESS, Progress
+from casync.remote.config import write_remote
 from casync.repo import Repository
+from casync.settings import RemoteEntry, remotes
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy
 from casync.sync.peer import FetchResult, fetch_from
 from casync.sync.transport import Location, open_peer
@@ -43,14 +45,13 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
             resumed = target.resumed
             repo = target.open(repository_id=info.repository_id, replica=replica, hash=info.hash,
                                chunker=info.chunker, branch=branch, repo_class=repo_class)
-            origin: dict[str, Any] = {"url": where.url, "gateway": None}
-            remotes = repo.config.get("remotes", {})
-            if resumed and isinstance(remotes, dict):
-                origin = remotes.get("origin", origin)
+            origin = RemoteEntry(where.url)
+            if resumed:
+                origin = remotes(repo.config).get("origin", origin)
             if token_file:  # a token given on resume replaces the first run's
-                origin = {**origin, "token_file": token_file}
+                origin = replace(origin, token_file=token_file)
             if not resumed or token_file:
-                repo.set_config("remotes", {**(remotes if isinstance(remotes, dict) else {}), "origin": origin})
+                write_remote(repo, "origin", origin)
             chosen = replica is not None
             refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
             result = fetch_from(repo, peer, "origin", progress)

@@ -16,14 +16,15 @@ import hashlib
 import http.client
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from casync.car import TruncatedCar
 from casync.errors import RemoteError, UsageError
 from casync.ids import Cid
+from casync.settings import RemoteEntry
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy, retrying
 from casync.sync.pack import TransferStats
 from casync.sync.peer import LocalPeer, Peer, PeerInfo
@@ -43,10 +44,10 @@ class Location:
     kind: Kind
     url: str
     name: str
-    config: dict[str, Any] | None = None
+    config: RemoteEntry | None = None
 
 
-def locate(spec: str, remotes: dict[str, dict[str, Any]] | None = None, root: Path | None = None,
+def locate(spec: str, remotes: Mapping[str, RemoteEntry] | None = None, root: Path | None = None,
            base: str = ".") -> Location:
     """The :class:`Location` of ``spec`` without contacting it.  A configured remote's
     relative path is taken relative to ``root`` (the repository, where it was written),
@@ -56,7 +57,7 @@ def locate(spec: str, remotes: dict[str, dict[str, Any]] | None = None, root: Pa
     if cfg is None and "/" not in spec and "://" not in spec and not (Path(base) / spec).exists():
         raise UsageError(f"no remote named {spec!r}, and no repository at path {spec!r}",
                          hint="list remotes with 'casync remote -v', or give a URL or a path")
-    url = str(cfg["url"]) if cfg else spec
+    url = cfg.url if cfg else spec
     if url.lower().startswith("ipfs+"):
         return Location("ipfs", url, spec if cfg else _name_for(url), cfg)
     if url.startswith(("http://", "https://")):
