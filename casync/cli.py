@@ -632,11 +632,9 @@ def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
 
 
 def _repair(obj: _Context, remote: str, as_json: bool) -> None:
-    import importlib
-
+    from casync.cli_remote import block_source
     from casync.repair import repair
 
-    block_source = importlib.import_module("casync.cli_remote").block_source
     with block_source(obj, remote) as source:
         result = repair(obj.repo(), source, progress=obj.progress())
     if as_json:
