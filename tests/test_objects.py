@@ -11,7 +11,7 @@ from multiformats import CID
 
 from casync.chunking import FixedChunker, chunker_for
 from casync.dag import FileWriter, iter_file
-from casync.errors import CorruptBlock, InvalidObject
+from casync.errors import CorruptBlock, InvalidObject, UsageError
 from casync.ids import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid, verify_block
 from casync.objects import (
     Commit,
@@ -178,3 +178,24 @@ def test_decode_commit_rejects_unknown_fields_and_garbage() -> None:
         decode_commit(dag_cbor.encode(obj))
     with pytest.raises(InvalidObject, match="not canonical DAG-CBOR"):
         decode_commit(b"\xff\x00garbage")
+
+
+def test_parse_cid_reads_casync_text_cids_without_multiformats() -> None:
+    """The status path reads one recorded CID; importing multiformats for it cost ~30 ms."""
+    import subprocess
+    import sys
+
+    from casync.ids import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid
+
+    cids = [compute_cid(codec, b"x", h) for codec in (RAW, DAG_PB, DAG_CBOR) for h in ("blake3", "sha2-256")]
+    assert all(parse_cid(cid_str(c)) == c for c in cids)
+    code = ("import sys; from casync.ids import parse_cid; "
+            f"assert [parse_cid(t) for t in {[cid_str(c) for c in cids]!r}] == {cids!r}; "
+            "assert 'multiformats' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # other forms still parse through multiformats; a base32 text that is no CID is refused
+    from multiformats import CID
+
+    assert parse_cid(str(CID.decode(cid_str(cids[0])).encode("base58btc"))) == cids[0]
+    with pytest.raises(UsageError):
+        parse_cid("b" + "a" * 58)
