@@ -9,7 +9,6 @@ a directory goes through :mod:`casync.validate`.
 from __future__ import annotations
 
 import io
-import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
@@ -388,10 +387,6 @@ def tree_entry_cids(get: Callable[[Cid], bytes], trees: Iterable[Cid]) -> set[Ci
                 if node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
                     stack.append(node)
     return out
-
-
-def mode_is_executable(st_mode: int) -> bool:
-    return bool(st_mode & stat_mod.S_IXUSR)
 
 
 def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry | None],

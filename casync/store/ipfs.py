@@ -819,12 +819,6 @@ class IpfsBlockStore:
         self.client.close()
 
 
-def codec_name(cid: Cid) -> str:
-    """Kubo's name for a CID's codec (for messages and ``block/put``)."""
-    codec = cid_codec(cid)
-    return _CODEC_NAMES.get(codec, hex(codec))
-
-
 def _hash_name(cid: Cid) -> str:
     """The multihash function of a CID, by the name Kubo's ``mhtype`` takes."""
     from multiformats import CID

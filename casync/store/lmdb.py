@@ -564,15 +564,6 @@ class PackBlockStore:
                 used += len(varint(len(k))) + len(k) + len(varint(length)) + length
         return total, used
 
-    def pack_usage(self) -> dict[int, int]:
-        """Bytes referenced by the index in each pack (for fsck / future repacking)."""
-        usage: dict[int, int] = {}
-        with self._store.env.begin() as txn:
-            for _k, v in txn.cursor(db=self._store.db("index")):
-                pack, _off, length = _LOC.unpack(bytes(v))
-                usage[pack] = usage.get(pack, 0) + length
-        return usage
-
     # --- writing ---------------------------------------------------------------------------
 
     def _open_writer(self) -> None:

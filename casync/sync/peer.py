@@ -17,7 +17,6 @@ history is 3 round trips: info, negotiate, fetch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,7 +455,3 @@ def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, push
         # the peer's view is (its tag, ours): turn it round
         result.conflicts.update({n: (t, o) for n, (o, t) in reply.conflicts.items()})
     return result
-
-
-def remote_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
