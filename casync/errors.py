@@ -31,6 +31,7 @@ __all__ = [
     "RefConflict",
     "RemoteError",
     "StateRefused",
+    "StorageError",
     "StorageFull",
     "UnknownRevision",
     "UsageError",
@@ -132,7 +133,11 @@ class ConflictError(CasyncError):
     """A merge or update stopped because of conflicts the policy left to the user."""
 
 
-class StorageFull(CasyncError):
+class StorageError(CasyncError):
+    """The local store cannot be opened, written or synced (permissions, I/O errors)."""
+
+
+class StorageFull(StorageError):
     """The disk or the LMDB map is full; nothing was committed."""
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import lmdb
 
-from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict, StorageFull
+from casync.errors import BlockNotFound, CasyncError, CorruptBlock, RefConflict, StorageError, StorageFull
 from casync.graph import Node
 from casync.ids import Cid, cid_str, varint, verify_block
 from casync.objects import HybridTime
@@ -71,7 +71,7 @@ _NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parent
 # length-prefixed parents, tree and replica id (see docs/design.md, "commitgraph")
 
 
-def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
+def _open_env(path: Path, create: bool, map_size: int) -> tuple[Any, dict[str, Any]]:
     """py-lmdb allows one Environment per path per process: share it, refcounted.
 
     Named databases are opened once per environment, under the registry lock: opening
@@ -84,11 +84,11 @@ def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
             held[1] += 1
             return held[0], held[2]
         try:
-            env = lmdb.open(key, map_size=INITIAL_MAP_SIZE, max_dbs=16, subdir=True, create=create,
+            env = lmdb.open(key, map_size=map_size, max_dbs=16, subdir=True, create=create,
                             readahead=False)
             dbs = {name: env.open_db(name.encode()) for name in _DB_NAMES}
         except lmdb.Error as exc:
-            raise CasyncError(f"cannot open the store at {key}: {exc}",
+            raise StorageError(f"cannot open the store at {key}: {exc}",
                               hint="check permissions and free disk space") from None
         _ENVS[key] = [env, 1, dbs]
         return env, dbs
@@ -166,14 +166,20 @@ def stat_records_digest(records: bytes | bytearray) -> bytes:
 class LmdbStore:
     """The LMDB environment under ``.casync/`` plus its pack directory."""
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
+    def __init__(self, root: Path, *, create: bool = False, map_size: int = INITIAL_MAP_SIZE,
+                 max_map_size: int = MAX_MAP_SIZE, pack_rotate_bytes: int = PACK_ROTATE_BYTES) -> None:
+        """``map_size`` (the first LMDB map; it doubles when full, up to ``max_map_size``) and
+        ``pack_rotate_bytes`` (a pack this long is closed for a new one) are parameters so
+        tests can reach map growth and pack rotation with small stores."""
         self.root = root
+        self.max_map_size = max_map_size
+        self.pack_rotate_bytes = pack_rotate_bytes
         self.db_path = root / "db"
         self.pack_dir = root / "packs"
         if create:
             self.db_path.mkdir(parents=True, exist_ok=True)
             self.pack_dir.mkdir(parents=True, exist_ok=True)
-        self.env, self._dbs = _open_env(self.db_path, create)
+        self.env, self._dbs = _open_env(self.db_path, create, map_size)
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._thread_lock = threading.RLock()  # flock excludes processes; this, threads
@@ -193,12 +199,12 @@ class LmdbStore:
                     return fn(txn)
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
-                if size >= MAX_MAP_SIZE:
+                if size >= self.max_map_size:
                     raise StorageFull(f"LMDB map at {self.db_path} is full ({size} bytes); nothing was written",
                                       hint="there is no garbage collection yet: 'casync clone' "
                                            "this repository into a new directory for a fresh index that "
                                            "holds only the reachable history") from None
-                self.env.set_mapsize(min(size * 2, MAX_MAP_SIZE))
+                self.env.set_mapsize(min(size * 2, self.max_map_size))
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
@@ -570,7 +576,7 @@ class PackBlockStore:
         meta = self._store.get("meta", b"pack_current")
         number = int(meta) if meta else 1
         path = self._store.pack_dir / f"{number:08d}.pack"
-        if path.exists() and path.stat().st_size >= PACK_ROTATE_BYTES:
+        if path.exists() and path.stat().st_size >= self._store.pack_rotate_bytes:
             number += 1
             path = self._store.pack_dir / f"{number:08d}.pack"
         if meta is None or int(meta) != number:
@@ -654,7 +660,9 @@ class PackBlockStore:
             if exc.errno in _DISK_FULL:
                 raise StorageFull(f"disk full writing pack {self._writer_no:08d}",
                                   hint="free disk space and retry; nothing was committed") from None
-            raise
+            raise StorageError(f"cannot write pack {self._writer_no:08d} in {self._store.pack_dir}: "
+                               f"{exc.strerror or exc}; nothing was committed",
+                               hint="check the disk (dmesg) and the file system, then retry") from None
         offset = self._writer_pos + len(header)
         self._pending[cid] = (self._writer_no, offset, len(data))
         self._writer_pos = offset + len(data)
@@ -688,7 +696,9 @@ class PackBlockStore:
                 self._abort_writes()
                 if exc.errno in _DISK_FULL:
                     raise StorageFull("disk full syncing pack", hint="free disk space and retry") from None
-                raise
+                raise StorageError(f"cannot sync pack {self._writer_no:08d} in {self._store.pack_dir}: "
+                                   f"{exc.strerror or exc}; nothing was committed",
+                                   hint="check the disk (dmesg) and the file system, then retry") from None
             pending = sorted(self._pending.items())
             db = self._store.db("index")
 
@@ -714,7 +724,7 @@ class PackBlockStore:
             # so another writer (process or object) appending meanwhile cannot skew offsets.
             self._writer.close()
             self._writer = None
-            if self._writer_pos >= PACK_ROTATE_BYTES:
+            if self._writer_pos >= self._store.pack_rotate_bytes:
                 self._store.put("meta", b"pack_current", str(self._writer_no + 1).encode())
 
     def discard(self) -> None:
