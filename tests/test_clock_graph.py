@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from casync.clock import Order, compare, hlc_next, join, tick
-from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
-from casync.objects import Commit, HybridTime, encode_commit, encode_directory
+from casync.objects import HybridTime
 
-TREE = compute_cid(DAG_PB, encode_directory([]))
+from .dags import CommitDag
 
 
 def test_compare_all_orders() -> None:
@@ -33,80 +31,53 @@ def test_hlc_monotonic_under_clock_skew() -> None:
     assert hlc_next(6000, t3) == HybridTime(6000, 0)
 
 
-class Dag:
-    def __init__(self) -> None:
-        self.commits: dict[Cid, Commit] = {}
-        self.graph = CommitGraph(self.commits.__getitem__)
-        self.n = 0
-
-    def add(self, replica: str, *parents: Cid) -> Cid:
-        self.n += 1
-        ps = [self.commits[p] for p in parents]
-        c = Commit(tree=TREE, parents=tuple(parents), clock=tick([p.clock for p in ps], replica),
-                   time=HybridTime(self.n, 0), replica=replica, author="t", message=str(self.n),
-                   generation=1 + max((p.generation for p in ps), default=0))
-        cid = compute_cid(DAG_CBOR, encode_commit(c))
-        self.commits[cid] = c
-        return cid
-
-
 def test_walk_is_topological_newest_first() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
-    m = d.add("x", b, c)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
+    m = d.add(b, c, replica="x")
     order = [cid for cid, _ in d.graph.walk([m])]
     assert order[0] == m and order[-1] == a and set(order) == {a, b, c, m}
 
 
 def test_is_ancestor() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
     assert d.graph.is_ancestor(a, b) and d.graph.is_ancestor(a, c)
     assert not d.graph.is_ancestor(b, c) and not d.graph.is_ancestor(c, b)
     assert d.graph.is_ancestor(b, b)
 
 
 def test_merge_base_simple_fork() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    b2 = d.add("x", b)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    b2 = d.add(b, replica="x")
+    c = d.add(a, replica="y")
     assert d.graph.merge_bases(b2, c) == [a]
     assert d.graph.merge_bases(b2, b) == [b]
 
 
 def test_merge_base_criss_cross_returns_both() -> None:
-    d = Dag()
-    root = d.add("x")
-    a1 = d.add("x", root)
-    b1 = d.add("y", root)
-    a2 = d.add("x", a1, b1)  # criss-cross: each side merges the other
-    b2 = d.add("y", b1, a1)
+    d = CommitDag()
+    root = d.add(replica="x")
+    a1 = d.add(root, replica="x")
+    b1 = d.add(root, replica="y")
+    a2 = d.add(a1, b1, replica="x")  # criss-cross: each side merges the other
+    b2 = d.add(b1, a1, replica="y")
     assert sorted(d.graph.merge_bases(a2, b2)) == sorted([a1, b1])
 
 
 def test_clock_concurrency_matches_dag() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
     assert compare(d.commits[b].clock, d.commits[c].clock) is Order.CONCURRENT
     assert compare(d.commits[a].clock, d.commits[b].clock) is Order.BEFORE
-
-
-def _ancestors(d: Dag, cid: Cid) -> set[Cid]:
-    out, stack = {cid}, [cid]
-    while stack:
-        for p in d.commits[stack.pop()].parents:
-            if p not in out:
-                out.add(p)
-                stack.append(p)
-    return out
 
 
 def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() -> None:
@@ -116,17 +87,9 @@ def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() 
 
     rng = random.Random(20261126)
     for _dag in range(25):
-        d = Dag()
-        cids: list[Cid] = []
-        for i in range(rng.randint(5, 60)):
-            if not cids or rng.random() < 0.05:
-                cids.append(d.add(f"r{i % 4}"))
-                continue
-            k = rng.choice([1, 1, 1, 2, 2, 3])
-            window = cids[-rng.randint(1, len(cids)):]
-            parents = list(dict.fromkeys(rng.choice(window) for _ in range(k)))
-            cids.append(d.add(f"r{i % 4}", *parents))
-        anc = {c: _ancestors(d, c) for c in cids}
+        d = CommitDag()
+        cids = d.grow(rng, rng.randint(5, 60), root_chance=0.05, replicas=4)
+        anc = {c: d.ancestors(c) for c in cids}
         for _pair in range(30):
             a, b = rng.choice(cids), rng.choice(cids)
             common = anc[a] & anc[b]
