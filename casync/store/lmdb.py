@@ -208,12 +208,13 @@ class LmdbStore:
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
-                # py-lmdb reports I/O failures as a plain Error carrying strerror's text
-                full = getattr(exc, "errno", None) in _DISK_FULL or any(
-                    os.strerror(code) in str(exc) for code in _DISK_FULL)
-                if full:
+                # py-lmdb reports I/O failures as a plain Error whose ``code`` is the errno
+                if exc.code in _DISK_FULL:
                     raise StorageFull(f"disk full writing {self.db_path} ({exc})",
                                       hint="free disk space and retry; nothing was committed") from None
+                if exc.code > 0:  # an errno (LMDB's own codes are negative: those are bugs)
+                    raise StorageError(f"cannot write {self.db_path}: {exc.reason}; nothing was committed",
+                                       hint="check the disk (dmesg) and the file system, then retry") from None
                 raise
         raise StorageFull(f"LMDB map at {self.db_path} could not grow", hint="free disk space and retry")
 
