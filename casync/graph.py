@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from casync.errors import BlockNotFound, CorruptBlock, InvalidObject
 from casync.ids import Cid
 from casync.objects import Commit, HybridTime
 from casync.reach import Reach, first_parent_ancestor
@@ -289,7 +290,8 @@ class CommitGraph:
         reached from ``haves`` are "uninteresting" and so are their ancestors.  The walk
         ends when only uninteresting commits are queued, so the cost is proportional to
         the commits between the two sides, not to the whole history.  ``haves`` the
-        graph cannot load are ignored (they are hints from a peer).
+        graph does not hold (missing, damaged, not a commit) are ignored: they are hints from a
+        peer.  A store that fails (a remote that is down) raises.
         """
         flags: dict[Cid, bool] = {}  # cid -> uninteresting
         heap: list[tuple[int, Cid]] = []
@@ -309,7 +311,7 @@ class CommitGraph:
         for h in haves:
             try:
                 self.node(h)
-            except Exception:
+            except (BlockNotFound, CorruptBlock, InvalidObject):  # not a commit held here
                 continue
             push(h, True)
         for w in wants:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
+import pytest
+
+from casync import Repository
 from casync.clock import Order, compare, hlc_next, join, tick
-from casync.objects import HybridTime
+from casync.errors import RemoteError
+from casync.graph import CommitGraph
+from casync.objects import HybridTime, decode_commit
+from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
 
 from .dags import CommitDag
 
@@ -102,3 +111,25 @@ def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() 
             assert set(missing) == expected and len(missing) == len(expected)
             position = {c: i for i, c in enumerate(missing)}  # oldest first: parents before children
             assert all(position[p] < position[c] for c in missing for p in d.commits[c].parents if p in position)
+
+
+def test_missing_ignores_haves_it_does_not_hold_but_not_a_store_that_fails(tmp_path: Path) -> None:
+    """A peer's 'have' this repository lacks is a hint to ignore; a store that cannot answer
+    (an IPFS node that is down) is an error, not a reason to send the whole history."""
+    with Repository.init(tmp_path / "r", replica="r", bare=True) as repo:
+        d = CommitDag(repo)
+        a = d.add()
+        b = d.add(a)
+        d.save()
+        stranger = CommitDag().add(replica="elsewhere")
+        assert repo.graph.missing([b], [stranger]) == [a, b]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = IpfsBlockStore(IpfsClient(f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=1)))
+    try:
+        graph = CommitGraph(lambda cid: d.commits[cid] if cid in d.commits else decode_commit(down.get(cid)))
+        with pytest.raises(RemoteError, match="cannot connect"):
+            graph.missing([b], [stranger])
+    finally:
+        down.close()
