@@ -21,6 +21,7 @@ from casync.errors import InvalidObject, RefConflict, RemoteError
 from casync.ids import RAW, cid_str, compute_cid
 from casync.sync.bundle import create_bundle, read_bundle
 from casync.sync.http import HttpPeer, PeerServer
+from casync.sync.pack import blocks_for_commits
 from casync.sync.peer import LocalPeer, fetch_from, push_to
 
 from .conftest import serving, write
@@ -102,6 +103,24 @@ def test_wrong_or_missing_token_is_refused(tmp_path: Path, origin: Repository, s
     conn.request("POST", "/v1/push?branch=main&new=x", body=b"junk", headers={"Authorization": "Bearer nope"})
     assert conn.getresponse().status == 401
     assert origin.branches() == before and b.refs.list_refs() == {}
+
+
+def test_a_large_push_refused_before_its_body_is_read_gets_the_servers_reason(
+        tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    """The server refuses a push with a wrong token (401) and closes before it reads the body:
+    the client, cut off mid-upload, reports that answer, not a broken connection."""
+    b = clone_empty(tmp_path, origin, "b")
+    with b.transaction(branch="main", message="big") as tx:
+        tx.write("big.bin", os.urandom(32 << 20))  # far more than the socket buffers hold
+    new = b.resolve("main")
+    blocks = list(blocks_for_commits(b, [new]))
+    peer = HttpPeer(url(server), "wrong")
+    with pytest.raises(RemoteError, match=r"refused the token \(401\)") as info:
+        peer.push("main", origin.resolve("main"), new, blocks)
+    assert not info.value.transient
+    assert origin.refs.get_ref("heads/main") != new
+    peer.close()
+    b.close()
 
 
 def _post(srv: PeerServer, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
