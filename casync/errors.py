@@ -34,6 +34,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "UnknownRevision",
+    "UnstableFile",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -123,6 +124,10 @@ class CorruptBlock(CasyncError):
 
 class InvalidObject(CasyncError):
     """Bytes that do not decode as the object they claim to be, or break a format rule."""
+
+
+class UnstableFile(CasyncError):
+    """A file kept changing while casync read it for a commit (something is still writing it)."""
 
 
 class RefConflict(CasyncError):
