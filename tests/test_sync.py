@@ -17,7 +17,7 @@ import zstandard
 
 from casync import Repository
 from casync.car import CarWriter
-from casync.errors import InvalidObject, RefConflict, RemoteError
+from casync.errors import InvalidObject, RefConflict, RemoteError, StorageError
 from casync.ids import RAW, cid_str, compute_cid
 from casync.sync.bundle import create_bundle, read_bundle
 from casync.sync.http import HttpPeer, PeerServer
@@ -394,3 +394,14 @@ def test_moved_and_copied_data_is_not_sent_again(tmp_path: Path, origin: Reposit
     assert b.read("archive/logs/day3.txt", rev=cid_str(head)) == origin.read("archive/logs/day3.txt")
     assert b.fsck().ok
     b.close()
+
+
+def test_a_local_peer_whose_store_cannot_be_opened_says_so(tmp_path: Path, origin: Repository) -> None:
+    """Only a path without a repository is 'no casync repository'; a damaged one names its store."""
+    with pytest.raises(RemoteError, match="no casync repository"):
+        LocalPeer(str(tmp_path / "nothing-here"))
+    broken = Repository.init(tmp_path / "broken", replica="x")
+    broken.close()
+    (tmp_path / "broken" / ".casync" / "db" / "data.mdb").write_bytes(b"not an LMDB file" * 1000)
+    with pytest.raises(StorageError, match="cannot open the store"):
+        LocalPeer(str(tmp_path / "broken"))

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 from casync.car import TruncatedCar
 from casync.errors import (
     BlockNotFound,
-    CasyncError,
     CorruptBlock,
     InvalidObject,
+    NotARepository,
     RefConflict,
     RemoteError,
     UsageError,
@@ -241,7 +241,7 @@ class LocalPeer:
         target = Path(path[len("file://"):] if path.startswith("file://") else path)
         try:
             self.repo = Repository.open(target, search_parents=False)
-        except CasyncError:
+        except NotARepository:
             raise RemoteError(f"no casync repository at {target}", hint="check the path of the remote") from None
         self.service = PeerService(self.repo)
 
