@@ -84,8 +84,9 @@ from casync.dag import Entry, update_tree
 from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
 from casync.objects import Commit, HybridTime, encode_commit
 from casync.repo import Repository
-from casync.sync.http import HttpPeer, serve
+from casync.sync.http import HttpPeer
 from casync.sync.peer import LocalPeer, fetch_from
+from casync.sync.server import serve
 
 KIB = 1024
 TOKEN = "bench-sync-token"

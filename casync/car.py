@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 from casync import cbor
 from casync.cbor import Link
-from casync.errors import InvalidObject
-from casync.ids import Cid, varint, verify_block
+from casync.errors import BadVarint, InvalidObject
+from casync.ids import Cid, read_varint, varint, verify_block
 from casync.objects import MAX_BLOCK_SIZE
 
 __all__ = [
@@ -59,10 +59,30 @@ def _header(roots: tuple[Cid, ...]) -> bytes:
 _header(())  # the header of every upload batch, encoded once at import
 
 
+def _section_head(cid: Cid, data: bytes | memoryview) -> bytes:
+    """What precedes a block's bytes in its section: the length prefix and the CID."""
+    return varint(len(cid) + len(data)) + cid
+
+
 def section_size(cid: Cid, data: bytes | memoryview) -> int:
     """Bytes one block takes in a CAR (length prefix included)."""
-    n = len(cid) + len(data)
-    return len(varint(n)) + n
+    return len(_section_head(cid, data)) + len(data)
+
+
+def car_parts(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> list[bytes | memoryview]:
+    """A CAR v1 as a list of byte strings whose concatenation is the archive: the header,
+    then per block its length prefix with the CID, and the block's own bytes (not copied).
+    For writing with ``writelines``-style I/O or as a streamed HTTP body."""
+    out: list[bytes | memoryview] = [encode_header(roots)]
+    for cid, data in blocks:
+        out.append(_section_head(cid, data))
+        out.append(data)
+    return out
+
+
+def encode_car(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> bytes:
+    """A whole CAR v1 in memory (for small archives; use :class:`CarWriter` to stream)."""
+    return b"".join(car_parts(roots, blocks))
 
 
 class CarWriter:
@@ -76,33 +96,11 @@ class CarWriter:
         self.blocks = 0
 
     def add(self, cid: Cid, data: bytes | memoryview) -> None:
-        prefix = varint(len(cid) + len(data))
-        self._out.write(prefix)
-        self._out.write(cid)
+        head = _section_head(cid, data)
+        self._out.write(head)
         self._out.write(data)
-        self.size += len(prefix) + len(cid) + len(data)
+        self.size += len(head) + len(data)
         self.blocks += 1
-
-
-def encode_car(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> bytes:
-    """A whole CAR v1 in memory (for small archives; use :class:`CarWriter` to stream)."""
-    out = bytearray(encode_header(roots))
-    for cid, data in blocks:
-        out += varint(len(cid) + len(data))
-        out += cid
-        out += data
-    return bytes(out)
-
-
-def car_parts(roots: Sequence[Cid], blocks: Iterable[tuple[Cid, bytes | memoryview]]) -> list[bytes | memoryview]:
-    """A CAR v1 as a list of byte strings whose concatenation is the archive: the header,
-    then per block its length prefix with the CID, and the block's own bytes (not copied).
-    For writing with ``writelines``-style I/O or as a streamed HTTP body."""
-    out: list[bytes | memoryview] = [encode_header(roots)]
-    for cid, data in blocks:
-        out.append(varint(len(cid) + len(data)) + cid)
-        out.append(data)
-    return out
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -121,58 +119,39 @@ class _Reader:
         return data
 
     def varint(self, what: str, eof_ok: bool = False) -> int | None:
-        result = 0
-        shift = 0
-        first = True
-        while True:
-            b = self._stream.read(1)
+        """A section or header length: the bytes up to the first without the continuation
+        bit (at most 10, the longest 64-bit varint), decoded by the one varint reader."""
+        read = self._stream.read
+        buf = read(1)
+        if not buf:
+            if eof_ok:
+                return None
+            raise TruncatedCar(f"CAR truncated in {what} length at byte {self.offset}")
+        while buf[-1] & 0x80 and len(buf) < 10:
+            b = read(1)
             if not b:
-                if first and eof_ok:
-                    return None
-                raise TruncatedCar(f"CAR truncated in {what} length at byte {self.offset}")
-            first = False
-            self.offset += 1
-            byte = b[0]
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if byte == 0 and shift:
-                    raise InvalidObject(f"CAR: non-minimal varint in {what} length at byte {self.offset}")
-                return result
-            shift += 7
-            if shift > 63:
-                raise InvalidObject(f"CAR: varint too long in {what} length at byte {self.offset}")
+                raise TruncatedCar(f"CAR truncated in {what} length at byte {self.offset + len(buf)}")
+            buf += b
+        self.offset += len(buf)
+        try:
+            return read_varint(buf, 0)[0]
+        except BadVarint as exc:
+            raise BadVarint(f"CAR: {exc.message} in {what} length at byte {self.offset}") from None
 
 
 def _split_cid(section: bytes, offset: int) -> int:
     """Length of the CIDv1 at the start of ``section`` (strictly parsed)."""
-    pos = 0
-
-    def uvarint() -> int:
-        nonlocal pos
-        result = 0
-        shift = 0
-        while True:
-            if pos >= len(section):
-                raise InvalidObject(f"CAR: truncated CID in the section at byte {offset}")
-            byte = section[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if byte == 0 and shift:
-                    raise InvalidObject(f"CAR: non-minimal varint in the CID at byte {offset}")
-                return result
-            shift += 7
-            if shift > 63:
-                raise InvalidObject(f"CAR: varint too long in the CID at byte {offset}")
-
     if section[:1] == b"\x12":
         raise InvalidObject(f"CAR: CIDv0 block at byte {offset} (casync uses CIDv1 only)")
-    version = uvarint()
-    if version != 1:
-        raise InvalidObject(f"CAR: unsupported CID version {version} at byte {offset}")
-    uvarint()  # codec
-    uvarint()  # multihash function
-    digest_len = uvarint()
+    try:
+        version, pos = read_varint(section, 0)
+        if version != 1:
+            raise InvalidObject(f"CAR: unsupported CID version {version} at byte {offset}")
+        _codec, pos = read_varint(section, pos)
+        _hash, pos = read_varint(section, pos)
+        digest_len, pos = read_varint(section, pos)
+    except BadVarint as exc:
+        raise BadVarint(f"CAR: {exc.message} in the CID at byte {offset}") from None
     if digest_len > 64:
         raise InvalidObject(f"CAR: implausible digest length {digest_len} at byte {offset}")
     pos += digest_len

@@ -188,8 +188,8 @@ class _Group(click.Group):
             _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE, _wants_json(ctx))
         except OSError as exc:
             _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE, _wants_json(ctx))
-        except KeyboardInterrupt:
-            _fail("interrupted", None, 130, _wants_json(ctx), prefix="")
+        except KeyboardInterrupt as exc:  # a clone's says that its partial copy is kept
+            _fail("interrupted", getattr(exc, "hint", None), 130, _wants_json(ctx), prefix="")
 
 
 def _wants_json(ctx: click.Context) -> bool:
@@ -579,6 +579,9 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
     """Switch the working tree and HEAD to BRANCH."""
     repo = obj.repo()
     if create:
+        from casync.workstate import refuse_mid_merge
+
+        refuse_mid_merge(repo, "switch")  # before the branch is made, not after
         if branch_name in repo.branches():
             raise UsageError(f"branch {branch_name!r} already exists")
         head = repo.head()

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import click
 from casync import remote as rmt
 from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError, UsageError
 from casync.ids import Cid, cid_str, short
+from casync.settings import remotes as configured_remotes
 
 __all__ = ["block_source"]
 
@@ -30,7 +32,7 @@ def _json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def _retry() -> rmt.RetryPolicy:
+def retry_policy() -> rmt.RetryPolicy:
     """``CASYNC_REMOTE_ATTEMPTS``: tries per request on transient errors (default 5, with backoff)."""
     raw = os.environ.get("CASYNC_REMOTE_ATTEMPTS")
     if not raw:
@@ -147,10 +149,8 @@ def _token_path(obj: Any, token_file: str) -> str:
 
 
 def _store_token_file(repo: Any, name: str, path: str | None) -> None:
-    remotes = dict(repo.config.get("remotes", {}))
-    entry = {k: v for k, v in remotes[name].items() if k != "token_file"}
-    remotes[name] = {**entry, "token_file": path} if path else entry
-    repo.set_config("remotes", remotes)
+    entry = configured_remotes(repo.config)[name]
+    rmt.write_remote(repo, name, replace(entry, token_file=path or None))
 
 
 @remote_cmd.command("set-url")
@@ -182,7 +182,7 @@ def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
     """Show what remote NAME publishes: every replica's heads, and the index CID."""
     repo = obj.repo()
     r = rmt.get_remote(repo, name).require_ipfs()
-    with rmt.connect(r.url, retry=_retry()) as node:
+    with rmt.connect(r.url, retry=retry_policy()) as node:
         errors: list[str] = []
         records = node.records(repo.repo_id, errors=errors)
         index = node.index_cid(repo.repo_id)
@@ -229,7 +229,7 @@ def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_si
         return
     repo = obj.repo()
     res = rmt.push(repo, remote, branch, force=force, progress=obj.progress(), batch_bytes=batch_size << 20,
-                   measure=as_json, retry=_retry())
+                   measure=as_json, retry=retry_policy())
     if as_json:
         _json(res.to_json())
         return
@@ -276,7 +276,7 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
     if hook is not None:
         hook(obj, remote, as_json=as_json, token_file=token_file)
         return
-    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=_retry())
+    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy())
     if as_json:
         _json(res.to_json())
     else:
@@ -310,7 +310,7 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
         hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file)
         return
     res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
-                   retry=_retry(), policy=policy)
+                   retry=retry_policy(), policy=policy)
     if as_json:
         _json(res.to_json())
     else:
@@ -362,14 +362,9 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
                  token_file=_token_path(obj, token_file) if token_file else None)
             return
     path = os.path.join(obj.directory, directory)
-    try:
-        repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
-                              concurrency=jobs, wait=timeout, retry=_retry())
-    except KeyboardInterrupt:
-        if os.path.isdir(os.path.join(path, ".casync")):
-            click.echo(f"the partial clone in {os.path.abspath(path)} is kept: run the same 'casync clone' again "
-                       "to resume", err=True)
-        raise
+    # Ctrl-C: clonestate.CloneInterrupted carries the hint that the partial clone is kept
+    repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
+                          concurrency=jobs, wait=timeout, retry=retry_policy())
     repo.close()
     if as_json:
         _json(res.to_json())
@@ -391,7 +386,7 @@ def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
     GATEWAY is the remote's --gateway, else the one its node reports (Addresses.Gateway).
     """
     repo = obj.repo()
-    click.echo(rmt.gateway_url(repo, spec, remote_name, retry=_retry()))
+    click.echo(rmt.gateway_url(repo, spec, remote_name, retry=retry_policy()))
     commit = repo.entry_at(spec if ":" in spec else spec + ":")[0]
     if not rmt.is_published(repo, commit, remote_name):
         click.echo(f"warning: {short(commit)} has not been pushed to this remote (as far as this replica "
@@ -415,7 +410,7 @@ def block_source(obj: Any, spec: str) -> Iterator[Any]:
         with hook(obj, spec) as source:
             yield source
         return
-    with rmt.connect(url, retry=_retry()) as node:
+    with rmt.connect(url, retry=retry_policy()) as node:
         store = node.block_store()
 
         def copies(cids: list[Cid]) -> Iterable[tuple[Cid, bytes]]:

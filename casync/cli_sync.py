@@ -15,11 +15,12 @@ import click
 
 from casync.errors import EXIT_FAILURE, CasyncError, ConflictError, RefConflict, StateRefused, UsageError
 from casync.ids import short
+from casync.settings import RemoteEntry, remotes
 
 __all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
 
 
-def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None, base: str = ".",
+def read_token(token_file: Path | None, remote: RemoteEntry | None = None, base: str = ".",
                root: Path | None = None) -> str | None:
     """The bearer token: --token-file, else CASYNC_TOKEN, else the remote's token_file.
 
@@ -28,8 +29,8 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     path = Path(base) / token_file if token_file is not None else None
     if path is None and os.environ.get("CASYNC_TOKEN"):
         return os.environ["CASYNC_TOKEN"]
-    if path is None and remote_cfg and remote_cfg.get("token_file"):
-        path = (root or Path(base)) / remote_cfg["token_file"]
+    if path is None and remote is not None and remote.token_file:
+        path = (root or Path(base)) / remote.token_file
     if path is not None:
         try:
             token = path.read_text().strip()
@@ -41,41 +42,33 @@ def read_token(token_file: Path | None, remote_cfg: dict[str, Any] | None = None
     return os.environ.get("CASYNC_TOKEN") or None
 
 
-def remotes(repo: Any) -> dict[str, dict[str, Any]]:
-    raw = repo.config.get("remotes", {})
-    return raw if isinstance(raw, dict) else {}
-
-
-def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, dict[str, Any] | None]:
+def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, RemoteEntry | None]:
     """(remote name, URL, remote config) for a configured remote name, an http(s) URL or a
-    path, without contacting it; an unknown name is a usage error (exit 2).
+    path (:func:`casync.sync.transport.locate`), without contacting it; an unknown name or
+    an IPFS remote is a usage error (exit 2)."""
+    from casync.sync.transport import locate, open_peer
 
-    A relative path is taken relative to the repository root when it comes from the
-    config (where it was written), else relative to ``base`` (the -C directory)."""
-    cfg = remotes(repo).get(spec)
-    if cfg is None and "/" not in spec and "://" not in spec and not (Path(base) / spec).exists():
-        raise UsageError(f"no remote named {spec!r}, and no repository at path {spec!r}",
-                         hint="list remotes with 'casync remote -v', or give a URL or a path")
-    url = cfg["url"] if cfg else spec
-    if not url.startswith(("http://", "https://", "file://", "ipfs+")) and "://" not in url:
-        url = str((repo.root / url).resolve()) if cfg else str((Path(base) / url).resolve())
-    if url.startswith("ipfs+"):
-        raise UsageError(f"{spec} is an IPFS remote; 'casync sync' talks to peers (casync serve, paths)",
-                         hint="use 'casync pull' / 'casync push' for IPFS remotes")
-    if not url.startswith(("http://", "https://", "file://")) and "://" in url:
-        raise UsageError(f"unknown URL scheme in {url!r}", hint="use http(s)://HOST:PORT, a path, or file://PATH")
-    return (spec if cfg else _name_for(url)), url, cfg
+    where = locate(spec, remotes(repo.config), repo.root, base)
+    if where.kind == "ipfs":
+        open_peer(where)  # raises: IPFS remotes are for pull / push
+    return where.name, where.url, where.config
+
+
+def retry_policy() -> Any:
+    from casync.cli_remote import retry_policy as policy
+
+    return policy()
 
 
 def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") -> tuple[str, Any]:
-    """(remote name, peer) for :func:`peer_target`'s ``spec``; see :func:`read_token`."""
-    from casync.sync.http import HttpPeer
-    from casync.sync.peer import LocalPeer
+    """(remote name, peer) for :func:`peer_target`'s ``spec``, retried with backoff on a
+    link that drops (``CASYNC_REMOTE_ATTEMPTS``); see :func:`read_token`."""
+    from casync.sync.transport import locate
+    from casync.sync.transport import open_peer as open_transport
 
-    name, url, cfg = peer_target(repo, spec, base)
-    if url.startswith(("http://", "https://")):
-        return name, HttpPeer(url, read_token(token_file, cfg, base, repo.root))
-    return name, LocalPeer(url)
+    where = locate(spec, remotes(repo.config), repo.root, base)
+    token = read_token(token_file, where.config, base, repo.root) if where.kind == "http" else None
+    return where.name, open_transport(where, token, retry_policy())
 
 
 @contextlib.contextmanager
@@ -87,12 +80,6 @@ def peer_block_source(obj: Any, spec: str) -> Iterator[Any]:
         yield peer.blocks
     finally:
         peer.close()
-
-
-def _name_for(url: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_")[:60] or "peer"
 
 
 @click.command()
@@ -108,7 +95,7 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
 
     Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
     """
-    from casync.sync.http import serve as make_server
+    from casync.sync.server import serve as make_server
 
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -158,7 +145,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
     branch = repo.current_branch()
     if branch is None:
         raise StateRefused("sync needs a branch checked out (HEAD is detached)", hint="casync switch main")
-    targets = list(peers) or [n for n, c in remotes(repo).items() if not str(c.get("url", "")).startswith("ipfs+")]
+    targets = list(peers) or [n for n, c in remotes(repo.config).items() if not c.url.startswith("ipfs+")]
     if not targets:
         raise UsageError("no peers to sync with", hint="give PEER arguments or add a remote")
     for spec in targets:  # a mistyped peer is a usage error before any peer is contacted
@@ -372,105 +359,27 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
 
 def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,
                as_json: bool = False, token_file: str | None = None) -> None:
-    """A new replica of a peer's repository: same repository id, hash and chunker."""
-    import shutil
-
+    """A new replica of a peer's repository (or of a bundle file's): same repository id,
+    hash and chunker (:func:`casync.sync.clone.clone_peer`)."""
     from casync.api import Repository
-    from casync.clonestate import (
-        clear_pending,
-        is_resumable_failure,
-        kept_hint,
-        mark_pending,
-        refuse_replica_in_use,
-        reopen_pending,
-        replicas_in_history,
-    )
-    from casync.sync.http import HttpPeer
-    from casync.sync.peer import LocalPeer, fetch_from
+    from casync.sync.clone import clone_peer as clone
+    from casync.sync.transport import locate
 
     target = (Path(obj.directory) / directory).resolve()
-    if "://" not in url and (Path(obj.directory) / url).is_file():
-        _clone_bundle(obj, Path(obj.directory) / url, target, replica, branch, as_json)
-        return
-    if url.startswith(("http://", "https://")):
-        stored_url = url
-    elif url.startswith("file://") or "://" not in url:
-        source = url[len("file://"):] if url.startswith("file://") else url
-        stored_url = str((Path(obj.directory) / source).resolve())
-    else:
+    if url.lower().startswith("ipfs+") or ("://" in url and not url.startswith(("http://", "https://", "file://"))):
         raise UsageError(f"unsupported clone URL {url!r}", hint="use ipfs+http://, http(s)://, or a path")
-    resumed = reopen_pending(target, stored_url)  # an interrupted clone of the same URL: go on
-    repo = resumed[0] if resumed else None
+    where = locate(url if "://" in url else str((Path(obj.directory) / url).resolve()), base=obj.directory)
+    if where.kind == "bundle":
+        _clone_bundle(obj, Path(where.url), target, replica, branch, as_json)
+        return
+    token = read_token(Path(token_file) if token_file else None) if where.kind == "http" else None
+    repo, done = clone(where, target, token=token, token_file=token_file, replica=replica, branch=branch,
+                       progress=obj.progress(), retry=retry_policy(), repo_class=Repository)
     try:
-        peer: Any = HttpPeer(url, read_token(Path(token_file) if token_file else None)) \
-            if url.startswith(("http://", "https://")) else LocalPeer(stored_url)
-    except BaseException:
-        if repo is not None:
-            repo.close()
-        raise
-    created = not target.exists()
-    if repo is not None and replica is not None and replica != repo.replica:
-        repo.close()
-        peer.close()
-        raise UsageError(f"{target} holds an interrupted clone as replica {repo.replica}, not {replica}",
-                         hint="resume it without --replica (or with that one), or choose another directory")
-    try:
-        info = peer.info()
-        if repo is None:
-            repo = Repository.init(target, replica=replica, hash=info.hash, chunker=info.chunker,
-                                   repository_id=info.repository_id)
-            mark_pending(repo, stored_url, branch)
-            origin: dict[str, Any] = {"url": stored_url, "gateway": None}
-            if token_file:
-                origin["token_file"] = token_file
-            repo.set_config("remotes", {"origin": origin})
-        elif repo.repo_id != info.repository_id:
-            raise UsageError(f"{target} holds an interrupted clone of another repository",
-                             hint="choose another directory")
-        elif token_file:  # a token given on resume replaces the first run's
-            origin = {**remotes(repo).get("origin", {"url": stored_url, "gateway": None}), "token_file": token_file}
-            repo.set_config("remotes", {**remotes(repo), "origin": origin})
-        chosen = replica is not None
-        refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
-        result = fetch_from(repo, peer, "origin", obj.progress())
-        refuse_replica_in_use(repo.replica, replicas_in_history(repo, info.refs.values()), info.repository_id,
-                              chosen=chosen)
-        wanted = branch or (resumed[1].get("branch") if resumed else None) or \
-            ("main" if "main" in info.refs else next(iter(sorted(info.refs)), None))
-        if wanted is not None:
-            tip = repo.refs.get_ref(f"remotes/origin/{wanted}")
-            if tip is None:
-                raise UsageError(f"{url} has no branch {wanted!r}")
-            from casync.workdir import update_worktree
-
-            # a resumed clone checks out over what a broken-off checkout already wrote
-            update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=obj.progress(),
-                            force=resumed is not None, commit=tip)
-            repo.update_branch(wanted, repo.refs.get_ref(f"heads/{wanted}"), tip, f"clone from {url}")
-            repo.set_head(wanted)
-        clear_pending(repo)
-        data = {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": wanted,
-                **result.to_json()}
-        _emit(as_json, data, f"cloned {url} into {repo.root} (replica {repo.replica}"
-              + (f", branch {wanted})" if wanted else ", empty)"))
-    except BaseException as exc:
-        if repo is not None:
-            repo.close()
-            repo = None
-            if resumed is not None or is_resumable_failure(exc):  # a resumed clone never deletes
-                if isinstance(exc, KeyboardInterrupt):
-                    click.echo(f"the partial clone in {target} is kept: run the same 'casync clone' again to "
-                               "resume", err=True)
-                raise kept_hint(target, exc) from None
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            shutil.rmtree(target / ".casync", ignore_errors=True)
-        raise
+        _emit(as_json, done.to_json(repo), f"cloned {url} into {repo.root} (replica {repo.replica}"
+              + (f", branch {done.branch})" if done.branch else ", empty)"))
     finally:
-        peer.close()
-        if repo is not None:
-            repo.close()
+        repo.close()
 
 
 def _clone_bundle(obj: Any, path: Path, target: Path, replica: str | None, branch: str | None,

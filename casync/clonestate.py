@@ -1,29 +1,38 @@
-"""Resumable clones: over a slow, flaky link an interrupted first copy must not be lost.
+"""One clone procedure for every kind of remote (IPFS node, ``casync serve``, a path, a
+bundle file): where it writes, how it resumes, and what a failure leaves.
 
-A clone marks its new repository (``meta/clone_pending``: the source URL and branch) from
-``init`` until the checkout is done.  If the transfer breaks (a network error, Ctrl-C),
-the directory and every verified block in it stay; running the same ``casync clone``
-again finds the mark, reopens the repository and fetches only what is still missing
-(both fetch paths stop at blocks already held), then checks out over whatever a broken-off
-checkout left.  A first run's errors that a retry cannot fix (no such repository, a
-replica id already taken) remove the directory; a resumed run never deletes anything.
+:class:`CloneTarget` is the destination.  A clone marks its new repository
+(``meta/clone_pending``: the source URL and branch) from ``init`` until the checkout is
+done.  If the transfer breaks (a network error, Ctrl-C, a full disk), the directory and
+every verified block in it stay and the error's hint says so; running the same
+``casync clone`` again finds the mark, reopens the repository and fetches only what is
+still missing (every fetch path stops at blocks already held), then checks out over
+whatever a broken-off checkout left.  A first run's errors that a retry cannot fix (no
+such repository or branch, a replica id already taken, a damaged block) remove what the
+clone wrote, and only that: its ``.casync`` directory and the paths its checkout began to
+write (the directory itself if the clone made it); a resumed run never deletes anything.
 A repository someone went on using by hand (a branch, a commit) is no longer resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from casync.errors import CasyncError, RemoteError, UsageError
 from casync.ids import Cid
+from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.validate import REPO_DIR
+from casync.workdir import update_worktree
 
-__all__ = ["clear_pending", "is_resumable_failure", "kept_hint", "mark_pending", "refuse_replica_in_use",
-           "replicas_in_history", "reopen_pending"]
+__all__ = ["CloneInterrupted", "CloneTarget", "clear_pending", "is_resumable_failure", "kept_hint", "mark_pending",
+           "refuse_replica_in_use", "replicas_in_history", "reopen_pending"]
 
 _KEY = b"clone_pending"
 
@@ -68,11 +77,22 @@ def is_resumable_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, CasyncError)
 
 
+class CloneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a clone, with the hint that says the partial clone is kept."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
 def kept_hint(root: Path, exc: BaseException) -> BaseException:
-    """``exc`` with a hint that the partial clone was kept and how to resume it."""
+    """``exc`` with a hint that the partial clone was kept and how to resume it (Ctrl-C
+    becomes a :class:`CloneInterrupted` that carries it)."""
     resume = f"the partial clone in {root} is kept: run the same 'casync clone' again to resume"
     if isinstance(exc, CasyncError):
         exc.hint = f"{exc.hint}; {resume}" if exc.hint else resume
+    elif isinstance(exc, KeyboardInterrupt) and not isinstance(exc, CloneInterrupted):
+        return CloneInterrupted(resume)
     return exc
 
 
@@ -99,3 +119,92 @@ def refuse_replica_in_use(replica: str, in_use: Iterable[str], repo_id: str, *, 
                               "it out for a new one")
     raise UsageError(f"replica id {replica} is already used in repository {repo_id}",  # vanishingly unlikely
                      hint="run the clone again (a new id is drawn)")
+
+
+class CloneTarget:
+    """The directory a clone writes into, resumed or new; use it as a context manager
+    around the whole clone, so that every failure is handled by one rule (module doc)."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.created = not root.exists()
+        resumed = reopen_pending(root, url)  # a usage error if root holds anything else
+        self.resumed = resumed is not None
+        self.repo: Repository | None = resumed[0] if resumed else None
+        self.state: dict[str, Any] = resumed[1] if resumed else {}
+        self._written: set[str] = set()  # top-level names a checkout began to write
+
+    def __enter__(self) -> CloneTarget:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            return
+        if self.repo is not None:
+            self.repo.close()
+            self.repo = None
+            if self.resumed or is_resumable_failure(exc):
+                kept = kept_hint(self.root, exc)
+                if kept is not exc:
+                    raise kept from None
+                return  # re-raised as it is, its hint extended
+        self._remove()
+
+    def open(self, *, repository_id: str, replica: str | None, hash: str, chunker: str,
+             branch: str | None, repo_class: type[Repository] = Repository) -> Repository:
+        """The resumed repository (checked against the source), or a new one, marked pending."""
+        if self.repo is not None:
+            if self.repo.repo_id != repository_id:
+                raise UsageError(f"{self.root} holds an interrupted clone of another repository",
+                                 hint="choose another directory")
+            self.refuse_other_replica(replica)
+            return self.repo
+        self.repo = repo_class.init(self.root, replica=replica, hash=hash, chunker=chunker,
+                                    repository_id=repository_id, branch=branch or "main")
+        mark_pending(self.repo, self.url, branch)
+        return self.repo
+
+    def refuse_other_replica(self, replica: str | None) -> None:
+        """A resumed clone stays the replica it began as (checked before the source is contacted)."""
+        if self.repo is not None and replica is not None and replica != self.repo.replica:
+            raise UsageError(f"{self.root} holds an interrupted clone as replica {self.repo.replica}, not {replica}",
+                             hint="resume it without --replica (or with that one), or choose another directory")
+
+    def checkout(self, tip: Cid, branch: str, reason: str, progress: Progress = NULL_PROGRESS) -> None:
+        """Check ``tip`` out as ``branch`` (over what a broken-off checkout wrote, if resumed)."""
+        repo = self._open_repo()
+        new = repo.flat_tree(tip)
+        self._written.update(path.split("/", 1)[0] for path in new)
+        with repo.store.writer_lock():  # as every checkout: no other writer moves files or refs meanwhile
+            update_worktree(repo, {}, new, repo.tree_of(tip), "clone", force=self.resumed, progress=progress,
+                            commit=tip)
+            repo.update_branch(branch, repo.refs.get_ref(f"heads/{branch}"), tip, reason)
+            repo.set_head(branch)
+
+    def finish(self) -> Repository:
+        """The clone is complete: no longer pending."""
+        repo = self._open_repo()
+        clear_pending(repo)
+        return repo
+
+    def _open_repo(self) -> Repository:
+        if self.repo is None:
+            raise UsageError("clone target is not open")
+        return self.repo
+
+    def _remove(self) -> None:
+        """Undo a failed first run: what the clone wrote, nothing else."""
+        if not self.root.exists():
+            return
+        for name in [REPO_DIR, *sorted(self._written)]:
+            path = self.root / name
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()  # only if empty: anything else there is not ours

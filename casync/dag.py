@@ -32,6 +32,7 @@ from casync.objects import (
     decode_unixfs,
     encode_directory,
     encode_symlink,
+    same_entry,
 )
 from casync.store.base import BlockStore
 from casync.validate import validate_name
@@ -45,7 +46,6 @@ __all__ = [
     "Kind",
     "TreeChange",
     "build_tree",
-    "changed_paths",
     "diff_flat",
     "directories_of",
     "entry_for",
@@ -56,7 +56,6 @@ __all__ = [
     "validated_links",
     "read_symlink",
     "lookup",
-    "tree_entry_cids",
     "update_tree",
     "file_size",
     "walk_dag",
@@ -325,7 +324,7 @@ def diff_flat(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> list[TreeCh
             out.append(TreeChange(path, "added", None, b))
         elif b is None:
             out.append(TreeChange(path, "deleted", a, None))
-        elif (a.cid, a.kind, a.executable) != (b.cid, b.kind, b.executable):
+        elif not same_entry(a, b):
             out.append(TreeChange(path, "modified", a, b))
     return out
 
@@ -369,26 +368,6 @@ def directories_of(paths: Iterable[str]) -> set[str]:
     return out
 
 
-def tree_entry_cids(get: Callable[[Cid], bytes], trees: Iterable[Cid]) -> set[Cid]:
-    """The trees and every directory and file root at any depth under them: whoever holds
-    these trees' closures holds each of these whole.  Reads directories and the root node
-    of multi-chunk files, never file contents.  Senders use it to see that an entry at a
-    new path (a moved or copied file or directory) is already on the other side."""
-    out = {t for t in trees if cid_codec(t) == DAG_PB}
-    stack = [decode_pbnode(get(t)) for t in out]
-    while stack:
-        for link in stack.pop().links:
-            child = link.cid
-            if child in out:
-                continue
-            out.add(child)
-            if cid_codec(child) == DAG_PB:
-                node = decode_pbnode(get(child))
-                if node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
-                    stack.append(node)
-    return out
-
-
 def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry | None],
                 hash_name: str) -> Entry:
     """Apply ``{path: Entry or None (delete)}`` to the tree ``root``; return the new root.
@@ -429,28 +408,3 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
     if not links:
         return Entry(cid, "dir", 0)  # tsize 0 marks "empty": the parent drops it
     return Entry(cid, "dir", len(block) + sum(link.tsize for link in links.values()))
-
-
-def changed_paths(store: BlockStore, old: Cid | None, new: Cid | None, prefix: str = "") -> set[str]:
-    """Paths of files and symlinks that differ between two trees (either may be None).
-
-    Walks both trees together and skips identical subtrees by CID, so the cost is
-    proportional to the change, not to the tree.
-    """
-    if old == new:
-        return set()
-    old_links = {link.name: link for link in read_dir(store, old)} if old is not None else {}
-    new_links = {link.name: link for link in read_dir(store, new)} if new is not None else {}
-    out: set[str] = set()
-    for name in old_links.keys() | new_links.keys():
-        a, b = old_links.get(name), new_links.get(name)
-        if a is not None and b is not None and a.cid == b.cid:
-            continue
-        path = f"{prefix}{name}"
-        a_dir = a is not None and entry_for(store, a.cid, a.tsize).kind == "dir"
-        b_dir = b is not None and entry_for(store, b.cid, b.tsize).kind == "dir"
-        if a_dir or b_dir:
-            out |= changed_paths(store, a.cid if a_dir and a else None, b.cid if b_dir and b else None, path + "/")
-        if (a is not None and not a_dir) or (b is not None and not b_dir):
-            out.add(path)
-    return out

@@ -35,6 +35,7 @@ __all__ = [
     "StorageFull",
     "UnknownRevision",
     "UnstableFile",
+    "UnsupportedFormat",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -88,6 +89,11 @@ class StateRefused(CasyncError):
     in progress, a detached HEAD, the checked-out branch): the hint says what to change."""
 
 
+class UnsupportedFormat(StateRefused):
+    """The repository was written by a newer casync (config ``format`` above the one this
+    version knows): opening it could misread or damage what the newer version wrote."""
+
+
 class NothingToCommit(CasyncError):
     """The working tree matches HEAD; not an error for scripts that check first."""
 
@@ -128,6 +134,10 @@ class InvalidObject(CasyncError):
 
 class UnstableFile(CasyncError):
     """A file kept changing while casync read it for a commit (something is still writing it)."""
+
+
+class BadVarint(InvalidObject):
+    """An unsigned varint that is truncated, not minimally encoded, or wider than 64 bits."""
 
 
 class RefConflict(CasyncError):

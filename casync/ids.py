@@ -21,7 +21,7 @@ import blake3
 
 # multiformats is imported where it is used: it costs ~50 ms at start-up, and the hot
 # paths (hashing, text CIDs, cached prefixes) never need it.
-from casync.errors import CorruptBlock, UsageError
+from casync.errors import BadVarint, CorruptBlock, UsageError
 
 __all__ = [
     "DAG_CBOR",
@@ -38,6 +38,7 @@ __all__ = [
     "parse_cid",
     "short",
     "is_cid",
+    "read_varint",
     "varint",
     "verify_block",
 ]
@@ -94,6 +95,28 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def read_varint(buf: bytes | memoryview, pos: int, what: str = "varint") -> tuple[int, int]:
+    """The unsigned varint at ``buf[pos:]`` and the position after it.  The one reader for
+    every format casync decodes (protobuf, CIDs, CAR lengths): minimal encodings of at
+    most 64 bits only, else :class:`BadVarint` naming ``what``."""
+    result = 0
+    shift = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise BadVarint(f"truncated {what}")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if b == 0 and shift:
+                raise BadVarint(f"non-minimal {what}")
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise BadVarint(f"{what} too long")
 
 
 def digest_fn(hash_name: str) -> Callable[[bytes | memoryview], bytes]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from casync.errors import UsageError
-from casync.objects import Entry, HybridTime
+from casync.objects import Entry, HybridTime, same_entry
 from casync.renames import RenamePlan
 from casync.validate import is_replica_name
 
@@ -66,6 +66,7 @@ class Conflict:
     theirs: Entry | None
     sibling: str | None = None  # where the other version was kept, for siblings/manual
     targets: tuple[str, ...] = ()  # rename conflicts: the paths the file was renamed to
+    kept_by: str | None = None  # siblings: the replica whose version stayed at the path
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,27 +109,6 @@ class PolicyRules:
                 return policy
         return self.default
 
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], override: str | None = None) -> PolicyRules:
-        raw = cfg.get("merge", {})
-        if not isinstance(raw, dict):
-            raise UsageError(f"config 'merge' must be an object, not {raw!r}",
-                             hint="casync config merge.policy siblings, or casync config merge "
-                                  "'{\"policy\": \"lww\", \"rules\": {\"*.json\": \"json\"}}'")
-        default = override if override is not None else raw.get("policy", "lww")
-        check_policy(default)
-        rules_cfg = raw.get("rules", {})
-        if not isinstance(rules_cfg, dict):
-            raise UsageError("config 'merge.rules' must map path globs to policies")
-        rules = () if override is not None else tuple((str(k), str(v)) for k, v in rules_cfg.items())
-        for _glob, policy in rules:
-            check_policy(policy)
-        try:
-            skew = int(raw.get("skew_tolerance_ms", 0))
-        except (TypeError, ValueError):
-            raise UsageError("config 'merge.skew_tolerance_ms' must be a number of milliseconds") from None
-        return cls(default, rules, skew)
-
 
 def check_policy(policy: str) -> None:
     if policy not in POLICIES and not policy.startswith("custom:"):
@@ -170,11 +150,6 @@ def sibling_name(path: str, replica: str) -> str:
     return f"{path}.~{replica}"
 
 
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.kind, a.executable) == (b.cid, b.kind, b.executable)
-
 
 def lww_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
     """The later HLC time wins.  Times within ``tolerance_ms`` of each other (clock skew
@@ -205,7 +180,7 @@ def merge_trees(inp: MergeInput) -> MergeResult:
     paths = set(inp.base) | set(inp.ours) | set(inp.theirs)
     for path in sorted(paths - handled):
         b, o, t = inp.base.get(path), inp.ours.get(path), inp.theirs.get(path)
-        if _same(o, t):
+        if same_entry(o, t):
             if o is not None:
                 result.tree[path] = o
             continue
@@ -219,10 +194,10 @@ def merge_trees(inp: MergeInput) -> MergeResult:
                 if kept is not None:
                     result.tree[path] = kept
                 continue
-        if _same(b, t):
+        if same_entry(b, t):
             if o is not None:
                 result.tree[path] = o
-        elif _same(b, o):
+        elif same_entry(b, o):
             if t is not None:
                 result.tree[path] = t
         else:
@@ -241,7 +216,7 @@ def _apply_renames(inp: MergeInput, result: MergeResult) -> set[str]:
         moved = (inp.ours if carry.renamer == "ours" else inp.theirs)[carry.new]
         edited = (inp.theirs if carry.renamer == "ours" else inp.ours)[carry.old]
         handled |= {carry.old, carry.new}
-        if _same(moved, b):  # a plain rename: the edit goes to the new path
+        if same_entry(moved, b):  # a plain rename: the edit goes to the new path
             result.tree[carry.new] = edited
             result.decisions.append(Decision(carry.new, "rename", "theirs" if carry.renamer == "ours" else "ours"))
         else:  # renamed and edited: both edits meet at the new path
@@ -323,12 +298,19 @@ def _keep_both(inp: MergeInput, result: MergeResult, path: str, b: Entry | None,
         result.tree[path] = kept
         conflict = Conflict(path, kind, b, o, t, None)
     else:
-        sib = sibling_name(path, wt.replica or "theirs")
+        # 'manual' shows ours at the path (the person merging decides); 'siblings' keeps the
+        # lww winner there and the other write beside it, so two replicas merging the same
+        # heads in opposite directions build the same tree (and the next sync nests nothing)
+        keep_ours = policy == "manual" or lww_winner(wo, wt, inp.rules.skew_tolerance_ms) == "ours"
+        kept, other, other_write = (o, t, wt) if keep_ours else (t, o, wo)
+        fallback = "theirs" if keep_ours else "ours"
+        sib = sibling_name(path, other_write.replica or fallback)
         if sib in inp.ours or sib in inp.theirs:
-            sib = sibling_name(path, f"{wt.replica or 'theirs'}.{t.cid.hex()[-8:]}")
-        result.tree[path] = o
-        result.tree[sib] = t
-        conflict = Conflict(path, kind, b, o, t, sib)
+            sib = sibling_name(path, f"{other_write.replica or fallback}.{other.cid.hex()[-8:]}")
+        result.tree[path] = kept
+        result.tree[sib] = other
+        kept_by = None if policy == "manual" else ((wo if keep_ours else wt).replica or None)
+        conflict = Conflict(path, kind, b, o, t, sib, kept_by=kept_by)
     if policy == "manual":
         result.conflicts.append(conflict)
     else:
@@ -347,7 +329,7 @@ def _fix_file_directory_clashes(inp: MergeInput, result: MergeResult) -> None:
             dirs.add("/".join(parts[:i]))
     for path in sorted(dirs & set(tree)):
         entry = tree.pop(path)
-        side: Side = "ours" if _same(inp.ours.get(path), entry) else "theirs"
+        side: Side = "ours" if same_entry(inp.ours.get(path), entry) else "theirs"
         replica = (inp.writes.get((path, side)) or Write(HybridTime(0, 0), side)).replica or side
         sib = sibling_name(path, replica)
         tree[sib] = entry
@@ -386,7 +368,10 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
     merged = _merge_obj(b, o, t, tie, ())
-    return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+    try:
+        return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+    except UnicodeEncodeError:  # an unpaired surrogate escape ("\ud800") has no UTF-8 form: escape all
+        return (json.dumps(merged, sort_keys=True, ensure_ascii=True, indent=2) + "\n").encode()
 
 
 def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,

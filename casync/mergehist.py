@@ -22,12 +22,13 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import Entry, changed_paths, directories_of, entry_for, read_dir
+from casync.dag import Entry, directories_of, entry_for, read_dir
 from casync.ids import DAG_PB, Cid, cid_codec, cid_str
 from casync.merge import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
-from casync.objects import DirLink, decode_pbnode
+from casync.objects import DirLink, decode_pbnode, entry_key, same_entry
 from casync.renames import find_renames
 from casync.repo import Repository
+from casync.walk import changed_paths
 
 __all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
 
@@ -50,16 +51,6 @@ def real_side(repo: Repository, cid: Cid) -> MergeSide:
     return MergeSide(repo.flat_tree(cid), (cid,), cid)
 
 
-def _file_version(entry: Entry | None) -> Hashable:
-    return None if entry is None else (entry.cid, entry.executable)
-
-
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.executable) == (b.cid, b.executable)
-
-
 class _History:
     """Lookups over the repository's commits, cached for one merge (and its virtual ones)."""
 
@@ -72,6 +63,17 @@ class _History:
         self._json: dict[Cid, Any] = {}
         self._dirs: dict[Cid, dict[str, DirLink]] = {}
         self._kinds: dict[Cid, Entry] = {}
+        self._sides: dict[Cid, MergeSide] = {}
+        # virtual bases by (bases, depth): criss-cross histories (replicas that sync with
+        # each other) reach the same sets of bases again and again, so without this the
+        # recursion is exponential in the number of criss-crosses
+        self.virtual: dict[tuple[tuple[Cid, ...], int], MergeSide | None] = {}
+
+    def side(self, cid: Cid) -> MergeSide:
+        """:func:`real_side`, each commit's tree flattened once per merge."""
+        if cid not in self._sides:
+            self._sides[cid] = real_side(self.repo, cid)
+        return self._sides[cid]
 
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
@@ -102,7 +104,7 @@ class _History:
 
     def last_write(self, side: MergeSide, path: str) -> Write:
         """When ``side`` wrote its version of ``path``."""
-        return self._last(side, path, _file_version)
+        return self._last(side, path, entry_key)
 
     def last_key_write(self, side: MergeSide, path: str, keys: tuple[str, ...]) -> Write:
         """When ``side`` wrote its value of one key of the JSON file at ``path``."""
@@ -157,8 +159,9 @@ class _History:
         for parent in side.parents:
             out |= self.touched(parent, bases)
         a, b = (p.flat for p in side.parents)
-        out |= {path for path in set(side.flat) | set(a) | set(b)
-                if not _same(side.flat.get(path), a.get(path)) and not _same(side.flat.get(path), b.get(path))}
+        here = side.flat
+        out |= {path for path in set(here) | set(a) | set(b)
+                if not same_entry(here.get(path), a.get(path)) and not same_entry(here.get(path), b.get(path))}
         return frozenset(out)
 
     def _commit_touched(self, head: Cid, bases: tuple[Cid, ...]) -> frozenset[str]:
@@ -167,9 +170,9 @@ class _History:
         for cid in graph.missing([head], bases):  # exactly the commits since the bases
             node = graph.node(cid)
             if not node.parents:
-                out |= changed_paths(self.repo.blocks, None, node.tree)
+                out |= changed_paths(self.repo.blocks.get, None, node.tree)
                 continue
-            per_parent = [changed_paths(self.repo.blocks, graph.node(p).tree, node.tree) for p in node.parents]
+            per_parent = [changed_paths(self.repo.blocks.get, graph.node(p).tree, node.tree) for p in node.parents]
             out |= set.intersection(*per_parent)
         return frozenset(out)
 
@@ -218,7 +221,7 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     for carry in renames.carries:
         renamer, other = (ours, theirs) if carry.renamer == "ours" else (theirs, ours)
         settled |= {carry.old, carry.new}
-        if not _same(renamer.flat[carry.new], base_flat[carry.old]):  # renamed and edited: a conflict at new
+        if not same_entry(renamer.flat[carry.new], base_flat[carry.old]):  # renamed and edited: a conflict at new
             writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
             writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
     settled |= {c.old for c in renames.conflicts if c.kind == "rename/modify"}
@@ -228,10 +231,10 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     clashes = {p for p in theirs.flat if p in dirs_ours} | {p for p in ours.flat if p in dirs_theirs}
     for path in (set(ours.flat) | set(theirs.flat) | set(base_flat)) - settled:
         b, o, t = base_flat.get(path), ours.flat.get(path), theirs.flat.get(path)
-        if _same(o, t):
+        if same_entry(o, t):
             continue
         both = path in touched_o and path in touched_t
-        if both or (not _same(b, o) and not _same(b, t)) or path in clashes:
+        if both or (not same_entry(b, o) and not same_entry(b, t)) or path in clashes:
             writes[(path, "ours")] = hist.last_write(ours, path)
             writes[(path, "theirs")] = hist.last_write(theirs, path)
 
@@ -253,13 +256,21 @@ def _store(repo: Repository, data: bytes) -> Entry:
 
 def _virtual_base(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
                   resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
+    key = (bases, depth)
+    if key not in hist.virtual:
+        hist.virtual[key] = _fold_bases(hist, bases, rules, resolvers, depth)
+    return hist.virtual[key]
+
+
+def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
+                resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
     if not bases:
         return None
-    acc = real_side(hist.repo, bases[0])
+    acc = hist.side(bases[0])
     if depth >= MAX_DEPTH:
         return acc
     for cid in bases[1:]:
-        other = real_side(hist.repo, cid)
+        other = hist.side(cid)
         sub, _ = _merge(hist, acc, other, rules, resolvers, depth + 1)
         tree = dict(sub.tree)
         for c in sub.conflicts:  # what 'manual' leaves to a person: a marker no side holds

@@ -24,12 +24,13 @@ from casync.ids import Cid, cid_str, parse_cid, short
 from casync.merge import (
     Conflict,
     Decision,
-    PolicyRules,
     ResolverFn,
 )
 from casync.mergehist import merge_sides, real_side
+from casync.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, is_executable
+from casync.settings import merge_rules, priorities
 from casync.workdir import update_worktree
 from casync.workstate import MERGE_STATE_KEY, require_current
 from casync.worktree import WorktreeWriter
@@ -59,8 +60,6 @@ class MergeOutcome:
 
 
 def _priorities(repo: Repository) -> dict[str, int]:
-    from casync.settings import priorities
-
     return priorities(repo.config)  # a bad stored value is a UsageError naming it, not a traceback
 
 
@@ -89,7 +88,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         ours = repo.head()
         theirs = repo.resolve(rev)
         branch = repo.current_branch()
-        rules = PolicyRules.from_config(repo.config, policy)
+        rules = merge_rules(repo.config, policy)  # checked: a bad stored value names itself
         all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:
@@ -143,6 +142,9 @@ def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
     kept = {c.path: c.sibling for c in siblings if c.sibling is not None}
     if kept:
         meta["casync.siblings"] = json.dumps(kept, sort_keys=True)
+    kept_by = {c.path: c.kept_by for c in siblings if c.sibling is not None and c.kept_by}
+    if kept_by:  # whose version stayed at the path: 'resolve --pick REPLICA' finds it there
+        meta["casync.kept"] = json.dumps(kept_by, sort_keys=True)
     renames = {c.path: {"kind": c.kind, "targets": list(c.targets)} for c in siblings if c.targets}
     if renames:
         meta["casync.renames"] = json.dumps(renames, sort_keys=True)
@@ -183,7 +185,8 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
                             hint="pick a version with 'casync resolve PATH --pick ours|theirs' first")
     with repo.store.writer_lock():
         cid = commit_worktree(repo, message or state["message"], allow_empty=True,
-                              extra_parents=(parse_cid(state["theirs"]),))
+                              extra_parents=(parse_cid(state["theirs"]),),
+                              merged_tree=parse_cid(state["written_tree"]) if state.get("written_tree") else None)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
         return cid
 
@@ -197,8 +200,15 @@ def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
         raise StateRefused("no merge in progress", hint="nothing to continue or abort; 'casync conflicts' lists any "
                            "sibling versions left to resolve")
     with repo.store.writer_lock():
+        resolved = set(state.get("resolved", [])) | set(state.get("resolve_wrote", []))
         owned = {c["path"] for c in state["conflicts"]} | {c["sibling"] for c in state["conflicts"] if c["sibling"]}
-        abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned, set(state.get("resolved", [])), progress)
+        head = repo.head()
+        if state.get("written_tree"):
+            abort_merge_worktree(repo, parse_cid(state["written_tree"]), owned | resolved, resolved, progress)
+        elif head is not None:
+            # stopped by a casync that did not record 'written_tree': the conflicted paths and
+            # their siblings go back; what else it merged cleanly stays, shown as modified
+            abort_merge_worktree(repo, repo.tree_of(head), owned | resolved, owned | resolved, progress)
         repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
 
 
@@ -217,9 +227,11 @@ class OpenConflict:
     kind: str
     siblings: tuple[str, ...]
     source: str  # "merge" (a merge in progress) or "tree" (siblings committed in HEAD)
+    kept_by: str | None = None  # the replica whose version is at the path (siblings merges record it)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "siblings": list(self.siblings), "source": self.source}
+        return {"path": self.path, "kind": self.kind, "siblings": list(self.siblings), "source": self.source,
+                "kept_by": self.kept_by}
 
 
 def list_conflicts(repo: Repository) -> list[OpenConflict]:
@@ -242,14 +254,29 @@ def list_conflicts(repo: Repository) -> list[OpenConflict]:
     head = repo.head()
     if head is not None:
         flat = repo.flat_tree(head)
-        for path, sibs in sorted(_recorded_siblings(repo, head, flat).items()):
+        kept_by: dict[str, str] = {}
+        for path, sibs in sorted(_recorded_siblings(repo, head, flat, kept_by).items()):
             if path not in seen:
-                out.append(OpenConflict(path, "siblings", tuple(sibs), "tree"))
+                out.append(OpenConflict(path, "siblings", tuple(sibs), "tree", kept_by.get(path)))
                 seen.add(path)
         for path, (kind, targets) in sorted(_recorded_renames(repo, head, flat).items()):
             if path not in seen:
                 out.append(OpenConflict(path, kind, targets, "tree"))
     return out
+
+
+def _recorded(repo: Repository, cid: Cid, key: str) -> dict[str, Any]:
+    """A merge commit's ``meta[key]`` record ({} if none, or unreadable).  The raw block is
+    searched for the key first (DAG-CBOR spells map keys out), so the many merges that
+    record nothing are not decoded: 'casync conflicts' walks the whole history."""
+    raw = repo.blocks.get(cid)
+    if key.encode() not in raw:
+        return {}
+    try:
+        recorded = json.loads(decode_commit(raw, cid).meta.get(key, "{}"))
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
@@ -263,13 +290,7 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.renames", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, rec in recorded.items():
+        for path, rec in _recorded(repo, cid, "casync.renames").items():
             if path in found or path in settled or not isinstance(rec, dict):
                 continue
             kind, targets = rec.get("kind"), rec.get("targets")
@@ -284,10 +305,12 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     return found
 
 
-def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -> dict[str, list[str]]:
+def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry],
+                       kept_by: dict[str, str] | None = None) -> dict[str, list[str]]:
     """``{path: [sibling paths]}`` for sibling versions that merges recorded (commit
     metadata ``casync.siblings``) and HEAD's tree still holds.  A file that merely has
-    ``.~`` in its name is the user's, not a conflict."""
+    ``.~`` in its name is the user's, not a conflict.  ``kept_by`` gets, per path, the
+    replica whose version the newest such merge left at the path (``casync.kept``)."""
     candidates = {p for p in flat if ".~" in p.rpartition("/")[2]}
     found: dict[str, set[str]] = {}
     if not candidates:
@@ -296,16 +319,13 @@ def _recorded_siblings(repo: Repository, head: Cid, flat: Mapping[str, Entry]) -
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        try:
-            recorded = json.loads(repo.load_commit(cid).meta.get("casync.siblings", "{}"))
-        except ValueError:
-            continue
-        if not isinstance(recorded, dict):
-            continue
-        for path, sib in recorded.items():
+        kept = _recorded(repo, cid, "casync.kept") if kept_by is not None else {}
+        for path, sib in _recorded(repo, cid, "casync.siblings").items():
             if isinstance(sib, str) and sib in candidates:
                 found.setdefault(str(path), set()).add(sib)
                 left.discard(sib)
+                if kept_by is not None and isinstance(kept.get(path), str):
+                    kept_by.setdefault(str(path), kept[path])
         if not left:
             break
     return {path: sorted(sibs) for path, sibs in found.items()}
@@ -364,6 +384,8 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
                 raise UsageError(f"{path!r} has {len(conflict.siblings)} sibling versions",
                                  hint="pick one by replica: --pick REPLICA")
             sibling = conflict.siblings[0]
+        elif pick is not None and pick == conflict.kept_by:
+            sibling = path  # that replica's version is the one at the path: keep it
         else:
             # siblings are named path.~REPLICA, or path.~REPLICA.<hash> when that was taken
             # (an exact name first: replica ids may themselves contain dots)
@@ -371,19 +393,24 @@ def _resolve_locked(repo: Repository, path: str, pick: str | None, file_bytes: b
             matches = [s for s in conflict.siblings if s.rpartition(".~")[2] == pick] or \
                 [s for s in conflict.siblings if hashed.fullmatch(s.rpartition(".~")[2])]
             if len(matches) != 1:
-                options = ", ".join(s.rpartition(".~")[2] for s in conflict.siblings) or "none"
+                options = ", ".join([*([conflict.kept_by] if conflict.kept_by else []),
+                                     *(s.rpartition(".~")[2] for s in conflict.siblings)]) or "none"
                 what = "no version" if not matches else f"{len(matches)} versions"
                 raise UsageError(f"{what} of {path!r} from {pick!r}",
                                  hint=f"use ours, theirs, or one of: {options}")
             sibling = matches[0]
-        data = (repo.root / sibling).read_bytes()
-        writer.write_file(path, [data], _executable(repo.root / sibling))
+        if sibling != path:
+            data = (repo.root / sibling).read_bytes()
+            writer.write_file(path, [data], _executable(repo.root / sibling))
         chosen = sibling
     if not conflict.kind.startswith("rename/"):
         for sib in conflict.siblings:
             writer.remove(sib)
     if state is not None and recorded is not None:
         state.setdefault("resolved", []).append(path)
+        if conflict.kind.startswith("rename/"):  # it wrote (or removed) the new paths too: abort puts them back
+            wrote = state.setdefault("resolve_wrote", [])
+            wrote.extend(p for p in conflict.siblings if p not in wrote)
         repo.store.put("meta", _STATE_KEY, json.dumps(state).encode())
     return chosen
 

@@ -26,11 +26,14 @@ from casync.ids import (
     cid_codec,
     cid_str,
     compute_cid,
+    read_varint,
     varint,
 )
 from casync.validate import is_replica_name
 
 __all__ = [
+    "entry_key",
+    "same_entry",
     "MAX_BLOCK_SIZE",
     "MAX_LINKS_PER_FILE_NODE",
     "UNIXFS_DIRECTORY",
@@ -70,26 +73,8 @@ UNIXFS_SYMLINK = 4
 
 # --- protobuf primitives -------------------------------------------------------------------------
 
+_PB_VARINT = "protobuf varint"
 
-
-
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = len(buf)
-    while True:
-        if pos >= end:
-            raise InvalidObject("truncated protobuf varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and shift:
-                raise InvalidObject("non-minimal protobuf varint")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise InvalidObject("protobuf varint too long")
 
 
 def _bytes_field(tag: int, value: bytes) -> bytes:
@@ -105,21 +90,21 @@ def _fields(buf: bytes | memoryview) -> Iterable[tuple[int, int, Any]]:
     pos = 0
     end = len(buf)
     while pos < end:
-        key = buf[pos]  # one-byte keys and lengths (nearly all of them) skip _read_varint
+        key = buf[pos]  # one-byte keys and lengths (nearly all of them) skip read_varint
         if key < 0x80:
             pos += 1
         else:
-            key, pos = _read_varint(buf, pos)
+            key, pos = read_varint(buf, pos, _PB_VARINT)
         tag, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos, _PB_VARINT)
             yield tag, wire, value
         elif wire == 2:
             if pos < end and buf[pos] < 0x80:
                 length = buf[pos]
                 pos += 1
             else:
-                length, pos = _read_varint(buf, pos)
+                length, pos = read_varint(buf, pos, _PB_VARINT)
             if pos + length > end:
                 raise InvalidObject("truncated protobuf field")
             yield tag, wire, bytes(buf[pos : pos + length])
@@ -358,6 +343,17 @@ class Entry:
     tsize: int
     executable: bool = False
 
+
+def entry_key(entry: Entry | None) -> tuple[Cid, Kind, bool] | None:
+    """The one definition of what a path holds, as a hashable key: CID, kind and exec bit
+    (``tsize`` is left out: a working-tree entry may carry another count for the same
+    content); None for an absent path."""
+    return None if entry is None else (entry.cid, entry.kind, entry.executable)
+
+
+def same_entry(a: Entry | None, b: Entry | None) -> bool:
+    """Whether a path is unchanged between two trees (:func:`entry_key` equal)."""
+    return entry_key(a) == entry_key(b)
 
 
 # --- commits (DAG-CBOR) --------------------------------------------------------------------------

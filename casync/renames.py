@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from casync.ids import RAW, Cid, cid_codec
-from casync.objects import Entry
+from casync.objects import Entry, same_entry
 
 __all__ = ["RENAME_SHARE", "Carry", "RenameConflict", "RenamePlan", "find_renames"]
 
@@ -55,11 +55,6 @@ class RenamePlan:
     carries: list[Carry] = field(default_factory=list)
     conflicts: list[RenameConflict] = field(default_factory=list)
 
-
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.executable) == (b.cid, b.executable)
 
 
 class _Added:
@@ -123,7 +118,7 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
             continue
         renamer: Side = "ours" if o is None else "theirs"
         other: Side = "theirs" if renamer == "ours" else "ours"
-        if _same(sides[other].get(old), b):
+        if same_entry(sides[other].get(old), b):
             continue  # the other side did not change the path: a plain remove + add
         targets = added[renamer].targets(b)
         if len(targets) == 1 and targets[0] not in sides[other]:

@@ -31,9 +31,9 @@ from casync.dag import (
     flatten_tree,
     iter_file,
     lookup,
-    read_dir_block,
     read_symlink,
     update_tree,
+    validated_links,
     write_symlink,
 )
 from casync.errors import (
@@ -46,17 +46,15 @@ from casync.errors import (
     UsageError,
 )
 from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
+from casync.ids import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
 from casync.objects import (
-    UNIXFS_DIRECTORY,
     Commit,
     HybridTime,
     decode_commit,
-    decode_pbnode,
-    decode_unixfs,
     encode_commit,
 )
 from casync.progress import NULL_PROGRESS, Progress
+from casync.settings import author as settings_author
 from casync.settings import check_value
 from casync.store.lmdb import LmdbStore
 from casync.validate import REPO_DIR, is_replica_name, split_path
@@ -355,7 +353,7 @@ class Repository:
         $CASYNC_AUTHOR, then config ``author``, then the login name, then ``unknown``."""
         import getpass
 
-        configured = os.environ.get("CASYNC_AUTHOR") or self.config.get("author")
+        configured = os.environ.get("CASYNC_AUTHOR") or settings_author(self.config)
         if isinstance(configured, str) and configured:
             return configured
         try:
@@ -494,7 +492,7 @@ class Repository:
                 report.damaged.append(cid)
                 continue
             try:
-                children = list(_children(cid, block))
+                children = validated_links(cid, block)
                 if cid_codec(cid) == DAG_CBOR:
                     commit = decode_commit(block, cid)
                     report.stamp(cid, commit)
@@ -526,21 +524,6 @@ class Repository:
             # last-write-wins merges rely on it
             raise InvalidObject(f"commit {cid_str(cid)} has time {commit.time.wall_ms}.{commit.time.logical}, "
                                 f"not after its parent's {latest.wall_ms}.{latest.logical}")
-
-
-def _children(cid: Cid, block: bytes) -> Iterator[Cid]:
-    """The CIDs a block links to (commit tree and parents, dag-pb links)."""
-    codec = cid_codec(cid)
-    if codec == DAG_CBOR:
-        commit = decode_commit(block, cid)
-        yield commit.tree
-        yield from commit.parents
-    elif codec == DAG_PB:
-        node = decode_pbnode(block)
-        if node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
-            read_dir_block(cid, node)
-        for link in node.links:
-            yield link.cid
 
 
 def validate_replica_name(name: str) -> None:

@@ -1,8 +1,12 @@
-"""The repository configuration keys casync reads, and the check each value passes when set.
+"""The repository configuration: every key casync reads, with its type, default and check.
 
-A value is checked when it is written (``Repository.set_config``, ``casync config``), so a
-mistake is reported at once, naming the key and the value, instead of as a failure of a
-later merge or sync.  Pure: no I/O.
+:data:`KEYS` lists them (:class:`Key`).  A value is checked when it is written
+(``Repository.set_config``, ``casync config``), so a mistake is reported at once, naming the
+key and the value, instead of as a failure of a later merge or sync.  Code reads values
+through the typed accessors here (:func:`author`, :func:`merge_rules`, :func:`priorities`,
+:func:`remotes`), which check a stored value again (one written before checks existed) so it
+is a :class:`UsageError` naming it, never a traceback.  :func:`with_remote` is the one way
+a new ``remotes`` value is made.  Pure: no I/O (the fleet's agent configuration builds on it).
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from casync.errors import UsageError
 from casync.merge import PolicyRules, check_policy
 from casync.validate import is_replica_name
 
-__all__ = ["FIXED_KEYS", "KNOWN_KEYS", "check_value", "priorities"]
+__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "author", "check_value", "merge_rules",
+           "priorities", "remotes", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
@@ -58,7 +64,7 @@ def _check_merge(value: Any) -> None:
     skew = value.get("skew_tolerance_ms", 0)
     if isinstance(skew, bool) or not isinstance(skew, int) or skew < 0:
         raise _bad("merge.skew_tolerance_ms", skew, "must be a whole number of milliseconds, 0 or more")
-    PolicyRules.from_config({"merge": value})  # as a merge will read it
+    PolicyRules(value.get("policy", "lww"), tuple(rules.items()), skew)  # as a merge will read it
 
 
 def _check_priorities(value: Any) -> None:
@@ -91,13 +97,24 @@ def _check_remotes(value: Any) -> None:
                 raise _bad(f"remotes.{name}.{field}", item, "must be a non-empty string or null", hint)
 
 
-_CHECKS: dict[str, Callable[[Any], None]] = {
-    "author": _check_author,
-    "merge": _check_merge,
-    "priorities": _check_priorities,
-    "remotes": _check_remotes,
-}
-KNOWN_KEYS = (*FIXED_KEYS, *_CHECKS)
+@dataclass(frozen=True)
+class Key:
+    """One configuration key casync reads: its JSON type, the value used when it is unset,
+    and the check a value passes (raising :class:`UsageError` naming key and value)."""
+
+    name: str
+    kind: str
+    default: Any
+    check: Callable[[Any], None]
+
+
+KEYS: dict[str, Key] = {k.name: k for k in (
+    Key("author", "string", None, _check_author),
+    Key("merge", "object {policy, rules, skew_tolerance_ms}", {}, _check_merge),
+    Key("priorities", "object {replica id: integer}", {}, _check_priorities),
+    Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
+)}
+KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
 
 def check_value(key: str, value: Any) -> None:
@@ -105,15 +122,76 @@ def check_value(key: str, value: Any) -> None:
     ``None`` (unset) always passes.  Keys casync does not read are the application's."""
     if key in FIXED_KEYS:
         raise UsageError(f"config key {key!r} is fixed at init", hint="it is part of the repository's identity")
-    check = _CHECKS.get(key)
-    if check is not None and value is not None:
-        check(value)
+    known = KEYS.get(key)
+    if known is not None and value is not None:
+        known.check(value)
+
+
+def _read(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value of a known key, checked (again: it may predate the checks), else its default."""
+    raw = cfg.get(key)
+    if raw is None:
+        return KEYS[key].default
+    try:
+        KEYS[key].check(raw)
+    except UsageError as exc:  # stored already: say how to repair it
+        raise UsageError(f"stored {exc.message}", hint=f"set a good value with 'casync config {key} VALUE', "
+                         f"or remove it with 'casync config {key} --unset'") from None
+    return raw
+
+
+def author(cfg: Mapping[str, Any]) -> str | None:
+    """The configured author name, if any."""
+    value: str | None = _read(cfg, "author")
+    return value
+
+
+def merge_rules(cfg: Mapping[str, Any], override: str | None = None) -> PolicyRules:
+    """The merge policy and per-path rules; ``override`` (``merge --policy``) replaces both."""
+    raw: dict[str, Any] = _read(cfg, "merge")
+    if override is not None:
+        check_policy(override)
+        return PolicyRules(override, (), raw.get("skew_tolerance_ms", 0))
+    rules = tuple((str(glob), str(policy)) for glob, policy in raw.get("rules", {}).items())
+    return PolicyRules(raw.get("policy", "lww"), rules, raw.get("skew_tolerance_ms", 0))
 
 
 def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:
-    """The ``priorities`` map, checked again on read (a value stored before checks existed)."""
-    raw = cfg.get("priorities")
-    if raw is None:
-        return {}
-    _check_priorities(raw)
-    return dict(raw)
+    """The ``priorities`` map (replica id -> rank, lower wins)."""
+    return dict(_read(cfg, "priorities"))
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One entry of ``remotes``: where the remote is, and (optional) its Kubo gateway and
+    the file holding the bearer token of a ``casync serve`` peer."""
+
+    url: str
+    gateway: str | None = None
+    token_file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url, "gateway": self.gateway}
+        if self.token_file is not None:
+            out["token_file"] = self.token_file
+        return out
+
+
+def remotes(cfg: Mapping[str, Any]) -> dict[str, RemoteEntry]:
+    """The configured remotes by name."""
+    raw: dict[str, dict[str, Any]] = _read(cfg, "remotes")
+    return {name: RemoteEntry(e["url"], e.get("gateway"), e.get("token_file")) for name, e in raw.items()}
+
+
+def with_remote(cfg: Mapping[str, Any], name: str, entry: RemoteEntry | None) -> dict[str, Any] | None:
+    """The ``remotes`` value with ``name`` set to ``entry`` (``None``: removed), checked;
+    ``None`` when no remote is left (the key is then unset)."""
+    out = {n: e.to_json() for n, e in remotes(cfg).items()}  # a changed remote keeps its place
+    if entry is None:
+        out.pop(name, None)
+    else:
+        out[name] = entry.to_json()
+    if not out:
+        return None
+    _check_remotes(out)
+    return out

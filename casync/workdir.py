@@ -126,8 +126,17 @@ class _Snapshotter:
         racy = st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS
         self.new_cache[path] = _untrusted(entry) if racy else (*_stat_key(st), entry.tsize, entry.cid)
 
-    def snapshot(self, tracked_tree: Cid | None) -> tuple[dict[str, Entry], list[str]]:
-        files, skipped, _ = _scan(self.repo, tracked_tree)
+    def snapshot(self, tracked_tree: Cid | None, merged_tree: Cid | None = None) -> tuple[dict[str, Entry], list[str]]:
+        """The files to commit; ``merged_tree`` (a stopped merge's) is tracked as well."""
+        tracked: Callable[[str, bool], bool] | None = None
+        if merged_tree is not None:
+            pending = workstate.untracks(self.repo)
+            trees = [workstate.TreePaths(self.repo, t, pending) for t in (tracked_tree, merged_tree)]
+
+            def in_either(path: str, is_dir: bool) -> bool:
+                return any(t(path, is_dir) for t in trees)
+            tracked = in_either
+        files, skipped, _ = _scan(self.repo, tracked_tree, tracked=tracked)
         total = sum(st.st_size for p, st in files.items() if self.cache.get(p, (None,))[:5] != _stat_key(st))
         self.progress.start("hashing", total)
         out: dict[str, Entry] = {}
@@ -140,8 +149,11 @@ class _Snapshotter:
 
 
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
-                    progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = ()) -> Cid:
-    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD."""
+                    progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = (),
+                    merged_tree: Cid | None = None) -> Cid:
+    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD.
+    ``merged_tree``: the tree a stopped merge wrote; its paths are tracked (an ignore
+    rule must not drop a file the merge brought in)."""
     repo.require_worktree("commit")
     if not message:
         raise UsageError("empty commit message", hint="pass -m MESSAGE")
@@ -150,7 +162,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         head = repo.head()
         snap = _Snapshotter(repo, repo.new_file_writer(), progress)
         try:
-            files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None)
+            files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
             tree = _build(repo, files)
             if not files and head is None and not allow_empty:
                 repo.blocks.discard()
@@ -357,6 +369,7 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         if repo.bare:
             repo.set_head(branch, None if branch else target)
             return target
+        workstate.refuse_mid_merge(repo, "checkout")
         reason = f"checkout: moving to {rev}"
         if head is not None and target == head and not force and workstate.moved_since_checkout(repo) is None:
             if branch is not None:
@@ -414,18 +427,24 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
                 current[path] = placeholder
         old = current
     touched = {c.path for c in diff_flat(old, new)}
+    # refused before anything is written (or a ref moves), not half-way by the writer; and
+    # first, so the checks below never look through a symlink
+    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
+                                            {p for p in touched if p in old and p not in new})
     if not force:
         in_the_way = {p for p in st.added if p in new_dirs}
         in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
-        dirty_touch = (dirty & touched) | in_the_way
+        # an ignored (so unlisted) file where the update creates a path is a user's file too:
+        # overwriting it would lose it (git treats ignored files as expendable; a data store does not)
+        dirty_touch = (dirty & touched) | in_the_way | _unlisted_files_at(repo, touched - set(old) - dirty, new)
+        if dirty_touch - in_the_way:  # a file that already holds what the update writes loses nothing
+            ready = {p: e for p, e in disk_entries(repo, dirty_touch - in_the_way).items() if p in new}
+            dirty_touch -= set(ready) - {c.path for c in diff_flat(ready, {p: new[p] for p in ready})}
         if dirty_touch:
             listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
             raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
                                 hint="commit them first, or pass --force to discard them" if can_force
                                 else "commit them (or move them away) first")
-    # refused before anything is written (or a ref moves), not half-way by the writer
-    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
-                                            {p for p in touched if p in old and p not in new})
     if dry_run:
         return st
     apply_changes(repo, old, new, touched, progress)
@@ -438,12 +457,17 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     return st
 
 
+def _unlisted_files_at(repo: Repository, paths: set[str], new: dict[str, Entry]) -> set[str]:
+    """Of ``paths`` the update creates, those where a file (or link) the status did not list
+    already exists: ignored files, which status does not report."""
+    return {p for p in paths if p in new and os.path.lexists(repo.root / p)
+            and not os.path.isdir(repo.root / p)}
+
+
 def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
                                 touched: set[str]) -> set[str]:
-    """Files that are neither tracked nor ignored inside directories the update replaces
-    with a file or symlink: writing it would delete them with the directory.  (Ignored
-    files there are expendable, as in git.)"""
-    ignore = Ignore.load(repo.root)
+    """Untracked files, ignored ones included, inside directories the update replaces
+    with a file or symlink: writing it would delete them with the directory."""
     out: set[str] = set()
     for path in touched:
         if path not in new:
@@ -463,8 +487,6 @@ def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dic
             for de in entries:
                 rel = f"{rel_dir}/{de.name}"
                 is_dir = de.is_dir(follow_symlinks=False)
-                if ignore.ignored(rel, is_dir):
-                    continue
                 if is_dir:
                     stack.append(rel)
                 elif rel not in old:

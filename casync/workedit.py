@@ -14,6 +14,7 @@ from casync import workstate
 from casync.dag import Entry, diff_flat, flatten_tree
 from casync.errors import UsageError, WorktreeDirty
 from casync.ids import Cid
+from casync.objects import same_entry
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
 from casync.validate import split_path
@@ -22,11 +23,6 @@ from casync.worktree import WorktreeWriter
 
 __all__ = ["abort_merge_worktree", "remove", "restore"]
 
-
-def _same(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return (a.cid, a.kind, a.executable) == (b.cid, b.kind, b.executable)
 
 
 def _listed(paths: Iterable[str]) -> str:
@@ -41,14 +37,14 @@ def abort_merge_worktree(repo: Repository, written_tree: Cid, owned: set[str], r
     checked-out version; every other path keeps its uncommitted edits, as ``git merge
     --abort`` does.  A path the merge wrote and the user edited since (neither the
     merge's nor the original version) is refused, unless it is in ``owned`` (conflicted
-    paths and their siblings: the merge's own work).  Caller holds the writer lock."""
+    paths, their siblings and what ``resolve`` wrote: the merge's own work).  Caller holds the writer lock."""
     before_tree = workstate.checked_out(repo).tree
     before = flatten_tree(repo.blocks, before_tree) if before_tree is not None else {}
     written = flatten_tree(repo.blocks, written_tree)
     merged = {c.path for c in diff_flat(before, written)} | resolved
     disk = disk_entries(repo, merged)
     edited = {p for p in merged - owned
-              if not _same(disk.get(p), written.get(p)) and not _same(disk.get(p), before.get(p))}
+              if not same_entry(disk.get(p), written.get(p)) and not same_entry(disk.get(p), before.get(p))}
     if edited:
         raise WorktreeDirty(f"merge --abort would discard edits made since the merge stopped, to files it "
                             f"changed: {_listed(edited)}",
@@ -88,7 +84,7 @@ def remove(repo: Repository, paths: list[str], cached: bool = False, recursive: 
             repo.store.save_stat_cache(repo.store.load_stat_cache(), None)  # status must look again
             return sorted(chosen)
         disk = disk_entries(repo, chosen)
-        edited = {p for p in chosen if p in disk and not _same(disk[p], tracked[p])}
+        edited = {p for p in chosen if p in disk and not same_entry(disk[p], tracked[p])}
         if edited:
             raise WorktreeDirty(f"rm would delete uncommitted changes in: {_listed(edited)}",
                                 hint="commit them first, or 'casync rm --cached' to keep the file on disk")

@@ -19,12 +19,12 @@ import json
 from dataclasses import dataclass
 
 from casync.dag import entry_for, read_dir
-from casync.errors import WorktreeDirty
+from casync.errors import StateRefused, WorktreeDirty
 from casync.ids import Cid, cid_str, parse_cid, short
 from casync.repo import Repository
 
 __all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "merge_in_progress",
-           "moved_since_checkout", "record", "require_current", "untracks"]
+           "moved_since_checkout", "record", "refuse_mid_merge", "require_current", "untracks"]
 
 _KEY = b"worktree"
 _UNTRACK_KEY = b"untrack"
@@ -90,6 +90,14 @@ def require_current(repo: Repository, what: str) -> None:
 
 def merge_in_progress(repo: Repository) -> bool:
     return repo.store.get("meta", MERGE_STATE_KEY) is not None
+
+
+def refuse_mid_merge(repo: Repository, what: str) -> None:
+    """Refuse ``what`` while a merge is stopped: it would carry the half-done merge to
+    another commit (``--continue`` would commit it there, ``--abort`` reset to it)."""
+    if merge_in_progress(repo):
+        raise StateRefused(f"a merge is in progress: {what} now would carry it to another commit",
+                           hint="finish it with 'casync merge --continue', or give it up with 'casync merge --abort'")
 
 
 def untracks(repo: Repository) -> set[str]:

@@ -13,12 +13,14 @@ import os
 import re
 import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from casync.errors import InvalidPath
 from casync.validate import REPO_DIR, is_plain_name, is_reserved_name, split_path, validate_name
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 __all__ = ["IGNORE_FILE", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter", "native_stat_records", "scan"]
 
@@ -30,75 +32,71 @@ except ImportError:  # pragma: no cover - a build without a C compiler
 IGNORE_FILE = ".casyncignore"
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
+def _trim_trailing_spaces(line: str) -> str:
+    """A line without its trailing spaces, except those escaped with ``\\`` (as git reads
+    ``.gitignore``: ``foo\\ `` names ``foo ``)."""
+    cut: int | None = None
+    i = 0
+    while i < len(line):
+        if line[i] == " ":
+            cut = i if cut is None else cut
+        else:
+            cut = None
+            i += line[i] == "\\"  # the escaped character is kept, whatever it is
+        i += 1
+    return line if cut is None else line[:cut]
+
+
+def _spec(lines: list[str]) -> tuple[list[str], GitIgnoreSpec]:
+    """The lines git could use (it silently skips the others, such as a lone trailing
+    ``\\``) and their matcher.  pathspec is imported here, once rules exist: it costs
+    ~15 ms, which a command in a tree without ``.casyncignore`` need not pay."""
+    from pathspec import GitIgnoreSpec
+    from pathspec.patterns.gitignore import GitIgnorePatternError
+
+    def usable(line: str) -> bool:
+        try:
+            GitIgnoreSpec.from_lines([line])
+        except (GitIgnorePatternError, ValueError):
+            return False
+        return True
+
+    kept = [line for line in lines if usable(line)]
+    return kept, GitIgnoreSpec.from_lines(kept)
+
+
+def _any_rule(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regex that matches a path wherever one of the rules' regexes does (their named
+    groups made plain), or None if a rule's regex cannot be joined.  Most paths match no
+    rule: this answers them with one C-level match instead of pathspec's Python loop over
+    the rules (0.5 µs instead of 1.8 µs a path with six rules; 100,000 paths a status)."""
+    parts = []
+    for pattern in spec.patterns:
+        regex = getattr(pattern, "regex", None)
+        if pattern.include is None:
+            continue  # a no-op pattern
+        if not isinstance(regex, re.Pattern) or regex.flags & ~re.UNICODE or "(?P=" in regex.pattern:
+            return None
+        parts.append("(?:" + re.sub(r"\(\?P<\w+>", "(?:", regex.pattern) + ")")
+    return re.compile("|".join(parts) or "(?!)")
 
 
 class Ignore:
-    """gitignore-style rules from the root ``.casyncignore``.
-
-    Supported: ``#`` comments, blank lines, ``!`` negation, a trailing ``/`` for
-    directories only, a leading or inner ``/`` anchoring to the root, ``*``, ``?``,
-    ``[...]`` and ``**``.  The last matching rule wins.
+    """The rules of the root ``.casyncignore``, with git's ``.gitignore`` semantics, as
+    ``pathspec.GitIgnoreSpec`` implements them (comments, ``!`` negation, ``dir/``,
+    anchoring ``/``, ``*``, ``?``, ``[...]``, ``**``, ``\\`` escapes; the last matching rule
+    wins).  ``rules`` holds the pattern lines in use: none means nothing is ignored.
     """
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
-        self.rules: list[_Rule] = []
-        for raw in lines:
-            line = raw.rstrip("\n").rstrip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            if negate:
-                line = line[1:]
-            dir_only = line.endswith("/")
-            line = line.strip("/") if dir_only else line
-            anchored = "/" in line.lstrip("/") or line.startswith("/")
-            line = line.lstrip("/")
-            self.rules.append(_Rule(self._compile(line, anchored), negate, dir_only))
-
-    @staticmethod
-    def _compile(pattern: str, anchored: bool) -> re.Pattern[str]:
-        """gitignore glob -> regex: ``*``/``?`` stay within a component, ``**/`` spans zero
-        or more directories, a trailing ``/**`` everything inside, ``\\`` escapes."""
-        out: list[str] = []
-        i, n = 0, len(pattern)
-        while i < n:
-            if pattern.startswith("**/", i) and (i == 0 or pattern[i - 1] == "/"):
-                out.append("(?:.*/)?")
-                i += 3
-            elif pattern.startswith("**", i) and i + 2 == n and (i == 0 or pattern[i - 1] == "/"):
-                out.append(".*")
-                i += 2
-            else:
-                ch = pattern[i]
-                if ch == "\\" and i + 1 < n:
-                    out.append(re.escape(pattern[i + 1]))
-                    i += 2
-                    continue
-                if ch == "*":
-                    out.append("[^/]*")
-                elif ch == "?":
-                    out.append("[^/]")
-                elif ch == "[":
-                    end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
-                    if end == -1:
-                        out.append(re.escape(ch))
-                    else:
-                        body = pattern[i + 1 : end]
-                        if body[:1] in ("!", "^"):
-                            body = "^" + body[1:]
-                        out.append("[" + body.replace("\\", "\\\\") + "]")
-                        i = end + 1
-                        continue
-                else:
-                    out.append(re.escape(ch))
-                i += 1
-        prefix = "" if anchored else "(?:.*/)?"
-        return re.compile(rf"(?s:{prefix}{''.join(out)})\Z")
+        kept = (_trim_trailing_spaces(raw.rstrip("\r\n")) for raw in lines)
+        patterns = [line for line in kept if line and not line.startswith("#")]
+        self.rules: list[str] = []
+        self._spec: GitIgnoreSpec | None = None
+        self._any: re.Pattern[str] | None = None
+        if patterns:
+            self.rules, self._spec = _spec(patterns)
+            self._any = _any_rule(self._spec)
 
     @classmethod
     def load(cls, root: Path) -> Ignore:
@@ -109,17 +107,18 @@ class Ignore:
         return cls(text.splitlines())
 
     def ignored(self, path: str, is_dir: bool) -> bool:
-        result = False
-        for rule in self.rules:
-            if rule.dir_only and not is_dir:
-                continue
-            if rule.regex.match(path):
-                result = not rule.negate
-        return result
+        """Whether a rule ignores ``path`` (``/``-separated, relative to the root); both
+        walks (:func:`scan` and the native one) ask this same method."""
+        if self._spec is None:
+            return False
+        path = f"{path}/" if is_dir else path
+        if self._any is not None and self._any.match(path) is None:
+            return False  # no rule matches: what pathspec would answer, sooner
+        return self._spec.match_file(path)
 
     def untracked_only(self, tracked: Callable[[str, bool], bool]) -> UntrackedIgnore:
         """These rules as git applies them: to untracked paths only (see UntrackedIgnore)."""
-        return UntrackedIgnore(self.rules, tracked)
+        return UntrackedIgnore(self, tracked)
 
 
 class UntrackedIgnore(Ignore):
@@ -133,9 +132,9 @@ class UntrackedIgnore(Ignore):
     collects, during one walk, the tracked files a rule matches (for ``status``).
     """
 
-    def __init__(self, rules: list[_Rule], tracked: Callable[[str, bool], bool]) -> None:
+    def __init__(self, rules: Ignore, tracked: Callable[[str, bool], bool]) -> None:
         super().__init__()
-        self.rules = rules
+        self.rules, self._spec, self._any = rules.rules, rules._spec, rules._any
         self._tracked = tracked
         self._kept_dirs: set[str] = set()
         self.tracked_ignored: list[str] = []

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from casync import Repository
 from casync.cli import main
-from casync.sync.http import PeerServer, serve
+from casync.sync.server import PeerServer, serve
 
 pytest_plugins = ["tests.kubo_fixture"]
 

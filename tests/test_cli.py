@@ -377,7 +377,11 @@ def test_untracked_files_in_a_directory_replaced_by_a_file_are_protected(cli: Cl
     assert (cli.cwd / "x/untracked-notes.txt").read_text() == "my notes\n"
     (cli.cwd / "x/untracked-notes.txt").unlink()
     write(cli.cwd, ".casyncignore", "*.tmp\n")
-    write(cli.cwd, "x/scratch.tmp", "ignored: expendable, as in git\n")
+    write(cli.cwd, "x/scratch.tmp", "ignored, but a user's file all the same\n")
+    r = cli(*command, ok=False)  # unlike git, ignored files are not expendable either
+    assert r.exit_code == 1 and "x/scratch.tmp" in r.stderr
+    assert (cli.cwd / "x/scratch.tmp").read_text() == "ignored, but a user's file all the same\n"
+    (cli.cwd / "x/scratch.tmp").unlink()
     cli(*command)
     assert (cli.cwd / "x").read_text() == "a file\n"
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, cbor
 from casync.clock import Order, compare, hlc_next, join, tick
-from casync.errors import RemoteError
+from casync.errors import BlockNotFound, CorruptBlock, RemoteError
 from casync.graph import CommitGraph
-from casync.objects import HybridTime, decode_commit
+from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
+from casync.objects import Commit, HybridTime, decode_commit
 from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
 
-from .dags import CommitDag
+from .dags import EMPTY_TREE, CommitDag
 
 
 def test_compare_all_orders() -> None:
@@ -122,7 +123,11 @@ def test_missing_ignores_haves_it_does_not_hold_but_not_a_store_that_fails(tmp_p
         b = d.add(a)
         d.save()
         stranger = CommitDag().add(replica="elsewhere")
-        assert repo.graph.missing([b], [stranger]) == [a, b]
+        not_a_commit = cbor.encode({"not": "a commit"})  # held, DAG-CBOR, but no commit
+        other = compute_cid(DAG_CBOR, not_a_commit)
+        repo.blocks.put(other, not_a_commit)
+        repo.blocks.flush()
+        assert repo.graph.missing([b], [stranger, other, EMPTY_TREE]) == [a, b]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -133,3 +138,22 @@ def test_missing_ignores_haves_it_does_not_hold_but_not_a_store_that_fails(tmp_p
             graph.missing([b], [stranger])
     finally:
         down.close()
+
+
+def test_missing_ignores_haves_it_does_not_hold_but_not_a_corrupt_one() -> None:
+    d = CommitDag()
+    a = d.add()
+    b = d.add(a)
+    unknown, rotten = compute_cid(DAG_CBOR, b"unknown"), compute_cid(DAG_CBOR, b"rotten")
+
+    def load(cid: Cid) -> Commit:
+        if cid == rotten:
+            raise CorruptBlock(cid_str(cid))
+        if cid not in d.commits:
+            raise BlockNotFound(cid_str(cid))
+        return d.commits[cid]
+
+    graph = CommitGraph(load)
+    assert graph.missing([b], [unknown, a]) == [b]  # a peer's hint we lack: ignored
+    with pytest.raises(CorruptBlock):  # the store's damage is reported, not taken for "not held"
+        graph.missing([b], [rotten])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.sync.http import PeerServer
+from casync.sync.server import PeerServer
 
 from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo
@@ -25,11 +25,14 @@ TOKEN = "resume-token-for-tests"
 class FlakyLink:
     """A TCP relay on 127.0.0.1 that forwards to ``upstream`` until ``budget`` bytes have
     gone downstream, then cuts every connection (and refuses new ones) until the budget is
-    lifted: a link that dies in the middle of a transfer."""
+    lifted: a link that dies in the middle of a transfer.  With ``heal``, the link comes back
+    by itself right after it cut (or refused) a connection, as a flaky one does."""
 
-    def __init__(self, upstream: tuple[str, int], budget: int | None) -> None:
+    def __init__(self, upstream: tuple[str, int], budget: int | None, heal: bool = False) -> None:
         self.upstream = upstream
         self.budget = budget
+        self.heal = heal
+        self.cuts = 0
         self.sent = 0
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -49,6 +52,7 @@ class FlakyLink:
             except OSError:
                 return
             if self._dead():
+                self._cut()
                 client.close()
                 continue
             try:
@@ -76,6 +80,7 @@ class FlakyLink:
                         break
                 dst.sendall(data)
                 if down and self._dead():
+                    self._cut()
                     break
         except OSError:
             pass
@@ -84,6 +89,12 @@ class FlakyLink:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.cuts += 1
+            if self.heal:
+                self.budget = None
 
     def close(self) -> None:
         self._stop = True
@@ -225,3 +236,48 @@ def test_a_broken_off_clone_someone_went_on_with_is_not_resumed(tmp_path: Path, 
         assert (b.cwd / "notes.txt").read_text() == "local work\n"
     finally:
         link.close()
+
+
+def test_a_peer_clone_over_a_link_that_drops_is_retried_and_completes(tmp_path: Path, origin: Repository,
+                                                                       server: PeerServer,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP peers are retried with backoff (casync/sync/transport.py RetryingPeer): a stream
+    cut in the middle is asked for again, and the clone completes in one run."""
+    monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
+    host, port = server.server_address[:2]
+    link = FlakyLink((str(host), int(port)), budget=14_000_000, heal=True)  # drops once, after 14 of 20 MB
+    try:
+        out = json.loads(Cli(tmp_path)("clone", f"http://127.0.0.1:{link.port}", "b", "--json").stdout)
+        assert out["branch"] == "main" and link.cuts == 1
+    finally:
+        link.close()
+    b = Repository.open(tmp_path / "b")
+    try:
+        assert b.fsck().ok and b.resolve("HEAD") == origin.resolve("HEAD") and b.status().clean
+        assert (tmp_path / "b/data/9.bin").read_bytes() == origin.read("data/9.bin")
+    finally:
+        b.close()
+
+
+def test_fetch_and_push_retry_a_refused_connection(tmp_path: Path, origin: Repository, server: PeerServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
+    host, port = server.server_address[:2]
+    Cli(tmp_path)("clone", f"http://{host}:{port}", "b")
+    b = Cli(tmp_path / "b")
+    with origin.transaction(message="more") as tx:
+        tx.write("data/new.bin", os.urandom(10_000))
+    link = FlakyLink((str(host), int(port)), budget=0, heal=True)  # the first connection is refused
+    try:
+        url = f"http://127.0.0.1:{link.port}"
+        fetched = json.loads(b("fetch", url, "--json").stdout)
+        assert fetched["commits"] == 1 and link.cuts == 1
+        b("pull", url)
+        write(b.cwd, "notes.txt", "from b\n")
+        b("commit", "-m", "from b")
+        link.budget = 0
+        b("push", url)
+        assert link.cuts == 2
+    finally:
+        link.close()
+    assert origin.read("notes.txt") == b"from b\n"

@@ -14,6 +14,7 @@ from multiformats import CID
 
 from casync.car import (
     CarWriter,
+    TruncatedCar,
     car_parts,
     decode_car,
     encode_car,
@@ -160,3 +161,24 @@ def test_kubo_imports_our_car_and_we_decode_its_export(tmp_path: Path, kubo: Kub
     assert dict(got) == dict(blocks)
     kubo.ipfs("pin", "rm", cid_str(head))
     assert compute_cid(DAG_CBOR, dict(got)[head]) == head
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b"\x80\x00", "non-minimal"),
+    (b"\xff" * 10 + b"\x01", "too long"),
+    (b"\x80", "truncated"),
+])
+def test_every_decoder_reads_varints_with_the_one_strict_reader(bad: bytes, reason: str) -> None:
+    from casync.errors import BadVarint
+    from casync.ids import read_varint
+    from casync.objects import decode_pbnode
+
+    with pytest.raises(BadVarint, match=reason):
+        read_varint(bad, 0)
+    stream_ends = TruncatedCar if reason == "truncated" else BadVarint  # more may come: a retry may help
+    with pytest.raises(stream_ends, match=reason):
+        decode_car(encode_header([]) + bad)  # a section length
+    with pytest.raises(BadVarint, match=reason):
+        decode_car(encode_header([]) + bytes([len(bad)]) + bad)  # the CID's version
+    with pytest.raises(BadVarint, match=reason):
+        decode_pbnode(b"\x0a" + bad)  # a dag-pb field length

@@ -60,8 +60,22 @@ def test_siblings_keep_both_and_delete_modify_keeps_the_write() -> None:
     writes = {("f", "ours"): W(1, "x"), ("f", "theirs"): W(2, "y"),
               ("d", "ours"): W(1, "x"), ("d", "theirs"): W(2, "y")}
     result = merge_trees(MergeInput(base, ours, theirs, writes, PolicyRules("siblings")))
-    assert result.tree == {"f": E("ours"), "f.~y": E("theirs"), "d": E("modified")}
+    # the later write (y's) keeps the path, the other is kept beside it
+    assert result.tree == {"f": E("theirs"), "f.~x": E("ours"), "d": E("modified")}
     assert {c.path for c in result.siblings} == {"f", "d"} and result.clean
+
+
+def test_siblings_build_the_same_tree_whichever_side_merges() -> None:
+    """Two replicas merging the same heads in opposite directions must agree: ours-at-the-path
+    gave x {f: x's, f.~y: y's} and y {f: y's, f.~x: x's}, and the next sync nested them."""
+    base, xs, ys = {"f": E("0")}, {"f": E("x's")}, {"f": E("y's")}
+    for tx, ty in ((1, 2), (2, 1), (5, 5)):
+        at_x = merge_trees(MergeInput(base, xs, ys, {("f", "ours"): W(tx, "x"), ("f", "theirs"): W(ty, "y")},
+                                      PolicyRules("siblings"))).tree
+        at_y = merge_trees(MergeInput(base, ys, xs, {("f", "ours"): W(ty, "y"), ("f", "theirs"): W(tx, "x")},
+                                      PolicyRules("siblings"))).tree
+        assert at_x == at_y and set(at_x) in ({"f", "f.~x"}, {"f", "f.~y"}), (tx, ty)
+        assert sorted(at_x.values(), key=lambda e: e.cid) == sorted([E("x's"), E("y's")], key=lambda e: e.cid)
 
 
 def test_ours_theirs_and_rules_by_glob() -> None:
@@ -146,10 +160,10 @@ def test_merge_lww_between_replicas(pair: tuple[Repository, Repository]) -> None
 
 def test_merge_siblings_then_resolve(pair: tuple[Repository, Repository], tmp_path: Path) -> None:
     a, b = pair
-    write(a.root, "shared.txt", "A\n")
-    a.commit("a")
     write(b.root, "shared.txt", "B\n")
     b.commit("b")
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")  # later: a's version keeps the path
     transfer(b, a, "main", "site-b")
     outcome = a.merge("site-b", policy="siblings")
     assert outcome.kind == "merged" and [c.sibling for c in outcome.siblings] == ["shared.txt.~site-b"]
@@ -157,11 +171,38 @@ def test_merge_siblings_then_resolve(pair: tuple[Repository, Repository], tmp_pa
     cli = Cli(a.root)
     listed = json.loads(cli("conflicts", "--json").stdout)
     assert listed == [{"path": "shared.txt", "kind": "siblings", "siblings": ["shared.txt.~site-b"],
-                       "source": "tree"}]
+                       "source": "tree", "kept_by": "site-a"}]
     cli("resolve", "shared.txt", "--pick", "site-b")
     assert (a.root / "shared.txt").read_text() == "B\n" and not (a.root / "shared.txt.~site-b").exists()
     cli("commit", "-m", "resolved")
     assert json.loads(cli("conflicts", "--json").stdout) == []
+
+
+def test_siblings_merged_in_opposite_directions_converge_without_nesting(
+        pair: tuple[Repository, Repository]) -> None:
+    """Each replica merges the other's head under siblings at the same time: both must build
+    the same tree, so the next exchange merges cleanly instead of nesting siblings
+    (``m.bin.~site-1.~site-0``); --pick names either replica, whichever holds the path."""
+    a, b = pair
+    write(a.root, "shared.txt", "A\n")
+    a.commit("a")
+    write(b.root, "shared.txt", "B\n")
+    b.commit("b")  # later: b's version keeps the path on both sides
+    transfer(b, a, "main", "site-b")
+    transfer(a, b, "main", "site-a")
+    ma, mb = a.merge("site-b", policy="siblings"), b.merge("site-a", policy="siblings")
+    assert ma.commit is not None and mb.commit is not None
+    assert a.load_commit(ma.commit).tree == b.load_commit(mb.commit).tree
+    assert a.read("shared.txt") == b"B\n" and a.read("shared.txt.~site-a") == b"A\n"
+    transfer(b, a, "main", "site-b")
+    again = a.merge("site-b", policy="siblings")
+    assert again.kind == "merged" and not again.siblings
+    assert sorted(a.flat_tree(a.head())) == ["conf.json", "shared.txt", "shared.txt.~site-a"]
+    cli = Cli(a.root)
+    (listed,) = json.loads(cli("conflicts", "--json").stdout)
+    assert listed["kept_by"] == "site-b" and listed["siblings"] == ["shared.txt.~site-a"]
+    cli("resolve", "shared.txt", "--pick", "site-b")  # the version already at the path
+    assert (a.root / "shared.txt").read_text() == "B\n" and not (a.root / "shared.txt.~site-a").exists()
 
 
 def test_manual_merge_continue_and_abort(pair: tuple[Repository, Repository]) -> None:
@@ -242,15 +283,24 @@ def test_commit_with_hostile_replica_id_is_rejected() -> None:
         decode_commit(dag_cbor.encode(obj))
 
 
-def diverge(pair: tuple[Repository, Repository], on_a: dict[str, str], on_b: dict[str, str]) -> None:
-    """Commit ``on_a`` in a and ``on_b`` in b (b later), then give a b's history as site-b."""
+def diverge(pair: tuple[Repository, Repository], on_a: dict[str, str], on_b: dict[str, str],
+            later: str = "b") -> None:
+    """Commit ``on_a`` in a and ``on_b`` in b (the ``later`` one second: its writes win under
+    lww and keep the path under siblings), then give a b's history as site-b."""
     a, b = pair
-    for path, text in on_a.items():
-        write(a.root, path, text)
-    a.commit("a")
-    for path, text in on_b.items():
-        write(b.root, path, text)
-    b.commit("b")
+
+    def commit_a() -> None:
+        for path, text in on_a.items():
+            write(a.root, path, text)
+        a.commit("a")
+
+    def commit_b() -> None:
+        for path, text in on_b.items():
+            write(b.root, path, text)
+        b.commit("b")
+
+    for step in ((commit_a, commit_b) if later == "b" else (commit_b, commit_a)):
+        step()
     transfer(b, a, "main", "site-b")
 
 
@@ -260,13 +310,14 @@ def test_resolve_picks_the_recorded_sibling_and_leaves_the_users_files(pair: tup
     it had to take a hashed name."""
     a, _b = pair
     diverge(pair, {"shared.txt": "A\n", "report.~draft": "the user's own draft\n"},
-            {"shared.txt": "B\n", "shared.txt.~site-b": "a file site-b's user made\n"})
+            {"shared.txt": "B\n", "shared.txt.~site-b": "a file site-b's user made\n"}, later="a")
     outcome = a.merge("site-b", policy="siblings")
     (recorded,) = [c.sibling for c in outcome.siblings]
     assert recorded is not None and recorded.startswith("shared.txt.~site-b.")
     cli = Cli(a.root)
     listed = json.loads(cli("conflicts", "--json").stdout)
-    assert listed == [{"path": "shared.txt", "kind": "siblings", "siblings": [recorded], "source": "tree"}]
+    assert listed == [{"path": "shared.txt", "kind": "siblings", "siblings": [recorded], "source": "tree",
+                       "kept_by": "site-a"}]
     cli("resolve", "shared.txt", "--pick", "site-b")
     assert (a.root / "shared.txt").read_text() == "B\n" and not (a.root / recorded).exists()
     assert (a.root / "shared.txt.~site-b").read_text() == "a file site-b's user made\n"
@@ -330,10 +381,10 @@ def test_resolved_executable_stays_executable(pair: tuple[Repository, Repository
     a.commit("a adds a script")
     transfer(a, b, "main", "main")
     b.checkout("main", force=True)
-    write(a.root, "run.sh", "#!/bin/sh\necho a2\n", mode=0o755)
-    a.commit("a edits it")
     write(b.root, "run.sh", "#!/bin/sh\necho b2\n", mode=0o755)
     b.commit("b edits it")
+    write(a.root, "run.sh", "#!/bin/sh\necho a2\n", mode=0o755)
+    a.commit("a edits it")  # later: a's version keeps the path, b's is the sibling
     transfer(b, a, "main", "site-b")
     a.merge("site-b", policy="siblings")
     assert os.access(a.root / "run.sh.~site-b", os.X_OK)
@@ -368,7 +419,7 @@ def test_resolve_waits_for_the_writer_lock(pair: tuple[Repository, Repository]) 
     import threading
 
     a, _b = pair
-    diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"})
+    diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"}, later="a")
     a.merge("site-b", policy="siblings")
     other = Repository.open(a.root)  # a second handle: its own lock file descriptor
     lock = a.store.root / "lock"
@@ -400,3 +451,12 @@ def test_json_tie_goes_to_the_later_write_of_that_key(pair: tuple[Repository, Re
     a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json"}})
     a.merge("site-b")
     assert json.loads(a.read("conf.json")) == {"rate": 3, "mode": "z"}
+
+
+def test_json_merge_of_an_unpaired_surrogate_escape_is_not_a_traceback() -> None:
+    """'"\\ud800"' is valid JSON but has no UTF-8 form: the merged output used to raise
+    UnicodeEncodeError. It is written with \\u escapes instead, and reads back the same."""
+    base = b'{"a": 0, "s": "\\ud800"}'
+    out = json_merge(base, b'{"a": 1, "s": "\\ud800"}', b'{"a": 0, "s": "\\ud800", "b": 2}', "ours")
+    assert out is not None and json.loads(out) == {"a": 1, "b": 2, "s": "\ud800"}
+    assert b"\\ud800" in out

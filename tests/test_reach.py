@@ -8,7 +8,7 @@ from pathlib import Path
 
 from casync import Repository
 from casync.reach import first_parent_ancestor, skip_depth
-from casync.store.lmdb import _encode_node
+from casync.store.commitgraph import _encode_node
 
 from .dags import CommitDag
 

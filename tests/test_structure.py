@@ -13,10 +13,6 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "casync"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
-# sync/pack.py: its engineer is replacing the 'except Exception' that sends more blocks when a
-# tree cannot be read (issue 9, item 6); drop it from here once that is merged.
-BROAD_HANDLER_ALLOWED = {"sync/pack.py"}
-
 # Kubo's RPC errors are text only (no codes): the IPFS client reads these phrases of Kubo's
 # messages, and nothing else may match message text.
 KUBO_MESSAGE_PHRASES = ("not pinned", "import failed at block", "deadline exceeded")
@@ -54,8 +50,6 @@ def test_every_raised_error_is_a_specific_class(path: Path) -> None:
 @pytest.mark.parametrize("path", SOURCES, ids=_name)
 def test_no_broad_handler_swallows_what_it_caught(path: Path) -> None:
     """``except Exception`` / ``BaseException`` / bare ``except`` only to clean up and re-raise."""
-    if _name(path) in BROAD_HANDLER_ALLOWED:
-        pytest.skip("listed in BROAD_HANDLER_ALLOWED")
     bad = []
     for node in ast.walk(_tree(path)):
         if isinstance(node, ast.ExceptHandler) and _names(node.type) & {"Exception", "BaseException", "<bare>"}:

@@ -20,9 +20,10 @@ from casync.car import CarWriter
 from casync.errors import InvalidObject, RefConflict, RemoteError, StorageError
 from casync.ids import RAW, cid_str, compute_cid
 from casync.sync.bundle import create_bundle, read_bundle
-from casync.sync.http import HttpPeer, PeerServer
+from casync.sync.http import HttpPeer
 from casync.sync.pack import blocks_for_commits
 from casync.sync.peer import LocalPeer, fetch_from, push_to
+from casync.sync.server import PeerServer
 
 from .conftest import serving, write
 

@@ -259,7 +259,8 @@ def test_http_tags_endpoint_refuses_malformed_and_read_only(tmp_path: Path, a: C
     import urllib.parse
 
     from casync.errors import RemoteError
-    from casync.sync.http import HttpPeer, serve
+    from casync.sync.http import HttpPeer
+    from casync.sync.server import serve
 
     with Repository.open(tmp_path / "a") as served:
         head = served.resolve("HEAD")

@@ -459,3 +459,151 @@ def test_the_writer_itself_never_follows_a_symlinked_directory(tmp_path: Path) -
     with pytest.raises(InvalidPath, match="d is a symlink"):
         writer.check_parents(["d/victim"], set())
     writer.check_parents(["d/victim"], {"d"})  # unless the caller removes d first
+
+
+# --- found in review -------------------------------------------------------------------------
+
+def test_merge_continue_keeps_a_file_the_merge_brought_that_an_ignore_rule_matches(cli: Cli) -> None:
+    """other tracks cam.raw; main ignores *.raw.  The stopped merge writes cam.raw, so
+    it is tracked (in the merged tree): merge --continue must commit it, or the next
+    sync would delete it at every site that has it."""
+    cli("init", "--replica", "site-a")
+    write(cli.cwd, "a.txt", "base\n")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    cli("switch", "-c", "other")
+    write(cli.cwd, "a.txt", "theirs\n")
+    write(cli.cwd, "cam.raw", "raw bytes")
+    age(cli.cwd)
+    cli("commit", "-m", "theirs, with a raw file")
+    cli("switch", "main")
+    write(cli.cwd, "a.txt", "ours\n")
+    write(cli.cwd, ".casyncignore", "*.raw\n")
+    age(cli.cwd)
+    cli("commit", "-m", "ours ignores raw files")
+    assert cli("merge", "--policy", "manual", "other", ok=False).exit_code == 1
+    assert (cli.cwd / "cam.raw").read_text() == "raw bytes"
+    cli("resolve", "a.txt", "--pick", "ours")
+    cli("merge", "--continue")
+    assert cli("cat", "HEAD:cam.raw").stdout == "raw bytes"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+def test_checkout_is_refused_while_a_merge_is_stopped(cli: Cli) -> None:
+    """A checkout would carry the stopped merge to another commit: --continue would then
+    commit it there with the wrong first parent, and --abort would reset to the wrong tree."""
+    _stopped_merge(cli)
+    cli("branch", "elsewhere", "HEAD~1")
+    for args in (("switch", "elsewhere"), ("switch", "--force", "elsewhere"), ("checkout", "HEAD~1"),
+                 ("switch", "-c", "fresh")):
+        r = cli(*args, ok=False)
+        assert r.exit_code == 1 and "merge is in progress" in r.stderr and "merge --abort" in r.stderr, args
+        assert json.loads(cli("status", "--json").stdout)["branch"] == "main"
+    assert "fresh" not in {b["name"] for b in json.loads(cli("branch", "--json").stdout)}
+    assert (cli.cwd / "conflict.txt.~site-a").exists()
+    cli("merge", "--abort")
+    cli("switch", "elsewhere")
+
+
+def test_checkout_after_a_move_accepts_a_file_that_already_holds_the_new_version(cli: Cli) -> None:
+    """After a transaction, 'casync restore PATH' puts HEAD's version on disk; the checkout
+    that brings the rest up to date must not call that an uncommitted change in its way."""
+    cli("init")
+    write(cli.cwd, "a.txt", "base\n")
+    write(cli.cwd, "n.txt", "n\n")
+    age(cli.cwd)
+    cli("commit", "-m", "base")
+    with Repository.open(cli.cwd) as repo:
+        with repo.transaction(message="app") as tx:
+            tx.write("a.txt", b"from the app\n")
+            tx.write("n.txt", b"n, from the app\n")
+    cli("restore", "a.txt")
+    write(cli.cwd, "n.txt", "a real edit\n")  # still refused: it would be overwritten
+    r = cli("checkout", "main", ok=False)
+    assert r.exit_code == 1 and "n.txt" in r.stderr and "a.txt" not in r.stderr
+    write(cli.cwd, "n.txt", "n\n")
+    cli("checkout", "main")
+    assert (cli.cwd / "a.txt").read_text() == "from the app\n"
+    assert json.loads(cli("status", "--json").stdout)["clean"] is True
+
+
+@pytest.mark.parametrize("how", ["pull", "checkout"])
+def test_an_ignored_local_file_is_never_overwritten(tmp_path: Path, cli: Cli, how: str) -> None:
+    """Site b ignores '*.raw' and keeps a local cam.raw; site a commits its own cam.raw. b's pull
+    (and a checkout of a's commit) used to replace b's file silently: git's "ignored files are
+    expendable" loses data in a data store. Now it is refused like any untracked file in the way."""
+    cli("init", "--replica", "site-a")
+    write(cli.cwd, "notes.txt", "n")
+    cli("commit", "-m", "first")
+    b = Cli(tmp_path / "b")
+    cli("clone", str(cli.cwd), str(b.cwd), "--replica", "site-b")
+    write(b.cwd, ".casyncignore", "*.raw\n")
+    write(b.cwd, "cam.raw", "b's own capture")
+    write(b.cwd, "old/cam.raw", "b's file in a directory a replaces with a file")
+    b("commit", "-m", "b ignores raw files")
+    write(cli.cwd, "cam.raw", "a's capture")
+    write(cli.cwd, "old", "a file where b has a directory")
+    cli("commit", "-m", "a adds cam.raw")
+    b("fetch", "origin")
+    head = b("log", "--json", "-n", "1").stdout
+    r = b("pull", "origin", ok=False) if how == "pull" else b("checkout", "origin/main", ok=False)
+    assert r.exit_code == 1 and "cam.raw" in r.stderr and "Traceback" not in r.stderr
+    assert b("log", "--json", "-n", "1").stdout == head  # refused before anything moved
+    assert (b.cwd / "cam.raw").read_text() == "b's own capture"
+    assert (b.cwd / "old/cam.raw").read_text() == "b's file in a directory a replaces with a file"
+    (b.cwd / "cam.raw").rename(tmp_path / "kept.raw")
+    (b.cwd / "old/cam.raw").rename(tmp_path / "kept2.raw")
+    b("pull", "origin") if how == "pull" else b("checkout", "origin/main")
+    assert (b.cwd / "cam.raw").read_text() == "a's capture"
+
+
+def test_merge_abort_of_a_merge_stopped_by_an_older_casync(cli: Cli) -> None:
+    """A merge state without 'written_tree' (written before it was recorded) made abort
+    raise a KeyError traceback. The conflicted path and its sibling go back; the cleanly
+    merged files stay as they are, shown as modified: nothing is lost."""
+    _stopped_merge(cli)
+    with Repository.open(cli.cwd) as repo:
+        raw = repo.store.get("meta", b"merge_state")
+        assert raw is not None
+        state = json.loads(raw)
+        del state["written_tree"]
+        repo.store.put("meta", b"merge_state", json.dumps(state).encode())
+    r = cli("merge", "--abort")
+    assert "Traceback" not in r.stderr
+    assert (cli.cwd / "conflict.txt").read_text() == "ours\n"
+    assert not [p for p in os.listdir(cli.cwd) if p.startswith("conflict.txt.~")]
+    assert (cli.cwd / "merged.txt").read_text() == "theirs\n"  # kept: abort cannot know the merge wrote it
+    assert "merge_in_progress" in (st := json.loads(cli("status", "--json").stdout)) and not st["merge_in_progress"]
+    assert "merged.txt" in st["modified"]
+
+
+def test_a_push_into_a_checked_out_branch_with_a_stopped_merge_is_refused(tmp_path: Path, cli: Cli) -> None:
+    """The push used to move the files under the half-done merge, so '--continue' then built
+    it on the pushed commit. Now it is refused (409 over HTTP) and nothing changes there."""
+    from casync.errors import RefConflict
+    from casync.sync.http import HttpPeer
+    from casync.sync.peer import fetch_from, push_to
+
+    from .conftest import serving
+
+    _stopped_merge(cli)
+    with Repository.open(cli.cwd) as served:
+        b = Repository.init(tmp_path / "b", replica="site-b", repository_id=served.repo_id, bare=True)
+        try:
+            with serving(served, "tok") as srv:
+                peer = HttpPeer(f"http://127.0.0.1:{srv.server_address[1]}", "tok")
+                try:
+                    fetch_from(b, peer, "origin")
+                    b.update_branch("main", None, b.refs.get_ref("remotes/origin/main"), "track")
+                    with b.transaction(branch="main", message="from b") as tx:
+                        tx.write("b.txt", b"from b")
+                    before = served.resolve("main")
+                    with pytest.raises(RefConflict) as err:
+                        push_to(b, peer, "origin", "main")
+                finally:
+                    peer.close()
+            assert "a merge is stopped" in err.value.message and "merge --continue" in (err.value.hint or "")
+            assert served.resolve("main") == before and not (cli.cwd / "b.txt").exists()
+        finally:
+            b.close()
+    assert json.loads(cli("status", "--json").stdout)["merge_in_progress"]

@@ -17,6 +17,7 @@ from casync.remote.config import (
     parse_url,
     remove_remote,
     set_remote,
+    write_remote,
 )
 from casync.remote.receiver import DagFetcher, FetchResult, HeadFailure, PullResult, fetch, pull
 from casync.remote.records import BranchHead, HeadRecord, RemoteNode, connect
@@ -52,4 +53,5 @@ __all__ = [
     "push",
     "remove_remote",
     "set_remote",
+    "write_remote",
 ]

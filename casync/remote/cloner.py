@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from casync import workdir
-from casync.clonestate import (
-    clear_pending,
-    is_resumable_failure,
-    kept_hint,
-    mark_pending,
-    refuse_replica_in_use,
-    reopen_pending,
-    replicas_in_history,
-)
+from casync.clonestate import CloneTarget, refuse_replica_in_use, replicas_in_history
 from casync.errors import ConflictError, RemoteError, UsageError
 from casync.ids import Cid, cid_str
 from casync.progress import NULL_PROGRESS, Progress
@@ -28,7 +18,7 @@ from casync.remote.config import Remote, add_remote, get_remote, parse_url
 from casync.remote.receiver import FetchResult, fast_forward_target, fetch_from
 from casync.remote.records import connect
 from casync.repo import Repository
-from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
+from casync.store.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = ["CloneResult", "clone", "gateway_url"]
 
@@ -56,76 +46,46 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
           repo_class: type[Repository] = Repository) -> tuple[Repository, CloneResult]:
     """Create ``directory`` as a new replica of the repository at ``url`` (same repository
     id, new replica id), fetch every published head, and check out ``branch`` (default
-    ``main`` if published, else the first branch name).  A clone broken off by the network
-    (or Ctrl-C) is kept and resumed by the same call (:mod:`casync.clonestate`); after any
-    other failure nothing is left behind."""
+    ``main`` if published, else the first branch name).  Resume and cleanup follow the one
+    clone procedure (:class:`casync.clonestate.CloneTarget`)."""
     t0 = time.monotonic()
     parsed = parse_url(url)
-    root = Path(directory).resolve()
-    resumed = reopen_pending(root, parsed.text)
-    created = not root.exists()
-    try:
-        node = connect(parsed, retry=retry, wait=wait)
-    except BaseException:
-        if resumed is not None:
-            resumed[0].close()
-        raise
-    with node:
+    with CloneTarget(Path(directory).resolve(), parsed.text) as target, contextlib.ExitStack() as stack:
+        target.refuse_other_replica(replica)
+        node = stack.enter_context(connect(parsed, retry=retry, wait=wait))
         repo_id = node.resolve_repo_id()
         errors: list[str] = []
         records = node.records(repo_id, errors=errors)
         if not records:
-            if resumed:
-                resumed[0].close()
             detail = f" ({'; '.join(errors)})" if errors else ""
             raise RemoteError(f"no head records for repository {repo_id} at {parsed.text}{detail}",
                               hint="check the repository id in the URL ('casync remote show' on a replica "
                                    "prints it); a second node needs the index: URL#INDEX-CID")
         first = records[sorted(records, key=lambda r: (-records[r].seq, r))[0]]
         branches = sorted({b for r in records.values() for b in r.heads})
-        if resumed is not None:
-            repo, state = resumed
-            branch = branch or state.get("branch")
-            if repo.repo_id != repo_id or (replica is not None and replica != repo.replica):
-                repo.close()
-                raise UsageError(f"{root} holds an interrupted clone of another repository or replica",
-                                 hint="choose another directory")
+        branch = branch or target.state.get("branch")
         if branch is None:
             branch = "main" if "main" in branches else branches[0] if branches else "main"
-        if resumed is None:
-            repo = repo_class.init(root, replica=replica, hash=first.hash, chunker=first.chunker,
-                                   repository_id=repo_id, branch=branch)
-            mark_pending(repo, parsed.text, branch)
-        try:
-            published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
-            refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
-            if resumed is not None:
-                remote = get_remote(repo, remote_name)
-            else:
-                remote = add_remote(repo, remote_name, parsed.text, gateway)
-            result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
-            heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote_name}/").items()
-                     if ref.split("/", 3)[-1] == branch]
-            if not heads and result.failed:
-                f = result.failed[0]
-                raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}",
-                                  transient=True)
-            fetched = repo.refs.list_refs(f"remotes/{remote_name}/").values()
-            refuse_replica_in_use(repo.replica, replicas_in_history(repo, fetched), repo_id,
-                                  chosen=replica is not None)
-            head, diverged = _choose(repo, heads)
-            if head is not None:
-                # a resumed clone checks out over what a broken-off checkout already wrote
-                workdir.checkout(repo, cid_str(head), force=resumed is not None, progress=progress)
-                repo.update_branch(branch, repo.refs.get_ref(f"heads/{branch}"), head, f"clone from {parsed.text}")
-                repo.set_head(branch)
-            clear_pending(repo)
-        except BaseException as exc:
-            repo.close()
-            if resumed is not None or is_resumable_failure(exc):
-                raise kept_hint(root, exc) from None
-            _remove(root, created)
-            raise
+        resumed = target.resumed
+        repo = target.open(repository_id=repo_id, replica=replica, hash=first.hash, chunker=first.chunker,
+                           branch=branch, repo_class=repo_class)
+        published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
+        refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
+        remote = get_remote(repo, remote_name) if resumed else add_remote(repo, remote_name, parsed.text, gateway)
+        result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
+        heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote_name}/").items()
+                 if ref.split("/", 3)[-1] == branch]
+        if not heads and result.failed:
+            f = result.failed[0]
+            raise RemoteError(f"clone failed: {f.replica}/{f.branch} ({cid_str(f.commit)}): {f.error}",
+                              transient=True)
+        fetched = repo.refs.list_refs(f"remotes/{remote_name}/").values()
+        refuse_replica_in_use(repo.replica, replicas_in_history(repo, fetched), repo_id,
+                              chosen=replica is not None)
+        head, diverged = _choose(repo, heads)
+        if head is not None:
+            target.checkout(head, branch, f"clone from {parsed.text}", progress)
+        target.finish()
     out = CloneResult(repo.root, repo_id, repo.replica, branch, head, result, diverged)
     out.seconds = time.monotonic() - t0
     return repo, out
@@ -140,19 +100,6 @@ def _choose(repo: Repository, heads: list[Cid]) -> tuple[Cid | None, bool]:
         # diverged replicas: start from the newest (generation, then HLC, then CID)
         best = max(heads, key=lambda c: (repo.graph.get(c).generation, repo.graph.get(c).time, c))
         return best, True
-
-
-def _remove(root: Path, created: bool) -> None:
-    """Undo a failed clone: the directory was new or empty, so everything in it is ours."""
-    if created:
-        shutil.rmtree(root, ignore_errors=True)
-        return
-    for child in list(root.iterdir()) if root.exists() else []:
-        with contextlib.suppress(OSError):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
 
 
 def is_published(repo: Repository, commit: Cid, remote_name: str | None = None) -> bool:

@@ -6,20 +6,22 @@ published index to read head records from (see ``docs/remotes.md``)::
     ipfs+http://HOST:PORT[/REPOSITORY-ID][#INDEX-CID]
     ipfs+https://HOST:PORT[/REPOSITORY-ID][#INDEX-CID]
 
-Remotes are stored in the repository config under ``remotes``:
-``{name: {"url": ..., "gateway": ... or null}}``.
+Remotes are stored in the repository config under ``remotes``
+(``{name: {"url": ..., "gateway": ... or null, "token_file": ...}}``, typed and checked by
+:mod:`casync.settings`); :func:`write_remote` is the one writer of that key.
 """
 
 from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from casync.errors import UsageError
 from casync.ids import Cid, cid_str, parse_cid
 from casync.repo import Repository
+from casync.settings import RemoteEntry, remotes, with_remote
 
 __all__ = [
     "SCHEMES",
@@ -34,6 +36,7 @@ __all__ = [
     "set_remote",
     "validate_remote_name",
     "validate_repo_id",
+    "write_remote",
 ]
 
 SCHEMES = ("ipfs+http", "ipfs+https")
@@ -154,17 +157,19 @@ class Remote:
                 "index": cid_str(self.url.index) if self.url.index else None}
 
 
-def _remotes(repo: Repository) -> dict[str, dict[str, Any]]:
-    raw = repo.config.get(CONFIG_KEY) or {}
-    return dict(raw) if isinstance(raw, dict) else {}
+def _remotes(repo: Repository) -> dict[str, RemoteEntry]:
+    return remotes(repo.config)
 
 
-def _remote(name: str, entry: Any) -> Remote:
-    url = str(entry.get("url", "")) if isinstance(entry, dict) else ""
-    gateway = entry.get("gateway") if isinstance(entry, dict) else None
-    if is_ipfs_url(url):
-        return Remote(name, parse_url(url), gateway, "ipfs")
-    return Remote(name, RemoteUrl(url, ""), gateway, "peer")
+def write_remote(repo: Repository, name: str, entry: RemoteEntry | None) -> None:
+    """Set (``None``: remove) one remote: the one writer of the ``remotes`` config key."""
+    repo.set_config(CONFIG_KEY, with_remote(repo.config, name, entry))
+
+
+def _remote(name: str, entry: RemoteEntry) -> Remote:
+    if is_ipfs_url(entry.url):
+        return Remote(name, parse_url(entry.url), entry.gateway, "ipfs")
+    return Remote(name, RemoteUrl(entry.url, ""), entry.gateway, "peer")
 
 
 def list_remotes(repo: Repository) -> list[Remote]:
@@ -192,8 +197,7 @@ def get_remote(repo: Repository, name: str | None = None) -> Remote:
 def add_remote(repo: Repository, name: str, url: str, gateway: str | None = None) -> Remote:
     """Add an IPFS remote (``ipfs+http://...``) or a casync peer (``http(s)://...``, a path)."""
     validate_remote_name(name)
-    remotes = _remotes(repo)
-    if name in remotes:
+    if name in _remotes(repo):
         raise UsageError(f"remote {name!r} already exists", hint="remove it first, or use 'casync remote set-url'")
     gw = _validate_gateway(gateway) if gateway else None
     if is_ipfs_url(url):
@@ -201,42 +205,35 @@ def add_remote(repo: Repository, name: str, url: str, gateway: str | None = None
         if parsed.repo_id is not None and parsed.repo_id != repo.repo_id:
             raise UsageError(f"remote URL {url!r} names repository {parsed.repo_id}, "
                              f"but this repository is {repo.repo_id}")
-        entry: dict[str, Any] = {"url": parsed.text, "gateway": gw}
+        entry = RemoteEntry(parsed.text, gw)
     else:
-        entry = {"url": _check_peer_url(url)}
-        if gw:
-            entry["gateway"] = gw
-    remotes[name] = entry
-    repo.set_config(CONFIG_KEY, remotes)
+        entry = RemoteEntry(_check_peer_url(url), gw)
+    write_remote(repo, name, entry)
     return _remote(name, entry)
 
 
 def set_remote(repo: Repository, name: str, url: str | None = None, gateway: str | None = None) -> Remote:
     """Change a remote's URL and/or gateway (other keys of its entry are kept)."""
-    remotes = _remotes(repo)
-    if name not in remotes:
+    entry = _remotes(repo).get(name)
+    if entry is None:
         raise UsageError(f"no remote named {name!r}", hint="list remotes with 'casync remote -v'")
-    entry = dict(remotes[name])
     if url is not None:
-        entry["url"] = parse_url(url).text if is_ipfs_url(url) else _check_peer_url(url)
+        entry = replace(entry, url=parse_url(url).text if is_ipfs_url(url) else _check_peer_url(url))
     if gateway is not None:
-        entry["gateway"] = _validate_gateway(gateway) if gateway else None
-    remotes[name] = entry
-    repo.set_config(CONFIG_KEY, remotes)
+        entry = replace(entry, gateway=_validate_gateway(gateway) if gateway else None)
+    write_remote(repo, name, entry)
     return _remote(name, entry)
 
 
 def remove_remote(repo: Repository, name: str) -> list[str]:
     """Forget a remote and its remote-tracking refs; return the refs deleted."""
-    remotes = _remotes(repo)
-    if name not in remotes:
+    if name not in _remotes(repo):
         raise UsageError(f"no remote named {name!r}", hint="list remotes with 'casync remote -v'")
     deleted = []
     for ref, cid in repo.refs.list_refs(f"remotes/{name}/").items():
         repo.refs.cas_ref(ref, cid, None, f"remote remove {name}")
         deleted.append(ref)
-    del remotes[name]
-    repo.set_config(CONFIG_KEY, remotes or None)
+    write_remote(repo, name, None)
     marker = b"push-pending/" + name.encode()  # an interrupted push to it (see remote.sender)
     repo.store.write(lambda txn: txn.delete(marker, db=repo.store.db("meta")))
     return deleted

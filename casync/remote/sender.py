@@ -2,16 +2,14 @@
 
 What to send.  Everything the remote's published heads reach is already on the node
 (closure invariant: a record is written only after its DAG is uploaded and pinned).
-So the walk starts at the new head and stops at commits reachable from any remote head
-we hold locally (a generation-ordered paint walk, as git's negotiation).  For each new
-commit, its tree is compared path by path with its parents' trees: an entry equal to
-the parent's is skipped whole, because the parent's blocks are either on the remote or
-sent in this same push (by induction over the new commits).  In a changed file, the
-leaves shared with the parent's version of that file (e.g. every chunk but one after an
-insertion with content-defined chunking) are skipped too.  A directory or multi-chunk
-file at a path the parents lack is skipped whole when a tree the remote holds has it
-anywhere (moved or copied data).  Only interior nodes are read for this; raw leaves are
-read once, when uploaded.
+So the commits to send are those the new head reaches and no remote head we hold
+locally does (:meth:`CommitGraph.missing`, a generation-ordered walk as git's
+negotiation), and their blocks are what :mod:`casync.walk` finds their parents' trees
+lack: an entry equal to the parent's is skipped whole, because the parent's blocks are
+either on the remote or sent in this same push (by induction over the new commits); so
+are the unchanged chunks of an edited file and data moved or copied from a tree the
+remote holds.  Only interior nodes are read for this; raw leaves are read once, when
+uploaded.
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/update`` from this replica's previous head when nothing else
@@ -22,7 +20,6 @@ push ask the node which of the blocks it still lacks, so a re-run uploads only t
 
 from __future__ import annotations
 
-import heapq
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,10 +27,8 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.dag import tree_entry_cids
-from casync.errors import InvalidObject, RemoteError, StateRefused, UsageError
-from casync.ids import DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
-from casync.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
+from casync.errors import RemoteError, StateRefused, UsageError
+from casync.ids import RAW, Cid, cid_str, compute_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.remote.config import Remote, get_remote
 from casync.remote.records import BranchHead, HeadRecord, RemoteNode, connect
@@ -41,6 +36,7 @@ from casync.remote.util import remote_lock
 from casync.repo import Repository
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.tags import tags_reaching
+from casync.walk import commit_blocks
 
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
 
@@ -84,152 +80,17 @@ class PushResult:
 # --- what to send ----------------------------------------------------------------------------------
 
 
-def new_commits(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[Cid]:
-    """Commits reachable from ``head`` but not from any of ``known`` (all held locally)."""
-    graph = repo.graph
-    flags: dict[Cid, int] = {}
-    heap: list[tuple[int, Cid]] = []
-    new, old = 1, 2
-    only_new = 0  # queued commits reached from head alone: the walk ends at zero
-
-    def mark(cid: Cid, flag: int) -> None:
-        nonlocal only_new
-        prev = flags.get(cid, 0)
-        if prev | flag != prev:
-            if prev == 0:
-                heapq.heappush(heap, (-graph.node(cid).generation, cid))
-            only_new += (prev | flag == new) - (prev == new)
-            flags[cid] = prev | flag
-
-    mark(head, new)
-    for k in known:
-        mark(k, old)
-    out = []
-    while only_new:
-        _, cid = heapq.heappop(heap)
-        f = flags[cid]
-        if f == new:
-            only_new -= 1
-            out.append(cid)
-        for p in graph.node(cid).parents:
-            mark(p, f)
-    return out
-
-
-class _Walker:
-    """Path-aligned tree diff collecting (cid, size) of blocks not covered by parents."""
-
-    def __init__(self, repo: Repository, held_trees: list[Cid] | None = None) -> None:
-        self.get = repo.blocks.get
-        self.seen: set[Cid] = set()
-        self.out: list[tuple[Cid, int]] = []
-        self._file_sets: dict[Cid, set[Cid]] = {}
-        self._held_trees = held_trees or []
-        self._held: set[Cid] | None = None
-
-    def remote_holds(self, cid: Cid) -> bool:
-        """``cid`` is a directory or file root somewhere in a tree the remote holds (built
-        on first use: only pushes that add paths pay for it)."""
-        if self._held is None:
-            self._held = tree_entry_cids(self.get, self._held_trees)
-        return cid in self._held
-
-    def commit(self, cid: Cid, repo: Repository) -> None:
-        if cid in self.seen:
-            return
-        self.seen.add(cid)
-        block = self.get(cid)
-        self.out.append((cid, len(block)))
-        commit = repo.load_commit(cid)
-        olds = [repo.load_commit(p).tree for p in commit.parents]
-        self.node(commit.tree, 0, olds)
-
-    def node(self, cid: Cid, size: int, olds: list[Cid]) -> None:
-        empty: set[Cid] = set()
-        stack: list[tuple[Cid, int, list[Cid], set[Cid]]] = [(cid, size, olds, empty)]
-        while stack:
-            cid, size, olds, covered = stack.pop()
-            if cid in self.seen or cid in olds or cid in covered:
-                continue
-            self.seen.add(cid)
-            codec = cid_codec(cid)
-            if codec == RAW:
-                self.out.append((cid, size))
-                continue
-            if codec != DAG_PB:
-                raise InvalidObject(f"tree node {cid_str(cid)} has unexpected codec {codec:#x}")
-            block = self.get(cid)
-            self.out.append((cid, len(block)))
-            node = decode_pbnode(block)
-            if _is_dir(node.data):
-                old_maps = [m for m in (self._dir_map(o) for o in olds if cid_codec(o) == DAG_PB) if m]
-                for link in node.links:
-                    name = link.name or b""
-                    same = [m[name] for m in old_maps if name in m]
-                    if not same and cid_codec(link.cid) == DAG_PB and self.remote_holds(link.cid):
-                        continue  # moved or copied: already on the remote under another path
-                    stack.append((link.cid, link.tsize or 0, same, empty))
-            else:
-                # inside a changed file: blocks of the parents' version of it are covered
-                if olds:
-                    covered = set(covered)
-                    for o in olds:
-                        covered |= self._file_set(o)
-                for link in node.links:
-                    stack.append((link.cid, link.tsize or 0, [], covered))
-
-    def _dir_map(self, cid: Cid) -> dict[bytes, Cid] | None:
-        node = decode_pbnode(self.get(cid))
-        if not _is_dir(node.data):
-            return None
-        return {link.name or b"": link.cid for link in node.links}
-
-    def _file_set(self, cid: Cid) -> set[Cid]:
-        """CIDs of a file DAG's interior nodes and of everything they link to (leaves not read)."""
-        cached = self._file_sets.get(cid)
-        if cached is not None:
-            return cached
-        out = {cid}
-        if cid_codec(cid) == DAG_PB:
-            stack = [cid]
-            while stack:
-                node = decode_pbnode(self.get(stack.pop()))
-                if _is_dir(node.data):
-                    break
-                for link in node.links:
-                    if link.cid not in out:
-                        out.add(link.cid)
-                        if cid_codec(link.cid) == DAG_PB:
-                            stack.append(link.cid)
-        if len(self._file_sets) > 1024:
-            self._file_sets.clear()
-        self._file_sets[cid] = out
-        return out
-
-
-def _is_dir(data: bytes | None) -> bool:
-    return data is not None and decode_unixfs(data).type == UNIXFS_DIRECTORY
-
-
 def missing_blocks(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[tuple[Cid, int]]:
     """(cid, size) of every block to send so that the remote holding ``known``'s closures
     holds ``head``'s closure (see the module docstring)."""
-    commits = new_commits(repo, head, known)
-    new = set(commits)
-    held = {repo.graph.node(p).tree for c in commits for p in repo.graph.node(c).parents if p not in new}
-    walker = _Walker(repo, sorted(held))
-    for cid in commits:
-        walker.commit(cid, repo)
-    return walker.out
+    commits = repo.graph.missing([head], known)
+    return [(cid, size) for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)]
 
 
 def all_blocks(repo: Repository, heads: Iterable[Cid]) -> dict[Cid, int]:
     """Every block reachable from ``heads`` (history included) with its size."""
-    walker = _Walker(repo)
-    for head in heads:
-        for cid in new_commits(repo, head, []):
-            walker.commit(cid, repo)
-    return dict(walker.out)
+    commits = repo.graph.missing(list(heads), [])
+    return {cid: size for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)}
 
 
 # --- the push ----------------------------------------------------------------------------------------

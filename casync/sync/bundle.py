@@ -15,10 +15,8 @@ so a bundle from an untrusted USB stick is as safe as a peer.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,13 @@ from typing import Any
 from casync import cbor
 from casync.car import CarWriter, iter_car, read_header
 from casync.cbor import Link
-from casync.clonestate import refuse_replica_in_use, replicas_in_history
+from casync.clonestate import CloneTarget, refuse_replica_in_use, replicas_in_history
 from casync.errors import CorruptBlock, InvalidObject, UsageError
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_hash, cid_str, compute_cid, short, verify_block
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import MissingLink, PackReceiver, TransferStats, blocks_for_commits
 from casync.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
-from casync.workdir import update_worktree
 
 __all__ = ["BundleInfo", "BundleManifest", "clone_bundle", "create_bundle", "peek_bundle", "read_bundle"]
 
@@ -224,8 +221,8 @@ def clone_bundle(path: Path, directory: Path, *, replica: str | None = None, bra
     """Create ``directory`` as a new replica of the repository a full bundle carries (a new
     site set up from a USB stick): same repository id, hash and chunker, a new replica id,
     every block checked as :func:`read_bundle` checks it, ``branch`` (default ``main``, else
-    the first) checked out; the bundle's refs stay as ``bundles/<name>``.  After a failure
-    nothing is left behind."""
+    the first) checked out; the bundle's refs stay as ``bundles/<name>``.  Resume and cleanup
+    follow the one clone procedure (:class:`casync.clonestate.CloneTarget`)."""
     manifest = peek_bundle(path)
     if manifest.prerequisites:
         raise UsageError(f"bundle {path} was made with --since: it lacks the history before "
@@ -237,30 +234,13 @@ def clone_bundle(path: Path, directory: Path, *, replica: str | None = None, bra
     if wanted not in manifest.refs:
         raise UsageError(f"bundle {path} has no branch {wanted!r}",
                          hint=f"it holds: {', '.join(sorted(manifest.refs))}")
-    root = directory.resolve()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UsageError(f"destination {root} exists and is not an empty directory")
-    created = not root.exists()
-    repo = Repository.init(root, replica=replica, hash=manifest.hash, chunker=manifest.chunker,
-                           repository_id=manifest.repository_id, branch=wanted)
-    try:
+    with CloneTarget(directory.resolve(), str(path.resolve())) as target:
+        target.refuse_other_replica(replica)
+        repo = target.open(repository_id=manifest.repository_id, replica=replica, hash=manifest.hash,
+                           chunker=manifest.chunker, branch=wanted)
         info = read_bundle(repo, path)
         refuse_replica_in_use(repo.replica, replicas_in_history(repo, info.refs.values()), repo.repo_id,
                               chosen=replica is not None)
-        tip = info.refs[wanted]
-        update_worktree(repo, {}, repo.flat_tree(tip), repo.tree_of(tip), "clone", progress=progress)
-        repo.update_branch(wanted, None, tip, f"clone from bundle {path.name}")
-        repo.set_head(wanted)
-    except BaseException:
-        repo.close()
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
-        else:  # it was empty: everything in it is ours
-            for child in list(root.iterdir()):
-                with contextlib.suppress(OSError):
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-        raise
+        target.checkout(info.refs[wanted], wanted, f"clone from bundle {path.name}", progress)
+        target.finish()
     return repo, info, wanted

@@ -1,12 +1,8 @@
 """What goes over the wire: the blocks a peer lacks, and how received blocks are checked.
 
 Sender: for each missing commit, oldest first, the blocks of its tree that none of its
-parents' trees hold at the same path (a parallel walk, so unchanged subtrees and the
-unchanged leaves of an edited file are never sent), in post-order (children before the
-nodes that link to them), then the commit block itself.  A directory or multi-chunk file
-at a path its parents lack is skipped whole when the receiver already holds it anywhere
-(the commits it holds are the parents outside the transfer): moving or copying data
-costs a few directory blocks, not its bytes.
+parents' trees hold at the same path, in post-order, then the commit block itself; the
+walk (and its moved/copied-data rule) is :mod:`casync.walk`, shared with IPFS push.
 
 Receiver: every block is hash-verified (by the CAR reader), every link of a received
 block must point to a block held before the transfer or received earlier in it, and at
@@ -21,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from casync.dag import tree_entry_cids, validated_links
+from casync.dag import validated_links
 from casync.errors import InvalidObject
-from casync.ids import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str
-from casync.objects import UNIXFS_DIRECTORY, decode_commit, decode_pbnode, decode_unixfs
+from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str
+from casync.objects import decode_commit
 from casync.repo import Repository
+from casync.walk import commit_blocks
 
-__all__ = ["MissingLink", "PackReceiver", "TransferStats", "blocks_for_commits"]
+__all__ = ["MissingLink", "MissingWant", "PackReceiver", "StrayBlock", "TransferStats", "UnwantedCommit",
+           "blocks_for_commits"]
 
 FLUSH_BYTES = 8 << 20
 
@@ -36,99 +34,24 @@ class MissingLink(InvalidObject):
     """A received block links to a block neither held nor received before it."""
 
 
-class _TreeDiff:
-    """Blocks of a new tree that old trees at the same paths do not already hold, nor the
-    receiver anywhere else (a file or directory moved or copied to a new path)."""
+class StrayBlock(InvalidObject):
+    """A received block that no commit of the stream reaches (or the stream stopped before it)."""
 
-    def __init__(self, repo: Repository, sent: set[Cid], held_trees: list[Cid]) -> None:
-        self.repo = repo
-        self.sent = sent
-        self._held_trees = held_trees
-        self._held: set[Cid] | None = None
 
-    def receiver_holds(self, cid: Cid) -> bool:
-        """``cid`` is a directory or file root in a tree the receiver holds.  The index is
-        built on first use only, i.e. when a transfer meets a new path at all."""
-        if self._held is None:
-            self._held = tree_entry_cids(self.repo.blocks.get, self._held_trees)
-        return cid in self._held
+class UnwantedCommit(InvalidObject):
+    """The stream ends with a commit that was not asked for."""
 
-    def _node(self, cid: Cid) -> tuple[bytes, bool, list[tuple[bytes | None, Cid]]]:
-        block = self.repo.blocks.get(cid)
-        if cid_codec(cid) != DAG_PB:
-            return block, False, []
-        node = decode_pbnode(block)
-        is_dir = node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
-        return block, is_dir, [(link.name, link.cid) for link in node.links]
 
-    def _all_cids(self, roots: Iterable[Cid]) -> set[Cid]:
-        """Every block CID of the old versions of a file (internal nodes read, leaves not)."""
-        out: set[Cid] = set()
-        stack = list(roots)
-        while stack:
-            cid = stack.pop()
-            if cid in out:
-                continue
-            out.add(cid)
-            if cid_codec(cid) == DAG_PB:
-                stack.extend(link.cid for link in decode_pbnode(self.repo.blocks.get(cid)).links)
-        return out
-
-    def walk(self, new: Cid, old: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        if new in old or new in self.sent:
-            return
-        block, is_dir, links = self._node(new)
-        if is_dir:
-            old_links: dict[bytes | None, list[Cid]] = {}
-            for o in old:
-                try:
-                    _b, o_is_dir, o_links = self._node(o)
-                except Exception:
-                    continue
-                if o_is_dir:
-                    for name, cid in o_links:
-                        old_links.setdefault(name, []).append(cid)
-            for name, child in links:
-                same_path = old_links.get(name, [])
-                if not same_path and cid_codec(child) == DAG_PB and self.receiver_holds(child):
-                    continue  # moved or copied: the receiver has it under another name
-                yield from self.walk(child, same_path)
-        else:
-            known = self._all_cids(old)
-            yield from self._file_blocks(new, known)
-            return
-        self.sent.add(new)
-        yield new, block
-
-    def _file_blocks(self, cid: Cid, known: set[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        if cid in known or cid in self.sent:
-            return
-        block = self.repo.blocks.get(cid)
-        if cid_codec(cid) == DAG_PB:
-            for link in decode_pbnode(block).links:
-                yield from self._file_blocks(link.cid, known)
-        self.sent.add(cid)
-        yield cid, block
+class MissingWant(InvalidObject):
+    """A commit that was asked for did not arrive."""
 
 
 def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
     """The stream a peer needs to go from its common commits to holding ``commits``
-    (oldest first, as :meth:`CommitGraph.missing` returns them)."""
-    sent: set[Cid] = set()
-    new = set(commits)
-    held = {repo.graph.node(p).tree for c in commits for p in repo.graph.node(c).parents if p not in new}
-    diff = _TreeDiff(repo, sent, sorted(held))
-    for cid in commits:
-        commit = repo.graph.get(cid)
-        old_trees = []
-        for p in commit.parents:
-            try:
-                old_trees.append(repo.graph.get(p).tree)
-            except Exception:
-                continue
-        yield from diff.walk(commit.tree, old_trees)
-        sent.add(cid)
-        yield cid, repo.blocks.get(cid)
+    (oldest first, as :meth:`CommitGraph.missing` returns them): see :mod:`casync.walk`."""
+    get = repo.blocks.get
+    for cid, _size, data in commit_blocks(get, repo.graph, commits):
+        yield cid, data if data is not None else get(cid)
 
 
 @dataclass
@@ -187,7 +110,7 @@ class PackReceiver:
         if cid_codec(cid) == DAG_CBOR:
             if self._since_commit:
                 stray = next(iter(self._since_commit))
-                raise InvalidObject(f"block {cid_str(stray)} was sent but no commit needs it")
+                raise StrayBlock(f"block {cid_str(stray)} was sent but no commit needs it")
             self._dangling_commits.add(cid)
             self.stats.commits.append(cid)
             self._unflushed_commits.append(cid)
@@ -202,14 +125,14 @@ class PackReceiver:
     def finish(self) -> TransferStats:
         if self._since_commit:
             stray = next(iter(self._since_commit))
-            raise InvalidObject(f"block {cid_str(stray)} was sent but no commit needs it (truncated stream?)")
+            raise StrayBlock(f"block {cid_str(stray)} was sent but no commit needs it (truncated stream?)")
         if self.wants is not None:
             extra = self._dangling_commits - self.wants
             if extra:
-                raise InvalidObject(f"commit {cid_str(next(iter(extra)))} was sent but not asked for")
+                raise UnwantedCommit(f"commit {cid_str(next(iter(extra)))} was sent but not asked for")
             missing = [w for w in self.wants if not self._present(w)]
             if missing:
-                raise InvalidObject(f"commit {cid_str(missing[0])} was asked for but not sent")
+                raise MissingWant(f"commit {cid_str(missing[0])} was asked for but not sent")
         self.repo.blocks.flush()
         return self.stats
 

@@ -30,6 +30,7 @@ from casync.errors import (
     NotARepository,
     RefConflict,
     RemoteError,
+    StateRefused,
     UsageError,
 )
 from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
@@ -38,7 +39,7 @@ from casync.repo import Repository, validate_branch_name
 from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
 from casync.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.workdir import update_worktree
-from casync.workstate import moved_since_checkout
+from casync.workstate import merge_in_progress, moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
            "push_tags_to", "push_to"]
@@ -188,6 +189,13 @@ class PeerService:
             checked_out = (not self.repo.bare and self.repo.current_branch() == branch
                            and moved_since_checkout(self.repo) is None)
             st = None
+            if checked_out and merge_in_progress(self.repo):
+                # the files hold a half-done merge: moving them would carry it to the pushed
+                # commit, and '--continue' would then commit it there
+                raise StateRefused(f"push to the checked-out branch {branch} refused: a merge is stopped "
+                                   "there for conflicts",
+                                   hint="that replica must finish it ('casync merge --continue') or give it up "
+                                        "('casync merge --abort') first; then push again")
             if checked_out and current == old:
                 # like git's receive.denyCurrentBranch=updateInstead: the files follow the
                 # branch, and a push that would overwrite uncommitted edits is refused
