@@ -632,11 +632,9 @@ def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
 
 
 def _repair(obj: _Context, remote: str, as_json: bool) -> None:
-    import importlib
-
+    from casync.cli_remote import block_source
     from casync.repair import repair
 
-    block_source = importlib.import_module("casync.cli_remote").block_source
     with block_source(obj, remote) as source:
         result = repair(obj.repo(), source, progress=obj.progress())
     if as_json:
@@ -763,51 +761,45 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
 
 # Commands defined in their own modules, imported only when one of them runs (the
 # IPFS client alone costs ~70 ms of start-up that 'casync status' should not pay).
-_EXTENSIONS: dict[str, tuple[str, str]] = {
-    "merge": ("casync.cli_merge", "merge"),
-    "conflicts": ("casync.cli_merge", "conflicts"),
-    "resolve": ("casync.cli_merge", "resolve"),
-    "serve": ("casync.cli_sync", "serve"),
-    "sync": ("casync.cli_sync", "sync"),
-    "bundle": ("casync.cli_sync", "bundle"),
-    "remote": ("casync.cli_remote", "remote_cmd"),
-    "push": ("casync.cli_remote", "push"),
-    "fetch": ("casync.cli_remote", "fetch"),
-    "pull": ("casync.cli_remote", "pull"),
-    "clone": ("casync.cli_remote", "clone"),
-    "url": ("casync.cli_remote", "url_cmd"),
-    "tag": ("casync.cli_tag", "tag"),
+_COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "cli_merge": ("merge", "conflicts", "resolve"),
+    "cli_sync": ("serve", "sync", "bundle"),
+    "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
+    "cli_tag": ("tag",),
 }
 
 
-def _available_extensions() -> dict[str, tuple[str, str]]:
-    import importlib.util
+def _load_command(name: str) -> click.Command | None:
+    """The command ``name`` from the module of its group, imported here, on first use."""
+    if name in _COMMAND_GROUPS["cli_merge"]:
+        from casync import cli_merge
 
-    out = {}
-    for name, (module, attr) in _EXTENSIONS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            out[name] = (module, attr)
-    return out
+        return {"merge": cli_merge.merge, "conflicts": cli_merge.conflicts, "resolve": cli_merge.resolve}[name]
+    if name in _COMMAND_GROUPS["cli_sync"]:
+        from casync import cli_sync
+
+        return {"serve": cli_sync.serve, "sync": cli_sync.sync, "bundle": cli_sync.bundle}[name]
+    if name in _COMMAND_GROUPS["cli_remote"]:
+        from casync import cli_remote
+
+        return {"remote": cli_remote.remote_cmd, "push": cli_remote.push, "fetch": cli_remote.fetch,
+                "pull": cli_remote.pull, "clone": cli_remote.clone, "url": cli_remote.url_cmd}[name]
+    if name == "tag":
+        from casync.cli_tag import tag
+
+        return tag
+    return None
 
 
 def _lazy_list_commands(ctx: click.Context) -> list[str]:
-    return sorted(set(main.commands) | set(_available_extensions()))
+    return sorted(set(main.commands).union(*_COMMAND_GROUPS.values()))
 
 
 def _lazy_get_command(ctx: click.Context, name: str) -> click.Command | None:
     if name in main.commands:
         return _report_json_failures(main.commands[name])
-    spec = _available_extensions().get(name)
-    if spec is None:
-        return None
-    import importlib
-
-    command = getattr(importlib.import_module(spec[0]), spec[1], None)
-    return _report_json_failures(command) if isinstance(command, click.Command) else None
+    command = _load_command(name)
+    return _report_json_failures(command) if command is not None else None
 
 
 main.list_commands = _lazy_list_commands  # type: ignore[method-assign]

@@ -43,20 +43,17 @@ def retry_policy() -> rmt.RetryPolicy:
         raise UsageError(f"CASYNC_REMOTE_ATTEMPTS must be a number, not {raw!r}") from None
 
 
-def _peer_hook(name: str) -> Any:
-    """Peers (``casync serve`` URLs, paths) share ``remote``/``push``/``fetch``/``pull``/``clone``
-    with IPFS remotes; their implementation lives in ``casync.cli_sync`` as plain functions
-    ``clone_peer(obj, url, directory, replica=, branch=, as_json=, token_file=)``,
-    ``push_peer(obj, remote, branch, as_json=, token_file=)``, ``fetch_peer(obj, remote, as_json=,
-    token_file=)`` and ``pull_peer(obj, remote, force=, as_json=, policy=, token_file=)``.  None
-    when it does not provide one."""
-    import importlib
+_PEER_COMMANDS = ("push", "fetch", "pull")
 
-    try:
-        mod = importlib.import_module("casync.cli_sync")
-    except ModuleNotFoundError:
-        return None
-    return getattr(mod, name, None)
+
+def _peer_command(command: str) -> Any:
+    """Peers (``casync serve`` URLs, paths) share ``push``/``fetch``/``pull``/``clone`` with
+    IPFS remotes; ``casync.cli_sync`` implements them for peers (imported on first use, so
+    commands that never reach a peer do not pay for it)."""
+    from casync import cli_sync
+
+    assert command in _PEER_COMMANDS
+    return {"push": cli_sync.push_peer, "fetch": cli_sync.fetch_peer, "pull": cli_sync.pull_peer}[command]
 
 
 def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | None = None) -> Any:
@@ -65,19 +62,14 @@ def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | Non
     repo = obj.repo()
     if name is not None and name not in {r.name for r in rmt.list_remotes(repo)} and (
             name.startswith(("http://", "https://", "file://")) or (Path(obj.directory) / name).is_dir()):
-        hook = _peer_hook(f"{command}_peer")
-        if hook is not None:
-            return hook
+        return _peer_command(command)
     r = rmt.get_remote(repo, name)
     if r.is_ipfs:
         if token_file is not None:
             raise UsageError(f"--token-file is for 'casync serve' peers, and {r.name!r} is an IPFS node",
                              hint="a Kubo RPC API's credentials come from CASYNC_KUBO_API_AUTH")
         return None
-    hook = _peer_hook(f"{command}_peer")
-    if hook is None:
-        r.require_ipfs()
-    return hook
+    return _peer_command(command)
 
 
 token_file_option = click.option(
@@ -356,11 +348,11 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
     if url.lower().startswith("ipfs+") and not rmt.is_ipfs_url(url):
         raise UsageError(f"malformed IPFS URL {url!r}", hint="use ipfs+http://HOST:PORT[/REPO-ID][#INDEX]")
     if not rmt.is_ipfs_url(url):
-        hook = _peer_hook("clone_peer")
-        if hook is not None:
-            hook(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
-                 token_file=_token_path(obj, token_file) if token_file else None)
-            return
+        from casync.cli_sync import clone_peer
+
+        clone_peer(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
+                   token_file=_token_path(obj, token_file) if token_file else None)
+        return
     path = os.path.join(obj.directory, directory)
     # Ctrl-C: clonestate.CloneInterrupted carries the hint that the partial clone is kept
     repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
@@ -404,10 +396,9 @@ def block_source(obj: Any, spec: str) -> Iterator[Any]:
     elif configured is None and rmt.is_ipfs_url(spec):
         url = rmt.parse_url(spec)
     else:
-        hook = _peer_hook("peer_block_source")
-        if hook is None:
-            raise UsageError(f"{spec} is not an IPFS remote")
-        with hook(obj, spec) as source:
+        from casync.cli_sync import peer_block_source
+
+        with peer_block_source(obj, spec) as source:
             yield source
         return
     with rmt.connect(url, retry=retry_policy()) as node:

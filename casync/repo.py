@@ -587,15 +587,25 @@ class Transaction:
         if not parts:
             raise UsageError("transaction write needs a file path, not the root")
         stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-        self.changes["/".join(parts)] = self.repo.new_file_writer().write(stream, executable)
+        self._set("/".join(parts), self.repo.new_file_writer().write(stream, executable))
 
     def symlink(self, path: str, target: str) -> None:
         parts = split_path(path)
-        self.changes["/".join(parts)] = write_symlink(self.repo.blocks, target, self.repo.hash_name)
+        self._set("/".join(parts), write_symlink(self.repo.blocks, target, self.repo.hash_name))
 
     def delete(self, path: str) -> None:
         parts = split_path(path)
-        self.changes["/".join(parts)] = None
+        self._set("/".join(parts), None)
+
+    def _set(self, path: str, entry: Entry | None) -> None:
+        """The later change wins: a write or delete of ``path`` supersedes pending changes
+        below it (else ``delete("e/z")`` then ``write("e")`` turned the new file "e" back
+        into the emptied directory and dropped it)."""
+        below = path + "/"
+        for pending in [p for p in self.changes if p.startswith(below)]:
+            del self.changes[pending]
+        self.changes.pop(path, None)  # re-inserted last, after any ancestor's change
+        self.changes[path] = entry
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self._lock is not None

@@ -449,6 +449,8 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         return st
     apply_changes(repo, old, new, touched, progress)
     keep_dirty = set() if force else dirty - touched
+    if force:  # every local change is discarded, 'rm --cached' ones too
+        workstate.clear_untracks(repo)
     if new_tree is None:
         repo.store.save_stat_cache({}, None)
     else:

@@ -170,3 +170,25 @@ def test_fsck_reports_a_commit_whose_time_is_not_after_its_parent(repo: Reposito
     repo.update_branch("main", head, cid, "test")
     report = repo.fsck()
     assert not report.ok and "not after its parent" in report.corrupt[cid_str(cid)]
+
+
+def test_a_later_transaction_change_wins_over_pending_changes_below_it(tmp_path: Path) -> None:
+    """delete("e/z.txt") then write("e") used to drop the new file "e": the emptied
+    directory's change was applied after it. The later change wins, either way round."""
+    repo = Repository.init(tmp_path / "r", replica="site-a", bare=True)
+    try:
+        with repo.transaction(branch="main", message="base") as tx:
+            tx.write("e/z.txt", b"z")
+            tx.write("d/x.txt", b"x")
+        with repo.transaction(branch="main", message="e becomes a file") as tx:
+            tx.delete("e/z.txt")
+            tx.write("e", b"now a file")
+            tx.write("d/y.txt", b"y")
+            tx.write("d", b"d is a file now")
+        assert repo.read("e", rev="main") == b"now a file" and repo.read("d", rev="main") == b"d is a file now"
+        with repo.transaction(branch="main", message="back to a directory") as tx:
+            tx.write("e", b"short-lived")
+            tx.write("e/new.txt", b"n")
+        assert sorted(repo.flat_tree(repo.resolve("main"))) == ["d", "e/new.txt"]
+    finally:
+        repo.close()

@@ -304,6 +304,22 @@ def test_rm_cached_is_kept_until_the_next_commit(cli: Cli) -> None:
     assert (cli.cwd / "a.raw").read_text() == "a"
 
 
+def test_checkout_force_discards_a_pending_rm_cached_too(cli: Cli) -> None:
+    """--force discards every local change; a pending 'rm --cached' used to survive it, so
+    the next commit still dropped the file from the tree."""
+    cli("init")
+    write(cli.cwd, "a.txt", "a")
+    cli("commit", "-m", "c")
+    cli("rm", "--cached", "a.txt")
+    assert json.loads(cli("status", "--json").stdout)["deleted"] == ["a.txt"]
+    cli("checkout", "--force", "main")
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["clean"] and st["deleted"] == []
+    write(cli.cwd, "b.txt", "b")
+    cli("commit", "-m", "b")
+    assert {r["path"] for r in json.loads(cli("ls", "-r", "--json").stdout)} == {"a.txt", "b.txt"}
+
+
 # --- item 13: the symlink guard ---------------------------------------------------------------
 
 def _repo_with_dir_and_symlinked_copy(cli: Cli, tmp_path: Path) -> Path:

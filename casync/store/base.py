@@ -18,9 +18,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from casync.ids import Cid
+from casync.errors import RefConflict
+from casync.ids import Cid, cid_str
 
-__all__ = ["BlockStore", "RefLogEntry", "RefStore"]
+__all__ = ["BlockStore", "RefLogEntry", "RefStore", "ref_moved"]
+
+
+def ref_moved(name: str, expected: Cid | None, found: Cid | None) -> RefConflict:
+    """The error of a compare-and-swap that lost: every ref store says it the same way."""
+    return RefConflict(f"ref {name} moved: expected {cid_str(expected) if expected else 'nothing'}, "
+                       f"found {cid_str(found) if found else 'nothing'}",
+                       hint="another writer updated it; re-read and retry")
 
 
 @runtime_checkable

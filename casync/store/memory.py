@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-from casync.errors import BlockNotFound, RefConflict
+from casync.errors import BlockNotFound
 from casync.ids import Cid, cid_str
-from casync.store.base import RefLogEntry
+from casync.store.base import RefLogEntry, ref_moved
 
 __all__ = ["MemoryBlockStore", "MemoryRefStore"]
 
@@ -68,11 +68,7 @@ class MemoryRefStore:
         with self._lock:
             current = self._refs.get(name)
             if current != old:
-                raise RefConflict(
-                    f"ref {name} moved: expected {cid_str(old) if old else 'nothing'}, "
-                    f"found {cid_str(current) if current else 'nothing'}",
-                    hint="another writer updated it; re-read and retry",
-                )
+                raise ref_moved(name, old, current)
             if new is None:
                 self._refs.pop(name, None)
             else:

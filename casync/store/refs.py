@@ -8,9 +8,8 @@ import struct
 import time
 from typing import Any
 
-from casync.errors import RefConflict
 from casync.ids import Cid, cid_str
-from casync.store.base import RefLogEntry
+from casync.store.base import RefLogEntry, ref_moved
 from casync.store.env import LmdbEnv
 
 __all__ = ["LmdbRefStore"]
@@ -37,11 +36,7 @@ class LmdbRefStore:
             current = txn.get(key, db=refs)
             current = bytes(current) if current is not None else None
             if current != old:
-                raise RefConflict(
-                    f"ref {name} moved: expected {cid_str(old) if old else 'nothing'}, "
-                    f"found {cid_str(current) if current else 'nothing'}",
-                    hint="another writer updated it; re-read and retry",
-                )
+                raise ref_moved(name, old, current)
             if new is None:
                 txn.delete(key, db=refs)
             else:
