@@ -13,7 +13,7 @@ from casync.errors import EXIT_FAILURE, UsageError
 from casync.ids import short
 from casync.merge import POLICIES
 
-__all__ = ["register", "report_decisions"]
+__all__ = ["report_decisions"]
 
 _POLICY_HELP = f"Conflict policy: {', '.join(POLICIES)} or custom:NAME (default: config merge.policy, else lww)."
 
@@ -113,8 +113,3 @@ def resolve(obj: Any, path: str, pick: str | None, file_: Path | None) -> None:
     """Settle the conflict at PATH in the working tree (then commit, or merge --continue)."""
     chosen = merger.resolve_conflict(obj.repo(), path, pick, file_.read_bytes() if file_ else None)
     click.echo(f"resolved {path} ({chosen})", err=True)
-
-
-def register(group: click.Group) -> None:
-    for cmd in (merge, conflicts, resolve):
-        group.add_command(cmd)

@@ -1,6 +1,6 @@
 """CLI commands for IPFS remotes: ``remote``, ``push``, ``fetch``, ``pull``, ``clone``, ``url``.
 
-Registered on the ``casync`` group by :func:`casync.cli._register_extensions`.  The
+Found by name by the ``casync`` group (``casync.cli._EXTENSIONS``).  The
 context object is the CLI's (``repo()``, ``progress()``, ``directory``); errors are
 ``CasyncError``s that the group turns into one-line messages and exit codes.
 """
@@ -23,7 +23,7 @@ from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError
 from casync.ids import Cid, cid_str, short
 from casync.settings import remotes as configured_remotes
 
-__all__ = ["block_source", "register"]
+__all__ = ["block_source"]
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 
@@ -419,8 +419,3 @@ def block_source(obj: Any, spec: str) -> Iterator[Any]:
             yield copies
         finally:
             store.discard()
-
-
-def register(group: click.Group) -> None:
-    for cmd in (remote_cmd, push, fetch, pull, clone, url_cmd):
-        group.add_command(cmd)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
+from casync.errors import EXIT_FAILURE, CasyncError, ConflictError, RefConflict, StateRefused, UsageError
 from casync.ids import short
 from casync.settings import RemoteEntry, remotes
 
@@ -165,8 +165,8 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
                                            progress=obj.progress())
                     entry["merge"] = outcome.to_json()
                     if outcome.kind == "conflicts":
-                        raise CasyncError(f"merge with {spec} stopped on conflicts",
-                                          hint="resolve them, 'casync merge --continue', then sync again")
+                        raise ConflictError(f"merge with {spec} stopped on conflicts",
+                                            hint="resolve them, 'casync merge --continue', then sync again")
                 if not no_push:
                     info = peer.info()
                     if info.read_only:

@@ -9,7 +9,6 @@ a directory goes through :mod:`casync.validate`.
 from __future__ import annotations
 
 import io
-import stat as stat_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
@@ -367,10 +366,6 @@ def directories_of(paths: Iterable[str]) -> set[str]:
             out.add(path[:cut])
             cut = path.rfind("/", 0, cut)
     return out
-
-
-def mode_is_executable(st_mode: int) -> bool:
-    return bool(st_mode & stat_mod.S_IXUSR)
 
 
 def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry | None],

@@ -31,8 +31,10 @@ __all__ = [
     "RefConflict",
     "RemoteError",
     "StateRefused",
+    "StorageError",
     "StorageFull",
     "UnknownRevision",
+    "UnstableFile",
     "UnsupportedFormat",
     "UsageError",
     "WorktreeDirty",
@@ -130,6 +132,10 @@ class InvalidObject(CasyncError):
     """Bytes that do not decode as the object they claim to be, or break a format rule."""
 
 
+class UnstableFile(CasyncError):
+    """A file kept changing while casync read it for a commit (something is still writing it)."""
+
+
 class BadVarint(InvalidObject):
     """An unsigned varint that is truncated, not minimally encoded, or wider than 64 bits."""
 
@@ -142,7 +148,11 @@ class ConflictError(CasyncError):
     """A merge or update stopped because of conflicts the policy left to the user."""
 
 
-class StorageFull(CasyncError):
+class StorageError(CasyncError):
+    """The local store cannot be opened, written or synced (permissions, I/O errors)."""
+
+
+class StorageFull(StorageError):
     """The disk or the LMDB map is full; nothing was committed."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from casync.errors import BlockNotFound, UnknownRevision
+from casync.errors import BlockNotFound, InvalidObject, UnknownRevision
 from casync.ids import Cid
 from casync.objects import Commit, HybridTime
 from casync.reach import Reach, first_parent_ancestor
@@ -291,7 +291,8 @@ class CommitGraph:
         ends when only uninteresting commits are queued, so the cost is proportional to
         the commits between the two sides, not to the whole history.  ``haves`` that
         are not held or not commits are ignored (they are hints from a peer); a damaged
-        one raises, as every read of a damaged block does.
+        one raises, as every read of a damaged block does, and so does a store that fails
+        (a remote that is down): neither is a reason to send the whole history.
         """
         flags: dict[Cid, bool] = {}  # cid -> uninteresting
         heap: list[tuple[int, Cid]] = []
@@ -311,7 +312,7 @@ class CommitGraph:
         for h in haves:
             try:
                 self.node(h)
-            except (BlockNotFound, UnknownRevision):  # not held, or not a commit
+            except (BlockNotFound, UnknownRevision, InvalidObject):  # not held, or not a commit
                 continue
             push(h, True)
         for w in wants:

@@ -161,6 +161,11 @@ def cid_codec(cid: Cid) -> int:
     return int(CID.decode(cid).codec.code)
 
 
+_NOT_A_CID = (ValueError, LookupError)
+"""What ``multiformats.CID.decode`` raises for text or bytes that are not a CID (its
+multibase, multicodec and multihash errors derive from these)."""
+
+
 def verify_block(cid: Cid, data: bytes | memoryview, where: str = "store") -> None:
     """Raise :class:`CorruptBlock` unless ``data`` hashes to ``cid``.
 
@@ -178,7 +183,7 @@ def verify_block(cid: Cid, data: bytes | memoryview, where: str = "store") -> No
             ok = bytes(parsed.raw_digest) == HASHES[name](data)
         except CorruptBlock:
             raise
-        except Exception:
+        except _NOT_A_CID:
             raise CorruptBlock(cid.hex(), where) from None
     else:
         ok = HASHES[known[1]](data) == cid[-32:]
@@ -194,7 +199,7 @@ def is_cid(raw: bytes) -> bool:
 
     try:
         return bytes(CID.decode(raw)) == raw
-    except Exception:
+    except _NOT_A_CID:
         return False
 
 
@@ -224,5 +229,5 @@ def parse_cid(text: str) -> Cid:
 
     try:
         return bytes(CID.decode(text))
-    except Exception:
+    except _NOT_A_CID:
         raise UsageError(f"not a valid CID: {text!r}") from None

@@ -19,7 +19,7 @@ from typing import Any
 
 from casync import workstate
 from casync.dag import Entry, FileWriter, Kind, diff_flat, directories_of, flatten_tree, read_symlink, write_symlink
-from casync.errors import CasyncError, NothingToCommit, UsageError, WorktreeDirty
+from casync.errors import NothingToCommit, UnstableFile, UsageError, WorktreeDirty
 from casync.ids import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo import Repository
@@ -104,8 +104,8 @@ class _Snapshotter:
             except FileNotFoundError:
                 return None
             key = _stat_key(st)
-        raise CasyncError(f"file {path} kept changing while it was being committed",
-                          hint="stop the process writing it, or add it to .casyncignore, and retry")
+        raise UnstableFile(f"file {path} kept changing while it was being committed",
+                           hint="stop the process writing it, or add it to .casyncignore, and retry")
 
     def _read(self, path: str, st: FileStat | os.stat_result) -> tuple[Entry, os.stat_result | None]:
         abs_path = os.path.join(self.root, path)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
+from casync import Repository, cbor
 from casync.clock import Order, compare, hlc_next, join, tick
+from casync.errors import BlockNotFound, CorruptBlock, RemoteError
 from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
-from casync.objects import Commit, HybridTime, encode_commit, encode_directory
+from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
+from casync.objects import Commit, HybridTime, decode_commit
+from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
 
-TREE = compute_cid(DAG_PB, encode_directory([]))
+from .dags import EMPTY_TREE, CommitDag
 
 
 def test_compare_all_orders() -> None:
@@ -35,80 +41,53 @@ def test_hlc_monotonic_under_clock_skew() -> None:
     assert hlc_next(6000, t3) == HybridTime(6000, 0)
 
 
-class Dag:
-    def __init__(self) -> None:
-        self.commits: dict[Cid, Commit] = {}
-        self.graph = CommitGraph(self.commits.__getitem__)
-        self.n = 0
-
-    def add(self, replica: str, *parents: Cid) -> Cid:
-        self.n += 1
-        ps = [self.commits[p] for p in parents]
-        c = Commit(tree=TREE, parents=tuple(parents), clock=tick([p.clock for p in ps], replica),
-                   time=HybridTime(self.n, 0), replica=replica, author="t", message=str(self.n),
-                   generation=1 + max((p.generation for p in ps), default=0))
-        cid = compute_cid(DAG_CBOR, encode_commit(c))
-        self.commits[cid] = c
-        return cid
-
-
 def test_walk_is_topological_newest_first() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
-    m = d.add("x", b, c)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
+    m = d.add(b, c, replica="x")
     order = [cid for cid, _ in d.graph.walk([m])]
     assert order[0] == m and order[-1] == a and set(order) == {a, b, c, m}
 
 
 def test_is_ancestor() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
     assert d.graph.is_ancestor(a, b) and d.graph.is_ancestor(a, c)
     assert not d.graph.is_ancestor(b, c) and not d.graph.is_ancestor(c, b)
     assert d.graph.is_ancestor(b, b)
 
 
 def test_merge_base_simple_fork() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    b2 = d.add("x", b)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    b2 = d.add(b, replica="x")
+    c = d.add(a, replica="y")
     assert d.graph.merge_bases(b2, c) == [a]
     assert d.graph.merge_bases(b2, b) == [b]
 
 
 def test_merge_base_criss_cross_returns_both() -> None:
-    d = Dag()
-    root = d.add("x")
-    a1 = d.add("x", root)
-    b1 = d.add("y", root)
-    a2 = d.add("x", a1, b1)  # criss-cross: each side merges the other
-    b2 = d.add("y", b1, a1)
+    d = CommitDag()
+    root = d.add(replica="x")
+    a1 = d.add(root, replica="x")
+    b1 = d.add(root, replica="y")
+    a2 = d.add(a1, b1, replica="x")  # criss-cross: each side merges the other
+    b2 = d.add(b1, a1, replica="y")
     assert sorted(d.graph.merge_bases(a2, b2)) == sorted([a1, b1])
 
 
 def test_clock_concurrency_matches_dag() -> None:
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
-    c = d.add("y", a)
+    d = CommitDag()
+    a = d.add(replica="x")
+    b = d.add(a, replica="x")
+    c = d.add(a, replica="y")
     assert compare(d.commits[b].clock, d.commits[c].clock) is Order.CONCURRENT
     assert compare(d.commits[a].clock, d.commits[b].clock) is Order.BEFORE
-
-
-def _ancestors(d: Dag, cid: Cid) -> set[Cid]:
-    out, stack = {cid}, [cid]
-    while stack:
-        for p in d.commits[stack.pop()].parents:
-            if p not in out:
-                out.add(p)
-                stack.append(p)
-    return out
 
 
 def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() -> None:
@@ -118,17 +97,9 @@ def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() 
 
     rng = random.Random(20261126)
     for _dag in range(25):
-        d = Dag()
-        cids: list[Cid] = []
-        for i in range(rng.randint(5, 60)):
-            if not cids or rng.random() < 0.05:
-                cids.append(d.add(f"r{i % 4}"))
-                continue
-            k = rng.choice([1, 1, 1, 2, 2, 3])
-            window = cids[-rng.randint(1, len(cids)):]
-            parents = list(dict.fromkeys(rng.choice(window) for _ in range(k)))
-            cids.append(d.add(f"r{i % 4}", *parents))
-        anc = {c: _ancestors(d, c) for c in cids}
+        d = CommitDag()
+        cids = d.grow(rng, rng.randint(5, 60), root_chance=0.05, replicas=4)
+        anc = {c: d.ancestors(c) for c in cids}
         for _pair in range(30):
             a, b = rng.choice(cids), rng.choice(cids)
             common = anc[a] & anc[b]
@@ -143,13 +114,36 @@ def test_merge_bases_is_ancestor_and_missing_match_brute_force_on_random_dags() 
             assert all(position[p] < position[c] for c in missing for p in d.commits[c].parents if p in position)
 
 
-def test_missing_ignores_haves_it_does_not_hold_but_not_a_corrupt_one() -> None:
-    from casync.errors import BlockNotFound, CorruptBlock
-    from casync.ids import cid_str
+def test_missing_ignores_haves_it_does_not_hold_but_not_a_store_that_fails(tmp_path: Path) -> None:
+    """A peer's 'have' this repository lacks is a hint to ignore; a store that cannot answer
+    (an IPFS node that is down) is an error, not a reason to send the whole history."""
+    with Repository.init(tmp_path / "r", replica="r", bare=True) as repo:
+        d = CommitDag(repo)
+        a = d.add()
+        b = d.add(a)
+        d.save()
+        stranger = CommitDag().add(replica="elsewhere")
+        not_a_commit = cbor.encode({"not": "a commit"})  # held, DAG-CBOR, but no commit
+        other = compute_cid(DAG_CBOR, not_a_commit)
+        repo.blocks.put(other, not_a_commit)
+        repo.blocks.flush()
+        assert repo.graph.missing([b], [stranger, other, EMPTY_TREE]) == [a, b]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = IpfsBlockStore(IpfsClient(f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=1)))
+    try:
+        graph = CommitGraph(lambda cid: d.commits[cid] if cid in d.commits else decode_commit(down.get(cid)))
+        with pytest.raises(RemoteError, match="cannot connect"):
+            graph.missing([b], [stranger])
+    finally:
+        down.close()
 
-    d = Dag()
-    a = d.add("x")
-    b = d.add("x", a)
+
+def test_missing_ignores_haves_it_does_not_hold_but_not_a_corrupt_one() -> None:
+    d = CommitDag()
+    a = d.add()
+    b = d.add(a)
     unknown, rotten = compute_cid(DAG_CBOR, b"unknown"), compute_cid(DAG_CBOR, b"rotten")
 
     def load(cid: Cid) -> Commit:

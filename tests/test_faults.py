@@ -126,3 +126,23 @@ def test_lmdb_that_cannot_grow_fails_cleanly(tmp_path: Path) -> None:
     assert [e["message"] for e in log] == ["one"]
     assert _run(["fsck"], wt).returncode == 0
     assert _run(["commit", "-m", "many"], wt).returncode == 0
+
+
+def test_an_lmdb_write_error_that_is_not_disk_full_is_one_error_line(tmp_path: Path) -> None:
+    """A file-size limit that is not page-aligned: LMDB's write crossing it is short, which LMDB
+    reports as EIO (an I/O error, not 'disk full'); still one message, nothing committed."""
+    wt = tmp_path / "wt"
+    assert _run(["init", str(wt), "--replica", "a"], tmp_path).returncode == 0
+    write(wt, "first", "1")
+    assert _run(["commit", "-m", "one"], wt).returncode == 0
+    for i in range(6000):
+        write(wt, f"d{i % 50}/f{i}", f"file {i}")
+    db = wt / ".casync" / "db" / "data.mdb"
+    r = _run(["commit", "-m", "many"], wt, fsize=db.stat().st_size + (512 << 10) + 100)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: cannot write") and "db" in r.stderr.splitlines()[0], r.stderr
+    assert "Traceback" not in r.stderr
+    log = json.loads(_run(["log", "--json"], wt).stdout)
+    assert [e["message"] for e in log] == ["one"]
+    assert _run(["fsck"], wt).returncode == 0
+    assert _run(["commit", "-m", "many"], wt).returncode == 0

@@ -3,6 +3,7 @@ and committed files and directories served by Kubo's gateway at ``casync url``."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.request
@@ -12,8 +13,6 @@ import pytest
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo
-
-pytestmark = pytest.mark.kubo
 
 
 def _added(output: bytes) -> dict[str, str]:
@@ -26,6 +25,7 @@ def _added(output: bytes) -> dict[str, str]:
     return out
 
 
+@pytest.mark.kubo
 def test_fixed_chunker_cids_equal_ipfs_add(tmp_path: Path, kubo: Kubo) -> None:
     Cli(tmp_path)("init", "wt", "--chunker", "fixed", "--replica", "compat")
     cli = Cli(tmp_path / "wt")
@@ -54,6 +54,7 @@ def test_fixed_chunker_cids_equal_ipfs_add(tmp_path: Path, kubo: Kubo) -> None:
     assert tree == theirs[""]  # the commit's tree CID is Kubo's directory CID
 
 
+@pytest.mark.kubo
 def test_gateway_serves_committed_paths(tmp_path: Path, kubo: Kubo) -> None:
     if not kubo.gateway_url:
         pytest.skip("the node under test has no gateway URL (set CASYNC_TEST_IPFS_GATEWAY)")
@@ -89,6 +90,64 @@ def test_gateway_serves_committed_paths(tmp_path: Path, kubo: Kubo) -> None:
                                                                                                 "sub dir"]
     listing = _get(url).decode()
     assert "small.txt" in listing and "sub dir" in listing
+
+
+def _pseudo_random(seed: str, size: int) -> bytes:
+    """Reproducible bytes that do not compress or dedupe (SHAKE-256 of ``seed``)."""
+    return hashlib.shake_256(seed.encode()).digest(size)
+
+
+# The tree of test_fixed_chunker_cids_equal_ipfs_add with fixed contents, and the CIDs that
+# Kubo 0.43.1 gives it with `ipfs add -r --cid-version=1 --raw-leaves --hash=blake3` ("" is the
+# directory itself).  Recorded once from Kubo; test_golden_cids_are_kubos re-checks them live.
+GOLDEN_FILES = {
+    "big.bin": _pseudo_random("big", 3 * 1024 * 1024 + 12345),  # 13 leaves + a dag-pb root
+    "huge/many.bin": _pseudo_random("many", 174 * 256 * 1024 + 1),  # 175 leaves: two levels
+    "small.txt": b"small file\n",
+    "empty": b"",
+    "sub/dir/deep.txt": b"deep\n",
+    "sub/b.txt": b"b\n",
+}
+GOLDEN_CIDS = {
+    "": "bafyb4ifoar7lhcx2b6nzpmkv5zsu6odinnsxzh5e7fg3eluk3i3g2gw6da",
+    "big.bin": "bafyb4ihtdqmhnnourds2rlw2jckhhp2umlabxcd3ddzqjd4wfsvcs4ioei",
+    "empty": "bafkr4ifpcne3t5pzugtkaqcn5i3nzskjtpfslsnnyejlpte2spfoihzsmi",
+    "huge": "bafyb4ie2ehxur2elr7dfbirujntamxy6yavxerptowdc36rk6i62kstdhi",
+    "huge/many.bin": "bafyb4ibrjsphv4d7k7sc5bxc3z7ymq6k3rhsgiqx3yplo7l54u4jhhxdr4",
+    "small.txt": "bafkr4iasft5m7j5cdz2pjrtgiiain5bpiozop5pmz6e3uu54rjz2vfxpi4",
+    "sub": "bafyb4ifib6pxxmd5j7nkgjz3p6wdiciagztgi5we67autbwipcsmzx3w3u",
+    "sub/b.txt": "bafkr4ie5saxzqzhtaq64vf7ea2mo5yd2f7thofmry2d62eu432hw7tckpe",
+    "sub/dir": "bafyb4ievzfkd2diysm5z2ftdoxsrunkhdsqandyewiknd6c2at64owhpqa",
+    "sub/dir/deep.txt": "bafkr4ict5yg7fcgu6wtoh76klva6znxk6dj5kdhwiqodmkt5b457g5ziua",
+}
+
+
+def _golden_commit(tmp_path: Path) -> dict[str, str]:
+    """Commit GOLDEN_FILES with the fixed chunker: casync's {path: CID} ("" the tree)."""
+    Cli(tmp_path)("init", "golden", "--chunker", "fixed", "--replica", "compat")
+    cli = Cli(tmp_path / "golden")
+    for rel, data in GOLDEN_FILES.items():
+        write(cli.cwd, rel, data)
+    cli("commit", "-m", "golden")
+    ours = {row["path"]: row["cid"] for row in json.loads(cli("ls", "-r", "--json").stdout)}
+    for parent in ("HEAD", "HEAD:sub"):  # the directories: entries of their parents
+        ours.update({r["path"]: r["cid"] for r in json.loads(cli("ls", parent, "--json").stdout)})
+    ours[""] = json.loads(cli("log", "-n", "1", "--json").stdout)[0]["tree"]
+    return ours
+
+
+def test_fixed_chunker_cids_equal_kubos_recorded_cids(tmp_path: Path) -> None:
+    """The `ipfs add` compatibility check without a Kubo node: against Kubo's recorded CIDs."""
+    assert _golden_commit(tmp_path) == GOLDEN_CIDS
+
+
+@pytest.mark.kubo
+def test_golden_cids_are_kubos(tmp_path: Path, kubo: Kubo) -> None:
+    wt = tmp_path / "golden"
+    for rel, data in GOLDEN_FILES.items():
+        write(wt, rel, data)
+    out = _added(kubo.ipfs("add", "-r", "--cid-version=1", "--raw-leaves", "--hash=blake3", str(wt), timeout=300))
+    assert {(p[len(wt.name) + 1:] if p != wt.name else ""): c for p, c in out.items()} == GOLDEN_CIDS
 
 
 def _get(url: str) -> bytes:

@@ -16,6 +16,8 @@ import pytest
 from casync import Repository
 from casync.ids import Cid, cid_str
 
+from .dags import ancestors
+
 ROOT_FILES = {"seed.txt": b"seed\n"}
 
 
@@ -95,13 +97,7 @@ class Model:
         self.keys[cid], self.texts[cid] = keys, texts
 
     def ancestors(self, cid: Cid) -> set[Cid]:
-        out, todo = set(), [cid]
-        while todo:
-            c = todo.pop()
-            if c not in out:
-                out.add(c)
-                todo.extend(self.parents[c])
-        return out
+        return ancestors(self.parents.__getitem__, cid)
 
     def expected_text(self, heads: list[Cid], path: str) -> str | None:
         """lww: the latest write in the union of the histories."""

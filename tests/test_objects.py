@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import dag_cbor
 import pytest
 from multiformats import CID
 
+from casync import cbor
+from casync.cbor import Link
 from casync.chunking import FixedChunker, chunker_for
 from casync.dag import FileWriter, iter_file
 from casync.errors import CorruptBlock, InvalidObject, UsageError
@@ -199,3 +202,43 @@ def test_parse_cid_reads_casync_text_cids_without_multiformats() -> None:
     assert parse_cid(str(CID.decode(cid_str(cids[0])).encode("base58btc"))) == cids[0]
     with pytest.raises(UsageError):
         parse_cid("b" + "a" * 58)
+
+
+_TREE = compute_cid(DAG_PB, encode_directory([]))
+
+
+@pytest.mark.parametrize(("field", "value", "kind"), [
+    ("v", True, "an integer"),
+    ("tree", bytes(_TREE), "a link"), ("tree", cid_str(_TREE), "a link"),
+    ("parents", Link(_TREE), "a list of links"), ("parents", [bytes(_TREE)], "a list of links"),
+    ("clock", {"a": "1"}, "a map of replica ids"), ("clock", {"a": True}, "a map of replica ids"),
+    ("clock", [["a", 1]], "a map of replica ids"),
+    ("time", {"wall_ms": 1000}, "a map {wall_ms"), ("time", 1000, "a map {wall_ms"),
+    ("time", {"wall_ms": 1000, "logical": 0, "x": 0}, "a map {wall_ms"),
+    ("replica", b"a", "a string"), ("author", 1, "a string"), ("message", None, "a string"),
+    ("generation", "1", "an integer"), ("generation", True, "an integer"),
+    ("meta", {"k": 1}, "a map of strings"), ("meta", "k=v", "a map of strings"),
+    ("sig", Link(_TREE), "bytes"), ("sig", "sig", "bytes"),
+])
+def test_decode_commit_rejects_a_field_of_the_wrong_kind(field: str, value: object, kind: str) -> None:
+    """Canonical bytes, right field names, wrong IPLD kind: refused by name, never coerced
+    (``int("1")``, ``bool`` as int, a string where a link belongs)."""
+    obj = cbor.decode(encode_commit(_commit(signature=b"\x01" * 64, meta={"k": "v"})))
+    obj[field] = value
+    with pytest.raises(InvalidObject, match=f"field '{field}' must be {re.escape(kind)}"):
+        decode_commit(cbor.encode(obj))
+
+
+@pytest.mark.parametrize("field", ["v", "generation"])
+def test_decode_commit_rejects_a_float_where_an_integer_belongs(field: str) -> None:
+    obj = dag_cbor.decode(encode_commit(_commit()))  # the reference codec: ours cannot write floats
+    obj[field] = 1.0
+    with pytest.raises(InvalidObject):
+        decode_commit(dag_cbor.encode(obj))
+
+
+def test_decode_commit_rejects_a_version_string() -> None:
+    obj = cbor.decode(encode_commit(_commit()))
+    obj["v"] = "1"
+    with pytest.raises(InvalidObject, match="unsupported commit format version '1'"):
+        decode_commit(cbor.encode(obj))

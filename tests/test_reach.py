@@ -7,47 +7,14 @@ import random
 from pathlib import Path
 
 from casync import Repository
-from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
-from casync.objects import Commit, HybridTime, encode_commit, encode_directory
 from casync.reach import first_parent_ancestor, skip_depth
 from casync.store.commitgraph import _encode_node
 
-TREE = compute_cid(DAG_PB, encode_directory([]))
+from .dags import CommitDag
 
 
-class StoredDag:
-    """Commits written into a bare repository the way receivers do (block, remember, save)."""
-
-    def __init__(self, path: Path) -> None:
-        self.repo = Repository.init(path, replica="r", bare=True)
-        self.parents: dict[Cid, tuple[Cid, ...]] = {}
-        self.gen: dict[Cid, int] = {}
-        self.n = 0
-
-    def add(self, *parents: Cid) -> Cid:
-        self.n += 1
-        gen = 1 + max((self.gen[p] for p in parents), default=0)
-        c = Commit(tree=TREE, parents=parents, clock={"r": self.n}, time=HybridTime(self.n, 0), replica="r",
-                   author="t", message=str(self.n), generation=gen)
-        block = encode_commit(c)
-        cid = compute_cid(DAG_CBOR, block)
-        self.repo.blocks.put(cid, block)
-        self.repo.graph.remember(cid, c)
-        self.parents[cid], self.gen[cid] = parents, gen
-        return cid
-
-    def save(self) -> None:
-        self.repo.blocks.flush()
-        self.repo.graph.save()
-
-    def ancestors(self, cid: Cid) -> set[Cid]:
-        out, stack = {cid}, [cid]
-        while stack:
-            for p in self.parents[stack.pop()]:
-                if p not in out:
-                    out.add(p)
-                    stack.append(p)
-        return out
+def _stored_dag(path: Path) -> CommitDag:
+    return CommitDag(Repository.init(path, replica="r", bare=True))
 
 
 def test_skip_pointers_reach_any_depth_in_logarithmic_steps() -> None:
@@ -78,17 +45,9 @@ def test_skip_pointers_reach_any_depth_in_logarithmic_steps() -> None:
 def test_labels_never_lie_and_walks_agree_with_brute_force(tmp_path: Path) -> None:
     rng = random.Random(4242)
     for trial in range(6):
-        dag = StoredDag(tmp_path / f"r{trial}")
-        cids: list[Cid] = []
-        for _i in range(rng.randint(40, 160)):
-            if not cids or rng.random() < 0.03:
-                cids.append(dag.add())
-            else:
-                k = rng.choice([1, 1, 1, 2, 2, 3])
-                window = cids[-rng.randint(1, min(len(cids), 30)):] if rng.random() < 0.8 else cids
-                cids.append(dag.add(*dict.fromkeys(rng.choice(window) for _ in range(k))))
-            if rng.random() < 0.1:
-                dag.save()  # arrival in batches, as several fetches and commits
+        dag = _stored_dag(tmp_path / f"r{trial}")
+        # arriving in batches (save_chance), as through several fetches and commits
+        cids = dag.grow(rng, rng.randint(40, 160), root_chance=0.03, window=30, far_chance=0.2, save_chance=0.1)
         dag.save()
         dag.repo.close()
         repo = Repository.open(tmp_path / f"r{trial}")  # fresh graph: labels come from the table
@@ -112,7 +71,7 @@ def test_labels_never_lie_and_walks_agree_with_brute_force(tmp_path: Path) -> No
 
 def test_a_late_branch_off_the_root_needs_no_walk(tmp_path: Path) -> None:
     """Case (iii) of benchmarks/bench_sync.py, small: the base is the root of a long chain."""
-    dag = StoredDag(tmp_path / "r")
+    dag = _stored_dag(tmp_path / "r")
     root = dag.add()
     tip = root
     for _ in range(3000):
@@ -130,7 +89,7 @@ def test_a_late_branch_off_the_root_needs_no_walk(tmp_path: Path) -> None:
 
 
 def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:
-    dag = StoredDag(tmp_path / "r")
+    dag = _stored_dag(tmp_path / "r")
     chain = [dag.add()]
     for _ in range(50):
         chain.append(dag.add(chain[-1]))
@@ -154,7 +113,7 @@ def test_an_older_casync_rewriting_the_table_cannot_drop_labels(tmp_path: Path) 
     already held).  Labels live in their own DB, so the ancestors keep theirs and a later
     save cannot relabel them above their labelled descendants (which made m look like no
     ancestor of tip in review)."""
-    dag = StoredDag(tmp_path / "r")
+    dag = _stored_dag(tmp_path / "r")
     root = dag.add()
     m = dag.add(root)
     c = dag.add(m)

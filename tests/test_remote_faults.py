@@ -227,6 +227,16 @@ def test_garbage_head_record_is_reported_not_trusted(tmp_path: Path, kubo: Kubo)
         b.close()
 
 
+@pytest.mark.kubo
+def test_a_directory_where_a_head_record_belongs_is_reported_once(tmp_path: Path, kubo: Kubo) -> None:
+    rid = _pushed(tmp_path, kubo)
+    Cli(tmp_path)("clone", f"{kubo.remote_url}/{rid}", "b", "--replica", "site-b")
+    kubo.ipfs("files", "mkdir", "--parents", f"/casync/{rid}/heads/dir")
+    out = json.loads(Cli(tmp_path / "b")("fetch", "--json", ok=False).stdout)
+    assert len(out["invalid_records"]) == 1, out["invalid_records"]
+    assert "heads/dir" in out["invalid_records"][0] and "unreadable" in out["invalid_records"][0]
+
+
 def test_fetch_rejects_wrong_bytes_naming_the_cid_keeps_complete_parts_and_resumes(tmp_path: Path) -> None:
     """Many blocks in flight over kept-alive connections, one of them forged: the fetch
     fails naming it, stores nothing that would sit above it, keeps what is complete below,

@@ -17,10 +17,11 @@ import zstandard
 
 from casync import Repository
 from casync.car import CarWriter
-from casync.errors import InvalidObject, RefConflict, RemoteError
+from casync.errors import InvalidObject, RefConflict, RemoteError, StorageError
 from casync.ids import RAW, cid_str, compute_cid
 from casync.sync.bundle import create_bundle, read_bundle
 from casync.sync.http import HttpPeer
+from casync.sync.pack import blocks_for_commits
 from casync.sync.peer import LocalPeer, fetch_from, push_to
 from casync.sync.server import PeerServer
 
@@ -103,6 +104,24 @@ def test_wrong_or_missing_token_is_refused(tmp_path: Path, origin: Repository, s
     conn.request("POST", "/v1/push?branch=main&new=x", body=b"junk", headers={"Authorization": "Bearer nope"})
     assert conn.getresponse().status == 401
     assert origin.branches() == before and b.refs.list_refs() == {}
+
+
+def test_a_large_push_refused_before_its_body_is_read_gets_the_servers_reason(
+        tmp_path: Path, origin: Repository, server: PeerServer) -> None:
+    """The server refuses a push with a wrong token (401) and closes before it reads the body:
+    the client, cut off mid-upload, reports that answer, not a broken connection."""
+    b = clone_empty(tmp_path, origin, "b")
+    with b.transaction(branch="main", message="big") as tx:
+        tx.write("big.bin", os.urandom(32 << 20))  # far more than the socket buffers hold
+    new = b.resolve("main")
+    blocks = list(blocks_for_commits(b, [new]))
+    peer = HttpPeer(url(server), "wrong")
+    with pytest.raises(RemoteError, match=r"refused the token \(401\)") as info:
+        peer.push("main", origin.resolve("main"), new, blocks)
+    assert not info.value.transient
+    assert origin.refs.get_ref("heads/main") != new
+    peer.close()
+    b.close()
 
 
 def _post(srv: PeerServer, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -376,3 +395,14 @@ def test_moved_and_copied_data_is_not_sent_again(tmp_path: Path, origin: Reposit
     assert b.read("archive/logs/day3.txt", rev=cid_str(head)) == origin.read("archive/logs/day3.txt")
     assert b.fsck().ok
     b.close()
+
+
+def test_a_local_peer_whose_store_cannot_be_opened_says_so(tmp_path: Path, origin: Repository) -> None:
+    """Only a path without a repository is 'no casync repository'; a damaged one names its store."""
+    with pytest.raises(RemoteError, match="no casync repository"):
+        LocalPeer(str(tmp_path / "nothing-here"))
+    broken = Repository.init(tmp_path / "broken", replica="x")
+    broken.close()
+    (tmp_path / "broken" / ".casync" / "db" / "data.mdb").write_bytes(b"not an LMDB file" * 1000)
+    with pytest.raises(StorageError, match="cannot open the store"):
+        LocalPeer(str(tmp_path / "broken"))

@@ -24,7 +24,7 @@ from typing import Any
 
 from casync import workdir
 from casync.dag import validated_links
-from casync.errors import BlockNotFound, CasyncError, ConflictError, CorruptBlock, InvalidObject, StateRefused
+from casync.errors import BlockNotFound, ConflictError, CorruptBlock, InvalidObject, StateRefused
 from casync.ids import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.remote.config import Remote, get_remote
@@ -332,10 +332,3 @@ def _pull_by_merging(repo: Repository, fetched: FetchResult, branch: str, local:
                                 hint="resolve them ('casync conflicts'), then 'casync merge --continue'")
         merged.append(head)
     return PullResult(fetched, branch, local, repo.refs.get_ref(f"heads/{branch}"), False, merged, outcomes)
-
-
-def raise_if_failed(result: FetchResult) -> None:
-    """Turn a fetch with failures into one error (for callers that need all-or-nothing)."""
-    if result.failed:
-        f = result.failed[0]
-        raise CasyncError(f"fetch of {f.replica}/{f.branch} ({cid_str(f.commit)}) failed: {f.error}")

@@ -239,9 +239,6 @@ class RemoteNode:
                 if errors is None:
                     raise
                 errors.append(f"head record {where} is unreadable: {exc.message}")
-                if errors is None:
-                    raise
-                errors.append(str(exc))
         for rec in self._index_records(repo_id, errors):
             if rec.replica not in out or out[rec.replica].seq < rec.seq:
                 out[rec.replica] = rec

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from casync.errors import CasyncError, StorageFull
+from casync.errors import StorageError, StorageFull
 
 __all__ = ["DB_NAMES", "DISK_FULL", "INITIAL_MAP_SIZE", "MAX_MAP_SIZE", "LmdbEnv"]
 
@@ -30,7 +30,7 @@ _ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
+def _open_env(path: Path, create: bool, map_size: int) -> tuple[Any, dict[str, Any]]:
     """py-lmdb allows one Environment per path per process: share it, refcounted.
 
     Named databases are opened once per environment, under the registry lock: opening
@@ -43,12 +43,12 @@ def _open_env(path: Path, create: bool) -> tuple[Any, dict[str, Any]]:
             held[1] += 1
             return held[0], held[2]
         try:
-            env = lmdb.open(key, map_size=INITIAL_MAP_SIZE, max_dbs=16, subdir=True, create=create,
+            env = lmdb.open(key, map_size=map_size, max_dbs=16, subdir=True, create=create,
                             readahead=False)
             dbs = {name: env.open_db(name.encode()) for name in DB_NAMES}
         except lmdb.Error as exc:
-            raise CasyncError(f"cannot open the store at {key}: {exc}",
-                              hint="check permissions and free disk space") from None
+            raise StorageError(f"cannot open the store at {key}: {exc}",
+                               hint="check permissions and free disk space") from None
         _ENVS[key] = [env, 1, dbs]
         return env, dbs
 
@@ -66,17 +66,23 @@ def _close_env(env: Any) -> None:
 
 class LmdbEnv:
     """The environment of one ``.casync`` directory: named DBs, reads, and writes that
-    grow the map instead of failing when it is full."""
+    grow the map instead of failing when it is full.
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
+    ``map_size`` (the first map; it doubles when full, up to ``max_map_size``) is a
+    parameter so tests can reach map growth and a map that may not grow with small stores.
+    """
+
+    def __init__(self, root: Path, *, create: bool = False, map_size: int = INITIAL_MAP_SIZE,
+                 max_map_size: int = MAX_MAP_SIZE) -> None:
         self.root = root
+        self.max_map_size = max_map_size
         self.db_path = root / "db"
         self.pack_dir = root / "packs"
         if create:
             self.db_path.mkdir(parents=True, exist_ok=True)
             self.pack_dir.mkdir(parents=True, exist_ok=True)
         self.env: Any = None
-        self.env, self._dbs = _open_env(self.db_path, create)
+        self.env, self._dbs = _open_env(self.db_path, create, map_size)
 
     def db(self, name: str) -> Any:
         return self._dbs[name]
@@ -89,21 +95,22 @@ class LmdbEnv:
                     return fn(txn)
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
-                if size >= MAX_MAP_SIZE:
+                if size >= self.max_map_size:
                     raise StorageFull(f"LMDB map at {self.db_path} is full ({size} bytes); nothing was written",
                                       hint="there is no garbage collection yet: 'casync clone' "
                                            "this repository into a new directory for a fresh index that "
                                            "holds only the reachable history") from None
-                self.env.set_mapsize(min(size * 2, MAX_MAP_SIZE))
+                self.env.set_mapsize(min(size * 2, self.max_map_size))
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
-                # py-lmdb reports I/O failures as a plain Error carrying strerror's text
-                full = getattr(exc, "errno", None) in DISK_FULL or any(
-                    os.strerror(code) in str(exc) for code in DISK_FULL)
-                if full:
+                # py-lmdb reports I/O failures as a plain Error whose ``code`` is the errno
+                if exc.code in DISK_FULL:
                     raise StorageFull(f"disk full writing {self.db_path} ({exc})",
                                       hint="free disk space and retry; nothing was committed") from None
+                if exc.code > 0:  # an errno (LMDB's own codes are negative: those are bugs)
+                    raise StorageError(f"cannot write {self.db_path}: {exc.reason}; nothing was committed",
+                                       hint="check the disk (dmesg) and the file system, then retry") from None
                 raise
         raise StorageFull(f"LMDB map at {self.db_path} could not grow", hint="free disk space and retry")
 

@@ -52,14 +52,17 @@ def check_format(config: dict[str, Any], where: Path) -> None:
 class LmdbStore(CommitGraphTables, StatCache, WriterLock):
     """The LMDB environment under ``.casync/`` plus its pack directory."""
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
-        super().__init__(root, create=create)
+    def __init__(self, root: Path, *, create: bool = False, map_size: int = INITIAL_MAP_SIZE,
+                 max_map_size: int = MAX_MAP_SIZE, pack_rotate_bytes: int = PACK_ROTATE_BYTES) -> None:
+        """The limits are parameters so tests can reach map growth, a map that may not grow
+        and pack rotation with small stores (see :class:`LmdbEnv`, :class:`PackBlockStore`)."""
+        super().__init__(root, create=create, map_size=map_size, max_map_size=max_map_size)
         try:
             check_format(self.get_config(), root.parent)
         except UnsupportedFormat:
             self.close_env()
             raise
-        self.blocks = PackBlockStore(self)
+        self.blocks = PackBlockStore(self, rotate_bytes=pack_rotate_bytes)
         self.refs = LmdbRefStore(self)
 
     # --- config (JSON values) ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from casync.store.env import LmdbEnv
+from casync.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE, LmdbEnv
 
 __all__ = ["WriterLock"]
 
@@ -18,8 +18,9 @@ __all__ = ["WriterLock"]
 class WriterLock(LmdbEnv):
     """``writer_lock`` / ``try_writer_lock`` of the store."""
 
-    def __init__(self, root: Path, *, create: bool = False) -> None:
-        super().__init__(root, create=create)
+    def __init__(self, root: Path, *, create: bool = False, map_size: int = INITIAL_MAP_SIZE,
+                 max_map_size: int = MAX_MAP_SIZE) -> None:
+        super().__init__(root, create=create, map_size=map_size, max_map_size=max_map_size)
         self._lock_fd: int | None = None
         self._lock_depth = 0
         self._thread_lock = threading.RLock()  # flock excludes processes; this, threads

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from casync.errors import BlockNotFound, CasyncError, CorruptBlock, StorageFull
+from casync.errors import BlockNotFound, CasyncError, CorruptBlock, StorageError, StorageFull
 from casync.ids import Cid, cid_str, varint, verify_block
 from casync.store.env import DISK_FULL as _DISK_FULL
 from casync.store.env import LmdbEnv
@@ -48,11 +48,13 @@ class PackBlockStore:
     """Blocks appended to ``packs/NNNNNNNN.pack``, located through the LMDB ``index`` DB.
 
     Pack format: a 16-byte magic, then records ``varint(len(cid)) cid varint(len(data))
-    data``.  Packs are self-describing, so the index can be rebuilt from them.
+    data``.  Packs are self-describing, so the index can be rebuilt from them.  A pack
+    ``rotate_bytes`` long is closed for a new one (a parameter so tests can reach rotation).
     """
 
-    def __init__(self, store: LmdbEnv) -> None:
+    def __init__(self, store: LmdbEnv, *, rotate_bytes: int = PACK_ROTATE_BYTES) -> None:
         self._store = store
+        self._rotate_bytes = rotate_bytes
         self._pending: dict[Cid, tuple[int, int, int]] = {}
         self._replacing: set[Cid] = set()  # pending entries that repoint an existing index entry
         self._writer: Any = None
@@ -134,22 +136,13 @@ class PackBlockStore:
                 used += len(varint(len(k))) + len(k) + len(varint(length)) + length
         return total, used
 
-    def pack_usage(self) -> dict[int, int]:
-        """Bytes referenced by the index in each pack (for fsck / future repacking)."""
-        usage: dict[int, int] = {}
-        with self._store.env.begin() as txn:
-            for _k, v in txn.cursor(db=self._store.db("index")):
-                pack, _off, length = _LOC.unpack(bytes(v))
-                usage[pack] = usage.get(pack, 0) + length
-        return usage
-
     # --- writing ---------------------------------------------------------------------------
 
     def _open_writer(self) -> None:
         meta = self._store.get("meta", b"pack_current")
         number = int(meta) if meta else 1
         path = self._store.pack_dir / f"{number:08d}.pack"
-        if path.exists() and path.stat().st_size >= PACK_ROTATE_BYTES:
+        if path.exists() and path.stat().st_size >= self._rotate_bytes:
             number += 1
             path = self._store.pack_dir / f"{number:08d}.pack"
         if meta is None or int(meta) != number:
@@ -233,7 +226,9 @@ class PackBlockStore:
             if exc.errno in _DISK_FULL:
                 raise StorageFull(f"disk full writing pack {self._writer_no:08d}",
                                   hint="free disk space and retry; nothing was committed") from None
-            raise
+            raise StorageError(f"cannot write pack {self._writer_no:08d} in {self._store.pack_dir}: "
+                               f"{exc.strerror or exc}; nothing was committed",
+                               hint="check the disk (dmesg) and the file system, then retry") from None
         offset = self._writer_pos + len(header)
         self._pending[cid] = (self._writer_no, offset, len(data))
         self._writer_pos = offset + len(data)
@@ -267,7 +262,9 @@ class PackBlockStore:
                 self._abort_writes()
                 if exc.errno in _DISK_FULL:
                     raise StorageFull("disk full syncing pack", hint="free disk space and retry") from None
-                raise
+                raise StorageError(f"cannot sync pack {self._writer_no:08d} in {self._store.pack_dir}: "
+                                   f"{exc.strerror or exc}; nothing was committed",
+                                   hint="check the disk (dmesg) and the file system, then retry") from None
             pending = sorted(self._pending.items())
             db = self._store.db("index")
 
@@ -293,7 +290,7 @@ class PackBlockStore:
             # so another writer (process or object) appending meanwhile cannot skew offsets.
             self._writer.close()
             self._writer = None
-            if self._writer_pos >= PACK_ROTATE_BYTES:
+            if self._writer_pos >= self._rotate_bytes:
                 self._store.put("meta", b"pack_current", str(self._writer_no + 1).encode())
 
     def discard(self) -> None:

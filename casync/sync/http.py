@@ -49,6 +49,15 @@ MAX_JSON_BODY = 1 << 20
 _CHUNK = 1 << 16
 
 
+def _early_reply(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+    """The refusal a server sent before it stopped reading an upload, if it sent one."""
+    try:
+        resp = conn.getresponse()
+    except (OSError, http.client.HTTPException):  # it closed without a word
+        return None
+    return resp if resp.status != 200 else None
+
+
 class HttpPeer:
     """Client side of :class:`PeerServer`."""
 
@@ -89,19 +98,10 @@ class HttpPeer:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 if not reuse and isinstance(exc, BrokenPipeError | ConnectionResetError):
                     # the server stopped reading mid-upload: it usually said why before closing
-                    try:
-                        early = conn.getresponse()
-                        reason = early.read(4096)
-                        said = json.loads(reason) if reason else {}
-                        message = str(said.get("error", ""))
-                    except Exception:
-                        message, said, early = "", {}, None
-                    if early is not None and early.status == 401:
-                        conn.close()
-                        raise self._unauthorized(said.get("reason")) from None
-                    if message:
-                        conn.close()
-                        raise RemoteError(f"{self.url} rejected the request: {message}") from None
+                    early = _early_reply(conn)
+                    if early is not None:  # answered below like any other refusal
+                        resp = early
+                        break
                 conn.close()
                 self._keepalive = None
                 if reuse:

@@ -17,7 +17,6 @@ history is 3 round trips: info, negotiate, fetch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any, Protocol
 from casync.car import TruncatedCar
 from casync.errors import (
     BlockNotFound,
-    CasyncError,
     CorruptBlock,
     InvalidObject,
+    NotARepository,
     RefConflict,
     RemoteError,
     StateRefused,
@@ -250,7 +249,7 @@ class LocalPeer:
         target = Path(path[len("file://"):] if path.startswith("file://") else path)
         try:
             self.repo = Repository.open(target, search_parents=False)
-        except CasyncError:
+        except NotARepository:
             raise RemoteError(f"no casync repository at {target}", hint="check the path of the remote") from None
         self.service = PeerService(self.repo)
 
@@ -464,7 +463,3 @@ def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, push
         # the peer's view is (its tag, ours): turn it round
         result.conflicts.update({n: (t, o) for n, (o, t) in reply.conflicts.items()})
     return result
-
-
-def remote_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
