@@ -1,6 +1,6 @@
 """CLI commands for IPFS remotes: ``remote``, ``push``, ``fetch``, ``pull``, ``clone``, ``url``.
 
-Found by name by the ``casync`` group (``casync.cli._EXTENSIONS``).  The
+Loaded on first use by the ``casync`` group (``casync.cli._load_command``).  The
 context object is the CLI's (``repo()``, ``progress()``, ``directory``); errors are
 ``CasyncError``s that the group turns into one-line messages and exit codes.
 """
