@@ -41,6 +41,15 @@ def move(repo: Repository, old: str, *new: str) -> None:
     (repo.root / old).unlink()
 
 
+def _copied_twice_and_edited(a: Repository, b: Repository) -> None:
+    """a copies images/cam2.raw to two new paths (removing it), b edits it; a gets b's history."""
+    move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
+    a.commit("a copies cam2 twice")
+    write(b.root, "images/cam2.raw", blob(2, 3000))
+    b.commit("b edits cam2")
+    transfer(b, a, "main", "site-b")
+
+
 def exchange(a: Repository, b: Repository) -> None:
     transfer(b, a, "main", "site-b")
     transfer(a, b, "main", "site-a")
@@ -109,11 +118,7 @@ def test_renamed_and_edited_large_file_is_found_by_shared_chunks(tmp_path: Path)
 def test_rename_to_two_places_is_a_listed_conflict_and_keeps_the_edit(
         sites: tuple[Repository, Repository], policy: str) -> None:
     a, b = sites
-    move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
-    a.commit("a copies cam2 twice")
-    write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits cam2")
-    transfer(b, a, "main", "site-b")
+    _copied_twice_and_edited(a, b)
     cli = Cli(a.root)
     out = cli("merge", "site-b", "--policy", policy).stdout
     assert "rename/modify: images/cam2.raw renamed to archive/cam2.raw, backup/cam2.raw" in out
@@ -155,11 +160,7 @@ def test_renamed_differently_on_both_sides_keeps_both_and_is_listed(sites: tuple
 
 def test_manual_stops_for_an_ambiguous_rename_then_continues(sites: tuple[Repository, Repository]) -> None:
     a, b = sites
-    move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
-    a.commit("a copies")
-    write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits")
-    transfer(b, a, "main", "site-b")
+    _copied_twice_and_edited(a, b)
     cli = Cli(a.root)
     r = cli("merge", "site-b", "--policy", "manual", ok=False)
     assert r.exit_code == 1
@@ -219,11 +220,7 @@ def test_find_renames_threshold_and_symmetry() -> None:
 
 def test_resolving_a_rename_whose_edited_file_is_gone_is_a_usage_error(sites: tuple[Repository, Repository]) -> None:
     a, b = sites
-    move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
-    a.commit("a copies")
-    write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits")
-    transfer(b, a, "main", "site-b")
+    _copied_twice_and_edited(a, b)
     cli = Cli(a.root)
     cli("merge", "site-b", "--policy", "lww")
     (a.root / "images/cam2.raw").unlink()
