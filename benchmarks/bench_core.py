@@ -92,7 +92,7 @@ class Step:
 
 
 TIME_BIN = "/usr/bin/time"
-# Fallback when GNU time is missing: run casync.cli.main in a fresh interpreter and report
+# Fallback when GNU time is missing: run casync.cli.main.main in a fresh interpreter and report
 # VmHWM (the peak RSS of this process image; unlike ru_maxrss it is not inherited over exec).
 LAUNCHER = """\
 import atexit, os, sys
@@ -103,7 +103,7 @@ def _report():
         out.write(hwm)
 atexit.register(_report)
 sys.argv[0] = 'casync'
-from casync.cli import main
+from casync.cli.main import main
 main()
 """
 
@@ -173,7 +173,7 @@ def compile_installed_casync() -> bool:
     process does not recompile it (an editable install under PYTHONDONTWRITEBYTECODE=1
     would otherwise pay about 40 ms per command).  Returns whether the native status walk
     (casync._cscan) is built."""
-    probe = ("import compileall, os, casync, casync.worktree as w; "
+    probe = ("import compileall, os, casync, casync.worktree.disk as w; "
              "compileall.compile_dir(os.path.dirname(casync.__file__), quiet=1); "
              "print(w._native_walk is not None)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -303,7 +303,7 @@ def scenario_big(r: Runner, base: Path, size_gib: float) -> list[Row]:
             ">= 600 MB/s", c_mbs >= 600, {"casync_mb_s": c_mbs, "git_mb_s": g_mbs}),
     ]
 
-    from casync.ids import RAW, cid_codec
+    from casync.model.cid import RAW, cid_codec
 
     before, g_before = casync_store(cs), git_objects(gt, r)
     log("[3] inserting 1 byte in the middle (x2)")

@@ -16,7 +16,7 @@ system temp dir) that is removed at the end.  All traffic stays on 127.0.0.1.
    ``fetch_from`` over ``LocalPeer``, and B's ``main`` points to the fetched tip.  Then,
    ``--rounds`` times: A commits one more change through ``repo.transaction``, and B
    fetches it with ``fetch_from`` and ``HttpPeer``.  The server is
-   ``casync.sync.http.serve`` in a thread of this process, and the client talks to it
+   ``casync.transports.peer.server.serve`` in a thread of this process, and the client talks to it
    through a counting TCP relay on 127.0.0.1.  The relay counts every byte each way
    (HTTP headers, JSON, the zstd CAR stream).  After each fetch, B's ``main``
    fast-forwards.  We record ``FetchResult.round_trips``, the wire bytes and
@@ -80,13 +80,13 @@ from typing import Any
 
 from _report import Row, log, rows_table  # benchmarks/_report.py (the script's directory)
 
-from casync.dag import Entry, update_tree
-from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
-from casync.objects import Commit, HybridTime, encode_commit
-from casync.repo import Repository
-from casync.sync.http import HttpPeer
-from casync.sync.peer import LocalPeer, fetch_from
-from casync.sync.server import serve
+from casync.model.cid import DAG_CBOR, Cid, cid_str, compute_cid
+from casync.model.objects import Commit, HybridTime, encode_commit
+from casync.repo.repository import Repository
+from casync.transports.peer.exchange import LocalPeer, fetch_from
+from casync.transports.peer.http import HttpPeer
+from casync.transports.peer.server import serve
+from casync.trees.unixfs import Entry, update_tree
 
 KIB = 1024
 TOKEN = "bench-sync-token"
@@ -564,9 +564,9 @@ def build_git_dag(path: Path, spec: DagSpec) -> list[str]:
 CHILD = """\
 import json, sys, time
 t0 = time.perf_counter()
-from casync.graph import CommitGraph
-from casync.ids import cid_str, parse_cid
-from casync.repo import Repository
+from casync.history.graph import CommitGraph
+from casync.model.cid import cid_str, parse_cid
+from casync.repo.repository import Repository
 import_s = time.perf_counter() - t0
 path, a, b, reps = sys.argv[1], parse_cid(sys.argv[2]), parse_cid(sys.argv[3]), int(sys.argv[4])
 t0 = time.perf_counter()

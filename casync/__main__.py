@@ -1,5 +1,5 @@
 """``python -m casync`` runs the CLI."""
 
-from casync.cli import main
+from casync.cli.main import main
 
 main(prog_name="casync")

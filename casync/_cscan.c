@@ -3,7 +3,7 @@
  * Why native code: on 100,000 unchanged files the pure-Python walk (os.scandir plus one
  * lstat per file) costs about 0.2 s of interpreter overhead before any comparison, while
  * the system calls themselves take a few tens of milliseconds.  Like Mercurial's osutil,
- * this is an optional accelerator: casync/worktree.py has the same walk in Python, the
+ * this is an optional accelerator: casync/worktree/disk.py has the same walk in Python, the
  * package works without this module, and a test checks that both produce the same bytes.
  *
  * walk(root, ignored, unstorable) -> (records, skipped)

@@ -16,19 +16,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from casync import repo as _repo
-from casync import workdir
-from casync.dag import Entry, TreeChange
 from casync.errors import CasyncError, StateRefused
-from casync.ids import cid_str
+from casync.model.cid import cid_str
+from casync.repo import repository as _repo
+from casync.trees.unixfs import Entry, TreeChange
+from casync.worktree import checkout as workdir
 
 if TYPE_CHECKING:
-    from casync import merger
-    from casync.merge import ResolverFn
-    from casync.merger import MergeOutcome
+    from casync.merge.threeway import ResolverFn
+    from casync.worktree import merging as merger
+    from casync.worktree.merging import MergeOutcome
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import FsckReport, LogEntry, Transaction
-from casync.workdir import Status
+from casync.repo.repository import FsckReport, LogEntry, Transaction
+from casync.worktree.checkout import Status
 
 __all__ = ["CasyncError", "Entry", "FsckReport", "LogEntry", "Repository", "Status", "Transaction",
            "TreeChange"]
@@ -45,8 +45,7 @@ class Repository(_repo.Repository):
         :class:`casync.errors.StateRefused` while a merge is stopped for conflicts (its
         commit is ``merge --continue``, which records both parents).
         """
-        from casync import merger
-
+        from casync.worktree import merging as merger
         if merger.merge_state(self) is not None:
             raise StateRefused("a merge is in progress: a plain commit would drop its second parent",
                                hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
@@ -59,14 +58,12 @@ class Repository(_repo.Repository):
         return cid_str(workdir.checkout(self, rev, force, progress))
 
     def restore(self, paths: list[str], source: str = "HEAD", progress: Progress = NULL_PROGRESS) -> list[str]:
-        from casync import workedit
-
+        from casync.worktree import edit as workedit
         return workedit.restore(self, source, paths, progress)
 
     def remove(self, paths: list[str], cached: bool = False, recursive: bool = False) -> list[str]:
         """Stop tracking ``paths``: delete them, or with ``cached`` keep them on disk (``casync rm``)."""
-        from casync import workedit
-
+        from casync.worktree import edit as workedit
         return workedit.remove(self, paths, cached, recursive)
 
     def worktree_entries(self, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
@@ -82,8 +79,7 @@ class Repository(_repo.Repository):
         sides changed (policy ``custom:api``); ``resolvers`` registers named ones for
         ``custom:NAME`` rules in the config.
         """
-        from casync import merger
-
+        from casync.worktree import merging as merger
         named = dict(resolvers or {})
         if resolver is not None:
             named["api"] = resolver
@@ -91,13 +87,11 @@ class Repository(_repo.Repository):
         return merger.merge(self, rev, policy, message, named, progress)
 
     def conflicts(self) -> list[merger.OpenConflict]:
-        from casync import merger
-
+        from casync.worktree import merging as merger
         return merger.list_conflicts(self)
 
     def resolve_conflict(self, path: str, pick: str | None = None, data: bytes | None = None) -> str:
-        from casync import merger
-
+        from casync.worktree import merging as merger
         return merger.resolve_conflict(self, path, pick, data)
 
     def resolve_cid(self, rev: str) -> str:
@@ -107,25 +101,22 @@ class Repository(_repo.Repository):
     def path_log(self, paths: str | list[str], rev: str = "HEAD", limit: int | None = None) -> list[LogEntry]:
         """The commits reachable from ``rev`` that changed a file or directory of ``paths``
         (repository-relative), newest first: ``casync log REV -- PATH``."""
-        from casync.history import path_log
+        from casync.repo.pathlog import path_log
 
         return path_log(self, rev, [paths] if isinstance(paths, str) else paths, limit)
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit CID."""
-        from casync import tags
-
+        from casync.repo import tags
         return {n: cid_str(c) for n, c in tags.list_tags(self).items()}
 
     def tag(self, name: str, rev: str = "HEAD", force: bool = False) -> str:
         """Tag ``rev`` as ``name`` (an existing tag is a RefConflict unless ``force``); the commit CID."""
-        from casync import tags
-
+        from casync.repo import tags
         target = self.resolve(rev)
         tags.create_tag(self, name, target, force=force)
         return cid_str(target)
 
     def delete_tag(self, name: str) -> str:
-        from casync import tags
-
+        from casync.repo import tags
         return cid_str(tags.delete_tag(self, name))

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from casync.errors import UsageError
-from casync.validate import is_replica_name
+from casync.model.names import is_replica_name
 
 if TYPE_CHECKING:
-    from casync.merge import PolicyRules
+    from casync.merge.threeway import PolicyRules
 
 __all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "author", "check_value", "merge_rules",
            "priorities", "remotes", "with_remote"]
@@ -55,7 +55,7 @@ def _check_merge(value: Any) -> None:
     rules = value.get("rules", {})
     if not isinstance(rules, dict):
         raise _bad("merge.rules", rules, "must map path globs to policy names", example)
-    from casync.merge import PolicyRules, check_policy  # not at import: 'casync status' never merges
+    from casync.merge.threeway import PolicyRules, check_policy  # not at import: 'casync status' never merges
 
     named = [(f"merge.rules[{glob!r}]", policy) for glob, policy in rules.items()]
     for key, policy in [("merge.policy", value.get("policy", "lww")), *named]:
@@ -152,7 +152,7 @@ def author(cfg: Mapping[str, Any]) -> str | None:
 
 def merge_rules(cfg: Mapping[str, Any], override: str | None = None) -> PolicyRules:
     """The merge policy and per-path rules; ``override`` (``merge --policy``) replaces both."""
-    from casync.merge import PolicyRules, check_policy
+    from casync.merge.threeway import PolicyRules, check_policy
 
     raw: dict[str, Any] = _read(cfg, "merge")
     if override is not None:

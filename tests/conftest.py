@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from casync import Repository
-from casync.cli import main
-from casync.sync.server import PeerServer, serve
+from casync.cli.main import main
+from casync.transports.peer.server import PeerServer, serve
 
 pytest_plugins = ["tests.kubo_fixture"]
 

@@ -7,10 +7,10 @@ import random
 from collections.abc import Callable, Iterable
 
 from casync import Repository
-from casync.clock import tick
-from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, DAG_PB, Cid, compute_cid
-from casync.objects import Commit, HybridTime, encode_commit, encode_directory
+from casync.history.clock import tick
+from casync.history.graph import CommitGraph
+from casync.model.cid import DAG_CBOR, DAG_PB, Cid, compute_cid
+from casync.model.objects import Commit, HybridTime, encode_commit, encode_directory
 
 EMPTY_TREE = compute_cid(DAG_PB, encode_directory([]))
 

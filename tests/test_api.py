@@ -126,7 +126,7 @@ def test_sha256_and_fixed_chunker(tmp_path: Path) -> None:
     r = Repository.init(tmp_path / "s", hash="sha2-256", chunker="fixed")
     with r.transaction(message="m") as tx:
         tx.write("f", b"hello")
-    from casync.ids import cid_str
+    from casync.model.cid import cid_str
 
     assert cid_str(r.resolve("HEAD")).startswith("bafyrei")  # dag-cbor + sha2-256
     assert r.fsck().ok
@@ -151,8 +151,8 @@ def test_commit_graph_table_persists(tmp_path: Path) -> None:
 def test_fsck_reports_a_commit_whose_time_is_not_after_its_parent(repo: Repository) -> None:
     """Every casync commit's hybrid-logical time exceeds its parents' (lww relies on it); a
     commit from elsewhere that breaks this is reported."""
-    from casync.ids import DAG_CBOR, cid_str, compute_cid
-    from casync.objects import Commit, encode_commit
+    from casync.model.cid import DAG_CBOR, cid_str, compute_cid
+    from casync.model.objects import Commit, encode_commit
 
     (repo.root / "f").write_bytes(b"x")
     repo.commit("one")

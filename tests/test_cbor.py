@@ -1,4 +1,4 @@
-"""casync.cbor against the reference ``dag_cbor`` package, and its strictness."""
+"""casync.model.cbor against the reference ``dag_cbor`` package, and its strictness."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiformats import CID
 
-from casync import cbor
-from casync.cbor import Link
 from casync.errors import InvalidObject
-from casync.ids import DAG_CBOR, DAG_PB, RAW, compute_cid, is_cid
-from casync.objects import Commit, HybridTime, decode_commit, encode_commit
+from casync.model import cbor
+from casync.model.cbor import Link
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, compute_cid, is_cid
+from casync.model.objects import Commit, HybridTime, decode_commit, encode_commit
 
 LINKS = [compute_cid(c, bytes([i]), h) for i, (c, h) in
          enumerate([(RAW, "blake3"), (DAG_PB, "sha2-256"), (DAG_CBOR, "blake3")])]
@@ -103,7 +103,7 @@ def test_encoder_refuses_what_dag_cbor_cannot_hold() -> None:
 
 def test_cid_prefixes_agree_with_multiformats() -> None:
     """ids builds CID prefixes by hand (no multiformats import on hot paths)."""
-    from casync.ids import HASHES
+    from casync.model.cid import HASHES
 
     for codec, name in ((RAW, "raw"), (DAG_PB, "dag-pb"), (DAG_CBOR, "dag-cbor")):
         for h in HASHES:

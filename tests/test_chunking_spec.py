@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from casync.chunking import CDC_AVG_PARAM, CDC_MAX, CDC_MIN, chunker_for
+from casync.model.chunking import CDC_AVG_PARAM, CDC_MAX, CDC_MIN, chunker_for
 
 DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
 U64 = (1 << 64) - 1

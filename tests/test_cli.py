@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.ids import parse_cid
+from casync.model.cid import parse_cid
 
 from .conftest import Cli, age, write
 
@@ -273,7 +273,7 @@ def test_init_twice_and_bad_options(cli: Cli) -> None:
 
 
 def test_help_on_every_command(cli: Cli) -> None:
-    from casync.cli import main
+    from casync.cli.main import main
 
     for name in main.commands:
         assert cli(name, "--help").exit_code == 0

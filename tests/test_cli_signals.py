@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from casync import Repository
-from casync.sync.server import PeerServer
+from casync.transports.peer.server import PeerServer
 
 from .conftest import Cli, serving, write
 

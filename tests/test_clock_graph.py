@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository, cbor
-from casync.clock import Order, compare, hlc_next, join, tick
+from casync import Repository
 from casync.errors import BlockNotFound, CorruptBlock, RemoteError
-from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, Cid, cid_str, compute_cid
-from casync.objects import Commit, HybridTime, decode_commit
+from casync.history.clock import Order, compare, hlc_next, join, tick
+from casync.history.graph import CommitGraph
+from casync.model import cbor
+from casync.model.cid import DAG_CBOR, Cid, cid_str, compute_cid
+from casync.model.objects import Commit, HybridTime, decode_commit
 from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
 
 from .dags import EMPTY_TREE, CommitDag

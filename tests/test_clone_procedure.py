@@ -1,4 +1,4 @@
-"""One clone procedure for every kind of remote (casync/clonestate.py CloneTarget): a path,
+"""One clone procedure for every kind of remote (casync/transfer/clone.py CloneTarget): a path,
 a 'casync serve' URL, a bundle file and an IPFS node behave the same when a clone fails.
 
 * A failure a retry cannot fix removes what the clone wrote and nothing else: a file the
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.clonestate import CloneInterrupted
 from casync.errors import InvalidObject
 from casync.progress import NULL_PROGRESS
-from casync.remote.cloner import clone as clone_ipfs
-from casync.sync.bundle import clone_bundle, create_bundle
-from casync.sync.clone import clone_peer
-from casync.sync.transport import locate
+from casync.transfer.clone import CloneInterrupted
+from casync.transports.bundle import clone_bundle, create_bundle
+from casync.transports.clone import clone_peer
+from casync.transports.ipfs.clone import clone as clone_ipfs
+from casync.transports.locate import locate
 
 from .conftest import Cli, serving, write
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.ids import Cid
-from casync.merger import merge
-from casync.objects import HybridTime
-from casync.sync.peer import LocalPeer, fetch_from, push_to
+from casync.model.cid import Cid
+from casync.model.objects import HybridTime
+from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
+from casync.worktree.merging import merge
 
 PATHS = ["a.txt", "b.txt", "dir/c.txt", "dir/d.txt", "deep/e/f.txt", "g.json"]
 REPLICAS = 5

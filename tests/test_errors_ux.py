@@ -20,10 +20,10 @@ import click
 import pytest
 
 from casync import Repository
-from casync.cli import main
+from casync.cli.main import main
 from casync.errors import RemoteError, StateRefused, UsageError
 from casync.store.ipfs import gateway_from_multiaddrs
-from casync.sync.http import HttpPeer
+from casync.transports.peer.http import HttpPeer
 
 from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo

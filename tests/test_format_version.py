@@ -12,7 +12,7 @@ import lmdb
 import pytest
 
 from casync.errors import UnsupportedFormat
-from casync.repo import Repository
+from casync.repo.repository import Repository
 from casync.store.lmdb import FORMAT, LmdbStore
 from tests.conftest import Cli, write
 

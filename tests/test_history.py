@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from casync import Repository
-from casync.dag import lookup
-from casync.ids import cid_str
+from casync.model.cid import cid_str
+from casync.trees.unixfs import lookup
 
 from .conftest import Cli, write
 
@@ -93,8 +93,8 @@ def test_log_of_a_path_reads_only_the_directories_on_the_path(tmp_path: Path) ->
 
 
 def _all_blocks(repo: Repository, root: bytes) -> set[bytes]:
-    from casync.ids import DAG_PB, cid_codec
-    from casync.objects import decode_pbnode
+    from casync.model.cid import DAG_PB, cid_codec
+    from casync.model.objects import decode_pbnode
 
     out, stack = set(), [root]
     while stack:

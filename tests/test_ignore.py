@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from casync.worktree import IGNORE_FILE, Ignore, native_stat_records, scan
+from casync.worktree.disk import IGNORE_FILE, Ignore, native_stat_records, scan
 
 
 @pytest.mark.parametrize(("pattern", "path", "ignored"), [

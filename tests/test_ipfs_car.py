@@ -12,7 +12,8 @@ import dag_cbor
 import pytest
 from multiformats import CID
 
-from casync.car import (
+from casync.errors import CorruptBlock, InvalidObject
+from casync.model.car import (
     CarWriter,
     TruncatedCar,
     car_parts,
@@ -23,8 +24,7 @@ from casync.car import (
     read_header,
     section_size,
 )
-from casync.errors import CorruptBlock, InvalidObject
-from casync.ids import DAG_CBOR, RAW, Cid, cid_str, compute_cid
+from casync.model.cid import DAG_CBOR, RAW, Cid, cid_str, compute_cid
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo
@@ -142,7 +142,7 @@ def test_kubo_imports_our_car_and_we_decode_its_export(tmp_path: Path, kubo: Kub
     write(cli.cwd, "c.txt", "car\n")
     cli("commit", "-m", "car")
     from casync import Repository
-    from casync.dag import walk_dag
+    from casync.trees.unixfs import walk_dag
 
     repo = Repository.open(cli.cwd)
     try:
@@ -170,8 +170,8 @@ def test_kubo_imports_our_car_and_we_decode_its_export(tmp_path: Path, kubo: Kub
 ])
 def test_every_decoder_reads_varints_with_the_one_strict_reader(bad: bytes, reason: str) -> None:
     from casync.errors import BadVarint
-    from casync.ids import read_varint
-    from casync.objects import decode_pbnode
+    from casync.model.cid import read_varint
+    from casync.model.objects import decode_pbnode
 
     with pytest.raises(BadVarint, match=reason):
         read_varint(bad, 0)

@@ -81,9 +81,9 @@ def test_gateway_serves_committed_paths(tmp_path: Path, kubo: Kubo) -> None:
     docs_cid = json.loads(cli("ls", "HEAD", "--json").stdout)[0]["cid"]
     raw = _get(url + "?format=raw")
     assert kubo.ipfs("block", "get", docs_cid) == raw
-    from casync.dag import read_dir_block
-    from casync.ids import compute_cid, parse_cid
-    from casync.objects import decode_pbnode
+    from casync.model.cid import compute_cid, parse_cid
+    from casync.model.objects import decode_pbnode
+    from casync.trees.unixfs import read_dir_block
 
     assert compute_cid(0x70, raw) == parse_cid(docs_cid)
     assert [link.name for link in read_dir_block(parse_cid(docs_cid), decode_pbnode(raw))] == ["small.txt",

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from casync.car import car_parts, decode_car
 from casync.errors import BlockNotFound, CorruptBlock, RemoteError, UsageError
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, compute_cid
+from casync.model.car import car_parts, decode_car
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, compute_cid
 from casync.store.base import BlockStore
 from casync.store.ipfs import NO_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
 
@@ -102,7 +102,7 @@ class TestIpfsBlockStore(BlockStoreContract):
         s.close()
 
     def test_pins_and_refs(self, kubo: Kubo) -> None:
-        from casync.objects import PBLink, PBNode, UnixFSData, encode_pbnode, encode_unixfs
+        from casync.model.objects import PBLink, PBNode, UnixFSData, encode_pbnode, encode_unixfs
 
         leaf = os.urandom(100)
         leaf_cid = compute_cid(RAW, leaf)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.dag import Entry, walk_dag
-from casync.ids import RAW, compute_cid
-from casync.merge import MergeInput, PolicyRules, Write, json_merge, lww_winner, merge_trees
-from casync.objects import HybridTime
+from casync.merge.threeway import MergeInput, PolicyRules, Write, json_merge, lww_winner, merge_trees
+from casync.model.cid import RAW, compute_cid
+from casync.model.objects import HybridTime
+from casync.trees.unixfs import Entry, walk_dag
 
 from .conftest import Cli, write
 
@@ -259,7 +259,7 @@ def test_fast_forward_and_up_to_date(pair: tuple[Repository, Repository]) -> Non
 
 
 def test_sibling_names_never_carry_path_instructions() -> None:
-    from casync.merge import sibling_name
+    from casync.merge.threeway import sibling_name
 
     assert sibling_name("f.txt", "site-b") == "f.txt.~site-b"
     hostile = sibling_name("f.txt", "x/../../../../tmp/PWN")
@@ -270,8 +270,8 @@ def test_commit_with_hostile_replica_id_is_rejected() -> None:
     import dag_cbor
 
     from casync.errors import InvalidObject
-    from casync.ids import DAG_PB
-    from casync.objects import Commit, HybridTime, decode_commit, encode_directory
+    from casync.model.cid import DAG_PB
+    from casync.model.objects import Commit, HybridTime, decode_commit, encode_directory
 
     tree = compute_cid(DAG_PB, encode_directory([]))
     good = Commit(tree=tree, parents=(), clock={"a": 1}, time=HybridTime(1, 0), replica="a", author="x",

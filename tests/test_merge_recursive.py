@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.ids import Cid, cid_str
+from casync.model.cid import Cid, cid_str
 
 from .dags import ancestors
 
@@ -207,8 +207,7 @@ def test_manual_choices_that_differ_across_a_criss_cross_are_asked_again(tmp_pat
     """x1 and x2 both changed p; a person kept x1's version when merging on branch a, and
     x2's on branch b.  Merging b into a must stop again on p: the virtual base of x1 and
     x2 holds a marker no side has, so neither side's choice looks 'unchanged'."""
-    from casync import merger
-
+    from casync.worktree import merging as merger
     repo = Repository.init(tmp_path / "wt", replica="site-a")
     (repo.root / "p").write_text("root\n")
     repo.commit("root")
@@ -238,8 +237,7 @@ def test_virtual_bases_of_replicas_that_keep_syncing_are_built_once(tmp_path: Pa
     round.  The sets of merge bases recur at every level of the recursion; each virtual base
     is built once per merge, so the number of (virtual) merges grows with the rounds, not
     as 2**rounds (round 8: 255 merges and ~20 s per merge on a 5000-file tree before)."""
-    from casync import mergehist
-
+    from casync.repo import mergebase as mergehist
     calls: list[int] = []
     real = mergehist._merge
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.dag import Entry
-from casync.ids import DAG_PB, RAW, compute_cid
-from casync.renames import RENAME_SHARE, Carry, RenameConflict, find_renames
+from casync.merge.renames import RENAME_SHARE, Carry, RenameConflict, find_renames
+from casync.model.cid import DAG_PB, RAW, compute_cid
+from casync.trees.unixfs import Entry
 
 from .conftest import Cli, write
 from .test_merge import transfer
@@ -255,9 +255,10 @@ def test_conflicts_decodes_only_the_merges_that_recorded_something(tmp_path: Pat
     """'casync conflicts' (and resolve, merge --continue) walk the whole history for
     recorded rename conflicts; replicas that sync often make thousands of merges that
     record none, and decoding each made the listing linear in them at ~0.15 ms a merge."""
-    from casync import merger, objects
-    from casync import repo as repo_mod
-    from casync.ids import parse_cid
+    from casync.model import objects
+    from casync.model.cid import parse_cid
+    from casync.repo import repository as repo_mod
+    from casync.worktree import merging as merger
 
     repo = Repository.init(tmp_path / "r", replica="site-a")
     write(repo.root, "a.txt", "a\n")

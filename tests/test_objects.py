@@ -10,13 +10,12 @@ import dag_cbor
 import pytest
 from multiformats import CID
 
-from casync import cbor
-from casync.cbor import Link
-from casync.chunking import FixedChunker, chunker_for
-from casync.dag import FileWriter, iter_file
 from casync.errors import CorruptBlock, InvalidObject, UsageError
-from casync.ids import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid, verify_block
-from casync.objects import (
+from casync.model import cbor
+from casync.model.cbor import Link
+from casync.model.chunking import FixedChunker, chunker_for
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid, verify_block
+from casync.model.objects import (
     Commit,
     DirLink,
     FileLayoutBuilder,
@@ -33,6 +32,7 @@ from casync.objects import (
     encode_unixfs,
 )
 from casync.store.memory import MemoryBlockStore
+from casync.trees.unixfs import FileWriter, iter_file
 
 # Well-known IPFS vectors (sha2-256): the empty UnixFS directory and the empty raw block.
 EMPTY_DIR_SHA256 = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
@@ -188,11 +188,11 @@ def test_parse_cid_reads_casync_text_cids_without_multiformats() -> None:
     import subprocess
     import sys
 
-    from casync.ids import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid
+    from casync.model.cid import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid
 
     cids = [compute_cid(codec, b"x", h) for codec in (RAW, DAG_PB, DAG_CBOR) for h in ("blake3", "sha2-256")]
     assert all(parse_cid(cid_str(c)) == c for c in cids)
-    code = ("import sys; from casync.ids import parse_cid; "
+    code = ("import sys; from casync.model.cid import parse_cid; "
             f"assert [parse_cid(t) for t in {[cid_str(c) for c in cids]!r}] == {cids!r}; "
             "assert 'multiformats' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import Result
 
-from casync.cli_common import _Progress
+from casync.cli.common import _Progress
 
 from .conftest import Cli, write
 

@@ -1,4 +1,4 @@
-"""Reachability labels (casync/reach.py) in a real LMDB commit-graph table: labels never
+"""Reachability labels (casync/history/reach.py) in a real LMDB commit-graph table: labels never
 give a wrong answer, merge bases and ancestry agree with brute force, old tables upgrade."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from casync import Repository
-from casync.reach import first_parent_ancestor, skip_depth
+from casync.history.reach import first_parent_ancestor, skip_depth
 from casync.store.commitgraph import _encode_node
 
 from .dags import CommitDag
@@ -28,7 +28,7 @@ def test_skip_pointers_reach_any_depth_in_logarithmic_steps() -> None:
     def reach_of(c: bytes):  # type: ignore[no-untyped-def]
         nonlocal steps
         steps += 1
-        from casync.reach import Reach
+        from casync.history.reach import Reach
 
         return Reach(depth[c], 0, depth[c], skip[c])
 

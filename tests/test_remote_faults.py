@@ -14,9 +14,9 @@ import pytest
 
 from casync import Repository
 from casync.errors import RemoteError
-from casync.ids import cid_str
-from casync.remote import push, set_remote
+from casync.model.cid import cid_str
 from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
+from casync.transports.ipfs import push, set_remote
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo, restart
@@ -178,7 +178,7 @@ def test_record_naming_an_incomplete_dag_is_reported_and_refs_stay(tmp_path: Pat
     head = ghost.refs.get_ref("heads/main")
     assert head is not None
     commit = ghost.load_commit(head)
-    from casync.dag import read_dir
+    from casync.trees.unixfs import read_dir
 
     leaf = read_dir(ghost.blocks, commit.tree)[0].cid
     store = IpfsBlockStore(IpfsClient(kubo.api_url))
@@ -241,10 +241,10 @@ def test_fetch_rejects_wrong_bytes_naming_the_cid_keeps_complete_parts_and_resum
     """Many blocks in flight over kept-alive connections, one of them forged: the fetch
     fails naming it, stores nothing that would sit above it, keeps what is complete below,
     and a second fetch asks only for what is still missing."""
-    from casync.dag import read_dir, validated_links
     from casync.errors import CorruptBlock
-    from casync.remote import DagFetcher
-    from casync.remote.sender import all_blocks
+    from casync.transports.ipfs import DagFetcher
+    from casync.transports.ipfs.push import all_blocks
+    from casync.trees.unixfs import read_dir, validated_links
 
     from .test_ipfs_store import _FakeKubo
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.remote import missing_blocks
-from casync.remote.sender import all_blocks
+from casync.transports.ipfs import missing_blocks
+from casync.transports.ipfs.push import all_blocks
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo

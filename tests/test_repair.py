@@ -13,7 +13,7 @@ import pytest
 
 from casync import Repository
 from casync.errors import CorruptBlock
-from casync.ids import RAW, Cid, cid_codec, cid_str
+from casync.model.cid import RAW, Cid, cid_codec, cid_str
 
 from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo

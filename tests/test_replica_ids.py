@@ -11,8 +11,8 @@ import pytest
 from click.testing import Result
 
 from casync import Repository
-from casync.ids import cid_str
-from casync.sync.peer import LocalPeer, fetch_from
+from casync.model.cid import cid_str
+from casync.transports.peer.exchange import LocalPeer, fetch_from
 
 from .conftest import Cli, serving, write
 from .kubo_fixture import Kubo

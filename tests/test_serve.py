@@ -1,4 +1,4 @@
-"""``casync serve`` on waitress (casync.sync.server): the limits and early answers the old
+"""``casync serve`` on waitress (casync.transports.peer.server): the limits and early answers the old
 http.server code had, and the WSGI application called in-process."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from casync import Repository
-from casync.ids import cid_str
-from casync.sync.server import PeerApp, PeerServer, serve
+from casync.model.cid import cid_str
+from casync.transports.peer.server import PeerApp, PeerServer, serve
 
 from .conftest import serving
 

@@ -11,8 +11,8 @@ import pytest
 
 from casync import Repository
 from casync.errors import UsageError
-from casync.remote.config import add_remote, list_remotes, remove_remote, set_remote, write_remote
 from casync.settings import KEYS, KNOWN_KEYS, RemoteEntry, author, merge_rules, remotes, with_remote
+from casync.transports.config import add_remote, list_remotes, remove_remote, set_remote, write_remote
 
 from .conftest import Cli, write
 

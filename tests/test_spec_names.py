@@ -146,7 +146,7 @@ def test_every_ref_namespace_the_code_uses_is_specified() -> None:
 
 def _documented_layers(after: str, until: str) -> list[str]:
     """A layer list of design.md §13: the text between ``after`` and ``until``, split at ``→``."""
-    section = DESIGN[DESIGN.index("## 13. Layering") : DESIGN.index("## 14. Merge")]
+    section = DESIGN[DESIGN.index("## 13. Layout") : DESIGN.index("## 14. Merge")]
     start = section.index(after) + len(after)
     text = section[start : section.index(until, start)]
     return [" ".join(layer.replace("`", "").split()) for layer in text.split("→")]
@@ -157,7 +157,18 @@ def test_the_layer_lists_in_design_md_are_the_contracts() -> None:
 
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     layered = {tuple(c.get("containers", [])): c["layers"] for c in contracts if c["type"] == "layers"}
-    assert _documented_layers("are siblings):", " (as `pyproject.toml`") == \
+    assert _documented_layers("are independent: neither imports the other):", " (as `pyproject.toml`") == \
         [" ".join(part.replace("casync.", "").split()) for part in layered[()]]
-    assert _documented_layers("the local store's layers**:", " (`a | b`") == \
-        [" ".join(part.split()) for part in layered[("casync.store",)]]
+    section = DESIGN[DESIGN.index("## 13. Layout") : DESIGN.index("## 14. Merge")]
+    inside = {m[1]: [" ".join(layer.replace("`", "").split()) for layer in m[2].split("→")]
+              for m in re.finditer(r"\*\*Inside `(casync\.[a-z.]+)`\*\*: (.*?)\.(?:\n|\s{2})", section, re.S)}
+    assert inside == {c[0]: [" ".join(part.split()) for part in layers]
+                      for c, layers in layered.items() if c}
+
+
+def test_every_package_is_in_the_layout_table() -> None:
+    section = DESIGN[DESIGN.index("## 13. Layout") : DESIGN.index("## 14. Merge")]
+    listed = set(re.findall(r"^\| `([a-z]+)` \|", section, re.M))
+    on_disk = {p.name for p in (ROOT / "casync").iterdir() if (p / "__init__.py").exists()} | \
+        {p.stem for p in (ROOT / "casync").glob("[a-z]*.py") if p.stem not in {"errors", "progress"}}
+    assert listed == on_disk

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from casync.errors import BlockNotFound, CorruptBlock, RefConflict
-from casync.ids import DAG_CBOR, RAW, compute_cid
+from casync.model.cid import DAG_CBOR, RAW, compute_cid
 from casync.store.base import BlockStore
 from casync.store.lmdb import LmdbStore
 from casync.store.memory import MemoryBlockStore, MemoryRefStore

@@ -16,14 +16,14 @@ import pytest
 import zstandard
 
 from casync import Repository
-from casync.car import CarWriter
 from casync.errors import InvalidObject, RefConflict, RemoteError, StorageError
-from casync.ids import RAW, cid_str, compute_cid
-from casync.sync.bundle import create_bundle, read_bundle
-from casync.sync.http import HttpPeer
-from casync.sync.pack import blocks_for_commits
-from casync.sync.peer import LocalPeer, fetch_from, push_to
-from casync.sync.server import PeerServer
+from casync.model.car import CarWriter
+from casync.model.cid import RAW, cid_str, compute_cid
+from casync.transfer.stream import blocks_for_commits
+from casync.transports.bundle import create_bundle, read_bundle
+from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
+from casync.transports.peer.http import HttpPeer
+from casync.transports.peer.server import PeerServer
 
 from .conftest import serving, write
 
@@ -157,7 +157,7 @@ def test_bad_pushes_store_nothing_and_move_nothing(tmp_path: Path, origin: Repos
     with b.transaction(branch="main", message="new") as tx:
         tx.write("n.txt", os.urandom(5000))
     new = b.resolve("main")
-    from casync.sync.pack import blocks_for_commits
+    from casync.transfer.stream import blocks_for_commits
 
     good = list(blocks_for_commits(b, b.graph.missing([new], [tip])))
     stray = (compute_cid(RAW, b"stray"), b"stray")
@@ -298,7 +298,7 @@ def test_hostile_peer_inputs_are_refused(tmp_path: Path, origin: Repository, ser
     status, _ = _post(server, "/v1/negotiate", b'{"haves": []}', {"Content-Length": "abc"})
     assert status == 400
     assert origin.branches() == before
-    from casync.sync.peer import PeerInfo
+    from casync.transports.peer.exchange import PeerInfo
 
     with pytest.raises(RemoteError, match="malformed info"):
         PeerInfo.from_json({"repository_id": "x", "replica": "y", "read_only": False,
@@ -310,7 +310,7 @@ def test_hostile_peer_inputs_are_refused(tmp_path: Path, origin: Repository, ser
 
 def test_unrelated_history_is_not_merged(tmp_path: Path, origin: Repository) -> None:
     from casync.errors import ConflictError
-    from casync.merger import merge
+    from casync.worktree.merging import merge
 
     other = Repository.init(tmp_path / "other", replica="other", repository_id=origin.repo_id, bare=True)
     history(other, 2, "x")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.ids import cid_str, parse_cid
-from casync.sync.peer import LocalPeer, fetch_from, push_to
-from casync.tags import list_tags, receive_tags, tag_conflicts
+from casync.model.cid import cid_str, parse_cid
+from casync.repo.tags import list_tags, receive_tags, tag_conflicts
+from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
 
 from .conftest import Cli, serving, write
 
@@ -204,8 +204,8 @@ def test_peer_fetch_and_push_through_the_python_api(tmp_path: Path, a: Cli) -> N
 def test_tags_from_elsewhere_are_validated(tmp_path: Path) -> None:
     """A peer's info, a head record: a bad tag name or a non-commit target is refused whole."""
     from casync.errors import InvalidObject, RemoteError
-    from casync.remote.records import HeadRecord, decode_record
-    from casync.sync.peer import PeerInfo
+    from casync.transports.ipfs.records import HeadRecord, decode_record
+    from casync.transports.peer.exchange import PeerInfo
 
     with Repository.init(tmp_path / "x", replica="x") as x:
         with x.transaction(message="x") as tx:
@@ -228,10 +228,10 @@ def test_tags_from_elsewhere_are_validated(tmp_path: Path) -> None:
 
 def test_a_bundle_naming_a_tag_it_does_not_carry_is_refused(tmp_path: Path) -> None:
     """Closure: a hostile manifest tagging a commit outside the bundle sets nothing."""
-    from casync.car import CarWriter
     from casync.errors import InvalidObject
-    from casync.sync.bundle import _manifest, read_bundle
-    from casync.sync.pack import blocks_for_commits
+    from casync.model.car import CarWriter
+    from casync.transfer.stream import blocks_for_commits
+    from casync.transports.bundle import _manifest, read_bundle
 
     with Repository.init(tmp_path / "a", replica="a") as a:
         with a.transaction(message="one") as tx:
@@ -259,8 +259,8 @@ def test_http_tags_endpoint_refuses_malformed_and_read_only(tmp_path: Path, a: C
     import urllib.parse
 
     from casync.errors import RemoteError
-    from casync.sync.http import HttpPeer
-    from casync.sync.server import serve
+    from casync.transports.peer.http import HttpPeer
+    from casync.transports.peer.server import serve
 
     with Repository.open(tmp_path / "a") as served:
         head = served.resolve("HEAD")

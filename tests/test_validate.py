@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from casync.errors import InvalidPath
-from casync.validate import is_reserved_name, split_path, validate_name
+from casync.model.names import is_reserved_name, split_path, validate_name
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "a\x00b", "x\ny",

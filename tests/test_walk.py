@@ -1,4 +1,4 @@
-"""The one tree walker (casync/walk.py) behind peer fetch/push, bundles and IPFS push."""
+"""The one tree walker (casync/trees/walk.py) behind peer fetch/push, bundles and IPFS push."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 from casync import Repository
 from casync.errors import BlockNotFound, CorruptBlock
-from casync.ids import Cid
-from casync.remote.sender import all_blocks, missing_blocks
+from casync.model.cid import Cid
 from casync.store.memory import MemoryBlockStore
-from casync.sync.pack import blocks_for_commits
-from casync.walk import TreeWalker, changed_paths
+from casync.transfer.stream import blocks_for_commits
+from casync.transports.ipfs.push import all_blocks, missing_blocks
+from casync.trees.walk import TreeWalker, changed_paths
 
 
 def _flip_byte(repo: Repository, cid: Cid) -> None:
@@ -119,8 +119,8 @@ def test_ipfs_push_of_an_edit_then_a_copy_sends_only_the_new_chunks(tmp_path: Pa
 
 
 def test_the_receiver_names_what_is_wrong_with_a_stream_by_type(tmp_path: Path) -> None:
-    from casync.ids import RAW, compute_cid
-    from casync.sync.pack import MissingLink, MissingWant, PackReceiver, StrayBlock, UnwantedCommit
+    from casync.model.cid import RAW, compute_cid
+    from casync.transfer.stream import MissingLink, MissingWant, PackReceiver, StrayBlock, UnwantedCommit
 
     src, first, second = _two_commits(tmp_path)
     with src, Repository.init(tmp_path / "dst", replica="dst", repository_id=src.repo_id) as dst:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository, worktree
+from casync import Repository
 from casync.store.lmdb import STAT_KEY, stat_records_digest
-from casync.worktree import Ignore, native_stat_records, scan
+from casync.worktree import disk as worktree
+from casync.worktree.disk import Ignore, native_stat_records, scan
 
 needs_native = pytest.mark.skipif(worktree._native_walk is None and not os.environ.get("CI"),
                                   reason="casync._cscan was not built (no C compiler at install)")

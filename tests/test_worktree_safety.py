@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository, worktree
+from casync import Repository
 from casync.errors import InvalidPath
-from casync.worktree import WorktreeWriter
+from casync.worktree import disk as worktree
+from casync.worktree.disk import WorktreeWriter
 
 from .conftest import Cli, age, write
 
@@ -371,7 +372,7 @@ def test_checkout_and_merge_refuse_to_write_through_an_ignored_symlink(cli: Cli,
 def test_push_into_a_checked_out_branch_that_moved_leaves_the_files_for_checkout(tmp_path: Path) -> None:
     """The push used to move the files from the branch's tip, which they were not at: the
     transaction's file then read as deleted, and the next commit deleted it."""
-    from casync.sync.peer import LocalPeer, fetch_from, push_to
+    from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
 
     origin = Repository.init(tmp_path / "origin", replica="origin")
     b = Repository.init(tmp_path / "b", replica="b", repository_id=origin.repo_id, bare=True)
@@ -597,8 +598,8 @@ def test_a_push_into_a_checked_out_branch_with_a_stopped_merge_is_refused(tmp_pa
     """The push used to move the files under the half-done merge, so '--continue' then built
     it on the pushed commit. Now it is refused (409 over HTTP) and nothing changes there."""
     from casync.errors import RefConflict
-    from casync.sync.http import HttpPeer
-    from casync.sync.peer import fetch_from, push_to
+    from casync.transports.peer.exchange import fetch_from, push_to
+    from casync.transports.peer.http import HttpPeer
 
     from .conftest import serving
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from casync.errors import RefConflict
-from casync.ids import Cid, cid_str
+from casync.model.cid import Cid, cid_str
 
 __all__ = ["BlockStore", "RefLogEntry", "RefStore", "ref_moved"]
 
@@ -37,7 +37,7 @@ class BlockStore(Protocol):
         """Store ``data`` under ``cid``; return False when it was already present.
 
         The caller vouches that ``cid`` is the hash of ``data`` (it computed it, or
-        verified it with :func:`casync.ids.verify_block` when the block came from
+        verified it with :func:`casync.model.cid.verify_block` when the block came from
         elsewhere).  Blocks become durable at :meth:`flush`.
         """
         ...

@@ -1,15 +1,15 @@
 """The ``commitgraph`` and ``commitreach`` tables: what graph walks need of each commit,
-and its reachability labels (casync/reach.py), so walks never decode commit blocks."""
+and its reachability labels (casync/history/reach.py), so walks never decode commit blocks."""
 
 from __future__ import annotations
 
 import struct
 from typing import Any
 
-from casync.graph import Node
-from casync.ids import Cid
-from casync.objects import HybridTime
-from casync.reach import Reach, label
+from casync.history.graph import Node
+from casync.history.reach import Reach, label
+from casync.model.cid import Cid
+from casync.model.objects import HybridTime
 from casync.store.env import LmdbEnv
 
 __all__ = ["CommitGraphTables"]
@@ -79,7 +79,7 @@ class CommitGraphTables(LmdbEnv):
         return _decode_reach(raw) if raw is not None else None
 
     def put_nodes(self, nodes: dict[Cid, Node]) -> dict[Cid, Reach]:
-        """Store nodes with reachability labels (casync/reach.py), assigned inside the write
+        """Store nodes with reachability labels (casync/history/reach.py), assigned inside the write
         transaction so that ranks follow the order commits enter the table, parents first,
         whatever process writes.  Labels already stored are never changed; unlabelled
         ancestors (tables written before labels existed) are labelled on the way.  Labels

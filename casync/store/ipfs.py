@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import Future
 
-from casync.car import car_parts, section_size
 from casync.errors import RemoteError
-from casync.ids import Cid, cid_codec, cid_str, is_empty_block, verify_block
-from casync.objects import MAX_BLOCK_SIZE
+from casync.model.car import car_parts, section_size
+from casync.model.cid import Cid, cid_codec, cid_str, is_empty_block, verify_block
+from casync.model.objects import MAX_BLOCK_SIZE
 from casync.store.ipfs_client import IpfsClient, gateway_from_multiaddrs
 from casync.store.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 
@@ -42,7 +42,7 @@ class IpfsBlockStore:
     ``put`` stages blocks; they are uploaded as CAR v1 batches through ``dag/import`` when
     the staged bytes reach ``batch_bytes`` and at :meth:`flush` (so "durable at flush"
     holds as for the local store).  Uploaded blocks are not pinned: whoever publishes a
-    ref to them pins its root (see :mod:`casync.remote`).  ``get`` hash-verifies every
+    ref to them pins its root (see :mod:`casync.transports.ipfs`).  ``get`` hash-verifies every
     block and names the CID on a mismatch.
 
     ``iter_cids`` lists Kubo's blockstore, which is keyed by multihash: every CID comes

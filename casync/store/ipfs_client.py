@@ -43,8 +43,8 @@ import ipfshttpclient
 from ipfshttpclient import exceptions as ipfs_exc
 
 from casync.errors import BlockNotFound, CasyncError, RemoteError, UsageError
-from casync.ids import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, parse_cid
-from casync.objects import MAX_BLOCK_SIZE
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, parse_cid
+from casync.model.objects import MAX_BLOCK_SIZE
 from casync.store.ipfs_auth import auth_headers, environment_matters
 from casync.store.ipfs_errors import (
     body_error,
@@ -370,7 +370,7 @@ class IpfsClient:
         """Import a CAR (roots not pinned); return (blocks, bytes) the node counted.
 
         ``car`` is the archive or, to stream it without joining, the pieces whose
-        concatenation it is (:func:`casync.car.car_parts`): they go out as one multipart
+        concatenation it is (:func:`casync.model.car.car_parts`): they go out as one multipart
         body with a Content-Length, each piece handed to the socket as it is.
         """
         body = MultipartFile([car] if isinstance(car, (bytes, bytearray, memoryview)) else car)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from casync.errors import BlockNotFound
-from casync.ids import Cid, cid_str
+from casync.model.cid import Cid, cid_str
 from casync.store.base import RefLogEntry, ref_moved
 
 __all__ = ["MemoryBlockStore", "MemoryRefStore"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock, StorageError, StorageFull
-from casync.ids import Cid, cid_str, varint, verify_block
+from casync.model.cid import Cid, cid_str, varint, verify_block
 from casync.store.env import DISK_FULL as _DISK_FULL
 from casync.store.env import LmdbEnv
 

@@ -8,7 +8,7 @@ import struct
 import time
 from typing import Any
 
-from casync.ids import Cid, cid_str
+from casync.model.cid import Cid, cid_str
 from casync.store.base import RefLogEntry, ref_moved
 from casync.store.env import LmdbEnv
 
@@ -80,7 +80,7 @@ class LmdbRefStore:
         txn.put(key + b"\x00" + struct.pack(">Q", seq), json.dumps(entry).encode(), db=log)
 
     def reflog(self, name: str) -> list[RefLogEntry]:
-        from casync.ids import parse_cid
+        from casync.model.cid import parse_cid
 
         out = []
         for _k, v in self._store.items("reflog", name.encode() + b"\x00"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from casync.ids import Cid
+from casync.model.cid import Cid
 from casync.store.env import LmdbEnv
 
 __all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "stat_records_digest"]

@@ -1,0 +1,519 @@
+"""Object codecs: raw leaves, UnixFS (dag-pb) files, directories and symlinks, DAG-CBOR commits.
+
+Pure functions, no I/O.  Every decoder is strict: bytes that are not the canonical
+encoding of the object they claim to be raise :class:`InvalidObject`, because a
+content-addressed store must never hold two encodings of one value.  See
+``docs/design.md`` for the byte-level formats.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    pass
+
+from casync.errors import InvalidObject
+from casync.model import cbor
+from casync.model.cbor import Link
+from casync.model.cid import (
+    DAG_CBOR,
+    DAG_PB,
+    Cid,
+    cid_codec,
+    cid_str,
+    compute_cid,
+    read_varint,
+    varint,
+)
+from casync.model.names import is_replica_name
+
+__all__ = [
+    "entry_key",
+    "same_entry",
+    "MAX_BLOCK_SIZE",
+    "MAX_LINKS_PER_FILE_NODE",
+    "UNIXFS_DIRECTORY",
+    "UNIXFS_FILE",
+    "UNIXFS_RAW",
+    "UNIXFS_SYMLINK",
+    "Commit",
+    "FileLayoutBuilder",
+    "HybridTime",
+    "PBLink",
+    "PBNode",
+    "UnixFSData",
+    "decode_commit",
+    "decode_pbnode",
+    "decode_unixfs",
+    "encode_commit",
+    "encode_directory",
+    "encode_pbnode",
+    "encode_symlink",
+    "encode_unixfs",
+    "DirLink",
+    "Entry",
+    "Kind",
+]
+
+MAX_BLOCK_SIZE = 1 << 20
+"""Largest block casync writes or accepts (Kubo < 0.40 rejects larger blocks)."""
+
+MAX_LINKS_PER_FILE_NODE = 174
+"""Kubo's balanced-layout fan-out; keeps our file DAGs identical to ``ipfs add``."""
+
+UNIXFS_RAW = 0
+UNIXFS_DIRECTORY = 1
+UNIXFS_FILE = 2
+UNIXFS_SYMLINK = 4
+
+
+# --- protobuf primitives -------------------------------------------------------------------------
+
+_PB_VARINT = "protobuf varint"
+
+
+
+def _bytes_field(tag: int, value: bytes) -> bytes:
+    return varint(tag << 3 | 2) + varint(len(value)) + value
+
+
+def _varint_field(tag: int, value: int) -> bytes:
+    return varint(tag << 3) + varint(value)
+
+
+def _fields(buf: bytes | memoryview) -> Iterable[tuple[int, int, Any]]:
+    """Yield (field number, wire type, value) with value an int or a bytes slice."""
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key = buf[pos]  # one-byte keys and lengths (nearly all of them) skip read_varint
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = read_varint(buf, pos, _PB_VARINT)
+        tag, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = read_varint(buf, pos, _PB_VARINT)
+            yield tag, wire, value
+        elif wire == 2:
+            if pos < end and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, _PB_VARINT)
+            if pos + length > end:
+                raise InvalidObject("truncated protobuf field")
+            yield tag, wire, bytes(buf[pos : pos + length])
+            pos += length
+        else:
+            raise InvalidObject(f"unexpected protobuf wire type {wire}")
+
+
+# --- dag-pb --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PBLink:
+    cid: Cid
+    name: bytes | None
+    tsize: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PBNode:
+    links: tuple[PBLink, ...]
+    data: bytes | None
+
+
+def encode_pbnode(node: PBNode) -> bytes:
+    """Canonical dag-pb: Links (field 2) before Data (field 1); link fields Hash, Name, Tsize."""
+    v = varint
+    parts: list[bytes] = []
+    for link in node.links:
+        cid, name, tsize = link.cid, link.name, link.tsize
+        body = [b"\x0a", v(len(cid)), cid]
+        if name is not None:
+            body += (b"\x12", v(len(name)), name)
+        if tsize is not None:
+            body += (b"\x18", v(tsize))
+        encoded = b"".join(body)
+        parts += (b"\x12", v(len(encoded)), encoded)
+    if node.data is not None:
+        parts += (b"\x0a", v(len(node.data)), node.data)
+    return b"".join(parts)
+
+
+def decode_pbnode(buf: bytes | memoryview) -> PBNode:
+    links: list[PBLink] = []
+    data: bytes | None = None
+    seen_data = False
+    for tag, wire, value in _fields(buf):
+        if tag == 2 and wire == 2:
+            if seen_data:
+                raise InvalidObject("dag-pb: Links after Data (not canonical)")
+            links.append(_decode_link(value))
+        elif tag == 1 and wire == 2:
+            if seen_data:
+                raise InvalidObject("dag-pb: duplicate Data")
+            seen_data = True
+            data = value
+        else:
+            raise InvalidObject(f"dag-pb: unexpected field {tag}")
+    return PBNode(tuple(links), data)
+
+
+def _decode_link(buf: bytes) -> PBLink:
+    cid: bytes | None = None
+    name: bytes | None = None
+    tsize: int | None = None
+    last = 0
+    for tag, wire, value in _fields(buf):
+        if tag <= last:
+            raise InvalidObject("dag-pb link: fields out of order or repeated")
+        last = tag
+        if tag == 1 and wire == 2:
+            cid = value
+        elif tag == 2 and wire == 2:
+            name = value
+        elif tag == 3 and wire == 0:
+            tsize = value
+        else:
+            raise InvalidObject(f"dag-pb link: unexpected field {tag}")
+    if cid is None:
+        raise InvalidObject("dag-pb link without Hash")
+    return PBLink(cid, name, tsize)
+
+
+# --- UnixFS --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnixFSData:
+    type: int
+    data: bytes | None = None
+    filesize: int | None = None
+    blocksizes: tuple[int, ...] = ()
+    mode: int | None = None
+
+
+def encode_unixfs(u: UnixFSData) -> bytes:
+    """UnixFS ``Data`` message in field order, as go-unixfs marshals it."""
+    out = _varint_field(1, u.type)
+    if u.data is not None:
+        out += _bytes_field(2, u.data)
+    if u.filesize is not None:
+        out += _varint_field(3, u.filesize)
+    for size in u.blocksizes:
+        out += _varint_field(4, size)
+    if u.mode is not None:
+        out += _varint_field(7, u.mode)
+    return out
+
+
+def decode_unixfs(buf: bytes) -> UnixFSData:
+    kind: int | None = None
+    data: bytes | None = None
+    filesize: int | None = None
+    blocksizes: list[int] = []
+    mode: int | None = None
+    for tag, wire, value in _fields(buf):
+        if tag == 1 and wire == 0:
+            kind = value
+        elif tag == 2 and wire == 2:
+            data = value
+        elif tag == 3 and wire == 0:
+            filesize = value
+        elif tag == 4 and wire == 0:
+            blocksizes.append(value)
+        elif tag == 7 and wire == 0:
+            mode = value
+        elif tag in (5, 6, 8):
+            continue  # hashType/fanout (HAMT) and mtime: tolerated, not produced
+        else:
+            raise InvalidObject(f"UnixFS: unexpected field {tag}")
+    if kind is None:
+        raise InvalidObject("UnixFS node without Type")
+    return UnixFSData(kind, data, filesize, tuple(blocksizes), mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DirLink:
+    """One entry of a directory: its name, target CID and cumulative DAG size (Tsize)."""
+
+    name: str
+    cid: Cid
+    tsize: int
+
+
+def encode_directory(entries: Iterable[DirLink]) -> bytes:
+    """A UnixFS Directory node; links sorted by name bytes (dag-pb canonical order)."""
+    items = sorted(entries, key=lambda e: e.name.encode("utf-8"))
+    for a, b in itertools.pairwise(items):
+        if a.name == b.name:
+            raise InvalidObject(f"duplicate directory entry {a.name!r}")
+    links = tuple(PBLink(e.cid, e.name.encode("utf-8"), e.tsize) for e in items)
+    return encode_pbnode(PBNode(links, encode_unixfs(UnixFSData(UNIXFS_DIRECTORY))))
+
+
+def encode_symlink(target: str) -> bytes:
+    return encode_pbnode(PBNode((), encode_unixfs(UnixFSData(UNIXFS_SYMLINK, data=target.encode("utf-8")))))
+
+
+def dag_size(block: bytes, links: Iterable[PBLink]) -> int:
+    """Cumulative size (Tsize) of a dag-pb node: its own bytes plus its links' Tsize."""
+    return len(block) + sum(link.tsize or 0 for link in links)
+
+
+class FileLayoutBuilder:
+    """Streams leaves into a balanced UnixFS File DAG exactly like Kubo's balanced layout.
+
+    Leaves are grouped into nodes of at most 174 links, those nodes into nodes of 174,
+    and so on; a file of one leaf *is* that leaf.  Only one partial node per level is
+    held in memory, so a 10 GiB file costs a few KiB here.
+    """
+
+    def __init__(self, emit: Callable[[Cid, bytes], None], hash_name: str = "blake3") -> None:
+        self._emit = emit
+        self._hash = hash_name
+        # per level: list of (cid, filesize, tsize)
+        self._levels: list[list[tuple[Cid, int, int]]] = [[]]
+        self.size = 0
+
+    def add_leaf(self, cid: Cid, size: int) -> None:
+        self.size += size
+        self._push(0, (cid, size, size))
+
+    def _push(self, level: int, item: tuple[Cid, int, int]) -> None:
+        # A full level is flushed only when one more item arrives, so at finish() the
+        # top level still holds unemitted items and the root can carry a mode.
+        if level == len(self._levels):
+            self._levels.append([])
+        if len(self._levels[level]) == MAX_LINKS_PER_FILE_NODE:
+            node = self._make_node(self._levels[level], None)
+            self._levels[level] = []
+            self._push(level + 1, node)
+        self._levels[level].append(item)
+
+    def _make_node(self, children: list[tuple[Cid, int, int]], mode: int | None) -> tuple[Cid, int, int]:
+        links = tuple(PBLink(cid, b"", tsize) for cid, _size, tsize in children)
+        sizes = tuple(size for _cid, size, _tsize in children)
+        data = encode_unixfs(UnixFSData(UNIXFS_FILE, filesize=sum(sizes), blocksizes=sizes, mode=mode))
+        block = encode_pbnode(PBNode(links, data))
+        cid = compute_cid(DAG_PB, block, self._hash)
+        self._emit(cid, block)
+        return cid, sum(sizes), dag_size(block, links)
+
+    def finish(self, mode: int | None = None) -> tuple[Cid, int]:
+        """Close the DAG; return (root CID, Tsize).
+
+        A file of one leaf is that raw leaf, unless ``mode`` is given: UnixFS keeps the
+        mode in a File node, so an executable file always gets a dag-pb root.
+        """
+        if not self._levels[0]:
+            raise InvalidObject("file layout: no leaves (an empty file is one empty raw leaf)")
+        i = 0
+        while True:
+            pending = self._levels[i]
+            if i == len(self._levels) - 1:
+                if i == 0 and len(pending) == 1 and mode is None:
+                    return pending[0][0], pending[0][2]
+                cid, _size, tsize = self._make_node(pending, mode)
+                return cid, tsize
+            node = self._make_node(pending, None)
+            self._levels[i] = []
+            self._push(i + 1, node)
+            i += 1
+
+
+# --- tree entries ---------------------------------------------------------------------------------
+
+Kind = Literal["file", "dir", "symlink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a tree holds at a path: the node's CID, kind, cumulative size and exec bit."""
+
+    cid: Cid
+    kind: Kind
+    tsize: int
+    executable: bool = False
+
+
+def entry_key(entry: Entry | None) -> tuple[Cid, Kind, bool] | None:
+    """The one definition of what a path holds, as a hashable key: CID, kind and exec bit
+    (``tsize`` is left out: a working-tree entry may carry another count for the same
+    content); None for an absent path."""
+    return None if entry is None else (entry.cid, entry.kind, entry.executable)
+
+
+def same_entry(a: Entry | None, b: Entry | None) -> bool:
+    """Whether a path is unchanged between two trees (:func:`entry_key` equal)."""
+    return entry_key(a) == entry_key(b)
+
+
+# --- commits (DAG-CBOR) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HybridTime:
+    """Hybrid logical clock reading: wall-clock milliseconds plus a logical counter."""
+
+    wall_ms: int
+    logical: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A snapshot: a tree link plus its history and causality metadata.
+
+    ``signature`` is detached: it is not part of the bytes that are signed (see
+    :meth:`signing_bytes`), leaving room for per-replica ed25519 signatures.
+    """
+
+    tree: Cid
+    parents: tuple[Cid, ...]
+    clock: Mapping[str, int]
+    time: HybridTime
+    replica: str
+    author: str
+    message: str
+    generation: int
+    meta: Mapping[str, str] = field(default_factory=dict)
+    signature: bytes | None = None
+
+    def _to_ipld(self, with_signature: bool) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "v": 1,
+            "tree": Link(self.tree),
+            "parents": [Link(p) for p in self.parents],
+            "clock": dict(self.clock),
+            "time": {"wall_ms": self.time.wall_ms, "logical": self.time.logical},
+            "replica": self.replica,
+            "author": self.author,
+            "message": self.message,
+            "generation": self.generation,
+            "meta": dict(self.meta),
+        }
+        if with_signature and self.signature is not None:
+            obj["sig"] = self.signature
+        return obj
+
+    def signing_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: the commit without its ``sig`` field."""
+        return cbor.encode(self._to_ipld(False))
+
+    def check(self) -> None:
+        """Structural rules a commit must satisfy on its own (graph rules live in graph.py)."""
+        if cid_codec(self.tree) != DAG_PB:
+            raise InvalidObject(f"commit tree {cid_str(self.tree)} is not a dag-pb directory")
+        if len(set(self.parents)) != len(self.parents):
+            raise InvalidObject("commit lists a parent twice")
+        for p in self.parents:
+            if cid_codec(p) != DAG_CBOR:
+                raise InvalidObject(f"commit parent {cid_str(p)} is not a dag-cbor commit")
+        if not is_replica_name(self.replica):
+            raise InvalidObject(f"commit replica id {self.replica[:80]!r} is not a valid replica name")
+        for name, count in self.clock.items():
+            if not isinstance(name, str) or not isinstance(count, int) or count < 0 or not is_replica_name(name):
+                raise InvalidObject("commit clock must map replica ids to non-negative integers")
+        if self.clock.get(self.replica, 0) < 1:
+            raise InvalidObject(f"commit clock does not count its own replica {self.replica!r}")
+        if self.generation < 1 or (not self.parents and self.generation != 1):
+            raise InvalidObject(f"commit generation {self.generation} is invalid")
+        if self.time.wall_ms < 0 or self.time.logical < 0:
+            raise InvalidObject("commit time must be non-negative")
+
+
+def encode_commit(commit: Commit) -> bytes:
+    commit.check()
+    return cbor.encode(commit._to_ipld(True))
+
+
+def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
+    """Decode and validate a commit block; non-canonical encodings are rejected (the
+    strict decoder accepts only the canonical form, see :mod:`casync.model.cbor`)."""
+    try:
+        obj: Any = cbor.decode(block)
+    except InvalidObject as exc:
+        raise InvalidObject(f"{_commit_name(cid)}: {exc.message}") from None
+    try:
+        return _commit_from(obj)
+    except InvalidObject as exc:
+        raise InvalidObject(f"{_commit_name(cid)}: {exc.message}") from None
+
+
+def _commit_name(cid: Cid | None) -> str:
+    return f"commit {cid_str(cid)}" if cid else "commit"
+
+
+def _commit_from(obj: Any) -> Commit:
+    """The commit ``obj`` describes (messages without a prefix: decode_commit adds the CID)."""
+    if not isinstance(obj, dict):
+        raise InvalidObject("not a map")
+    try:
+        if obj.get("v") != 1:
+            raise InvalidObject(f"unsupported commit format version {obj.get('v')!r}")
+        _check_types(obj)
+        t = obj["time"]
+        commit = Commit(
+            tree=bytes(obj["tree"]),
+            parents=tuple(bytes(p) for p in obj["parents"]),
+            clock=dict(obj["clock"]),
+            time=HybridTime(int(t["wall_ms"]), int(t["logical"])),
+            replica=str(obj["replica"]),
+            author=str(obj["author"]),
+            message=str(obj["message"]),
+            generation=int(obj["generation"]),
+            meta=dict(obj.get("meta", {})),
+            signature=obj.get("sig"),
+        )
+    except InvalidObject:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidObject(f"missing or malformed field ({exc})") from None
+    extra = set(obj) - {"v", "tree", "parents", "clock", "time", "replica", "author", "message",
+                        "generation", "meta", "sig"}
+    if extra:
+        raise InvalidObject(f"unknown fields {sorted(extra)}")
+    commit.check()
+    return commit
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(obj: dict[str, Any]) -> None:
+    """Exact IPLD kinds for every field: canonical bytes alone cannot catch a string
+    where an integer belongs, so a peer could otherwise smuggle in ambiguous commits."""
+    def bad(field: str, kind: str) -> InvalidObject:
+        return InvalidObject(f"field {field!r} must be {kind}")
+
+    if not _is_int(obj.get("v")):
+        raise bad("v", "an integer")
+    if not isinstance(obj.get("tree"), Link):
+        raise bad("tree", "a link")
+    parents = obj.get("parents")
+    if not isinstance(parents, list) or not all(isinstance(p, Link) for p in parents):
+        raise bad("parents", "a list of links")
+    clock = obj.get("clock")
+    if not isinstance(clock, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in clock.items()):
+        raise bad("clock", "a map of replica ids to integers")
+    t = obj.get("time")
+    if not isinstance(t, dict) or set(t) != {"wall_ms", "logical"} or not all(_is_int(v) for v in t.values()):
+        raise bad("time", "a map {wall_ms: int, logical: int}")
+    for name in ("replica", "author", "message"):
+        if not isinstance(obj.get(name), str):
+            raise bad(name, "a string")
+    if not _is_int(obj.get("generation")):
+        raise bad("generation", "an integer")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("meta", "a map of strings to strings")
+    if "sig" in obj and (not isinstance(obj["sig"], bytes) or isinstance(obj["sig"], Link)):
+        raise bad("sig", "bytes")

@@ -1,0 +1,292 @@
+"""What a three-way merge needs to know of the histories: the merge base (a virtual one
+for criss-cross histories), the paths each side wrote since it, and when each side last
+wrote a path.  The decisions themselves are :mod:`casync.merge.threeway`'s (pure).
+
+Criss-cross histories have several best common ancestors.  As git's ``recursive``
+strategy does, they are merged into one *virtual* base: the first two bases are merged,
+the result with the third, and so on; each of these merges finds its own merge bases
+(recursively) and runs under the same policy rules as the outer merge, so it reproduces
+the merges the histories already hold and the outer merge sees only what changed since.
+A virtual merge cannot stop for a person: a path the ``manual`` policy would leave open
+gets a marker content that no side holds (git keeps conflict markers), so the outer
+merge sees both sides' versions as changes and reports the conflict again instead of
+silently taking one.  The asymmetric ``ours``/``theirs`` policies take the bases in
+their fixed order (newest generation first, then CID).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from casync.merge.renames import find_renames
+from casync.merge.threeway import MergeInput, MergeResult, PolicyRules, ResolverFn, Side, Write, lww_winner, merge_trees
+from casync.model.cid import DAG_PB, Cid, cid_codec, cid_str
+from casync.model.objects import DirLink, decode_pbnode, entry_key, same_entry
+from casync.repo.repository import Repository
+from casync.trees.unixfs import Entry, directories_of, entry_for, read_dir
+from casync.trees.walk import changed_paths
+
+__all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
+
+DEFAULT_PRIORITY = 100
+MAX_DEPTH = 8  # virtual bases nested deeper than this fall back to the newest base
+
+
+@dataclass(frozen=True)
+class MergeSide:
+    """One side of a merge: a commit, or a virtual merge of merge bases (``cid`` None)
+    whose history is its parents' histories plus itself."""
+
+    flat: Mapping[str, Entry]
+    heads: tuple[Cid, ...]  # the real commits whose histories this side includes
+    cid: Cid | None = None
+    parents: tuple[MergeSide, ...] = field(default=())
+
+
+def real_side(repo: Repository, cid: Cid) -> MergeSide:
+    return MergeSide(repo.flat_tree(cid), (cid,), cid)
+
+
+class _History:
+    """Lookups over the repository's commits, cached for one merge (and its virtual ones)."""
+
+    def __init__(self, repo: Repository, priorities: Mapping[str, int]) -> None:
+        self.repo = repo
+        self.priorities = priorities
+        self._entries: dict[tuple[Cid, str], Entry | None] = {}
+        self._touched: dict[tuple[Cid, tuple[Cid, ...]], frozenset[str]] = {}
+        self._chunks: dict[Cid, frozenset[Cid]] = {}
+        self._json: dict[Cid, Any] = {}
+        self._dirs: dict[Cid, dict[str, DirLink]] = {}
+        self._kinds: dict[Cid, Entry] = {}
+        self._sides: dict[Cid, MergeSide] = {}
+        # virtual bases by (bases, depth): criss-cross histories (replicas that sync with
+        # each other) reach the same sets of bases again and again, so without this the
+        # recursion is exponential in the number of criss-crosses
+        self.virtual: dict[tuple[tuple[Cid, ...], int], MergeSide | None] = {}
+
+    def side(self, cid: Cid) -> MergeSide:
+        """:func:`real_side`, each commit's tree flattened once per merge."""
+        if cid not in self._sides:
+            self._sides[cid] = real_side(self.repo, cid)
+        return self._sides[cid]
+
+    def entry(self, commit: Cid, path: str) -> Entry | None:
+        key = (commit, path)
+        if key not in self._entries:
+            self._entries[key] = self._lookup(self.repo.graph.node(commit).tree, path.split("/"))
+        return self._entries[key]
+
+    def _lookup(self, root: Cid, parts: list[str]) -> Entry | None:
+        """:func:`casync.trees.unixfs.lookup` with the directories decoded once per merge (a merge
+        asks for many paths of the same few trees)."""
+        entry = Entry(root, "dir", 0)
+        for part in parts:
+            if entry.kind != "dir":
+                return None
+            listing = self._dirs.get(entry.cid)
+            if listing is None:
+                listing = self._dirs[entry.cid] = {link.name: link for link in read_dir(self.repo.blocks, entry.cid)}
+            link = listing.get(part)
+            if link is None:
+                return None
+            entry = self._kinds.get(link.cid) or self._kinds.setdefault(
+                link.cid, entry_for(self.repo.blocks, link.cid, link.tsize))
+        return entry
+
+    def _write(self, cid: Cid) -> Write:
+        node = self.repo.graph.node(cid)
+        return Write(node.time, node.replica, self.priorities.get(node.replica, DEFAULT_PRIORITY))
+
+    def last_write(self, side: MergeSide, path: str) -> Write:
+        """When ``side`` wrote its version of ``path``."""
+        return self._last(side, path, entry_key)
+
+    def last_key_write(self, side: MergeSide, path: str, keys: tuple[str, ...]) -> Write:
+        """When ``side`` wrote its value of one key of the JSON file at ``path``."""
+        return self._last(side, path, lambda entry: self._key_value(entry, keys))
+
+    def _last(self, side: MergeSide, path: str, version: Callable[[Entry | None], Hashable]) -> Write:
+        """The write of ``side``'s ``version`` of ``path``: the newest commit in its history
+        whose version differs from all its parents'.  A virtual side that took a parent's
+        version has that parent's write; one that made a new one (a json merge) counts as
+        written when the latest of its parents' writes was."""
+        if side.cid is None:
+            here = version(side.flat.get(path))
+            for parent in side.parents:
+                if version(parent.flat.get(path)) == here:
+                    return self._last(parent, path, version)
+            a, b = (self._last(p, path, version) for p in side.parents)
+            return a if lww_winner(a, b, 0) == "ours" else b
+        target = version(self.entry(side.cid, path))
+        # The write may predate the merge base (a side can carry an old version that won
+        # an earlier merge), so search the whole history, newest first, until found.
+        for cid, commit in self.repo.graph.walk_nodes([side.cid]):
+            here = version(self.entry(cid, path))
+            if here == target and all(version(self.entry(p, path)) != here for p in commit.parents):
+                return self._write(cid)
+        return self._write(side.cid)
+
+    def _key_value(self, entry: Entry | None, keys: tuple[str, ...]) -> Hashable:
+        if entry is None:
+            return ("absent",)
+        if entry.cid not in self._json:
+            try:
+                self._json[entry.cid] = json.loads(b"".join(self.repo.iter_file(entry.cid)))
+            except (ValueError, UnicodeDecodeError):
+                self._json[entry.cid] = None
+        value: Any = self._json[entry.cid]
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return ("absent",)
+            value = value[key]
+        return ("value", json.dumps(value, sort_keys=True))
+
+    def touched(self, side: MergeSide, bases: tuple[Cid, ...]) -> frozenset[str]:
+        """Paths written by commits between ``bases`` and ``side``: a plain commit writes
+        what differs from its parent; a merge (a virtual one too) writes only what differs
+        from every parent."""
+        if side.cid is not None:
+            key = (side.cid, bases)
+            if key not in self._touched:
+                self._touched[key] = self._commit_touched(side.cid, bases)
+            return self._touched[key]
+        out: set[str] = set()
+        for parent in side.parents:
+            out |= self.touched(parent, bases)
+        a, b = (p.flat for p in side.parents)
+        here = side.flat
+        out |= {path for path in set(here) | set(a) | set(b)
+                if not same_entry(here.get(path), a.get(path)) and not same_entry(here.get(path), b.get(path))}
+        return frozenset(out)
+
+    def _commit_touched(self, head: Cid, bases: tuple[Cid, ...]) -> frozenset[str]:
+        graph = self.repo.graph
+        out: set[str] = set()
+        for cid in graph.missing([head], bases):  # exactly the commits since the bases
+            node = graph.node(cid)
+            if not node.parents:
+                out |= changed_paths(self.repo.blocks.get, None, node.tree)
+                continue
+            per_parent = [changed_paths(self.repo.blocks.get, graph.node(p).tree, node.tree) for p in node.parents]
+            out |= set.intersection(*per_parent)
+        return frozenset(out)
+
+    def chunks(self, entry: Entry) -> frozenset[Cid]:
+        """The leaf blocks (chunks) of a file, for rename detection."""
+        if entry.cid not in self._chunks:
+            leaves: set[Cid] = set()
+            todo = [entry.cid]
+            while todo:
+                cid = todo.pop()
+                if cid_codec(cid) != DAG_PB:
+                    leaves.add(cid)
+                    continue
+                links = decode_pbnode(self.repo.blocks.get(cid)).links
+                if not links:
+                    leaves.add(cid)  # a file whose bytes sit in the node itself
+                todo.extend(link.cid for link in links)
+            self._chunks[entry.cid] = frozenset(leaves)
+        return self._chunks[entry.cid]
+
+    def merge_bases(self, a: MergeSide, b: MergeSide) -> tuple[Cid, ...]:
+        """The best common ancestors of two sides' histories: the maximal ones among the
+        merge bases of every pair of their real heads, newest generation first."""
+        graph = self.repo.graph
+        found = {base for x in a.heads for y in b.heads for base in graph.merge_bases(x, y)}
+        best = [c for c in found if not any(o != c and graph.is_ancestor(c, o) for o in found)]
+        return tuple(sorted(best, key=lambda c: (-graph.node(c).generation, c)))
+
+
+def merge_sides(repo: Repository, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
+                resolvers: Mapping[str, ResolverFn], priorities: Mapping[str, int]) -> tuple[MergeResult, list[Cid]]:
+    """The three-way merge of two sides, over their (possibly virtual) merge base."""
+    return _merge(_History(repo, priorities), ours, theirs, rules, resolvers, 0)
+
+
+def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
+           resolvers: Mapping[str, ResolverFn], depth: int) -> tuple[MergeResult, list[Cid]]:
+    repo = hist.repo
+    bases = hist.merge_bases(ours, theirs)
+    base = _virtual_base(hist, bases, rules, resolvers, depth)
+    base_flat: Mapping[str, Entry] = base.flat if base is not None else {}
+    touched_o, touched_t = hist.touched(ours, bases), hist.touched(theirs, bases)
+    writes: dict[tuple[str, Side], Write] = {}
+    renames = find_renames(base_flat, ours.flat, theirs.flat, hist.chunks)
+    settled = set()  # paths the renames settle: the path-by-path merge needs no writes for them
+    for carry in renames.carries:
+        renamer, other = (ours, theirs) if carry.renamer == "ours" else (theirs, ours)
+        settled |= {carry.old, carry.new}
+        if not same_entry(renamer.flat[carry.new], base_flat[carry.old]):  # renamed and edited: a conflict at new
+            writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
+            writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
+    settled |= {c.old for c in renames.conflicts if c.kind == "rename/modify"}
+    # a file on one side where the other has a directory: the file moves to a sibling named
+    # after the replica that wrote it, so every replica must know who that was
+    dirs_ours, dirs_theirs = directories_of(ours.flat), directories_of(theirs.flat)
+    clashes = {p for p in theirs.flat if p in dirs_ours} | {p for p in ours.flat if p in dirs_theirs}
+    for path in (set(ours.flat) | set(theirs.flat) | set(base_flat)) - settled:
+        b, o, t = base_flat.get(path), ours.flat.get(path), theirs.flat.get(path)
+        if same_entry(o, t):
+            continue
+        both = path in touched_o and path in touched_t
+        if both or (not same_entry(b, o) and not same_entry(b, t)) or path in clashes:
+            writes[(path, "ours")] = hist.last_write(ours, path)
+            writes[(path, "theirs")] = hist.last_write(theirs, path)
+
+    def load(entry: Entry) -> bytes:
+        return b"".join(repo.iter_file(entry.cid))
+
+    def key_write(path: str, side: Side, keys: tuple[str, ...]) -> Write:
+        return hist.last_key_write(ours if side == "ours" else theirs, path, keys)
+
+    result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
+                                    lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames,
+                                    key_write))
+    return result, list(bases)
+
+
+def _store(repo: Repository, data: bytes) -> Entry:
+    return repo.new_file_writer().write(io.BytesIO(data))
+
+
+def _virtual_base(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
+                  resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
+    key = (bases, depth)
+    if key not in hist.virtual:
+        hist.virtual[key] = _fold_bases(hist, bases, rules, resolvers, depth)
+    return hist.virtual[key]
+
+
+def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
+                resolvers: Mapping[str, ResolverFn], depth: int) -> MergeSide | None:
+    if not bases:
+        return None
+    acc = hist.side(bases[0])
+    if depth >= MAX_DEPTH:
+        return acc
+    for cid in bases[1:]:
+        other = hist.side(cid)
+        sub, _ = _merge(hist, acc, other, rules, resolvers, depth + 1)
+        tree = dict(sub.tree)
+        for c in sub.conflicts:  # what 'manual' leaves to a person: a marker no side holds
+            if c.kind == "file/directory":
+                continue
+            if c.sibling is not None:
+                tree.pop(c.sibling, None)
+            tree[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
+        acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other))
+    return acc
+
+
+def _marker(repo: Repository, path: str, ours: Entry | None, theirs: Entry | None) -> Entry:
+    def name(e: Entry | None) -> str:
+        return cid_str(e.cid) if e is not None else "deleted"
+
+    text = f"casync: {path} conflicts in a virtual merge base: {name(ours)} / {name(theirs)}\n"
+    return _store(repo, text.encode())
+

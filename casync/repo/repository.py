@@ -1,0 +1,633 @@
+"""Repository plumbing: configuration, refs and HEAD, revision parsing, commits,
+transactions, reading, history and integrity checks.
+
+A repository is a working tree with a ``.casync/`` directory holding the embedded
+store (:mod:`casync.store.lmdb`).  Working-tree operations (status, checkout,
+restore) live in :mod:`casync.worktree.checkout`, which builds on this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import stat as stat_mod
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Self
+
+from casync.errors import (
+    BlockNotFound,
+    CasyncError,
+    CorruptBlock,
+    InvalidObject,
+    NotARepository,
+    UnknownRevision,
+    UsageError,
+)
+from casync.history import clock as vclock
+from casync.history.graph import CommitGraph
+from casync.model.chunking import CHUNKERS, chunker_for
+from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
+from casync.model.names import REPO_DIR, is_replica_name, split_path
+from casync.model.objects import (
+    Commit,
+    HybridTime,
+    decode_commit,
+    encode_commit,
+)
+from casync.progress import NULL_PROGRESS, Progress
+from casync.settings import author as settings_author
+from casync.settings import check_value
+from casync.store.lmdb import LmdbStore
+from casync.trees.unixfs import (
+    Entry,
+    FileWriter,
+    TreeChange,
+    build_tree,
+    diff_flat,
+    flatten_tree,
+    iter_file,
+    lookup,
+    read_symlink,
+    update_tree,
+    validated_links,
+    write_symlink,
+)
+
+__all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates", "validate_branch_name"]
+
+_BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]+$")
+_REV_SUFFIX = re.compile(r"^(.*?)((?:~\d*|\^\d*)*)$")
+
+
+def validate_branch_name(name: str) -> None:
+    if len(name) > 200 or not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
+        raise UsageError(f"invalid branch name {name!r}",
+                         hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    cid: Cid
+    commit: Commit
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.commit
+        return {
+            "cid": cid_str(self.cid),
+            "tree": cid_str(c.tree),
+            "parents": [cid_str(p) for p in c.parents],
+            "clock": dict(c.clock),
+            "time": {"wall_ms": c.time.wall_ms, "logical": c.time.logical},
+            "generation": c.generation,
+            "replica": c.replica,
+            "author": c.author,
+            "message": c.message,
+            "meta": dict(c.meta),
+        }
+
+
+@dataclass
+class FsckReport:
+    checked: int = 0
+    missing: dict[str, str] = field(default_factory=dict)  # cid -> where it was needed
+    corrupt: dict[str, str] = field(default_factory=dict)  # cid -> reason
+    refs: dict[str, str] = field(default_factory=dict)
+    pack_bytes: int = 0
+    reclaimable_bytes: int = 0
+    # "replica:counter" -> the different commits stamped with it (a replica id used twice)
+    reused_stamps: dict[str, list[str]] = field(default_factory=dict)
+    _stamps: dict[tuple[str, int], Cid] = field(default_factory=dict, repr=False)
+    damaged: list[Cid] = field(default_factory=list, repr=False)  # missing or hash-mismatched: refetchable
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.corrupt and not self.reused_stamps
+
+    def stamp(self, cid: Cid, commit: Commit) -> None:
+        """Note ``commit``'s (replica, own counter); two different commits with one stamp
+        mean two sites commit as the same replica, and their clocks stop telling them apart."""
+        key = (commit.replica, commit.clock.get(commit.replica, 0))
+        first = self._stamps.setdefault(key, cid)
+        if first != cid:
+            same = self.reused_stamps.setdefault(f"{key[0]}:{key[1]}", [cid_str(first)])
+            same.append(cid_str(cid))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
+                "corrupt": self.corrupt, "reused_stamps": self.reused_stamps, "refs": self.refs,
+                "pack_bytes": self.pack_bytes, "reclaimable_bytes": self.reclaimable_bytes}
+
+
+def ref_candidates(name: str) -> list[str]:
+    """The full ref names a short name may mean, in the order they are tried."""
+    # a branch of the same name comes before a tag, as in git
+    return [f"heads/{name}", f"tags/{name}"] + ([name, f"remotes/{name}"] if "/" in name else [])
+
+
+class Repository:
+    """A casync repository: a working tree plus its ``.casync`` store."""
+
+    def __init__(self, root: Path, store: LmdbStore) -> None:
+        self.root = root
+        self.store = store
+        self.blocks = store.blocks
+        self.refs = store.refs
+        cfg = store.get_config()
+        self.repo_id: str = cfg["repository_id"]
+        self.replica: str = cfg["replica"]
+        self.hash_name: str = cfg["hash"]
+        self.chunker_name: str = cfg["chunker"]
+        self.bare: bool = bool(cfg.get("bare", False))
+        self.config = cfg
+        self.graph = CommitGraph(self.load_commit, store)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str] = ".", *, replica: str | None = None, hash: str = "blake3",
+             chunker: str = "cdc", repository_id: str | None = None, branch: str = "main",
+             bare: bool = False) -> Self:
+        """Create a repository in ``path`` (created if needed) and return it opened.
+
+        A *bare* repository has no working tree: applications write through
+        transactions, merges and pushes move branches without touching files.
+        """
+        root = Path(path).resolve()
+        if hash not in HASHES:
+            raise UsageError(f"unsupported hash {hash!r}", hint=f"use one of: {', '.join(HASHES)}")
+        if chunker not in CHUNKERS:
+            raise UsageError(f"unknown chunker {chunker!r}", hint=f"use one of: {', '.join(CHUNKERS)}")
+        replica = replica or f"r-{uuid.uuid4().hex[:12]}"
+        validate_replica_name(replica)
+        validate_branch_name(branch)
+        if (root / REPO_DIR).exists():
+            raise UsageError(f"{root} is already a casync repository ({root / REPO_DIR} exists)")
+        root.mkdir(parents=True, exist_ok=True)
+        store = LmdbStore(root / REPO_DIR, create=True)
+        store.set_config({
+            "format": 1,
+            "repository_id": repository_id or uuid.uuid4().hex,
+            "replica": replica,
+            "hash": hash,
+            "chunker": chunker,
+            "bare": bare,
+        })
+        store.put("meta", b"HEAD", f"heads/{branch}".encode())
+        if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
+            store.put("meta", b"worktree", b'{"tree": null, "commit": null}')
+        return cls(root, store)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] = ".", *, search_parents: bool = True) -> Self:
+        """Open the repository at ``path`` or (by default) the nearest one above it."""
+        start = Path(path).resolve()
+        candidates = [start, *start.parents] if search_parents else [start]
+        for cand in candidates:
+            if (cand / REPO_DIR / "db").is_dir():
+                return cls(cand, LmdbStore(cand / REPO_DIR))
+        raise NotARepository(str(start))
+
+    def close(self) -> None:
+        if self.store.env is not None:
+            with contextlib.suppress(CasyncError):
+                self.graph.save()
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def require_worktree(self, what: str, hint: str = "use transactions (Python API) or a non-bare clone") -> None:
+        if self.bare:
+            raise UsageError(f"{what} needs a working tree, and {self.root} is a bare repository", hint=hint)
+
+    def set_config(self, key: str, value: Any) -> None:
+        """Set (``None``: remove) one config key; a value casync could not use is refused
+        here, naming the key and value (:func:`casync.settings.check_value`)."""
+        check_value(key, value)
+        self.store.set_config({key: value})
+        self.config = self.store.get_config()
+
+    # --- objects -------------------------------------------------------------------------
+
+    def load_commit(self, cid: Cid) -> Commit:
+        if cid_codec(cid) != DAG_CBOR:
+            raise UnknownRevision(f"{cid_str(cid)} is not a commit")
+        return decode_commit(self.blocks.get(cid), cid)
+
+    def new_file_writer(self) -> FileWriter:
+        return FileWriter(self.blocks, chunker_for(self.chunker_name), self.hash_name)
+
+    # --- refs and HEAD -------------------------------------------------------------------
+
+    def head_ref(self) -> str | None:
+        """The ref HEAD points to (``heads/main``), or None when detached."""
+        raw = self.store.get("meta", b"HEAD") or b"heads/main"
+        return None if raw.startswith(b"detached:") else raw.decode()
+
+    def current_branch(self) -> str | None:
+        ref = self.head_ref()
+        return ref[len("heads/"):] if ref else None
+
+    def head(self) -> Cid | None:
+        """The commit HEAD names (None in a repository without commits)."""
+        raw = self.store.get("meta", b"HEAD") or b"heads/main"
+        if raw.startswith(b"detached:"):
+            return raw[len(b"detached:"):]
+        return self.refs.get_ref(raw.decode())
+
+    def set_head(self, branch: str | None, detached: Cid | None = None, reason: str = "checkout") -> None:
+        """Attach HEAD to ``branch`` or detach it at ``detached``; HEAD's reflog records the move."""
+        value = f"heads/{branch}".encode() if branch is not None else b"detached:" + (detached or b"")
+        self.refs.set_head(value, reason)
+
+    def left_behind(self, commit: Cid) -> list[Cid]:
+        """Commits reachable from ``commit`` but from no ref, newest first: what leaving a
+        detached HEAD at ``commit`` would leave for only the HEAD reflog to remember."""
+        return list(reversed(self.graph.missing([commit], self.refs.list_refs().values())))
+
+    def branches(self) -> dict[str, Cid]:
+        return {k[len("heads/"):]: v for k, v in self.refs.list_refs("heads/").items()}
+
+    def update_branch(self, branch: str, old: Cid | None, new: Cid | None, reason: str) -> None:
+        validate_branch_name(branch)
+        self.refs.cas_ref(f"heads/{branch}", old, new, reason)
+
+    # --- revisions -----------------------------------------------------------------------
+
+    def resolve(self, rev: str) -> Cid:
+        """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``."""
+        m = _REV_SUFFIX.match(rev.strip())
+        assert m is not None
+        base, suffix = m.group(1), m.group(2)
+        cid = self._resolve_base(base or "HEAD", rev)
+        if cid_codec(cid) != DAG_CBOR:
+            raise UnknownRevision(f"{rev!r} names a file or directory block, not a commit",
+                                  hint="give a commit CID (see 'casync log'); 'casync ls' shows tree CIDs")
+        for op in re.findall(r"[~^]\d*", suffix):
+            n = int(op[1:]) if len(op) > 1 else 1
+            if op[0] == "~":
+                for _ in range(n):
+                    parents = self.load_commit(cid).parents
+                    if not parents:
+                        raise UnknownRevision(f"revision {rev!r} goes past the first commit")
+                    cid = parents[0]
+            else:
+                parents = self.load_commit(cid).parents
+                if n == 0:
+                    continue
+                if n > len(parents):
+                    raise UnknownRevision(f"revision {rev!r}: commit has {len(parents)} parent(s)")
+                cid = parents[n - 1]
+        return cid
+
+    def ref_named(self, name: str) -> tuple[str, Cid] | None:
+        """(full ref name, commit) for a branch, a tag, or a ref that a name with ``/`` gives in full
+        (``remotes/origin/main``, ``bundles/main``) or as a remote-tracking head (``origin/main``);
+        the order revisions are resolved in.  None when no ref has that name."""
+        for full in ref_candidates(name):
+            cid = self.refs.get_ref(full)
+            if cid is not None:
+                return full, cid
+        return None
+
+    def _resolve_base(self, base: str, rev: str) -> Cid:
+        if base == "HEAD":
+            head = self.head()
+            if head is None:
+                raise UnknownRevision("HEAD has no commits yet", hint="make a first commit with 'casync commit'")
+            return head
+        named = self.ref_named(base)
+        if named is not None:
+            return named[1]
+        if len(base) >= 4 and base.isalnum():
+            if base.startswith("b") and len(base) > 50:
+                with contextlib.suppress(UsageError):
+                    cid = parse_cid(base)
+                    if self.blocks.has(cid):
+                        return cid
+                    raise UnknownRevision(f"commit {base} is not in this repository",
+                                          hint="fetch it from a remote first")
+            matches = [c for c in self._commit_cids() if cid_str(c).startswith(base)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise UnknownRevision(f"revision {base!r} is ambiguous ({len(matches)} commits match)",
+                                      hint="give more characters of the CID")
+        raise UnknownRevision(f"unknown revision {rev!r}",
+                              hint="use a branch or tag name, HEAD, HEAD~N or a commit CID (see 'casync log')")
+
+    def _commit_cids(self) -> Iterator[Cid]:
+        prefix = compute_cid(DAG_CBOR, b"", self.hash_name)[:-32]
+        for key, _ in self.store.items("index", prefix):
+            yield key
+
+    def resolve_path(self, spec: str) -> tuple[Cid, tuple[str, ...]]:
+        """Split ``REV:PATH`` into a commit CID and validated path parts."""
+        rev, sep, path = spec.partition(":")
+        return self.resolve(rev or "HEAD"), split_path(path) if sep else ()
+
+    def tree_of(self, commit: Cid) -> Cid:
+        return self.load_commit(commit).tree
+
+    def entry_at(self, spec: str) -> tuple[Cid, str, Entry]:
+        commit, parts = self.resolve_path(spec)
+        entry = lookup(self.blocks, self.tree_of(commit), parts)
+        path = "/".join(parts)
+        if entry is None:
+            raise UnknownRevision(f"path {path!r} does not exist in {short(commit)} ({spec})")
+        return commit, path, entry
+
+    # --- committing ----------------------------------------------------------------------
+
+    def default_author(self) -> str:
+        """Who commits when no author is given (commits, merges, transactions alike):
+        $CASYNC_AUTHOR, then config ``author``, then the login name, then ``unknown``."""
+        import getpass
+
+        configured = os.environ.get("CASYNC_AUTHOR") or settings_author(self.config)
+        if isinstance(configured, str) and configured:
+            return configured
+        try:
+            return getpass.getuser() or "unknown"  # $LOGNAME/$USER, else the password database
+        except (OSError, KeyError):
+            return "unknown"
+
+    def make_commit(self, tree: Cid, parents: list[Cid], message: str, author: str | None = None,
+                    meta: dict[str, str] | None = None) -> Cid:
+        """Write a commit object on ``tree`` (blocks must already be stored) and return its CID."""
+        parent_commits = [self.load_commit(p) for p in parents]
+        last_raw = self.store.get("meta", b"hlc_last")
+        last = HybridTime(*map(int, last_raw.split(b"."))) if last_raw else None
+        now = vclock.hlc_next(int(time.time() * 1000), last, [c.time for c in parent_commits])
+        commit = Commit(
+            tree=tree,
+            parents=tuple(parents),
+            clock=vclock.tick([c.clock for c in parent_commits], self.replica),
+            time=now,
+            replica=self.replica,
+            author=author or self.default_author(),
+            message=message,
+            generation=1 + max((c.generation for c in parent_commits), default=0),
+            meta=meta or {},
+        )
+        block = encode_commit(commit)
+        cid = compute_cid(DAG_CBOR, block, self.hash_name)
+        self.blocks.put(cid, block)
+        self.graph.remember(cid, commit)
+        self.store.put("meta", b"hlc_last", f"{now.wall_ms}.{now.logical}".encode())
+        return cid
+
+    def commit_tree(self, tree: Cid, message: str, *, branch: str | None = None, author: str | None = None,
+                    extra_parents: tuple[Cid, ...] = (), reason: str = "commit") -> Cid:
+        """Commit ``tree`` on top of ``branch`` (default: HEAD's) and move the ref by CAS.
+
+        Blocks are flushed before the ref moves (closure invariant).
+        """
+        with self.store.writer_lock():
+            if branch is None:
+                branch = self.current_branch()
+            old = self.refs.get_ref(f"heads/{branch}") if branch else self.head()
+            parents = ([old] if old else []) + list(extra_parents)
+            cid = self.make_commit(tree, parents, message, author)
+            self.blocks.flush()
+            first_line = message.splitlines()[0] if message else ""
+            if branch is not None:
+                self.update_branch(branch, old, cid, f"{reason}: {first_line}")
+            else:
+                self.set_head(None, cid, reason=f"{reason} on a detached HEAD: {first_line}")
+            return cid
+
+    def transaction(self, branch: str | None = None, message: str = "", author: str | None = None) -> Transaction:
+        """Commit changes without a working tree: ``tx.write(path, data)``, ``tx.delete(path)``.
+
+        ``branch`` defaults to HEAD's branch.  The working tree is not touched: an
+        application writing through transactions normally has none; if the branch is
+        checked out, commits refuse until ``casync checkout BRANCH`` brings the files up
+        to date (see :mod:`casync.worktree.state`).
+        """
+        branch = branch or self.current_branch() or "main"
+        validate_branch_name(branch)
+        return Transaction(self, branch, message, author)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def read(self, path: str, rev: str = "HEAD") -> bytes:
+        with self.open_file(path, rev) as f:
+            return f.read()
+
+    def open_file(self, path: str, rev: str = "HEAD") -> IO[bytes]:
+        """A streaming, read-only file object over a committed file."""
+        _commit, p, entry = self.entry_at(f"{rev}:{path}")
+        if entry.kind == "symlink":
+            return io.BytesIO(read_symlink(self.blocks, entry.cid).encode())
+        if entry.kind != "file":
+            raise UsageError(f"{p!r} in {rev} is a directory, not a file", hint="use 'casync ls' to list it")
+        return io.BufferedReader(_ChunkStream(iter_file(self.blocks, entry.cid)), 1 << 20)
+
+    def iter_file(self, cid: Cid) -> Iterator[bytes]:
+        return iter_file(self.blocks, cid)
+
+    def flat_tree(self, commit: Cid | None) -> dict[str, Entry]:
+        return flatten_tree(self.blocks, self.tree_of(commit)) if commit is not None else {}
+
+    def log(self, rev: str = "HEAD", limit: int | None = None) -> list[LogEntry]:
+        out: list[LogEntry] = []
+        for cid, commit in self.graph.walk([self.resolve(rev)]):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(LogEntry(cid, commit))
+        return out
+
+    def diff(self, a: str, b: str = "HEAD") -> list[TreeChange]:
+        return diff_flat(self.flat_tree(self.resolve(a)), self.flat_tree(self.resolve(b)))
+
+    # --- integrity -----------------------------------------------------------------------
+
+    def fsck(self, progress: Progress = NULL_PROGRESS) -> FsckReport:
+        """Check every block reachable from every ref and HEAD: present, hash-valid, decodable,
+        every commit's generation and clock consistent with its parents, and no two commits
+        stamped with the same (replica, counter)."""
+        report = FsckReport()
+        roots: dict[str, Cid] = dict(self.refs.list_refs())
+        head = self.head()
+        if head is not None:
+            roots["HEAD"] = head
+        report.refs = {k: cid_str(v) for k, v in roots.items()}
+        seen: set[Cid] = set()
+        progress.start("checking blocks", None)
+        for name, root in roots.items():
+            self._fsck_from(root, name, seen, report, progress)
+        progress.finish()
+        total, used = self.blocks.pack_bytes()
+        report.pack_bytes = total
+        report.reclaimable_bytes = total - used
+        return report
+
+    def _fsck_from(self, root: Cid, name: str, seen: set[Cid], report: FsckReport, progress: Progress) -> None:
+        stack: list[tuple[Cid, str]] = [(root, name)]
+        while stack:
+            cid, where = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            report.checked += 1
+            try:
+                block = self.blocks.get(cid)
+                progress.advance(len(block))  # bytes, like every other progress report
+            except BlockNotFound:
+                report.missing[cid_str(cid)] = where
+                report.damaged.append(cid)
+                continue
+            except CorruptBlock:
+                report.corrupt[cid_str(cid)] = f"bytes do not match the CID (needed by {where})"
+                report.damaged.append(cid)
+                continue
+            try:
+                children = validated_links(cid, block)
+                if cid_codec(cid) == DAG_CBOR:
+                    commit = decode_commit(block, cid)
+                    report.stamp(cid, commit)
+                    self._check_commit_against_parents(cid, commit)
+            except CasyncError as exc:
+                report.corrupt[cid_str(cid)] = str(exc)
+                continue
+            stack.extend((child, cid_str(cid)) for child in children)
+
+    def _check_commit_against_parents(self, cid: Cid, commit: Commit) -> None:
+        parents = []
+        for p in commit.parents:
+            try:
+                parents.append(self.load_commit(p))
+            except CasyncError:
+                return  # reported when the walk reaches the parent
+        expected_gen = 1 + max((c.generation for c in parents), default=0)
+        if commit.generation != expected_gen:
+            raise InvalidObject(f"commit {cid_str(cid)} has generation {commit.generation}, expected {expected_gen}")
+        joined = vclock.join(c.clock for c in parents)
+        for replica, count in joined.items():
+            if commit.clock.get(replica, 0) < count:
+                raise InvalidObject(f"commit {cid_str(cid)} clock goes backwards for replica {replica!r}")
+        if commit.clock.get(commit.replica, 0) != joined.get(commit.replica, 0) + 1:
+            raise InvalidObject(f"commit {cid_str(cid)} clock does not count its own commit once")
+        latest = max((c.time for c in parents), default=None)
+        if latest is not None and not commit.time > latest:
+            # every casync commit's hybrid-logical time exceeds its parents' (hlc_next):
+            # last-write-wins merges rely on it
+            raise InvalidObject(f"commit {cid_str(cid)} has time {commit.time.wall_ms}.{commit.time.logical}, "
+                                f"not after its parent's {latest.wall_ms}.{latest.logical}")
+
+
+def validate_replica_name(name: str) -> None:
+    if not is_replica_name(name):
+        raise UsageError(f"invalid replica name {name!r}",
+                         hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+class _ChunkStream(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf = nxt
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class Transaction:
+    """Stage writes and deletes, then commit them atomically on ``__exit__``.
+
+    Blocks are written as data arrives (streams are chunked, never held whole); the new
+    tree rewrites only directories on changed paths; the branch moves by compare-and-swap
+    against the tip the transaction started from, so a concurrent commit makes this one
+    fail with :class:`RefConflict` instead of silently losing either.
+    """
+
+    def __init__(self, repo: Repository, branch: str, message: str, author: str | None) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.message = message
+        self.author = author
+        self.changes: dict[str, Entry | None] = {}
+        self.base: Cid | None = None
+        self.commit: Cid | None = None
+        self._lock: contextlib.ExitStack | None = None
+
+    @property
+    def commit_cid(self) -> str | None:
+        """The new commit's text CID once the transaction committed (None if nothing changed)."""
+        return cid_str(self.commit) if self.commit is not None else None
+
+    def __enter__(self) -> Transaction:
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(self.repo.store.writer_lock())
+        self.base = self.repo.refs.get_ref(f"heads/{self.branch}")
+        return self
+
+    def write(self, path: str, data: bytes | BinaryIO, executable: bool = False) -> None:
+        parts = split_path(path)
+        if not parts:
+            raise UsageError("transaction write needs a file path, not the root")
+        stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        self._set("/".join(parts), self.repo.new_file_writer().write(stream, executable))
+
+    def symlink(self, path: str, target: str) -> None:
+        parts = split_path(path)
+        self._set("/".join(parts), write_symlink(self.repo.blocks, target, self.repo.hash_name))
+
+    def delete(self, path: str) -> None:
+        parts = split_path(path)
+        self._set("/".join(parts), None)
+
+    def _set(self, path: str, entry: Entry | None) -> None:
+        """The later change wins: a write or delete of ``path`` supersedes pending changes
+        below it (else ``delete("e/z")`` then ``write("e")`` turned the new file "e" back
+        into the emptied directory and dropped it)."""
+        below = path + "/"
+        for pending in [p for p in self.changes if p.startswith(below)]:
+            del self.changes[pending]
+        self.changes.pop(path, None)  # re-inserted last, after any ancestor's change
+        self.changes[path] = entry
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._lock is not None
+        try:
+            if exc_type is not None:
+                self.repo.blocks.discard()
+                return
+            base_tree = self.repo.tree_of(self.base) if self.base else None
+            if base_tree is None and not any(self.changes.values()):
+                root = build_tree(self.repo.blocks, {}, self.repo.hash_name)
+            else:
+                root = update_tree(self.repo.blocks, base_tree, self.changes, self.repo.hash_name)
+            if base_tree is not None and root.cid == base_tree:
+                self.repo.blocks.discard()
+                return
+            cid = self.repo.make_commit(root.cid, [self.base] if self.base else [], self.message, self.author)
+            self.repo.blocks.flush()
+            self.repo.update_branch(self.branch, self.base, cid, f"transaction: {self.message}")
+            self.commit = cid
+        finally:
+            self._lock.close()
+
+
+def is_executable(st: os.stat_result) -> bool:
+    return bool(st.st_mode & stat_mod.S_IXUSR)

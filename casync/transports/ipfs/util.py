@@ -1,0 +1,28 @@
+"""Small helpers shared by push, fetch and clone."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+from casync.repo.repository import Repository
+
+__all__ = ["remote_lock"]
+
+
+@contextlib.contextmanager
+def remote_lock(repo: Repository) -> Iterator[None]:
+    """Serialise pushes and fetches of one repository across processes (``.casync/remote.lock``).
+
+    Separate from the store's writer lock so that local commits are not blocked while a
+    push waits on the network.
+    """
+    fd = os.open(repo.store.root / "remote.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,465 @@
+"""Peers and the fetch / push protocol between two casync repositories.
+
+A *peer* answers four questions: who are you and what are your branches (``info``),
+which of these commits do you hold (``negotiate``), send me what I lack (``fetch``), and
+take these blocks and move a branch if it is a fast-forward (``push``).
+:class:`PeerService` implements them over a local :class:`Repository`; the local-path
+peer calls it directly, ``casync serve`` exposes it over HTTP, and
+:class:`casync.transports.peer.http.HttpPeer` is the client for that.
+
+Negotiation (docs/design.md, "Sync protocol"): the client sends exponentially spaced
+first-parent ancestors of its heads (distances 0, 1, 2, 4, ... up to 64); the peer
+answers which it holds.  If none, the window widens to 4096 and then to the whole
+history.  Then one request streams exactly the blocks of the commits between the
+peer's heads and the common commits.  A one-commit divergence on a 10,000-commit
+history is 3 round trips: info, negotiate, fetch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from casync.errors import (
+    BlockNotFound,
+    CorruptBlock,
+    InvalidObject,
+    NotARepository,
+    RefConflict,
+    RemoteError,
+    StateRefused,
+    UsageError,
+)
+from casync.model.car import TruncatedCar
+from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
+from casync.progress import NULL_PROGRESS, Progress
+from casync.repo.repository import Repository, validate_branch_name
+from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
+from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
+from casync.worktree.checkout import update_worktree
+from casync.worktree.state import merge_in_progress, moved_since_checkout
+
+__all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
+           "push_tags_to", "push_to"]
+
+MAX_HAVES = 4096
+MAX_WANTS = 1024
+MAX_TAGS_PER_PUSH = 256
+WINDOWS = ((0, 64), (65, 4096), (4097, 1 << 62))
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    repository_id: str
+    replica: str
+    refs: dict[str, Cid]  # branch -> commit
+    read_only: bool
+    hash: str = "blake3"
+    chunker: str = "cdc"
+    tags: dict[str, Cid] | None = None  # None: a peer from before tags (it neither sends nor takes them)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"repository_id": self.repository_id, "replica": self.replica, "read_only": self.read_only,
+               "hash": self.hash, "chunker": self.chunker, "refs": {k: cid_str(v) for k, v in self.refs.items()}}
+        if self.tags is not None:
+            out["tags"] = {k: cid_str(v) for k, v in self.tags.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> PeerInfo:
+        try:
+            refs = {str(k): parse_cid(v) for k, v in obj["refs"].items()}
+            for name, cid in refs.items():
+                validate_branch_name(name)
+                if cid_codec(cid) != DAG_CBOR:
+                    raise UsageError(f"branch {name!r} does not name a commit")
+            return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
+                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")), parse_tag_map(obj.get("tags")))
+        except (KeyError, TypeError, AttributeError, ValueError, UsageError) as exc:
+            raise RemoteError(f"peer sent a malformed info message ({exc})") from None
+
+
+def parse_tag_map(value: Any) -> dict[str, Cid] | None:
+    """A peer's ``{"tags": {name: commit CID}}`` (absent: None); malformed -> ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("tags must map names to CID strings")
+    return checked_tags({k: parse_cid(v) for k, v in value.items()})
+
+
+class Peer(Protocol):
+    url: str
+
+    def info(self) -> PeerInfo: ...
+
+    def negotiate(self, haves: list[Cid]) -> list[Cid]: ...
+
+    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
+
+    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats: ...
+
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate: ...
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+def parse_cid_list(value: Any, what: str, limit: int, commits: bool = True) -> list[Cid]:
+    """Strictly parse a JSON list of commit CIDs (any CIDs with ``commits=False``) from a
+    peer (malformed -> InvalidObject)."""
+    if not isinstance(value, list) or len(value) > limit:
+        raise InvalidObject(f"{what} must be a list of at most {limit} CIDs")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise InvalidObject(f"{what} holds a non-string")
+        try:
+            cid = parse_cid(item)
+        except UsageError:
+            raise InvalidObject(f"{what} holds an invalid CID {item[:80]!r}") from None
+        if commits and cid_codec(cid) != DAG_CBOR:
+            raise InvalidObject(f"{what} holds {item[:80]!r}, which is not a commit CID")
+        out.append(cid)
+    return out
+
+
+class PeerService:
+    """The serving side of the protocol, over a local repository."""
+
+    def __init__(self, repo: Repository, read_only: bool = False) -> None:
+        self.repo = repo
+        self.read_only = read_only
+
+    def info(self) -> PeerInfo:
+        return PeerInfo(self.repo.repo_id, self.repo.replica, self.repo.branches(), self.read_only,
+                        self.repo.hash_name, self.repo.chunker_name, list_tags(self.repo))
+
+    def negotiate(self, haves: list[Cid]) -> list[Cid]:
+        # A commit block is stored only after everything it reaches (closure), so holding
+        # the commit means holding its whole DAG.
+        present = self.repo.blocks.has_many(haves)
+        return [h for h in haves if h in present]
+
+    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        for w in wants:
+            if not self.repo.blocks.has(w):
+                raise UsageError(f"commit {cid_str(w)} is not on this peer")
+        common = self.negotiate(haves)
+        missing = self.repo.graph.missing(wants, common)
+        return blocks_for_commits(self.repo, missing)
+
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        """The blocks of ``cids`` this peer holds intact, in order (for ``fsck --repair``);
+        one it lacks or holds damaged itself is left out, and the caller asks elsewhere."""
+        for cid in cids:
+            try:
+                yield cid, self.repo.blocks.get(cid)
+            except (BlockNotFound, CorruptBlock):
+                continue
+
+    def check_push(self, branch: str, old: Cid | None, new: Cid) -> None:
+        """The checks a push must pass before any of its blocks is worth receiving."""
+        if self.read_only:
+            raise RemoteError("this peer is read-only; it does not accept pushes")
+        validate_branch_name(branch)
+        for cid in (new, old):
+            if cid is not None and cid_codec(cid) != DAG_CBOR:
+                raise InvalidObject(f"push names {cid_str(cid)}, which is not a commit")
+
+    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
+        """Store the blocks (checked), then move ``branch`` from ``old`` to ``new`` by CAS,
+        fast-forward only.  One writer at a time: concurrent pushes serialize on the lock
+        and the loser gets a non-fast-forward :class:`RefConflict`."""
+        self.check_push(branch, old, new)
+        with self.repo.store.writer_lock():
+            receiver = PackReceiver(self.repo, [new])
+            try:
+                for cid, block in blocks:
+                    receiver.add(cid, block)
+                stats = receiver.finish()
+            except BaseException:
+                receiver.abort()
+                raise
+            current = self.repo.refs.get_ref(f"heads/{branch}")
+            # a working tree left behind by a branch move (a transaction) stays put: it is
+            # brought up to date by 'casync checkout', never moved from the wrong tree
+            checked_out = (not self.repo.bare and self.repo.current_branch() == branch
+                           and moved_since_checkout(self.repo) is None)
+            st = None
+            if checked_out and merge_in_progress(self.repo):
+                # the files hold a half-done merge: moving them would carry it to the pushed
+                # commit, and '--continue' would then commit it there
+                raise StateRefused(f"push to the checked-out branch {branch} refused: a merge is stopped "
+                                   "there for conflicts",
+                                   hint="that replica must finish it ('casync merge --continue') or give it up "
+                                        "('casync merge --abort') first; then push again")
+            if checked_out and current == old:
+                # like git's receive.denyCurrentBranch=updateInstead: the files follow the
+                # branch, and a push that would overwrite uncommitted edits is refused
+                st = update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new), None,
+                                     f"push to the checked-out branch {branch}", dry_run=True)
+            if current != old:
+                raise RefConflict(f"push to {branch} rejected: the branch moved to "
+                                  f"{short(current) if current else 'nothing'} (non-fast-forward)",
+                                  hint="fetch and merge, then push again")
+            if old is not None and not self.repo.graph.is_ancestor(old, new):
+                raise RefConflict(f"push to {branch} rejected: {short(new)} does not contain "
+                                  f"{short(old)} (non-fast-forward)", hint="fetch and merge, then push again")
+            self.repo.update_branch(branch, old, new, "push")
+            if checked_out:
+                update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new),
+                                self.repo.tree_of(new), f"push to {branch}", st=st, commit=new)
+            return stats
+
+    def check_push_tags(self, tags: dict[str, Cid]) -> None:
+        if self.read_only:
+            raise RemoteError("this peer is read-only; it does not accept pushes")
+        if len(tags) > MAX_TAGS_PER_PUSH:
+            raise InvalidObject(f"at most {MAX_TAGS_PER_PUSH} tags per push")
+        try:
+            checked_tags(tags)
+        except ValueError as exc:
+            raise InvalidObject(str(exc)) from None
+
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
+        """Store the blocks the tags' commits need (checked), then create the tags that are
+        new here; an existing tag is never moved (a differing one is a conflict, kept under
+        ``tag-conflicts/pushed/NAME``)."""
+        self.check_push_tags(tags)
+        with self.repo.store.writer_lock():
+            receiver = PackReceiver(self.repo, tags.values())
+            try:
+                for cid, block in blocks:
+                    receiver.add(cid, block)
+                receiver.finish()
+            except BaseException:
+                receiver.abort()
+                raise
+            return receive_tags(self.repo, tags, "pushed")
+
+
+class LocalPeer:
+    """Another repository on this machine (a path or ``file://`` URL)."""
+
+    def __init__(self, path: str) -> None:
+        self.url = path
+        target = Path(path[len("file://"):] if path.startswith("file://") else path)
+        try:
+            self.repo = Repository.open(target, search_parents=False)
+        except NotARepository:
+            raise RemoteError(f"no casync repository at {target}", hint="check the path of the remote") from None
+        self.service = PeerService(self.repo)
+
+    def info(self) -> PeerInfo:
+        return self.service.info()
+
+    def negotiate(self, haves: list[Cid]) -> list[Cid]:
+        return self.service.negotiate(haves)
+
+    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        return self.service.fetch(wants, haves)
+
+    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
+        return self.service.push(branch, old, new, blocks)
+
+    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
+        return self.service.push_tags(tags, blocks)
+    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+        return self.service.blocks(cids)
+
+    def close(self) -> None:
+        self.repo.close()
+
+
+@dataclass
+class FetchResult:
+    remote: str
+    updated: dict[str, tuple[Cid | None, Cid]] = field(default_factory=dict)
+    stats: TransferStats = field(default_factory=TransferStats)
+    round_trips: int = 0
+    tags: TagUpdate | None = None  # None: the peer does not send tags
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote": self.remote, "round_trips": self.round_trips, **self.stats.to_json(),
+                "updated": {b: {"old": cid_str(o) if o else None, "new": cid_str(n)}
+                            for b, (o, n) in self.updated.items()},
+                "tags": self.tags.to_json() if self.tags is not None else None}
+
+
+def _local_heads(repo: Repository) -> list[Cid]:
+    heads = [c for c in dict.fromkeys(repo.refs.list_refs().values()) if cid_codec(c) == DAG_CBOR]
+    head = repo.head()
+    if head is not None and head not in heads:
+        heads.insert(0, head)
+    return heads
+
+
+def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = NULL_PROGRESS,
+               flush_bytes: int = FLUSH_BYTES) -> FetchResult:
+    """Fetch every branch of ``peer`` into ``remotes/<remote>/<branch>``.
+
+    Whole commits are made durable every ``flush_bytes``; if the transfer breaks, the
+    last durable commit is kept as ``partial/<remote>`` and offered as a "have" next
+    time, so a restart sends only what is still missing.
+    """
+    result = FetchResult(remote)
+    info = peer.info()
+    result.round_trips += 1
+    if info.repository_id != repo.repo_id:
+        raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one ({repo.repo_id})",
+                          hint="clone it instead, or check the remote's URL")
+    wants = [c for c in dict.fromkeys(info.refs.values()) if not repo.blocks.has(c)]
+    wants += _tag_wants(repo, info, wants)
+    if wants:
+        graph = repo.graph
+        heads = _local_heads(repo)
+        common: list[Cid] = []
+        for lo, hi in WINDOWS:
+            haves = graph.sample(heads, lo, hi)[:MAX_HAVES]
+            if not haves:
+                break
+            common = peer.negotiate(haves)
+            result.round_trips += 1
+            if common:
+                break
+        progress.start(f"fetching from {remote}", None)
+        with repo.store.writer_lock():
+            receiver = PackReceiver(repo, wants, flush_bytes)
+            try:
+                for cid, block in peer.fetch(wants, common):
+                    receiver.add(cid, block)
+                    progress.advance(len(block))
+                result.stats = receiver.finish()
+            except BaseException as exc:
+                receiver.abort()
+                kept = receiver.last_flushed_commit
+                if kept is not None:  # keep whole commits for a restart
+                    _set_ref(repo, f"partial/{remote}", kept, "interrupted fetch")
+                if isinstance(exc, (InvalidObject, CorruptBlock, RemoteError)):
+                    again = ("run it again: what arrived whole is kept, and only the rest is sent"
+                             if kept is not None else "run it again")
+                    # a stream cut short is the link's fault (retry); a block that lies is not
+                    broken_off = isinstance(exc, TruncatedCar)
+                    raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
+                                      transient=getattr(exc, "transient", False) or broken_off) from None
+                raise
+            finally:
+                progress.finish()
+            result.round_trips += 1
+    with repo.store.writer_lock():
+        for branch, cid in info.refs.items():
+            name = f"remotes/{remote}/{branch}"
+            old = repo.refs.get_ref(name)
+            if old != cid:
+                repo.refs.cas_ref(name, old, cid, f"fetch {remote}")
+                result.updated[branch] = (old, cid)
+        partial = repo.refs.get_ref(f"partial/{remote}")
+        if partial is not None:
+            repo.refs.cas_ref(f"partial/{remote}", partial, None, "fetch completed")
+        if info.tags is not None:
+            result.tags = receive_tags(repo, info.tags, remote)
+    return result
+
+
+def _tag_wants(repo: Repository, info: PeerInfo, wants: list[Cid]) -> list[Cid]:
+    """The peer's tag targets this repository lacks, within one request's limit; a tag left
+    out is reported as skipped and comes with a later fetch."""
+    extra = [c for c in dict.fromkeys((info.tags or {}).values()) if c not in wants and not repo.blocks.has(c)]
+    return extra[: max(0, MAX_WANTS - len(wants))]
+
+
+def _set_ref(repo: Repository, name: str, cid: Cid, reason: str) -> None:
+    repo.refs.cas_ref(name, repo.refs.get_ref(name), cid, reason)
+
+
+def push_to(repo: Repository, peer: Peer, remote: str, branch: str, progress: Progress = NULL_PROGRESS
+            ) -> dict[str, Any]:
+    """Push ``branch`` to the peer's branch of the same name (fast-forward only), then the
+    tags the peer lacks (``summary["tags"]``; see :func:`push_tags_to`)."""
+    info = peer.info()
+    summary = _push_branch(repo, peer, info, remote, branch, progress)
+    tip = repo.refs.get_ref(f"heads/{branch}")
+    tags = push_tags_to(repo, peer, info, remote, [tip] if tip is not None else [])
+    summary["tags"] = tags.to_json() if tags is not None else None
+    return summary
+
+
+def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, branch: str, progress: Progress
+                 ) -> dict[str, Any]:
+    local = repo.refs.get_ref(f"heads/{branch}")
+    if local is None:
+        raise UsageError(f"no local branch {branch!r} to push")
+    if info.repository_id != repo.repo_id:
+        raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one")
+    if info.read_only:
+        raise RemoteError(f"{peer.url} is read-only; it does not accept pushes")
+    remote_tip = info.refs.get(branch)
+    summary: dict[str, Any] = {"remote": remote, "branch": branch, "new": cid_str(local),
+                               "old": cid_str(remote_tip) if remote_tip else None, "round_trips": 1}
+    if remote_tip == local:
+        summary.update(result="up-to-date", blocks=0, bytes=0)
+        return summary
+    if remote_tip is not None and not (repo.blocks.has(remote_tip) and repo.graph.is_ancestor(remote_tip, local)):
+        raise RefConflict(f"push to {remote}/{branch} rejected: the remote has commits this branch lacks "
+                          "(non-fast-forward)", hint=f"run 'casync sync {remote}' (fetch + merge), then push")
+    haves = repo.graph.sample([local], 0, 4096)[:MAX_HAVES]
+    common = peer.negotiate(haves)
+    summary["round_trips"] += 1
+    base = common + ([remote_tip] if remote_tip else [])
+    missing = repo.graph.missing([local], base)
+    progress.start(f"pushing to {remote}", None)
+    sent = {"blocks": 0, "bytes": 0}
+
+    def counted() -> Iterator[tuple[Cid, bytes]]:
+        for cid, block in blocks_for_commits(repo, missing):
+            sent["blocks"] += 1
+            sent["bytes"] += len(block)
+            progress.advance(len(block))
+            yield cid, block
+
+    try:
+        peer.push(branch, remote_tip, local, counted())
+    finally:
+        progress.finish()
+    summary["round_trips"] += 1
+    name = f"remotes/{remote}/{branch}"
+    with repo.store.writer_lock():
+        repo.refs.cas_ref(name, repo.refs.get_ref(name), local, f"push {remote}")
+    summary.update(result="pushed", commits=len(missing), **sent)
+    return summary
+
+
+def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, pushed: list[Cid]
+                 ) -> TagUpdate | None:
+    """Send the local tags the peer lacks, with the blocks their commits need beyond what
+    the peer holds (its refs, its tags and ``pushed``).  A tag the peer has with another
+    target is not sent: it is reported as a conflict (ours, theirs).  None when the peer
+    takes no tags (read-only, or from before tags)."""
+    if info.tags is None or info.read_only:
+        return None
+    result = TagUpdate(remote)
+    send: dict[str, Cid] = {}
+    for name, cid in list_tags(repo).items():
+        theirs = info.tags.get(name)
+        if theirs is None:
+            send[name] = cid
+        elif theirs == cid:
+            result.unchanged.append(name)
+        else:
+            result.conflicts[name] = (cid, theirs)
+    held = [c for c in dict.fromkeys([*info.refs.values(), *info.tags.values(), *pushed]) if repo.blocks.has(c)]
+    names = sorted(send)
+    for i in range(0, len(names), MAX_TAGS_PER_PUSH):
+        batch = {n: send[n] for n in names[i : i + MAX_TAGS_PER_PUSH]}
+        commits = repo.graph.missing(list(dict.fromkeys(batch.values())), held)
+        reply = peer.push_tags(batch, blocks_for_commits(repo, commits))
+        held.extend(batch.values())
+        result.created.update(reply.created)
+        result.unchanged.extend(reply.unchanged)
+        result.skipped.update(reply.skipped)
+        # the peer's view is (its tag, ours): turn it round
+        result.conflicts.update({n: (t, o) for n, (o, t) in reply.conflicts.items()})
+    return result

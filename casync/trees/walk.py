@@ -1,0 +1,252 @@
+"""Path-aligned tree walks: which blocks of new trees the other side lacks, and which paths
+differ between two trees.  Pure logic over a ``get(cid) -> bytes`` callable (every store's
+``get`` verifies what it returns); no I/O of its own.
+
+One walker serves every transfer — peer fetch and push, bundles, IPFS push — so the rules
+below exist once:
+
+- A new tree is compared path by path with the old trees (a commit's parents' trees, which
+  the receiver holds or is sent in the same transfer): an entry equal to an old one at the
+  same path is skipped whole.
+- In a changed file, the blocks of the old versions of that file at that path (e.g. every
+  chunk but one after an insertion with content-defined chunking) are skipped too.  Only
+  interior nodes are read for this; raw leaves are read when they are sent.
+- A directory or multi-chunk file at a path the old trees lack is skipped whole when a tree
+  the receiver holds has it anywhere (:func:`held_entries`): moving or copying data costs a
+  few directory blocks, not its bytes.
+- Blocks come out in post-order (children before the nodes that link to them, a commit
+  after its tree), each once, so a receiver can check every link as blocks arrive.
+
+A tree block the sender cannot read is an error (:class:`~casync.errors.BlockNotFound`,
+:class:`~casync.errors.CorruptBlock`), never a reason to send more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+from casync.errors import InvalidObject
+from casync.history.graph import CommitGraph
+from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str
+from casync.model.objects import (
+    UNIXFS_DIRECTORY,
+    UNIXFS_FILE,
+    UNIXFS_RAW,
+    UNIXFS_SYMLINK,
+    PBNode,
+    decode_pbnode,
+    decode_unixfs,
+)
+from casync.trees.unixfs import read_dir_block
+
+__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "held_entries"]
+
+GetBlock = Callable[[Cid], bytes]
+
+_NOTHING: frozenset[Cid] = frozenset()
+_FILE_SET_CACHE = 1024
+_ENTRY_TYPES = (UNIXFS_DIRECTORY, UNIXFS_FILE, UNIXFS_RAW, UNIXFS_SYMLINK)
+
+
+class Block(NamedTuple):
+    """One block to send: its CID, its size, and its bytes when the walk read them (raw
+    leaves are not read: ``data`` is None and ``size`` comes from the link that names it)."""
+
+    cid: Cid
+    size: int
+    data: bytes | None
+
+
+def _is_dir(node: PBNode) -> bool:
+    return node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
+
+
+def held_entries(get: GetBlock, trees: Iterable[Cid]) -> set[Cid]:
+    """The trees and every directory and file root at any depth under them: whoever holds
+    these trees' closures holds each of these whole.  Reads directories and the root node
+    of multi-chunk files, never file contents."""
+    out = {t for t in trees if cid_codec(t) == DAG_PB}
+    stack = [decode_pbnode(get(t)) for t in out]
+    while stack:
+        for link in stack.pop().links:
+            child = link.cid
+            if child in out:
+                continue
+            out.add(child)
+            if cid_codec(child) == DAG_PB:
+                node = decode_pbnode(get(child))
+                if _is_dir(node):
+                    stack.append(node)
+    return out
+
+
+_Visit = tuple[Cid, int, Sequence[Cid], frozenset[Cid] | set[Cid], bytes | None]
+"""A node to walk: CID, size from its link, what the old trees hold at its path, the blocks
+of the old versions of the file it is in, and (on the second visit, once its children are
+out) its bytes, to emit it."""
+
+
+class TreeWalker:
+    """The blocks of new trees that the receiver lacks (see the module docstring).
+
+    ``held_trees`` are trees the receiver holds whole (the parents outside the transfer);
+    ``sent`` is shared across every :meth:`tree` and :meth:`commit` call, so a block goes
+    out once per transfer.
+    """
+
+    def __init__(self, get: GetBlock, held_trees: Iterable[Cid] = ()) -> None:
+        self._get = get
+        self.sent: set[Cid] = set()
+        self._held_trees = sorted(set(held_trees))
+        self._held: set[Cid] | None = None
+        self._file_sets: dict[Cid, frozenset[Cid]] = {}
+
+    def receiver_holds(self, cid: Cid) -> bool:
+        """``cid`` is a directory or file root somewhere in a held tree (the index is built
+        on first use, i.e. only when a transfer meets a new path at all)."""
+        if self._held is None:
+            self._held = held_entries(self._get, self._held_trees)
+        return cid in self._held
+
+    def commit(self, cid: Cid, tree: Cid, parent_trees: Sequence[Cid]) -> Iterator[Block]:
+        """The blocks of commit ``cid``'s tree that its parents' trees lack, then the commit."""
+        if cid in self.sent:
+            return
+        yield from self.tree(tree, parent_trees)
+        self.sent.add(cid)
+        block = self._get(cid)
+        yield Block(cid, len(block), block)
+
+    def tree(self, root: Cid, olds: Sequence[Cid]) -> Iterator[Block]:
+        """The blocks under ``root`` that neither ``olds`` (at the same paths) nor what was
+        sent before hold, in post-order."""
+        stack: list[_Visit] = [(root, 0, olds, _NOTHING, None)]
+        while stack:
+            cid, size, olds, covered, done = stack.pop()
+            if done is not None:
+                yield Block(cid, len(done), done)
+                continue
+            if cid in self.sent or cid in olds or cid in covered:
+                continue
+            codec = cid_codec(cid)
+            if codec == RAW:
+                if olds and any(cid_codec(o) == DAG_PB for o in olds) and cid in self._covered(covered, olds):
+                    continue  # a file shrunk to one of its old chunks
+                self.sent.add(cid)
+                yield Block(cid, size, None)
+                continue
+            if codec != DAG_PB:
+                raise InvalidObject(f"tree node {cid_str(cid)} has unexpected codec {codec:#x}")
+            block = self._get(cid)
+            node = decode_pbnode(block)
+            children: list[_Visit] = []
+            if _is_dir(node):
+                old_dirs = [m for m in map(self._dir_map, olds) if m is not None]
+                for link in node.links:
+                    name = link.name or b""
+                    same = [m[name] for m in old_dirs if name in m]
+                    if not same and cid_codec(link.cid) == DAG_PB and self.receiver_holds(link.cid):
+                        continue  # moved or copied: the receiver has it under another path
+                    children.append((link.cid, link.tsize or 0, same, _NOTHING, None))
+            else:
+                if olds:  # a changed file: the blocks of its old versions are held
+                    covered = self._covered(covered, olds)
+                    if cid in covered:
+                        continue
+                children = [(link.cid, link.tsize or 0, (), covered, None) for link in node.links]
+            self.sent.add(cid)
+            stack.append((cid, 0, (), _NOTHING, block))
+            stack.extend(reversed(children))
+
+    def _dir_map(self, cid: Cid) -> dict[bytes, Cid] | None:
+        if cid_codec(cid) != DAG_PB:
+            return None
+        node = decode_pbnode(self._get(cid))
+        return {link.name or b"": link.cid for link in node.links} if _is_dir(node) else None
+
+    def _covered(self, covered: frozenset[Cid] | set[Cid], olds: Sequence[Cid]) -> frozenset[Cid] | set[Cid]:
+        if not covered and len(olds) == 1:
+            return self._file_set(olds[0])  # the common case: no copy
+        out = set(covered)
+        for o in olds:
+            out |= self._file_set(o)
+        return out
+
+    def _file_set(self, cid: Cid) -> frozenset[Cid]:
+        """CIDs of a file DAG's interior nodes and of everything they link to (leaves not read)."""
+        cached = self._file_sets.get(cid)
+        if cached is not None:
+            return cached
+        out = {cid}
+        stack = [cid] if cid_codec(cid) == DAG_PB else []
+        while stack:
+            node = decode_pbnode(self._get(stack.pop()))
+            if _is_dir(node):
+                break  # a directory replaced by a file: nothing of it is inside the file
+            for link in node.links:
+                if link.cid not in out:
+                    out.add(link.cid)
+                    if cid_codec(link.cid) == DAG_PB:
+                        stack.append(link.cid)
+        if len(self._file_sets) > _FILE_SET_CACHE:
+            self._file_sets.clear()
+        frozen = self._file_sets[cid] = frozenset(out)
+        return frozen
+
+
+def commit_blocks(get: GetBlock, graph: CommitGraph, commits: Sequence[Cid]) -> Iterator[Block]:
+    """Every block a receiver holding the parents outside ``commits`` lacks to hold
+    ``commits`` (oldest first, as :meth:`CommitGraph.missing` returns them)."""
+    new = set(commits)
+    held = {graph.node(p).tree for c in commits for p in graph.node(c).parents if p not in new}
+    walker = TreeWalker(get, held)
+    for cid in commits:
+        node = graph.node(cid)
+        yield from walker.commit(cid, node.tree, [graph.node(p).tree for p in node.parents])
+
+
+def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str = "") -> set[str]:
+    """Paths of files and symlinks that differ between two trees (either may be None).
+
+    Walks both trees together and skips identical subtrees by CID, so the cost is
+    proportional to the change, not to the tree.  Names are validated as they are read.
+    """
+    if old == new:
+        return set()
+    old_links, new_links = _named_entries(get, old), _named_entries(get, new)
+    out: set[str] = set()
+    for name in old_links.keys() | new_links.keys():
+        a, b = old_links.get(name), new_links.get(name)
+        if a == b:
+            continue
+        path = f"{prefix}{name}"
+        a_dir = a is not None and _is_dir_cid(get, a)
+        b_dir = b is not None and _is_dir_cid(get, b)
+        if a_dir or b_dir:
+            out |= changed_paths(get, a if a_dir else None, b if b_dir else None, path + "/")
+        if (a is not None and not a_dir) or (b is not None and not b_dir):
+            out.add(path)
+    return out
+
+
+def _named_entries(get: GetBlock, cid: Cid | None) -> dict[str, Cid]:
+    if cid is None:
+        return {}
+    if cid_codec(cid) != DAG_PB:
+        raise InvalidObject(f"{cid_str(cid)} is not a directory")
+    return {link.name: link.cid for link in read_dir_block(cid, decode_pbnode(get(cid)))}
+
+
+def _is_dir_cid(get: GetBlock, cid: Cid) -> bool:
+    if cid_codec(cid) == RAW:
+        return False
+    if cid_codec(cid) != DAG_PB:
+        raise InvalidObject(f"tree entry {cid_str(cid)} is neither raw nor dag-pb")
+    node = decode_pbnode(get(cid))
+    if node.data is None:
+        raise InvalidObject(f"dag-pb node {cid_str(cid)} has no UnixFS data")
+    kind = decode_unixfs(node.data).type
+    if kind not in _ENTRY_TYPES:
+        raise InvalidObject(f"UnixFS node {cid_str(cid)} has unsupported type {kind}")
+    return kind == UNIXFS_DIRECTORY

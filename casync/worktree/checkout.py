@@ -1,0 +1,530 @@
+"""Working-directory operations: snapshot (commit), status and checkout.
+
+The stat cache makes unchanged files free: a file whose (mtime, ctime, size, inode,
+mode) match the cache is not re-read.  Files modified within the last
+:data:`RACY_NS` of a cache write are never cached ("racily clean", as git calls it),
+so an edit in the same timestamp tick as a commit is not missed.  When the cache is
+known to describe exactly HEAD's tree, ``status`` on an unchanged tree reads no tree
+blocks at all.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from casync.errors import NothingToCommit, UnstableFile, UsageError, WorktreeDirty
+from casync.model.cid import Cid, cid_str, short
+from casync.progress import NULL_PROGRESS, Progress
+from casync.repo.repository import Repository
+from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
+from casync.store.memory import MemoryBlockStore
+from casync.trees.unixfs import (
+    Entry,
+    FileWriter,
+    Kind,
+    diff_flat,
+    directories_of,
+    flatten_tree,
+    read_symlink,
+    write_symlink,
+)
+from casync.worktree import state as workstate
+from casync.worktree.disk import FileStat, Ignore, UntrackedIgnore, WorktreeWriter, native_stat_records, scan
+
+__all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
+           "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
+
+RACY_NS = 1_000_000_000
+MAX_RETRIES = 3
+
+
+@dataclass
+class Status:
+    added: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    branch: str | None = None
+    head: Cid | None = None
+    ignored_tracked: list[str] = field(default_factory=list)  # tracked files an ignore rule matches
+    checked_out: Cid | None = None  # set when HEAD moved since: the commit the files are still at
+    moved: bool = False  # HEAD's tree is no longer the one checked out (a transaction, a push)
+    merge_in_progress: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not (self.added or self.modified or self.deleted)
+
+    def paths(self) -> set[str]:
+        return {*self.added, *self.modified, *self.deleted}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"branch": self.branch, "head": cid_str(self.head) if self.head else None, "clean": self.clean,
+                "added": self.added, "modified": self.modified, "deleted": self.deleted,
+                "skipped": self.skipped, "ignored_tracked": self.ignored_tracked, "moved": self.moved,
+                "checked_out": cid_str(self.checked_out) if self.checked_out else None,
+                "merge_in_progress": self.merge_in_progress}
+
+
+def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
+
+
+class _Snapshotter:
+    """Turns working-tree files into entries, reusing the stat cache, writing blocks to
+    ``writer.store`` (the repository, or a throwaway store for a dry run)."""
+
+    def __init__(self, repo: Repository, writer: FileWriter, progress: Progress) -> None:
+        self.repo = repo
+        self.writer = writer
+        self.progress = progress
+        self.cache = repo.store.load_stat_cache()
+        self.new_cache: dict[str, StatEntry] = {}
+        self.hashed: set[str] = set()  # paths read and hashed (not taken from the cache)
+        self.now_ns = time.time_ns()
+        self.root = str(repo.root)
+
+    def entry(self, path: str, st: FileStat | os.stat_result) -> Entry | None:
+        """The entry for ``path`` (None if it vanished).  Re-reads until stable."""
+        cached = self.cache.get(path)
+        key = _stat_key(st)
+        if cached is not None and cached[:5] == key:
+            mode = st.st_mode
+            kind: Kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
+            entry = Entry(cached[6], kind, cached[5], kind == "file" and bool(mode & stat_mod.S_IXUSR))
+            self._remember(path, st, entry)
+            return entry
+        for _attempt in range(MAX_RETRIES):
+            try:
+                entry, st_after = self._read(path, st)
+            except FileNotFoundError:
+                return None
+            if st_after is not None and _stat_key(st_after)[:3] == key[:3] and st_after.st_size == st.st_size:
+                self.hashed.add(path)
+                self._remember(path, st_after, entry)
+                return entry
+            try:
+                st = os.lstat(os.path.join(self.root, path))
+            except FileNotFoundError:
+                return None
+            key = _stat_key(st)
+        raise UnstableFile(f"file {path} kept changing while it was being committed",
+                           hint="stop the process writing it, or add it to .casyncignore, and retry")
+
+    def _read(self, path: str, st: FileStat | os.stat_result) -> tuple[Entry, os.stat_result | None]:
+        abs_path = os.path.join(self.root, path)
+        if stat_mod.S_ISLNK(st.st_mode):
+            target = os.readlink(abs_path)
+            after = os.lstat(abs_path)
+            return write_symlink(self.writer.store, target, self.repo.hash_name), after
+        fd = os.open(abs_path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            before = os.fstat(fd)
+            if (before.st_size, before.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                return Entry(b"", "file", 0), None  # changed between scan and open: retry
+            entry = self.writer.write(f, bool(before.st_mode & stat_mod.S_IXUSR), self.progress.advance)
+            after = os.fstat(fd)
+        return entry, after
+
+    def _remember(self, path: str, st: FileStat | os.stat_result, entry: Entry) -> None:
+        racy = st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS
+        self.new_cache[path] = _untrusted(entry) if racy else (*_stat_key(st), entry.tsize, entry.cid)
+
+    def snapshot(self, tracked_tree: Cid | None, merged_tree: Cid | None = None) -> tuple[dict[str, Entry], list[str]]:
+        """The files to commit; ``merged_tree`` (a stopped merge's) is tracked as well."""
+        tracked: Callable[[str, bool], bool] | None = None
+        if merged_tree is not None:
+            pending = workstate.untracks(self.repo)
+            trees = [workstate.TreePaths(self.repo, t, pending) for t in (tracked_tree, merged_tree)]
+
+            def in_either(path: str, is_dir: bool) -> bool:
+                return any(t(path, is_dir) for t in trees)
+            tracked = in_either
+        files, skipped, _ = _scan(self.repo, tracked_tree, tracked=tracked)
+        total = sum(st.st_size for p, st in files.items() if self.cache.get(p, (None,))[:5] != _stat_key(st))
+        self.progress.start("hashing", total)
+        out: dict[str, Entry] = {}
+        for path in sorted(files):
+            entry = self.entry(path, files[path])
+            if entry is not None:
+                out[path] = entry
+        self.progress.finish()
+        return out, skipped
+
+
+def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
+                    progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = (),
+                    merged_tree: Cid | None = None) -> Cid:
+    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD.
+    ``merged_tree``: the tree a stopped merge wrote; its paths are tracked (an ignore
+    rule must not drop a file the merge brought in)."""
+    repo.require_worktree("commit")
+    if not message:
+        raise UsageError("empty commit message", hint="pass -m MESSAGE")
+    with repo.store.writer_lock():
+        workstate.require_current(repo, "committing")
+        head = repo.head()
+        snap = _Snapshotter(repo, repo.new_file_writer(), progress)
+        try:
+            files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
+            tree = _build(repo, files)
+            if not files and head is None and not allow_empty:
+                repo.blocks.discard()
+                raise NothingToCommit("nothing to commit: the working tree is empty",
+                                      hint="add files first, or pass --allow-empty")
+            if head is not None and tree == repo.tree_of(head) and not allow_empty:
+                repo.blocks.discard()
+                repo.store.save_stat_cache(snap.new_cache, tree, head)
+                workstate.record(repo, tree, head)
+                raise NothingToCommit(f"nothing to commit: the working tree matches {short(head)}")
+            cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
+        except BaseException:
+            repo.blocks.discard()
+            raise
+        repo.store.save_stat_cache(snap.new_cache, tree, cid)
+        workstate.record(repo, tree, cid)
+        workstate.clear_untracks(repo)
+        return cid
+
+
+def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
+    from casync.trees.unixfs import build_tree
+
+    return build_tree(repo.blocks, files, repo.hash_name).cid
+
+
+def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
+    """Compare the working tree with the tree it was checked out at (HEAD's, unless
+    HEAD moved since: then ``moved`` is set) without storing anything."""
+    repo.require_worktree("status")
+    head = repo.head()
+    state = workstate.checked_out(repo)
+    moved = workstate.moved_since_checkout(repo) is not None
+    result = Status(branch=repo.current_branch(), head=head, moved=moved,
+                    checked_out=state.commit if moved else None,
+                    merge_in_progress=workstate.merge_in_progress(repo))
+    pending = workstate.untracks(repo)
+    described = state.tree is not None and not pending and _cache_describes(repo, state.tree)
+    # when the cache describes the tree it names every file of it: which paths are tracked
+    # is then a point lookup in it, not a read of tree blocks
+    tracked = repo.store.stat_cache_tracks if described and repo.store.stat_cache_complete() else None
+    if described:
+        ignore = _ignore(repo, state.tree, pending, tracked)
+        native = native_stat_records(repo.root, ignore)
+        if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
+            result.skipped, result.ignored_tracked = native[1], sorted(_tracked_ignored(ignore))
+            return result
+    files, result.skipped, ignore = _scan(repo, state.tree, pending, tracked)
+    result.ignored_tracked = sorted(_tracked_ignored(ignore))
+    if described and state.tree is not None and _unchanged_since_cache(repo, state.tree, files):
+        if repo.store.stat_cache_digest() is None:
+            with repo.store.try_writer_lock() as locked:
+                if locked:
+                    repo.store.refresh_stat_cache_digest()
+        return result
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, progress)
+    committed = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
+    current: dict[str, Entry] = {}
+    progress.start("checking the working tree", None)  # files not in the stat cache are hashed
+    for path in sorted(files):
+        entry = snap.entry(path, files[path])
+        if entry is not None:
+            current[path] = entry
+    progress.finish()
+    for change in diff_flat(committed, current):
+        getattr(result, change.status).append(change.path)
+    # Files hashed here went to a throwaway store: caching their CIDs would let the next
+    # commit trust entries whose blocks the repository never got.  Keep only entries whose
+    # content the repository holds (unchanged files, or content already committed).
+    cache = {p: e for p, e in snap.new_cache.items() if p not in snap.hashed or repo.blocks.has(e[6])}
+    clean = result.clean and not pending
+    _save_cache_opportunistically(repo, cache, state.tree if clean else None, state.commit if clean else None)
+    return result
+
+
+def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str],
+            tracked: Callable[[str, bool], bool] | None = None) -> Ignore:
+    """The root ignore rules, applied to paths ``tracked_tree`` does not hold (as in git);
+    ``tracked`` answers that question when the caller has a faster way."""
+    rules = Ignore.load(repo.root)
+    if not rules.rules:
+        return rules
+    return rules.untracked_only(tracked or workstate.TreePaths(repo, tracked_tree, pending))
+
+
+def _tracked_ignored(ignore: Ignore) -> list[str]:
+    return ignore.tracked_ignored if isinstance(ignore, UntrackedIgnore) else []
+
+
+def _scan(repo: Repository, tracked_tree: Cid | None, pending: set[str] | None = None,
+          tracked: Callable[[str, bool], bool] | None = None) -> tuple[dict[str, FileStat], list[str], Ignore]:
+    """``scan`` of the working tree with ignore rules for untracked paths, leaving out the
+    files ``rm --cached`` untracked (until the next commit records that)."""
+    pending = workstate.untracks(repo) if pending is None else pending
+    ignore = _ignore(repo, tracked_tree, pending, tracked)
+    files, skipped = scan(repo.root, ignore)
+    for path in pending:
+        files.pop(path, None)
+    return files, skipped, ignore
+
+
+def _cache_describes(repo: Repository, tree: Cid) -> bool:
+    """The stat cache was written for exactly ``tree`` (the checked-out tree)."""
+    return repo.store.get("meta", b"statcache_tree") == tree
+
+
+def _unchanged_since_cache(repo: Repository, tree: Cid, files: dict[str, FileStat]) -> bool:
+    """The fast path: the stat cache describes the checked-out tree exactly and every
+    file's lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
+    (With the native walk, ``status`` first tries the same test as one digest comparison.)"""
+    if not _cache_describes(repo, tree):
+        return False
+    raw = repo.store.load_stat_cache_raw()
+    if len(raw) != len(files):
+        return False
+    pack = STAT_KEY.pack
+    for path, st in files.items():
+        value = raw.get(path)
+        if value is None or value[:STAT_KEY_SIZE] != pack(st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+                                                          st.st_ino, st.st_mode):
+            return False
+    return True
+
+
+def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry], tree: Cid | None,
+                                  commit: Cid | None) -> None:
+    """Like ``git status``, refresh the stat cache when no writer is busy (never wait)."""
+    with repo.store.try_writer_lock() as locked:
+        if locked:
+            repo.store.save_stat_cache(cache, tree, commit)
+
+
+def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
+    """``{path: Entry}`` for the working tree as it is now (nothing is stored)."""
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, progress)
+    files, _, _ = _scan(repo, workstate.checked_out(repo).tree)
+    out = {}
+    for path in sorted(files):
+        entry = snap.entry(path, files[path])
+        if entry is not None:
+            out[path] = entry
+    return out
+
+
+def disk_entries(repo: Repository, paths: Iterable[str]) -> dict[str, Entry]:
+    """``{path: Entry}`` for just ``paths`` as they are on disk (missing ones left out),
+    hashed into a throwaway store."""
+    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
+    snap = _Snapshotter(repo, scratch, NULL_PROGRESS)
+    out: dict[str, Entry] = {}
+    for path in sorted(paths):
+        try:
+            st = os.lstat(repo.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISLNK(st.st_mode):
+            entry = snap.entry(path, st)
+            if entry is not None:
+                out[path] = entry
+    return out
+
+
+def apply_changes(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], paths: Iterable[str] | None = None,
+           progress: Progress = NULL_PROGRESS) -> None:
+    """Make the working tree go from ``old`` to ``new`` (restricted to ``paths`` if given)."""
+    writer = WorktreeWriter(repo.root)
+    changes = diff_flat(old, new)
+    if paths is not None:
+        wanted = set(paths)
+        changes = [c for c in changes if c.path in wanted]
+    progress.start("checking out", sum(c.new.tsize for c in changes if c.new is not None))
+    for change in changes:
+        if change.new is None:
+            writer.remove(change.path)
+    for change in changes:
+        e = change.new
+        if e is None:
+            continue
+        if e.kind == "symlink":
+            writer.write_symlink(change.path, read_symlink(repo.blocks, e.cid))
+        else:
+            writer.write_file(change.path, _counting(repo.iter_file(e.cid), progress), e.executable)
+    progress.finish()
+
+
+def _counting(chunks: Iterable[bytes], progress: Progress) -> Iterable[bytes]:
+    for chunk in chunks:
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress = NULL_PROGRESS) -> Cid:
+    """Make the working tree match ``rev``; a branch name switches HEAD to that branch.
+
+    Refuses (unless ``force``) when an uncommitted change would be overwritten or removed;
+    changes to paths the checkout does not touch are kept.
+    """
+    with repo.store.writer_lock():
+        target = repo.resolve(rev)
+        head = repo.head()
+        branch = rev if repo.refs.get_ref(f"heads/{rev}") is not None else None
+        if repo.bare:
+            repo.set_head(branch, None if branch else target)
+            return target
+        workstate.refuse_mid_merge(repo, "checkout")
+        reason = f"checkout: moving to {rev}"
+        if head is not None and target == head and not force and workstate.moved_since_checkout(repo) is None:
+            if branch is not None:
+                repo.set_head(branch, reason=reason)
+            elif rev != "HEAD":
+                repo.set_head(None, target, reason=reason)
+            return target
+        # from what the files hold: HEAD's tree, or an older one if HEAD moved without them
+        state = workstate.checked_out(repo)
+        try:
+            update_worktree(repo, flatten_tree(repo.blocks, state.tree) if state.tree is not None else {},
+                            repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
+                            can_force=True, commit=target)
+        except WorktreeDirty as exc:
+            if state.commit is None or workstate.moved_since_checkout(repo) is None:
+                raise
+            at = short(state.commit)  # the edits cannot be committed where they are
+            raise WorktreeDirty(exc.message, hint=f"keep them on a branch at the commit the files are at: 'casync "
+                                f"branch NAME {at}', 'casync switch NAME', commit, then merge; or pass --force "
+                                "to discard them") from None
+        if branch is not None:
+            repo.set_head(branch, reason=reason)
+        else:
+            repo.set_head(None, target, reason=reason)
+        return target
+
+
+def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], new_tree: Cid | None,
+                    what: str, force: bool = False, progress: Progress = NULL_PROGRESS,
+                    dry_run: bool = False, st: Status | None = None, can_force: bool = False,
+                    commit: Cid | None = None) -> Status:
+    """Move the working tree from ``old`` (the tree it was checked out at) to ``new``.
+
+    Uncommitted changes on paths this touches make it refuse with :class:`WorktreeDirty`
+    (unless ``force``); with ``dry_run`` it only checks.  ``new_tree`` is the tree CID
+    ``new`` was read from (None for an uncommitted tree), recorded for the stat cache.
+    ``st`` is the working tree's status against ``old`` when the caller already has it
+    (e.g. from a dry run before moving HEAD).  ``can_force``: the command offers --force
+    (the refusal's hint says so only then).  ``commit`` is the commit ``new_tree`` is from,
+    recorded with it (see :mod:`casync.worktree.state`).  Returns that status.
+    """
+    if repo.bare:
+        return Status(branch=repo.current_branch(), head=repo.head())
+    st = st if st is not None else status(repo, progress)
+    dirty = st.paths()
+    new_dirs = directories_of(new)
+    if force:
+        # discard local edits to tracked files; untracked files survive unless in the way
+        placeholder = Entry(b"", "file", 0)
+        current = {p: e for p, e in old.items() if p not in st.deleted}
+        for path in st.modified:
+            current[path] = placeholder
+        for path in st.added:
+            if path in new or path in new_dirs:
+                current[path] = placeholder
+        old = current
+    touched = {c.path for c in diff_flat(old, new)}
+    # refused before anything is written (or a ref moves), not half-way by the writer; and
+    # first, so the checks below never look through a symlink
+    WorktreeWriter(repo.root).check_parents(sorted(p for p in touched if p in new),
+                                            {p for p in touched if p in old and p not in new})
+    if not force:
+        in_the_way = {p for p in st.added if p in new_dirs}
+        in_the_way |= untracked_in_replaced_dirs(repo, old, new, touched)
+        # an ignored (so unlisted) file where the update creates a path is a user's file too:
+        # overwriting it would lose it (git treats ignored files as expendable; a data store does not)
+        dirty_touch = (dirty & touched) | in_the_way | _unlisted_files_at(repo, touched - set(old) - dirty, new)
+        if dirty_touch - in_the_way:  # a file that already holds what the update writes loses nothing
+            ready = {p: e for p, e in disk_entries(repo, dirty_touch - in_the_way).items() if p in new}
+            dirty_touch -= set(ready) - {c.path for c in diff_flat(ready, {p: new[p] for p in ready})}
+        if dirty_touch:
+            listed = ", ".join(sorted(dirty_touch)[:5]) + (" ..." if len(dirty_touch) > 5 else "")
+            raise WorktreeDirty(f"{what} would overwrite uncommitted changes in: {listed}",
+                                hint="commit them first, or pass --force to discard them" if can_force
+                                else "commit them (or move them away) first")
+    if dry_run:
+        return st
+    apply_changes(repo, old, new, touched, progress)
+    keep_dirty = set() if force else dirty - touched
+    if force:  # every local change is discarded, 'rm --cached' ones too
+        workstate.clear_untracks(repo)
+    if new_tree is None:
+        repo.store.save_stat_cache({}, None)
+    else:
+        refresh_cache(repo, new, new_tree, stale=keep_dirty)
+        workstate.record(repo, new_tree, commit)
+    return st
+
+
+def _unlisted_files_at(repo: Repository, paths: set[str], new: dict[str, Entry]) -> set[str]:
+    """Of ``paths`` the update creates, those where a file (or link) the status did not list
+    already exists: ignored files, which status does not report."""
+    return {p for p in paths if p in new and os.path.lexists(repo.root / p)
+            and not os.path.isdir(repo.root / p)}
+
+
+def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dict[str, Entry],
+                                touched: set[str]) -> set[str]:
+    """Untracked files, ignored ones included, inside directories the update replaces
+    with a file or symlink: writing it would delete them with the directory."""
+    out: set[str] = set()
+    for path in touched:
+        if path not in new:
+            continue
+        try:
+            if not stat_mod.S_ISDIR(os.lstat(repo.root / path).st_mode):
+                continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        stack = [path]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                entries = list(os.scandir(repo.root / rel_dir))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for de in entries:
+                rel = f"{rel_dir}/{de.name}"
+                is_dir = de.is_dir(follow_symlinks=False)
+                if is_dir:
+                    stack.append(rel)
+                elif rel not in old:
+                    out.add(rel)
+    return out
+
+
+def _untrusted(entry: Entry) -> StatEntry:
+    """A cache entry that names a tracked file but never matches an lstat (st_mode 0: no
+    file has it), so the file is hashed again: racily clean, or with uncommitted edits.
+    With it, a cache that describes a tree names every file of it (see status)."""
+    return (0, 0, 0, 0, 0, entry.tsize, entry.cid)
+
+
+def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid, stale: set[str] | None = None) -> None:
+    """After writing ``tree`` (whose files are ``entries``) out, record stat data so the
+    next status reads nothing; ``stale`` paths (uncommitted edits kept) are not trusted."""
+    now = time.time_ns()
+    cache: dict[str, StatEntry] = {}
+    for path, entry in entries.items():
+        try:
+            st = os.lstat(repo.root / path)
+        except FileNotFoundError:
+            st = None
+        if (st is None or (stale and path in stale) or st.st_mtime_ns >= now - RACY_NS
+                or st.st_ctime_ns >= now - RACY_NS):
+            cache[path] = _untrusted(entry)
+        else:
+            cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+    repo.store.save_stat_cache(cache, tree)

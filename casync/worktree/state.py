@@ -1,0 +1,148 @@
+"""What the working tree was checked out from, and which paths it tracks.
+
+HEAD's branch can move without the working tree: a Python transaction, a push or a sync
+into the checked-out branch of a non-bare repository.  The files on disk then still
+hold the tree they were checked out at, and a snapshot of them committed on the new
+tip would silently revert what moved the branch.  So every operation that writes the
+working tree records here the tree (and, when known, the commit) it left on disk (meta
+key ``worktree``); ``commit`` and ``merge`` refuse while HEAD's tree differs from it,
+and ``status`` and ``checkout`` compare the disk with it, not with HEAD.
+
+*Tracked* means "in the tree the working tree was checked out at" (casync has no
+index), minus the paths ``rm --cached`` marked (meta key ``untrack``) until the next
+commit.  Ignore rules apply to untracked paths only, as in git.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from casync.errors import StateRefused, WorktreeDirty
+from casync.model.cid import Cid, cid_str, parse_cid, short
+from casync.repo.repository import Repository
+from casync.trees.unixfs import entry_for, read_dir
+
+__all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "merge_in_progress",
+           "moved_since_checkout", "record", "refuse_mid_merge", "require_current", "untracks"]
+
+_KEY = b"worktree"
+_UNTRACK_KEY = b"untrack"
+MERGE_STATE_KEY = b"merge_state"  # written by casync.worktree.merging while a merge is stopped
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedOut:
+    """The tree on disk (None: an empty tree) and the commit it came from, if known."""
+
+    tree: Cid | None
+    commit: Cid | None
+
+
+def record(repo: Repository, tree: Cid | None, commit: Cid | None) -> None:
+    """The working tree now holds ``tree`` (from ``commit``).  Caller holds the writer lock."""
+    if repo.bare:
+        return
+    value = {"tree": cid_str(tree) if tree else None, "commit": cid_str(commit) if commit else None}
+    repo.store.put("meta", _KEY, json.dumps(value).encode())
+
+
+def checked_out(repo: Repository) -> CheckedOut:
+    """What the working tree holds; a repository written before this record existed is
+    taken to be at HEAD."""
+    raw = repo.store.get("meta", _KEY)
+    if raw is None:
+        head = repo.head()
+        return CheckedOut(repo.tree_of(head) if head is not None else None, head)
+    value = json.loads(raw)
+    return CheckedOut(parse_cid(value["tree"]) if value["tree"] else None,
+                      parse_cid(value["commit"]) if value["commit"] else None)
+
+
+def moved_since_checkout(repo: Repository) -> CheckedOut | None:
+    """The checkout the working tree still holds when HEAD has moved to another tree
+    since (None when they agree, and always in a bare repository)."""
+    if repo.bare:
+        return None
+    state = checked_out(repo)
+    head = repo.head()
+    if head is not None and state.commit == head:
+        return None  # the usual case, decided without decoding a commit
+    head_tree = repo.tree_of(head) if head is not None else None
+    return None if head_tree == state.tree else state
+
+
+def require_current(repo: Repository, what: str) -> None:
+    """Refuse ``what`` while HEAD's branch has moved past the working tree."""
+    state = moved_since_checkout(repo)
+    if state is None:
+        return
+    branch = repo.current_branch()
+    where = f"branch {branch}" if branch else "HEAD"
+    at = f"commit {short(state.commit)}" if state.commit else \
+        f"tree {short(state.tree)}" if state.tree else "an empty tree"
+    update = f"bring the files up to date with 'casync checkout {branch or 'HEAD'}' (uncommitted edits are kept)"
+    raise WorktreeDirty(f"{where} moved since the working tree was checked out (the files are still at {at}); "
+                        f"{what} now would revert that move",
+                        hint=f"give up the stopped merge ('casync merge --abort'), {update}, and merge again"
+                        if merge_in_progress(repo) else f"{update}, then retry")
+
+
+def merge_in_progress(repo: Repository) -> bool:
+    return repo.store.get("meta", MERGE_STATE_KEY) is not None
+
+
+def refuse_mid_merge(repo: Repository, what: str) -> None:
+    """Refuse ``what`` while a merge is stopped: it would carry the half-done merge to
+    another commit (``--continue`` would commit it there, ``--abort`` reset to it)."""
+    if merge_in_progress(repo):
+        raise StateRefused(f"a merge is in progress: {what} now would carry it to another commit",
+                           hint="finish it with 'casync merge --continue', or give it up with 'casync merge --abort'")
+
+
+def untracks(repo: Repository) -> set[str]:
+    """Paths ``rm --cached`` took out of tracking, until the next commit records it."""
+    raw = repo.store.get("meta", _UNTRACK_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def add_untracks(repo: Repository, paths: set[str]) -> None:
+    repo.store.put("meta", _UNTRACK_KEY, json.dumps(sorted(untracks(repo) | paths)).encode())
+
+
+def clear_untracks(repo: Repository) -> None:
+    if repo.store.get("meta", _UNTRACK_KEY) is not None:
+        repo.store.write(lambda txn: txn.delete(_UNTRACK_KEY, db=repo.store.db("meta")))
+
+
+class TreePaths:
+    """``tracked(path, is_dir)``: does the checked-out tree hold ``path``, minus the
+    paths ``rm --cached`` untracked?  Directories are read lazily and memoised, so a
+    walk asks the store only about paths an ignore rule matches."""
+
+    def __init__(self, repo: Repository, tree: Cid | None, untracked: set[str] | None = None) -> None:
+        self._repo = repo
+        self._tree = tree
+        self._listings: dict[str, dict[str, Cid] | None] = {}
+        self._untracked = untracked or set()
+
+    def _listing(self, directory: str) -> dict[str, Cid] | None:
+        if directory not in self._listings:
+            if directory:
+                parent, _, name = directory.rpartition("/")
+                above = self._listing(parent)
+                cid = above.get(name) if above else None
+                if cid is not None and entry_for(self._repo.blocks, cid, 0).kind != "dir":
+                    cid = None
+            else:
+                cid = self._tree
+            self._listings[directory] = ({link.name: link.cid for link in read_dir(self._repo.blocks, cid)}
+                                         if cid is not None else None)
+        return self._listings[directory]
+
+    def __call__(self, path: str, is_dir: bool) -> bool:
+        if path in self._untracked:
+            return False
+        parent, _, name = path.rpartition("/")
+        listing = self._listing(parent)
+        return listing is not None and name in listing
