@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.errors import NothingToCommit, RefConflict, UnknownRevision
 
 from .conftest import write
@@ -100,16 +100,16 @@ def test_concurrent_transactions_never_lose_a_commit(tmp_path: Path) -> None:
 
 def test_commit_status_checkout_api(repo: Repository) -> None:
     write(repo.root, "a", "1")
-    c1 = repo.commit("one", author="me")
+    c1 = porcelain.commit(repo, "one", author="me")
     write(repo.root, "a", "2")
-    assert repo.status().modified == ["a"]
-    c2 = repo.commit("two")
+    assert porcelain.status(repo).modified == ["a"]
+    c2 = porcelain.commit(repo, "two")
     with pytest.raises(NothingToCommit):
-        repo.commit("again")
-    repo.checkout(c1)
+        porcelain.commit(repo, "again")
+    porcelain.checkout(repo, c1)
     assert (repo.root / "a").read_text() == "1"
     assert repo.resolve_cid("HEAD") == c1
-    repo.checkout("main")
+    porcelain.checkout(repo, "main")
     assert repo.resolve_cid("HEAD") == c2
     assert repo.log()[0].commit.author != ""
 
@@ -155,7 +155,7 @@ def test_fsck_reports_a_commit_whose_time_is_not_after_its_parent(repo: Reposito
     from casync.model.objects import Commit, encode_commit
 
     (repo.root / "f").write_bytes(b"x")
-    repo.commit("one")
+    porcelain.commit(repo, "one")
     parent = repo.log()[0].commit
     head = repo.refs.get_ref("heads/main")
     assert head is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.transports.peer.server import PeerServer
 
 from .conftest import Cli, serving, write
@@ -214,7 +214,7 @@ def test_a_resumed_clone_keeps_its_data_whatever_goes_wrong(tmp_path: Path, orig
         link.close()
     b = Repository.open(tmp_path / "b")
     try:
-        assert b.replica == "site-b" and b.fsck().ok and b.status().clean
+        assert b.replica == "site-b" and b.fsck().ok and porcelain.status(b).clean
         assert (tmp_path / "b/data/1.bin").read_bytes() == origin.read("data/1.bin")
     finally:
         b.close()
@@ -253,7 +253,7 @@ def test_a_peer_clone_over_a_link_that_drops_is_retried_and_completes(tmp_path: 
         link.close()
     b = Repository.open(tmp_path / "b")
     try:
-        assert b.fsck().ok and b.resolve("HEAD") == origin.resolve("HEAD") and b.status().clean
+        assert b.fsck().ok and b.resolve("HEAD") == origin.resolve("HEAD") and porcelain.status(b).clean
         assert (tmp_path / "b/data/9.bin").read_bytes() == origin.read("data/9.bin")
     finally:
         b.close()

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.transports.peer import exchange as peer
 
 from .conftest import Cli, write
@@ -36,11 +36,13 @@ def _code_params(fn: object) -> list[str]:
 
 def test_documented_signatures_match_the_code() -> None:
     text = (ROOT / "docs" / "python-api.md").read_text()
-    found = re.findall(r"^(repo|Repository)\.(\w+)\(((?:[^()]|\([^()]*\))*)\)\s*->", text, re.M | re.S)
+    found = re.findall(r"^(repo|Repository|porcelain)\.(\w+)\(((?:[^()]|\([^()]*\))*)\)\s*->", text, re.M | re.S)
     assert len(found) >= 15
+    assert {name for owner, name, _ in found if owner == "porcelain"} == set(porcelain.__all__)
     for owner, name, params in found:
         documented = _param_names(" ".join(params.split()))
-        assert documented == _code_params(getattr(Repository, name)), f"{owner}.{name}"
+        assert documented == _code_params(getattr(porcelain if owner == "porcelain" else Repository, name)), \
+            f"{owner}.{name}"
     for name in ("fetch_from", "push_to"):
         m = re.search(rf"`{name}\(([^`]*?)\) ->", text)
         assert m is not None, f"{name} is not documented"

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.cli.main import main
 from casync.errors import RemoteError, StateRefused, UsageError
 from casync.store.ipfs import gateway_from_multiaddrs
@@ -114,10 +114,10 @@ def test_resolve_in_a_bare_repository_is_a_clear_error(tmp_path: Path) -> None:
             tx.write("f.txt", b"theirs")
         with repo.transaction(branch="main", message="ours") as tx:
             tx.write("f.txt", b"ours")
-        assert repo.merge("other", policy="siblings").siblings
-        assert [c.path for c in repo.conflicts()] == ["f.txt"]
+        assert porcelain.merge(repo, "other", policy="siblings").siblings
+        assert [c.path for c in porcelain.conflicts(repo)] == ["f.txt"]
         with pytest.raises(UsageError, match="bare repository") as err:
-            repo.resolve_conflict("f.txt", "site-a")
+            porcelain.resolve_conflict(repo, "f.txt", "site-a")
         assert err.value.hint and "transaction" in err.value.hint
     finally:
         repo.close()
@@ -278,7 +278,7 @@ def test_push_fetch_pull_help_speaks_of_peers(tmp_path: Path) -> None:
 def _served_repo(tmp_path: Path) -> Repository:
     repo = Repository.init(tmp_path / "served", replica="site-s")
     write(repo.root, "s.txt", "served\n")
-    repo.commit("served")
+    porcelain.commit(repo, "served")
     return repo
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.model.cid import cid_str
 from casync.trees.unixfs import lookup
 
@@ -61,7 +61,7 @@ def test_log_of_a_path_through_merges(tmp_path: Path) -> None:
             tx.write("g", b"main")
         main_g = repo.resolve("main")
         kept_side = repo.make_commit(repo.tree_of(side), [main_g, side], "merge taking side's f")
-        assert [e.cid for e in repo.path_log("f.json", rev=cid_str(kept_side))] == [side, root]
+        assert [e.cid for e in porcelain.path_log(repo, "f.json", rev=cid_str(kept_side))] == [side, root]
         with repo.transaction(branch="side", message="side f again") as tx:
             tx.write("f.json", b"side2")
         new_merge = repo.make_commit(repo.tree_of(repo.resolve("side")), [main_g, repo.resolve("side")], "m")
@@ -69,7 +69,7 @@ def test_log_of_a_path_through_merges(tmp_path: Path) -> None:
         with repo.transaction(message="own f") as tx:
             tx.write("f.json", b"merged")
         own = repo.resolve("main")
-        merged = [e.cid for e in repo.path_log("f.json")]
+        merged = [e.cid for e in porcelain.path_log(repo, "f.json")]
         assert merged[0] == own and new_merge not in merged and repo.resolve("side") in merged
 
 
@@ -89,7 +89,7 @@ def test_log_of_a_path_reads_only_the_directories_on_the_path(tmp_path: Path) ->
             for cid in _all_blocks(repo, other.cid):
                 repo.blocks.delete(cid)
         repo.blocks.flush()
-        assert [e.cid for e in repo.path_log("keep/sensor.json")] == expected
+        assert [e.cid for e in porcelain.path_log(repo, "keep/sensor.json")] == expected
 
 
 def _all_blocks(repo: Repository, root: bytes) -> set[bytes]:

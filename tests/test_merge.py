@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.merge.threeway import MergeInput, PolicyRules, Write, json_merge, lww_winner, merge_trees
 from casync.model.cid import RAW, compute_cid
 from casync.model.objects import HybridTime
@@ -129,10 +129,10 @@ def pair(tmp_path: Path) -> tuple[Repository, Repository]:
     a = Repository.init(tmp_path / "a", replica="site-a")
     write(a.root, "shared.txt", "base\n")
     write(a.root, "conf.json", '{"rate": 1, "mode": "x"}')
-    a.commit("base")
+    porcelain.commit(a, "base")
     b = Repository.init(tmp_path / "b", replica="site-b", repository_id=a.repo_id)
     transfer(a, b, "main", "main")
-    b.checkout("main", force=True)
+    porcelain.checkout(b, "main", force=True)
     return a, b
 
 
@@ -140,12 +140,12 @@ def test_merge_lww_between_replicas(pair: tuple[Repository, Repository]) -> None
     a, b = pair
     write(a.root, "only-a.txt", "a")
     write(a.root, "shared.txt", "from a\n")
-    a.commit("a edits")
+    porcelain.commit(a, "a edits")
     write(b.root, "only-b.txt", "b")
     write(b.root, "shared.txt", "from b\n")
-    b.commit("b edits")  # later HLC time: b's write wins under lww
+    porcelain.commit(b, "b edits")  # later HLC time: b's write wins under lww
     transfer(b, a, "main", "site-b")
-    outcome = a.merge("site-b", policy="lww")
+    outcome = porcelain.merge(a, "site-b", policy="lww")
     assert outcome.kind == "merged"
     head = a.log()[0].commit
     assert len(head.parents) == 2 and head.clock == {"site-a": 3, "site-b": 1}
@@ -153,19 +153,19 @@ def test_merge_lww_between_replicas(pair: tuple[Repository, Repository]) -> None
     assert (a.root / "shared.txt").read_text() == "from b\n" and (a.root / "only-b.txt").exists()
     # the other replica merging the other way computes the same tree
     transfer(a, b, "HEAD~1", "site-a")
-    b.merge("site-a", policy="lww")
+    porcelain.merge(b, "site-a", policy="lww")
     assert b.log()[0].commit.tree == head.tree
-    assert a.status().clean and b.status().clean
+    assert porcelain.status(a).clean and porcelain.status(b).clean
 
 
 def test_merge_siblings_then_resolve(pair: tuple[Repository, Repository], tmp_path: Path) -> None:
     a, b = pair
     write(b.root, "shared.txt", "B\n")
-    b.commit("b")
+    porcelain.commit(b, "b")
     write(a.root, "shared.txt", "A\n")
-    a.commit("a")  # later: a's version keeps the path
+    porcelain.commit(a, "a")  # later: a's version keeps the path
     transfer(b, a, "main", "site-b")
-    outcome = a.merge("site-b", policy="siblings")
+    outcome = porcelain.merge(a, "site-b", policy="siblings")
     assert outcome.kind == "merged" and [c.sibling for c in outcome.siblings] == ["shared.txt.~site-b"]
     assert a.read("shared.txt") == b"A\n" and a.read("shared.txt.~site-b") == b"B\n"
     cli = Cli(a.root)
@@ -185,17 +185,17 @@ def test_siblings_merged_in_opposite_directions_converge_without_nesting(
     (``m.bin.~site-1.~site-0``); --pick names either replica, whichever holds the path."""
     a, b = pair
     write(a.root, "shared.txt", "A\n")
-    a.commit("a")
+    porcelain.commit(a, "a")
     write(b.root, "shared.txt", "B\n")
-    b.commit("b")  # later: b's version keeps the path on both sides
+    porcelain.commit(b, "b")  # later: b's version keeps the path on both sides
     transfer(b, a, "main", "site-b")
     transfer(a, b, "main", "site-a")
-    ma, mb = a.merge("site-b", policy="siblings"), b.merge("site-a", policy="siblings")
+    ma, mb = porcelain.merge(a, "site-b", policy="siblings"), porcelain.merge(b, "site-a", policy="siblings")
     assert ma.commit is not None and mb.commit is not None
     assert a.load_commit(ma.commit).tree == b.load_commit(mb.commit).tree
     assert a.read("shared.txt") == b"B\n" and a.read("shared.txt.~site-a") == b"A\n"
     transfer(b, a, "main", "site-b")
-    again = a.merge("site-b", policy="siblings")
+    again = porcelain.merge(a, "site-b", policy="siblings")
     assert again.kind == "merged" and not again.siblings
     assert sorted(a.flat_tree(a.head())) == ["conf.json", "shared.txt", "shared.txt.~site-a"]
     cli = Cli(a.root)
@@ -208,10 +208,10 @@ def test_siblings_merged_in_opposite_directions_converge_without_nesting(
 def test_manual_merge_continue_and_abort(pair: tuple[Repository, Repository]) -> None:
     a, b = pair
     write(a.root, "shared.txt", "A\n")
-    a.commit("a")
+    porcelain.commit(a, "a")
     write(b.root, "shared.txt", "B\n")
     write(b.root, "new-from-b", "n")
-    b.commit("b")
+    porcelain.commit(b, "b")
     transfer(b, a, "main", "site-b")
     cli = Cli(a.root)
     r = cli("merge", "site-b", "--policy", "manual", ok=False)
@@ -233,17 +233,17 @@ def test_json_policy_and_custom_resolver(pair: tuple[Repository, Repository]) ->
     a, b = pair
     write(a.root, "conf.json", '{"rate": 2, "mode": "x"}')
     write(a.root, "counter", "5")
-    a.commit("a")
+    porcelain.commit(a, "a")
     write(b.root, "conf.json", '{"rate": 1, "mode": "y"}')
     write(b.root, "counter", "7")
-    b.commit("b")
+    porcelain.commit(b, "b")
     transfer(b, a, "main", "site-b")
     a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json", "counter": "custom:sum"}})
 
     def add(path: str, base: bytes | None, ours: bytes | None, theirs: bytes | None) -> bytes:
         return str(int(ours or b"0") + int(theirs or b"0") - int(base or b"0")).encode()
 
-    a.merge("site-b", resolvers={"sum": add})
+    porcelain.merge(a, "site-b", resolvers={"sum": add})
     assert json.loads(a.read("conf.json")) == {"rate": 2, "mode": "y"}
     assert a.read("counter") == b"12"
 
@@ -251,11 +251,11 @@ def test_json_policy_and_custom_resolver(pair: tuple[Repository, Repository]) ->
 def test_fast_forward_and_up_to_date(pair: tuple[Repository, Repository]) -> None:
     a, b = pair
     write(b.root, "x", "1")
-    b.commit("b")
+    porcelain.commit(b, "b")
     transfer(b, a, "main", "site-b")
-    assert a.merge("site-b").kind == "fast-forward"
-    assert (a.root / "x").read_text() == "1" and a.status().clean
-    assert a.merge("site-b").kind == "up-to-date"
+    assert porcelain.merge(a, "site-b").kind == "fast-forward"
+    assert (a.root / "x").read_text() == "1" and porcelain.status(a).clean
+    assert porcelain.merge(a, "site-b").kind == "up-to-date"
 
 
 def test_sibling_names_never_carry_path_instructions() -> None:
@@ -292,12 +292,12 @@ def diverge(pair: tuple[Repository, Repository], on_a: dict[str, str], on_b: dic
     def commit_a() -> None:
         for path, text in on_a.items():
             write(a.root, path, text)
-        a.commit("a")
+        porcelain.commit(a, "a")
 
     def commit_b() -> None:
         for path, text in on_b.items():
             write(b.root, path, text)
-        b.commit("b")
+        porcelain.commit(b, "b")
 
     for step in ((commit_a, commit_b) if later == "b" else (commit_b, commit_a)):
         step()
@@ -311,7 +311,7 @@ def test_resolve_picks_the_recorded_sibling_and_leaves_the_users_files(pair: tup
     a, _b = pair
     diverge(pair, {"shared.txt": "A\n", "report.~draft": "the user's own draft\n"},
             {"shared.txt": "B\n", "shared.txt.~site-b": "a file site-b's user made\n"}, later="a")
-    outcome = a.merge("site-b", policy="siblings")
+    outcome = porcelain.merge(a, "site-b", policy="siblings")
     (recorded,) = [c.sibling for c in outcome.siblings]
     assert recorded is not None and recorded.startswith("shared.txt.~site-b.")
     cli = Cli(a.root)
@@ -353,20 +353,20 @@ def test_file_directory_siblings_are_named_after_the_writer_on_every_replica(
         pair: tuple[Repository, Repository]) -> None:
     a, b = pair
     write(a.root, "d/x.txt", "x\n")
-    a.commit("a: d is a directory")
+    porcelain.commit(a, "a: d is a directory")
     transfer(a, b, "main", "main")
-    b.checkout("main", force=True)
+    porcelain.checkout(b, "main", force=True)
     write(a.root, "d/x.txt", "x edited on a\n")
-    a.commit("a edits inside d")
+    porcelain.commit(a, "a edits inside d")
     import shutil
 
     shutil.rmtree(b.root / "d")
     write(b.root, "d", "d is a file on b\n")
-    b.commit("b: d is a file")
+    porcelain.commit(b, "b: d is a file")
     transfer(b, a, "main", "site-b")
     transfer(a, b, "main", "site-a")
-    a.merge("site-b", policy="siblings")
-    b.merge("site-a", policy="siblings")
+    porcelain.merge(a, "site-b", policy="siblings")
+    porcelain.merge(b, "site-a", policy="siblings")
     tree_a, tree_b = a.log()[0].commit.tree, b.log()[0].commit.tree
     assert tree_a == tree_b  # both replicas converge
     assert a.read("d.~site-b") == b"d is a file on b\n" and a.read("d/x.txt") == b"x edited on a\n"
@@ -378,26 +378,26 @@ def test_file_directory_siblings_are_named_after_the_writer_on_every_replica(
 def test_resolved_executable_stays_executable(pair: tuple[Repository, Repository]) -> None:
     a, b = pair
     write(a.root, "run.sh", "#!/bin/sh\necho a\n", mode=0o755)
-    a.commit("a adds a script")
+    porcelain.commit(a, "a adds a script")
     transfer(a, b, "main", "main")
-    b.checkout("main", force=True)
+    porcelain.checkout(b, "main", force=True)
     write(b.root, "run.sh", "#!/bin/sh\necho b2\n", mode=0o755)
-    b.commit("b edits it")
+    porcelain.commit(b, "b edits it")
     write(a.root, "run.sh", "#!/bin/sh\necho a2\n", mode=0o755)
-    a.commit("a edits it")  # later: a's version keeps the path, b's is the sibling
+    porcelain.commit(a, "a edits it")  # later: a's version keeps the path, b's is the sibling
     transfer(b, a, "main", "site-b")
-    a.merge("site-b", policy="siblings")
+    porcelain.merge(a, "site-b", policy="siblings")
     assert os.access(a.root / "run.sh.~site-b", os.X_OK)
     cli = Cli(a.root)
     cli("resolve", "run.sh", "--pick", "site-b")
     assert (a.root / "run.sh").read_text() == "#!/bin/sh\necho b2\n" and os.access(a.root / "run.sh", os.X_OK)
     given = write(a.root, "../given.sh", "#!/bin/sh\necho mine\n")
     write(a.root, "run.sh", "#!/bin/sh\necho a3\n", mode=0o755)
-    a.commit("a3")
+    porcelain.commit(a, "a3")
     write(b.root, "run.sh", "#!/bin/sh\necho b3\n", mode=0o755)
-    b.commit("b3")
+    porcelain.commit(b, "b3")
     transfer(b, a, "main", "site-b")
-    a.merge("site-b", policy="siblings")
+    porcelain.merge(a, "site-b", policy="siblings")
     cli("resolve", "run.sh", "--file", str(given))
     assert os.access(a.root / "run.sh", os.X_OK)
     cli("commit", "-m", "resolved")
@@ -420,12 +420,13 @@ def test_resolve_waits_for_the_writer_lock(pair: tuple[Repository, Repository]) 
 
     a, _b = pair
     diverge(pair, {"shared.txt": "A\n"}, {"shared.txt": "B\n"}, later="a")
-    a.merge("site-b", policy="siblings")
+    porcelain.merge(a, "site-b", policy="siblings")
     other = Repository.open(a.root)  # a second handle: its own lock file descriptor
     lock = a.store.root / "lock"
     done = threading.Event()
     with other.store.writer_lock():
-        worker = threading.Thread(target=lambda: (a.resolve_conflict("shared.txt", pick="site-b"), done.set()))
+        worker = threading.Thread(
+            target=lambda: (porcelain.resolve_conflict(a, "shared.txt", pick="site-b"), done.set()))
         worker.start()
         while not done.is_set() and _flock_waiters(lock) == 0:
             done.wait(0.01)
@@ -442,14 +443,14 @@ def test_json_tie_goes_to_the_later_write_of_that_key(pair: tuple[Repository, Re
     a's, but b's rate is the later write of that key, so it wins."""
     a, b = pair
     write(a.root, "conf.json", '{"rate": 2, "mode": "x"}')
-    a.commit("a: rate 2")
+    porcelain.commit(a, "a: rate 2")
     write(b.root, "conf.json", '{"rate": 3, "mode": "x"}')
-    b.commit("b: rate 3")
+    porcelain.commit(b, "b: rate 3")
     write(a.root, "conf.json", '{"rate": 2, "mode": "z"}')
-    a.commit("a: mode z")
+    porcelain.commit(a, "a: mode z")
     transfer(b, a, "main", "site-b")
     a.set_config("merge", {"policy": "lww", "rules": {"*.json": "json"}})
-    a.merge("site-b")
+    porcelain.merge(a, "site-b")
     assert json.loads(a.read("conf.json")) == {"rate": 3, "mode": "z"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.model.cid import Cid, cid_str
 
 from .dags import ancestors
@@ -41,7 +41,7 @@ def fork(repo: Repository, new: str, at: str) -> None:
 
 def merge_into(repo: Repository, branch: str, other: str) -> str:
     repo.set_head(branch)
-    return repo.merge(other).kind
+    return porcelain.merge(repo, other).kind
 
 
 def jread(repo: Repository, path: str, rev: str) -> object:
@@ -210,22 +210,22 @@ def test_manual_choices_that_differ_across_a_criss_cross_are_asked_again(tmp_pat
     from casync.worktree import merging as merger
     repo = Repository.init(tmp_path / "wt", replica="site-a")
     (repo.root / "p").write_text("root\n")
-    repo.commit("root")
+    porcelain.commit(repo, "root")
     for name, text in (("x1", "A\n"), ("x2", "B\n")):
         fork(repo, name, "main")
-        repo.checkout(name)
+        porcelain.checkout(repo, name)
         (repo.root / "p").write_text(text)
-        repo.commit(name)
+        porcelain.commit(repo, name)
     for branch, other in (("a", "x2"), ("b", "x1")):
         fork(repo, branch, "x1" if branch == "a" else "x2")
-        repo.checkout(branch)
-        assert repo.merge(other, policy="manual").kind == "conflicts"
-        repo.resolve_conflict("p", pick="ours")
+        porcelain.checkout(repo, branch)
+        assert porcelain.merge(repo, other, policy="manual").kind == "conflicts"
+        porcelain.resolve_conflict(repo, "p", pick="ours")
         merger.continue_merge(repo)
     assert repo.read("p", "a") == b"A\n" and repo.read("p", "b") == b"B\n"
     assert len(repo.graph.merge_bases(repo.resolve("a"), repo.resolve("b"))) == 2
-    repo.checkout("a")
-    outcome = repo.merge("b", policy="manual")
+    porcelain.checkout(repo, "a")
+    outcome = porcelain.merge(repo, "b", policy="manual")
     assert outcome.kind == "conflicts" and [c.path for c in outcome.conflicts] == ["p"]
     merger.abort_merge(repo)
     assert repo.read("p") == b"A\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.merge.renames import RENAME_SHARE, Carry, RenameConflict, find_renames
 from casync.model.cid import DAG_PB, RAW, compute_cid
 from casync.trees.unixfs import Entry
@@ -27,10 +27,10 @@ def sites(tmp_path: Path) -> tuple[Repository, Repository]:
     a = Repository.init(tmp_path / "a", replica="site-a")
     write(a.root, "images/cam2.raw", blob(1, 3000))
     write(a.root, "notes.txt", "n\n")
-    a.commit("base")
+    porcelain.commit(a, "base")
     b = Repository.init(tmp_path / "b", replica="site-b", repository_id=a.repo_id)
     transfer(a, b, "main", "main")
-    b.checkout("main", force=True)
+    porcelain.checkout(b, "main", force=True)
     return a, b
 
 
@@ -44,9 +44,9 @@ def move(repo: Repository, old: str, *new: str) -> None:
 def _copied_twice_and_edited(a: Repository, b: Repository) -> None:
     """a copies images/cam2.raw to two new paths (removing it), b edits it; a gets b's history."""
     move(a, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
-    a.commit("a copies cam2 twice")
+    porcelain.commit(a, "a copies cam2 twice")
     write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits cam2")
+    porcelain.commit(b, "b edits cam2")
     transfer(b, a, "main", "site-b")
 
 
@@ -60,26 +60,26 @@ def test_edit_follows_a_rename_under_lww_both_ways(sites: tuple[Repository, Repo
     used to report 'deleted' and archive/cam2.raw kept the old bytes."""
     a, b = sites
     move(a, "images/cam2.raw", "archive/cam2.raw")
-    a.commit("a archives cam2")
+    porcelain.commit(a, "a archives cam2")
     write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b re-exposes cam2")
+    porcelain.commit(b, "b re-exposes cam2")
     exchange(a, b)
-    outcome = a.merge("site-b", policy="lww")
+    outcome = porcelain.merge(a, "site-b", policy="lww")
     assert outcome.kind == "merged" and not outcome.siblings
     tree = a.flat_tree(a.head())
     assert "images/cam2.raw" not in tree and a.read("archive/cam2.raw") == blob(2, 3000)
     assert ("archive/cam2.raw", "rename", "theirs") in [(d.path, d.policy, d.winner) for d in outcome.decisions]
     assert (a.root / "archive/cam2.raw").read_bytes() == blob(2, 3000) and not (a.root / "images/cam2.raw").exists()
-    b.merge("site-a", policy="lww")  # the other way round: the same tree
+    porcelain.merge(b, "site-a", policy="lww")  # the other way round: the same tree
     assert b.log()[0].commit.tree == a.log()[0].commit.tree
 
 
 def test_rename_after_the_edit_carries_it_too(sites: tuple[Repository, Repository]) -> None:
     a, b = sites
     write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits first")
+    porcelain.commit(b, "b edits first")
     move(a, "images/cam2.raw", "archive/cam2.raw")
-    a.commit("a renames later")
+    porcelain.commit(a, "a renames later")
     exchange(a, b)
     out = Cli(a.root)("merge", "site-b", "--policy", "lww").stdout
     assert "rename" in out and "theirs" in out and "archive/cam2.raw" in out and "deleted" not in out
@@ -92,17 +92,17 @@ def test_renamed_and_edited_large_file_is_found_by_shared_chunks(tmp_path: Path)
     a = Repository.init(tmp_path / "a", replica="site-a")
     big = bytearray(blob(3, 4 << 20))
     write(a.root, "data/big.bin", bytes(big))
-    a.commit("base")
+    porcelain.commit(a, "base")
     b = Repository.init(tmp_path / "b", replica="site-b", repository_id=a.repo_id)
     transfer(a, b, "main", "main")
-    b.checkout("main", force=True)
+    porcelain.checkout(b, "main", force=True)
     edited_b = bytes(big[:-100] + b"B" * 100)
     write(b.root, "data/big.bin", edited_b)
-    b.commit("b edits the end")
+    porcelain.commit(b, "b edits the end")
     edited_a = bytes(big[:100] + b"A" * 10 + big[110:])
     write(a.root, "old/big.bin", edited_a)
     (a.root / "data/big.bin").unlink()
-    a.commit("a moves and edits the start")  # later: a's version keeps the path
+    porcelain.commit(a, "a moves and edits the start")  # later: a's version keeps the path
     transfer(b, a, "main", "site-b")
     cli = Cli(a.root)
     out = cli("merge", "site-b", "--policy", "siblings").stdout
@@ -140,22 +140,22 @@ def test_rename_to_two_places_is_a_listed_conflict_and_keeps_the_edit(
 def test_renamed_differently_on_both_sides_keeps_both_and_is_listed(sites: tuple[Repository, Repository]) -> None:
     a, b = sites
     move(a, "images/cam2.raw", "archive/cam2.raw")
-    a.commit("a archives")
+    porcelain.commit(a, "a archives")
     move(b, "images/cam2.raw", "raw/cam2.raw")
-    b.commit("b sorts")
+    porcelain.commit(b, "b sorts")
     exchange(a, b)
-    outcome = a.merge("site-b", policy="siblings")
+    outcome = porcelain.merge(a, "site-b", policy="siblings")
     assert [(c.path, c.kind, c.targets) for c in outcome.siblings] == \
         [("images/cam2.raw", "rename/rename", ("archive/cam2.raw", "raw/cam2.raw"))]
-    b.merge("site-a", policy="siblings")
+    porcelain.merge(b, "site-a", policy="siblings")
     assert a.log()[0].commit.tree == b.log()[0].commit.tree
-    listed = [c.to_json() for c in a.conflicts()]
+    listed = [c.to_json() for c in porcelain.conflicts(a)]
     assert listed == [{"path": "images/cam2.raw", "kind": "rename/rename",
                        "siblings": ["archive/cam2.raw", "raw/cam2.raw"], "source": "tree", "kept_by": None}]
-    assert a.resolve_conflict("images/cam2.raw", pick="raw/cam2.raw") == "raw/cam2.raw"
+    assert porcelain.resolve_conflict(a, "images/cam2.raw", pick="raw/cam2.raw") == "raw/cam2.raw"
     assert not (a.root / "archive/cam2.raw").exists() and (a.root / "raw/cam2.raw").exists()
-    a.commit("settled")
-    assert a.conflicts() == []
+    porcelain.commit(a, "settled")
+    assert porcelain.conflicts(a) == []
 
 
 def test_manual_stops_for_an_ambiguous_rename_then_continues(sites: tuple[Repository, Repository]) -> None:
@@ -179,11 +179,11 @@ def test_unrelated_remove_and_add_is_not_a_rename(sites: tuple[Repository, Repos
     a, b = sites
     (a.root / "images/cam2.raw").unlink()
     write(a.root, "images/cam3.raw", blob(9, 3000))
-    a.commit("a drops cam2, adds cam3")
+    porcelain.commit(a, "a drops cam2, adds cam3")
     write(b.root, "images/cam2.raw", blob(2, 3000))
-    b.commit("b edits cam2 (later)")
+    porcelain.commit(b, "b edits cam2 (later)")
     transfer(b, a, "main", "site-b")
-    a.merge("site-b", policy="lww")
+    porcelain.merge(a, "site-b", policy="lww")
     assert a.read("images/cam2.raw") == blob(2, 3000) and a.read("images/cam3.raw") == blob(9, 3000)
 
 
@@ -237,16 +237,16 @@ def test_merge_abort_undoes_the_resolve_of_a_rename_conflict(sites: tuple[Reposi
     a, b = sites
     mover, editor = (a, b) if renamer == "ours" else (b, a)
     move(mover, "images/cam2.raw", "archive/cam2.raw", "backup/cam2.raw")
-    mover.commit("copies")
+    porcelain.commit(mover, "copies")
     write(editor.root, "images/cam2.raw", blob(2, 3000))
-    editor.commit("edit")
+    porcelain.commit(editor, "edit")
     transfer(b, a, "main", "site-b")
     before = {p: e.cid for p, e in a.flat_tree(a.head()).items()}
     cli = Cli(a.root)
     assert cli("merge", "site-b", "--policy", "manual", ok=False).exit_code == 1
     cli("resolve", "images/cam2.raw", "--pick", "backup/cam2.raw")
     cli("merge", "--abort")
-    assert {p: e.cid for p, e in a.worktree_entries().items()} == before
+    assert {p: e.cid for p, e in porcelain.worktree_entries(a).items()} == before
     assert json.loads(cli("status", "--json").stdout)["clean"] is True
 
 
@@ -262,7 +262,7 @@ def test_conflicts_decodes_only_the_merges_that_recorded_something(tmp_path: Pat
 
     repo = Repository.init(tmp_path / "r", replica="site-a")
     write(repo.root, "a.txt", "a\n")
-    head = parse_cid(repo.commit("root"))
+    head = parse_cid(porcelain.commit(repo, "root"))
     tree = repo.tree_of(head)
     with repo.store.writer_lock():
         for i in range(50):
@@ -278,5 +278,5 @@ def test_conflicts_decodes_only_the_merges_that_recorded_something(tmp_path: Pat
 
     monkeypatch.setattr(repo_mod, "decode_commit", counting)
     monkeypatch.setattr(merger, "decode_commit", counting, raising=False)
-    assert repo.conflicts() == []
+    assert porcelain.conflicts(repo) == []
     assert len(decoded) <= 2, len(decoded)  # HEAD's commit for its tree, not one per merge

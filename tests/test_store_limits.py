@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.errors import CorruptBlock, StorageError, StorageFull
 from casync.store.lmdb import LmdbStore
 
@@ -35,7 +35,7 @@ def test_a_small_lmdb_map_grows_and_keeps_everything(tmp_path: Path) -> None:
     repo = _opened(wt, map_size=256 << 10)
     try:
         assert repo.store.env.info()["map_size"] == 256 << 10
-        repo.commit("many")
+        porcelain.commit(repo, "many")
         grown = repo.store.env.info()["map_size"]
         assert grown > 256 << 10  # 3000 index entries and stat records do not fit in 256 KiB
     finally:
@@ -54,17 +54,17 @@ def test_an_lmdb_map_that_may_not_grow_fails_cleanly_and_commits_nothing(tmp_pat
     write(wt, "first", "1")
     repo = _opened(wt, map_size=256 << 10, max_map_size=256 << 10)
     try:
-        first = repo.commit("one")
+        first = porcelain.commit(repo, "one")
         _many_files(wt, 3000)
         with pytest.raises(StorageFull, match=r"LMDB map .* is full"):
-            repo.commit("many")
+            porcelain.commit(repo, "many")
         assert repo.resolve_cid("HEAD") == first
         assert repo.fsck().ok
     finally:
         repo.close()
     repo = Repository.open(wt)  # the default limits: the same commit now fits
     try:
-        repo.commit("many")
+        porcelain.commit(repo, "many")
         assert [e.commit.message for e in repo.log()] == ["many", "one"]
     finally:
         repo.close()
@@ -79,7 +79,7 @@ def test_packs_rotate_at_their_size_limit_and_every_block_stays_readable(tmp_pat
         written[f"f{n}.bin"] = write(wt, f"f{n}.bin", os.urandom(20_000)).read_bytes()
         repo = _opened(wt, pack_rotate_bytes=16 << 10)
         try:
-            repo.commit(f"commit {n}")
+            porcelain.commit(repo, f"commit {n}")
         finally:
             repo.close()
     names = sorted(p.name for p in packs.glob("*.pack"))
@@ -96,7 +96,7 @@ def test_packs_rotate_at_their_size_limit_and_every_block_stays_readable(tmp_pat
     write(wt, "late.bin", os.urandom(1000))
     repo = _opened(wt, pack_rotate_bytes=16 << 10)
     try:
-        repo.commit("late")
+        porcelain.commit(repo, "late")
         assert (packs / "00000006.pack").exists()
         assert repo.read("late.bin") == (wt / "late.bin").read_bytes()
     finally:
@@ -140,7 +140,7 @@ def test_a_pack_that_cannot_be_synced_fails_naming_it_and_commits_nothing(tmp_pa
     repo = Repository.open(wt)
     try:
         with pytest.raises(StorageError, match="cannot sync pack 00000001") as info:
-            repo.commit("one")
+            porcelain.commit(repo, "one")
         assert info.value.exit_code == 1
         assert repo.refs.get_ref("heads/main") is None
     finally:

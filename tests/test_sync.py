@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.errors import InvalidObject, RefConflict, RemoteError, StorageError
 from casync.model.car import CarWriter
 from casync.model.cid import RAW, cid_str, compute_cid
@@ -315,7 +315,7 @@ def test_unrelated_history_is_not_merged(tmp_path: Path, origin: Repository) -> 
     other = Repository.init(tmp_path / "other", replica="other", repository_id=origin.repo_id, bare=True)
     history(other, 2, "x")
     fetch_from(origin, LocalPeer(str(other.root)), "other")
-    origin.checkout("main")  # the files follow origin's transactions first (else merge refuses)
+    porcelain.checkout(origin, "main")  # the files follow origin's transactions first (else merge refuses)
     with pytest.raises(ConflictError, match="shares no history"):
         merge(origin, "remotes/other/main")
     assert merge(origin, "remotes/other/main", allow_unrelated=True).kind == "merged"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.model.cid import cid_str, parse_cid
 from casync.repo.tags import list_tags, receive_tags, tag_conflicts
 from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
@@ -65,9 +65,9 @@ def test_api_tags(tmp_path: Path) -> None:
     with Repository.init(tmp_path / "r", replica="r1") as repo:
         with repo.transaction(message="one") as tx:
             tx.write("a", b"1")
-        cid = repo.tag("v1")
-        assert repo.tags() == {"v1": cid} and repo.read("a", "v1") == b"1"
-        assert repo.delete_tag("v1") == cid and repo.tags() == {}
+        cid = porcelain.create_tag(repo, "v1")
+        assert porcelain.list_tags(repo) == {"v1": cid} and repo.read("a", "v1") == b"1"
+        assert porcelain.delete_tag(repo, "v1") == cid and porcelain.list_tags(repo) == {}
 
 
 def test_sync_carries_tags_both_ways(tmp_path: Path, a: Cli) -> None:
@@ -194,7 +194,7 @@ def test_peer_fetch_and_push_through_the_python_api(tmp_path: Path, a: Cli) -> N
             assert fetched.tags is not None and fetched.tags.unchanged == ["v1"]
             with b.transaction(message="b") as tx:
                 tx.write("b", b"b")
-            b.tag("b1")
+            porcelain.create_tag(b, "b1")
             summary = push_to(b, peer, "origin", "main")
         finally:
             peer.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.store.lmdb import STAT_KEY, stat_records_digest
 from casync.worktree import disk as worktree
 from casync.worktree.disk import Ignore, native_stat_records, scan
@@ -137,8 +137,8 @@ def test_status_fast_path_sees_every_kind_of_change(tmp_path: Path, native: bool
             (root / f"d{i % 3}" / f"f{i}").write_bytes(b"v1-%d" % i)
         (root / ".casyncignore").write_text("*.tmp\n")
         _settle()
-        repo.commit("one")
-        assert repo.status().clean
+        porcelain.commit(repo, "one")
+        assert porcelain.status(repo).clean
         digest = repo.store.stat_cache_digest()
         assert digest is not None
         if native:  # the digest comparison is what status relies on
@@ -146,20 +146,20 @@ def test_status_fast_path_sees_every_kind_of_change(tmp_path: Path, native: bool
             assert walk is not None and stat_records_digest(walk[0]) == digest
 
         (root / "scratch.tmp").write_bytes(b"ignored")
-        assert repo.status().clean
+        assert porcelain.status(repo).clean
         # same size, mtime put back: only ctime tells
         f = root / "d1" / "f1"
         st = f.stat()
         f.write_bytes(b"v2-1")
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert repo.status().modified == ["d1/f1"]
+        assert porcelain.status(repo).modified == ["d1/f1"]
         (root / "d2" / "f2").unlink()
         (root / "d0" / "new").write_bytes(b"n")
-        s = repo.status()
+        s = porcelain.status(repo)
         assert (s.modified, s.deleted, s.added) == (["d1/f1"], ["d2/f2"], ["d0/new"])
         _settle()
-        repo.commit("two")
-        assert repo.status().clean and repo.store.stat_cache_digest() not in (None, digest)
+        porcelain.commit(repo, "two")
+        assert porcelain.status(repo).clean and repo.store.stat_cache_digest() not in (None, digest)
     finally:
         repo.close()
 
@@ -168,10 +168,10 @@ def test_a_cache_without_digest_gets_one_from_a_clean_status(repo: Repository) -
     """Repositories written before the digest existed upgrade on their first clean status."""
     (repo.root / "f").write_bytes(b"x")
     _settle()
-    repo.commit("one")
+    porcelain.commit(repo, "one")
     repo.store.write(lambda txn: txn.delete(b"statcache_digest", db=repo.store._dbs["meta"]))
     assert repo.store.stat_cache_digest() is None
-    assert repo.status().clean
+    assert porcelain.status(repo).clean
     assert repo.store.stat_cache_digest() is not None
     if worktree._native_walk is not None:
         walk = native_stat_records(repo.root, Ignore.load(repo.root))

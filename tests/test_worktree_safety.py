@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.errors import InvalidPath
 from casync.worktree import disk as worktree
 from casync.worktree.disk import WorktreeWriter
@@ -134,7 +134,7 @@ def test_leaving_a_detached_commit_behind_warns_and_the_head_reflog_keeps_it(cli
 
 def test_head_reflog_records_branch_moves_of_the_checked_out_branch(repo: Repository) -> None:
     (repo.root / "f").write_bytes(b"1")
-    c1 = repo.commit("one")
+    c1 = porcelain.commit(repo, "one")
     with repo.transaction(message="tx") as tx:
         tx.write("g", b"2")
     entries = repo.refs.reflog("HEAD")
@@ -378,7 +378,7 @@ def test_push_into_a_checked_out_branch_that_moved_leaves_the_files_for_checkout
     b = Repository.init(tmp_path / "b", replica="b", repository_id=origin.repo_id, bare=True)
     try:
         (origin.root / "notes.txt").write_bytes(b"n")
-        origin.commit("first")
+        porcelain.commit(origin, "first")
         with origin.transaction(message="app") as tx:
             tx.write("sensors/api.json", b"{}")
         peer = LocalPeer(str(origin.root))
@@ -388,14 +388,14 @@ def test_push_into_a_checked_out_branch_that_moved_leaves_the_files_for_checkout
             tx.write("b.txt", b"from b")
         assert push_to(b, peer, "origin", "main")["result"] == "pushed"
         peer.close()
-        st = origin.status()
+        st = porcelain.status(origin)
         assert st.deleted == []  # was ["sensors/api.json"]
         assert st.moved and st.clean
-        origin.checkout("main")
+        porcelain.checkout(origin, "main")
         assert (origin.root / "sensors/api.json").read_bytes() == b"{}"
         assert (origin.root / "b.txt").read_bytes() == b"from b"
         (origin.root / "notes.txt").write_bytes(b"edited")
-        origin.commit("edit")
+        porcelain.commit(origin, "edit")
         assert [c.path for c in origin.diff("HEAD~1")] == ["notes.txt"]
     finally:
         origin.close()

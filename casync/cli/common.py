@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from casync.api import Repository
 from casync.errors import UsageError
+from casync.repo.repository import Repository
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy
 
 __all__ = ["F", "_Context", "retry_policy", "_Progress", "_format_time", "_human", "_json", "_pass", "_quote_path",

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
-from casync.api import Repository
+from casync import porcelain
 from casync.cli.common import _Context, _format_time, _json, _pass, _repo_relative, json_option
 from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
+from casync.repo.repository import Repository
 from casync.trees.unixfs import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
 
 __all__ = ["branch", "cat", "diff", "log", "ls_cmd", "reflog", "show"]
@@ -167,7 +168,7 @@ def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     if rev_b is not None:
         changes = diff_flat(old, repo.flat_tree(repo.resolve(rev_b)))
     else:
-        changes = diff_flat(old, repo.worktree_entries())
+        changes = diff_flat(old, porcelain.worktree_entries(repo))
     if as_json:
         _json([{"path": c.path, "status": c.status,
                 "old": cid_str(c.old.cid) if c.old else None,

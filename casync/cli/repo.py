@@ -9,11 +9,10 @@ from typing import Any
 
 import click
 
-from casync.api import Repository
 from casync.cli.common import _Context, _json, _pass, json_option
 from casync.errors import EXIT_FAILURE, UsageError
 from casync.model.cid import cid_str
-from casync.repo.repository import FsckReport
+from casync.repo.repository import FsckReport, Repository
 
 __all__ = ["config_cmd", "fsck", "init"]
 

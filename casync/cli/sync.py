@@ -356,7 +356,6 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
                as_json: bool = False, token_file: str | None = None) -> None:
     """A new replica of a peer's repository (or of a bundle file's): same repository id,
     hash and chunker (:func:`casync.transports.clone.clone_peer`)."""
-    from casync.api import Repository
     from casync.transports.clone import clone_peer as clone
     from casync.transports.locate import locate
 
@@ -369,7 +368,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         return
     token = read_token(Path(token_file) if token_file else None) if where.kind == "http" else None
     repo, done = clone(where, target, token=token, token_file=token_file, replica=replica, branch=branch,
-                       progress=obj.progress(), retry=retry_policy(), repo_class=Repository)
+                       progress=obj.progress(), retry=retry_policy())
     try:
         _emit(as_json, done.to_json(repo), f"cloned {url} into {repo.root} (replica {repo.replica}"
               + (f", branch {done.branch})" if done.branch else ", empty)"))

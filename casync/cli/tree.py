@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from casync.api import Repository
+from casync import porcelain
 from casync.cli.common import _Context, _json, _pass, _quote_path, _repo_relative, json_option
 from casync.errors import StateRefused, UsageError
 from casync.model.cid import short
+from casync.repo.repository import Repository
 
 __all__ = ["checkout", "commit", "restore", "rm_cmd", "status", "switch"]
 
@@ -20,7 +21,7 @@ __all__ = ["checkout", "commit", "restore", "rm_cmd", "status", "switch"]
 def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
-    cid = repo.commit(message, author=author, allow_empty=allow_empty,
+    cid = porcelain.commit(repo, message, author=author, allow_empty=allow_empty,
                       progress=obj.progress())
     click.echo(cid)
 
@@ -30,7 +31,7 @@ def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -
 @_pass
 def status(obj: _Context, as_json: bool) -> None:
     """Show what changed in the working tree since HEAD."""
-    st = obj.repo().status(progress=obj.progress())
+    st = porcelain.status(obj.repo(), progress=obj.progress())
     if as_json:
         _json(st.to_json())
         return
@@ -77,7 +78,7 @@ def restore(obj: _Context, source: str, paths: tuple[str, ...]) -> None:
     """Restore PATHS in the working tree from --source (files under them that REV lacks are removed)."""
     repo = obj.repo()
     rel = [_repo_relative(repo, obj.directory, p) for p in paths]
-    written = repo.restore(rel, source=source, progress=obj.progress())
+    written = porcelain.restore(repo, rel, source=source, progress=obj.progress())
     click.echo(f"restored {len(written)} file(s) from {source}", err=True)
 
 
@@ -90,7 +91,8 @@ def rm_cmd(obj: _Context, paths: tuple[str, ...], cached: bool, recursive: bool)
     """Stop tracking PATHS: delete them (refused for uncommitted edits), or with --cached
     keep them on disk; the next commit records it."""
     repo = obj.repo()
-    done = repo.remove([_repo_relative(repo, obj.directory, p) for p in paths], cached=cached, recursive=recursive)
+    done = porcelain.remove(repo, [_repo_relative(repo, obj.directory, p) for p in paths], cached=cached,
+                            recursive=recursive)
     for p in done:
         click.echo(f"{'untracked' if cached else 'removed'} {_quote_path(p)}", err=True)
 
@@ -124,7 +126,7 @@ def _checkout(obj: _Context, repo: Repository, rev: str, force: bool) -> str:
     """Check out REV; leaving a detached HEAD whose commits no ref reaches says so (they
     are then only in HEAD's reflog), as git does."""
     detached = repo.head() if repo.current_branch() is None else None
-    cid = repo.checkout(rev, force=force, progress=obj.progress())
+    cid = porcelain.checkout(repo, rev, force=force, progress=obj.progress())
     if detached is not None and repo.head() != detached:
         behind = repo.left_behind(detached)
         if behind:

@@ -263,6 +263,10 @@ class Repository:
 
     # --- revisions -----------------------------------------------------------------------
 
+    def resolve_cid(self, rev: str) -> str:
+        """The text CID of the commit ``rev`` names (:meth:`resolve` for callers that want text)."""
+        return cid_str(self.resolve(rev))
+
     def resolve(self, rev: str) -> Cid:
         """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``."""
         m = _REV_SUFFIX.match(rev.strip())

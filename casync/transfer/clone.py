@@ -153,7 +153,7 @@ class CloneTarget:
         self._remove()
 
     def open(self, *, repository_id: str, replica: str | None, hash: str, chunker: str,
-             branch: str | None, repo_class: type[Repository] = Repository) -> Repository:
+             branch: str | None) -> Repository:
         """The resumed repository (checked against the source), or a new one, marked pending."""
         if self.repo is not None:
             if self.repo.repo_id != repository_id:
@@ -161,7 +161,7 @@ class CloneTarget:
                                  hint="choose another directory")
             self.refuse_other_replica(replica)
             return self.repo
-        self.repo = repo_class.init(self.root, replica=replica, hash=hash, chunker=chunker,
+        self.repo = Repository.init(self.root, replica=replica, hash=hash, chunker=chunker,
                                     repository_id=repository_id, branch=branch or "main")
         mark_pending(self.repo, self.url, branch)
         return self.repo

@@ -33,7 +33,7 @@ class PeerClone:
 
 def clone_peer(where: Location, directory: Path, *, token: str | None = None, token_file: str | None = None,
                replica: str | None = None, branch: str | None = None, progress: Progress = NULL_PROGRESS,
-               retry: RetryPolicy = DEFAULT_RETRY, repo_class: type[Repository] = Repository
+               retry: RetryPolicy = DEFAULT_RETRY
                ) -> tuple[Repository, PeerClone]:
     """Clone the peer at ``where`` into ``directory``; its remote ``origin`` keeps
     ``token_file`` (the path, not the token) for later fetches."""
@@ -44,7 +44,7 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
             info = peer.info()
             resumed = target.resumed
             repo = target.open(repository_id=info.repository_id, replica=replica, hash=info.hash,
-                               chunker=info.chunker, branch=branch, repo_class=repo_class)
+                               chunker=info.chunker, branch=branch)
             origin = RemoteEntry(where.url)
             if resumed:
                 origin = remotes(repo.config).get("origin", origin)

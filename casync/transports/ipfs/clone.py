@@ -42,8 +42,8 @@ class CloneResult:
 
 def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = None, remote_name: str = "origin",
           branch: str | None = None, gateway: str | None = None, progress: Progress = NULL_PROGRESS,
-          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY,
-          repo_class: type[Repository] = Repository) -> tuple[Repository, CloneResult]:
+          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY
+          ) -> tuple[Repository, CloneResult]:
     """Create ``directory`` as a new replica of the repository at ``url`` (same repository
     id, new replica id), fetch every published head, and check out ``branch`` (default
     ``main`` if published, else the first branch name).  Resume and cleanup follow the one
@@ -68,7 +68,7 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
             branch = "main" if "main" in branches else branches[0] if branches else "main"
         resumed = target.resumed
         repo = target.open(repository_id=repo_id, replica=replica, hash=first.hash, chunker=first.chunker,
-                           branch=branch, repo_class=repo_class)
+                           branch=branch)
         published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
         refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
         remote = get_remote(repo, remote_name) if resumed else add_remote(repo, remote_name, parsed.text, gateway)
