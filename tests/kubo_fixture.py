@@ -60,7 +60,7 @@ def backend() -> str:
 def _unavailable(reasons: list[str]) -> None:
     msg = "no Kubo node available: " + "; ".join(reasons)
     if _required():
-        pytest.fail(msg + " (CASYNC_REQUIRE_KUBO=1, so this is a failure)", pytrace=False)
+        pytest.fail(msg + " (CI or CASYNC_REQUIRE_KUBO=1 is set, so this is a failure)", pytrace=False)
     pytest.skip(msg)
 
 
