@@ -9,7 +9,8 @@
 #
 # The engine has no bridge, no iptables/ip6tables rules and no IP forwarding or masquerading:
 # containers run with --network host (loopback ports) and nothing is ever pulled (no registry is
-# reachable; images are built FROM scratch). Other engineers may run apt at the same time, hence
+# reachable; images are built FROM scratch): the engine's proxy is a closed loopback port, so a
+# pull fails at once without a DNS lookup. Other engineers may run apt at the same time, hence
 # the dpkg lock timeout.
 set -euo pipefail
 
@@ -50,6 +51,10 @@ start() {
     mkdir -p "$dir/data" "$dir/exec"
     echo '{}' >"$dir/daemon.json"
     local sock="unix://$dir/docker.sock"
+    # Should anything ask the engine to pull (an image missing locally), the request goes to a
+    # closed loopback port instead of resolving and dialling a registry.
+    local noreg=http://127.0.0.1:9
+    HTTP_PROXY=$noreg HTTPS_PROXY=$noreg http_proxy=$noreg https_proxy=$noreg NO_PROXY= no_proxy= \
     "$dockerd" --config-file "$dir/daemon.json" --host "$sock" \
         --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
         --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
@@ -71,7 +76,13 @@ stop() {
     local pid=""
     [[ -s "$dir/dockerd.pid" ]] && pid="$(cat "$dir/dockerd.pid")"
     if alive "$pid"; then
-        kill -TERM "$pid"   # dockerd stops its containers and its containerd itself
+        # Containers a failed test left behind first (their volumes too), then the engine, which
+        # stops its containerd itself.
+        local sock="unix://$dir/docker.sock" ids
+        ids="$(timeout 30 docker -H "$sock" ps -aq 2>/dev/null || true)"
+        # shellcheck disable=SC2086  # one id per word
+        [[ -z "$ids" ]] || timeout 60 docker -H "$sock" rm -f -v $ids >/dev/null 2>&1 || true
+        kill -TERM "$pid"
         local deadline=$((SECONDS + 30))
         while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
         if alive "$pid"; then log "dockerd $pid did not stop within 30 s: KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
@@ -79,6 +90,23 @@ stop() {
     local cpid=""
     [[ -s "$dir/exec/containerd/containerd.pid" ]] && cpid="$(cat "$dir/exec/containerd/containerd.pid")"
     if alive "$cpid"; then kill -KILL "$cpid" 2>/dev/null || true; fi
+    # Only after a KILL: the container shims of this engine (found by its exec root in their
+    # arguments) and the containers' first processes (the shims' children, which take the rest of
+    # their PID namespace with them).
+    local p shims=() victims=()
+    for p in /proc/[0-9]*; do
+        if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "-address $dir/exec/containerd/"; then
+            shims+=("${p#/proc/}")
+        fi
+    done
+    if ((${#shims[@]})); then
+        for p in /proc/[0-9]*; do
+            local ppid   # /proc/PID/stat: "pid (comm) state ppid ..."
+            ppid="$(sed -e 's/^.*) //' 2>/dev/null <"$p/stat" | cut -d' ' -f2 || true)"
+            if [[ " ${shims[*]} " == *" $ppid "* ]]; then victims+=("${p#/proc/}"); fi
+        done
+        kill -KILL "${victims[@]}" "${shims[@]}" 2>/dev/null || true
+    fi
     # dockerd leaves its network namespace handle (and, if killed, overlay mounts) mounted under DIR.
     local m
     while read -r m; do umount -l "$m" 2>/dev/null || true; done < <(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r)
