@@ -8,8 +8,8 @@
 #
 # Environment:
 #   CASYNC_KUBO_VERSION   version to build (default: contents of ipfs/KUBO_VERSION)
-#   CASYNC_KUBO_CACHE     cache root (default: <repo>/.cache/kubo); the binary is
-#                         put at $CASYNC_KUBO_CACHE/<version>/ipfs
+#   CASYNC_KUBO_CACHE     cache root (default: $HOME/.cache/casync/kubo, outside the
+#                         repo); the binary is put at $CASYNC_KUBO_CACHE/<version>/ipfs
 #   CASYNC_KUBO_GOTOOLCHAIN  Go toolchain to use when the module needs a newer Go
 #                         than the local one (default: go1.27.3 for go 1.27.x)
 #   GOTOOLCHAIN           honoured as usual if set to something other than "local"
@@ -25,7 +25,6 @@ log() { printf 'build-kubo: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo_root="$(cd "$script_dir/.." && pwd)"
 
 if [[ $# -gt 0 ]]; then
     case "$1" in
@@ -42,7 +41,7 @@ fi
 [[ "$version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+([-.+][0-9A-Za-z.-]+)?$ ]] \
     || die "bad Kubo version '$version' (expected e.g. v0.43.1)"
 
-cache_root="${CASYNC_KUBO_CACHE:-$repo_root/.cache/kubo}"
+cache_root="${CASYNC_KUBO_CACHE:-${HOME:?HOME is not set (or set CASYNC_KUBO_CACHE)}/.cache/casync/kubo}"
 out_dir="$cache_root/$version"
 bin="$out_dir/ipfs"
 module="github.com/ipfs/kubo"

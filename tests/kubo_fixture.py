@@ -7,13 +7,20 @@ Registered from ``tests/conftest.py`` with ``pytest_plugins = ["tests.kubo_fixtu
 1. ``CASYNC_TEST_IPFS_API`` (and optionally ``CASYNC_TEST_IPFS_GATEWAY``): an existing node;
 2. the pinned local Kubo binary (``ipfs/build-kubo.sh``; ``CASYNC_KUBO_BIN`` overrides):
    a fresh node for this session on random 127.0.0.1 ports (``tests/kubo_node.py``);
-3. ``ipfs/kubo:<pinned version>`` through testcontainers, where a Docker engine answers.
+3. the ``casync/kubo:<pinned version>`` image (``deploy/images/kubo``, built locally) through
+   testcontainers, where a Docker engine answers (``tests/kubo_container.py``).
+
+``CASYNC_KUBO_BACKEND`` selects: ``native`` (2 only), ``testcontainers`` (3 only: CI's second
+Kubo run), unset/``auto`` (2, else 3). With ``testcontainers`` the tests that start their own
+native nodes (``kubo_factory``) are deselected: they already ran on the native binary.
 
 ``kubo_factory`` starts extra throwaway nodes (local binary only), e.g. for two-node
-tests or to kill a node mid-push; every node it starts is stopped at the end.
+tests or to kill a node mid-push; ``kubo_container_factory`` starts ``casync/kubo`` containers
+with a given environment. Every node they start is stopped at the end.
 
 When no source works the tests are skipped with the reasons, except when
-``CASYNC_REQUIRE_KUBO=1`` (CI sets it): then a missing Kubo fails them.
+``CASYNC_REQUIRE_KUBO=1`` or ``CI`` is set (CI sets both): then a missing Kubo or Docker engine
+fails them.
 """
 
 from __future__ import annotations
@@ -27,18 +34,33 @@ from typing import Any
 
 import pytest
 
-from . import kubo_node
+from . import kubo_container, kubo_node
+from .kubo_container import KuboContainer
 from .kubo_node import KuboError, KuboNode
+
+BACKENDS = ("auto", "native", "testcontainers")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _required() -> bool:
-    return os.environ.get("CASYNC_REQUIRE_KUBO", "").strip() not in ("", "0", "false", "no")
+    return _truthy("CASYNC_REQUIRE_KUBO") or _truthy("CI")
+
+
+def backend() -> str:
+    """The Kubo source the ``kubo`` fixture uses (``CASYNC_KUBO_BACKEND``)."""
+    value = os.environ.get("CASYNC_KUBO_BACKEND", "").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise pytest.UsageError(f"CASYNC_KUBO_BACKEND={value!r}: expected one of {', '.join(BACKENDS)}")
+    return value
 
 
 def _unavailable(reasons: list[str]) -> None:
     msg = "no Kubo node available: " + "; ".join(reasons)
     if _required():
-        pytest.fail(msg + " (CASYNC_REQUIRE_KUBO=1, so this is a failure)", pytrace=False)
+        pytest.fail(msg + " (CI or CASYNC_REQUIRE_KUBO=1 is set, so this is a failure)", pytrace=False)
     pytest.skip(msg)
 
 
@@ -57,6 +79,7 @@ class Kubo:
     gateway_url: str | None
     source: str
     node: KuboNode | None = None
+    container: KuboContainer | None = None
     _extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,7 +125,8 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubo]:
         yield Kubo(api.rstrip("/"), os.environ.get("CASYNC_TEST_IPFS_GATEWAY"), "CASYNC_TEST_IPFS_API")
         return
     reasons.append("CASYNC_TEST_IPFS_API is not set")
-    if _local_binary(reasons) is not None:
+    chosen = backend()
+    if chosen != "testcontainers" and _local_binary(reasons) is not None:
         node = KuboNode(tmp_path_factory.mktemp("kubo-session"))
         try:
             assert node.api_url is not None
@@ -110,15 +134,49 @@ def kubo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubo]:
         finally:
             node.stop()
         return
-    if kubo_node.docker_available():
-        container = kubo_node.start_kubo_container()
-        try:
-            yield Kubo(container.api_url, container.gateway_url, "testcontainers")
-        finally:
-            container.stop()
-        return
-    reasons.append("no Docker engine answers (testcontainers)")
+    if chosen != "native":
+        why = kubo_container.docker_unavailable_reason()
+        if why is None:
+            container = KuboContainer()
+            try:
+                assert container.api_url is not None
+                yield Kubo(container.api_url, container.gateway_url, "testcontainers", container=container)
+            finally:
+                container.stop()
+            return
+        reasons.append(f"testcontainers: {why}")
     _unavailable(reasons)
+
+
+@pytest.fixture
+def kubo_container_factory() -> Iterator[Callable[..., KuboContainer]]:
+    """Start ``casync/kubo`` containers with extra environment (each removed after the test)."""
+    why = kubo_container.docker_unavailable_reason()
+    if why is not None:
+        _unavailable([f"testcontainers: {why}"])
+    started: list[KuboContainer] = []
+
+    def start(env: dict[str, str] | None = None) -> KuboContainer:
+        container = KuboContainer(env, start=False)
+        started.append(container)
+        return container.start()
+
+    try:
+        yield start
+    finally:
+        for container in started:
+            container.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``CASYNC_KUBO_BACKEND=testcontainers``, drop the tests that start native nodes."""
+    if backend() != "testcontainers":
+        return
+    native = [it for it in items if "kubo_factory" in getattr(it, "fixturenames", ())]
+    if native:
+        config.hook.pytest_deselected(items=native)
+        dropped = {id(it) for it in native}
+        items[:] = [it for it in items if id(it) not in dropped]
 
 
 @pytest.fixture
@@ -157,4 +215,4 @@ def restart(k: Kubo) -> Kubo:
     return k
 
 
-__all__ = ["Kubo", "api_multiaddr", "kubo", "kubo_factory", "restart"]
+__all__ = ["Kubo", "api_multiaddr", "backend", "kubo", "kubo_container_factory", "kubo_factory", "restart"]

@@ -10,8 +10,8 @@ on random 127.0.0.1 ports only, with no bootstrap peers, no DHT, no MDNS::
         cid = n1.run("add", "-Q", "--cid-version=1", str(some_file)).strip()
         data = n2.run_bytes("cat", cid)      # fetched over bitswap
 
-``docker_available()`` / ``start_kubo_container()`` are for machines where a
-Docker engine answers (testcontainers is imported lazily, only there).
+The same tests run against the ``casync/kubo`` image through testcontainers with
+``CASYNC_KUBO_BACKEND=testcontainers`` (``tests/kubo_container.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Union
@@ -183,59 +182,3 @@ class KuboNode:
     def connect(self, other: KuboNode) -> None:
         """Connect this node to ``other`` over loopback (bitswap then works both ways)."""
         self.run("swarm", "connect", other.swarm_addr)
-
-
-# -- Docker (only where an engine answers) ---------------------------------
-
-
-def docker_available() -> bool:
-    """True if a Docker engine answers (never true on the default dev/CI machine)."""
-    if not (os.environ.get("DOCKER_HOST") or os.path.exists("/var/run/docker.sock")):
-        return False
-    try:
-        import docker  # type: ignore  # installed with testcontainers
-
-        client = docker.from_env()
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except ImportError:
-        pass
-    except Exception:
-        return False
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(
-            ["docker", "version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15
-        ).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def start_kubo_container(version: str = KUBO_VERSION):
-    """Start ``ipfs/kubo:<version>`` with testcontainers (test profile, no telemetry).
-
-    Returns the started ``DockerContainer`` with ``api_url`` and ``gateway_url``
-    attributes added; stop it with ``.stop()`` or use it in a ``with`` block.
-    """
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
-
-    container = (
-        DockerContainer(f"ipfs/kubo:{version}")
-        .with_env("IPFS_PROFILE", "test")
-        .with_env("IPFS_TELEMETRY", "off")
-        .with_exposed_ports(5001, 8080)
-    )
-    container.start()
-    try:
-        wait_for_logs(container, "Daemon is ready", timeout=120)
-        host = container.get_container_host_ip()
-        container.api_url = f"http://{host}:{container.get_exposed_port(5001)}"
-        container.gateway_url = f"http://{host}:{container.get_exposed_port(8080)}"
-    except Exception:
-        container.stop()
-        raise
-    return container

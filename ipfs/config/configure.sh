@@ -32,6 +32,12 @@
 #                               about half the container memory limit (Kubo
 #                               sizes itself from host RAM, not the cgroup)
 #   CASYNC_KUBO_ROUTING_TYPE    Routing.Type (default: leave Kubo's "auto")
+#   CASYNC_KUBO_INIT_PROFILE    profiles for `ipfs init` when there is no repo yet
+#                               (default server; tests use server,test)
+#
+# The casync/kubo image (deploy/images/kubo) does the same at every start with its
+# entrypoint, casync-kubo-start, which reads these same variables; keep both in step
+# (tests/test_kubo_image.py compares the configs they produce).
 
 casync_kubo_configure() (
     set -eu
@@ -61,8 +67,9 @@ casync_kubo_configure() (
     repo="${IPFS_PATH:-$HOME/.ipfs}"
     if [ ! -e "$repo/config" ]; then
         # flatfs (Kubo's default datastore) + server profile; see ipfs/README.md.
-        say "no repo at $repo: ipfs init --profile server"
-        "$ipfs" init --profile server --empty-repo >&2 || fail "ipfs init failed"
+        profile="${CASYNC_KUBO_INIT_PROFILE:-server}"
+        say "no repo at $repo: ipfs init --profile $profile"
+        "$ipfs" init --profile "$profile" --empty-repo >&2 || fail "ipfs init failed"
     fi
 
     # server profile: no MDNS, no UPnP/NAT-PMP, do not announce or dial

@@ -1,0 +1,3 @@
+module casync.invalid/deploy/images/kubo/start
+
+go 1.22
