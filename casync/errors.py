@@ -29,7 +29,12 @@ __all__ = [
     "NotARepository",
     "NothingToCommit",
     "RefConflict",
+    "RemoteAuthError",
     "RemoteError",
+    "RemoteNotFound",
+    "RemoteProtocolError",
+    "RemoteTimeout",
+    "RemoteUnreachable",
     "StateRefused",
     "StorageError",
     "StorageFull",
@@ -157,8 +162,32 @@ class StorageFull(StorageError):
 
 
 class RemoteError(CasyncError):
-    """A remote (IPFS node, peer) failed or could not be reached."""
+    """A remote (IPFS node, peer) failed or could not be reached.  The subclasses say what kind
+    of failure it was, so callers (retries, the agent's failure metrics) decide by type."""
 
     def __init__(self, message: str, hint: str | None = None, transient: bool = False) -> None:
         super().__init__(message, hint)
         self.transient = transient
+
+
+class RemoteUnreachable(RemoteError):
+    """No connection to the remote, or it broke before an answer: transient."""
+
+    def __init__(self, message: str, hint: str | None = None, transient: bool = True) -> None:
+        super().__init__(message, hint, transient)
+
+
+class RemoteTimeout(RemoteUnreachable):
+    """The remote did not answer in time: transient."""
+
+
+class RemoteAuthError(RemoteError):
+    """The remote wants credentials that were not sent, or refused the ones that were."""
+
+
+class RemoteNotFound(RemoteError):
+    """The remote says it has no such object (a block, a pin, a file): permanent."""
+
+
+class RemoteProtocolError(RemoteError):
+    """The remote answered something this side cannot read: a malformed or inconsistent reply."""

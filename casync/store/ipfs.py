@@ -20,6 +20,7 @@ from casync.model.car import car_parts, section_size
 from casync.model.cid import Cid, cid_codec, cid_str, is_empty_block, verify_block
 from casync.model.objects import MAX_BLOCK_SIZE
 from casync.store.ipfs_client import IpfsClient, gateway_from_multiaddrs
+from casync.store.ipfs_errors import DagImportRejected
 from casync.store.retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 
 __all__ = [
@@ -115,11 +116,9 @@ class IpfsBlockStore:
     def _import(self, car: list[bytes | memoryview], batch: dict[Cid, bytes]) -> None:
         try:
             self.client.dag_import(car)
-        except RemoteError as err:
+        except DagImportRejected:
             # dag/import decodes every block; bytes that are not valid for their codec are
             # still valid blocks, which block/put stores as they are.
-            if err.transient or "import failed at block" not in err.message:
-                raise
             for cid, data in batch.items():
                 got = self.client.block_put(data, cid_codec(cid), _hash_name(cid))
                 if got != cid:

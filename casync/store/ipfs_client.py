@@ -42,14 +42,22 @@ from typing import Any, TypeVar
 import ipfshttpclient
 from ipfshttpclient import exceptions as ipfs_exc
 
-from casync.errors import BlockNotFound, CasyncError, RemoteError, UsageError
+from casync.errors import (
+    BlockNotFound,
+    CasyncError,
+    RemoteError,
+    RemoteNotFound,
+    RemoteProtocolError,
+    RemoteTimeout,
+    RemoteUnreachable,
+    UsageError,
+)
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, parse_cid
 from casync.model.objects import MAX_BLOCK_SIZE
 from casync.store.ipfs_auth import auth_headers, environment_matters
 from casync.store.ipfs_errors import (
     body_error,
     command_error,
-    is_not_found,
     raw_error,
     reason,
     status_error,
@@ -206,23 +214,22 @@ class IpfsClient:
         """Turn an ipfshttpclient exception into a RemoteError (transient or not)."""
         where = f"IPFS node at {self.url}"
         if isinstance(exc, ipfs_exc.ConnectionError):
-            return RemoteError(f"cannot connect to the {where} ({what}): {reason(exc)}",
-                               hint="is the Kubo daemon running, and is that its RPC API port "
-                                    "(see 'casync remote -v')?", transient=True)
+            return RemoteUnreachable(f"cannot connect to the {where} ({what}): {reason(exc)}",
+                                     hint="is the Kubo daemon running, and is that its RPC API port "
+                                          "(see 'casync remote -v')?")
         if isinstance(exc, ipfs_exc.TimeoutError):
-            return RemoteError(f"the {where} did not answer in time ({what})", transient=True,
-                               hint="is it overloaded, or is that not its RPC API port (5001 by default)?")
+            return RemoteTimeout(f"the {where} did not answer in time ({what})",
+                                 hint="is it overloaded, or is that not its RPC API port (5001 by default)?")
         if isinstance(exc, ipfs_exc.ProtocolError):
-            return RemoteError(f"the connection to the {where} broke ({what}): {reason(exc)}",
-                               transient=True)
+            return RemoteUnreachable(f"the connection to the {where} broke ({what}): {reason(exc)}")
         if isinstance(exc, ipfs_exc.ErrorResponse):
             return command_error(where, what, str(exc))
         if isinstance(exc, ipfs_exc.StatusError):
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
             return status_error(where, what, status)
         if isinstance(exc, ipfs_exc.DecodingError):
-            return RemoteError(f"{where} sent a response casync cannot decode ({what})",
-                               hint="is that a Kubo RPC API?")
+            return RemoteProtocolError(f"{where} sent a response casync cannot decode ({what})",
+                                       hint="is that a Kubo RPC API?")
         return RemoteError(f"{where}: {what} failed: {exc}")
 
     def call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
@@ -235,8 +242,8 @@ class IpfsClient:
                 raise self.classify(exc, what) from None
             except AssertionError:
                 # ipfshttpclient's response-shape assertions: the server is not what we expect
-                raise RemoteError(f"IPFS node at {self.url}: unexpected response to {what}",
-                                  hint="is that a Kubo RPC API of a supported version (>= 0.15)?") from None
+                raise RemoteProtocolError(f"IPFS node at {self.url}: unexpected response to {what}",
+                                          hint="is that a Kubo RPC API of a supported version (>= 0.15)?") from None
 
         return self._retrying(attempt, retry)
 
@@ -344,12 +351,9 @@ class IpfsClient:
             else:  # https: requests' certificate handling, not a second TLS setup here
                 data = bytes(self.call(f"block/get {text}",
                                        lambda c: c.block.get(text, offline=offline, opts=opts)))
-        except RemoteError as err:
-            msg = err.message.lower()
-            if not err.transient and (is_not_found(msg) or "deadline exceeded" in msg):
-                detail = "" if offline else f" within {wait:g}s" if wait else ""
-                raise BlockNotFound(text, f"IPFS node at {self.url}{detail}") from None
-            raise
+        except RemoteNotFound:
+            detail = "" if offline else f" within {wait:g}s" if wait else ""
+            raise BlockNotFound(text, f"IPFS node at {self.url}{detail}") from None
         return data
 
     def block_size(self, cid: Cid) -> int | None:
@@ -419,7 +423,7 @@ class IpfsClient:
         try:
             self.call(f"pin/rm {text}", lambda c: c.pin.rm(text, recursive=True))
         except RemoteError as err:
-            if not err.transient and "not pinned" in err.message:
+            if isinstance(err, RemoteNotFound):
                 return
             raise
 
@@ -428,10 +432,8 @@ class IpfsClient:
         text = cid_str(cid)
         try:
             res = self.call(f"pin/ls {text}", lambda c: c.pin.ls(text, type="recursive", offline=True))
-        except RemoteError as err:
-            if not err.transient and ("not pinned" in err.message or is_not_found(err.message)):
-                return False
-            raise
+        except RemoteNotFound:
+            return False
         return bool(res.get("Keys"))
 
     # --- MFS (head records) --------------------------------------------------------------------
@@ -440,10 +442,8 @@ class IpfsClient:
         """:meth:`call`, with None when the node says the path does not exist."""
         try:
             return self.call(what, fn)
-        except RemoteError as err:
-            if not err.transient and is_not_found(err.message):
-                return None
-            raise
+        except RemoteNotFound:
+            return None
 
     def files_read(self, path: str, limit: int | None = None) -> bytes | None:
         """An MFS file's bytes; with ``limit``, at most ``limit`` + 1 bytes are transferred."""

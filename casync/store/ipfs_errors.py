@@ -11,15 +11,21 @@ import json
 import os
 import socket
 
-from casync.errors import RemoteError
+from casync.errors import RemoteAuthError, RemoteError, RemoteNotFound, RemoteTimeout, RemoteUnreachable
 
-__all__ = ["NODE_GOING_AWAY", "body_error", "command_error", "is_not_found", "raw_error", "reason",
+__all__ = ["NODE_GOING_AWAY", "DagImportRejected", "body_error", "command_error", "is_not_found", "raw_error", "reason",
            "status_error"]
+
+
+_NOT_FOUND = ("not found", "could not find", "no such", "does not exist", "not pinned", "deadline exceeded")
+"""Kubo's command errors carry only text: these mean "the node has no such block, pin or file"
+(``deadline exceeded``: it could not find the block within the request's timeout).  This is the
+one place casync reads Kubo's message text; everything else tells failures apart by type."""
 
 
 def is_not_found(message: str) -> bool:
     m = message.lower()
-    return "not found" in m or "could not find" in m or "no such" in m or "does not exist" in m
+    return any(marker in m for marker in _NOT_FOUND)
 
 
 NODE_GOING_AWAY = ("repo not open",)
@@ -27,9 +33,18 @@ NODE_GOING_AWAY = ("repo not open",)
 command is wrong: transient."""
 
 
+class DagImportRejected(RemoteError):
+    """``dag/import`` refused a block its codec cannot decode (a valid block all the same, which
+    ``block/put`` stores as it is)."""
+
+
 def command_error(where: str, what: str, message: str) -> RemoteError:
     """A Kubo command error: permanent, unless the node is going away (:data:`NODE_GOING_AWAY`)."""
     going_away = any(m in message for m in NODE_GOING_AWAY)
+    if not going_away and "import failed at block" in message:
+        return DagImportRejected(f"{where}: {what} failed: {message}")
+    if not going_away and is_not_found(message):
+        return RemoteNotFound(f"{where}: {what} failed: {message}")
     return RemoteError(f"{where}: {what} failed: {message}", transient=going_away)
 
 
@@ -44,6 +59,8 @@ def status_error(where: str, what: str, status: object) -> RemoteError:
         hint = ("the node requires RPC authorization (API.Authorizations): set CASYNC_KUBO_API_AUTH to its "
                 "AuthSecret (bearer:TOKEN or basic:USER:PASSWORD)" if not os.environ.get("CASYNC_KUBO_API_AUTH")
                 else "the node refused CASYNC_KUBO_API_AUTH: check it against the node's API.Authorizations")
+    if status in (401, 403):
+        return RemoteAuthError(f"{where} answered HTTP {status} ({what})", hint=hint)
     return RemoteError(f"{where} answered HTTP {status} ({what})", hint=hint)
 
 
@@ -59,13 +76,13 @@ def reason(exc: Exception) -> str:
 def raw_error(where: str, exc: Exception, what: str) -> RemoteError:
     """A socket or HTTP-framing failure of a request (no answer to classify): transient."""
     if isinstance(exc, TimeoutError):
-        return RemoteError(f"the {where} did not answer in time ({what})", transient=True,
+        return RemoteTimeout(f"the {where} did not answer in time ({what})",
                            hint="is it overloaded, or is that not its RPC API port (5001 by default)?")
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-        return RemoteError(f"cannot connect to the {where} ({what}): {reason(exc)}",
-                           hint="is the Kubo daemon running, and is that its RPC API port "
-                                "(see 'casync remote -v')?", transient=True)
-    return RemoteError(f"the connection to the {where} broke ({what}): {reason(exc)}", transient=True)
+        return RemoteUnreachable(f"cannot connect to the {where} ({what}): {reason(exc)}",
+                                 hint="is the Kubo daemon running, and is that its RPC API port "
+                                      "(see 'casync remote -v')?")
+    return RemoteUnreachable(f"the connection to the {where} broke ({what}): {reason(exc)}")
 
 
 def body_error(where: str, status: int, body: bytes, what: str) -> RemoteError:

@@ -34,7 +34,11 @@ import zstandard
 from casync.errors import (
     InvalidObject,
     RefConflict,
+    RemoteAuthError,
     RemoteError,
+    RemoteProtocolError,
+    RemoteTimeout,
+    RemoteUnreachable,
     UsageError,
 )
 from casync.model.car import CarWriter, iter_car, read_header
@@ -106,13 +110,13 @@ class HttpPeer:
                 self._keepalive = None
                 if reuse:
                     continue  # the kept connection went stale: try once on a new one
-                raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
-                                  transient=True) from None
+                raise RemoteUnreachable(f"cannot reach {self.url}: {exc}",
+                                        hint="is 'casync serve' running there?") from None
             except OSError as exc:
                 conn.close()
                 self._keepalive = None
-                raise RemoteError(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?",
-                                  transient=True) from None
+                unreachable = RemoteTimeout if isinstance(exc, TimeoutError) else RemoteUnreachable
+                raise unreachable(f"cannot reach {self.url}: {exc}", hint="is 'casync serve' running there?") from None
         if keepalive:
             self._keepalive = conn
         if resp.status != 200:
@@ -140,11 +144,11 @@ class HttpPeer:
         """A 401: no token sent, or one the server refused (its reply says which; an older
         server's does not, so what this side sent decides)."""
         if reason == "missing" or (reason != "refused" and not self._token):
-            return RemoteError(f"{self.url} needs a token, and none was sent (401)",
+            return RemoteAuthError(f"{self.url} needs a token, and none was sent (401)",
                                hint="give the token 'casync serve' there uses: --token-file FILE or "
                                     "CASYNC_TOKEN, or store its file with 'casync remote set-url NAME "
                                     "--token-file FILE'")
-        return RemoteError(f"{self.url} refused the token (401): it is not the one 'casync serve' "
+        return RemoteAuthError(f"{self.url} refused the token (401): it is not the one 'casync serve' "
                            "there was started with",
                            hint="check which token was sent: --token-file, else CASYNC_TOKEN, else the "
                                 "remote's token_file ('casync config remotes'); it must match the server's")
@@ -156,7 +160,7 @@ class HttpPeer:
         try:
             return json.loads(resp.read(MAX_JSON_BODY + 1))
         except ValueError:
-            raise RemoteError(f"{self.url} sent a malformed reply") from None
+            raise RemoteProtocolError(f"{self.url} sent a malformed reply") from None
 
     def info(self) -> PeerInfo:
         return PeerInfo.from_json(self._json("GET", "/v1/info"))
@@ -166,7 +170,7 @@ class HttpPeer:
         try:
             return parse_cid_list(reply.get("common"), "common", MAX_HAVES)
         except (InvalidObject, AttributeError):
-            raise RemoteError(f"{self.url} sent a malformed negotiate reply") from None
+            raise RemoteProtocolError(f"{self.url} sent a malformed negotiate reply") from None
 
     def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         body = json.dumps({"wants": [cid_str(w) for w in wants], "haves": [cid_str(h) for h in haves]}).encode()
@@ -199,7 +203,7 @@ class HttpPeer:
                                  new_blocks=int(reply.get("new_blocks", 0)),
                                  new_bytes=int(reply.get("new_bytes", 0)))
         except (ValueError, TypeError, AttributeError):
-            raise RemoteError(f"{self.url} accepted the push but sent a malformed reply") from None
+            raise RemoteProtocolError(f"{self.url} accepted the push but sent a malformed reply") from None
 
     def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
         query = urllib.parse.urlencode({"tags": json.dumps({n: cid_str(c) for n, c in tags.items()})})
@@ -207,7 +211,7 @@ class HttpPeer:
         try:
             return TagUpdate.from_json(self.url, json.loads(resp.read(MAX_JSON_BODY)))
         except (ValueError, TypeError, KeyError, AttributeError, UsageError):
-            raise RemoteError(f"{self.url} took the tags but sent a malformed reply") from None
+            raise RemoteProtocolError(f"{self.url} took the tags but sent a malformed reply") from None
 
     def close(self) -> None:
         if self._keepalive is not None:
