@@ -59,7 +59,7 @@ if (cd "$work" && GOBIN="$work/gobin" go install -trimpath -ldflags "$ldflags" "
         2>"$work/install.log"; then
     mv -f "$work/gobin/kustomize" "$work/kustomize.new"
 else
-    cat "$work/install.log" >&2
+    cat "$work/install.log" >&2 2>/dev/null || true
     log "go install refused; building a copy of the downloaded module source instead"
     modjson="$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "$module@$version")" \
         || die "go mod download $module@$version failed"

@@ -17,8 +17,17 @@ import kubernetes_validate
 import pytest
 
 from .deploy_schemas import CRD_SCHEMAS
-from .deploy_tools import (DEPLOY, KUSTOMIZE_VERSION, NAMESPACE, OVERLAYS, ROOT, containers, objects,
-                           pod_templates, render)
+from .deploy_tools import (
+    DEPLOY,
+    KUSTOMIZE_VERSION,
+    NAMESPACE,
+    OVERLAYS,
+    ROOT,
+    containers,
+    objects,
+    pod_templates,
+    render,
+)
 
 # A recent Kubernetes (kubernetes-validate ships v1.25-v1.37); the StatefulSet pod-index label
 # the cluster overlay reads needs >= 1.28.
@@ -194,7 +203,7 @@ def test_the_audit_cronjob_checks_the_agents_repository(overlay: str) -> None:
         agent = _one(docs, "DaemonSet", "casync-agent")["spec"]["template"]["spec"]
         term = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         (expr,) = term["nodeSelectorTerms"][0]["matchExpressions"]
-        assert {expr["key"]: v for v in expr["values"]}.items() <= agent["nodeSelector"].items()
+        assert expr["operator"] == "In" and agent["nodeSelector"][expr["key"]] in expr["values"]
     else:
         agent = _one(docs, "StatefulSet", "casync-agent")
         (claim,) = agent["spec"]["volumeClaimTemplates"]
@@ -214,7 +223,8 @@ def _service_hosts(docs: list[dict[str, Any]]) -> set[str]:
         hosts.add(name + CLUSTER_DOMAIN)
         for sts in objects(docs, "StatefulSet"):
             if sts["spec"]["serviceName"] == name and svc["spec"].get("clusterIP") == "None":
-                hosts |= {f"{sts['metadata']['name']}-{i}.{name}{CLUSTER_DOMAIN}" for i in range(sts["spec"]["replicas"])}
+                pods = (f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"]))
+                hosts |= {f"{pod}.{name}{CLUSTER_DOMAIN}" for pod in pods}
     return hosts
 
 
@@ -273,7 +283,8 @@ def test_the_cluster_peers_pair_with_their_kubo_nodes() -> None:
     assert cluster["spec"]["replicas"] == _one(docs, "StatefulSet", "kubo")["spec"]["replicas"] == 3
     (container,) = cluster["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "ipfs-cluster-secret", "key": "cluster-secret"}
+    secret = env["CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "ipfs-cluster-secret", "key": "cluster-secret"}
     assert env["CLUSTER_IPFSHTTP_NODEMULTIADDRESS"]["value"] == f"/dns4/kubo-$(POD_INDEX).kubo{CLUSTER_DOMAIN}/tcp/5001"
     assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert re.fullmatch(r"/ip4/\$\(POD_IP\)/tcp/9094", env["CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS"]["value"])
