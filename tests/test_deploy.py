@@ -288,3 +288,19 @@ def test_the_cluster_peers_pair_with_their_kubo_nodes() -> None:
     assert env["CLUSTER_IPFSHTTP_NODEMULTIADDRESS"]["value"] == f"/dns4/kubo-$(POD_INDEX).kubo{CLUSTER_DOMAIN}/tcp/5001"
     assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert re.fullmatch(r"/ip4/\$\(POD_IP\)/tcp/9094", env["CLUSTER_RESTAPI_HTTPLISTENMULTIADDRESS"]["value"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_reference_names_an_earlier_variable(overlay: str) -> None:
+    """Kubernetes expands $(NAME) in env values, command and args only for variables defined
+    before it in the container's env; anything else stays literal text."""
+    for where, template in pod_templates(render(overlay)):
+        for name, container, _ in containers(template):
+            defined: set[str] = set()
+            for env in container.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", env.get("value", "")):
+                    assert ref in defined, f"{where}/{name}: {env['name']} uses $({ref}) before it is set"
+                defined.add(env["name"])
+            for arg in [*container.get("command", []), *container.get("args", [])]:
+                for ref in re.findall(r"\$\((\w+)\)", arg):
+                    assert ref in defined, f"{where}/{name}: {arg} uses $({ref}), which is not set"
