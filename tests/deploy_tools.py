@@ -52,10 +52,10 @@ def kustomize_path() -> Path:
 
 def promtool_path() -> Path:
     """promtool: ``CASYNC_PROMTOOL_BIN``, else PATH (Debian's prometheus package: /usr/bin)."""
-    found = os.environ.get("CASYNC_PROMTOOL_BIN") or shutil.which("promtool")
-    if not found:
-        _missing("promtool", "run .ci/install-tools.sh (Debian package prometheus)")
-    return Path(str(found))
+    found = os.environ.get("CASYNC_PROMTOOL_BIN") or shutil.which("promtool") or "promtool"
+    if not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        _missing(f"promtool ({found})", "run .ci/install-tools.sh (Debian package prometheus)")
+    return Path(found)
 
 
 def run_tool(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

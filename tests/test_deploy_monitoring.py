@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +144,11 @@ def _mutate(rule: dict[str, Any], always: bool) -> None:
 @pytest.mark.parametrize("always", [True, False], ids=["fires-always", "never-fires"])
 def test_the_rule_tests_fail_when_a_rule_is_broken(tmp_path: Path, always: bool) -> None:
     promtool = promtool_path()
-    shutil.copy(MONITORING / "tests.yaml", tmp_path / "tests.yaml")
+    tests = yaml.safe_load((MONITORING / "tests.yaml").read_text())
     for index, rule in enumerate(_rules()):
+        # Only the test groups about this alert (a group runs every rule over its whole time).
+        mine = [g for g in tests["tests"] if any(c["alertname"] == rule["alert"] for c in g["alert_rule_test"])]
+        (tmp_path / "tests.yaml").write_text(yaml.safe_dump({**tests, "tests": mine}))
         rules = yaml.safe_load((MONITORING / "rules.yaml").read_text())
         flat = [r for g in rules["groups"] for r in g["rules"]]
         _mutate(flat[index], always)
