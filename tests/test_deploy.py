@@ -214,17 +214,20 @@ def test_the_audit_cronjob_checks_the_agents_repository(overlay: str) -> None:
         assert term["labelSelector"]["matchLabels"].items() <= labels.items()
 
 
-def _service_hosts(docs: list[dict[str, Any]]) -> set[str]:
-    """Every DNS name a rendered Service gives: the Service's, and for a headless Service
-    governing a StatefulSet, each pod's."""
-    hosts = set()
+def _service_hosts(docs: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """Every in-cluster DNS name the render gives, with the ports behind it: a Service's name and
+    its ports, and for the headless Service governing a StatefulSet, each pod's name and the
+    pod's container ports."""
+    hosts: dict[str, set[int]] = {}
     for svc in objects(docs, "Service"):
         name = svc["metadata"]["name"]
-        hosts.add(name + CLUSTER_DOMAIN)
+        hosts[name + CLUSTER_DOMAIN] = {p["port"] for p in svc["spec"]["ports"]}
         for sts in objects(docs, "StatefulSet"):
             if sts["spec"]["serviceName"] == name and svc["spec"].get("clusterIP") == "None":
-                pods = (f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"]))
-                hosts |= {f"{pod}.{name}{CLUSTER_DOMAIN}" for pod in pods}
+                ports = {p["containerPort"] for _, c, _ in containers(sts["spec"]["template"])
+                         for p in c.get("ports", [])}
+                for i in range(sts["spec"]["replicas"]):
+                    hosts[f"{sts['metadata']['name']}-{i}.{name}{CLUSTER_DOMAIN}"] = ports
     return hosts
 
 
@@ -249,10 +252,11 @@ def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay:
     example = _one(render(overlay, examples=True), "Secret", "casync-tokens")["stringData"]
     assert {p.removeprefix(token_dir) for p in tokens} <= set(example), "the example Secret lacks a token"
     hosts = _service_hosts(docs)
-    for remote in remotes.values():
-        host = urlsplit(remote["url"]).hostname or ""
-        if host.endswith(".svc.cluster.local"):
-            assert host in hosts, f"{remote['name']}: {remote['url']} is no rendered Service"
+    urls = [r["url"] for r in remotes.values()] + config.get("strong", {}).get("etcd_endpoints", [])
+    for url in urls:
+        parts = urlsplit(url)
+        if (parts.hostname or "").endswith(".svc.cluster.local"):
+            assert parts.port in hosts.get(parts.hostname or "", set()), f"{url}: no rendered Service or pod port"
     kinds = {r["kind"] for r in remotes.values()}
     assert "ipfs" in kinds
     assert ("ipfs-cluster" in kinds) == (overlay == "cluster")
@@ -262,11 +266,10 @@ def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay:
         assert etcd["spec"]["replicas"] == 3
         assert config["strong"]["etcd_endpoints"] == [
             f"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379" for i in range(3)]
-        assert all(urlsplit(u).hostname in hosts for u in config["strong"]["etcd_endpoints"])
     if overlay == "edge":
         assert config["discovery"] == "kubernetes"
         assert config["discovery_service"] == "casync-agent-peers" + CLUSTER_DOMAIN
-        assert config["discovery_service"] in hosts
+        assert 8000 in hosts[config["discovery_service"]]
 
 
 def test_the_overlay_configs_agree_with_the_base_on_the_sync_timing() -> None:
