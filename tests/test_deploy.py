@@ -7,8 +7,12 @@ checked against each other: configuration, volumes, selectors, the agent's comma
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -307,3 +311,29 @@ def test_every_variable_reference_names_an_earlier_variable(overlay: str) -> Non
             for arg in [*container.get("command", []), *container.get("args", [])]:
                 for ref in re.findall(r"\$\((\w+)\)", arg):
                     assert ref in defined, f"{where}/{name}: {arg} uses $({ref}), which is not set"
+
+
+def _init_repo(tmp_path: Path, config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    script = DEPLOY / "base" / "init-repo.sh"
+    bindir = str(Path(sys.executable).parent)  # casync and python3 of this environment
+    environ = {"PATH": f"{bindir}:{os.environ['PATH']}", "HOME": str(tmp_path), "CASYNC_CONFIG": str(config),
+               "CASYNC_REPO": str(tmp_path / "data" / "repo"), **env}
+    return subprocess.run(["sh", str(script)], env=environ, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("overlay", ["single-node", "edge"])
+def test_the_init_container_script_initialises_the_repository_once(tmp_path: Path, overlay: str) -> None:
+    config = DEPLOY / "overlays" / overlay / "casync.toml"
+    expected = tomllib.loads(config.read_text()).get("replica", "edge-node-1")
+    first = _init_repo(tmp_path, config, CASYNC_DEFAULT_REPLICA="edge-node-1")
+    assert first.returncode == 0, first.stderr
+    assert f"replica {expected}," in first.stdout
+    assert (tmp_path / "data" / "repo" / ".casync").is_dir()
+    again = _init_repo(tmp_path, config, CASYNC_DEFAULT_REPLICA="other")
+    assert again.returncode == 0 and "already a repository" in again.stderr
+
+
+def test_the_init_container_script_needs_a_replica_id(tmp_path: Path) -> None:
+    done = _init_repo(tmp_path, DEPLOY / "overlays" / "edge" / "casync.toml")
+    assert done.returncode == 1 and "no replica id" in done.stderr
+    assert not (tmp_path / "data").exists()
