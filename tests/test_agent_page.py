@@ -132,6 +132,8 @@ def test_a_peer_never_synced() -> None:
     row = page[page.index('data-peer="new-site"'):]
     assert 'class="badge idle">not synced yet' in row and '<span class="none">never</span>' in row
     assert '<td data-label="lag">—</td>' in row and " ago" not in row.split("</tr>")[0]
+    assert "0 of 1 peer(s) synced, 1 waiting for a first sync" in page
+    assert "all 1 peer(s) synced within 5 min" in render_page(snapshot())
 
 
 def test_before_the_first_commit() -> None:

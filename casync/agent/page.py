@@ -120,6 +120,9 @@ def _summary(snapshot: AgentSnapshot) -> tuple[str, str]:
         return f"{overdue} of {n} peer(s) OVERDUE (not synced within {_duration(snapshot.max_sync_delay)})", "bad"
     if failing:
         return f"{failing} of {n} peer(s) failing, none overdue yet", "warn"
+    waiting = sum(p.last_success is None for p in snapshot.peers)
+    if waiting:
+        return f"{n - waiting} of {n} peer(s) synced, {waiting} waiting for a first sync", "good"
     return f"all {n} peer(s) synced within {_duration(snapshot.max_sync_delay)}", "good"
 
 
