@@ -26,8 +26,8 @@ from casync import Repository
 from casync.agent.page import CONTENT_SECURITY_POLICY, page_title, render_page
 from casync.agent.snapshot import AgentSnapshot, CommitSummary, PeerStatus
 from casync.errors import RemoteError
-from casync.ids import cid_str
-from casync.sync.peer import LocalPeer, fetch_from
+from casync.model.cid import cid_str
+from casync.transports.peer.exchange import LocalPeer, fetch_from
 
 from .browser import chromium_render, chromium_visit, read_png
 

@@ -13,15 +13,14 @@ from pathlib import Path
 import click
 
 from casync import Repository
-from casync.cli import main
-from casync.sync import peer
-
+from casync.cli.main import main
+from casync.transports.peer import exchange as peer
 from .conftest import Cli, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FULL_CID = 59  # CIDv1, base32, 32-byte digest (blake3 or sha2-256)
-SHORT_CID = 20  # what human output shows (casync.ids.short)
+SHORT_CID = 20  # what human output shows (casync.model.cid.short)
 _CID = re.compile(r"\bbaf[a-z2-7]{6,}")
 
 

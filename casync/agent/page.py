@@ -20,7 +20,7 @@ __all__ = ["CONTENT_SECURITY_POLICY", "REFRESH_MAX", "REFRESH_MIN", "page_title"
            "refresh_seconds", "render_page", "render_status_json"]
 
 REFRESH_MIN, REFRESH_MAX = 5, 60  # seconds between reloads: the sync interval, within these bounds
-SHORT_CID = 20  # the length human CLI output abbreviates CIDs to (casync.ids.short)
+SHORT_CID = 20  # the length human CLI output abbreviates CIDs to (casync.model.cid.short)
 # No script, no fetch, no frame, no form: only the inline style below.  The agent may send it as a header too.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
