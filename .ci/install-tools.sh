@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the tools the deploy/ tests need, on a fresh Debian machine (run as root by .ci/run):
+# Install the tools the tests need besides Kubo, on a fresh Debian machine (run as root by .ci/run):
 #   * promtool, from Debian's `prometheus` package (lands in /usr/bin/promtool);
+#   * chromium, from Debian's package, for the status page's browser test (.ci/install-chromium.sh);
 #   * kustomize v5.8.2, built from its Go module into $HOME/.cache/casync/kustomize/ (.ci/build-kustomize.sh).
 # Idempotent: what is already there is not installed again. Prints nothing on stdout.
 #
@@ -33,3 +34,4 @@ fi
 command -v promtool >/dev/null 2>&1 || { log "error: promtool is still not in PATH"; exit 1; }
 
 bash "$here/build-kustomize.sh" >/dev/null
+bash "$here/install-chromium.sh" >&2
