@@ -241,7 +241,7 @@ def test_a_broken_off_clone_someone_went_on_with_is_not_resumed(tmp_path: Path, 
 def test_a_peer_clone_over_a_link_that_drops_is_retried_and_completes(tmp_path: Path, origin: Repository,
                                                                        server: PeerServer,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTTP peers are retried with backoff (casync/transports/locate.py RetryingPeer): a stream
+    """HTTP peers are retried with backoff (casync/transports/wrap.py RetryingPeer): a stream
     cut in the middle is asked for again, and the clone completes in one run."""
     monkeypatch.setenv("CASYNC_TOKEN", TOKEN)
     host, port = server.server_address[:2]

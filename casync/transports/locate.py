@@ -4,33 +4,27 @@ transport shares (as Dulwich's ``get_transport_and_path`` and restic's retrying 
 :func:`locate` maps what a user typed to a :class:`Location`: a configured remote's name,
 ``ipfs+http(s)://`` (a Kubo node), ``http(s)://`` (``casync serve``), a bundle file
 (``FILE.car``), or a repository path (``file://`` or plain).  :func:`open_peer` opens the
-two kinds that speak the peer protocol (:class:`casync.transports.peer.exchange.Peer`) and wraps them in
-:class:`RetryingPeer`, so a link that drops is retried with backoff
-(:mod:`casync.store.retry`) whichever transport it is.  Kubo nodes and bundles keep their
-own protocols (head records; one file read once) and are only classified here.
+two kinds that speak the peer protocol (:class:`casync.transports.peer.exchange.Peer`) and wraps
+them (:mod:`casync.transports.wrap`): retried with backoff, counted, and limited in concurrency,
+whichever transport it is.  Kubo nodes and bundles keep their own protocols (head records;
+one file read once) and are only classified here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from casync.errors import RemoteError, UsageError
-from casync.model.car import TruncatedCar
-from casync.model.cid import Cid
-from casync.repo.tags import TagUpdate
+from casync.errors import UsageError
 from casync.settings import RemoteEntry
-from casync.store.retry import DEFAULT_RETRY, RetryPolicy, retrying
-from casync.transfer.stream import TransferStats
-from casync.transports.peer.exchange import LocalPeer, Peer, PeerInfo
+from casync.store.retry import DEFAULT_RETRY, RetryPolicy
+from casync.transports.peer.exchange import LocalPeer, Peer
+from casync.transports.wrap import TransferCounter, wrap_peer
 
-__all__ = ["Location", "RetryingPeer", "locate", "open_peer"]
+__all__ = ["Location", "locate", "open_peer"]
 
 T = TypeVar("T")
 Kind = Literal["path", "http", "bundle", "ipfs"]
@@ -73,110 +67,17 @@ def _name_for(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_")[:60] or "peer"
 
 
-def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> Peer:
-    """The peer at a ``path`` or ``http`` location, with retries (other kinds: usage error)."""
+def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, *,
+              counter: TransferCounter | None = None, limit: int | None = None) -> Peer:
+    """The peer at a ``path`` or ``http`` location (other kinds: usage error), wrapped: its calls
+    retried with backoff, what it moves counted into ``counter`` (and reported as progress), at
+    most ``limit`` calls at once (:mod:`casync.transports.wrap`)."""
     from casync.transports.peer.http import HttpPeer
 
-    if location.kind == "http":
-        return RetryingPeer(HttpPeer(location.url, token), retry)
-    if location.kind == "path":
-        return RetryingPeer(LocalPeer(location.url), retry)
+    if location.kind in ("http", "path"):
+        inner: Peer = HttpPeer(location.url, token) if location.kind == "http" else LocalPeer(location.url)
+        return wrap_peer(inner, retry, counter=counter, limit=limit)
     if location.kind == "ipfs":
         raise UsageError(f"{location.url} is an IPFS remote; this command talks to peers (casync serve, paths)",
                          hint="use 'casync pull' / 'casync push' for IPFS remotes")
     raise UsageError(f"{location.url} is a bundle file, not a peer", hint="casync bundle unbundle FILE")
-
-
-def _broke(exc: BaseException) -> bool:
-    """A failure of the link, not of the request: worth another attempt."""
-    if isinstance(exc, RemoteError):
-        return exc.transient
-    return isinstance(exc, TruncatedCar | ConnectionError | TimeoutError | http.client.HTTPException)
-
-
-class RetryingPeer:
-    """Any :class:`~casync.transports.peer.exchange.Peer`, its calls retried with backoff while the link is
-    what fails.  A request that sent a body (a push's blocks) is not sent twice; a block
-    stream that broke off is asked for again and the blocks already delivered are skipped,
-    so the caller sees one uninterrupted stream."""
-
-    def __init__(self, inner: Peer, retry: RetryPolicy = DEFAULT_RETRY) -> None:
-        self.inner = inner
-        self.retry = retry
-        self.url = inner.url
-
-    def info(self) -> PeerInfo:
-        return retrying(self.inner.info, self.retry)
-
-    def negotiate(self, haves: list[Cid]) -> list[Cid]:
-        return retrying(lambda: self.inner.negotiate(haves), self.retry)
-
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self._stream(lambda: self.inner.fetch(wants, haves))
-
-    def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self._stream(lambda: self.inner.blocks(cids))
-
-    def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
-        return self._once(lambda body: self.inner.push(branch, old, new, body), blocks)
-
-    def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
-        return self._once(lambda body: self.inner.push_tags(tags, body), blocks)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def _once(self, call: Callable[[Iterable[tuple[Cid, bytes]]], T], blocks: Iterable[tuple[Cid, bytes]]) -> T:
-        """``call(body)``, retried only while not one block of the body has been read."""
-        source = iter(blocks)
-        started = False
-
-        def body() -> Iterator[tuple[Cid, bytes]]:
-            nonlocal started
-            for item in source:
-                started = True
-                yield item
-
-        return retrying(lambda: call(body()), self.retry, may_retry=lambda: not started)
-
-    def _stream(self, open_stream: Callable[[], Iterator[tuple[Cid, bytes]]]) -> Iterator[tuple[Cid, bytes]]:
-        """The blocks of ``open_stream()``, asked for again after a break.  A peer answers the
-        same request with the same stream, so the blocks already delivered are skipped by
-        count, their CIDs checked against a digest of what was delivered (memory stays
-        constant however long the stream; a peer that answers differently is an error, never
-        a silent gap)."""
-        delivered = 0
-        sent = hashlib.blake2b(digest_size=16)
-        delays = self.retry.delays()
-        attempts = 0
-        while True:
-            attempts += 1
-            stream = open_stream()
-            seen = 0
-            again = hashlib.blake2b(digest_size=16)
-            try:
-                for cid, block in stream:
-                    if seen < delivered:
-                        seen += 1
-                        again.update(len(cid).to_bytes(2, "big") + cid)
-                        if seen == delivered and again.digest() != sent.digest():
-                            raise RemoteError(f"{self.url} answered a repeated request with another stream")
-                        continue
-                    sent.update(len(cid).to_bytes(2, "big") + cid)
-                    delivered += 1
-                    seen += 1
-                    yield cid, block
-                if seen < delivered:
-                    raise RemoteError(f"{self.url} answered a repeated request with a shorter stream")
-                return
-            except (RemoteError, TruncatedCar, OSError, http.client.HTTPException) as exc:
-                delay = next(delays, None) if _broke(exc) else None
-                if delay is None:
-                    if attempts > 1 and isinstance(exc, RemoteError | TruncatedCar):
-                        exc.message += f" (gave up after {attempts} attempts)"
-                    raise
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            time.sleep(delay)
