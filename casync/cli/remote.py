@@ -61,6 +61,14 @@ def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | Non
     return _peer_command(command)
 
 
+def _ipfs_fetch_options(f: Any) -> Any:
+    """``-j/--jobs`` and ``--timeout``: how fetch, pull and clone ask an IPFS node for blocks."""
+    f = click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+                     help="IPFS: seconds the node may spend finding a block it lacks among its peers.")(f)
+    return click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
+                        help="IPFS: blocks requested in parallel.")(f)
+
+
 token_file_option = click.option(
     "--token-file", metavar="FILE",
     help="For a 'casync serve' peer: file holding its bearer token (default: CASYNC_TOKEN, else the "
@@ -239,10 +247,7 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 
 @click.command()
 @click.argument("remote", required=False)
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="IPFS: blocks requested in parallel.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
-              help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
+@_ipfs_fetch_options
 @token_file_option
 @json_option
 @click.pass_obj
@@ -272,10 +277,7 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
 @click.argument("remote", required=False)
 @click.option("-f", "--force", is_flag=True, help="IPFS: discard uncommitted changes in the way.")
 @click.option("--policy", "-p", help="Merge policy when histories diverged (default: config merge.policy, else lww).")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="IPFS: blocks requested in parallel.")
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
-              help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
+@_ipfs_fetch_options
 @token_file_option
 @json_option
 @click.pass_obj
@@ -318,8 +320,7 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
 @click.option("--replica", help="This clone's replica id (default: random r-XXXXXXXXXXXX).")
 @click.option("--branch", "-b", help="Branch to check out (default: main if published).")
 @click.option("--gateway", metavar="URL", help="Gateway URL to record with the 'origin' remote.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True)
+@_ipfs_fetch_options
 @click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' URL: file holding its bearer token (recorded with 'origin').")
 @json_option
