@@ -16,20 +16,22 @@ refs) is on :class:`Repository` itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from casync.errors import StateRefused
-from casync.merge.threeway import ResolverFn
 from casync.model.cid import cid_str
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import tags as _tags
-from casync.repo.pathlog import path_log as _path_log
 from casync.repo.repository import LogEntry, Repository
 from casync.trees.unixfs import Entry
 from casync.worktree import checkout as _checkout
-from casync.worktree import edit as _edit
-from casync.worktree import merging as _merging
 from casync.worktree.checkout import Status
-from casync.worktree.merging import MergeOutcome, OpenConflict
+
+if TYPE_CHECKING:
+    from casync.merge.threeway import ResolverFn
+    from casync.worktree.merging import MergeOutcome, OpenConflict
+
+# The merge engine, edits, tags and path history are imported by the functions that use them:
+# 'casync status' and 'casync log' never load them (start-up is most of a small command's time).
 
 __all__ = ["checkout", "commit", "conflicts", "create_tag", "delete_tag", "list_tags", "merge", "path_log",
            "remove", "resolve_conflict", "restore", "status", "worktree_entries"]
@@ -43,7 +45,9 @@ def commit(repo: Repository, message: str, author: str | None = None, allow_empt
     :class:`casync.errors.StateRefused` while a merge is stopped for conflicts (its
     commit is ``merge --continue``, which records both parents).
     """
-    if _merging.merge_state(repo) is not None:
+    from casync.worktree.merging import merge_state
+
+    if merge_state(repo) is not None:
         raise StateRefused("a merge is in progress: a plain commit would drop its second parent",
                            hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
     return cid_str(_checkout.commit_worktree(repo, message, author, allow_empty, progress))
@@ -62,12 +66,16 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
 def restore(repo: Repository, paths: list[str], source: str = "HEAD",
             progress: Progress = NULL_PROGRESS) -> list[str]:
     """Put ``paths`` back as ``source`` has them (``casync restore``); the paths written."""
-    return _edit.restore(repo, source, paths, progress)
+    from casync.worktree.edit import restore as _restore
+
+    return _restore(repo, source, paths, progress)
 
 
 def remove(repo: Repository, paths: list[str], cached: bool = False, recursive: bool = False) -> list[str]:
     """Stop tracking ``paths``: delete them, or with ``cached`` keep them on disk (``casync rm``)."""
-    return _edit.remove(repo, paths, cached, recursive)
+    from casync.worktree.edit import remove as _remove
+
+    return _remove(repo, paths, cached, recursive)
 
 
 def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
@@ -84,6 +92,8 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
     sides changed (policy ``custom:api``); ``resolvers`` registers named ones for
     ``custom:NAME`` rules in the config.
     """
+    from casync.worktree import merging as _merging
+
     named = dict(resolvers or {})
     if resolver is not None:
         named["api"] = resolver
@@ -93,28 +103,38 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
 
 def conflicts(repo: Repository) -> list[OpenConflict]:
     """Unresolved conflicts: a stopped merge's and sibling versions in HEAD (``casync conflicts``)."""
-    return _merging.list_conflicts(repo)
+    from casync.worktree.merging import list_conflicts
+
+    return list_conflicts(repo)
 
 
 def resolve_conflict(repo: Repository, path: str, pick: str | None = None, data: bytes | None = None) -> str:
     """Settle the conflict at ``path`` (``casync resolve``); what was chosen."""
-    return _merging.resolve_conflict(repo, path, pick, data)
+    from casync.worktree.merging import resolve_conflict as _resolve
+
+    return _resolve(repo, path, pick, data)
 
 
 def path_log(repo: Repository, paths: str | list[str], rev: str = "HEAD",
              limit: int | None = None) -> list[LogEntry]:
     """The commits reachable from ``rev`` that changed a file or directory of ``paths``
     (repository-relative), newest first: ``casync log REV -- PATH``."""
+    from casync.repo.pathlog import path_log as _path_log
+
     return _path_log(repo, rev, [paths] if isinstance(paths, str) else paths, limit)
 
 
 def list_tags(repo: Repository) -> dict[str, str]:
     """Tag name -> commit CID (``casync tag``)."""
+    from casync.repo import tags as _tags
+
     return {n: cid_str(c) for n, c in _tags.list_tags(repo).items()}
 
 
 def create_tag(repo: Repository, name: str, rev: str = "HEAD", force: bool = False) -> str:
     """Tag ``rev`` as ``name`` (an existing tag is a RefConflict unless ``force``); the commit CID."""
+    from casync.repo import tags as _tags
+
     target = repo.resolve(rev)
     _tags.create_tag(repo, name, target, force=force)
     return cid_str(target)
@@ -122,4 +142,6 @@ def create_tag(repo: Repository, name: str, rev: str = "HEAD", force: bool = Fal
 
 def delete_tag(repo: Repository, name: str) -> str:
     """Delete tag ``name``; the commit it named."""
+    from casync.repo import tags as _tags
+
     return cid_str(_tags.delete_tag(repo, name))
