@@ -10,13 +10,15 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from casync.errors import UsageError
 from casync.repo.repository import Repository
-from casync.store.retry import DEFAULT_RETRY, RetryPolicy
+
+if TYPE_CHECKING:
+    from casync.store.retry import RetryPolicy
 
 __all__ = ["F", "_Context", "retry_policy", "_Progress", "_format_time", "_human", "_json", "_pass", "_quote_path",
            "_repo_relative", "json_option"]
@@ -158,6 +160,8 @@ def _repo_relative(repo: Repository, base: str, path: str) -> str:
 
 def retry_policy() -> RetryPolicy:
     """``CASYNC_REMOTE_ATTEMPTS``: tries per request on transient errors (default 5, with backoff)."""
+    from casync.store.retry import DEFAULT_RETRY, RetryPolicy  # only commands that talk to remotes
+
     raw = os.environ.get("CASYNC_REMOTE_ATTEMPTS")
     if not raw:
         return DEFAULT_RETRY
