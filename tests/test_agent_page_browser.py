@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.agent.page import CONTENT_SECURITY_POLICY, page_title, render_page
 from casync.agent.snapshot import AgentSnapshot, CommitSummary, PeerStatus
 from casync.errors import RemoteError
@@ -65,14 +65,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentSnapshot]:
             tx.write("shared.txt", b"base\n")
         peer = LocalPeer(str(hub.root))
         fetch_from(edge, peer, "hub-1")
-        edge.merge("hub-1/main")
+        porcelain.merge(edge, "hub-1/main")
         with edge.transaction(message=MESSAGE) as tx:
             tx.write("shared.txt", b"edge\n")
         with hub.transaction(message="hub edit") as tx:
             tx.write("shared.txt", b"hub\n")
         fetch_from(edge, peer, "hub-1")
         synced = time.time()
-        edge.merge("hub-1/main", policy="siblings")
+        porcelain.merge(edge, "hub-1/main", policy="siblings")
         peer.close()
         with pytest.raises(RemoteError) as dead:
             LocalPeer(DEAD_PATH)
@@ -87,7 +87,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentSnapshot]:
         head = edge.resolve_cid("main")
         yield AgentSnapshot(site=edge.replica, region="us-east", role="peer", branch="main", head=head,
                             started=started, now=now, sync_interval=30.0, max_sync_delay=300.0, peers=peers,
-                            unresolved_conflicts=len(edge.conflicts()), recent_commits=_commits(edge, 5), rounds=2)
+                            unresolved_conflicts=len(porcelain.conflicts(edge)),
+                            recent_commits=_commits(edge, 5), rounds=2)
     finally:
         edge.close()
         hub.close()
