@@ -117,6 +117,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_sync": ("serve", "sync", "bundle"),
     "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
     "cli_tag": ("tag",),
+    "cli_agent": ("agent",),
 }
 
 
@@ -139,6 +140,10 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli_tag import tag
 
         return tag
+    if name == "agent":
+        from casync.cli_agent import agent
+
+        return agent
     return None
 
 

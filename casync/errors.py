@@ -27,12 +27,14 @@ __all__ = [
     "InvalidObject",
     "InvalidPath",
     "NotARepository",
+    "PeerRefused",
     "NothingToCommit",
     "RefConflict",
     "RemoteError",
     "StateRefused",
     "StorageError",
     "StorageFull",
+    "Unauthorized",
     "UnknownRevision",
     "UnstableFile",
     "UnsupportedFormat",
@@ -162,3 +164,11 @@ class RemoteError(CasyncError):
     def __init__(self, message: str, hint: str | None = None, transient: bool = False) -> None:
         super().__init__(message, hint)
         self.transient = transient
+
+
+class Unauthorized(RemoteError):
+    """A peer refused this side's token, or none was sent (HTTP 401)."""
+
+
+class PeerRefused(RemoteError):
+    """A peer understood the request and refused it (HTTP 403: read-only, a push it does not take)."""

@@ -34,8 +34,10 @@ import zstandard
 from casync.car import CarWriter, iter_car, read_header
 from casync.errors import (
     InvalidObject,
+    PeerRefused,
     RefConflict,
     RemoteError,
+    Unauthorized,
     UsageError,
 )
 from casync.ids import Cid, cid_str
@@ -131,20 +133,22 @@ class HttpPeer:
                 raise self._unauthorized(reply.get("reason") if isinstance(reply, dict) else None)
             if resp.status == 409:
                 raise RefConflict(message, hint=str(hint) if hint else "pull (fetch and merge), then push again")
+            if resp.status == 403:
+                raise PeerRefused(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None)
             # 502/503/504: a proxy or a server out of connections; a moment later it may answer
             raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None,
                               transient=resp.status in (502, 503, 504))
         return resp
 
-    def _unauthorized(self, reason: Any) -> RemoteError:
+    def _unauthorized(self, reason: Any) -> Unauthorized:
         """A 401: no token sent, or one the server refused (its reply says which; an older
         server's does not, so what this side sent decides)."""
         if reason == "missing" or (reason != "refused" and not self._token):
-            return RemoteError(f"{self.url} needs a token, and none was sent (401)",
+            return Unauthorized(f"{self.url} needs a token, and none was sent (401)",
                                hint="give the token 'casync serve' there uses: --token-file FILE or "
                                     "CASYNC_TOKEN, or store its file with 'casync remote set-url NAME "
                                     "--token-file FILE'")
-        return RemoteError(f"{self.url} refused the token (401): it is not the one 'casync serve' "
+        return Unauthorized(f"{self.url} refused the token (401): it is not the one 'casync serve' "
                            "there was started with",
                            hint="check which token was sent: --token-file, else CASYNC_TOKEN, else the "
                                 "remote's token_file ('casync config remotes'); it must match the server's")
@@ -160,6 +164,10 @@ class HttpPeer:
 
     def info(self) -> PeerInfo:
         return PeerInfo.from_json(self._json("GET", "/v1/info"))
+
+    def directory(self) -> Any:
+        """``GET /v1/peers`` of a ``casync agent``: the site and the peers it knows (raw JSON)."""
+        return self._json("GET", "/v1/peers")
 
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         reply = self._json("POST", "/v1/negotiate", {"haves": [cid_str(h) for h in haves]})

@@ -73,12 +73,14 @@ def _name_for(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_")[:60] or "peer"
 
 
-def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> Peer:
-    """The peer at a ``path`` or ``http`` location, with retries (other kinds: usage error)."""
+def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
+              timeout: float = 300.0) -> Peer:
+    """The peer at a ``path`` or ``http`` location, with retries (other kinds: usage error);
+    ``timeout`` bounds each network operation of an ``http`` peer (connect, each read)."""
     from casync.sync.http import HttpPeer
 
     if location.kind == "http":
-        return RetryingPeer(HttpPeer(location.url, token), retry)
+        return RetryingPeer(HttpPeer(location.url, token, timeout), retry)
     if location.kind == "path":
         return RetryingPeer(LocalPeer(location.url), retry)
     if location.kind == "ipfs":

@@ -1,0 +1,70 @@
+"""The agent's operator port (``--metrics-addr``, loopback by default): ``/metrics``
+(Prometheus text), ``/healthz`` (the process answers), ``/readyz`` (503 with the reasons
+while a peer is overdue or the peer server is down), ``/status.json`` (the
+:class:`~casync.agent.snapshot.AgentSnapshot`).  Reading them changes nothing, so no token."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+__all__ = ["OperatorServer", "Routes"]
+
+Routes = dict[str, Callable[[], tuple[int, str, bytes]]]
+
+
+def json_reply(status: int, value: Any) -> tuple[int, str, bytes]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    return status, "application/json", json.dumps(value, indent=1).encode()
+
+
+def metrics_reply(text: bytes) -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, text
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: ClassVar[Routes] = {}
+    server_version = "casync-agent"
+
+    def do_GET(self) -> None:
+        route = self.routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            status, kind, body = 404, "text/plain; charset=utf-8", b"not found\n"
+        else:
+            try:
+                status, kind, body = route()
+            except Exception as exc:  # a bug in one page must not take the port down
+                status, kind, body = 500, "text/plain; charset=utf-8", f"error: {type(exc).__name__}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s would flood the log
+        return
+
+
+class OperatorServer:
+    """A small threaded HTTP server on its own thread."""
+
+    def __init__(self, host: str, port: int, routes: Routes) -> None:
+        handler = type("Handler", (_Handler,), {"routes": routes})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.address: tuple[str, int] = (str(self._server.server_address[0]), int(self._server.server_address[1]))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="casync-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
