@@ -29,10 +29,19 @@ METRIC_NAMES = ("sync_lag_seconds", "sync_failures_total", "unresolved_conflicts
                 "audit_last_result", "audit_last_run_timestamp_seconds", "casync_agent_info")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this session (the kernel may offer a port
+    again once its socket closed: two sites on one port would talk to the wrong peer)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def casync(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
