@@ -3,6 +3,7 @@ Kubernetes discovery, overdue peers, SIGTERM mid-transfer, JSON logs and /metric
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from tests.agents import (
     sample,
     scrape,
 )
+from tests.kubo_fixture import Kubo
 
 
 def test_one_round_with_once_between_two_sites_converges(tmp_path: Path) -> None:
@@ -103,7 +105,7 @@ def test_gossip_learns_a_third_peer_from_one_seed_peer(tmp_path: Path) -> None:
     with running(hub, hub.config([west, eu])) as h, running(eu, eu.config([hub])):
         h.wait_event("synced", peer="eu-central-1")
         # west is told of nobody but the hub; it learns eu from the hub's GET /v1/peers
-        status, body = http_get(hub.url + "/v1/peers")
+        status, _body = http_get(hub.url + "/v1/peers")
         assert status == 401  # the directory is behind the token like every peer endpoint
         with running(west, west.config([hub], regions=_ALL_TALK)) as w:
             learned = w.wait_event("peer_learned", peer="eu-central-1")
@@ -239,10 +241,8 @@ class SlowProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def close(self) -> None:
@@ -300,3 +300,23 @@ def test_sigterm_mid_transfer_leaves_the_repository_consistent(tmp_path: Path, s
     assert east.head() == west.head()
     assert json.loads(casync("-C", str(east.repo), "fsck", "--json").stdout)["ok"] is True
 
+
+
+@pytest.mark.kubo
+def test_a_round_pushes_to_the_sites_ipfs_node(tmp_path: Path, kubo: Kubo) -> None:
+    east, west = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"))
+    west.commit({"west.txt": "w\n"}, "west")
+    node = f'[ipfs.local]\nurl = "{kubo.remote_url}"' + (f'\ngateway = "{kubo.gateway_url}"' if kubo.gateway_url else "")
+    with running(west, west.config([east])):
+        once = casync("agent", "--config", str(east.config([west], extra=node)), "--once", "--log-format", "json",
+                      cwd=east.root, check=False)
+    assert once.returncode == 0, once.stderr
+    pushed = [e for e in map(json.loads, once.stderr.splitlines()) if e["event"] == "synced" and e["peer"] == "local"]
+    assert pushed and pushed[0]["kind"] == "ipfs"
+    # --once pushes to IPFS after the peers' syncs: the node has the merged head
+    repo_id = casync("-C", str(east.repo), "config", "repository_id").stdout.strip()
+    casync("clone", f"{kubo.remote_url}/{repo_id}", str(tmp_path / "from-ipfs"), "--replica", "reader-1")
+    got = casync("-C", str(tmp_path / "from-ipfs"), "log", "-n", "1", "--json").stdout
+    assert json.loads(got)[0]["cid"] == east.head() == west.head()
+    assert pushed[0]["blocks_sent"] > 0
+    assert casync("-C", str(east.repo), "remote", "-v").stdout.count("local") >= 1  # registered, for 'casync push'

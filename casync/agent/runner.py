@@ -166,11 +166,25 @@ class Agent:
         return 0
 
     def round(self, wait: bool) -> dict[str, bool]:
-        """Start a job for every due target (``wait``: and wait for them all)."""
+        """Start a job for every due target (``wait``: and wait for them all, the IPFS pushes
+        after the peers, so they publish what the peers' merges made)."""
         targets = self.discover()
-        now = time.time()
-        started: list[tuple[str, threading.Thread]] = []
         results: dict[str, bool] = {}
+        phases = [[t for t in targets if t.kind != "ipfs"], [t for t in targets if t.kind == "ipfs"]] if wait \
+            else [targets]
+        for phase in phases:
+            started = self._start(phase, results, wait)
+            if wait:
+                for thread in started:
+                    thread.join()
+        self.rounds += 1
+        self.refresh_repository()
+        self._note_overdue()
+        return results
+
+    def _start(self, targets: list[Target], results: dict[str, bool], force: bool) -> list[threading.Thread]:
+        now = time.time()
+        started: list[threading.Thread] = []
         with self._lock:
             for target in targets:
                 state = self.states.get(target.name)
@@ -180,22 +194,16 @@ class Agent:
                     self.log.info("peer_added", f"syncing with {target.name}", peer=target.name, url=target.url,
                                   kind=target.kind, region=target.region, origin=target.origin)
                 state.target = target
-                if state.running or (state.next_try > now and not wait):
+                if state.running or (state.next_try > now and not force):
                     continue
                 state.running = True
                 thread = threading.Thread(target=self._job, args=(state, results), name=f"sync-{target.name}",
                                           daemon=True)
                 self._jobs[target.name] = thread
-                started.append((target.name, thread))
-        for _name, thread in started:
+                started.append(thread)
+        for thread in started:
             thread.start()
-        if wait:
-            for _name, thread in started:
-                thread.join()
-        self.rounds += 1
-        self.refresh_repository()
-        self._note_overdue()
-        return results
+        return started
 
     def _job(self, state: PeerState, results: dict[str, bool]) -> None:
         target = state.target
