@@ -306,7 +306,9 @@ def test_sigterm_mid_transfer_leaves_the_repository_consistent(tmp_path: Path, s
 def test_a_round_pushes_to_the_sites_ipfs_node(tmp_path: Path, kubo: Kubo) -> None:
     east, west = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"))
     west.commit({"west.txt": "w\n"}, "west")
-    node = f'[ipfs.local]\nurl = "{kubo.remote_url}"' + (f'\ngateway = "{kubo.gateway_url}"' if kubo.gateway_url else "")
+    node = f'[ipfs.local]\nurl = "{kubo.remote_url}"'
+    if kubo.gateway_url:
+        node += f'\ngateway = "{kubo.gateway_url}"'
     with running(west, west.config([east])):
         once = casync("agent", "--config", str(east.config([west], extra=node)), "--once", "--log-format", "json",
                       cwd=east.root, check=False)
