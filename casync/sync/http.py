@@ -14,6 +14,8 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
   an existing tag is never moved)
 * ``POST /v1/blocks`` ``{"cids": [cid...]}`` (at most 1024, any codec) -> zstd-compressed CAR
   of those the peer holds intact (``fsck --repair``)
+* ``GET  /v1/peers`` (``casync agent`` only) -> the site and the peers it synced with (gossip;
+  docs/design.md §15.1)
 
 The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, CAR
 64 GiB); malformed messages get 400 and change nothing; beyond 64 open connections a
