@@ -286,8 +286,8 @@ def test_sigterm_mid_transfer_leaves_the_repository_consistent(tmp_path: Path, s
             agent.kill()
     assert code == 0
     assert stopped_in < 10  # bounded: shutdown_timeout
-    failed = [e for e in events if e["event"] == "sync_failed"]
-    assert failed and failed[0]["error_type"] == "Abandoned", events[-5:]
+    assert [e["peer"] for e in events if e["event"] == "sync_abandoned"] == ["us-west-1"], events[-5:]
+    assert not [e for e in events if e["event"] == "sync_failed"]  # stopping is not the peer's failure
     fsck = casync("-C", str(east.repo), "fsck", "--json", check=False)
     assert fsck.returncode == 0, fsck.stdout
     assert json.loads(fsck.stdout)["ok"] is True
@@ -322,3 +322,23 @@ def test_a_round_pushes_to_the_sites_ipfs_node(tmp_path: Path, kubo: Kubo) -> No
     assert json.loads(got)[0]["cid"] == east.head() == west.head()
     assert pushed[0]["blocks_sent"] > 0
     assert casync("-C", str(east.repo), "remote", "-v").stdout.count("local") >= 1  # registered, for 'casync push'
+
+
+def test_failures_are_classified_by_type_auth_and_timeout(tmp_path: Path) -> None:
+    east, west, eu = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"),
+                                ("eu-central-1", "eu-central"))
+    (tmp_path / "wrong").write_text("not-the-token\n")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers: a hung peer
+    eu.serve_port = silent.getsockname()[1]
+    try:
+        with running(west, west.config([])):
+            cfg = east.config([eu], peer_timeout='"1s"', extra=f'[peers.us-west-1]\nurl = "{west.url}"\n'
+                              f'region = "us-west"\ntoken_file = "{tmp_path / "wrong"}"')
+            once = casync("agent", "--config", str(cfg), "--once", "--log-format", "json", cwd=east.root,
+                          check=False)
+    finally:
+        silent.close()
+    assert once.returncode == 1
+    failed = {e["peer"]: e for e in map(json.loads, once.stderr.splitlines()) if e["event"] == "sync_failed"}
+    assert failed["us-west-1"]["reason"] == "auth" and failed["us-west-1"]["error_type"] == "Unauthorized"
+    assert failed["eu-central-1"]["reason"] == "timeout"

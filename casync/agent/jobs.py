@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from casync.agent.config import AgentConfig
 from casync.agent.exchange import exchange
 from casync.agent.state import Target
-from casync.errors import CasyncError, UsageError
+from casync.errors import CasyncError, RefConflict, UsageError
 from casync.ids import Cid
 from casync.repo import Repository
 from casync.store.retry import RetryPolicy
@@ -129,8 +129,15 @@ def _sync_peer(repo: Repository, cfg: AgentConfig, target: Target, stop: threadi
     http = HttpPeer(target.url, token, target.timeout)
     peer = _Stoppable(RetryingPeer(http, _LINK_RETRY), stop)
     try:
-        exchange(repo, peer, target.name, cfg.branch, result.entry, rules=cfg.policy, priorities=cfg.priorities(),
-                 push=target.kind == "peer" and cfg.role == "peer")
+        for attempt in (1, 2):
+            try:
+                exchange(repo, peer, target.name, cfg.branch, result.entry, rules=cfg.policy,
+                         priorities=cfg.priorities(), push=target.kind == "peer" and cfg.role == "peer")
+                break
+            except RefConflict:  # the peer's branch moved between our fetch and push (another
+                if attempt == 2:  # site pushed to it): fetch, merge and push again, once
+                    raise
+                result.entry.clear()
         if gossip:
             try:
                 result.directory = http.directory()

@@ -24,7 +24,7 @@ from casync.agent.discovery import (
     static_targets,
     system_resolver,
 )
-from casync.agent.jobs import JobResult, read_token, run_job
+from casync.agent.jobs import Abandoned, JobResult, read_token, run_job
 from casync.agent.logs import AgentLog
 from casync.agent.metrics import AgentMetrics, classify
 from casync.agent.snapshot import AgentSnapshot, CommitSummary
@@ -223,6 +223,13 @@ class Agent:
         m.bytes_received.labels(peer=name).inc(result.received_bytes)
         m.blocks_sent.labels(peer=name).inc(result.sent_blocks)
         m.bytes_sent.labels(peer=name).inc(result.sent_bytes)
+        if isinstance(result.error, Abandoned):  # stopping: not the peer's failure
+            with self._lock:
+                state.running = False
+                self._jobs.pop(name, None)
+            self.log.info("sync_abandoned", f"sync with {name} abandoned: the agent is stopping", peer=name,
+                          seconds=round(result.seconds, 4))
+            return
         with self._lock:
             state.running = False
             self._jobs.pop(name, None)
