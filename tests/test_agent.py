@@ -342,3 +342,22 @@ def test_failures_are_classified_by_type_auth_and_timeout(tmp_path: Path) -> Non
     failed = {e["peer"]: e for e in map(json.loads, once.stderr.splitlines()) if e["event"] == "sync_failed"}
     assert failed["us-west-1"]["reason"] == "auth" and failed["us-west-1"]["error_type"] == "Unauthorized"
     assert failed["eu-central-1"]["reason"] == "timeout"
+
+
+def test_a_new_site_clones_its_repository_from_a_seed_peer(tmp_path: Path) -> None:
+    (east,) = make_sites(tmp_path, ("us-east-1", "us-east"))
+    east.commit({"east.txt": "e\n"}, "east")
+    new = Site(tmp_path / "us-west-7", "us-west-7", "us-west")  # no repository yet
+    with running(east, east.config([])):
+        once = casync("agent", "--config", str(new.config([east])), "--once", "--log-format", "json",
+                      cwd=new.root, check=False)
+        assert once.returncode == 0, once.stderr
+    events = [json.loads(line) for line in once.stderr.splitlines()]
+    assert [e["peer"] for e in events if e["event"] == "cloned"] == ["us-east-1"]
+    assert new.head() == east.head() and new.files() == east.files()
+    assert casync("-C", str(new.repo), "config", "replica").stdout.strip() == "us-west-7"
+    # nobody to clone from: exit 2, saying what was tried
+    lone = Site(tmp_path / "us-west-8", "us-west-8", "us-west")
+    once = casync("agent", "--config", str(lone.config([east])), "--once", cwd=lone.root, check=False)
+    assert once.returncode == 2
+    assert "no peer to clone it from answered" in once.stderr and "us-east-1" in once.stderr

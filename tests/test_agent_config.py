@@ -101,7 +101,7 @@ def test_a_bad_value_names_its_key_value_and_what_is_allowed(tmp_path: Path, tex
 
 
 def test_a_missing_config_file_and_a_missing_repository_are_usage_errors(tmp_path: Path) -> None:
-    code, err = _run(tmp_path, GOOD)  # valid, but no repository at repo/
+    code, err = _run(tmp_path, GOOD)  # valid, but no repository at repo/ and no peer to clone it from
     assert code == 2 and "site.repository" in err and "casync init" in err
     result = CliRunner().invoke(main, ["agent", "--config", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2 and "cannot read the agent configuration" in result.stderr

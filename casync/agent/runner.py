@@ -32,6 +32,7 @@ from casync.agent.state import PeerState, Target
 from casync.errors import CasyncError, NotARepository, UsageError
 from casync.ids import cid_str
 from casync.repo import Repository
+from casync.store.retry import RetryPolicy
 from casync.sync.server import PeerServer, serve
 
 __all__ = ["Agent"]
@@ -74,9 +75,7 @@ class Agent:
         try:
             repo = Repository.open(cfg.repository, search_parents=False)
         except NotARepository:
-            raise UsageError(f"casync.toml: site.repository = {str(cfg.repository)!r}: no casync repository there",
-                             hint=f"create it: 'casync init {cfg.repository} --replica {cfg.replica}', or clone "
-                                  "a peer there with --replica") from None
+            repo = self._bootstrap()
         self._repo = repo
         if repo.replica != cfg.replica:
             raise UsageError(f"casync.toml: site.replica = {cfg.replica!r}: the repository at {cfg.repository} is "
@@ -102,6 +101,34 @@ class Agent:
             self.log.info("started", f"serving {cfg.repository} to peers", site=cfg.replica, region=cfg.region,
                           role=cfg.role, serve=self.serve_url, metrics=self.metrics_url)
         self.refresh_repository()
+
+    def _bootstrap(self) -> Repository:
+        """A new site: clone the repository from the first peer that answers (a new site needs
+        one seed peer), as replica ``site.replica`` with ``site.branch`` checked out."""
+        from casync.sync.clone import clone_peer
+        from casync.sync.transport import Location
+
+        cfg = self.cfg
+        seeds = [(t.name, t.url, t.token_file) for t in static_targets(cfg) if t.kind != "ipfs"]
+        token_path = cfg.token_path(cfg.discovery.token_file)
+        seeds += [(url, url, token_path) for url in kubernetes_urls(cfg, self.resolver)]
+        tried = []
+        for name, url, token_file in seeds:
+            try:
+                token = read_token(token_file) if token_file is not None else None
+                repo, done = clone_peer(Location("http", url, name), cfg.repository, token=token,
+                                        token_file=str(token_file) if token_file else None, replica=cfg.replica,
+                                        branch=cfg.branch, retry=RetryPolicy(attempts=2))
+            except CasyncError as exc:
+                tried.append(f"{name}: {exc.message}")
+                continue
+            self.log.info("cloned", f"no repository at {cfg.repository}: cloned it from {name}", peer=name,
+                          url=url, branch=done.branch, blocks=done.fetch.stats.new_blocks)
+            return repo
+        raise UsageError(f"casync.toml: site.repository = {str(cfg.repository)!r}: no casync repository there"
+                         + (f", and no peer to clone it from answered ({'; '.join(tried)[:400]})" if tried else ""),
+                         hint=f"create it: 'casync init {cfg.repository} --replica {cfg.replica}' (the first site), "
+                              "or start a peer it can clone from")
 
     @property
     def serve_url(self) -> str | None:
