@@ -361,3 +361,33 @@ def test_a_new_site_clones_its_repository_from_a_seed_peer(tmp_path: Path) -> No
     once = casync("agent", "--config", str(lone.config([east])), "--once", cwd=lone.root, check=False)
     assert once.returncode == 2
     assert "no peer to clone it from answered" in once.stderr and "us-east-1" in once.stderr
+
+
+def test_a_pod_gone_from_the_service_records_is_forgotten(tmp_path: Path) -> None:
+    """In-process agent with an injected resolver standing in for the Service's DNS records."""
+    import io
+
+    from casync.agent.config import load_config
+    from casync.agent.logs import AgentLog
+    from casync.agent.runner import Agent
+
+    east, west = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"))
+    records = ["127.0.0.1"]
+    discovery = f'[discovery]\nmode = "kubernetes"\nservice = "casync-agent.sync-system.svc"\n' \
+                f'port = {west.serve_port}\ntoken_file = "{west.root / "token"}"'
+    log = io.StringIO()
+    agent = Agent(load_config(east.config([], extra=discovery)), AgentLog("json", log),
+                  resolver=lambda host, port: list(records) if host == "casync-agent.sync-system.svc" else [])
+    with running(west, west.config([])):
+        agent.open(serving=False)
+        try:
+            assert agent.round(wait=True) == {"us-west-1": True}
+            assert agent.metrics.text().count(b'peer="us-west-1"') > 0
+            records.clear()  # the pod is gone from the Service
+            assert agent.round(wait=True) == {}
+        finally:
+            agent.close()
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [e["peer"] for e in events if e["event"] == "peer_forgotten"] == ["us-west-1"]
+    assert b"us-west-1" not in agent.metrics.text()
+    assert agent.not_ready() == []

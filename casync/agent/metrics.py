@@ -8,6 +8,7 @@ the types it was raised from), never by its message.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
@@ -100,5 +101,19 @@ class AgentMetrics:
             counter.labels(peer=name)
         self.overdue.labels(peer=name).set(0)
 
+    def remove_peer(self, name: str, site: str) -> None:
+        """Drop a forgotten peer's series (a gone pod must not alert forever)."""
+        for reason in REASONS:
+            _remove(self.failures, name, reason)
+        _remove(self.lag, name, site)
+        for metric in (self.duration, self.blocks_received, self.blocks_sent, self.bytes_received, self.bytes_sent,
+                       self.last_success, self.overdue):
+            _remove(metric, name)
+
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        metric.remove(*labels)

@@ -196,6 +196,7 @@ class Agent:
         """Start a job for every due target (``wait``: and wait for them all, the IPFS pushes
         after the peers, so they publish what the peers' merges made)."""
         targets = self.discover()
+        self._forget(targets)
         results: dict[str, bool] = {}
         phases = [[t for t in targets if t.kind != "ipfs"], [t for t in targets if t.kind == "ipfs"]] if wait \
             else [targets]
@@ -307,6 +308,24 @@ class Agent:
                     found[target.name] = target
                     urls.add(target.url)
         return list(found.values())
+
+    def _forget(self, targets: list[Target]) -> None:
+        """Drop discovered peers that are gone: a Kubernetes one no longer in the Service's
+        records, a gossiped one not synced within max_sync_delay (it is learned again if a peer
+        still lists it).  Configured peers are never dropped: they stay overdue."""
+        current, now = {t.name for t in targets}, time.time()
+        with self._lock:
+            for name, state in list(self.states.items()):
+                origin = state.target.origin
+                gone = (origin == "kubernetes" and name not in current) or \
+                    (origin == "gossip" and state.overdue(now, self.cfg.max_sync_delay))
+                if origin == "static" or state.running or not gone:
+                    continue
+                del self.states[name]
+                self._learned.pop(name, None)
+                self.metrics.remove_peer(name, self.cfg.replica)
+                self.log.info("peer_forgotten", f"{name} is gone from {origin} discovery; no longer synced",
+                              peer=name, origin=origin, last_error=state.last_error)
 
     def _learn(self, state: PeerState, directory: Any) -> None:
         """Remember who ``state``'s peer is and the sites it told of (caller holds the lock)."""
