@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-__all__ = ["OperatorServer", "Routes"]
+__all__ = ["OperatorServer", "Routes", "agent_routes"]
 
 Routes = dict[str, Callable[[], tuple[int, str, bytes]]]
 
@@ -68,3 +68,19 @@ class OperatorServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def agent_routes(metrics: Callable[[], bytes], refresh: Callable[[], None], not_ready: Callable[[], list[str]],
+                 snapshot: Callable[[], Any]) -> Routes:
+    """The agent's pages: ``refresh`` brings the time-dependent gauges up to date before a scrape."""
+
+    def scrape() -> tuple[int, str, bytes]:
+        refresh()
+        return metrics_reply(metrics())
+
+    def ready() -> tuple[int, str, bytes]:
+        reasons = not_ready()
+        return json_reply(503 if reasons else 200, {"ready": not reasons, "reasons": reasons})
+
+    return {"/metrics": scrape, "/healthz": lambda: json_reply(200, {"ok": True}), "/readyz": ready,
+            "/status.json": lambda: json_reply(200, snapshot())}

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from casync.agent.bootstrap import clone_site
 from casync.agent.config import AgentConfig
 from casync.agent.discovery import (
     Resolver,
@@ -32,7 +33,6 @@ from casync.agent.state import PeerState, Target
 from casync.errors import CasyncError, NotARepository, UsageError
 from casync.ids import cid_str
 from casync.repo import Repository
-from casync.store.retry import RetryPolicy
 from casync.sync.server import PeerServer, serve
 
 __all__ = ["Agent"]
@@ -75,7 +75,7 @@ class Agent:
         try:
             repo = Repository.open(cfg.repository, search_parents=False)
         except NotARepository:
-            repo = self._bootstrap()
+            repo = clone_site(cfg, self.resolver, self.log)
         self._repo = repo
         if repo.replica != cfg.replica:
             raise UsageError(f"casync.toml: site.replica = {cfg.replica!r}: the repository at {cfg.repository} is "
@@ -98,37 +98,13 @@ class Agent:
             self._server_thread.start()
             self._ops = OperatorServer(*self.metrics_bind, self.routes())
             self._ops.start()
+            for what, (bound, _port) in (("serve.bind", cfg.serve_bind), ("metrics address", self.metrics_bind)):
+                if bound not in ("127.0.0.1", "localhost", "::1"):
+                    self.log.warning("not_loopback", f"{what} listens on {bound}, beyond loopback: put TLS and "
+                                     "a network policy in front of it", address=bound)
             self.log.info("started", f"serving {cfg.repository} to peers", site=cfg.replica, region=cfg.region,
                           role=cfg.role, serve=self.serve_url, metrics=self.metrics_url)
         self.refresh_repository()
-
-    def _bootstrap(self) -> Repository:
-        """A new site: clone the repository from the first peer that answers (a new site needs
-        one seed peer), as replica ``site.replica`` with ``site.branch`` checked out."""
-        from casync.sync.clone import clone_peer
-        from casync.sync.transport import Location
-
-        cfg = self.cfg
-        seeds = [(t.name, t.url, t.token_file) for t in static_targets(cfg) if t.kind != "ipfs"]
-        token_path = cfg.token_path(cfg.discovery.token_file)
-        seeds += [(url, url, token_path) for url in kubernetes_urls(cfg, self.resolver)]
-        tried = []
-        for name, url, token_file in seeds:
-            try:
-                token = read_token(token_file) if token_file is not None else None
-                repo, done = clone_peer(Location("http", url, name), cfg.repository, token=token,
-                                        token_file=str(token_file) if token_file else None, replica=cfg.replica,
-                                        branch=cfg.branch, retry=RetryPolicy(attempts=2))
-            except CasyncError as exc:
-                tried.append(f"{name}: {exc.message}")
-                continue
-            self.log.info("cloned", f"no repository at {cfg.repository}: cloned it from {name}", peer=name,
-                          url=url, branch=done.branch, blocks=done.fetch.stats.new_blocks)
-            return repo
-        raise UsageError(f"casync.toml: site.repository = {str(cfg.repository)!r}: no casync repository there"
-                         + (f", and no peer to clone it from answered ({'; '.join(tried)[:400]})" if tried else ""),
-                         hint=f"create it: 'casync init {cfg.repository} --replica {cfg.replica}' (the first site), "
-                              "or start a peer it can clone from")
 
     @property
     def serve_url(self) -> str | None:
@@ -422,18 +398,9 @@ class Agent:
                              self._conflicts, self._recent, self.rounds)
 
     def routes(self) -> Any:
-        from casync.agent.httpd import json_reply, metrics_reply
+        from casync.agent.httpd import agent_routes
 
-        def metrics() -> tuple[int, str, bytes]:
-            self.update_gauges()
-            return metrics_reply(self.metrics.text())
-
-        def ready() -> tuple[int, str, bytes]:
-            reasons = self.not_ready()
-            return json_reply(503 if reasons else 200, {"ready": not reasons, "reasons": reasons})
-
-        return {"/metrics": metrics, "/healthz": lambda: json_reply(200, {"ok": True}), "/readyz": ready,
-                "/status.json": lambda: json_reply(200, self.snapshot())}
+        return agent_routes(self.metrics.text, self.update_gauges, self.not_ready, self.snapshot)
 
 
 def _one_line(exc: BaseException) -> str:
