@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,12 @@ def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr
         log.info("stopping", f"got {signal.Signals(signum).name}: stopping", signal=signal.Signals(signum).name)
         runner.stop.set()
 
+    def bug(args: threading.ExceptHookArgs) -> None:  # a job's traceback as one JSON-safe event
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        log.error("bug", f"unexpected error in {args.thread.name if args.thread else 'a thread'}: "
+                  f"{args.exc_type.__name__}", traceback=text)
+
+    threading.excepthook = bug
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     runner.open(serving=not once)

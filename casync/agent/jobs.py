@@ -6,6 +6,7 @@ is not a whole commit, so no ref ever names a commit that is not wholly stored."
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -104,7 +105,7 @@ class _Stoppable:
 
 
 def run_job(cfg: AgentConfig, target: Target, stop: threading.Event, gossip: bool) -> JobResult:
-    """Sync with ``target`` once; never raises (the error is in the result)."""
+    """Sync with ``target`` once; a failure is in the result (anything else is a bug, raised)."""
     t0 = time.monotonic()
     result = JobResult(False, 0.0)
     try:
@@ -117,7 +118,7 @@ def run_job(cfg: AgentConfig, target: Target, stop: threading.Event, gossip: boo
         finally:
             repo.close()
         result.ok = True
-    except Exception as exc:  # every failure is counted and logged by reason, the agent goes on
+    except (CasyncError, OSError, http.client.HTTPException) as exc:  # counted and logged by reason
         result.error = exc
     result.seconds = time.monotonic() - t0
     return result

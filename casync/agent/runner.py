@@ -216,7 +216,11 @@ class Agent:
                 with self._lock:
                     state.running = False
                 return
-            result = run_job(self.cfg, target, self.stop, self.cfg.discovery.gossip and self.cfg.role == "peer")
+            try:
+                result = run_job(self.cfg, target, self.stop, self.cfg.discovery.gossip and self.cfg.role == "peer")
+            except BaseException as exc:  # a bug: count it and free the peer for the next round, then report it
+                self._record(state, JobResult(False, 0.0, error=exc))
+                raise
         self._record(state, result)
         results[target.name] = result.ok
 
