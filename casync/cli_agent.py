@@ -33,8 +33,12 @@ def _address(value: str) -> tuple[str, int]:
               help="json: one JSON object per line on stderr.")
 @click.option("--metrics-addr", metavar="HOST:PORT", help="Where /metrics, /healthz and /readyz listen "
               "(default: metrics.bind of the config, else 127.0.0.1:9470).")
+@click.option("--replica", metavar="ID", help="This site's replica id, in place of site.replica (one config for "
+              "every pod of a DaemonSet: --replica=$(NODE_NAME)).")
+@click.option("--advertise-url", metavar="URL", help="In place of serve.advertise_url (the pod's own address).")
 @click.pass_obj
-def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr: str | None) -> None:
+def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr: str | None, replica: str | None,
+          advertise_url: str | None) -> None:
     """Serve this site's repository to its peers and sync with them every sync_interval.
 
     Stops on SIGTERM or Ctrl-C: a transfer in progress stops at its next block, keeping
@@ -45,7 +49,15 @@ def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr
     from casync.agent.logs import AgentLog
     from casync.agent.runner import Agent
 
-    cfg = load_config(Path(obj.directory) / config_path)
+    site = {k: v for k, v in (("replica", replica),) if v is not None}
+    cfg = load_config(Path(obj.directory) / config_path, site)
+    if advertise_url is not None:
+        import dataclasses
+
+        if not advertise_url.startswith(("http://", "https://")):
+            raise UsageError(f"--advertise-url {advertise_url!r}: must be the http(s)://HOST:PORT peers reach "
+                             "this site at")
+        cfg = dataclasses.replace(cfg, advertise_url=advertise_url.rstrip("/"))
     bind = _address(metrics_addr) if metrics_addr is not None else None
     log = AgentLog(log_format)
     runner = Agent(cfg, log, metrics_bind=bind, version=__version__)

@@ -145,3 +145,14 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(UsageError, match=r"k = .*duration"):
         parse_duration("k", bad)
+
+
+def test_replica_and_advertise_url_from_the_command_line(tmp_path: Path) -> None:
+    """One config for every pod of a DaemonSet: the replica id comes from --replica."""
+    path = tmp_path / "casync.toml"
+    path.write_text(GOOD)
+    assert load_config(path, {"replica": "us-east-7"}).replica == "us-east-7"
+    result = CliRunner().invoke(main, ["agent", "--config", str(path), "--replica", "bad id", "--once"])
+    assert result.exit_code == 2 and "site.replica = 'bad id'" in result.stderr
+    result = CliRunner().invoke(main, ["agent", "--config", str(path), "--advertise-url", "x:1", "--once"])
+    assert result.exit_code == 2 and "--advertise-url 'x:1'" in result.stderr

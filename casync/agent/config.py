@@ -175,8 +175,9 @@ class AgentConfig:
         return self.serve_token_file if token_file is None else (self.path.parent / token_file).resolve()
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and check ``path``."""
+def load_config(path: Path, site: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and check ``path``; ``site`` overrides keys of its ``[site]`` table (``--replica``:
+    one ConfigMap for every pod of a DaemonSet, each with its own replica id)."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -184,6 +185,10 @@ def load_config(path: Path) -> AgentConfig:
                          hint="pass --config FILE (docs/examples/casync.toml is a commented example)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid TOML: {exc}", hint="see docs/examples/casync.toml") from None
+    if site:
+        table = raw.setdefault("site", {})
+        if isinstance(table, dict):
+            table.update(site)
     return parse_config(raw, path.resolve())
 
 
