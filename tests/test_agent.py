@@ -391,3 +391,19 @@ def test_a_pod_gone_from_the_service_records_is_forgotten(tmp_path: Path) -> Non
     assert [e["peer"] for e in events if e["event"] == "peer_forgotten"] == ["us-west-1"]
     assert b"us-west-1" not in agent.metrics.text()
     assert agent.not_ready() == []
+
+
+def test_region_priority_decides_writes_within_the_skew_tolerance_on_every_site(tmp_path: Path) -> None:
+    """Both sites wrote shared.txt within clock_skew_tolerance: the higher-priority region's
+    write (us-east, priority 1) wins on both, though us-west wrote later and its replica id is
+    the larger (which would decide without region priorities)."""
+    east, west = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"))
+    east.commit({"shared.txt": "east\n"}, "east writes")
+    time.sleep(0.05)
+    west.commit({"shared.txt": "west, later\n"}, "west writes")
+    skew = {"clock_skew_tolerance": '"1h"'}
+    with running(west, west.config([east], **skew)):
+        once = casync("agent", "--config", str(east.config([west], **skew)), "--once", cwd=east.root, check=False)
+        assert once.returncode == 0, once.stderr
+    assert east.files()["shared.txt"] == west.files()["shared.txt"] == "east\n"
+    assert east.head() == west.head()
