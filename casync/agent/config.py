@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,7 +296,13 @@ def _peers(raw: Any, regions: tuple[Region, ...]) -> tuple[PeerEntry, ...]:
             raise _bad(key, entry, "the peer name must be 1-64 letters, digits, '.', '_' or '-'")
         fields = _table({key: entry}, key, ("url", "region", "token_file", "timeout"))
         url = _string(f"{key}.url", fields.get("url"), 'must be a "http(s)://HOST:PORT" URL of a casync agent')
-        if not url.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            _ = parts.port  # raises on a port that is not a number 0-65535
+            port_ok = True
+        except ValueError:
+            port_ok = False
+        if not url.startswith(("http://", "https://")) or not port_ok or not parts.hostname:
             raise _bad(f"{key}.url", url, 'must be a "http(s)://HOST:PORT" URL of a casync agent '
                                           "(IPFS nodes go under [ipfs.NAME])")
         region = fields.get("region")

@@ -86,6 +86,13 @@ class Agent:
                              f"{repo.current_branch() or 'a detached HEAD'!r} checked out",
                              hint=f"casync -C {cfg.repository} switch {cfg.branch}")
         self._register_ipfs(repo)
+        synced = {t.name for t in static_targets(cfg)}
+        for peer in cfg.peers:
+            if peer.name not in synced:
+                self.log.info("peer_skipped", f"{peer.name} is configured but not synced from here ("
+                              + ("a replica syncs with its master only)" if cfg.role == "replica" else
+                                 f"region {peer.region} is not {cfg.region} nor in its sync_peers)"),
+                              peer=peer.name, region=peer.region)
         if serving:
             from casync.agent.httpd import OperatorServer
 
