@@ -59,7 +59,7 @@ def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr
                              "this site at")
         cfg = dataclasses.replace(cfg, advertise_url=advertise_url.rstrip("/"))
     bind = _address(metrics_addr) if metrics_addr is not None else None
-    log = AgentLog(log_format)
+    log = AgentLog(log_format, sys.stderr)
     runner = Agent(cfg, log, metrics_bind=bind, version=__version__)
 
     def stop(signum: int, frame: Any) -> None:

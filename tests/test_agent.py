@@ -407,3 +407,23 @@ def test_region_priority_decides_writes_within_the_skew_tolerance_on_every_site(
         assert once.returncode == 0, once.stderr
     assert east.files()["shared.txt"] == west.files()["shared.txt"] == "east\n"
     assert east.head() == west.head()
+
+
+def test_a_slow_transfer_does_not_hold_up_the_other_peers(tmp_path: Path, slow_proxy: Any) -> None:
+    """The writer lock is taken per batch of whole commits, never while a slow link is waited on:
+    another peer's new commit is fetched and merged while the slow transfer is still running."""
+    east, west, eu = make_sites(tmp_path, ("us-east-1", "us-east"), ("us-west-1", "us-west"),
+                                ("eu-central-1", "eu-central"))
+    west.commit({f"data/{i:03d}.bin": os.urandom(256 << 10).hex() for i in range(24)}, "a large commit")
+    with running(west, west.config([])), running(eu, eu.config([])):
+        proxy = slow_proxy(west.serve_port, 1 << 20)
+        via = Site(tmp_path / "via", "us-west-1", "us-west")
+        via.serve_port, via.root = proxy.port, west.root
+        with running(east, east.config([via, eu])) as a:
+            a.wait_for(lambda: proxy.relayed > (1 << 20), 60, "the slow fetch in flight")
+            eu.commit({"eu.txt": "while west trickles\n"}, "eu writes")
+            quick = a.wait_for(lambda: next((e for e in a.events("synced") if e["peer"] == "eu-central-1"
+                                             and e["blocks_received"] > 0), None), 60, "eu's commit fetched")
+            slow = a.wait_event("synced", 120, peer="us-west-1")
+    assert quick["ts"] < slow["ts"] and quick["blocks_received"] > 0
+    assert json.loads(casync("-C", str(east.repo), "fsck", "--json").stdout)["ok"] is True

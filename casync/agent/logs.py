@@ -4,7 +4,6 @@ or as ``time level event key=value`` text (for a person at a terminal)."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from typing import Any, TextIO
@@ -15,9 +14,9 @@ __all__ = ["AgentLog"]
 class AgentLog:
     """Thread-safe event writer: every line is whole, whichever thread writes it."""
 
-    def __init__(self, fmt: str = "text", stream: TextIO | None = None) -> None:
+    def __init__(self, fmt: str, stream: TextIO) -> None:
         self.json = fmt == "json"
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream
         self._lock = threading.Lock()
 
     def event(self, level: str, event: str, message: str, **fields: Any) -> None:
