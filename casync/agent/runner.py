@@ -124,7 +124,8 @@ class Agent:
     def _register_ipfs(self, repo: Repository) -> None:
         """IPFS nodes of casync.toml become repository remotes (so 'casync push NAME' works by
         hand too); one already there under the name with another URL is a usage error."""
-        from casync.settings import RemoteEntry, remotes, with_remote
+        from casync.remote.config import write_remote
+        from casync.settings import RemoteEntry, remotes
 
         have = remotes(repo.config)
         for node in self.cfg.ipfs:
@@ -133,8 +134,7 @@ class Agent:
                 raise UsageError(f"casync.toml: ipfs.{node.name}.url = {node.url!r}: the repository has remote "
                                  f"{node.name!r} at {known.url!r}", hint="rename one of them")
             if known is None:
-                repo.set_config("remotes", with_remote(repo.config, node.name, RemoteEntry(node.url, node.gateway)))
-                have = remotes(repo.config)
+                write_remote(repo, node.name, RemoteEntry(node.url, node.gateway))
 
     def close(self) -> bool:
         """Stop: wait for running jobs (each stops at its next block) up to shutdown_timeout.
