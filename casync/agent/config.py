@@ -13,66 +13,32 @@ peers), so every site given the same file computes the same merge.
 
 from __future__ import annotations
 
-import re
 import tomllib
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from casync.agent.checks import NAME as _NAME
+from casync.agent.checks import bad as _bad
+from casync.agent.checks import choice as _choice
+from casync.agent.checks import parse_duration
+from casync.agent.checks import replica_id as _replica
+from casync.agent.checks import string as _string
+from casync.agent.checks import table as _table
+from casync.agent.regions import Region, RegionPriorities, parse_regions
 from casync.errors import UsageError
 from casync.merge import PolicyRules, check_policy
 from casync.settings import check_value
-from casync.validate import is_replica_name
 
 __all__ = ["SEED_POLICIES", "AgentConfig", "Discovery", "IpfsNode", "PeerEntry", "Region", "RegionPriorities",
            "load_config", "parse_config", "parse_duration"]
 
 SEED_POLICIES = {"last_write_wins": "lww", "vector_clock": "siblings", "region_priority": "priority"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _TOP_KEYS = ("consistency_model", "conflict_resolution", "sync_interval", "max_sync_delay", "clock_skew_tolerance",
              "jitter", "peer_timeout", "backoff_cap", "shutdown_timeout", "regions", "site", "serve", "metrics",
              "peers", "ipfs", "ipfs_clusters", "discovery")
-
-
-def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
-
-
-def _bad(key: str, value: Any, allowed: str) -> UsageError:
-    return UsageError(f"casync.toml: {key} = {_shown(value)}: {allowed}",
-                      hint="see docs/configuration.md for every key and its allowed values")
-
-
-def parse_duration(key: str, value: Any) -> float:
-    """Seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``: a unit is required, so a
-    bare number never means a surprise unit."""
-    allowed = 'must be a duration such as "500ms", "30s", "5m" or "1h30m" (units ms, s, m, h, d)'
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(key, value, allowed)
-    text = value.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            raise _bad(key, value, allowed)
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0:
-        raise _bad(key, value, allowed)
-    return total
-
-
-@dataclass(frozen=True)
-class Region:
-    """One region of the fleet (seed: ``regions``): lower ``priority`` wins ties."""
-
-    name: str
-    priority: int
-    sync_peers: tuple[str, ...]
-    replicas: tuple[str, ...] = ()  # replica ids of its sites (explicit; else the name-prefix rule)
 
 
 @dataclass(frozen=True)
@@ -103,30 +69,6 @@ class Discovery:
     scheme: str = "http"
     gossip: bool = True                   # learn peers from peers' /v1/peers
     token_file: str | None = None         # for discovered peers; None: serve.token_file
-
-
-class RegionPriorities(Mapping[str, int]):
-    """replica id -> its region's priority: an id listed in a region's ``replicas``, else the
-    region whose name prefixes the id (``us-east-1`` is in ``us-east``; the longest name wins).
-    Unknown ids are absent (the merge's default priority)."""
-
-    def __init__(self, regions: tuple[Region, ...]) -> None:
-        self._listed = {r: reg.priority for reg in regions for r in reg.replicas}
-        self._by_name = sorted(((reg.name, reg.priority) for reg in regions), key=lambda p: -len(p[0]))
-
-    def __getitem__(self, replica: str) -> int:
-        if replica in self._listed:
-            return self._listed[replica]
-        for name, priority in self._by_name:
-            if replica == name or (replica.startswith(name) and replica[len(name)] in "-._"):
-                return priority
-        raise KeyError(replica)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._listed)
-
-    def __len__(self) -> int:
-        return len(self._listed)
 
 
 @dataclass(frozen=True)
@@ -193,28 +135,6 @@ def load_config(path: Path, site: Mapping[str, str] | None = None) -> AgentConfi
     return parse_config(raw, path.resolve())
 
 
-def _table(raw: Mapping[str, Any], key: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise _bad(key, value, f"must be a table with keys {', '.join(fields)}")
-    for name in value:
-        if name not in fields:
-            raise _bad(f"{key}.{name}", value[name], f"unknown key (allowed: {', '.join(fields)})")
-    return value
-
-
-def _string(key: str, value: Any, allowed: str = "must be a non-empty string") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(key, value, allowed)
-    return value
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise _bad(key, value, "must be one of " + ", ".join(repr(c) for c in choices))
-    return str(value)
-
-
 def _address(key: str, value: Any) -> tuple[str, int]:
     allowed = 'must be "HOST:PORT" with a port 0-65535 (0 picks a free one), e.g. "127.0.0.1:8470"'
     host, _, port = _string(key, value, allowed).rpartition(":")
@@ -249,41 +169,6 @@ def _conflicts(raw: Any, skew_ms: int) -> PolicyRules:
         raise _bad(f"{key}.rules", rules, 'must map path globs to policies, e.g. { "*.json" = "json" }')
     checked = tuple((str(glob), _policy(f"{key}.rules[{glob!r}]", p)) for glob, p in rules.items())
     return PolicyRules(_policy(f"{key}.default", table.get("default", "last_write_wins")), checked, skew_ms)
-
-
-def _replica(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not is_replica_name(value):
-        raise _bad(key, value, "must be a replica id: 1-64 letters, digits, '.', '_' or '-'")
-    return value
-
-
-def _regions(raw: Any) -> tuple[Region, ...]:
-    if not isinstance(raw, list):
-        raise _bad("regions", raw, "must be an array of tables [[regions]] with name, priority, sync_peers")
-    out: list[Region] = []
-    for i, entry in enumerate(raw):
-        key = f"regions[{i}]"
-        fields = _table({key: entry}, key, ("name", "priority", "sync_peers", "replicas"))
-        name = _string(f"{key}.name", fields.get("name"))
-        if not _NAME.match(name) or any(r.name == name for r in out):
-            raise _bad(f"{key}.name", name, "must be a unique name of letters, digits, '.', '_' or '-'")
-        prio = fields.get("priority", 100)
-        if isinstance(prio, bool) or not isinstance(prio, int):
-            raise _bad(f"{key}.priority", prio, "must be a whole number (lower wins)")
-        peers = fields.get("sync_peers", [])
-        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
-            raise _bad(f"{key}.sync_peers", peers, "must be a list of region names")
-        replicas = fields.get("replicas", [])
-        if not isinstance(replicas, list):
-            raise _bad(f"{key}.replicas", replicas, "must be a list of replica ids")
-        out.append(Region(name, prio, tuple(peers), tuple(_replica(f"{key}.replicas", r) for r in replicas)))
-    names = {r.name for r in out}
-    for i, region in enumerate(out):
-        for peer in region.sync_peers:
-            if peer not in names:
-                raise _bad(f"regions[{i}].sync_peers", peer, f"is not a region (regions: {', '.join(sorted(names))})")
-    check_value("priorities", {r: reg.priority for reg in out for r in reg.replicas})  # as the repo checks them
-    return tuple(out)
 
 
 def _peers(raw: Any, regions: tuple[Region, ...]) -> tuple[PeerEntry, ...]:
@@ -376,7 +261,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     jitter = raw.get("jitter", 0.1)
     if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 0.5:
         raise _bad("jitter", jitter, "must be a fraction of sync_interval from 0 to 0.5")
-    regions = _regions(raw.get("regions", []))
+    regions = parse_regions(raw.get("regions", []))
     site = _table(raw, "site", ("replica", "region", "repository", "branch", "role", "master"))
     replica = _replica("site.replica", site.get("replica"))
     region = site.get("region")

@@ -28,17 +28,16 @@ from casync.agent.discovery import (
 from casync.agent.jobs import Abandoned, JobResult, read_token, run_job
 from casync.agent.logs import AgentLog
 from casync.agent.metrics import AgentMetrics, classify
-from casync.agent.snapshot import AgentSnapshot, CommitSummary
+from casync.agent.snapshot import AgentSnapshot
 from casync.agent.state import PeerState, Target
+from casync.agent.status import RepoStatus, read_status
 from casync.errors import CasyncError, NotARepository, UsageError
-from casync.ids import cid_str
 from casync.repo import Repository
 from casync.sync.server import PeerServer, serve
 
 __all__ = ["Agent"]
 
 MAX_JOBS = 8
-RECENT_COMMITS = 10
 
 
 class Agent:
@@ -62,9 +61,7 @@ class Agent:
         self._server: PeerServer | None = None
         self._server_thread: threading.Thread | None = None
         self._ops: Any = None
-        self._head: str | None = None
-        self._conflicts = 0
-        self._recent: tuple[CommitSummary, ...] = ()
+        self._status = RepoStatus()
 
     # --- start and stop ---------------------------------------------------------------------
 
@@ -343,29 +340,17 @@ class Agent:
     # --- what operators see ---------------------------------------------------------------------
 
     def refresh_repository(self) -> None:
-        """Audit result, head, conflicts and recent commits, from the repository (the last
-        two only when the head moved: listing conflicts reads the head's tree)."""
-        from casync import merger
-
-        repo = Repository.open(self.cfg.repository, search_parents=False)
+        """Audit result, head, conflicts and recent commits, from the repository."""
         try:
-            audit = repo.last_audit()
-            if audit is not None:
-                self.metrics.audit_result.set(1 if audit["ok"] else 0)
-                self.metrics.audit_time.set(float(audit.get("time", 0)))
-            head = repo.head()
-            shown = cid_str(head) if head is not None else None
-            if shown != self._head:
-                self._conflicts = len(merger.list_conflicts(repo)) if head is not None else 0
-                self._recent = tuple(CommitSummary(cid_str(e.cid), e.commit.message, e.commit.replica,
-                                                   e.commit.time.wall_ms / 1000.0)
-                                     for e in (repo.log(limit=RECENT_COMMITS) if head is not None else []))
-                self._head = shown
-            self.metrics.conflicts.set(self._conflicts)
+            self._status = read_status(self.cfg.repository, self._status)
         except CasyncError as exc:
             self.log.warning("status_failed", f"cannot read the repository's status: {exc.message}")
-        finally:
-            repo.close()
+            return
+        audit = self._status.audit
+        if audit is not None:
+            self.metrics.audit_result.set(1 if audit["ok"] else 0)
+            self.metrics.audit_time.set(float(audit.get("time", 0)))
+        self.metrics.conflicts.set(self._status.conflicts)
 
     def _note_overdue(self) -> None:
         now = time.time()
@@ -404,9 +389,10 @@ class Agent:
         with self._lock:
             peers = tuple(s.status(now, self.cfg.max_sync_delay) for s in sorted(self.states.values(),
                                                                                 key=lambda s: s.target.name))
-        return AgentSnapshot(self.cfg.replica, self.cfg.region, self.cfg.role, self.cfg.branch, self._head,
+        st = self._status
+        return AgentSnapshot(self.cfg.replica, self.cfg.region, self.cfg.role, self.cfg.branch, st.head,
                              self.started, now, self.cfg.sync_interval, self.cfg.max_sync_delay, peers,
-                             self._conflicts, self._recent, self.rounds)
+                             st.conflicts, st.recent, self.rounds)
 
     def routes(self) -> Any:
         from casync.agent.httpd import agent_routes
