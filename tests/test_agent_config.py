@@ -156,3 +156,31 @@ def test_replica_and_advertise_url_from_the_command_line(tmp_path: Path) -> None
     assert result.exit_code == 2 and "site.replica = 'bad id'" in result.stderr
     result = CliRunner().invoke(main, ["agent", "--config", str(path), "--advertise-url", "x:1", "--once"])
     assert result.exit_code == 2 and "--advertise-url 'x:1'" in result.stderr
+
+
+def test_failure_reasons_are_told_by_type_through_the_wrapping() -> None:
+    """casync wraps an OSError in a RemoteError (raise ... from None): the reason still comes from
+    the type underneath, never from the message."""
+    import socket
+
+    from casync.agent.metrics import classify
+    from casync.car import TruncatedCar
+    from casync.errors import CorruptBlock, RefConflict, RemoteError, Unauthorized
+
+    def wrapped(inner: BaseException) -> RemoteError:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise RemoteError("cannot reach the peer: timed out", transient=True) from None
+        except RemoteError as exc:
+            return exc
+
+    assert classify(wrapped(TimeoutError())) == "timeout"
+    assert classify(wrapped(ConnectionRefusedError())) == "unreachable"
+    assert classify(wrapped(socket.gaierror())) == "unreachable"
+    assert classify(wrapped(TruncatedCar("cut"))) == "unreachable"
+    assert classify(wrapped(CorruptBlock("bafy"))) == "corrupt"
+    assert classify(Unauthorized("refused the token")) == "auth"
+    assert classify(RefConflict("timed out")) == "refused"  # the words say timeout; the type decides
+    assert classify(RemoteError("timeout")) == "error"

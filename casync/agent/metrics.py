@@ -49,7 +49,8 @@ def classify(exc: BaseException) -> str:
     order: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
         ("auth", (Unauthorized, ssl.SSLCertVerificationError)),
         ("timeout", (TimeoutError, socket.timeout)),
-        ("corrupt", (CorruptBlock, InvalidObject, BlockNotFound, TruncatedCar)),
+        ("unreachable", (TruncatedCar,)),  # a stream cut short is the link, not a lying block
+        ("corrupt", (CorruptBlock, InvalidObject, BlockNotFound)),
         ("refused", (RefConflict, PeerRefused, StateRefused, ConflictError)),
         ("unreachable", (ConnectionError, socket.gaierror, http.client.HTTPException, OSError)),
     )
