@@ -14,8 +14,12 @@ from typing import Any
 
 import click
 
-from casync import cli_history, cli_repo, cli_tree
-from casync.cli_common import _Context
+from casync.cli import history as cli_history
+
+from casync.cli import repo as cli_repo
+
+from casync.cli import tree as cli_tree
+from casync.cli.common import _Context
 from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit
 
 __all__ = ["main"]
@@ -124,20 +128,17 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
 def _load_command(name: str) -> click.Command | None:
     """The command ``name`` from the module of its group, imported here, on first use."""
     if name in _COMMAND_GROUPS["cli_merge"]:
-        from casync import cli_merge
-
+        from casync.cli import merge as cli_merge
         return {"merge": cli_merge.merge, "conflicts": cli_merge.conflicts, "resolve": cli_merge.resolve}[name]
     if name in _COMMAND_GROUPS["cli_sync"]:
-        from casync import cli_sync
-
+        from casync.cli import sync as cli_sync
         return {"serve": cli_sync.serve, "sync": cli_sync.sync, "bundle": cli_sync.bundle}[name]
     if name in _COMMAND_GROUPS["cli_remote"]:
-        from casync import cli_remote
-
+        from casync.cli import remote as cli_remote
         return {"remote": cli_remote.remote_cmd, "push": cli_remote.push, "fetch": cli_remote.fetch,
                 "pull": cli_remote.pull, "clone": cli_remote.clone, "url": cli_remote.url_cmd}[name]
     if name == "tag":
-        from casync.cli_tag import tag
+        from casync.cli.tag import tag
 
         return tag
     if name == "agent":

@@ -10,10 +10,10 @@ from typing import Any
 import click
 
 from casync.api import Repository
-from casync.cli_common import _Context, _json, _pass, json_option
+from casync.cli.common import _Context, _json, _pass, json_option
 from casync.errors import EXIT_FAILURE, UsageError
-from casync.ids import cid_str
-from casync.repo import FsckReport
+from casync.model.cid import cid_str
+from casync.repo.repository import FsckReport
 
 __all__ = ["config_cmd", "fsck", "init"]
 
@@ -35,7 +35,7 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
     """Create a repository in DIRECTORY (default: the current directory)."""
     path = os.path.join(obj.directory, directory) if directory else obj.directory
     if repository_id is not None:
-        from casync.remote.config import validate_repo_id  # the rule IPFS paths use
+        from casync.transports.config import validate_repo_id  # the rule IPFS paths use
 
         validate_repo_id(repository_id)
     repo = Repository.init(path, replica=replica, hash=hash_name, chunker=chunker, branch=branch, bare=bare,
@@ -67,8 +67,8 @@ def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
 
 
 def _repair(obj: _Context, remote: str, as_json: bool) -> None:
-    from casync.cli_remote import block_source
-    from casync.repair import repair
+    from casync.cli.remote import block_source
+    from casync.repo.repair import repair
 
     with block_source(obj, remote) as source:
         result = repair(obj.repo(), source, progress=obj.progress())

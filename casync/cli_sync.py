@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
-from casync.ids import short
+from casync.model.cid import short
 from casync.settings import RemoteEntry, remotes
 
 __all__ = ["bundle", "open_peer", "peer_block_source", "serve", "sync"]
@@ -44,9 +44,9 @@ def read_token(token_file: Path | None, remote: RemoteEntry | None = None, base:
 
 def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, RemoteEntry | None]:
     """(remote name, URL, remote config) for a configured remote name, an http(s) URL or a
-    path (:func:`casync.sync.transport.locate`), without contacting it; an unknown name or
+    path (:func:`casync.transports.locate.locate`), without contacting it; an unknown name or
     an IPFS remote is a usage error (exit 2)."""
-    from casync.sync.transport import locate, open_peer
+    from casync.transports.locate import locate, open_peer
 
     where = locate(spec, remotes(repo.config), repo.root, base)
     if where.kind == "ipfs":
@@ -55,7 +55,7 @@ def peer_target(repo: Any, spec: str, base: str = ".") -> tuple[str, str, Remote
 
 
 def retry_policy() -> Any:
-    from casync.cli_remote import retry_policy as policy
+    from casync.cli.remote import retry_policy as policy
 
     return policy()
 
@@ -63,8 +63,8 @@ def retry_policy() -> Any:
 def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") -> tuple[str, Any]:
     """(remote name, peer) for :func:`peer_target`'s ``spec``, retried with backoff on a
     link that drops (``CASYNC_REMOTE_ATTEMPTS``); see :func:`read_token`."""
-    from casync.sync.transport import locate
-    from casync.sync.transport import open_peer as open_transport
+    from casync.transports.locate import locate
+    from casync.transports.locate import open_peer as open_transport
 
     where = locate(spec, remotes(repo.config), repo.root, base)
     token = read_token(token_file, where.config, base, repo.root) if where.kind == "http" else None
@@ -95,7 +95,7 @@ def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool)
 
     Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
     """
-    from casync.sync.server import serve as make_server
+    from casync.transports.peer.server import serve as make_server
 
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -201,7 +201,7 @@ def _print_sync(entry: dict[str, Any]) -> None:
 def _print_tags(entry: dict[str, Any]) -> None:
     """Tags that arrived or left, and any conflict, once per peer (a conflict found by the
     fetch is not repeated for the push)."""
-    from casync.cli_tag import print_tag_report
+    from casync.cli.tag import print_tag_report
 
     peer = entry["peer"]
     fetched = entry.get("fetch", {}).get("tags")
@@ -226,7 +226,7 @@ def bundle() -> None:
 @click.pass_obj
 def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str, ...], as_json: bool) -> None:
     """Write REVS (default HEAD) and everything they reach into FILE."""
-    from casync.sync.bundle import create_bundle
+    from casync.transports.bundle import create_bundle
 
     file = Path(obj.directory) / file  # like every path argument: relative to -C DIR
     info = create_bundle(obj.repo(), file, list(revs), list(since))
@@ -243,7 +243,7 @@ def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str,
 @click.pass_obj
 def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
     """Verify FILE and store its history; its refs appear as bundles/<name> (merge them)."""
-    from casync.sync.bundle import read_bundle
+    from casync.transports.bundle import read_bundle
 
     file = Path(obj.directory) / file
     if not file.is_file():
@@ -256,7 +256,7 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
             click.echo(f"bundles/{name} -> {short(cid)}")
         click.echo(f"{info.stats.new_blocks} new block(s), {info.stats.new_bytes} bytes", err=True)
     if info.tag_update is not None:
-        from casync.cli_tag import print_tag_report
+        from casync.cli.tag import print_tag_report
 
         print_tag_report(info.tag_update.to_json(), "bundle")
 
@@ -276,7 +276,7 @@ def _token_arg(token_file: str | None) -> Path | None:
 
 
 def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
-    from casync.sync.peer import fetch_from
+    from casync.transports.peer.exchange import fetch_from
 
     repo = obj.repo()
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
@@ -293,8 +293,8 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
               policy: str | None = None, token_file: str | None = None) -> None:
     """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
     possible; a diverged history is merged with the configured policy)."""
-    from casync import merger
-    from casync.sync.peer import fetch_from
+    from casync.worktree import merging as merger
+    from casync.transports.peer.exchange import fetch_from
 
     repo = obj.repo()
     branch = repo.current_branch()
@@ -316,7 +316,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
     _emit(as_json, data, f"{branch}: {outcome.kind}" + (f" -> {short(outcome.commit)}" if outcome.commit else ""))
     _print_tags({"peer": name, "fetch": data["fetch"]})
     if not as_json:
-        from casync.cli_merge import report_decisions
+        from casync.cli.merge import report_decisions
 
         report_decisions(outcome)
     if outcome.kind == "conflicts":
@@ -325,7 +325,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
 
 def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = False,
               token_file: str | None = None) -> None:
-    from casync.sync.peer import push_to
+    from casync.transports.peer.exchange import push_to
 
     repo = obj.repo()
     branch = branch or repo.current_branch()
@@ -345,10 +345,10 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
 def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,
                as_json: bool = False, token_file: str | None = None) -> None:
     """A new replica of a peer's repository (or of a bundle file's): same repository id,
-    hash and chunker (:func:`casync.sync.clone.clone_peer`)."""
+    hash and chunker (:func:`casync.transports.peer.clone.clone_peer`)."""
     from casync.api import Repository
-    from casync.sync.clone import clone_peer as clone
-    from casync.sync.transport import locate
+    from casync.transports.peer.clone import clone_peer as clone
+    from casync.transports.locate import locate
 
     target = (Path(obj.directory) / directory).resolve()
     if url.lower().startswith("ipfs+") or ("://" in url and not url.startswith(("http://", "https://", "file://"))):
@@ -370,7 +370,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
 def _clone_bundle(obj: Any, path: Path, target: Path, replica: str | None, branch: str | None,
                   as_json: bool) -> None:
     """``casync clone FILE.car DIR``: a new site from a bundle carried on a USB stick."""
-    from casync.sync.bundle import clone_bundle
+    from casync.transports.bundle import clone_bundle
 
     repo, info, wanted = clone_bundle(path, target, replica=replica, branch=branch, progress=obj.progress())
     try:

@@ -34,7 +34,6 @@ __all__ = [
     "StateRefused",
     "StorageError",
     "StorageFull",
-    "Unauthorized",
     "UnknownRevision",
     "UnstableFile",
     "UnsupportedFormat",
@@ -164,10 +163,6 @@ class RemoteError(CasyncError):
     def __init__(self, message: str, hint: str | None = None, transient: bool = False) -> None:
         super().__init__(message, hint)
         self.transient = transient
-
-
-class Unauthorized(RemoteError):
-    """A peer refused this side's token, or none was sent (HTTP 401)."""
 
 
 class PeerRefused(RemoteError):

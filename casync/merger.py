@@ -1,12 +1,12 @@
 """Merging histories: fast-forward, or merge-base + three-way tree merge + merge commit.
 
-The pure decision logic is :mod:`casync.merge`; this module gathers its inputs from the
+The pure decision logic is :mod:`casync.merge.threeway`; this module gathers its inputs from the
 repository (flat trees, the last write of each conflicting path on each side), writes
 merged content, makes the merge commit (both parents, joined vector clock), and moves
 the branch by compare-and-swap and the working tree with the usual dirty checks.
 
 What the histories say (merge bases, a virtual base for criss-cross histories, who
-wrote what since) is gathered by :mod:`casync.mergehist`.
+wrote what since) is gathered by :mod:`casync.repo.mergebase`.
 """
 
 from __future__ import annotations
@@ -18,23 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casync.dag import Entry, build_tree
+from casync.trees.unixfs import Entry, build_tree
 from casync.errors import ConflictError, StateRefused, UsageError, WorktreeDirty
-from casync.ids import Cid, cid_str, parse_cid, short
-from casync.merge import (
+from casync.model.cid import Cid, cid_str, parse_cid, short
+from casync.merge.threeway import (
     Conflict,
     Decision,
     PolicyRules,
     ResolverFn,
 )
-from casync.mergehist import merge_sides, real_side
-from casync.objects import decode_commit
+from casync.repo.mergebase import merge_sides, real_side
+from casync.model.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import Repository, is_executable
+from casync.repo.repository import Repository, is_executable
 from casync.settings import merge_rules, priorities
-from casync.workdir import update_worktree
-from casync.workstate import MERGE_STATE_KEY, require_current
-from casync.worktree import WorktreeWriter
+from casync.worktree.checkout import update_worktree
+from casync.worktree.state import MERGE_STATE_KEY, require_current
+from casync.worktree.disk import WorktreeWriter
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
@@ -153,7 +153,7 @@ def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
         meta["casync.kept"] = json.dumps(kept_by, sort_keys=True)
     renames = {c.path: {"kind": c.kind, "targets": list(c.targets)} for c in siblings if c.targets}
     if renames:
-        meta["casync.renames"] = json.dumps(renames, sort_keys=True)
+        meta["casync.merge.renames"] = json.dumps(renames, sort_keys=True)
     return meta
 
 
@@ -178,7 +178,7 @@ def merge_state(repo: Repository) -> dict[str, Any] | None:
 
 def continue_merge(repo: Repository, message: str | None = None) -> Cid:
     """Commit the working tree as the merge commit, once every conflict is resolved."""
-    from casync.workdir import commit_worktree
+    from casync.worktree.checkout import commit_worktree
 
     state = merge_state(repo)
     if state is None:
@@ -199,7 +199,7 @@ def continue_merge(repo: Repository, message: str | None = None) -> Cid:
 
 def abort_merge(repo: Repository, progress: Progress = NULL_PROGRESS) -> None:
     """Throw the merge away: the paths it wrote go back to HEAD; other uncommitted edits stay."""
-    from casync.workedit import abort_merge_worktree
+    from casync.worktree.edit import abort_merge_worktree
 
     state = merge_state(repo)
     if state is None:
@@ -288,7 +288,7 @@ def _recorded(repo: Repository, cid: Cid, key: str) -> dict[str, Any]:
 def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
                       ) -> dict[str, tuple[str, tuple[str, ...]]]:
     """``{old path: (kind, new paths)}`` for rename conflicts that merges recorded (commit
-    metadata ``casync.renames``) and HEAD has not settled: a ``rename/modify`` while the
+    metadata ``casync.merge.renames``) and HEAD has not settled: a ``rename/modify`` while the
     edited file is still at its old path, a ``rename/rename`` while two of its new paths
     exist.  The newest record of a path counts."""
     found: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -296,7 +296,7 @@ def _recorded_renames(repo: Repository, head: Cid, flat: Mapping[str, Entry]
     for cid, node in repo.graph.walk_nodes([head]):
         if len(node.parents) < 2:
             continue
-        for path, rec in _recorded(repo, cid, "casync.renames").items():
+        for path, rec in _recorded(repo, cid, "casync.merge.renames").items():
             if path in found or path in settled or not isinstance(rec, dict):
                 continue
             kind, targets = rec.get("kind"), rec.get("targets")

@@ -3,7 +3,7 @@ transactions, reading, history and integrity checks.
 
 A repository is a working tree with a ``.casync/`` directory holding the embedded
 store (:mod:`casync.store.lmdb`).  Working-tree operations (status, checkout,
-restore) live in :mod:`casync.workdir`, which builds on this module.
+restore) live in :mod:`casync.worktree.checkout`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Self
 
-from casync import clock as vclock
-from casync.chunking import CHUNKERS, chunker_for
-from casync.dag import (
+from casync.history import clock as vclock
+from casync.model.chunking import CHUNKERS, chunker_for
+from casync.trees.unixfs import (
     Entry,
     FileWriter,
     TreeChange,
@@ -45,9 +45,9 @@ from casync.errors import (
     UnknownRevision,
     UsageError,
 )
-from casync.graph import CommitGraph
-from casync.ids import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
-from casync.objects import (
+from casync.history.graph import CommitGraph
+from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
+from casync.model.objects import (
     Commit,
     HybridTime,
     decode_commit,
@@ -57,7 +57,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.settings import author as settings_author
 from casync.settings import check_value
 from casync.store.lmdb import LmdbStore
-from casync.validate import REPO_DIR, is_replica_name, split_path
+from casync.model.names import REPO_DIR, is_replica_name, split_path
 
 AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
 
@@ -181,7 +181,7 @@ class Repository:
             "bare": bare,
         })
         store.put("meta", b"HEAD", f"heads/{branch}".encode())
-        if not bare:  # the working tree holds nothing yet (the record of casync.workstate)
+        if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
             store.put("meta", b"worktree", b'{"tree": null, "commit": null}')
         return cls(root, store)
 
@@ -414,7 +414,7 @@ class Repository:
         ``branch`` defaults to HEAD's branch.  The working tree is not touched: an
         application writing through transactions normally has none; if the branch is
         checked out, commits refuse until ``casync checkout BRANCH`` brings the files up
-        to date (see :mod:`casync.workstate`).
+        to date (see :mod:`casync.worktree.state`).
         """
         branch = branch or self.current_branch() or "main"
         validate_branch_name(branch)

@@ -340,7 +340,7 @@ def test_failures_are_classified_by_type_auth_and_timeout(tmp_path: Path) -> Non
         silent.close()
     assert once.returncode == 1
     failed = {e["peer"]: e for e in map(json.loads, once.stderr.splitlines()) if e["event"] == "sync_failed"}
-    assert failed["us-west-1"]["reason"] == "auth" and failed["us-west-1"]["error_type"] == "Unauthorized"
+    assert failed["us-west-1"]["reason"] == "auth" and failed["us-west-1"]["error_type"] == "RemoteAuthError"
     assert failed["eu-central-1"]["reason"] == "timeout"
 
 

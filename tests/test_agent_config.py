@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from casync.agent.config import load_config, parse_config, parse_duration
-from casync.cli import main
+from casync.cli.main import main
 from casync.errors import UsageError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -164,8 +164,8 @@ def test_failure_reasons_are_told_by_type_through_the_wrapping() -> None:
     import socket
 
     from casync.agent.metrics import classify
-    from casync.car import TruncatedCar
-    from casync.errors import CorruptBlock, RefConflict, RemoteError, Unauthorized
+    from casync.model.car import TruncatedCar
+    from casync.errors import CorruptBlock, RefConflict, RemoteError, RemoteAuthError
 
     def wrapped(inner: BaseException) -> RemoteError:
         try:
@@ -181,6 +181,6 @@ def test_failure_reasons_are_told_by_type_through_the_wrapping() -> None:
     assert classify(wrapped(socket.gaierror())) == "unreachable"
     assert classify(wrapped(TruncatedCar("cut"))) == "unreachable"
     assert classify(wrapped(CorruptBlock("bafy"))) == "corrupt"
-    assert classify(Unauthorized("refused the token")) == "auth"
+    assert classify(RemoteAuthError("refused the token")) == "auth"
     assert classify(RefConflict("timed out")) == "refused"  # the words say timeout; the type decides
     assert classify(RemoteError("timeout")) == "error"

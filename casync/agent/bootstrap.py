@@ -8,7 +8,7 @@ from casync.agent.discovery import Resolver, kubernetes_urls, static_targets
 from casync.agent.jobs import read_token
 from casync.agent.logs import AgentLog
 from casync.errors import CasyncError, UsageError
-from casync.repo import Repository
+from casync.repo.repository import Repository
 from casync.store.retry import RetryPolicy
 
 __all__ = ["clone_site"]
@@ -17,8 +17,8 @@ __all__ = ["clone_site"]
 def clone_site(cfg: AgentConfig, resolver: Resolver, log: AgentLog) -> Repository:
     """Clone ``site.repository`` as replica ``site.replica`` with ``site.branch`` checked out
     from the first peer that answers; none answering is a usage error saying what was tried."""
-    from casync.sync.clone import clone_peer
-    from casync.sync.transport import Location
+    from casync.transports.peer.clone import clone_peer
+    from casync.transports.locate import Location
 
     seeds = [(t.name, t.url, t.token_file) for t in static_targets(cfg) if t.kind != "ipfs"]
     token_path = cfg.token_path(cfg.discovery.token_file)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from casync.errors import UsageError
-from casync.validate import is_replica_name
+from casync.model.names import is_replica_name
 
 __all__ = ["NAME", "bad", "choice", "parse_duration", "replica_id", "string", "table"]
 

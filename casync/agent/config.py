@@ -3,7 +3,7 @@
 :func:`load_config` reads one file (tomllib); :func:`parse_config` checks a parsed mapping and
 is pure.  Every error is a :class:`UsageError` (exit 2) naming the key, the value and what is
 allowed.  Policy names, replica ids and remote URLs go through the same checks as the
-repository configuration (:mod:`casync.settings`, :mod:`casync.merge`), and the seed's names
+repository configuration (:mod:`casync.settings`, :mod:`casync.merge.threeway`), and the seed's names
 (``last_write_wins``, ``vector_clock``) map to casync's policies.
 
 Region priorities feed the merge: :meth:`AgentConfig.priorities` maps a replica id to its
@@ -29,7 +29,7 @@ from casync.agent.checks import string as _string
 from casync.agent.checks import table as _table
 from casync.agent.regions import Region, RegionPriorities, parse_regions
 from casync.errors import UsageError
-from casync.merge import PolicyRules, check_policy
+from casync.merge.threeway import PolicyRules, check_policy
 from casync.settings import check_value
 
 __all__ = ["SEED_POLICIES", "AgentConfig", "Discovery", "IpfsNode", "PeerEntry", "Region", "RegionPriorities",

@@ -16,8 +16,8 @@ from typing import Any
 from casync.agent.config import AgentConfig
 from casync.agent.state import Target
 from casync.errors import CasyncError
-from casync.sync.http import HttpPeer
-from casync.validate import is_replica_name
+from casync.transports.peer.http import HttpPeer
+from casync.model.names import is_replica_name
 
 __all__ = ["Resolver", "kubernetes_urls", "learned_target", "parse_directory", "probe", "static_targets",
            "system_resolver"]

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from casync.errors import ConflictError
-from casync.merge import PolicyRules
+from casync.merge.threeway import PolicyRules
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import Repository
-from casync.sync.peer import Peer
+from casync.repo.repository import Repository
+from casync.transports.peer.exchange import Peer
 
 __all__ = ["exchange"]
 
@@ -23,8 +23,8 @@ def exchange(repo: Repository, peer: Peer, name: str, branch: str, entry: dict[s
     and (``push``) push ours back unless the peer is read-only.  ``entry`` is filled as each
     step ends (``fetch``, ``merge``, ``push``), so a step that raises leaves what the earlier
     ones did in it; a merge stopped on conflicts raises :class:`ConflictError`."""
-    from casync import merger
-    from casync.sync.peer import fetch_from, push_to
+    from casync.worktree import merging as merger
+    from casync.transports.peer.exchange import fetch_from, push_to
 
     fetched = fetch_from(repo, peer, name, progress)
     entry["fetch"] = fetched.to_json()

@@ -17,14 +17,14 @@ from casync.agent.config import AgentConfig
 from casync.agent.exchange import exchange
 from casync.agent.state import Target
 from casync.errors import CasyncError, RefConflict, UsageError
-from casync.ids import Cid
-from casync.repo import Repository
+from casync.model.cid import Cid
+from casync.repo.repository import Repository
 from casync.store.retry import RetryPolicy
-from casync.sync.http import HttpPeer
-from casync.sync.pack import TransferStats
-from casync.sync.peer import PeerInfo
-from casync.sync.transport import RetryingPeer
-from casync.tags import TagUpdate
+from casync.transports.peer.http import HttpPeer
+from casync.transfer.stream import TransferStats
+from casync.transports.peer.exchange import PeerInfo
+from casync.transports.locate import RetryingPeer
+from casync.repo.tags import TagUpdate
 
 __all__ = ["Abandoned", "JobResult", "read_token", "run_job"]
 
@@ -153,7 +153,7 @@ def _sync_peer(repo: Repository, cfg: AgentConfig, target: Target, stop: threadi
 
 
 def _push_ipfs(repo: Repository, cfg: AgentConfig, target: Target, result: JobResult) -> None:
-    from casync.remote import push
+    from casync.transports.ipfs import push
 
     if repo.refs.get_ref(f"heads/{cfg.branch}") is None:
         result.entry["push"] = {"result": "nothing to push yet"}

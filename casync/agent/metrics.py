@@ -15,7 +15,7 @@ import ssl
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from casync.car import TruncatedCar
+from casync.model.car import TruncatedCar
 from casync.errors import (
     BlockNotFound,
     ConflictError,
@@ -24,7 +24,7 @@ from casync.errors import (
     PeerRefused,
     RefConflict,
     StateRefused,
-    Unauthorized,
+    RemoteAuthError,
 )
 
 __all__ = ["REASONS", "AgentMetrics", "classify"]
@@ -47,7 +47,7 @@ def classify(exc: BaseException) -> str:
     """The ``sync_failures_total`` reason for ``exc`` (one of :data:`REASONS`)."""
     chain = _chain(exc)
     order: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
-        ("auth", (Unauthorized, ssl.SSLCertVerificationError)),
+        ("auth", (RemoteAuthError, ssl.SSLCertVerificationError)),
         ("timeout", (TimeoutError, socket.timeout)),
         ("unreachable", (TruncatedCar,)),  # a stream cut short is the link, not a lying block
         ("corrupt", (CorruptBlock, InvalidObject, BlockNotFound)),

@@ -32,8 +32,8 @@ from casync.agent.snapshot import AgentSnapshot
 from casync.agent.state import PeerState, Target
 from casync.agent.status import RepoStatus, read_status
 from casync.errors import CasyncError, NotARepository, UsageError
-from casync.repo import Repository
-from casync.sync.server import PeerServer, serve
+from casync.repo.repository import Repository
+from casync.transports.peer.server import PeerServer, serve
 
 __all__ = ["Agent"]
 
@@ -121,7 +121,7 @@ class Agent:
     def _register_ipfs(self, repo: Repository) -> None:
         """IPFS nodes of casync.toml become repository remotes (so 'casync push NAME' works by
         hand too); one already there under the name with another URL is a usage error."""
-        from casync.remote.config import write_remote
+        from casync.transports.config import write_remote
         from casync.settings import RemoteEntry, remotes
 
         have = remotes(repo.config)

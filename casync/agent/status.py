@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from casync.agent.snapshot import CommitSummary
-from casync.ids import cid_str
-from casync.repo import Repository
+from casync.model.cid import cid_str
+from casync.repo.repository import Repository
 
 __all__ = ["RECENT_COMMITS", "RepoStatus", "read_status"]
 
@@ -27,8 +27,7 @@ class RepoStatus:
 
 def read_status(path: Path, last: RepoStatus) -> RepoStatus:
     """The status of the repository at ``path``; ``last`` is reused while the head is the same."""
-    from casync import merger
-
+    from casync.worktree import merging as merger
     repo = Repository.open(path, search_parents=False)
     try:
         audit = repo.last_audit()

@@ -1,5 +1,5 @@
 """The peer protocol over HTTP, and its client (the server, ``casync serve``, is
-:mod:`casync.sync.server`).
+:mod:`casync.transports.peer.server`).
 
 Endpoints (all require ``Authorization: Bearer <token>``; compared in constant time):
 
@@ -33,19 +33,19 @@ from typing import Any
 
 import zstandard
 
-from casync.car import CarWriter, iter_car, read_header
+from casync.model.car import CarWriter, iter_car, read_header
 from casync.errors import (
     InvalidObject,
     PeerRefused,
     RefConflict,
     RemoteError,
-    Unauthorized,
+    RemoteAuthError,
     UsageError,
 )
-from casync.ids import Cid, cid_str
-from casync.sync.pack import TransferStats
-from casync.sync.peer import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
-from casync.tags import TagUpdate
+from casync.model.cid import Cid, cid_str
+from casync.transfer.stream import TransferStats
+from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
+from casync.repo.tags import TagUpdate
 
 __all__ = ["HttpPeer"]
 
@@ -142,15 +142,15 @@ class HttpPeer:
                               transient=resp.status in (502, 503, 504))
         return resp
 
-    def _unauthorized(self, reason: Any) -> Unauthorized:
+    def _unauthorized(self, reason: Any) -> RemoteAuthError:
         """A 401: no token sent, or one the server refused (its reply says which; an older
         server's does not, so what this side sent decides)."""
         if reason == "missing" or (reason != "refused" and not self._token):
-            return Unauthorized(f"{self.url} needs a token, and none was sent (401)",
+            return RemoteAuthError(f"{self.url} needs a token, and none was sent (401)",
                                hint="give the token 'casync serve' there uses: --token-file FILE or "
                                     "CASYNC_TOKEN, or store its file with 'casync remote set-url NAME "
                                     "--token-file FILE'")
-        return Unauthorized(f"{self.url} refused the token (401): it is not the one 'casync serve' "
+        return RemoteAuthError(f"{self.url} refused the token (401): it is not the one 'casync serve' "
                            "there was started with",
                            hint="check which token was sent: --token-file, else CASYNC_TOKEN, else the "
                                 "remote's token_file ('casync config remotes'); it must match the server's")

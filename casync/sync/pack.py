@@ -2,7 +2,7 @@
 
 Sender: for each missing commit, oldest first, the blocks of its tree that none of its
 parents' trees hold at the same path, in post-order, then the commit block itself; the
-walk (and its moved/copied-data rule) is :mod:`casync.walk`, shared with IPFS push.
+walk (and its moved/copied-data rule) is :mod:`casync.trees.walk`, shared with IPFS push.
 
 Receiver: every block is hash-verified (by the CAR reader), every link of a received
 block must point to a block held before the transfer or received earlier in it, and at
@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from casync.dag import validated_links
+from casync.trees.unixfs import validated_links
 from casync.errors import InvalidObject
-from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str
-from casync.objects import decode_commit
-from casync.repo import Repository
-from casync.walk import commit_blocks
+from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str
+from casync.model.objects import decode_commit
+from casync.repo.repository import Repository
+from casync.trees.walk import commit_blocks
 
 __all__ = ["MissingLink", "MissingWant", "PackReceiver", "StrayBlock", "TransferStats", "UnwantedCommit",
            "blocks_for_commits"]
@@ -48,7 +48,7 @@ class MissingWant(InvalidObject):
 
 def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
     """The stream a peer needs to go from its common commits to holding ``commits``
-    (oldest first, as :meth:`CommitGraph.missing` returns them): see :mod:`casync.walk`."""
+    (oldest first, as :meth:`CommitGraph.missing` returns them): see :mod:`casync.trees.walk`."""
     get = repo.blocks.get
     for cid, _size, data in commit_blocks(get, repo.graph, commits):
         yield cid, data if data is not None else get(cid)

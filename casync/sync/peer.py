@@ -5,7 +5,7 @@ which of these commits do you hold (``negotiate``), send me what I lack (``fetch
 take these blocks and move a branch if it is a fast-forward (``push``).
 :class:`PeerService` implements them over a local :class:`Repository`; the local-path
 peer calls it directly, ``casync serve`` exposes it over HTTP, and
-:class:`casync.sync.http.HttpPeer` is the client for that.
+:class:`casync.transports.peer.http.HttpPeer` is the client for that.
 
 Negotiation (docs/design.md, "Sync protocol"): the client sends exponentially spaced
 first-parent ancestors of its heads (distances 0, 1, 2, 4, ... up to 64); the peer
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from casync.car import TruncatedCar
+from casync.model.car import TruncatedCar
 from casync.errors import (
     BlockNotFound,
     CorruptBlock,
@@ -33,13 +33,13 @@ from casync.errors import (
     StateRefused,
     UsageError,
 )
-from casync.ids import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
+from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo import Repository, validate_branch_name
-from casync.sync.pack import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
-from casync.tags import TagUpdate, checked_tags, list_tags, receive_tags
-from casync.workdir import update_worktree
-from casync.workstate import merge_in_progress, moved_since_checkout
+from casync.repo.repository import Repository, validate_branch_name
+from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
+from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
+from casync.worktree.checkout import update_worktree
+from casync.worktree.state import merge_in_progress, moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
            "push_tags_to", "push_to"]

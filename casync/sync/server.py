@@ -1,4 +1,4 @@
-"""``casync serve``: the server side of the peer protocol (endpoints: :mod:`casync.sync.http`),
+"""``casync serve``: the server side of the peer protocol (endpoints: :mod:`casync.transports.peer.http`),
 as a WSGI application (:class:`PeerApp`) served by waitress (:class:`PeerServer`).
 
 waitress receives every request body completely (in memory, then in a temporary file)
@@ -34,7 +34,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
 from waitress.task import WSGITask
 
-from casync.car import iter_car, read_header
+from casync.model.car import iter_car, read_header
 from casync.errors import (
     CasyncError,
     CorruptBlock,
@@ -45,11 +45,11 @@ from casync.errors import (
     UsageError,
     WorktreeDirty,
 )
-from casync.ids import Cid, cid_str, parse_cid
-from casync.repo import Repository
-from casync.sync.http import _CHUNK, MAX_JSON_BODY, _car_body
-from casync.sync.peer import MAX_HAVES, MAX_WANTS, PeerService, parse_cid_list, parse_tag_map
-from casync.tags import TagUpdate
+from casync.model.cid import Cid, cid_str, parse_cid
+from casync.repo.repository import Repository
+from casync.transports.peer.http import _CHUNK, MAX_JSON_BODY, _car_body
+from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerService, parse_cid_list, parse_tag_map
+from casync.repo.tags import TagUpdate
 
 __all__ = ["MAX_PUSH_BYTES", "PeerApp", "PeerServer", "serve"]
 

@@ -4,7 +4,7 @@ transport shares (as Dulwich's ``get_transport_and_path`` and restic's retrying 
 :func:`locate` maps what a user typed to a :class:`Location`: a configured remote's name,
 ``ipfs+http(s)://`` (a Kubo node), ``http(s)://`` (``casync serve``), a bundle file
 (``FILE.car``), or a repository path (``file://`` or plain).  :func:`open_peer` opens the
-two kinds that speak the peer protocol (:class:`casync.sync.peer.Peer`) and wraps them in
+two kinds that speak the peer protocol (:class:`casync.transports.peer.exchange.Peer`) and wraps them in
 :class:`RetryingPeer`, so a link that drops is retried with backoff
 (:mod:`casync.store.retry`) whichever transport it is.  Kubo nodes and bundles keep their
 own protocols (head records; one file read once) and are only classified here.
@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from casync.car import TruncatedCar
+from casync.model.car import TruncatedCar
 from casync.errors import RemoteError, UsageError
-from casync.ids import Cid
+from casync.model.cid import Cid
 from casync.settings import RemoteEntry
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy, retrying
-from casync.sync.pack import TransferStats
-from casync.sync.peer import LocalPeer, Peer, PeerInfo
-from casync.tags import TagUpdate
+from casync.transfer.stream import TransferStats
+from casync.transports.peer.exchange import LocalPeer, Peer, PeerInfo
+from casync.repo.tags import TagUpdate
 
 __all__ = ["Location", "RetryingPeer", "locate", "open_peer"]
 
@@ -77,7 +77,7 @@ def open_peer(location: Location, token: str | None = None, retry: RetryPolicy =
               timeout: float = 300.0) -> Peer:
     """The peer at a ``path`` or ``http`` location, with retries (other kinds: usage error);
     ``timeout`` bounds each network operation of an ``http`` peer (connect, each read)."""
-    from casync.sync.http import HttpPeer
+    from casync.transports.peer.http import HttpPeer
 
     if location.kind == "http":
         return RetryingPeer(HttpPeer(location.url, token, timeout), retry)
@@ -97,7 +97,7 @@ def _broke(exc: BaseException) -> bool:
 
 
 class RetryingPeer:
-    """Any :class:`~casync.sync.peer.Peer`, its calls retried with backoff while the link is
+    """Any :class:`~casync.transports.peer.exchange.Peer`, its calls retried with backoff while the link is
     what fails.  A request that sent a body (a push's blocks) is not sent twice; a block
     stream that broke off is asked for again and the blocks already delivered are skipped,
     so the caller sees one uninterrupted stream."""
