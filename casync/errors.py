@@ -27,6 +27,7 @@ __all__ = [
     "InvalidObject",
     "InvalidPath",
     "NotARepository",
+    "PeerRefused",
     "NothingToCommit",
     "RefConflict",
     "RemoteAuthError",
@@ -191,3 +192,5 @@ class RemoteNotFound(RemoteError):
 
 class RemoteProtocolError(RemoteError):
     """The remote answered something this side cannot read: a malformed or inconsistent reply."""
+class PeerRefused(RemoteError):
+    """A peer understood the request and refused it (HTTP 403: read-only, a push it does not take)."""

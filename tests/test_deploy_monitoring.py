@@ -18,7 +18,7 @@ from .deploy_tools import DEPLOY, OVERLAYS, objects, promtool_path, render, run_
 MONITORING = DEPLOY / "monitoring"
 
 # The metrics the agent exports: name -> (type, labels). The contract with the agent (issue 10);
-# the one list every check below uses. (To be rewired to a scrape of the real agent.)
+# the one list every check below uses; tests/test_agent_exports.py checks it against a running agent.
 METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "sync_lag_seconds": ("gauge", frozenset({"source", "target"})),
     "sync_failures_total": ("counter", frozenset({"peer", "reason"})),

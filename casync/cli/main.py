@@ -119,6 +119,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_sync": ("serve", "sync", "bundle"),
     "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
     "cli_tag": ("tag",),
+    "agent": ("agent",),
 }
 
 
@@ -138,6 +139,10 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli.tag import tag
 
         return tag
+    if name == "agent":
+        from casync.cli.agent import agent
+
+        return agent
     return None
 
 

@@ -54,7 +54,9 @@ def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
     if remote is not None:
         _repair(obj, remote, as_json)
         return
-    report = obj.repo().fsck(progress=obj.progress())
+    repo = obj.repo()
+    report = repo.fsck(progress=obj.progress())
+    repo.record_audit(report)
     if as_json:
         _json(report.to_json())
     else:
@@ -69,6 +71,7 @@ def _repair(obj: _Context, remote: str, as_json: bool) -> None:
 
     with block_source(obj, remote) as source:
         result = repair(obj.repo(), source, progress=obj.progress())
+    obj.repo().record_audit(result.fsck)
     if as_json:
         _json(result.to_json())
     else:

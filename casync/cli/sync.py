@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from casync.cli.common import retry_policy
-from casync.errors import EXIT_FAILURE, CasyncError, ConflictError, RefConflict, StateRefused, UsageError
+from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.model.cid import short
 from casync.settings import RemoteEntry, remotes
 
@@ -133,8 +133,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
 
     A PEER is a remote name, an http(s):// URL of 'casync serve', or a repository path.
     """
-    from casync.transports.peer.exchange import fetch_from, push_to
-    from casync.worktree import merging as merger
+    from casync.agent.exchange import exchange
 
     repo = obj.repo()
     branch = repo.current_branch()
@@ -152,22 +151,8 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
         try:
             name, peer = open_peer(repo, spec, token_file, obj.directory)
             try:
-                fetched = fetch_from(repo, peer, name, obj.progress())
-                entry["fetch"] = fetched.to_json()
-                theirs = repo.refs.get_ref(f"remotes/{name}/{branch}")
-                if theirs is not None:
-                    outcome = merger.merge(repo, f"remotes/{name}/{branch}", policy=policy,
-                                           progress=obj.progress())
-                    entry["merge"] = outcome.to_json()
-                    if outcome.kind == "conflicts":
-                        raise ConflictError(f"merge with {spec} stopped on conflicts",
-                                            hint="resolve them, 'casync merge --continue', then sync again")
-                if not no_push:
-                    info = peer.info()
-                    if info.read_only:
-                        entry["push"] = {"result": "skipped: peer is read-only"}
-                    else:
-                        entry["push"] = push_to(repo, peer, name, branch, obj.progress())
+                exchange(repo, peer, name, branch, entry, policy=policy, push=not no_push,
+                         progress=obj.progress())
             finally:
                 peer.close()
         except RefConflict as exc:

@@ -57,6 +57,8 @@ from casync.trees.unixfs import (
     validated_links,
 )
 
+AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
+
 __all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates", "validate_branch_name"]
 
 # Transaction lives in casync.repo.transaction; re-exported because it is part of this API
@@ -455,6 +457,27 @@ class Repository:
         return diff_flat(self.flat_tree(self.resolve(a)), self.flat_tree(self.resolve(b)))
 
     # --- integrity -----------------------------------------------------------------------
+
+    def record_audit(self, report: FsckReport) -> None:
+        """Keep the outcome of a full check (meta key ``audit_last``; docs/design.md §12), which
+        ``casync agent`` exports as ``audit_last_result`` for the AuditFailed alert."""
+        import json
+
+        value = {"ok": report.ok, "time": time.time(), "checked": report.checked, "missing": len(report.missing),
+                 "corrupt": len(report.corrupt), "reused_stamps": len(report.reused_stamps)}
+        with self.store.writer_lock():
+            self.store.put("meta", AUDIT_KEY, json.dumps(value).encode())
+
+    def last_audit(self) -> dict[str, Any] | None:
+        """What :meth:`record_audit` kept last (None: never checked, or unreadable)."""
+        import json
+
+        raw = self.store.get("meta", AUDIT_KEY)
+        try:
+            value = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) and isinstance(value.get("ok"), bool) else None
 
     def fsck(self, progress: Progress = NULL_PROGRESS) -> FsckReport:
         """Check every block reachable from every ref and HEAD: present, hash-valid, decodable,

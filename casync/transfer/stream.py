@@ -122,6 +122,17 @@ class PackReceiver:
         else:
             self._since_commit.add(cid)
 
+    def checkpoint(self) -> None:
+        """At a commit boundary: make everything received so far durable, so the writer lock
+        may be released before the next block (another writer then appends to the pack)."""
+        if self._since_commit:
+            raise StrayBlock("a checkpoint must fall on a commit boundary")
+        self.repo.blocks.flush()
+        self._unflushed = 0
+        self._unflushed_commits = []
+        if self.stats.commits:
+            self.last_flushed_commit = self.stats.commits[-1]
+
     def finish(self) -> TransferStats:
         if self._since_commit:
             stray = next(iter(self._since_commit))

@@ -67,15 +67,16 @@ def _name_for(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("_")[:60] or "peer"
 
 
-def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY, *,
-              counter: TransferCounter | None = None, limit: int | None = None) -> Peer:
+def open_peer(location: Location, token: str | None = None, retry: RetryPolicy = DEFAULT_RETRY,
+              timeout: float = 300.0, *, counter: TransferCounter | None = None, limit: int | None = None) -> Peer:
     """The peer at a ``path`` or ``http`` location (other kinds: usage error), wrapped: its calls
     retried with backoff, what it moves counted into ``counter`` (and reported as progress), at
-    most ``limit`` calls at once (:mod:`casync.transports.wrap`)."""
+    most ``limit`` calls at once (:mod:`casync.transports.wrap`).  ``timeout`` bounds each network
+    operation of an ``http`` peer (connect, each read)."""
     from casync.transports.peer.http import HttpPeer
 
     if location.kind in ("http", "path"):
-        inner: Peer = HttpPeer(location.url, token) if location.kind == "http" else LocalPeer(location.url)
+        inner: Peer = HttpPeer(location.url, token, timeout) if location.kind == "http" else LocalPeer(location.url)
         return wrap_peer(inner, retry, counter=counter, limit=limit)
     if location.kind == "ipfs":
         raise UsageError(f"{location.url} is an IPFS remote; this command talks to peers (casync serve, paths)",

@@ -22,6 +22,7 @@ from casync.errors import ConflictError, StateRefused, UsageError, WorktreeDirty
 from casync.merge.threeway import (
     Conflict,
     Decision,
+    PolicyRules,
     ResolverFn,
 )
 from casync.model.cid import Cid, cid_str, parse_cid, short
@@ -75,11 +76,14 @@ def load_entry_point_resolvers() -> dict[str, ResolverFn]:
 
 def merge(repo: Repository, rev: str, policy: str | None = None, message: str | None = None,
           resolvers: Mapping[str, ResolverFn] | None = None, progress: Progress = NULL_PROGRESS,
-          allow_unrelated: bool = False) -> MergeOutcome:
+          allow_unrelated: bool = False, rules: PolicyRules | None = None,
+          replica_priorities: Mapping[str, int] | None = None) -> MergeOutcome:
     """Merge ``rev`` into the current branch (or detached HEAD).
 
     Histories with no common commit are refused unless ``allow_unrelated``: they are
-    usually another repository's data (a mistaken URL, a forged head record)."""
+    usually another repository's data (a mistaken URL, a forged head record).  ``rules`` and
+    ``replica_priorities`` replace the repository's ``merge`` and ``priorities`` settings (the
+    agent passes the fleet's, from casync.toml)."""
     with repo.store.writer_lock():
         if merge_state(repo) is not None:
             raise StateRefused("a merge is in progress", hint="finish it with 'casync merge --continue' or "
@@ -88,7 +92,8 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         ours = repo.head()
         theirs = repo.resolve(rev)
         branch = repo.current_branch()
-        rules = merge_rules(repo.config, policy)  # checked: a bad stored value names itself
+        if rules is None:
+            rules = merge_rules(repo.config, policy)  # checked: a bad stored value names itself
         all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:
@@ -106,7 +111,8 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
             raise ConflictError(f"refusing to merge {rev}: it shares no history with {short(ours)}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
         our_side = real_side(repo, ours)
-        result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers, _priorities(repo))
+        result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers,
+                                     _priorities(repo) if replica_priorities is None else replica_priorities)
         ours_flat = dict(our_side.flat)
         what = f"merge of {rev}"
         st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)

@@ -47,6 +47,7 @@ __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerSer
 MAX_HAVES = 4096
 MAX_WANTS = 1024
 MAX_TAGS_PER_PUSH = 256
+BUFFER_LIMIT = 64 << 20  # a fetch holds at most this much of one commit in memory before storing it
 WINDOWS = ((0, 64), (65, 4096), (4097, 1 << 62))
 
 
@@ -303,7 +304,8 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
 
     Whole commits are made durable every ``flush_bytes``; if the transfer breaks, the
     last durable commit is kept as ``partial/<remote>`` and offered as a "have" next
-    time, so a restart sends only what is still missing.
+    time, so a restart sends only what is still missing.  The writer lock is taken per
+    batch of whole commits, never while the link is waited on (:func:`_receive`).
     """
     result = FetchResult(remote)
     info = peer.info()
@@ -326,29 +328,26 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
             if common:
                 break
         progress.start(f"fetching from {remote}", None)
-        with repo.store.writer_lock():
-            receiver = PackReceiver(repo, wants, flush_bytes)
-            try:
-                for cid, block in peer.fetch(wants, common):
-                    receiver.add(cid, block)
-                    progress.advance(len(block))
-                result.stats = receiver.finish()
-            except BaseException as exc:
+        receiver = PackReceiver(repo, wants, flush_bytes)
+        try:
+            result.stats = _receive(repo, receiver, peer.fetch(wants, common), flush_bytes, progress)
+        except BaseException as exc:
+            progress.finish()
+            with repo.store.writer_lock():
                 receiver.abort()
                 kept = receiver.last_flushed_commit
                 if kept is not None:  # keep whole commits for a restart
                     _set_ref(repo, f"partial/{remote}", kept, "interrupted fetch")
-                if isinstance(exc, (InvalidObject, CorruptBlock, RemoteError)):
-                    again = ("run it again: what arrived whole is kept, and only the rest is sent"
-                             if kept is not None else "run it again")
-                    # a stream cut short is the link's fault (retry); a block that lies is not
-                    broken_off = isinstance(exc, TruncatedCar)
-                    raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
-                                      transient=getattr(exc, "transient", False) or broken_off) from None
-                raise
-            finally:
-                progress.finish()
-            result.round_trips += 1
+            if isinstance(exc, (InvalidObject, CorruptBlock, RemoteError)):
+                again = ("run it again: what arrived whole is kept, and only the rest is sent"
+                         if kept is not None else "run it again")
+                # a stream cut short is the link's fault (retry); a block that lies is not
+                broken_off = isinstance(exc, TruncatedCar)
+                raise RemoteError(f"fetch from {peer.url} failed: {exc.message}", hint=exc.hint or again,
+                                  transient=getattr(exc, "transient", False) or broken_off) from None
+            raise
+        progress.finish()
+        result.round_trips += 1
     with repo.store.writer_lock():
         for branch, cid in info.refs.items():
             name = f"remotes/{remote}/{branch}"
@@ -362,6 +361,48 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
         if info.tags is not None:
             result.tags = receive_tags(repo, info.tags, remote)
     return result
+
+
+def _receive(repo: Repository, receiver: PackReceiver, blocks: Iterable[tuple[Cid, bytes]], batch_bytes: int,
+             progress: Progress, buffer_limit: int = BUFFER_LIMIT) -> TransferStats:
+    """Store ``blocks`` through ``receiver``, holding the writer lock only while storing, never
+    while waiting on the link: whole commits (``batch_bytes`` of them, or what is left) are
+    read unlocked into memory, then stored and made durable under the lock, so a slow peer
+    delays no other writer.  A commit larger than ``buffer_limit`` is stored as it arrives,
+    under the lock, from the block that overflowed to its commit block (memory stays bounded)."""
+    stream = iter(blocks)
+    done = False
+    while True:
+        batch: list[tuple[Cid, bytes]] = []
+        size, boundary = 0, True
+        if not done:
+            for cid, block in stream:
+                batch.append((cid, block))
+                size += len(block)
+                boundary = cid_codec(cid) == DAG_CBOR
+                if (boundary and size >= batch_bytes) or size >= buffer_limit:
+                    break
+            else:
+                done = True
+        with repo.store.writer_lock():
+            try:
+                for cid, block in batch:
+                    receiver.add(cid, block)
+                    progress.advance(len(block))
+                while not boundary and not done:  # the rest of a commit too big to hold
+                    item = next(stream, None)
+                    if item is None:
+                        done = True
+                        break
+                    receiver.add(*item)
+                    progress.advance(len(item[1]))
+                    boundary = cid_codec(item[0]) == DAG_CBOR
+                if done:
+                    return receiver.finish()
+                receiver.checkpoint()
+            except BaseException:  # dropped before the lock goes: the next writer appends where we stopped
+                receiver.abort()
+                raise
 
 
 def _tag_wants(repo: Repository, info: PeerInfo, wants: list[Cid]) -> list[Cid]:

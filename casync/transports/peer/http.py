@@ -14,6 +14,8 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
   an existing tag is never moved)
 * ``POST /v1/blocks`` ``{"cids": [cid...]}`` (at most 1024, any codec) -> zstd-compressed CAR
   of those the peer holds intact (``fsck --repair``)
+* ``GET  /v1/peers`` (``casync agent`` only) -> the site and the peers it synced with (gossip;
+  docs/design.md §15.1)
 
 The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, CAR
 64 GiB); malformed messages get 400 and change nothing; beyond 64 open connections a
@@ -33,6 +35,7 @@ import zstandard
 
 from casync.errors import (
     InvalidObject,
+    PeerRefused,
     RefConflict,
     RemoteAuthError,
     RemoteError,
@@ -135,12 +138,14 @@ class HttpPeer:
                 raise self._unauthorized(reply.get("reason") if isinstance(reply, dict) else None)
             if resp.status == 409:
                 raise RefConflict(message, hint=str(hint) if hint else "pull (fetch and merge), then push again")
+            if resp.status == 403:
+                raise PeerRefused(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None)
             # 502/503/504: a proxy or a server out of connections; a moment later it may answer
             raise RemoteError(f"{self.url} answered {resp.status}: {message}", hint=str(hint) if hint else None,
                               transient=resp.status in (502, 503, 504))
         return resp
 
-    def _unauthorized(self, reason: Any) -> RemoteError:
+    def _unauthorized(self, reason: Any) -> RemoteAuthError:
         """A 401: no token sent, or one the server refused (its reply says which; an older
         server's does not, so what this side sent decides)."""
         if reason == "missing" or (reason != "refused" and not self._token):
@@ -164,6 +169,10 @@ class HttpPeer:
 
     def info(self) -> PeerInfo:
         return PeerInfo.from_json(self._json("GET", "/v1/info"))
+
+    def directory(self) -> Any:
+        """``GET /v1/peers`` of a ``casync agent``: the site and the peers it knows (raw JSON)."""
+        return self._json("GET", "/v1/peers")
 
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         reply = self._json("POST", "/v1/negotiate", {"haves": [cid_str(h) for h in haves]})

@@ -119,13 +119,15 @@ class PeerApp:
     Requests share the repository behind :attr:`lock`; each takes it around its
     repository work only.  A push racing another push sees the branch moved (409)."""
 
-    def __init__(self, repo: Repository, token: bytes, read_only: bool = False, verbose: bool = False) -> None:
+    def __init__(self, repo: Repository, token: bytes, read_only: bool = False, verbose: bool = False,
+                 directory: Callable[[], Any] | None = None) -> None:
         if not token:
             raise UsageError("an empty token is not allowed", hint="put a long random secret in the token file")
         self.service = PeerService(repo, read_only)
         self.token = token
         self.verbose = verbose
         self.lock = threading.Lock()  # one Repository, used by one request at a time
+        self.directory = directory  # GET /v1/peers: the sites this one knows (``casync agent``)
 
     # --- WSGI -----------------------------------------------------------------------------
 
@@ -205,6 +207,8 @@ class PeerApp:
         if method == "GET" and path == "/v1/info":
             with self.lock:
                 return _Reply.json(200, self.service.info().to_json())
+        if method == "GET" and path == "/v1/peers" and self.directory is not None:
+            return _Reply.json(200, self.directory())
         if method != "POST" or path not in _BODY_ENDPOINTS:
             return _Reply.error(404, "unknown endpoint")
         if path == "/v1/push":
@@ -348,8 +352,9 @@ class PeerServer:
     max_connections = 64
 
     def __init__(self, repo: Repository, token: bytes, bind: tuple[str, int], read_only: bool = False,
-                 verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.app = PeerApp(repo, token, read_only, verbose)
+                 verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT,
+                 directory: Callable[[], Any] | None = None) -> None:
+        self.app = PeerApp(repo, token, read_only, verbose, directory)
         self.idle_timeout = idle_timeout
         self.service = self.app.service
         listener = socket.create_server(bind)  # the address as given (port 0: a free one); errors here
@@ -424,7 +429,9 @@ class PeerServer:
 
 
 def serve(repo: Repository, token: bytes, host: str = "127.0.0.1", port: int = 0, read_only: bool = False,
-          verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT) -> PeerServer:
+          verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT,
+          directory: Callable[[], Any] | None = None) -> PeerServer:
     """A bound server, not yet serving (call ``serve_forever``); port 0 picks a free one.
-    A connection whose client sends or reads nothing for ``idle_timeout`` seconds is closed."""
-    return PeerServer(repo, token, (host, port), read_only, verbose, idle_timeout)
+    A connection whose client sends or reads nothing for ``idle_timeout`` seconds is closed.
+    ``directory`` answers ``GET /v1/peers`` (the agent's gossip; without it: 404)."""
+    return PeerServer(repo, token, (host, port), read_only, verbose, idle_timeout, directory)
