@@ -87,7 +87,7 @@ def _parseable_and_indexed(root: Path) -> None:
     held = {r.cid: (r.offset, r.length) for r in records}
     with Repository.open(root) as repo:
         for cid in repo.store.blocks.iter_cids():
-            pack_no, offset, length = repo.store.blocks._location(cid) or (0, 0, 0)
+            _number, offset, length = repo.store.blocks._location(cid) or (0, 0, 0)
             assert held.get(cid) == (offset, length), cid
         assert repo.fsck().ok
 

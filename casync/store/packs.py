@@ -12,8 +12,9 @@ ref name them.  A crash between the two leaves unreferenced bytes at the end of 
 never a ref to a missing block; the next writer truncates the pack back to the end
 recorded with the last committed batch (``meta`` key ``pack_end/N``; for a pack no batch
 was committed into yet, the end of its last indexed record), and so does the next open of
-the store when no writer holds the lock, so packs stay parseable from start to end.  ``casync fsck`` reports pack bytes no index entry uses
-(deleted blocks) as reclaimable.
+the store when no writer holds the lock, so packs stay parseable from start to end.
+``casync fsck`` reports pack bytes no index entry uses (deleted blocks) as reclaimable;
+``casync gc`` (``store.repack``) reclaims them.
 """
 
 from __future__ import annotations
@@ -32,12 +33,23 @@ from casync.model.cid import Cid, cid_str, read_varint, varint, verify_block
 from casync.store.env import DISK_FULL as _DISK_FULL
 from casync.store.env import LmdbEnv
 
-__all__ = ["PACK_MAGIC", "PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore", "PackRecord", "scan_pack"]
+__all__ = ["PACK_MAGIC", "PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore", "PackRecord", "decode_location",
+           "encode_location", "scan_pack"]
 
 _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 SYNC_AHEAD_BYTES = 64 << 20
+
+
+def encode_location(pack: int, offset: int, length: int) -> bytes:
+    """An ``index`` value: pack number, offset of the block data, data length (§7.1)."""
+    return _LOC.pack(pack, offset, length)
+
+
+def decode_location(raw: bytes) -> tuple[int, int, int]:
+    pack, offset, length = _LOC.unpack(raw)
+    return pack, offset, length
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,11 @@ class PackBlockStore:
         self._unsynced = 0
         self._syncer: threading.Thread | None = None
 
+    @property
+    def rotate_bytes(self) -> int:
+        """The length at which a pack is closed for a new one (gc's output packs use it too)."""
+        return self._rotate_bytes
+
     # --- reading ---------------------------------------------------------------------------
 
     def _location(self, cid: Cid) -> tuple[int, int, int] | None:
@@ -140,7 +157,18 @@ class PackBlockStore:
             try:
                 data = os.pread(self._reader(pack), length, offset)
             except _PackMissing as exc:
-                raise BlockNotFound(cid_str(cid), f"local store (pack file {exc.path.name} is missing)") from None
+                # gc may have rewritten the pack between reading the entry and opening the
+                # file (§8.1): the entry read now points at the new copy
+                moved = self._location(cid)
+                if moved is None or moved[0] == pack:
+                    raise BlockNotFound(cid_str(cid),
+                                        f"local store (pack file {exc.path.name} is missing)") from None
+                pack, offset, length = moved
+                try:
+                    data = os.pread(self._reader(pack), length, offset)
+                except _PackMissing as again:
+                    raise BlockNotFound(cid_str(cid),
+                                        f"local store (pack file {again.path.name} is missing)") from None
         if len(data) != length:
             raise CorruptBlock(cid_str(cid), "local store (truncated pack)")
         verify_block(cid, data, "local store")
