@@ -39,7 +39,8 @@ DEFAULT_PRUNE = "2w"
 
 @dataclass
 class GcReport:
-    """What gc found and did (``dry_run``: what it would do).  Bytes are pack-file bytes."""
+    """What gc found and did (``dry_run``: what it would do).  Bytes are pack-file bytes;
+    ``pack_bytes_after`` includes what other processes wrote while gc ran."""
 
     dry_run: bool
     roots: int = 0
@@ -56,11 +57,8 @@ class GcReport:
     reflog_expired: int = 0
     late_copies: int = 0
     forgotten_commits: int = 0
+    reclaimed_bytes: int = 0  # the packs gc deleted minus the packs it wrote (others' writes meanwhile aside)
     errors: list[str] = field(default_factory=list)
-
-    @property
-    def reclaimed_bytes(self) -> int:
-        return self.pack_bytes_before - self.pack_bytes_after
 
     def to_json(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "roots": self.roots, "reachable_blocks": self.reachable_blocks,
@@ -108,7 +106,7 @@ def _meta_cids(key: bytes, value: bytes) -> Iterator[Cid]:
 
 def gc_roots(repo: Repository, cutoff_ms: int | None) -> dict[Cid, str]:
     """Every block something names, with why: refs (branches, tags, remote heads, partial
-    fetches, tag conflicts), HEAD, reflog entries at or after ``cutoff_ms`` (None: all),
+    fetches, tag conflicts), HEAD, reflog entries after ``cutoff_ms`` (None: all),
     every meta value naming a block (stat cache tree and commit, the checked-out tree,
     a stopped merge, pending IPFS pushes) and every file in the stat cache."""
     roots: dict[Cid, str] = {}
@@ -119,7 +117,7 @@ def gc_roots(repo: Repository, cutoff_ms: int | None) -> dict[Cid, str]:
         roots.setdefault(head, "HEAD")
     for key, raw in repo.store.items("reflog"):
         entry = json.loads(raw)
-        if cutoff_ms is None or entry["time_ms"] >= cutoff_ms:
+        if cutoff_ms is None or entry["time_ms"] > cutoff_ms:
             name = key.split(b"\x00")[0].decode()
             for side in ("old", "new"):
                 if entry.get(side):
@@ -234,7 +232,7 @@ def _expire_reflog(repo: Repository, cutoff_ms: int | None, report: GcReport) ->
     def fn(txn: Any) -> None:
         if cutoff_ms is None:
             return
-        old = [bytes(k) for k, v in txn.cursor(db=log) if json.loads(bytes(v))["time_ms"] < cutoff_ms]
+        old = [bytes(k) for k, v in txn.cursor(db=log) if json.loads(bytes(v))["time_ms"] <= cutoff_ms]
         for key in old:
             txn.delete(key, db=log)
         report.reflog_expired = len(old)
@@ -320,8 +318,12 @@ def _swap(repo: Repository, rewriter: PackRewriter, rewrite: list[PackUse], dele
         _, report.swept_blocks = swap_index(store, moves, drops, dict(zip(numbers, ends, strict=True)), gone,
                                             first + len(numbers), also=_expire_reflog(repo, cutoff, report))
         for number in gone:
+            path = store.pack_dir / f"{number:08d}.pack"
             with contextlib.suppress(FileNotFoundError):
-                (store.pack_dir / f"{number:08d}.pack").unlink()
+                size = path.stat().st_size
+                path.unlink()
+                report.reclaimed_bytes += size
+        report.reclaimed_bytes -= sum(ends)
         report.packs_rewritten, report.packs_deleted = len(rewrite), len(delete)
 
 
@@ -343,3 +345,4 @@ def _fill_dry(report: GcReport, keep: list[PackUse], rewrite: list[PackUse], del
     report.packs_rewritten, report.packs_deleted = len(rewrite), len(delete)
     report.packs_after = len(keep) + (1 if rewrite else 0)
     report.pack_bytes_after = after + (report.pack_bytes_before - sum(u.size for u in (*keep, *rewrite, *delete)))
+    report.reclaimed_bytes = report.pack_bytes_before - report.pack_bytes_after
