@@ -67,7 +67,7 @@ def gc_cmd(obj: _Context, prune: str, dry_run: bool, as_json: bool) -> None:
               help="The branch whose history to thin (repeatable; default: every local branch).")
 @click.option("--dry-run", is_flag=True, help="Show what would be kept and forgotten; change nothing.")
 @click.option("--gc/--no-gc", "run_gc", default=True, show_default=True,
-              help="Run 'casync gc --prune now' afterwards to reclaim the space.")
+              help="Run 'casync gc' afterwards to reclaim the space.")
 @json_option
 @_pass
 def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
@@ -92,7 +92,8 @@ def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: i
     if run_gc and not dry_run and result.forgotten:
         from casync.repo.gc import gc
 
-        report = gc(obj.repo(), prune_ms=0, progress=obj.progress())
+        # the default prune: reflog entries keep forgotten commits' blocks but not their trees
+        report = gc(obj.repo(), prune_ms=parse_duration(DEFAULT_PRUNE), progress=obj.progress())
     if as_json:
         out = result.to_json()
         out["gc"] = report.to_json() if report is not None else None
