@@ -104,7 +104,7 @@ def test_killed_writes_left_mid_pack_by_older_versions_are_reclaimed(tmp_path: P
         with repo.transaction(message="lands") as tx:
             for i, data in enumerate(tree):
                 tx.write(f"f{i}.bin", data)
-    records, end = scan_pack(pack)
+    _records, end = scan_pack(pack)
     assert end < pack.stat().st_size  # not parseable end to end: the torn record is mid-pack
     before = _pack_bytes(root)
     done = _gc_json(root, "--prune", "now")
