@@ -17,6 +17,7 @@ from casync.history.retention import Policy, Snapshot, decide, parse_duration
 from casync.model.cid import cid_str
 
 from .conftest import Cli
+from .kubo_node import KuboError
 from .test_gc import assert_packs_consistent
 
 DAY = 86_400_000
@@ -136,3 +137,62 @@ def test_retention_needs_a_policy_and_a_known_branch(tmp_path: Path, monkeypatch
     assert r.exit_code == 2 and "no retention policy" in r.stderr
     r = Cli(root)("retention", "--keep-last", "1", "--branch", "nope", ok=False)
     assert r.exit_code == 2 and "no branch 'nope'" in r.stderr
+
+
+@pytest.mark.kubo
+def test_retention_unpins_forgotten_trees_on_kubo_and_push_keeps_working(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kubo_factory) -> None:  # type: ignore[no-untyped-def]
+    kubo = kubo_factory()
+    root = tmp_path / "wt"
+    commits = _history(root, 6, monkeypatch)
+    cli = Cli(root)
+    cli("remote", "add", "origin", kubo.remote_url)
+    cli("push", "origin", "main")
+    with Repository.open(root) as repo:
+        files = {c: repo.flat_tree(repo.resolve(c))["data.bin"].cid for c in commits}
+        trees = {c: repo.tree_of(repo.resolve(c)) for c in commits}
+
+    def pinned(cid: bytes) -> bool:
+        try:
+            kubo.ipfs("pin", "ls", "--offline", cid_str(cid))
+        except KuboError as exc:  # the ipfs CLI exits non-zero: "is not pinned"
+            assert "not pinned" in str(exc), exc
+            return False
+        return True
+
+    def held(cid: bytes) -> bool:
+        try:
+            kubo.ipfs("block", "stat", "--offline", cid_str(cid), timeout=30)
+        except KuboError:  # "block was not found locally (offline)"
+            return False
+        return True
+
+    assert all(pinned(files[c]) for c in commits)  # the head's recursive pin holds every tree
+    out = json.loads(cli("retention", "--keep-last", "2", "--json").stdout)
+    forgotten, kept = commits[:4], commits[4:]
+    assert set(out["forgotten"]) == set(forgotten)
+    [moved] = out["remotes"]
+    assert moved["remote"] == "origin" and moved["commits_pinned"] == 6 and moved["trees_pinned"] == 2
+    assert commits[-1] in moved["unpinned"]  # the recursive head pin, replaced by the layout
+    for c in forgotten:
+        assert not pinned(files[c]) and not pinned(trees[c]), c
+    for c in kept:
+        assert pinned(files[c]) and pinned(trees[c]), c
+    kubo.ipfs("repo", "gc", timeout=300)
+    for c in forgotten:
+        assert not held(files[c]), c  # Kubo's own GC dropped what no pin holds
+    with Repository.open(root) as repo:
+        for c in commits:
+            assert held(repo.resolve(c)), c  # every commit block stays (direct pins)
+    for c in kept:
+        assert held(files[c]), c
+    # a push after retention pins in the retained layout and does not need the forgotten trees
+    with Repository.open(root) as repo, repo.transaction(branch="main", message="after") as tx:
+        tx.write("data.bin", os.urandom(100_000))
+    cli("push", "origin", "main")
+    with Repository.open(root) as repo:
+        head = repo.refs.get_ref("heads/main")
+        assert head is not None
+        new_file = repo.flat_tree(head)["data.bin"].cid
+        assert pinned(head) and pinned(new_file) and pinned(repo.tree_of(head))
+    assert json.loads(cli("push", "origin", "main", "--json").stdout)["up_to_date"]

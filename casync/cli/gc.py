@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from casync.cli.common import _Context, _json, _pass, json_option
@@ -9,6 +11,9 @@ from casync.history.retention import Policy, parse_duration
 from casync.repo.gc import DEFAULT_PRUNE, GcReport
 
 __all__ = ["gc_cmd", "retention_cmd"]
+
+if TYPE_CHECKING:
+    from casync.transports.ipfs.retain import RepinResult
 
 
 def _mib(n: int) -> str:
@@ -65,14 +70,17 @@ def gc_cmd(obj: _Context, prune: str, dry_run: bool, as_json: bool) -> None:
               help="Keep every commit at most DURATION (e.g. 7d, 2w) older than the newest.")
 @click.option("--branch", "branches", multiple=True, metavar="B",
               help="The branch whose history to thin (repeatable; default: every local branch).")
+@click.option("--remote", "remotes", multiple=True, metavar="NAME",
+              help="IPFS remote whose pins to move to the retained layout, so forgotten trees fall out there "
+                   "(repeatable; default: every IPFS remote this replica pushed to).")
 @click.option("--dry-run", is_flag=True, help="Show what would be kept and forgotten; change nothing.")
 @click.option("--gc/--no-gc", "run_gc", default=True, show_default=True,
               help="Run 'casync gc' afterwards to reclaim the space.")
 @json_option
 @_pass
 def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
-                  keep_within: str | None, branches: tuple[str, ...], dry_run: bool, run_gc: bool,
-                  as_json: bool) -> None:
+                  keep_within: str | None, branches: tuple[str, ...], remotes: tuple[str, ...], dry_run: bool,
+                  run_gc: bool, as_json: bool) -> None:
     """Forget old commits' trees by a policy (as restic's forget); heads and tags are kept.
 
     A forgotten commit keeps its commit block (the history, its clocks and ancestry stay
@@ -88,6 +96,7 @@ def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: i
                          hint="give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly, "
                               "--keep-within")
     result = apply_retention(obj.repo(), policy, list(branches) or None, dry_run=dry_run, progress=obj.progress())
+    repinned = [] if dry_run or not (result.forgotten or result.already_forgotten) else _repin(obj, remotes)
     report = None
     if run_gc and not dry_run and result.forgotten:
         from casync.repo.gc import gc
@@ -97,9 +106,26 @@ def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: i
     if as_json:
         out = result.to_json()
         out["gc"] = report.to_json() if report is not None else None
+        out["remotes"] = [r.to_json() for r in repinned]
         _json(out)
         return
     for line in result.lines():
         click.echo(line)
+    for r in repinned:
+        click.echo(f"{r.remote}: pinned {r.commits_pinned} commit(s) directly and {r.trees_pinned} kept tree(s); "
+                   f"unpinned {len(r.unpinned)}")
     if report is not None:
         _print_gc(report)
+
+
+def _repin(obj: _Context, names: tuple[str, ...]) -> list[RepinResult]:
+    """Move the pins on the IPFS remotes (named, or every one this replica pushed to)."""
+    from casync.transports.config import list_remotes
+    from casync.transports.ipfs.retain import repin
+
+    repo = obj.repo()
+    if not names:
+        pushed = repo.refs.list_refs("remotes/")
+        names = tuple(r.name for r in list_remotes(repo)
+                      if r.is_ipfs and any(n.startswith(f"remotes/{r.name}/{repo.replica}/") for n in pushed))
+    return [repin(repo, name) for name in names]
