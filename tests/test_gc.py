@@ -304,3 +304,42 @@ def test_a_block_a_commit_reuses_after_the_mark_is_kept(tmp_path: Path) -> None:
         assert report.swept_blocks >= 2  # the deleted branch's commit and tree are still garbage
         assert repo.read("again.bin", sink.commit) == data
     assert_packs_consistent(root)
+
+
+def test_a_killed_gc_leaves_the_repository_consistent_and_a_rerun_finishes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "wt"
+    kept = os.urandom(2 << 20)
+    with Repository.init(root, replica="a", bare=True) as repo:
+        with repo.transaction(branch="main", message="kept") as tx:
+            tx.write("kept.bin", kept)
+        for i in range(3):
+            with repo.transaction(branch=f"g{i}", message="garbage") as tx:
+                tx.write("g.bin", os.urandom(6 << 20))
+            repo.update_branch(f"g{i}", repo.refs.get_ref(f"heads/g{i}"), None, "branch: deleted")
+    packs = root / ".casync" / "packs"
+    for moment in ("copying", "at once"):
+        p = subprocess.Popen([sys.executable, "-m", "casync", "-C", str(root), "gc", "--prune", "now"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while p.poll() is None and time.monotonic() < deadline:
+                if moment == "at once" or any(packs.glob("*.gc-tmp")):
+                    os.kill(p.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.001)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=60)
+        assert_packs_consistent(root)
+        with Repository.open(root) as repo:
+            assert repo.read("kept.bin") == kept
+    done = _gc_json(root, "--prune", "now")
+    assert not any(packs.glob("*.gc-tmp"))
+    assert _pack_bytes(root) < (2 << 20) + (64 << 10), done
+    assert_packs_consistent(root)
