@@ -156,6 +156,8 @@ def test_a_reader_opened_before_gc_reads_the_rewritten_packs(tmp_path: Path) -> 
             tx.delete("garbage")
     reader = Repository.open(root)
     try:
+        assert reader.read("kept") == data  # opens (and keeps open) the pack gc will delete
+        old_packs = set(reader.store.blocks._readers)
         with Repository.open(root) as collector:
             # the first commit (and its file) stays in history: drop the history instead
             head = collector.refs.get_ref("heads/main")
@@ -166,6 +168,8 @@ def test_a_reader_opened_before_gc_reads_the_rewritten_packs(tmp_path: Path) -> 
             report = gc(collector, prune_ms=0)
             assert report.swept_bytes >= 1 << 20 and report.packs_rewritten + report.packs_deleted >= 1
         assert reader.read("kept") == data  # its index entry moved; the old pack is gone
+        # and the reader let go of the deleted pack, whose space is then free
+        assert old_packs and not old_packs & set(reader.store.blocks._readers)
     finally:
         reader.close()
     assert_packs_consistent(root)

@@ -143,8 +143,18 @@ class PackBlockStore:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 raise _PackMissing(path) from None
+            self._drop_deleted_readers()
             self._readers[pack] = fd
         return fd
+
+    def _drop_deleted_readers(self) -> None:
+        """Close descriptors of packs gc deleted: a long-running reader (serve, agent) would
+        otherwise keep their disk space allocated.  Checked when a pack is first opened,
+        which is what a reader does after gc moved the blocks it reads to new packs."""
+        for number, fd in list(self._readers.items()):
+            if not (self._store.pack_dir / f"{number:08d}.pack").exists():
+                os.close(fd)
+                del self._readers[number]
 
     def get(self, cid: Cid) -> bytes:
         with self._lock:
