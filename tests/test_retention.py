@@ -126,6 +126,14 @@ def test_retention_forgets_old_trees_keeps_heads_tags_and_history_and_gc_reclaim
             assert repo.read("log.txt", c) == f"day {commits.index(c)}\n".encode()
         assert repo.fsck().ok
     assert_packs_consistent(root)
+    # what a user sees of forgotten commits: refused by name; history of a path skips them
+    r = cli("show", commits[5], ok=False)
+    assert r.exit_code == 1 and "forgotten by 'casync retention'" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads(cli("show", commits[8], "--json").stdout)["changes"] is None  # its parent was forgotten
+    assert json.loads(cli("show", commits[9], "--json").stdout)["changes"] == [
+        {"path": "data.bin", "status": "modified"}, {"path": "log.txt", "status": "modified"}]
+    logged = [e["cid"] for e in json.loads(cli("log", "--json", "--", "log.txt").stdout)]
+    assert logged == [*reversed(commits[8:]), commits[1]]
     again = json.loads(cli("retention", "--keep-last", "2", "--keep-within", "3d", "--json").stdout)
     assert again["forgotten"] == [] and again["already_forgotten"] == 7
 
@@ -196,3 +204,7 @@ def test_retention_unpins_forgotten_trees_on_kubo_and_push_keeps_working(
         new_file = repo.flat_tree(head)["data.bin"].cid
         assert pinned(head) and pinned(new_file) and pinned(repo.tree_of(head))
     assert json.loads(cli("push", "origin", "main", "--json").stdout)["up_to_date"]
+    with Repository.open(root) as repo, repo.transaction(branch="main", message="after, measured") as tx:
+        tx.write("data.bin", os.urandom(100_000))
+    measured = json.loads(cli("push", "origin", "main", "--json").stdout)  # --json measures the minimum
+    assert not measured["up_to_date"] and measured["blocks_sent"] >= 3

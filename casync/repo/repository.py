@@ -26,6 +26,7 @@ from casync.errors import (
     CorruptBlock,
     InvalidObject,
     NotARepository,
+    StateRefused,
     UnknownRevision,
     UsageError,
 )
@@ -346,7 +347,14 @@ class Repository:
         return self.resolve(rev or "HEAD"), split_path(path) if sep else ()
 
     def tree_of(self, commit: Cid) -> Cid:
-        return self.load_commit(commit).tree
+        """The commit's tree; a commit retention forgot, whose tree is gone, is refused by
+        name (not as a damaged store: nothing is missing that should be there)."""
+        tree = self.load_commit(commit).tree
+        if not self.blocks.has(tree) and self.store.get("meta", FORGOTTEN_PREFIX + commit) is not None:
+            raise StateRefused(f"commit {cid_str(commit)} was forgotten by 'casync retention': its tree "
+                               f"{cid_str(tree)} is no longer stored",
+                               hint="use a kept commit: 'casync retention --dry-run --keep-...' lists them")
+        return tree
 
     def entry_at(self, spec: str) -> tuple[Cid, str, Entry]:
         commit, parts = self.resolve_path(spec)

@@ -38,6 +38,7 @@ from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import remote_lock
+from casync.trees.unixfs import validated_links
 from casync.trees.walk import commit_blocks
 
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
@@ -90,9 +91,27 @@ def missing_blocks(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[tu
 
 
 def all_blocks(repo: Repository, heads: Iterable[Cid]) -> dict[Cid, int]:
-    """Every block reachable from ``heads`` (history included) with its size."""
+    """Every block reachable from ``heads`` (history included) with its size; after
+    retention, without the trees of forgotten commits (which this store no longer holds)."""
+    forgotten = forgotten_commits(repo)
+    if forgotten:
+        return _closure(repo, heads, forgotten)
     commits = repo.graph.missing(list(heads), [])
     return {cid: size for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)}
+
+
+def _closure(repo: Repository, heads: Iterable[Cid], forgotten: set[Cid]) -> dict[Cid, int]:
+    out: dict[Cid, int] = {}
+    stack = list(heads)
+    while stack:
+        cid = stack.pop()
+        if cid in out:
+            continue
+        block = repo.blocks.get(cid)
+        out[cid] = len(block)
+        links = validated_links(cid, block)
+        stack.extend(links[1:] if cid in forgotten else links)  # a commit's links: [tree, *parents]
+    return out
 
 
 # --- the push ----------------------------------------------------------------------------------------
