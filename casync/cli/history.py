@@ -80,10 +80,14 @@ def show(obj: _Context, rev: str, as_json: bool) -> None:
     cid = repo.resolve(rev)
     entry = repo.log(cid_str(cid), limit=1)[0]
     parent = entry.commit.parents[0] if entry.commit.parents else None
-    changes = diff_flat(repo.flat_tree(parent), repo.flat_tree(cid))
+    tree = repo.flat_tree(cid)
+    try:
+        changes: list[Any] | None = diff_flat(repo.flat_tree(parent), tree)
+    except StateRefused:  # retention forgot the parent's tree: what changed is not known
+        changes = None
     if as_json:
         data = entry.to_json()
-        data["changes"] = [{"path": c.path, "status": c.status} for c in changes]
+        data["changes"] = None if changes is None else [{"path": c.path, "status": c.status} for c in changes]
         _json(data)
         return
     c = entry.commit
@@ -93,7 +97,9 @@ def show(obj: _Context, rev: str, as_json: bool) -> None:
     for line in c.message.splitlines() or [""]:
         click.echo(f"    {line}")
     click.echo("")
-    for ch in changes:
+    if changes is None:
+        click.echo("(changes unknown: 'casync retention' forgot the parent's tree)")
+    for ch in changes or []:
         click.echo(f"{ch.status[0].upper()}  {ch.path}")
 
 

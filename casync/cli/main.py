@@ -120,6 +120,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
     "cli_tag": ("tag",),
     "agent": ("agent",),
+    "cli_gc": ("gc", "retention"),
 }
 
 
@@ -135,6 +136,10 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli import remote as cli_remote
         return {"remote": cli_remote.remote_cmd, "push": cli_remote.push, "fetch": cli_remote.fetch,
                 "pull": cli_remote.pull, "clone": cli_remote.clone, "url": cli_remote.url_cmd}[name]
+    if name in _COMMAND_GROUPS["cli_gc"]:
+        from casync.cli import gc as cli_gc
+
+        return {"gc": cli_gc.gc_cmd, "retention": cli_gc.retention_cmd}[name]
     if name == "tag":
         from casync.cli.tag import tag
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from casync.model.cid import DAG_PB, Cid, cid_codec
 from casync.model.names import split_path
 from casync.model.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
-from casync.repo.repository import LogEntry, Repository
+from casync.repo.repository import FORGOTTEN_PREFIX, LogEntry, Repository
 from casync.trees.unixfs import read_dir_block
 
 __all__ = ["path_log"]
@@ -55,11 +55,16 @@ def path_log(repo: Repository, rev: str, paths: list[str], limit: int | None = N
     """The commits reachable from ``rev`` that changed any of ``paths``, newest first."""
     lookups = [_PathLookup(repo, split_path(p)) for p in paths]
     graph = repo.graph
+    forgotten = {k[len(FORGOTTEN_PREFIX):] for k, _ in repo.store.items("meta", FORGOTTEN_PREFIX)}
     out: list[LogEntry] = []
     for cid, node in graph.walk_nodes([repo.resolve(rev)]):
         if limit is not None and len(out) >= limit:
             break
-        parents = [graph.node(p).tree for p in node.parents]
+        if cid in forgotten:
+            continue  # its tree is gone (retention): what it changed is no longer known
+        # against forgotten parents nothing can be compared: the oldest kept commit
+        # counts as the one that brought the path, as a root commit does
+        parents = [graph.node(p).tree for p in node.parents if p not in forgotten]
         if any(_changed(lookup, node.tree, parents) for lookup in lookups):
             out.append(LogEntry(cid, repo.load_commit(cid)))
     return out

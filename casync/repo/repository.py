@@ -26,6 +26,7 @@ from casync.errors import (
     CorruptBlock,
     InvalidObject,
     NotARepository,
+    StateRefused,
     UnknownRevision,
     UsageError,
 )
@@ -59,9 +60,14 @@ from casync.trees.unixfs import (
 
 AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
 
-__all__ = ["FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates", "validate_branch_name"]
+__all__ = ["FORGOTTEN_PREFIX", "FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates",
+           "validate_branch_name"]
 
 # Transaction lives in casync.repo.transaction; re-exported because it is part of this API
+
+FORGOTTEN_PREFIX = b"forgotten/"
+"""``meta`` key prefix of commits retention forgot (docs/design.md §8.2): their trees are kept
+by nothing, so fsck and gc follow such a commit's parents but not its tree."""
 
 _BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]+$")
 _REV_SUFFIX = re.compile(r"^(.*?)((?:~\d*|\^\d*)*)$")
@@ -148,6 +154,7 @@ class Repository:
         self.bare: bool = bool(cfg.get("bare", False))
         self.config = cfg
         self.graph = CommitGraph(self.load_commit, store)
+        self._forgotten: set[Cid] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -342,7 +349,14 @@ class Repository:
         return self.resolve(rev or "HEAD"), split_path(path) if sep else ()
 
     def tree_of(self, commit: Cid) -> Cid:
-        return self.load_commit(commit).tree
+        """The commit's tree; a commit retention forgot, whose tree is gone, is refused by
+        name (not as a damaged store: nothing is missing that should be there)."""
+        tree = self.load_commit(commit).tree
+        if not self.blocks.has(tree) and self.store.get("meta", FORGOTTEN_PREFIX + commit) is not None:
+            raise StateRefused(f"commit {cid_str(commit)} was forgotten by 'casync retention': its tree "
+                               f"{cid_str(tree)} is no longer stored",
+                               hint="use a kept commit: 'casync retention --dry-run --keep-...' lists them")
+        return tree
 
     def entry_at(self, spec: str) -> tuple[Cid, str, Entry]:
         commit, parts = self.resolve_path(spec)
@@ -490,6 +504,7 @@ class Repository:
             roots["HEAD"] = head
         report.refs = {k: cid_str(v) for k, v in roots.items()}
         seen: set[Cid] = set()
+        self._forgotten = {k[len(FORGOTTEN_PREFIX):] for k, _ in self.store.items("meta", FORGOTTEN_PREFIX)}
         progress.start("checking blocks", None)
         for name, root in roots.items():
             self._fsck_from(root, name, seen, report, progress)
@@ -527,6 +542,8 @@ class Repository:
             except CasyncError as exc:
                 report.corrupt[cid_str(cid)] = str(exc)
                 continue
+            if cid in self._forgotten:
+                children = children[1:]  # retention forgot its tree (§8.2); its parents stay
             stack.extend((child, cid_str(cid)) for child in children)
 
     def _check_commit_against_parents(self, cid: Cid, commit: Commit) -> None:

@@ -97,9 +97,9 @@ class LmdbEnv:
                 size = self.env.info()["map_size"]
                 if size >= self.max_map_size:
                     raise StorageFull(f"LMDB map at {self.db_path} is full ({size} bytes); nothing was written",
-                                      hint="there is no garbage collection yet: 'casync clone' "
-                                           "this repository into a new directory for a fresh index that "
-                                           "holds only the reachable history") from None
+                                      hint="'casync gc --prune now' frees the index entries of unreachable "
+                                           "blocks (LMDB re-uses their pages); 'casync clone' into a new "
+                                           "directory makes a fresh index of the reachable history") from None
                 self.env.set_mapsize(min(size * 2, self.max_map_size))
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None

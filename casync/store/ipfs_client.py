@@ -427,14 +427,31 @@ class IpfsClient:
                 return
             raise
 
-    def is_pinned(self, cid: Cid) -> bool:
-        """True if ``cid`` is pinned recursively (directly, not only as part of another pin)."""
+    def is_pinned(self, cid: Cid, kind: str = "recursive") -> bool:
+        """True if ``cid`` is pinned itself (not only as part of another pin): recursively,
+        or with ``kind="direct"`` by a direct pin."""
         text = cid_str(cid)
         try:
-            res = self.call(f"pin/ls {text}", lambda c: c.pin.ls(text, type="recursive", offline=True))
+            res = self.call(f"pin/ls {text}", lambda c: c.pin.ls(text, type=kind, offline=True))
         except RemoteNotFound:
             return False
         return bool(res.get("Keys"))
+
+    def pin_add_many(self, cids: Sequence[Cid], recursive: bool) -> None:
+        """Pin many CIDs, a few hundred per call: recursively, or each block by itself
+        (``recursive=False``, a direct pin); fails (does not hang) if a block is missing."""
+        texts = [cid_str(c) for c in cids]
+        def add(part: list[str]) -> Callable[[Any], Any]:
+            return lambda c: c.pin.add(*part, recursive=recursive, offline=True)
+
+        for i in range(0, len(texts), 256):
+            part = texts[i:i + 256]
+            self.call(f"pin/add ({len(part)} CIDs)", add(part))
+
+    def recursive_pins(self) -> set[Cid]:
+        """Every CID the node pins recursively."""
+        res = self.call("pin/ls --type=recursive", lambda c: c.pin.ls(type="recursive", offline=True))
+        return {parse_cid(str(k)) for k in (res.get("Keys") or {})}
 
     # --- MFS (head records) --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ Single writer: :meth:`LmdbStore.writer_lock` takes an exclusive ``flock`` on
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,17 @@ class LmdbStore(CommitGraphTables, StatCache, WriterLock):
             raise
         self.blocks = PackBlockStore(self, rotate_bytes=pack_rotate_bytes)
         self.refs = LmdbRefStore(self)
+        self._reclaim_killed_writes()
+
+    def _reclaim_killed_writes(self) -> None:
+        """A writer killed mid-batch leaves bytes past the pack's committed end: cut them now
+        if no writer holds the lock (a writer holding it may be appending legitimately; the
+        next writer cuts them anyway).  A read-only store is left as it is."""
+        if not self.pack_dir.is_dir():
+            return
+        with contextlib.suppress(OSError), self.try_writer_lock() as locked:
+            if locked:
+                self.blocks.reclaim_tail()
 
     # --- config (JSON values) ----------------------------------------------------------------
 

@@ -10,9 +10,11 @@ Durability order (the closure invariant): block bytes are appended and fsynced, 
 their index entries are committed in one LMDB transaction, and only after that may a
 ref name them.  A crash between the two leaves unreferenced bytes at the end of a pack,
 never a ref to a missing block; the next writer truncates the pack back to the end
-recorded with the last committed batch (``meta`` key ``pack_end/N``), so packs stay
-parseable from start to end.  ``casync fsck`` reports pack bytes no index entry uses
-(deleted blocks) as reclaimable.
+recorded with the last committed batch (``meta`` key ``pack_end/N``; for a pack no batch
+was committed into yet, the end of its last indexed record), and so does the next open of
+the store when no writer holds the lock, so packs stay parseable from start to end.
+``casync fsck`` reports pack bytes no index entry uses (deleted blocks) as reclaimable;
+``casync gc`` (``store.repack``) reclaims them.
 """
 
 from __future__ import annotations
@@ -22,20 +24,69 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock, StorageError, StorageFull
-from casync.model.cid import Cid, cid_str, varint, verify_block
+from casync.model.cid import Cid, cid_str, read_varint, varint, verify_block
 from casync.store.env import DISK_FULL as _DISK_FULL
 from casync.store.env import LmdbEnv
 
-__all__ = ["PACK_MAGIC", "PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore"]
+__all__ = ["PACK_MAGIC", "PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore", "PackRecord", "decode_location",
+           "encode_location", "scan_pack"]
 
 _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 SYNC_AHEAD_BYTES = 64 << 20
+
+
+def encode_location(pack: int, offset: int, length: int) -> bytes:
+    """An ``index`` value: pack number, offset of the block data, data length (§7.1)."""
+    return _LOC.pack(pack, offset, length)
+
+
+def decode_location(raw: bytes) -> tuple[int, int, int]:
+    pack, offset, length = _LOC.unpack(raw)
+    return pack, offset, length
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    """One record of a pack file: its CID, where its data starts, and the data's length."""
+
+    cid: Cid
+    offset: int
+    length: int
+
+
+def scan_pack(path: Path) -> tuple[list[PackRecord], int]:
+    """Parse a pack file from start to end: (its records, where parsing stopped).
+
+    The second value equals the file's length exactly when the pack is parseable end to
+    end; a torn record (a killed append) stops the scan at its start.  Streams the file
+    (block data is skipped, not read)."""
+    records: list[PackRecord] = []
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(len(PACK_MAGIC)) != PACK_MAGIC:
+            return records, 0
+        pos = len(PACK_MAGIC)
+        while pos < size:
+            head = f.read(min(96, size - pos))  # two varints and a CID fit in 96 bytes
+            try:
+                cid_len, at = read_varint(head, 0)
+                cid = head[at:at + cid_len]
+                data_len, at = read_varint(head, at + cid_len)
+            except (CasyncError, IndexError):
+                break
+            if len(cid) != cid_len or pos + at + data_len > size:
+                break
+            records.append(PackRecord(cid, pos + at, data_len))
+            pos += at + data_len
+            f.seek(pos)
+    return records, pos
 
 
 class _PackMissing(Exception):
@@ -67,6 +118,11 @@ class PackBlockStore:
         self._unsynced = 0
         self._syncer: threading.Thread | None = None
 
+    @property
+    def rotate_bytes(self) -> int:
+        """The length at which a pack is closed for a new one (gc's output packs use it too)."""
+        return self._rotate_bytes
+
     # --- reading ---------------------------------------------------------------------------
 
     def _location(self, cid: Cid) -> tuple[int, int, int] | None:
@@ -87,8 +143,18 @@ class PackBlockStore:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 raise _PackMissing(path) from None
+            self._drop_deleted_readers()
             self._readers[pack] = fd
         return fd
+
+    def _drop_deleted_readers(self) -> None:
+        """Close descriptors of packs gc deleted: a long-running reader (serve, agent) would
+        otherwise keep their disk space allocated.  Checked when a pack is first opened,
+        which is what a reader does after gc moved the blocks it reads to new packs."""
+        for number, fd in list(self._readers.items()):
+            if not (self._store.pack_dir / f"{number:08d}.pack").exists():
+                os.close(fd)
+                del self._readers[number]
 
     def get(self, cid: Cid) -> bytes:
         with self._lock:
@@ -101,7 +167,18 @@ class PackBlockStore:
             try:
                 data = os.pread(self._reader(pack), length, offset)
             except _PackMissing as exc:
-                raise BlockNotFound(cid_str(cid), f"local store (pack file {exc.path.name} is missing)") from None
+                # gc may have rewritten the pack between reading the entry and opening the
+                # file (§8.1): the entry read now points at the new copy
+                moved = self._location(cid)
+                if moved is None or moved[0] == pack:
+                    raise BlockNotFound(cid_str(cid),
+                                        f"local store (pack file {exc.path.name} is missing)") from None
+                pack, offset, length = moved
+                try:
+                    data = os.pread(self._reader(pack), length, offset)
+                except _PackMissing as again:
+                    raise BlockNotFound(cid_str(cid),
+                                        f"local store (pack file {again.path.name} is missing)") from None
         if len(data) != length:
             raise CorruptBlock(cid_str(cid), "local store (truncated pack)")
         verify_block(cid, data, "local store")
@@ -142,22 +219,65 @@ class PackBlockStore:
         meta = self._store.get("meta", b"pack_current")
         number = int(meta) if meta else 1
         path = self._store.pack_dir / f"{number:08d}.pack"
+        self._cut_tail(number)
         if path.exists() and path.stat().st_size >= self._rotate_bytes:
             number += 1
             path = self._store.pack_dir / f"{number:08d}.pack"
+            self._cut_tail(number)
         if meta is None or int(meta) != number:
             self._store.put("meta", b"pack_current", str(number).encode())
-        durable = self._store.get("meta", b"pack_end/%d" % number)
-        if durable is not None and path.exists() and path.stat().st_size > int(durable):
-            # bytes past the last committed batch: a crash mid-append (torn or orphaned);
-            # nothing indexes them, so cut them off and keep the pack parseable
-            os.truncate(path, int(durable))
         f = open(path, "ab")  # noqa: SIM115 - kept open across puts, closed in close()
         if f.tell() == 0:
             f.write(PACK_MAGIC)
         self._writer, self._writer_no = f, number
         self._writer_pos = f.tell()
         self._writer_durable = self._writer_pos
+
+    def committed_end(self, number: int) -> int:
+        """Where pack ``number``'s last committed batch ends: ``pack_end/N``, or, for a pack
+        no batch was committed into yet (or one written before ``pack_end`` existed), the
+        end of the last record the index names in it, at least the magic."""
+        durable = self._store.get("meta", b"pack_end/%d" % number)
+        if durable is not None:
+            return int(durable)
+        end = len(PACK_MAGIC)
+        with self._store.env.begin() as txn:
+            for value in txn.cursor(db=self._store.db("index")).iternext(keys=False):
+                pack, offset, length = _LOC.unpack(bytes(value))
+                if pack == number:
+                    end = max(end, offset + length)
+        return end
+
+    def _cut_tail(self, number: int) -> int:
+        """Cut pack ``number`` back to its committed end; return the bytes cut.
+
+        Bytes past it are a killed or failed batch (torn or whole records no index entry
+        names); left there, the next batch would be appended after them and the pack would
+        hold torn records in its middle.  Only a writer (under the writer lock) calls this."""
+        path = self._store.pack_dir / f"{number:08d}.pack"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        end = self.committed_end(number)
+        if size < len(PACK_MAGIC):
+            end = 0  # not even the magic got written: start the pack again
+        if size <= end:
+            return 0
+        os.truncate(path, end)
+        return size - end
+
+    def reclaim_tail(self) -> int:
+        """Cut the current pack (and an orphan after it) back to what was committed.
+
+        Called when a store is opened and the writer lock is free (the next writer does the
+        same in :meth:`_open_writer`), so killed writes hold no space past the next open."""
+        with self._lock:
+            if self._writer is not None or self._pending:
+                return 0
+            meta = self._store.get("meta", b"pack_current")
+            number = int(meta) if meta else 1
+            return self._cut_tail(number) + self._cut_tail(number + 1)
 
     def _held(self, cid: Cid) -> bool:
         if cid in self._pending:

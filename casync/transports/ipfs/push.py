@@ -13,7 +13,8 @@ uploaded.
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/update`` from this replica's previous head when nothing else
-names it, else ``pin/add``), and only then is the head record rewritten.  A push that
+names it, else ``pin/add``; after retention forgot commits, the retained layout of
+``transports.ipfs.retain`` instead), and only then is the head record rewritten.  A push that
 dies midway leaves the record unchanged; a marker in the local store makes the next
 push ask the node which of the blocks it still lacks, so a re-run uploads only those.
 """
@@ -35,7 +36,9 @@ from casync.repo.tags import tags_reaching
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
+from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import remote_lock
+from casync.trees.unixfs import validated_links
 from casync.trees.walk import commit_blocks
 
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
@@ -88,9 +91,27 @@ def missing_blocks(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[tu
 
 
 def all_blocks(repo: Repository, heads: Iterable[Cid]) -> dict[Cid, int]:
-    """Every block reachable from ``heads`` (history included) with its size."""
+    """Every block reachable from ``heads`` (history included) with its size; after
+    retention, without the trees of forgotten commits (which this store no longer holds)."""
+    forgotten = forgotten_commits(repo)
+    if forgotten:
+        return _closure(repo, heads, forgotten)
     commits = repo.graph.missing(list(heads), [])
     return {cid: size for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)}
+
+
+def _closure(repo: Repository, heads: Iterable[Cid], forgotten: set[Cid]) -> dict[Cid, int]:
+    out: dict[Cid, int] = {}
+    stack = list(heads)
+    while stack:
+        cid = stack.pop()
+        if cid in out:
+            continue
+        block = repo.blocks.get(cid)
+        out[cid] = len(block)
+        links = validated_links(cid, block)
+        stack.extend(links[1:] if cid in forgotten else links)  # a commit's links: [tree, *parents]
+    return out
 
 
 # --- the push ----------------------------------------------------------------------------------------
@@ -147,7 +168,9 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                           f"which is not an ancestor of {cid_str(head)}",
                           hint="pass --force to replace it (its history stays only where it is pinned "
                                "or referenced elsewhere)")
-    if old == head and node.client.is_pinned(head) and not _tags_changed(repo, mine):
+    retained = bool(forgotten_commits(repo))  # retention forgot commits: the retained pin layout
+    if old == head and node.client.is_pinned(head, "direct" if retained else "recursive") \
+            and not _tags_changed(repo, mine):
         result.up_to_date, result.seq = True, mine.seq if mine else 0
         result.tags = dict(mine.tags) if mine else {}
         result.blocks_min = result.bytes_min = 0  # nothing was missing
@@ -191,7 +214,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     # --json measure (local reads only) runs meanwhile.
     others = {h.commit for r in records.values() for b, h in r.heads.items()
               if not (r.replica == repo.replica and b == branch)}
-    pinning = node.client.submit(_pin, node, old, head, old not in others)
+    if retained:
+        pinning = node.client.submit(pin_retained, node, repo, old, head)
+    else:
+        pinning = node.client.submit(_pin, node, old, head, old not in others)
     try:
         if measure:
             mins = all_blocks(repo, [head])
