@@ -126,7 +126,8 @@ class StrongRefStore:
         self._seen[branch] = result.current
         if not result.succeeded:
             current, by = self._decode(branch, result.current)
-            raise self._moved(branch, old, current, by, new)
+            if current != new or new is None:  # == new: an attempt whose answer was lost (a 503 in an
+                raise self._moved(branch, old, current, by, new)  # election) took effect, then was retried
         self._mirror(name, new, reason)
         pending = self.local.get_ref(PENDING_PREFIX + branch)
         if pending is not None and pending == new:

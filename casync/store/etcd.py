@@ -130,8 +130,8 @@ class EtcdClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                try:
-                    reply = self._once(self._addrs[index], path, body, left)
+                try:  # a member waiting for a leader holds a request for seconds: leave time for the others
+                    reply = self._once(self._addrs[index], path, body, min(left, max(self.timeout / 3, 0.5)))
                 except (OSError, http.client.HTTPException, _Unavailable) as exc:
                     self.close()
                     errors[self.endpoints[index]] = str(exc) or type(exc).__name__
