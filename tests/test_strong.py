@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.errors import StrongRefMoved, StrongUnavailable, UsageError
+from casync.errors import RefConflict, StrongRefMoved, StrongUnavailable, UsageError
 from casync.model.cid import Cid, cid_str
 from casync.repo.strong import PENDING_PREFIX
 from casync.settings import check_value
 from casync.store.etcd import EtcdClient
+from casync.transports.peer.exchange import LocalPeer, push_to
 
 from .conftest import Cli, write
 from .etcd_fixture import CutProxy, EtcdCluster
@@ -172,9 +173,16 @@ def test_a_cut_off_site_fails_in_bounded_time_and_keeps_working_offline(
         assert took < 2.0 * 2 + 5, took  # one deadline for the read (the write never starts)
         assert "cut off from the etcd majority" in info.value.message
         assert info.value.hint is not None and "eventual branches keep working offline" in info.value.hint
-        # an eventual branch of the same repository commits offline
+        # an eventual branch of the same repository commits and syncs offline (to a peer here)
         offline = commit(site, "notes.txt", b"offline", branch="main")
         assert site.resolve("main") == offline
+        Repository.init(tmp_path / "peer", replica="site-p", repository_id=REPO_ID, bare=True).close()
+        peer = LocalPeer(str(tmp_path / "peer"))
+        try:
+            push_to(site, peer, "peer", "main")
+            assert peer.repo.resolve("main") == offline
+        finally:
+            peer.close()
         for p in proxies:
             p.heal()
         assert site.resolve("release") == before
@@ -206,3 +214,31 @@ def test_a_site_cut_off_between_read_and_swap_keeps_its_commit(
         other.close()
         for p in proxies:
             p.close()
+
+
+def test_a_push_into_a_strong_branch_is_a_swap_on_etcd(tmp_path: Path, etcd_cluster: EtcdCluster,
+                                                       kubo: Kubo) -> None:
+    hub = replica(tmp_path, "hub", strong_config(etcd_cluster.endpoints, kubo))
+    hub.close()
+    other = replica(tmp_path, "site-o", strong_config(etcd_cluster.endpoints, kubo))
+    edge = Repository.init(tmp_path / "edge", replica="site-e", repository_id=REPO_ID, bare=True)  # eventual here
+    try:
+        pushed = commit(edge, "f", b"from the edge")
+        peer = LocalPeer(str(tmp_path / "hub"))
+        try:
+            push_to(edge, peer, "hub", "release")
+        finally:
+            peer.close()
+        assert other.resolve("release") == pushed  # the hub's move went through etcd
+        commit(other, "f", b"moved elsewhere")
+        later = commit(edge, "f", b"edge again")
+        peer = LocalPeer(str(tmp_path / "hub"))
+        try:
+            with pytest.raises(RefConflict, match="non-fast-forward"):  # of the head etcd holds, read by the hub
+                push_to(edge, peer, "hub", "release")
+        finally:
+            peer.close()
+        assert other.resolve("release") != later
+    finally:
+        other.close()
+        edge.close()
