@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,41 @@ def test_a_push_into_a_strong_branch_is_a_swap_on_etcd(tmp_path: Path, etcd_clus
     finally:
         other.close()
         edge.close()
+
+
+def test_the_etcd_adapter_fails_over_and_serves_threads(etcd_cluster: EtcdCluster) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    client = EtcdClient([closed, *etcd_cluster.endpoints], timeout=5.0)
+    try:
+        first = client.compare_and_swap(b"/t/k", 0, b"v0")
+        assert first.succeeded
+        assert not client.compare_and_swap(b"/t/k", 0, b"again").succeeded  # absence compared
+        errors: list[BaseException] = []
+
+        def bump(n: int) -> None:
+            try:
+                for _ in range(20):
+                    while True:
+                        kv = client.get(b"/t/k")
+                        if client.compare_and_swap(b"/t/k", kv.mod_revision, f"{n}".encode()).succeeded:
+                            break
+            except BaseException as exc:  # re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=bump, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert client.get(b"/t/k").mod_revision == first.revision + 80  # every swap counted once
+        leader = etcd_cluster.leader()
+        etcd_cluster.kill_member(leader)  # the election: 503s, then a new leader; the client waits it out
+        assert client.compare_and_swap(b"/t/k", client.get(b"/t/k").mod_revision, b"after").succeeded
+    finally:
+        client.close()
+    dead = EtcdClient([closed], timeout=0.5)
+    with pytest.raises(StrongUnavailable, match="no etcd member"):
+        dead.get(b"/t/k")

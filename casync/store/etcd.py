@@ -19,19 +19,20 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from casync.errors import RemoteProtocolError, RemoteUnreachable
+from casync.errors import RemoteProtocolError, StrongUnavailable
 
 __all__ = ["EtcdClient", "EtcdUnavailable", "KeyValue", "TxnResult"]
 
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-class EtcdUnavailable(RemoteUnreachable):
+class EtcdUnavailable(StrongUnavailable):
     """No etcd member answered with a majority behind it before the deadline."""
 
 
@@ -71,9 +72,8 @@ def _kv(kvs: Any) -> KeyValue:
 
 
 class EtcdClient:
-    """A client of one etcd cluster (its members' client URLs, ``http://HOST:PORT``).
-
-    Not thread-safe: one connection at a time (a repository makes one call at a time)."""
+    """A client of one etcd cluster (its members' client URLs, ``http://HOST:PORT``);
+    thread-safe."""
 
     def __init__(self, endpoints: list[str], *, timeout: float = 5.0) -> None:
         if not endpoints:
@@ -82,12 +82,26 @@ class EtcdClient:
         self._addrs = [_endpoint(u) for u in endpoints]
         self.timeout = timeout
         self._preferred = 0  # the endpoint that answered last
-        self._conn: http.client.HTTPConnection | None = None
+        self._local = threading.local()  # one connection per thread (a served repository has many)
+        self._conns: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close every thread's connection (each reconnects on its next call)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def _drop(self) -> None:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+            with self._lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
 
     # --- the calls casync needs -----------------------------------------------------------------
 
@@ -133,7 +147,7 @@ class EtcdClient:
                 try:  # a member waiting for a leader holds a request for seconds: leave time for the others
                     reply = self._once(self._addrs[index], path, body, min(left, max(self.timeout / 3, 0.5)))
                 except (OSError, http.client.HTTPException, _Unavailable) as exc:
-                    self.close()
+                    self._drop()
                     errors[self.endpoints[index]] = str(exc) or type(exc).__name__
                     continue
                 self._preferred = index
@@ -147,10 +161,12 @@ class EtcdClient:
             attempt += 1
 
     def _once(self, addr: tuple[str, int], path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        conn = self._conn
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None or (conn.host, conn.port) != addr:
-            self.close()
-            conn = self._conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+            self._drop()
+            conn = self._local.conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+            with self._lock:
+                self._conns.append(conn)
         else:
             conn.timeout = timeout
             if conn.sock is not None:
