@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
-from casync.errors import RefConflict, StrongRefMoved, StrongUnavailable, UsageError
+from casync.errors import RefConflict, RemoteError, StrongRefMoved, StrongUnavailable, UsageError
 from casync.model.cid import Cid, cid_str
 from casync.repo.strong import PENDING_PREFIX
 from casync.settings import check_value
@@ -282,3 +282,38 @@ def test_the_etcd_adapter_fails_over_and_serves_threads(etcd_cluster: EtcdCluste
     dead = EtcdClient([closed], timeout=0.5)
     with pytest.raises(StrongUnavailable, match="no etcd member"):
         dead.get(b"/t/k")
+
+
+def test_an_existing_branch_becomes_strong(tmp_path: Path, etcd_cluster: EtcdCluster, kubo: Kubo) -> None:
+    site = Repository.init(tmp_path / "site-a", replica="site-a", repository_id=REPO_ID, bare=True)
+    other = replica(tmp_path, "site-b", strong_config(etcd_cluster.endpoints, kubo))
+    try:
+        before = [commit(site, "f", f"{n}".encode()) for n in range(3)]  # eventual, never on Kubo
+        site.set_config("strong", strong_config(etcd_cluster.endpoints, kubo))
+        assert site.resolve("release") == before[-1]  # not in etcd yet: the local branch
+        assert other.branches() == {} and other.refs.get_ref("heads/release") is None
+        first = commit(site, "f", b"strong now")  # creates the key; the whole history goes to Kubo
+        assert [e.cid for e in other.log("release")] == [first, *reversed(before)]
+    finally:
+        site.close()
+        other.close()
+
+
+def test_a_move_whose_blocks_cannot_be_published_does_not_happen(tmp_path: Path, etcd_cluster: EtcdCluster,
+                                                                 kubo: Kubo) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    site = replica(tmp_path, "site-a", strong_config(etcd_cluster.endpoints, kubo))
+    try:
+        base = commit(site, "f", b"1")
+        cfg = strong_config(etcd_cluster.endpoints, None)
+        cfg["ipfs_api"] = closed
+        site.set_config("strong", cfg)
+        mine = site.make_commit(site.tree_of(base), [base], "not published")
+        with pytest.raises(RemoteError, match="could not be published"):
+            site.update_branch("release", base, mine, "commit")
+        assert site.refs.get_ref(f"{PENDING_PREFIX}release") == mine
+        assert site.resolve("release") == base  # etcd never saw it
+    finally:
+        site.close()

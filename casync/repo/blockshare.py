@@ -8,9 +8,10 @@ it from garbage collection and proves its whole DAG is on the node before etcd n
 
 :class:`KuboShare` implements :class:`~casync.repo.strong.BlockShare`:
 
-- ``publish(head, since)`` sends the blocks of the commits between ``since`` (published
-  before its own swap, so its closure is on the node) and ``head`` (the same tree walk every
-  transfer uses, :func:`casync.trees.walk.commit_blocks`), then pins ``head``.
+- ``publish(head, since)`` sends the blocks of the commits between ``since`` (published and
+  pinned before its own swap, so its closure is on the node; when it is not pinned there,
+  everything) and ``head`` (the same tree walk every transfer uses,
+  :func:`casync.trees.walk.commit_blocks`), then pins ``head``.
 - ``obtain(head)`` fetches what the local store lacks, depth first, and stores it children
   first (a block here always has its closure here), each block hash-verified, tree names
   validated and every commit checked against its parents before it is stored.
@@ -47,6 +48,8 @@ class KuboShare:
         self.client.close()
 
     def publish(self, head: Cid, since: Cid | None) -> None:
+        if since is not None and not self.client.is_pinned(since):
+            since = None  # not published here (a branch that became strong later, a new node): send it all
         commits = self.graph.missing([head], [since] if since is not None else [])
         for cid, _size, data in commit_blocks(self.blocks.get, self.graph, commits):
             self.remote.put(cid, data if data is not None else self.blocks.get(cid))

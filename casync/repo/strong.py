@@ -24,7 +24,14 @@ import contextlib
 import json
 from typing import Protocol
 
-from casync.errors import CasyncError, InvalidObject, RefConflict, StrongRefMoved, StrongUnavailable
+from casync.errors import (
+    CasyncError,
+    InvalidObject,
+    RefConflict,
+    RemoteError,
+    StrongRefMoved,
+    StrongUnavailable,
+)
 from casync.model.cid import Cid, cid_str, parse_cid, short
 from casync.settings import StrongSettings
 from casync.store.base import RefLogEntry
@@ -86,10 +93,12 @@ class StrongRefStore:
             return self.local.get_ref(name)
         kv = self._read(branch, "read")
         head, _replica = self._decode(branch, kv)
-        if head is not None and self.share is not None:
+        if head is None:  # not in etcd (yet): a branch that exists only here, until a move creates the key
+            return self.local.get_ref(name)
+        if self.share is not None:
             self.share.obtain(head)  # blocks first: the local copy never names what is not here
         self._mirror(name, head, "strong: read from etcd")
-        if head is not None and self.local.get_ref(PENDING_PREFIX + branch) == head:  # a move that timed out took
+        if self.local.get_ref(PENDING_PREFIX + branch) == head:  # a move that timed out did take effect
             self.local.cas_ref(PENDING_PREFIX + branch, head, None, "strong: found acknowledged on etcd")
         return head
 
@@ -106,6 +115,11 @@ class StrongRefStore:
         if seen is None or self._decode(branch, seen)[0] != old:
             seen = self._read(branch, "move", new)
         current, by = self._decode(branch, seen)
+        if current is None and old is not None and old == self.local.get_ref(name):
+            current = old  # a branch that existed here before it was strong: this move creates its key
+        if current == new and new is not None and current != old:
+            self._mirror(name, new, reason)  # already there (a retry after a timed-out swap that took effect)
+            return
         if current != old:
             raise self._moved(branch, old, current, by, new)
         if new is not None and self.share is not None:
@@ -113,8 +127,9 @@ class StrongRefStore:
                 self.share.publish(new, old)
             except CasyncError as exc:
                 self._keep(branch, new)
-                raise type(exc)(f"strong branch {branch} was not moved: its blocks could not be published to the "
-                                f"shared block store: {exc.message}", hint=self._kept_hint(branch, new)) from exc
+                raise RemoteError(f"strong branch {branch} was not moved: its blocks could not be published to "
+                                  f"the shared block store: {exc.message}", hint=self._kept_hint(branch, new),
+                                  transient=isinstance(exc, RemoteError) and exc.transient) from exc
         value = None if new is None else json.dumps({"commit": cid_str(new), "replica": self.replica}).encode()
         try:
             result = self.etcd.compare_and_swap(self.key(branch), seen.mod_revision, value)
