@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Build the pinned etcd server and etcdctl (for the strong-branch tests) into a local cache.
+# Build the pinned etcd server, etcdctl and etcdutl (strong branches: the tests, and the backups of
+# docs/operations.md) into a local cache.
 #
 # Usage: .ci/build-etcd.sh
 #
-# Prints the absolute path of the directory holding `etcd` and `etcdctl` on stdout (that one
+# Prints the absolute path of the directory holding `etcd`, `etcdctl` and `etcdutl` on stdout (that one
 # line only); progress and errors go to stderr.
 #
 # Environment:
 #   CASYNC_ETCD_VERSION  version to build (default: v3.6.16, the version the tests pin)
 #   CASYNC_ETCD_CACHE    cache root (default: $HOME/.cache/casync/etcd, outside the repo); the
-#                        binaries go to $CASYNC_ETCD_CACHE/<version>/{etcd,etcdctl}
+#                        binaries go to $CASYNC_ETCD_CACHE/<version>/{etcd,etcdctl,etcdutl}
 #
 # `go install go.etcd.io/etcd/server/v3@VERSION` is refused because that module's go.mod has
 # replace lines, so this builds from a throw-away wrapper module that requires the server
-# (its root package is `main`) and etcdctl at the same version; the replace lines of a
-# dependency do not apply there. Nothing is rebuilt when both binaries exist and run.
+# (its root package is `main`), etcdctl and etcdutl at the same version; the replace lines of a
+# dependency do not apply there. Nothing is rebuilt when the three binaries exist and run.
 # A build takes about 2 minutes on 2 cores.
 set -euo pipefail
 
@@ -29,8 +30,9 @@ cache_root="${CASYNC_ETCD_CACHE:-${HOME:?HOME is not set (or set CASYNC_ETCD_CAC
 out_dir="$cache_root/$version"
 
 binaries_ok() {
-    [[ -x "$out_dir/etcd" && -x "$out_dir/etcdctl" ]] \
-        && "$out_dir/etcd" --version >/dev/null 2>&1 && "$out_dir/etcdctl" version >/dev/null 2>&1
+    [[ -x "$out_dir/etcd" && -x "$out_dir/etcdctl" && -x "$out_dir/etcdutl" ]] \
+        && "$out_dir/etcd" --version >/dev/null 2>&1 && "$out_dir/etcdctl" version >/dev/null 2>&1 \
+        && "$out_dir/etcdutl" version >/dev/null 2>&1
 }
 
 if binaries_ok; then
@@ -61,6 +63,7 @@ go 1.24
 
 require (
 	go.etcd.io/etcd/etcdctl/v3 $version
+	go.etcd.io/etcd/etcdutl/v3 $version
 	go.etcd.io/etcd/server/v3 $version
 )
 GOMOD
@@ -72,6 +75,7 @@ package tools
 
 import (
 	_ "go.etcd.io/etcd/etcdctl/v3"
+	_ "go.etcd.io/etcd/etcdutl/v3"
 	_ "go.etcd.io/etcd/server/v3"
 )
 GO
@@ -81,10 +85,14 @@ export CGO_ENABLED="${CGO_ENABLED:-0}"
     || die "go build of go.etcd.io/etcd/server/v3@$version failed"
 (cd "$work" && go build -mod=mod -trimpath -ldflags "-s -w" -o "$work/etcdctl.new" go.etcd.io/etcd/etcdctl/v3) >&2 \
     || die "go build of go.etcd.io/etcd/etcdctl/v3@$version failed"
+(cd "$work" && go build -mod=mod -trimpath -ldflags "-s -w" -o "$work/etcdutl.new" go.etcd.io/etcd/etcdutl/v3) >&2 \
+    || die "go build of go.etcd.io/etcd/etcdutl/v3@$version failed"
 "$work/etcd.new" --version >/dev/null || die "built etcd does not run"
 "$work/etcdctl.new" version >/dev/null || die "built etcdctl does not run"
+"$work/etcdutl.new" version >/dev/null || die "built etcdutl does not run"
 mv -f "$work/etcd.new" "$out_dir/etcd"
 mv -f "$work/etcdctl.new" "$out_dir/etcdctl"
+mv -f "$work/etcdutl.new" "$out_dir/etcdutl"
 {
     echo "etcd $version"
     echo "go $(go env GOVERSION)"
