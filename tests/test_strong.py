@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -317,3 +320,18 @@ def test_a_move_whose_blocks_cannot_be_published_does_not_happen(tmp_path: Path,
         assert site.resolve("release") == base  # etcd never saw it
     finally:
         site.close()
+
+
+@pytest.mark.parametrize("ci", ["1", ""])
+def test_a_missing_etcd_fails_under_ci_and_is_skipped_otherwise(ci: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "CASYNC_REQUIRE_KUBO")}
+    env.update({"CASYNC_ETCD_BIN": "/nonexistent/etcd", "CI": ci})
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                          "tests/test_strong.py::test_the_etcd_adapter_fails_over_and_serves_threads"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert "etcd v3.6.16 not built" in run.stdout, run.stdout
+    if ci:
+        assert run.returncode == 1 and "this is a failure" in run.stdout, run.stdout
+    else:
+        assert run.returncode == 0 and "1 skipped" in run.stdout, run.stdout

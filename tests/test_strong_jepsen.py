@@ -7,6 +7,8 @@ replica is cut off.  The history is checked afterwards, as Jepsen checks its ope
 - no two acknowledged commits have the same parent (each won its own compare-and-swap);
 - every commit in the history was acknowledged, or is one its replica kept as
   ``strong-pending/release`` (a move whose answer the partition swallowed);
+- every read of the head (each operation's base) saw every move acknowledged before it
+  started, or a later one (linearizable reads);
 - operations during the election fail cleanly (typed errors only) and succeed again after it;
 - the cut-off replica's attempts fail with the partition message, and it loses nothing.
 
@@ -42,6 +44,7 @@ class Site:
     repo: Repository
     counts: Counter[str] = field(default_factory=Counter)
     acked: list[tuple[Cid, Cid | None, float]] = field(default_factory=list)  # commit, parent, when
+    reads: list[tuple[float, Cid | None]] = field(default_factory=list)  # when the read started, what it saw
     partition_messages: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     longest_failure_s: float = 0.0
@@ -73,6 +76,7 @@ def _worker(run: Run, site: Site) -> None:
         t0 = time.monotonic()
         try:
             with site.repo.transaction("release", f"{name} op {n}") as tx:
+                site.reads.append((t0, tx.base))  # the linearizable read of the head, started at t0
                 tx.write(f"{name}/{n}", f"{name} {n}\n".encode())
             assert tx.commit is not None
             site.acked.append((tx.commit, tx.base, time.monotonic()))
@@ -167,8 +171,6 @@ def test_three_replicas_one_strong_branch_through_a_leader_kill_and_a_partition(
         for s in sites:
             assert not s.unexpected, f"{s.repo.replica}: untyped failures: {s.unexpected[:3]}"
         head = sites[0].repo.resolve("release")
-        for s in sites:  # linearizable: every replica reads the same head
-            assert s.repo.resolve("release") == head
         history = _history(sites[0].repo, head)
         in_history = set(history)
         acked = [(cid, parent) for s in sites for cid, parent, _w in s.acked]
@@ -177,6 +179,19 @@ def test_three_replicas_one_strong_branch_through_a_leader_kill_and_a_partition(
         parents = Counter(parent for _cid, parent in acked)
         shared = {short(p) if p else None: n for p, n in parents.items() if n > 1}
         assert not shared, f"acknowledged commits sharing a parent: {shared}"
+        # every read saw every move acknowledged before it started (or a later one): linearizable reads
+        position = {cid: i for i, cid in enumerate(reversed(history))}
+        acks = sorted((when, position[cid]) for s in sites for cid, _p, when in s.acked)
+        stale = []
+        for s in sites:
+            for started, base in s.reads:
+                done = [pos for when, pos in acks if when < started]
+                if done and (base is None or position[base] < max(done)):
+                    stale.append((s.repo.replica, short(base) if base else None))
+        assert not stale, f"{len(stale)} reads missed an acknowledged move, e.g. {stale[:3]}"
+        reads = sum(len(s.reads) for s in sites)
+        for s in sites:  # linearizable: every replica reads the same head
+            assert s.repo.resolve("release") == head
         kept = {e.new for s in sites for e in s.repo.refs.reflog(f"{PENDING_PREFIX}release") if e.new}
         unexplained = [short(cid) for cid in in_history - {cid for cid, _p in acked} - kept]
         assert not unexplained, f"commits in the history nobody acknowledged or kept: {unexplained}"
@@ -188,7 +203,8 @@ def test_three_replicas_one_strong_branch_through_a_leader_kill_and_a_partition(
         assert sum(total.values()) >= OPERATIONS
         assert total["acknowledged"] == len(acked) and len(history) >= len(acked)
         report["history"] = (f"{len(history)} commits in one chain; {len(acked)} acknowledged, "
-                             f"{len(in_history & kept)} more were kept as pending and did take effect")
+                             f"{len(in_history & kept)} more were kept as pending and did take effect; "
+                             f"{reads} reads, none missed an acknowledged move")
         report["per site"] = {s.repo.replica: dict(s.counts) for s in sites}
         report["unavailable outside the partition"] = [m for s in sites[:2] for m in s.partition_messages]
         report["total"] = dict(total)
