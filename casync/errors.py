@@ -39,6 +39,8 @@ __all__ = [
     "StateRefused",
     "StorageError",
     "StorageFull",
+    "StrongRefMoved",
+    "StrongUnavailable",
     "UnknownRevision",
     "UnstableFile",
     "UnsupportedFormat",
@@ -150,6 +152,11 @@ class RefConflict(CasyncError):
     """A compare-and-swap ref update lost a race: the ref moved meanwhile."""
 
 
+class StrongRefMoved(RefConflict):
+    """A strong branch's compare-and-swap on etcd lost: another site moved the branch first.
+    Nothing was overwritten and nothing merged; the hint says where the commit was kept."""
+
+
 class ConflictError(CasyncError):
     """A merge or update stopped because of conflicts the policy left to the user."""
 
@@ -194,3 +201,8 @@ class RemoteProtocolError(RemoteError):
     """The remote answered something this side cannot read: a malformed or inconsistent reply."""
 class PeerRefused(RemoteError):
     """A peer understood the request and refused it (HTTP 403: read-only, a push it does not take)."""
+
+
+class StrongUnavailable(RemoteUnreachable):
+    """A strong branch cannot be read or moved: no etcd member with a majority behind it
+    answered in time (this site is cut off, or the cluster has lost its quorum)."""

@@ -23,12 +23,16 @@ from casync.model.names import is_replica_name
 if TYPE_CHECKING:
     from casync.merge.threeway import PolicyRules
 
-__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "author", "check_value", "merge_rules",
-           "priorities", "remotes", "with_remote"]
+__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "StrongSettings", "author", "check_value",
+           "merge_rules", "priorities", "remotes", "strong", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
 _REMOTE_FIELDS = ("url", "gateway", "token_file")
+_STRONG_FIELDS = ("branches", "etcd_endpoints", "key_prefix", "timeout", "ipfs_api")
+_STRONG_EXAMPLE = ("casync config strong '{\"branches\": [\"release\"], \"etcd_endpoints\": "
+                   "[\"http://127.0.0.1:2379\"], \"ipfs_api\": \"http://127.0.0.1:5001\"}'")
+_HTTP_URL = re.compile(r"^http://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$")
 _REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -101,6 +105,31 @@ def _check_remotes(value: Any) -> None:
                 raise _bad(f"remotes.{name}.{field}", item, "must be a non-empty string or null", hint)
 
 
+def _check_strong(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _bad("strong", value, f"must be an object with fields {', '.join(_STRONG_FIELDS)}", _STRONG_EXAMPLE)
+    for name in value:
+        if name not in _STRONG_FIELDS:
+            raise _bad(f"strong.{name}", value[name], f"unknown field (strong has {', '.join(_STRONG_FIELDS)})")
+    branches = value.get("branches", [])
+    if not isinstance(branches, list) or not all(isinstance(b, str) and b for b in branches):
+        raise _bad("strong.branches", branches, "must be a list of branch names ('*': every branch)", _STRONG_EXAMPLE)
+    endpoints = value.get("etcd_endpoints", [])
+    if (not isinstance(endpoints, list) or not all(isinstance(u, str) and _HTTP_URL.match(u) for u in endpoints)
+            or (branches and not endpoints)):
+        raise _bad("strong.etcd_endpoints", endpoints, "must list the etcd members' client URLs (http://HOST:PORT)",
+                   _STRONG_EXAMPLE)
+    prefix = value.get("key_prefix", "/casync/")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.endswith("/"):
+        raise _bad("strong.key_prefix", prefix, "must start and end with '/'", "the default is /casync/")
+    timeout = value.get("timeout", 5)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+        raise _bad("strong.timeout", timeout, "must be a number of seconds, above 0 and at most 600")
+    api = value.get("ipfs_api")
+    if api is not None and not (isinstance(api, str) and _HTTP_URL.match(api)):
+        raise _bad("strong.ipfs_api", api, "must be a Kubo RPC API URL (http://HOST:PORT) or null", _STRONG_EXAMPLE)
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key casync reads: its JSON type, the value used when it is unset,
@@ -117,6 +146,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("merge", "object {policy, rules, skew_tolerance_ms}", {}, _check_merge),
     Key("priorities", "object {replica id: integer}", {}, _check_priorities),
     Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
+    Key("strong", "object {branches, etcd_endpoints, key_prefix, timeout, ipfs_api}", {}, _check_strong),
 )}
 KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
@@ -201,3 +231,29 @@ def with_remote(cfg: Mapping[str, Any], name: str, entry: RemoteEntry | None) ->
         return None
     _check_remotes(out)
     return out
+
+
+@dataclass(frozen=True)
+class StrongSettings:
+    """Which branches are strong (their heads live in etcd, docs/design.md "Strong branches"),
+    where etcd is, the key prefix, the deadline of every etcd call in seconds, and the Kubo
+    RPC API every site reads blocks from (``None``: none; then only this site's commits are
+    readable, see the docs)."""
+
+    branches: tuple[str, ...]
+    etcd_endpoints: tuple[str, ...]
+    key_prefix: str
+    timeout: float
+    ipfs_api: str | None
+
+    def is_strong(self, branch: str) -> bool:
+        return "*" in self.branches or branch in self.branches
+
+
+def strong(cfg: Mapping[str, Any]) -> StrongSettings | None:
+    """The ``strong`` settings, or ``None`` when no branch is strong."""
+    raw: dict[str, Any] = _read(cfg, "strong")
+    if not raw.get("branches"):
+        return None
+    return StrongSettings(tuple(raw["branches"]), tuple(raw["etcd_endpoints"]), raw.get("key_prefix", "/casync/"),
+                          float(raw.get("timeout", 5)), raw.get("ipfs_api"))

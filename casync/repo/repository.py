@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 from casync.errors import (
     BlockNotFound,
@@ -45,7 +45,9 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.transaction import Transaction
 from casync.settings import author as settings_author
 from casync.settings import check_value
+from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
+from casync.store.refs import LmdbRefStore
 from casync.trees.unixfs import (
     Entry,
     FileWriter,
@@ -59,6 +61,9 @@ from casync.trees.unixfs import (
 )
 
 AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
+
+if TYPE_CHECKING:
+    from casync.repo.strong import StrongRefStore
 
 __all__ = ["FORGOTTEN_PREFIX", "FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates",
            "validate_branch_name"]
@@ -145,7 +150,6 @@ class Repository:
         self.root = root
         self.store = store
         self.blocks = store.blocks
-        self.refs = store.refs
         cfg = store.get_config()
         self.repo_id: str = cfg["repository_id"]
         self.replica: str = cfg["replica"]
@@ -155,6 +159,27 @@ class Repository:
         self.config = cfg
         self.graph = CommitGraph(self.load_commit, store)
         self._forgotten: set[Cid] = set()
+        self._open_refs()
+
+    def _open_refs(self) -> None:
+        """The ref store: the local one, wrapped by strong branches' when some are configured
+        (:mod:`casync.repo.strong`; imported only then, with its etcd and Kubo clients)."""
+        old = getattr(self, "refs", None)
+        if old is not None and not isinstance(old, LmdbRefStore):
+            old.close()
+        self.refs: LmdbRefStore | StrongRefStore = self.store.refs
+        configured = settings_strong(self.config)
+        if configured is None:
+            return
+        from casync.repo.strong import StrongRefStore
+
+        share = None
+        if configured.ipfs_api is not None:
+            from casync.repo.blockshare import KuboShare
+
+            share = KuboShare(configured.ipfs_api, self.blocks, self.graph, self._check_commit_against_parents,
+                              timeout=max(configured.timeout, 30.0))
+        self.refs = StrongRefStore(self.store.refs, configured, self.repo_id, self.replica, share)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -203,6 +228,8 @@ class Repository:
         raise NotARepository(str(start))
 
     def close(self) -> None:
+        if not isinstance(self.refs, LmdbRefStore):
+            self.refs.close()
         if self.store.env is not None:
             with contextlib.suppress(CasyncError):
                 self.graph.save()
@@ -224,6 +251,8 @@ class Repository:
         check_value(key, value)
         self.store.set_config({key: value})
         self.config = self.store.get_config()
+        if key == "strong":
+            self._open_refs()
 
     # --- objects -------------------------------------------------------------------------
 

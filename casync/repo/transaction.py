@@ -48,7 +48,11 @@ class Transaction:
     def __enter__(self) -> Transaction:
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(self.repo.store.writer_lock())
-        self.base = self.repo.refs.get_ref(f"heads/{self.branch}")
+        try:  # reading a strong branch can fail (etcd out of reach): then no __exit__ frees the lock
+            self.base = self.repo.refs.get_ref(f"heads/{self.branch}")
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     def write(self, path: str, data: bytes | BinaryIO, executable: bool = False) -> None:
