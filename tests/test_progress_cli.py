@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import Result
 
-from casync.cli.common import _Progress
+from casync.cli.common import ProgressBar
 
 from .conftest import Cli, write
 
@@ -91,7 +91,7 @@ def test_sync_shows_the_transfer_and_the_working_tree_check(tmp_path: Path) -> N
 
 
 def test_advance_without_start_is_labelled_and_timed_from_the_first_advance(capsys: object) -> None:
-    p = _Progress(enabled=True, delay=0.0)
+    p = ProgressBar(enabled=True, delay=0.0)
     p.advance(5_000_000)  # a caller that never said start
     p.finish()
     err = capsys.readouterr().err  # type: ignore[attr-defined]

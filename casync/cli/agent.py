@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from casync.cli.common import Context, pass_context
 from casync.errors import UsageError
 
 __all__ = ["agent"]
@@ -36,8 +37,8 @@ def _address(value: str) -> tuple[str, int]:
 @click.option("--replica", metavar="ID", help="This site's replica id, in place of site.replica (one config for "
               "every pod of a DaemonSet: --replica=$(NODE_NAME)).")
 @click.option("--advertise-url", metavar="URL", help="In place of serve.advertise_url (the pod's own address).")
-@click.pass_obj
-def agent(obj: Any, config_path: Path, once: bool, log_format: str, metrics_addr: str | None, replica: str | None,
+@pass_context
+def agent(obj: Context, config_path: Path, once: bool, log_format: str, metrics_addr: str | None, replica: str | None,
           advertise_url: str | None) -> None:
     """Serve this site's repository to its peers and sync with them every sync_interval.
 

@@ -1,6 +1,6 @@
 """What the command modules share: the context object each command gets, the progress
 renderer it hands to the library, JSON output and path helpers.  Imports no command module,
-so every ``cli_*`` module can import it without a cycle."""
+so every command module can import it without a cycle."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from casync.repo.repository import Repository
 if TYPE_CHECKING:
     from casync.store.retry import RetryPolicy
 
-__all__ = ["F", "_Context", "retry_policy", "_Progress", "_format_time", "_human", "_json", "_pass", "_quote_path",
-           "_repo_relative", "json_option"]
+__all__ = ["Context", "F", "ProgressBar", "format_time", "human_bytes", "json_option", "pass_context", "print_json",
+           "quote_path", "repo_relative", "retry_policy"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Progress:
+class ProgressBar:
     """Progress on stderr for work lasting over ``delay`` seconds (1 by default): label, bytes
     done, rate, and with a known total a bar, percentage and time left.  Redrawn at most ten
     times a second; the last draw ends its line, so what is printed next starts on a new one.
@@ -62,17 +62,17 @@ class _Progress:
     def _draw(self, now: float, final: bool = False) -> None:
         elapsed = max(now - (self._t0 if self._t0 is not None else now), 1e-6)
         rate = self._done / elapsed
-        text = f"{self._label}: {_human(self._done)}"
+        text = f"{self._label}: {human_bytes(self._done)}"
         if self._total:
             frac = min(self._done / self._total, 1.0)
             filled = int(frac * 24)
             left = (self._total - self._done) / rate if rate > 0 and not final else 0.0
             text = (f"{self._label} [{'#' * filled}{'-' * (24 - filled)}] {frac:4.0%} "
-                    f"{_human(self._done)}/{_human(self._total)}")
+                    f"{human_bytes(self._done)}/{human_bytes(self._total)}")
             if not final:
-                text += f"  {_human(rate)}/s  {int(left) // 60}:{int(left) % 60:02d} left"
+                text += f"  {human_bytes(rate)}/s  {int(left) // 60}:{int(left) % 60:02d} left"
         else:
-            text += f"  {_human(rate)}/s"
+            text += f"  {human_bytes(rate)}/s"
         sys.stderr.write("\r\x1b[K" + text + ("\n" if final else ""))
         sys.stderr.flush()
         self._shown = True
@@ -84,7 +84,7 @@ class _Progress:
         self._t0 = None
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -92,27 +92,27 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-class _Context:
+class Context:
     def __init__(self, directory: str, quiet: bool, force_progress: bool = False) -> None:
         self.directory = directory
         self.quiet = quiet
         self.as_json = False  # a command's --json was given: failures are reported as JSON too
         self.force_progress = force_progress
         self._repo: Repository | None = None
-        self._progress: _Progress | None = None
+        self._progress: ProgressBar | None = None
 
     def repo(self) -> Repository:
         if self._repo is None:
             self._repo = Repository.open(self.directory)
         return self._repo
 
-    def progress(self) -> _Progress:
+    def progress(self) -> ProgressBar:
         """One renderer per command, so a bar left drawn is ended before the next starts."""
         if self._progress is None:
             if self.force_progress and not self.quiet:
-                self._progress = _Progress(enabled=True, delay=0.0)
+                self._progress = ProgressBar(enabled=True, delay=0.0)
             else:
-                self._progress = _Progress(enabled=not self.quiet and sys.stderr.isatty())
+                self._progress = ProgressBar(enabled=not self.quiet and sys.stderr.isatty())
         return self._progress
 
     def close(self) -> None:
@@ -122,33 +122,33 @@ class _Context:
             self._repo.close()
 
 
-def _pass(f: F) -> F:
+def pass_context(f: F) -> F:
     @click.pass_obj
     @wraps(f)
-    def inner(obj: _Context, *args: Any, **kwargs: Any) -> Any:
+    def inner(obj: Context, *args: Any, **kwargs: Any) -> Any:
         return f(obj, *args, **kwargs)
 
     return inner  # type: ignore[return-value]
 
 
-def _json(data: Any) -> None:
+def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 
 
-def _quote_path(path: str) -> str:
+def quote_path(path: str) -> str:
     """A path as one printable line: with a control character in it (a newline would break
     line-based parsing) it is printed JSON-quoted, as git quotes such paths."""
     return json.dumps(path, ensure_ascii=False) if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path) else path
 
 
-def _format_time(wall_ms: int) -> str:
+def format_time(wall_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(wall_ms / 1000))
 
 
-def _repo_relative(repo: Repository, base: str, path: str) -> str:
+def repo_relative(repo: Repository, base: str, path: str) -> str:
     """Interpret PATH relative to the directory casync runs in (-C); refuse paths outside the tree."""
     absolute = os.path.abspath(os.path.join(os.path.abspath(base), path))
     root = str(repo.root)

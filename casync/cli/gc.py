@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from casync.cli.common import _Context, _json, _pass, json_option
+from casync.cli.common import Context, json_option, pass_context, print_json
 from casync.history.retention import Policy, parse_duration
 from casync.repo.gc import DEFAULT_PRUNE, GcReport
 
@@ -42,8 +42,8 @@ def _prune_ms(prune: str) -> int | None:
                    "are expired; 'never' keeps every entry.")
 @click.option("--dry-run", is_flag=True, help="Report what would be reclaimed; change nothing.")
 @json_option
-@_pass
-def gc_cmd(obj: _Context, prune: str, dry_run: bool, as_json: bool) -> None:
+@pass_context
+def gc_cmd(obj: Context, prune: str, dry_run: bool, as_json: bool) -> None:
     """Delete blocks nothing reaches and rewrite packs to reclaim their space.
 
     Marks from every ref (branches, tags, remote heads), HEAD, reflog entries younger than
@@ -53,7 +53,7 @@ def gc_cmd(obj: _Context, prune: str, dry_run: bool, as_json: bool) -> None:
 
     report = gc(obj.repo(), prune_ms=_prune_ms(prune), dry_run=dry_run, progress=obj.progress())
     if as_json:
-        _json(report.to_json())
+        print_json(report.to_json())
     else:
         _print_gc(report)
 
@@ -77,8 +77,8 @@ def gc_cmd(obj: _Context, prune: str, dry_run: bool, as_json: bool) -> None:
 @click.option("--gc/--no-gc", "run_gc", default=True, show_default=True,
               help="Run 'casync gc' afterwards to reclaim the space.")
 @json_option
-@_pass
-def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
+@pass_context
+def retention_cmd(obj: Context, keep_last: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
                   keep_within: str | None, branches: tuple[str, ...], remotes: tuple[str, ...], dry_run: bool,
                   run_gc: bool, as_json: bool) -> None:
     """Forget old commits' trees by a policy (as restic's forget); heads and tags are kept.
@@ -107,7 +107,7 @@ def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: i
         out = result.to_json()
         out["gc"] = report.to_json() if report is not None else None
         out["remotes"] = [r.to_json() for r in repinned]
-        _json(out)
+        print_json(out)
         return
     for line in result.lines():
         click.echo(line)
@@ -118,7 +118,7 @@ def retention_cmd(obj: _Context, keep_last: int, keep_daily: int, keep_weekly: i
         _print_gc(report)
 
 
-def _repin(obj: _Context, names: tuple[str, ...]) -> list[RepinResult]:
+def _repin(obj: Context, names: tuple[str, ...]) -> list[RepinResult]:
     """Move the pins on the IPFS remotes (named, or every one this replica pushed to)."""
     from casync.transports.config import list_remotes
     from casync.transports.ipfs.retain import repin

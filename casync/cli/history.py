@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from casync import porcelain
-from casync.cli.common import _Context, _format_time, _json, _pass, _repo_relative, json_option
+from casync.cli.common import Context, format_time, json_option, pass_context, print_json, repo_relative
 from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
 from casync.repo.repository import Repository
@@ -33,8 +33,8 @@ class _PathsAfterDashes(click.Command):
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @json_option
-@_pass
-def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
+@pass_context
+def log(obj: Context, rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
     """Show the history reachable from REV (default HEAD), newest first.
 
     'casync log [REV] -- PATH...' shows only the commits that changed a PATH (a file or
@@ -47,11 +47,11 @@ def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: 
             raise UsageError("'--' must be followed by at least one PATH")
         from casync.repo.pathlog import path_log
 
-        entries = path_log(repo, rev, [_repo_relative(repo, obj.directory, p) for p in paths], max_count)
+        entries = path_log(repo, rev, [repo_relative(repo, obj.directory, p) for p in paths], max_count)
     else:
         entries = repo.log(rev, limit=max_count)
     if as_json:
-        _json([e.to_json() for e in entries])
+        print_json([e.to_json() for e in entries])
         return
     for e in entries:
         c = e.commit
@@ -62,7 +62,7 @@ def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: 
         if len(c.parents) > 1:
             click.echo("merge:  " + " ".join(short(p) for p in c.parents))
         click.echo(f"author: {c.author}  (replica {c.replica})")
-        click.echo(f"date:   {_format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
+        click.echo(f"date:   {format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
         click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())))
         click.echo("")
         for line in c.message.splitlines() or [""]:
@@ -73,8 +73,8 @@ def log(obj: _Context, rev: str, max_count: int | None, oneline: bool, as_json: 
 @click.command()
 @click.argument("rev", default="HEAD")
 @json_option
-@_pass
-def show(obj: _Context, rev: str, as_json: bool) -> None:
+@pass_context
+def show(obj: Context, rev: str, as_json: bool) -> None:
     """Show one commit and the files it changed relative to its first parent."""
     repo = obj.repo()
     cid = repo.resolve(rev)
@@ -88,11 +88,11 @@ def show(obj: _Context, rev: str, as_json: bool) -> None:
     if as_json:
         data = entry.to_json()
         data["changes"] = None if changes is None else [{"path": c.path, "status": c.status} for c in changes]
-        _json(data)
+        print_json(data)
         return
     c = entry.commit
     click.echo(f"commit {cid_str(cid)}\ntree   {cid_str(c.tree)}")
-    click.echo(f"author: {c.author}  (replica {c.replica})\ndate:   {_format_time(c.time.wall_ms)}")
+    click.echo(f"author: {c.author}  (replica {c.replica})\ndate:   {format_time(c.time.wall_ms)}")
     click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())) + "\n")
     for line in c.message.splitlines() or [""]:
         click.echo(f"    {line}")
@@ -107,8 +107,8 @@ def show(obj: _Context, rev: str, as_json: bool) -> None:
 @click.argument("spec", default="HEAD", metavar="REV[:PATH]")
 @click.option("-r", "--recursive", is_flag=True, help="List files of all subdirectories.")
 @json_option
-@_pass
-def ls_cmd(obj: _Context, spec: str, recursive: bool, as_json: bool) -> None:
+@pass_context
+def ls_cmd(obj: Context, spec: str, recursive: bool, as_json: bool) -> None:
     """List a directory (or describe a file) in a commit."""
     repo = obj.repo()
     _commit, path, entry = repo.entry_at(spec if ":" in spec else spec + ":")
@@ -126,7 +126,7 @@ def ls_cmd(obj: _Context, spec: str, recursive: bool, as_json: bool) -> None:
             rows.append({"path": f"{path}/{link.name}" if path else link.name, "type": e.kind,
                          "size": _size(repo, e), "cid": cid_str(e.cid), "executable": e.executable})
     if as_json:
-        _json(rows)
+        print_json(rows)
         return
     for r in rows:
         suffix = "/" if r["type"] == "dir" else ("*" if r["executable"] else "")
@@ -144,8 +144,8 @@ def _size(repo: Repository, e: Any) -> int | None:
 
 @click.command()
 @click.argument("spec", metavar="REV:PATH")
-@_pass
-def cat(obj: _Context, spec: str) -> None:
+@pass_context
+def cat(obj: Context, spec: str) -> None:
     """Write a committed file's bytes to stdout (streamed)."""
     repo = obj.repo()
     if ":" not in spec:
@@ -166,8 +166,8 @@ def cat(obj: _Context, spec: str) -> None:
 @click.argument("rev_a", metavar="REV")
 @click.argument("rev_b", metavar="[REV]", required=False)
 @json_option
-@_pass
-def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
+@pass_context
+def diff(obj: Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     """Files that differ between REV and the working tree, or between two REVs."""
     repo = obj.repo()
     old = repo.flat_tree(repo.resolve(rev_a))
@@ -176,7 +176,7 @@ def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     else:
         changes = diff_flat(old, porcelain.worktree_entries(repo))
     if as_json:
-        _json([{"path": c.path, "status": c.status,
+        print_json([{"path": c.path, "status": c.status,
                 "old": cid_str(c.old.cid) if c.old else None,
                 "new": cid_str(c.new.cid) if c.new else None} for c in changes])
         return
@@ -191,8 +191,8 @@ def diff(obj: _Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
 @click.option("-r", "--remotes", "list_remotes", is_flag=True, help="List remote-tracking branches.")
 @click.option("-a", "--all", "list_all", is_flag=True, help="List local and remote-tracking branches.")
 @json_option
-@_pass
-def branch(obj: _Context, name: str | None, start: str, delete: str | None, list_remotes: bool, list_all: bool,
+@pass_context
+def branch(obj: Context, name: str | None, start: str, delete: str | None, list_remotes: bool, list_all: bool,
            as_json: bool) -> None:
     """List branches, create NAME at START (default HEAD), or delete one with -d.
 
@@ -227,8 +227,8 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, list
             tracking = ref[len("remotes/"):]
             rows.append((tracking, c, False, tracking.split("/", 1)[0]))
     if as_json:
-        _json([{"name": b, "commit": cid_str(c), "current": cur, **({"remote": r} if list_remotes or list_all else {})}
-               for b, c, cur, r in rows])
+        print_json([{"name": b, "commit": cid_str(c), "current": cur,
+                     **({"remote": r} if list_remotes or list_all else {})} for b, c, cur, r in rows])
         return
     for b, c, cur, r in rows:
         label = f"remotes/{b}" if list_all and r else b
@@ -239,8 +239,8 @@ def branch(obj: _Context, name: str | None, start: str, delete: str | None, list
 @click.argument("ref", default="HEAD")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N entries.")
 @json_option
-@_pass
-def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> None:
+@pass_context
+def reflog(obj: Context, ref: str, max_count: int | None, as_json: bool) -> None:
     """Every move of REF (default HEAD: every commit, checkout and switch, detached or not),
     newest first: how to find lost commits."""
     repo = obj.repo()
@@ -260,9 +260,9 @@ def reflog(obj: _Context, ref: str, max_count: int | None, as_json: bool) -> Non
         full = logs[0][0]
         entries = list(reversed(logs[0][1]))[:max_count]
     if as_json:
-        _json([{"ref": e.ref, "old": cid_str(e.old) if e.old else None, "new": cid_str(e.new) if e.new else None,
+        print_json([{"ref": e.ref, "old": cid_str(e.old) if e.old else None, "new": cid_str(e.new) if e.new else None,
                 "time_ms": e.time_ms, "reason": e.reason} for e in entries])
         return
     for i, e in enumerate(entries):
         new = short(e.new) if e.new else "(deleted)"
-        click.echo(f"{new}  {full}@{{{i}}}  {_format_time(e.time_ms)}  {e.reason}")
+        click.echo(f"{new}  {full}@{{{i}}}  {format_time(e.time_ms)}  {e.reason}")

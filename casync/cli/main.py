@@ -17,7 +17,7 @@ import click
 from casync.cli import history as cli_history
 from casync.cli import repo as cli_repo
 from casync.cli import tree as cli_tree
-from casync.cli.common import _Context
+from casync.cli.common import Context
 from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit
 
 __all__ = ["main"]
@@ -38,7 +38,7 @@ def _json_failure(as_json: bool, message: str, hint: str | None, code: int) -> N
 
 
 def _note_json(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value and isinstance(ctx.obj, _Context):
+    if value and isinstance(ctx.obj, Context):
         ctx.obj.as_json = True
     return value
 
@@ -85,7 +85,7 @@ class _Group(click.Group):
 
 
 def _wants_json(ctx: click.Context) -> bool:
-    return isinstance(ctx.obj, _Context) and ctx.obj.as_json
+    return isinstance(ctx.obj, Context) and ctx.obj.as_json
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +100,7 @@ def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) 
 
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
-    obj = _Context(directory, quiet, force_progress)
+    obj = Context(directory, quiet, force_progress)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from casync.cli.common import Context, json_option, pass_context, print_json
 from casync.errors import EXIT_FAILURE, UsageError
 from casync.merge.threeway import POLICIES
 from casync.model.cid import short
@@ -26,9 +27,9 @@ _POLICY_HELP = f"Conflict policy: {', '.join(POLICIES)} or custom:NAME (default:
 @click.option("--abort", is_flag=True, help="Abandon the merge in progress; the working tree returns to HEAD.")
 @click.option("--allow-unrelated-histories", "unrelated", is_flag=True,
               help="Merge even if REV shares no commit with HEAD.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, cont: bool, abort: bool,
+@json_option
+@pass_context
+def merge(obj: Context, rev: str | None, policy: str | None, message: str | None, cont: bool, abort: bool,
           unrelated: bool, as_json: bool) -> None:
     """Merge REV into the current branch: fast-forward, or a three-way merge under a policy.
 
@@ -51,9 +52,7 @@ def merge(obj: Any, rev: str | None, policy: str | None, message: str | None, co
     outcome = merger.merge(repo, rev, policy=policy, message=message, progress=obj.progress(),
                            allow_unrelated=unrelated)
     if as_json:
-        import json
-
-        click.echo(json.dumps(outcome.to_json(), indent=2))
+        print_json(outcome.to_json())
     else:
         if outcome.kind == "up-to-date":
             click.echo("already up to date")
@@ -86,15 +85,13 @@ def report_decisions(outcome: Any) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def conflicts(obj: Any, as_json: bool) -> None:
+@json_option
+@pass_context
+def conflicts(obj: Context, as_json: bool) -> None:
     """List unresolved conflicts: those of a merge in progress and sibling versions in HEAD."""
     found = merger.list_conflicts(obj.repo())
     if as_json:
-        import json
-
-        click.echo(json.dumps([c.to_json() for c in found], indent=2))
+        print_json([c.to_json() for c in found])
         return
     if not found:
         click.echo("no conflicts")
@@ -108,8 +105,8 @@ def conflicts(obj: Any, as_json: bool) -> None:
                             "the new path to keep.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this file's content.")
-@click.pass_obj
-def resolve(obj: Any, path: str, pick: str | None, file_: Path | None) -> None:
+@pass_context
+def resolve(obj: Context, path: str, pick: str | None, file_: Path | None) -> None:
     """Settle the conflict at PATH in the working tree (then commit, or merge --continue)."""
     chosen = merger.resolve_conflict(obj.repo(), path, pick, file_.read_bytes() if file_ else None)
     click.echo(f"resolved {path} ({chosen})", err=True)

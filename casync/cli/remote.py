@@ -8,7 +8,6 @@ context object is the CLI's (``repo()``, ``progress()``, ``directory``); errors 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -18,19 +17,13 @@ from typing import Any
 
 import click
 
-from casync.cli.common import retry_policy
+from casync.cli.common import Context, json_option, pass_context, print_json, retry_policy
 from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError, UsageError
 from casync.model.cid import Cid, cid_str, short
 from casync.settings import remotes as configured_remotes
 from casync.transports import ipfs as rmt
 
 __all__ = ["block_source"]
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-
-
-def _json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
 
 
 _PEER_COMMANDS = ("push", "fetch", "pull")
@@ -45,7 +38,7 @@ def _peer_command(command: str) -> Any:
     return {"push": cli_sync.push_peer, "fetch": cli_sync.fetch_peer, "pull": cli_sync.pull_peer}[command]
 
 
-def _peer_remote(obj: Any, name: str | None, command: str, token_file: str | None = None) -> Any:
+def _peer_remote(obj: Context, name: str | None, command: str, token_file: str | None = None) -> Any:
     """The peer hook for ``command`` if ``name`` is a casync peer (a remote's name, or a peer
     given directly as a 'casync serve' URL or a repository path, as 'casync sync' takes), else None."""
     repo = obj.repo()
@@ -89,7 +82,7 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
         return
     remotes = rmt.list_remotes(ctx.obj.repo())
     if as_json:
-        _json([r.to_json() for r in remotes])
+        print_json([r.to_json() for r in remotes])
         return
     for r in remotes:
         if verbose:
@@ -106,8 +99,8 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
 @click.option("--gateway", metavar="URL", help="HTTP gateway serving the node's blocks (for 'casync url').")
 @click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' peer: file holding its bearer token (the path is stored, not the token).")
-@click.pass_obj
-def remote_add(obj: Any, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
+@pass_context
+def remote_add(obj: Context, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
     """Add remote NAME at URL: ipfs+http://HOST:PORT[/REPO-ID][#INDEX-CID] (a Kubo RPC API;
     REPO-ID picks a repository on a node hosting several, INDEX reads head records published
     on another node), or a casync peer (http(s)://HOST:PORT of 'casync serve', or a path)."""
@@ -122,14 +115,14 @@ def remote_add(obj: Any, name: str, url: str, gateway: str | None, token_file: s
 
 @remote_cmd.command("remove")
 @click.argument("name")
-@click.pass_obj
-def remote_remove(obj: Any, name: str) -> None:
+@pass_context
+def remote_remove(obj: Context, name: str) -> None:
     """Forget remote NAME and its remote-tracking refs (nothing on the node changes)."""
     refs = rmt.remove_remote(obj.repo(), name)
     click.echo(f"removed remote {name} ({len(refs)} remote-tracking ref(s))", err=True)
 
 
-def _token_path(obj: Any, token_file: str) -> str:
+def _token_path(obj: Context, token_file: str) -> str:
     """The token file as an absolute path (relative to -C DIR, like every path argument)."""
     path = os.path.abspath(os.path.join(obj.directory, token_file))
     if not os.path.isfile(path):
@@ -147,8 +140,8 @@ def _store_token_file(repo: Any, name: str, path: str | None) -> None:
 @click.argument("url", required=False)
 @click.option("--gateway", metavar="URL", help="Set the gateway URL ('' removes it).")
 @click.option("--token-file", metavar="FILE", help="Set the bearer-token file of a casync peer ('' removes it).")
-@click.pass_obj
-def remote_set_url(obj: Any, name: str, url: str | None, gateway: str | None, token_file: str | None) -> None:
+@pass_context
+def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None, token_file: str | None) -> None:
     """Change the URL, the gateway and/or the token file of remote NAME."""
     if url is None and gateway is None and token_file is None:
         raise click.UsageError("give a URL, --gateway and/or --token-file")
@@ -166,8 +159,8 @@ def remote_set_url(obj: Any, name: str, url: str | None, gateway: str | None, to
 @remote_cmd.command("show")
 @click.argument("name", required=False)
 @json_option
-@click.pass_obj
-def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
+@pass_context
+def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
     """Show what remote NAME publishes: every replica's heads, and the index CID."""
     repo = obj.repo()
     r = rmt.get_remote(repo, name).require_ipfs()
@@ -177,7 +170,7 @@ def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
         index = node.index_cid(repo.repo_id)
         version = node.version
     if as_json:
-        _json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
+        print_json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
                "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors})
     else:
         click.echo(f"remote {r.name}: {r.url.text} (Kubo {version})")
@@ -200,8 +193,8 @@ def remote_show(obj: Any, name: str | None, as_json: bool) -> None:
               help="IPFS: bytes of blocks per upload request (MiB).")
 @token_file_option
 @json_option
-@click.pass_obj
-def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_size: int, token_file: str | None,
+@pass_context
+def push(obj: Context, remote: str | None, branch: str | None, force: bool, batch_size: int, token_file: str | None,
          as_json: bool) -> None:
     """Send BRANCH (default: current) to REMOTE (default: origin).
 
@@ -220,7 +213,7 @@ def push(obj: Any, remote: str | None, branch: str | None, force: bool, batch_si
     res = rmt.push(repo, remote, branch, force=force, progress=obj.progress(), batch_bytes=batch_size << 20,
                    measure=as_json, retry=retry_policy())
     if as_json:
-        _json(res.to_json())
+        print_json(res.to_json())
         return
     if res.up_to_date:
         click.echo(f"{res.remote}: {res.replica}/{res.branch} already at {short(res.head)}")
@@ -250,8 +243,8 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 @_ipfs_fetch_options
 @token_file_option
 @json_option
-@click.pass_obj
-def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+@pass_context
+def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
     """Download REMOTE's history without merging it.
 
     From an IPFS node: every replica's published heads (refs remotes/REMOTE/REPLICA/BRANCH).
@@ -264,7 +257,7 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
         return
     res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy())
     if as_json:
-        _json(res.to_json())
+        print_json(res.to_json())
     else:
         _report_fetch(res)
         click.echo(f"fetched {res.blocks_received} blocks ({_mib(res.bytes_received)}) from {res.remote}",
@@ -280,8 +273,8 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
 @_ipfs_fetch_options
 @token_file_option
 @json_option
-@click.pass_obj
-def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
+@pass_context
+def pull(obj: Context, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
          token_file: str | None, as_json: bool) -> None:
     """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads.
 
@@ -295,7 +288,7 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
     res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
                    retry=retry_policy(), policy=policy)
     if as_json:
-        _json(res.to_json())
+        print_json(res.to_json())
     else:
         _report_fetch(res.fetch)
         if res.up_to_date:
@@ -324,8 +317,8 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
 @click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' URL: file holding its bearer token (recorded with 'origin').")
 @json_option
-@click.pass_obj
-def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str | None, gateway: str | None,
+@pass_context
+def clone(obj: Context, url: str, directory: str, replica: str | None, branch: str | None, gateway: str | None,
           jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
     """Create DIR as a new replica of the repository at URL: an IPFS node
     (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]), a 'casync serve' peer (http(s)://HOST:PORT),
@@ -349,7 +342,7 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
                           concurrency=jobs, wait=timeout, retry=retry_policy())
     repo.close()
     if as_json:
-        _json(res.to_json())
+        print_json(res.to_json())
     else:
         _report_fetch(res.fetch, "warning")
         where = f"branch {res.branch} at {short(res.head)}" if res.head else "no commits"
@@ -361,8 +354,8 @@ def clone(obj: Any, url: str, directory: str, replica: str | None, branch: str |
 @click.command("url")
 @click.argument("spec", metavar="REV[:PATH]", default="HEAD")
 @click.option("--remote", "remote_name", help="Remote whose gateway to use (default: origin).")
-@click.pass_obj
-def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
+@pass_context
+def url_cmd(obj: Context, spec: str, remote_name: str | None) -> None:
     """Print the gateway URL of REV[:PATH]: GATEWAY/ipfs/COMMIT/tree/PATH.
 
     GATEWAY is the remote's --gateway, else the one its node reports (Addresses.Gateway).
@@ -376,7 +369,7 @@ def url_cmd(obj: Any, spec: str, remote_name: str | None) -> None:
 
 
 @contextlib.contextmanager
-def block_source(obj: Any, spec: str) -> Iterator[Any]:
+def block_source(obj: Context, spec: str) -> Iterator[Any]:
     """For ``fsck --repair SPEC``: a function from CIDs to the ``(cid, bytes)`` that SPEC (a
     remote name or URL; an IPFS node, else a casync peer) can give (:data:`casync.repo.repair.BlockSource`)."""
     repo = obj.repo()

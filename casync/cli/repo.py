@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from casync.cli.common import _Context, _json, _pass, json_option
+from casync.cli.common import Context, json_option, pass_context, print_json
 from casync.errors import EXIT_FAILURE, UsageError
 from casync.model.cid import cid_str
 from casync.repo.repository import FsckReport, Repository
@@ -28,8 +28,8 @@ __all__ = ["config_cmd", "fsck", "init"]
 @click.option("--repository-id", metavar="ID",
               help="Join an existing repository as a new replica (its id: 'casync remote show' or a bundle's "
                    "--json), e.g. before 'casync bundle unbundle'; default: a new repository.")
-@_pass
-def init(obj: _Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
+@pass_context
+def init(obj: Context, directory: str | None, replica: str | None, hash_name: str, chunker: str,
          branch: str, bare: bool, repository_id: str | None) -> None:
     """Create a repository in DIRECTORY (default: the current directory)."""
     path = os.path.join(obj.directory, directory) if directory else obj.directory
@@ -48,8 +48,8 @@ def init(obj: _Context, directory: str | None, replica: str | None, hash_name: s
               help="Fetch good copies of missing or damaged blocks from REMOTE (a remote name, a "
                    "'casync serve' URL, a path or an ipfs+http:// URL) and store them in place.")
 @json_option
-@_pass
-def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
+@pass_context
+def fsck(obj: Context, remote: str | None, as_json: bool) -> None:
     """Verify every block reachable from refs: present, hash-valid, well-formed.  Exit 1 if not."""
     if remote is not None:
         _repair(obj, remote, as_json)
@@ -58,14 +58,14 @@ def fsck(obj: _Context, remote: str | None, as_json: bool) -> None:
     report = repo.fsck(progress=obj.progress())
     repo.record_audit(report)
     if as_json:
-        _json(report.to_json())
+        print_json(report.to_json())
     else:
         _print_fsck(report)
     if not report.ok:
         sys.exit(EXIT_FAILURE)
 
 
-def _repair(obj: _Context, remote: str, as_json: bool) -> None:
+def _repair(obj: Context, remote: str, as_json: bool) -> None:
     from casync.cli.remote import block_source
     from casync.repo.repair import repair
 
@@ -73,7 +73,7 @@ def _repair(obj: _Context, remote: str, as_json: bool) -> None:
         result = repair(obj.repo(), source, progress=obj.progress())
     obj.repo().record_audit(result.fsck)
     if as_json:
-        _json(result.to_json())
+        print_json(result.to_json())
     else:
         for cid in result.repaired:
             click.echo(f"repaired {cid_str(cid)}")
@@ -109,8 +109,8 @@ def _print_fsck(report: FsckReport) -> None:
 @click.argument("value", required=False)
 @click.option("--unset", is_flag=True, help="Remove KEY.")
 @json_option
-@_pass
-def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, as_json: bool) -> None:
+@pass_context
+def config_cmd(obj: Context, key: str | None, value: str | None, unset: bool, as_json: bool) -> None:
     """Show the configuration, one KEY, or set KEY to VALUE.
 
     VALUE is stored as JSON when it parses as JSON (numbers, objects such as
@@ -122,7 +122,7 @@ def config_cmd(obj: _Context, key: str | None, value: str | None, unset: bool, a
     repo = obj.repo()
     if key is None:
         if as_json:
-            _json(repo.config)
+            print_json(repo.config)
         else:
             for k, v in sorted(repo.config.items()):
                 click.echo(f"{k} = {json.dumps(v)}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import click
 
-from casync.cli.common import retry_policy
+from casync.cli.common import Context, json_option, pass_context, print_json, retry_policy
 from casync.errors import EXIT_FAILURE, CasyncError, RefConflict, StateRefused, UsageError
 from casync.model.cid import short
 from casync.settings import RemoteEntry, remotes
@@ -67,7 +66,7 @@ def open_peer(repo: Any, spec: str, token_file: Path | None, base: str = ".") ->
 
 
 @contextlib.contextmanager
-def peer_block_source(obj: Any, spec: str) -> Iterator[Any]:
+def peer_block_source(obj: Context, spec: str) -> Iterator[Any]:
     """``fsck --repair`` from a peer (a remote name, a 'casync serve' URL or a path): its
     ``blocks`` call, which answers with the blocks it holds intact."""
     _name, peer = open_peer(obj.repo(), spec, None, obj.directory)
@@ -84,8 +83,8 @@ def peer_block_source(obj: Any, spec: str) -> Iterator[Any]:
               help="File holding the bearer token clients must present.")
 @click.option("--read-only", is_flag=True, help="Refuse pushes.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request to stderr.")
-@click.pass_obj
-def serve(obj: Any, bind: str, token_file: Path, read_only: bool, verbose: bool) -> None:
+@pass_context
+def serve(obj: Context, bind: str, token_file: Path, read_only: bool, verbose: bool) -> None:
     """Serve this repository to peers over HTTP (fetch, and push unless --read-only).
 
     Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
@@ -125,9 +124,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--policy", "-p", help="Merge policy for diverged histories (default: config merge.policy, else lww).")
 @click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token for http(s) peers.")
 @click.option("--no-push", is_flag=True, help="Only fetch and merge.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path | None, no_push: bool,
+@json_option
+@pass_context
+def sync(obj: Context, peers: tuple[str, ...], policy: str | None, token_file: Path | None, no_push: bool,
          as_json: bool) -> None:
     """Fetch from each PEER (default: every non-IPFS remote), merge, and push back.
 
@@ -167,7 +166,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
         if not as_json:
             _print_sync(entry)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        print_json(report)
     if exit_code:
         sys.exit(exit_code)  # 2 if a peer failed on a usage error (a token file), else 1
 
@@ -217,16 +216,16 @@ def bundle() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.argument("revs", nargs=-1)
 @click.option("--since", multiple=True, metavar="REV", help="Leave out what REV reaches (the receiver has it).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str, ...], as_json: bool) -> None:
+@json_option
+@pass_context
+def bundle_create(obj: Context, file: Path, revs: tuple[str, ...], since: tuple[str, ...], as_json: bool) -> None:
     """Write REVS (default HEAD) and everything they reach into FILE."""
     from casync.transports.bundle import create_bundle
 
     file = Path(obj.directory) / file  # like every path argument: relative to -C DIR
     info = create_bundle(obj.repo(), file, list(revs), list(since))
     if as_json:
-        click.echo(json.dumps(info.to_json(), indent=2))
+        print_json(info.to_json())
     else:
         click.echo(f"wrote {file}: {len(info.stats.commits)} commit(s), {info.stats.blocks} blocks, "
                    f"{info.stats.bytes} bytes; refs: " + ", ".join(f"{k}={short(v)}" for k, v in info.refs.items()))
@@ -234,9 +233,9 @@ def bundle_create(obj: Any, file: Path, revs: tuple[str, ...], since: tuple[str,
 
 @bundle.command("unbundle")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
+@json_option
+@pass_context
+def bundle_unbundle(obj: Context, file: Path, as_json: bool) -> None:
     """Verify FILE and store its history; its refs appear as bundles/<name> (merge them)."""
     from casync.transports.bundle import read_bundle
 
@@ -245,7 +244,7 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
         raise UsageError(f"no bundle at {file}")
     info = read_bundle(obj.repo(), file)
     if as_json:
-        click.echo(json.dumps(info.to_json(), indent=2))
+        print_json(info.to_json())
     else:
         for name, cid in info.refs.items():
             click.echo(f"bundles/{name} -> {short(cid)}")
@@ -261,7 +260,7 @@ def bundle_unbundle(obj: Any, file: Path, as_json: bool) -> None:
 
 def _emit(as_json: bool, data: dict[str, Any], line: str) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        print_json(data)
     else:
         click.echo(line)
 
@@ -270,7 +269,7 @@ def _token_arg(token_file: str | None) -> Path | None:
     return Path(token_file) if token_file else None
 
 
-def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
+def fetch_peer(obj: Context, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
     from casync.transports.peer.exchange import fetch_from
 
     repo = obj.repo()
@@ -284,7 +283,7 @@ def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: 
     _print_tags({"peer": name, "fetch": result.to_json()})
 
 
-def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool = False,
+def pull_peer(obj: Context, remote: str | None, force: bool = False, as_json: bool = False,
               policy: str | None = None, token_file: str | None = None) -> None:
     """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
     possible; a diverged history is merged with the configured policy)."""
@@ -318,7 +317,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
         sys.exit(EXIT_FAILURE)
 
 
-def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = False,
+def push_peer(obj: Context, remote: str | None, branch: str | None, as_json: bool = False,
               token_file: str | None = None) -> None:
     from casync.transports.peer.exchange import push_to
 
@@ -337,7 +336,7 @@ def push_peer(obj: Any, remote: str | None, branch: str | None, as_json: bool = 
     _print_tags({"peer": name, "push": summary})
 
 
-def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, branch: str | None = None,
+def clone_peer(obj: Context, url: str, directory: str, replica: str | None = None, branch: str | None = None,
                as_json: bool = False, token_file: str | None = None) -> None:
     """A new replica of a peer's repository (or of a bundle file's): same repository id,
     hash and chunker (:func:`casync.transports.clone.clone_peer`)."""
@@ -361,7 +360,7 @@ def clone_peer(obj: Any, url: str, directory: str, replica: str | None = None, b
         repo.close()
 
 
-def _clone_bundle(obj: Any, path: Path, target: Path, replica: str | None, branch: str | None,
+def _clone_bundle(obj: Context, path: Path, target: Path, replica: str | None, branch: str | None,
                   as_json: bool) -> None:
     """``casync clone FILE.car DIR``: a new site from a bundle carried on a USB stick."""
     from casync.transports.bundle import clone_bundle

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from casync.cli.common import Context, json_option, pass_context, print_json
 from casync.errors import UsageError
 from casync.model.cid import cid_str, short
 
@@ -19,9 +20,9 @@ __all__ = ["print_tag_report", "tag"]
 @click.argument("rev", required=False, default="HEAD")
 @click.option("-d", "--delete", "delete", metavar="NAME", help="Delete tag NAME.")
 @click.option("-f", "--force", is_flag=True, help="Re-point an existing tag (tags do not move otherwise).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
-@click.pass_obj
-def tag(obj: Any, name: str | None, rev: str, delete: str | None, force: bool, as_json: bool) -> None:
+@json_option
+@pass_context
+def tag(obj: Context, name: str | None, rev: str, delete: str | None, force: bool, as_json: bool) -> None:
     """List tags, tag REV (default HEAD) as NAME, or delete one with -d.
 
     A tag names one commit and never moves: creating an existing tag is refused unless
@@ -62,9 +63,9 @@ def _list(repo: Any, as_json: bool) -> None:
         conflicts.setdefault(tag_name, []).append((source, cid))
     names = sorted(set(local) | set(conflicts))
     if as_json:
-        click.echo(json.dumps([{"name": n, "commit": cid_str(local[n]) if n in local else None,
+        print_json([{"name": n, "commit": cid_str(local[n]) if n in local else None,
                                 "conflicts": [{"source": s, "commit": cid_str(c)} for s, c in conflicts.get(n, [])]}
-                               for n in names], indent=2))
+                               for n in names])
         return
     for n in names:
         click.echo(f"{n:20} {short(local[n]) if n in local else '(none)':20}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from casync import porcelain
-from casync.cli.common import _Context, _json, _pass, _quote_path, _repo_relative, json_option
+from casync.cli.common import Context, json_option, pass_context, print_json, quote_path, repo_relative
 from casync.errors import StateRefused, UsageError
 from casync.model.cid import short
 from casync.repo.repository import Repository
@@ -17,8 +17,8 @@ __all__ = ["checkout", "commit", "restore", "rm_cmd", "status", "switch"]
 @click.option("-m", "--message", required=True, help="Commit message.")
 @click.option("--author", help="Author name (default: $CASYNC_AUTHOR, config 'author', then the login name).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
-@_pass
-def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -> None:
+@pass_context
+def commit(obj: Context, message: str, author: str | None, allow_empty: bool) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
     cid = porcelain.commit(repo, message, author=author, allow_empty=allow_empty,
@@ -28,12 +28,12 @@ def commit(obj: _Context, message: str, author: str | None, allow_empty: bool) -
 
 @click.command()
 @json_option
-@_pass
-def status(obj: _Context, as_json: bool) -> None:
+@pass_context
+def status(obj: Context, as_json: bool) -> None:
     """Show what changed in the working tree since HEAD."""
     st = porcelain.status(obj.repo(), progress=obj.progress())
     if as_json:
-        _json(st.to_json())
+        print_json(st.to_json())
         return
     where = f"on branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}" if st.head else ""
     click.echo(where + ("" if st.head else " (no commits yet)"))
@@ -50,18 +50,18 @@ def status(obj: _Context, as_json: bool) -> None:
     for label, paths in (("new", st.added), ("modified", st.modified), ("deleted", st.deleted),
                          ("skipped", st.skipped)):  # skipped entries carry their reason
         for p in paths:
-            click.echo(f"  {label + ':':10} {_quote_path(p)}")
+            click.echo(f"  {label + ':':10} {quote_path(p)}")
     if st.ignored_tracked:
         click.echo("tracked, though .casyncignore matches (still committed; untrack with 'casync rm --cached PATH'):")
         for p in st.ignored_tracked:
-            click.echo(f"  {'ignored:':10} {_quote_path(p)}")
+            click.echo(f"  {'ignored:':10} {quote_path(p)}")
 
 
 @click.command()
 @click.argument("rev")
 @click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes that are in the way.")
-@_pass
-def checkout(obj: _Context, rev: str, force: bool) -> None:
+@pass_context
+def checkout(obj: Context, rev: str, force: bool) -> None:
     """Make the working tree match REV (a branch name also switches to that branch)."""
     repo = obj.repo()
     cid = _checkout(obj, repo, rev, force)
@@ -73,11 +73,11 @@ def checkout(obj: _Context, rev: str, force: bool) -> None:
 @click.command()
 @click.option("--source", "-s", default="HEAD", show_default=True, help="Revision to restore from.")
 @click.argument("paths", nargs=-1, required=True)
-@_pass
-def restore(obj: _Context, source: str, paths: tuple[str, ...]) -> None:
+@pass_context
+def restore(obj: Context, source: str, paths: tuple[str, ...]) -> None:
     """Restore PATHS in the working tree from --source (files under them that REV lacks are removed)."""
     repo = obj.repo()
-    rel = [_repo_relative(repo, obj.directory, p) for p in paths]
+    rel = [repo_relative(repo, obj.directory, p) for p in paths]
     written = porcelain.restore(repo, rel, source=source, progress=obj.progress())
     click.echo(f"restored {len(written)} file(s) from {source}", err=True)
 
@@ -86,23 +86,23 @@ def restore(obj: _Context, source: str, paths: tuple[str, ...]) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--cached", is_flag=True, help="Keep the files on disk; only stop tracking them.")
 @click.option("-r", "recursive", is_flag=True, help="Remove the tracked files under a directory.")
-@_pass
-def rm_cmd(obj: _Context, paths: tuple[str, ...], cached: bool, recursive: bool) -> None:
+@pass_context
+def rm_cmd(obj: Context, paths: tuple[str, ...], cached: bool, recursive: bool) -> None:
     """Stop tracking PATHS: delete them (refused for uncommitted edits), or with --cached
     keep them on disk; the next commit records it."""
     repo = obj.repo()
-    done = porcelain.remove(repo, [_repo_relative(repo, obj.directory, p) for p in paths], cached=cached,
+    done = porcelain.remove(repo, [repo_relative(repo, obj.directory, p) for p in paths], cached=cached,
                             recursive=recursive)
     for p in done:
-        click.echo(f"{'untracked' if cached else 'removed'} {_quote_path(p)}", err=True)
+        click.echo(f"{'untracked' if cached else 'removed'} {quote_path(p)}", err=True)
 
 
 @click.command()
 @click.argument("branch_name", metavar="BRANCH")
 @click.option("-c", "--create", is_flag=True, help="Create BRANCH at HEAD first.")
 @click.option("-f", "--force", is_flag=True, help="Discard uncommitted changes that are in the way.")
-@_pass
-def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
+@pass_context
+def switch(obj: Context, branch_name: str, create: bool, force: bool) -> None:
     """Switch the working tree and HEAD to BRANCH."""
     repo = obj.repo()
     if create:
@@ -122,7 +122,7 @@ def switch(obj: _Context, branch_name: str, create: bool, force: bool) -> None:
     click.echo(f"switched to branch {branch_name}", err=True)
 
 
-def _checkout(obj: _Context, repo: Repository, rev: str, force: bool) -> str:
+def _checkout(obj: Context, repo: Repository, rev: str, force: bool) -> str:
     """Check out REV; leaving a detached HEAD whose commits no ref reaches says so (they
     are then only in HEAD's reflog), as git does."""
     detached = repo.head() if repo.current_branch() is None else None
