@@ -23,12 +23,14 @@ from casync.model.names import is_replica_name
 if TYPE_CHECKING:
     from casync.merge.threeway import PolicyRules
 
-__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "author", "check_value", "merge_rules",
-           "priorities", "remotes", "with_remote"]
+__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "Limits", "RemoteEntry", "author", "check_value", "limits",
+           "merge_rules", "priorities", "remotes", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
 _REMOTE_FIELDS = ("url", "gateway", "token_file")
+_LIMIT_FIELDS = ("max_future_ms", "future_commits", "max_file_bytes")
+FUTURE_ACTIONS = ("refuse", "clamp")
 _REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -101,6 +103,32 @@ def _check_remotes(value: Any) -> None:
                 raise _bad(f"remotes.{name}.{field}", item, "must be a non-empty string or null", hint)
 
 
+def _check_limits(value: Any) -> None:
+    example = "casync config limits.max_future_ms 3600000; casync config limits.future_commits clamp"
+    if not isinstance(value, dict):
+        raise _bad("limits", value, f"must be an object with fields {', '.join(_LIMIT_FIELDS)}", example)
+    for name, item in value.items():
+        if name not in _LIMIT_FIELDS:
+            raise _bad(f"limits.{name}", item, f"unknown field (limits has {', '.join(_LIMIT_FIELDS)})")
+        if name == "future_commits":
+            if item not in FUTURE_ACTIONS:
+                raise _bad("limits.future_commits", item, "must be 'refuse' or 'clamp'", example)
+        elif item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < 0):
+            raise _bad(f"limits.{name}", item, "must be a whole number, 0 or more (or null)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a replica accepts from elsewhere beyond the format's own ranges (docs/design.md §14):
+    how far into the future a commit's time may lie (``max_future_ms``) and what happens to
+    one beyond it (``future_commits``: refused on receipt, or accepted with its weight in
+    last-write-wins clamped), and the largest file a checkout writes (None: free space decides)."""
+
+    max_future_ms: int = 3_600_000
+    future_commits: str = "refuse"
+    max_file_bytes: int | None = None
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key casync reads: its JSON type, the value used when it is unset,
@@ -117,6 +145,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("merge", "object {policy, rules, skew_tolerance_ms}", {}, _check_merge),
     Key("priorities", "object {replica id: integer}", {}, _check_priorities),
     Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
+    Key("limits", "object {max_future_ms, future_commits, max_file_bytes}", {}, _check_limits),
 )}
 KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
@@ -160,6 +189,15 @@ def merge_rules(cfg: Mapping[str, Any], override: str | None = None) -> PolicyRu
         return PolicyRules(override, (), raw.get("skew_tolerance_ms", 0))
     rules = tuple((str(glob), str(policy)) for glob, policy in raw.get("rules", {}).items())
     return PolicyRules(raw.get("policy", "lww"), rules, raw.get("skew_tolerance_ms", 0))
+
+
+def limits(cfg: Mapping[str, Any]) -> Limits:
+    """The ``limits`` key, with defaults for the fields it leaves out."""
+    raw: dict[str, Any] = _read(cfg, "limits")
+    default = Limits()
+    ahead = raw.get("max_future_ms")
+    return Limits(default.max_future_ms if ahead is None else int(ahead),
+                  str(raw.get("future_commits", default.future_commits)), raw.get("max_file_bytes"))
 
 
 def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:

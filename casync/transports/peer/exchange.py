@@ -34,6 +34,7 @@ from casync.errors import (
 )
 from casync.model.car import TruncatedCar
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
+from casync.model.names import is_replica_name, is_repo_id
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository, validate_branch_name
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
@@ -75,6 +76,10 @@ class PeerInfo:
                 validate_branch_name(name)
                 if cid_codec(cid) != DAG_CBOR:
                     raise UsageError(f"branch {name!r} does not name a commit")
+            if not is_repo_id(obj["repository_id"]):
+                raise ValueError(f"repository id {str(obj['repository_id'])[:80]!r} is not a valid id")
+            if not isinstance(obj["replica"], str) or not is_replica_name(obj["replica"]):
+                raise ValueError(f"replica id {str(obj['replica'])[:80]!r} is not a valid id")
             return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
                        str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")), parse_tag_map(obj.get("tags")))
         except (KeyError, TypeError, AttributeError, ValueError, UsageError) as exc:

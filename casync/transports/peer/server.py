@@ -44,6 +44,7 @@ from casync.errors import (
     UsageError,
     WorktreeDirty,
 )
+from casync.model import safejson
 from casync.model.car import iter_car, read_header
 from casync.model.cid import Cid, cid_str, parse_cid
 from casync.repo.repository import Repository
@@ -107,8 +108,8 @@ def _push_args(query: dict[str, list[str]]) -> tuple[str, Cid | None, Cid]:
 
 def _tag_args(query: dict[str, list[str]]) -> dict[str, Cid]:
     try:
-        return parse_tag_map(json.loads(query["tags"][0])) or {}
-    except (KeyError, IndexError, ValueError, UsageError) as exc:
+        return parse_tag_map(safejson.loads(query["tags"][0], "tags")) or {}
+    except (KeyError, IndexError, ValueError, UsageError, InvalidObject) as exc:
         raise InvalidObject(f"push of tags needs a tags query parameter mapping names to commits ({exc})"
                             ) from None
 
@@ -157,7 +158,10 @@ class PeerApp:
     def _reply(self, environ: dict[str, Any]) -> _Reply:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         query = environ.get("QUERY_STRING", "")
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            length = safejson.content_length(environ.get("CONTENT_LENGTH"))
+        except InvalidObject as exc:
+            return _Reply.error(400, exc.message)
         early: _Reply | None
         if _REFUSED in environ:  # waitress's _Gate asked refusal() already, on the headers
             early = environ[_REFUSED]
@@ -267,10 +271,7 @@ class PeerApp:
 def _json_body(body: Any, length: int) -> Any:
     if length == 0:
         raise InvalidObject("request body must be JSON")
-    try:
-        return json.loads(body.read(length))
-    except ValueError:
-        raise InvalidObject("request body is not JSON") from None
+    return safejson.loads(body.read(length), "request body")
 
 
 def _car_reply(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]]) -> _Reply:
