@@ -509,8 +509,8 @@ class PeerServer:
         self._idle_cleanup(now)
         for channel in list(self._server.active_channels.values()):
             if isinstance(channel, _Channel) and channel.header_overdue(now):
-                channel.handle_close()  # a header that trickles in is still late as a whole
-                continue
+                channel.will_close = True  # a header that trickles in is still late as a whole (closed by
+                continue  # the event loop once it is done with this round's file descriptors)
             if channel.requests and channel.total_outbufs_len and channel.last_activity < now - self.idle_timeout:
                 channel.handle_close()  # (a full socket is never writable: will_close would wait) the
                 # worker waiting to write wakes up and ends with ClientDisconnected
