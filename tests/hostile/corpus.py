@@ -78,7 +78,8 @@ def pblink(cid: bytes, name: bytes | None = b"", tsize: int | None = 0) -> bytes
     return pbf(2, body)
 
 
-def unixfs(kind: int, data: bytes | None = None, filesize: int | None = None, blocksizes: tuple[int, ...] = ()) -> bytes:
+def unixfs(kind: int, data: bytes | None = None, filesize: int | None = None,
+           blocksizes: tuple[int, ...] = ()) -> bytes:
     out = pbf(1, kind)
     if data is not None:
         out += pbf(2, data)

@@ -488,7 +488,8 @@ class PeerServer:
             self.app, sockets=[listener], threads=8, ident="casync",
             connection_limit=self.max_connections + 16,  # past max_connections: evict or 503 (see _Channel)
             channel_timeout=idle_timeout, cleanup_interval=1,  # header deadlines are checked every second
-            max_request_body_size=max_push_bytes + 1, clear_untrusted_proxy_headers=True,
+            # waitress's own bound, a backstop: _Gate refuses (in JSON) at the push limit first
+            max_request_body_size=2 * max(max_push_bytes, MAX_JSON_BODY) + 1, clear_untrusted_proxy_headers=True,
             inbuf_overflow=BUFFER_IN_MEMORY, outbuf_overflow=BUFFER_IN_MEMORY,
             outbuf_high_watermark=BUFFER_IN_MEMORY // 2))  # a reply backlog stays in memory, never on disk
         self._server.channel_class = channel
