@@ -77,6 +77,7 @@ def check_room(repo: Repository, root: Path, changes: Iterable[TreeChange]) -> N
     the file system holding ``root`` has free (what the replaced files free is counted)."""
     limit = limits(repo.config).max_file_bytes
     need = 0
+    largest: tuple[int, str, str] = (0, "", "")
     for change in changes:
         if change.old is not None:
             try:
@@ -93,9 +94,12 @@ def check_room(repo: Repository, root: Path, changes: Iterable[TreeChange]) -> N
             raise LimitExceeded(f"file {change.path} ({cid_str(new.cid)}) is {size} bytes, over limits.max_file_bytes "
                                 f"({limit})", hint="raise limits.max_file_bytes if the file is wanted")
         need += size
+        largest = max(largest, (size, change.path, cid_str(new.cid)))
     if need <= 0:
         return
     free = shutil.disk_usage(root).free
     if need > free:
-        raise StorageFull(f"the checkout needs {need} bytes and {root} has {free} free; nothing was written",
+        size, path, cid = largest
+        raise StorageFull(f"the checkout needs {need} bytes and {root} has {free} free (the largest file: {path}, "
+                          f"{cid}, {size} bytes); nothing was written",
                           hint="free some space (or check out on a bigger disk), then run it again")
