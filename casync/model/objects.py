@@ -190,10 +190,9 @@ def decode_pbnode(buf: bytes | memoryview) -> PBNode:
             data = value
         else:
             raise InvalidObject(f"dag-pb: unexpected field {tag}")
-    node = PBNode(tuple(links), data)
-    if encode_pbnode(node) != buf:  # e.g. a non-minimal length: one value, one encoding
-        raise InvalidObject("dag-pb: not the canonical encoding")
-    return node
+    # Canonical by construction: varints are minimal (read_varint), Links come before one Data,
+    # link fields in order, nothing unknown; so one node has one accepted encoding.
+    return PBNode(tuple(links), data)
 
 
 def _decode_link(buf: bytes) -> PBLink:
@@ -255,25 +254,26 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
     filesize: int | None = None
     blocksizes: list[int] = []
     mode: int | None = None
-    for tag, wire, value in _fields(buf):
-        if tag == 1 and wire == 0 and kind is None:
+    last = 0
+    for tag, wire, value in _fields(buf):  # (varints are minimal: read_varint refuses others)
+        if tag < last or (tag == last and tag != 4):
+            raise InvalidObject(f"UnixFS: field {tag} out of order or repeated (not the canonical encoding)")
+        last = tag
+        if tag == 1 and wire == 0:
             kind = value
-        elif tag == 2 and wire == 2 and data is None:
+        elif tag == 2 and wire == 2:
             data = value
-        elif tag == 3 and wire == 0 and filesize is None:
+        elif tag == 3 and wire == 0:
             filesize = value
         elif tag == 4 and wire == 0:
             blocksizes.append(value)
-        elif tag == 7 and wire == 0 and mode is None:
+        elif tag == 7 and wire == 0:
             mode = value
         else:
-            raise InvalidObject(f"UnixFS: unexpected or repeated field {tag}")
+            raise InvalidObject(f"UnixFS: unexpected field {tag}")
     if kind is None:
         raise InvalidObject("UnixFS node without Type")
-    u = UnixFSData(kind, data, filesize, tuple(blocksizes), mode)
-    if encode_unixfs(u) != buf:
-        raise InvalidObject("UnixFS: fields out of order (not the canonical encoding)")
-    return u
+    return UnixFSData(kind, data, filesize, tuple(blocksizes), mode)
 
 
 @dataclass(frozen=True, slots=True)
