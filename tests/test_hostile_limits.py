@@ -287,3 +287,12 @@ def test_clamp_accepts_it_but_caps_its_weight_in_lww(tmp_path: Path) -> None:
     inp.rules = PolicyRules(time_ceiling_ms=now.wall_ms)
     assert merge_trees(inp).tree["p"] == e1  # clamped to now, the later real write wins
     assert isinstance(FutureCommit("x"), InvalidObject) and isinstance(FutureCommit("x"), CasyncError)
+
+
+def test_a_json_file_nested_too_deep_falls_back_to_the_file_policy() -> None:
+    from casync.merge.threeway import json_merge
+
+    deep = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert json_merge(b"{}", deep, b'{"b": 1}', "ours") is None
+    nested = b'{"a": ' + b'{"a": ' * 900 + b"1" + b"}" * 900 + b"}"  # parses, too deep to merge by key
+    json_merge(b"{}", nested, b'{"b": 1}', "ours")  # merged or None, never a RecursionError

@@ -372,15 +372,20 @@ def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
 def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
     differently goes to ``tie`` (a side, or a function of the key's path from the top
-    object).  None if not JSON objects."""
+    object).  None if not JSON objects, or nested too deep to merge key by key (the file
+    may come from a hostile peer: the whole-file policy decides then)."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
-    merged = _merge_obj(b, o, t, tie, ())
+    try:
+        merged = _merge_obj(b, o, t, tie, ())
+        json.dumps(merged)  # (its depth, once: the writes below then cannot recurse too deep)
+    except RecursionError:
+        return None
     try:
         return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
     except UnicodeEncodeError:  # an unpaired surrogate escape ("\ud800") has no UTF-8 form: escape all

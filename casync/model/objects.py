@@ -79,8 +79,9 @@ MAX_FILE_LINKS = 4096
 MAX_FILE_DEPTH = 32
 """Deepest file DAG accepted, in node levels above the leaves (174^32 leaves is beyond any disk)."""
 
-MAX_TREE_DEPTH = 1024
-"""Deepest directory nesting accepted (Linux's PATH_MAX of 4096 bytes allows ~2048)."""
+MAX_TREE_DEPTH = 256
+"""Deepest directory nesting accepted (a path of 256 directories is already absurd; the
+tree-update helpers that recurse by path depth stay far from Python's recursion limit)."""
 
 MAX_WALL_MS = (1 << 63) - 1
 """Largest HLC wall time accepted (a signed 64-bit integer, as every reader can hold it)."""

@@ -308,7 +308,7 @@ def _unixfs_cases() -> Iterator[Case]:
         DAG_PB, pblink(_leaf(c), b"n", 100) + pbf(1, unixfs(2, None, 100, (100,))))))
     yield tree_case("file DAG 10,000 levels deep", _in_tree(_deep_file(10_000)))
     yield tree_case("file node 5000 links wide", _in_tree(lambda c: _file_node(c, [(_leaf(c), 100)] * 5000)))
-    yield tree_case("directories 1100 levels deep", _deep_dirs(1100))
+    yield tree_case("directories 300 levels deep", _deep_dirs(300))
     yield tree_case("symlink with links", _in_tree(_symlink_with_link))
     yield tree_case("symlink without target", _in_tree(_raw_node(pbf(1, unixfs(4)))))
 
