@@ -15,9 +15,11 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 * ``POST /v1/blocks`` ``{"cids": [cid...]}`` (at most 1024, any codec) -> zstd-compressed CAR
   of those the peer holds intact (``fsck --repair``)
 
-The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, CAR
-64 GiB); malformed messages get 400 and change nothing; beyond 64 open connections a
-new one gets 503.
+The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, a push the
+server's announced ``max_push_bytes``); malformed messages get 400 and change nothing; a read
+token's push gets 403; a client beyond its share of connections gets 503 (see
+:mod:`casync.transports.peer.server`).  Every JSON reply is read with
+:func:`casync.model.safejson.loads` (nesting bounded).
 """
 
 from __future__ import annotations
