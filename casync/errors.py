@@ -25,6 +25,8 @@ __all__ = [
     "ConflictError",
     "CorruptBlock",
     "InvalidObject",
+    "FutureCommit",
+    "LimitExceeded",
     "InvalidPath",
     "NotARepository",
     "PeerRefused",
@@ -138,6 +140,15 @@ class CorruptBlock(CasyncError):
 
 class InvalidObject(CasyncError):
     """Bytes that do not decode as the object they claim to be, or break a format rule."""
+
+
+class LimitExceeded(InvalidObject):
+    """An object that decodes but breaks a limit casync sets on what it accepts from
+    elsewhere: an integer out of range, a DAG too deep or too wide, a file too big."""
+
+
+class FutureCommit(InvalidObject):
+    """A commit timestamped further into the future than the configured clock skew allows."""
 
 
 class UnstableFile(CasyncError):

@@ -23,8 +23,8 @@ from casync.model.names import is_replica_name
 if TYPE_CHECKING:
     from casync.merge.threeway import PolicyRules
 
-__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "RemoteEntry", "StrongSettings", "author", "check_value",
-           "merge_rules", "priorities", "remotes", "strong", "with_remote"]
+__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "Limits", "RemoteEntry", "StrongSettings", "author",
+           "check_value", "limits", "merge_rules", "priorities", "remotes", "strong", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
@@ -33,6 +33,8 @@ _STRONG_FIELDS = ("branches", "etcd_endpoints", "key_prefix", "timeout", "ipfs_a
 _STRONG_EXAMPLE = ("casync config strong '{\"branches\": [\"release\"], \"etcd_endpoints\": "
                    "[\"http://127.0.0.1:2379\"], \"ipfs_api\": \"http://127.0.0.1:5001\"}'")
 _HTTP_URL = re.compile(r"^http://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$")
+_LIMIT_FIELDS = ("max_future_ms", "future_commits", "max_file_bytes")
+FUTURE_ACTIONS = ("refuse", "clamp")
 _REMOTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -128,6 +130,30 @@ def _check_strong(value: Any) -> None:
     api = value.get("ipfs_api")
     if api is not None and not (isinstance(api, str) and _HTTP_URL.match(api)):
         raise _bad("strong.ipfs_api", api, "must be a Kubo RPC API URL (http://HOST:PORT) or null", _STRONG_EXAMPLE)
+def _check_limits(value: Any) -> None:
+    example = "casync config limits.max_future_ms 3600000; casync config limits.future_commits clamp"
+    if not isinstance(value, dict):
+        raise _bad("limits", value, f"must be an object with fields {', '.join(_LIMIT_FIELDS)}", example)
+    for name, item in value.items():
+        if name not in _LIMIT_FIELDS:
+            raise _bad(f"limits.{name}", item, f"unknown field (limits has {', '.join(_LIMIT_FIELDS)})")
+        if name == "future_commits":
+            if item not in FUTURE_ACTIONS:
+                raise _bad("limits.future_commits", item, "must be 'refuse' or 'clamp'", example)
+        elif item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < 0):
+            raise _bad(f"limits.{name}", item, "must be a whole number, 0 or more (or null)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a replica accepts from elsewhere beyond the format's own ranges (docs/design.md §14):
+    how far into the future a commit's time may lie (``max_future_ms``) and what happens to
+    one beyond it (``future_commits``: refused on receipt, or accepted with its weight in
+    last-write-wins clamped), and the largest file a checkout writes (None: free space decides)."""
+
+    max_future_ms: int = 3_600_000
+    future_commits: str = "refuse"
+    max_file_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("priorities", "object {replica id: integer}", {}, _check_priorities),
     Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
     Key("strong", "object {branches, etcd_endpoints, key_prefix, timeout, ipfs_api}", {}, _check_strong),
+    Key("limits", "object {max_future_ms, future_commits, max_file_bytes}", {}, _check_limits),
 )}
 KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
@@ -190,6 +217,15 @@ def merge_rules(cfg: Mapping[str, Any], override: str | None = None) -> PolicyRu
         return PolicyRules(override, (), raw.get("skew_tolerance_ms", 0))
     rules = tuple((str(glob), str(policy)) for glob, policy in raw.get("rules", {}).items())
     return PolicyRules(raw.get("policy", "lww"), rules, raw.get("skew_tolerance_ms", 0))
+
+
+def limits(cfg: Mapping[str, Any]) -> Limits:
+    """The ``limits`` key, with defaults for the fields it leaves out."""
+    raw: dict[str, Any] = _read(cfg, "limits")
+    default = Limits()
+    ahead = raw.get("max_future_ms")
+    return Limits(default.max_future_ms if ahead is None else int(ahead),
+                  str(raw.get("future_commits", default.future_commits)), raw.get("max_file_bytes"))
 
 
 def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:

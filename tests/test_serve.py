@@ -46,9 +46,9 @@ def _connect(srv: PeerServer) -> socket.socket:
     return socket.create_connection((str(host), int(port)), timeout=30)
 
 
-def test_beyond_64_connections_a_new_one_gets_503_at_once(served: Repository) -> None:
+def test_beyond_its_share_of_connections_a_client_gets_503_at_once(served: Repository) -> None:
     with serving(served, TOKEN) as srv:
-        idle = [_connect(srv) for _ in range(srv.max_connections)]
+        idle = [_connect(srv) for _ in range(srv.max_per_client)]
         try:
             with _connect(srv) as extra:  # answered before it sends anything (as http.server did)
                 reply = _reply(extra)
@@ -86,7 +86,7 @@ def test_a_json_body_over_its_limit_is_refused_unread(served: Repository) -> Non
         s.sendall(f"POST /v1/negotiate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                   f"Content-Length: {(1 << 20) + 1}\r\n\r\n".encode())
         reply = _reply(s)
-    assert reply.startswith(b"HTTP/1.1 400") and b"exceeds the limit of 1048576" in reply
+    assert reply.startswith(b"HTTP/1.1 413") and b"exceeds the limit of 1048576" in reply
 
 
 def _call(app: PeerApp, method: str, path: str, body: bytes = b"", token: str = TOKEN) -> tuple[str, Any]:

@@ -81,14 +81,21 @@ def peer_block_source(obj: Context, spec: str) -> Iterator[Any]:
               help="Address to listen on (port 0 picks a free one). Loopback unless you mean otherwise.")
 @click.option("--token-file", type=click.Path(path_type=Path), required=True,
               help="File holding the bearer token clients must present.")
+@click.option("--read-token-file", "read_token_files", type=click.Path(path_type=Path), multiple=True,
+              help="File holding a token that may fetch but not push (repeatable: one per pulling site).")
 @click.option("--read-only", is_flag=True, help="Refuse pushes.")
+@click.option("--max-push-bytes", type=click.IntRange(min=0), default=None, metavar="BYTES",
+              help="Largest push body accepted (default 4 GiB; the free space bounds it further).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request to stderr.")
 @pass_context
-def serve(obj: Context, bind: str, token_file: Path, read_only: bool, verbose: bool) -> None:
+def serve(obj: Context, bind: str, token_file: Path, read_token_files: tuple[Path, ...], read_only: bool,
+          max_push_bytes: int | None, verbose: bool) -> None:
     """Serve this repository to peers over HTTP (fetch, and push unless --read-only).
 
-    Every request needs 'Authorization: Bearer <token>'.  Stops on Ctrl-C or SIGTERM.
+    Every request needs 'Authorization: Bearer <token>': the --token-file token may fetch and
+    push, a --read-token-file token only fetch.  Stops on Ctrl-C or SIGTERM.
     """
+    from casync.transports.peer.server import MAX_PUSH_BYTES
     from casync.transports.peer.server import serve as make_server
 
     host, _, port = bind.rpartition(":")
@@ -98,8 +105,11 @@ def serve(obj: Context, bind: str, token_file: Path, read_only: bool, verbose: b
         raise UsageError("IPv6 binds are not supported yet", hint="use 127.0.0.1:PORT")
     token = read_token(token_file, base=obj.directory)
     assert token is not None
+    read_tokens = [read_token(path, base=obj.directory) for path in read_token_files]
     repo = obj.repo()
-    server = make_server(repo, token.encode(), host.strip("[]"), int(port), read_only, verbose)
+    server = make_server(repo, token.encode(), host.strip("[]"), int(port), read_only, verbose,
+                         read_tokens=[t.encode() for t in read_tokens if t is not None],
+                         max_push_bytes=MAX_PUSH_BYTES if max_push_bytes is None else max_push_bytes)
     real_host, real_port = str(server.server_address[0]), int(server.server_address[1])
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
         click.echo(f"warning: listening on {host}, beyond loopback; use TLS in front of it", err=True)

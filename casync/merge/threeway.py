@@ -29,6 +29,7 @@ from casync.model.objects import Entry, HybridTime, same_entry
 
 __all__ = [
     "POLICIES",
+    "clamped",
     "Conflict",
     "Decision",
     "MergeInput",
@@ -98,6 +99,9 @@ class PolicyRules:
     default: str = "lww"
     rules: tuple[tuple[str, str], ...] = ()
     skew_tolerance_ms: int = 0
+    # ``limits.future_commits = clamp``: a write's wall time counts as at most this in
+    # last-write-wins (a replica whose clock runs ahead cannot win every merge); None: as is
+    time_ceiling_ms: int | None = None
 
     def __post_init__(self) -> None:
         for policy in (self.default, *(p for _, p in self.rules)):
@@ -149,6 +153,13 @@ def sibling_name(path: str, replica: str) -> str:
         replica = "x" + hashlib.sha256(replica.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return f"{path}.~{replica}"
 
+
+
+def clamped(write: Write, ceiling_ms: int | None) -> Write:
+    """``write`` with its time capped at ``ceiling_ms`` (its weight in last-write-wins)."""
+    if ceiling_ms is None or write.time.wall_ms <= ceiling_ms:
+        return write
+    return Write(HybridTime(ceiling_ms, 0), write.replica, write.priority)
 
 
 def lww_winner(ours: Write, theirs: Write, tolerance_ms: int) -> Side:
@@ -249,8 +260,8 @@ def _kind(b: Entry | None, o: Entry | None, t: Entry | None) -> Any:
 def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o: Entry | None,
              t: Entry | None) -> None:
     policy = inp.rules.policy_for(path)
-    wo = inp.writes.get((path, "ours")) or Write(HybridTime(0, 0), "", 0)
-    wt = inp.writes.get((path, "theirs")) or Write(HybridTime(0, 0), "", 0)
+    wo = clamped(inp.writes.get((path, "ours")) or Write(HybridTime(0, 0), "", 0), inp.rules.time_ceiling_ms)
+    wt = clamped(inp.writes.get((path, "theirs")) or Write(HybridTime(0, 0), "", 0), inp.rules.time_ceiling_ms)
     kind = _kind(b, o, t)
 
     def take(side: Side, name: str = policy) -> None:
@@ -353,21 +364,28 @@ def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
     key_write = inp.key_write
     if key_write is None:
         return lww_winner(wo, wt, tol)
-    return lambda keys: lww_winner(key_write(path, "ours", keys), key_write(path, "theirs", keys), tol)
+    cap = inp.rules.time_ceiling_ms
+    return lambda keys: lww_winner(clamped(key_write(path, "ours", keys), cap),
+                                   clamped(key_write(path, "theirs", keys), cap), tol)
 
 
 def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
     differently goes to ``tie`` (a side, or a function of the key's path from the top
-    object).  None if not JSON objects."""
+    object).  None if not JSON objects, or nested too deep to merge key by key (the file
+    may come from a hostile peer: the whole-file policy decides then)."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
-    merged = _merge_obj(b, o, t, tie, ())
+    try:
+        merged = _merge_obj(b, o, t, tie, ())
+        json.dumps(merged)  # (its depth, once: the writes below then cannot recurse too deep)
+    except RecursionError:
+        return None
     try:
         return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
     except UnicodeEncodeError:  # an unpaired surrogate escape ("\ud800") has no UTF-8 form: escape all

@@ -12,8 +12,8 @@ import unicodedata
 
 from casync.errors import InvalidPath
 
-__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "is_plain_name", "is_reserved_name", "is_replica_name",
-           "split_path", "validate_name"]
+__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "REPO_ID_RE", "is_plain_name", "is_repo_id",
+           "is_reserved_name", "is_replica_name", "split_path", "validate_name"]
 
 REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -21,6 +21,15 @@ REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def is_replica_name(name: str) -> bool:
     """Replica ids end up in file names (``path.~<replica>``) and refs: a strict charset."""
     return bool(REPLICA_RE.match(name)) and ".." not in name
+
+
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def is_repo_id(name: str) -> bool:
+    """Repository ids end up in MFS paths (``/casync/<id>``) and URLs: a strict charset,
+    checked wherever one comes from elsewhere (a peer's info, a bundle, a clone)."""
+    return isinstance(name, str) and bool(REPO_ID_RE.fullmatch(name)) and ".." not in name
 
 REPO_DIR = ".casync"
 MAX_NAME_BYTES = 255

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     pass
 
-from casync.errors import InvalidObject
+from casync.errors import InvalidObject, LimitExceeded
 from casync.model import cbor
 from casync.model.cbor import Link
 from casync.model.cid import (
@@ -26,6 +26,7 @@ from casync.model.cid import (
     cid_codec,
     cid_str,
     compute_cid,
+    is_cid,
     read_varint,
     varint,
 )
@@ -36,6 +37,13 @@ __all__ = [
     "same_entry",
     "MAX_BLOCK_SIZE",
     "MAX_LINKS_PER_FILE_NODE",
+    "MAX_FILE_DEPTH",
+    "MAX_FILE_LINKS",
+    "MAX_TREE_DEPTH",
+    "MAX_LOGICAL",
+    "MAX_PARENTS",
+    "MAX_WALL_MS",
+    "MAX_COUNT",
     "UNIXFS_DIRECTORY",
     "UNIXFS_FILE",
     "UNIXFS_RAW",
@@ -64,6 +72,26 @@ MAX_BLOCK_SIZE = 1 << 20
 
 MAX_LINKS_PER_FILE_NODE = 174
 """Kubo's balanced-layout fan-out; keeps our file DAGs identical to ``ipfs add``."""
+
+MAX_FILE_LINKS = 4096
+"""Widest file node accepted (Kubo writes 174; other importers use up to 1024)."""
+
+MAX_FILE_DEPTH = 32
+"""Deepest file DAG accepted, in node levels above the leaves (174^32 leaves is beyond any disk)."""
+
+MAX_TREE_DEPTH = 256
+"""Deepest directory nesting accepted (a path of 256 directories is already absurd; the
+tree-update helpers that recurse by path depth stay far from Python's recursion limit)."""
+
+MAX_WALL_MS = (1 << 63) - 1
+"""Largest HLC wall time accepted (a signed 64-bit integer, as every reader can hold it)."""
+MAX_LOGICAL = (1 << 32) - 1
+"""Largest HLC logical counter accepted (:func:`casync.history.clock.hlc_next` carries over)."""
+MAX_COUNT = (1 << 53) - 1
+"""Largest generation or vector-clock entry accepted: no history gets near it, and every
+JSON reader (``log --json``) still holds it exactly."""
+MAX_PARENTS = 64
+"""Most parents a commit may name (an octopus merge of 64 branches is already absurd)."""
 
 UNIXFS_RAW = 0
 UNIXFS_DIRECTORY = 1
@@ -163,6 +191,8 @@ def decode_pbnode(buf: bytes | memoryview) -> PBNode:
             data = value
         else:
             raise InvalidObject(f"dag-pb: unexpected field {tag}")
+    # Canonical by construction: varints are minimal (read_varint), Links come before one Data,
+    # link fields in order, nothing unknown; so one node has one accepted encoding.
     return PBNode(tuple(links), data)
 
 
@@ -185,6 +215,8 @@ def _decode_link(buf: bytes) -> PBLink:
             raise InvalidObject(f"dag-pb link: unexpected field {tag}")
     if cid is None:
         raise InvalidObject("dag-pb link without Hash")
+    if not is_cid(cid):
+        raise InvalidObject(f"dag-pb link with an invalid CID ({cid[:40].hex() or 'empty'})")
     return PBLink(cid, name, tsize)
 
 
@@ -215,12 +247,19 @@ def encode_unixfs(u: UnixFSData) -> bytes:
 
 
 def decode_unixfs(buf: bytes) -> UnixFSData:
+    """The one encoding of a UnixFS ``Data`` message that :func:`encode_unixfs` writes:
+    fields in order, ``Type`` exactly once, no HAMT or mtime fields (5, 6, 8 would give
+    one directory two CIDs); anything else is :class:`InvalidObject`."""
     kind: int | None = None
     data: bytes | None = None
     filesize: int | None = None
     blocksizes: list[int] = []
     mode: int | None = None
-    for tag, wire, value in _fields(buf):
+    last = 0
+    for tag, wire, value in _fields(buf):  # (varints are minimal: read_varint refuses others)
+        if tag < last or (tag == last and tag != 4):
+            raise InvalidObject(f"UnixFS: field {tag} out of order or repeated (not the canonical encoding)")
+        last = tag
         if tag == 1 and wire == 0:
             kind = value
         elif tag == 2 and wire == 2:
@@ -231,8 +270,6 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
             blocksizes.append(value)
         elif tag == 7 and wire == 0:
             mode = value
-        elif tag in (5, 6, 8):
-            continue  # hashType/fanout (HAMT) and mtime: tolerated, not produced
         else:
             raise InvalidObject(f"UnixFS: unexpected field {tag}")
     if kind is None:
@@ -411,6 +448,10 @@ class Commit:
         """Structural rules a commit must satisfy on its own (graph rules live in graph.py)."""
         if cid_codec(self.tree) != DAG_PB:
             raise InvalidObject(f"commit tree {cid_str(self.tree)} is not a dag-pb directory")
+        if len(self.parents) > MAX_PARENTS:
+            raise LimitExceeded(f"commit names {len(self.parents)} parents (at most {MAX_PARENTS})")
+        if not is_cid(self.tree) or not all(is_cid(p) for p in self.parents):
+            raise InvalidObject("commit links to an invalid CID")
         if len(set(self.parents)) != len(self.parents):
             raise InvalidObject("commit lists a parent twice")
         for p in self.parents:
@@ -421,12 +462,19 @@ class Commit:
         for name, count in self.clock.items():
             if not isinstance(name, str) or not isinstance(count, int) or count < 0 or not is_replica_name(name):
                 raise InvalidObject("commit clock must map replica ids to non-negative integers")
+        if any(count > MAX_COUNT for count in self.clock.values()):
+            raise LimitExceeded(f"commit clock entry beyond {MAX_COUNT}")
         if self.clock.get(self.replica, 0) < 1:
             raise InvalidObject(f"commit clock does not count its own replica {self.replica!r}")
         if self.generation < 1 or (not self.parents and self.generation != 1):
             raise InvalidObject(f"commit generation {self.generation} is invalid")
+        if self.generation > MAX_COUNT:
+            raise LimitExceeded(f"commit generation {self.generation} is beyond {MAX_COUNT}")
         if self.time.wall_ms < 0 or self.time.logical < 0:
             raise InvalidObject("commit time must be non-negative")
+        if self.time.wall_ms > MAX_WALL_MS or self.time.logical > MAX_LOGICAL:
+            raise LimitExceeded(f"commit time ({self.time.wall_ms}, {self.time.logical}) is out of range "
+                                f"(wall_ms <= {MAX_WALL_MS}, logical <= {MAX_LOGICAL})")
 
 
 def encode_commit(commit: Commit) -> bytes:
@@ -438,13 +486,9 @@ def decode_commit(block: bytes, cid: Cid | None = None) -> Commit:
     """Decode and validate a commit block; non-canonical encodings are rejected (the
     strict decoder accepts only the canonical form, see :mod:`casync.model.cbor`)."""
     try:
-        obj: Any = cbor.decode(block)
-    except InvalidObject as exc:
-        raise InvalidObject(f"{_commit_name(cid)}: {exc.message}") from None
-    try:
-        return _commit_from(obj)
-    except InvalidObject as exc:
-        raise InvalidObject(f"{_commit_name(cid)}: {exc.message}") from None
+        return _commit_from(cbor.decode(block))
+    except InvalidObject as exc:  # the same type, its message naming the commit
+        raise type(exc)(f"{_commit_name(cid)}: {exc.message}") from None
 
 
 def _commit_name(cid: Cid | None) -> str:

@@ -24,7 +24,6 @@ from casync.errors import (
     BlockNotFound,
     CasyncError,
     CorruptBlock,
-    InvalidObject,
     NotARepository,
     StateRefused,
     UnknownRevision,
@@ -34,7 +33,7 @@ from casync.history import clock as vclock
 from casync.history.graph import CommitGraph
 from casync.model.chunking import CHUNKERS, chunker_for
 from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
-from casync.model.names import REPO_DIR, is_replica_name, split_path
+from casync.model.names import REPO_DIR, is_replica_name, is_repo_id, split_path
 from casync.model.objects import (
     Commit,
     HybridTime,
@@ -200,6 +199,9 @@ class Repository:
         replica = replica or f"r-{uuid.uuid4().hex[:12]}"
         validate_replica_name(replica)
         validate_branch_name(branch)
+        if repository_id is not None and not is_repo_id(repository_id):
+            raise UsageError(f"invalid repository id {repository_id[:80]!r}",
+                             hint="1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if (root / REPO_DIR).exists():
             raise UsageError(f"{root} is already a casync repository ({root / REPO_DIR} exists)")
         root.mkdir(parents=True, exist_ok=True)
@@ -582,21 +584,7 @@ class Repository:
                 parents.append(self.load_commit(p))
             except CasyncError:
                 return  # reported when the walk reaches the parent
-        expected_gen = 1 + max((c.generation for c in parents), default=0)
-        if commit.generation != expected_gen:
-            raise InvalidObject(f"commit {cid_str(cid)} has generation {commit.generation}, expected {expected_gen}")
-        joined = vclock.join(c.clock for c in parents)
-        for replica, count in joined.items():
-            if commit.clock.get(replica, 0) < count:
-                raise InvalidObject(f"commit {cid_str(cid)} clock goes backwards for replica {replica!r}")
-        if commit.clock.get(commit.replica, 0) != joined.get(commit.replica, 0) + 1:
-            raise InvalidObject(f"commit {cid_str(cid)} clock does not count its own commit once")
-        latest = max((c.time for c in parents), default=None)
-        if latest is not None and not commit.time > latest:
-            # every casync commit's hybrid-logical time exceeds its parents' (hlc_next):
-            # last-write-wins merges rely on it
-            raise InvalidObject(f"commit {cid_str(cid)} has time {commit.time.wall_ms}.{commit.time.logical}, "
-                                f"not after its parent's {latest.wall_ms}.{latest.logical}")
+        vclock.check_derived(cid, commit, parents)
 
 
 def validate_replica_name(name: str) -> None:

@@ -4,7 +4,8 @@ Sender: for each missing commit, oldest first, the blocks of its tree that none 
 parents' trees hold at the same path, in post-order, then the commit block itself; the
 walk (and its moved/copied-data rule) is :mod:`casync.trees.walk`, shared with IPFS push.
 
-Receiver: every block is hash-verified (by the CAR reader), every link of a received
+Receiver: every block is hash-verified (by the CAR reader) and checked, on its own and
+against what it links to (:mod:`casync.transfer.checks`), every link of a received
 block must point to a block held before the transfer or received earlier in it, and at
 each commit boundary every block received since the previous commit must be reachable
 from the new commit — so blocks nobody asked for, a truncated stream or a lying peer
@@ -19,9 +20,8 @@ from dataclasses import dataclass, field
 
 from casync.errors import InvalidObject
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str
-from casync.model.objects import decode_commit
 from casync.repo.repository import Repository
-from casync.trees.unixfs import validated_links
+from casync.transfer.checks import ReceiptChecks
 from casync.trees.walk import commit_blocks
 
 __all__ = ["MissingLink", "MissingWant", "PackReceiver", "StrayBlock", "TransferStats", "UnwantedCommit",
@@ -85,6 +85,7 @@ class PackReceiver:
         self._flush_bytes = flush_bytes
         self.last_flushed_commit: Cid | None = None
         self._unflushed_commits: list[Cid] = []
+        self.checks = ReceiptChecks(repo)
 
     def _present(self, cid: Cid) -> bool:
         return cid in self._received or self.repo.blocks.has(cid)
@@ -93,15 +94,16 @@ class PackReceiver:
         """One verified block (the CAR reader checked its hash)."""
         self.stats.blocks += 1
         self.stats.bytes += len(block)
-        links = validated_links(cid, block)
-        for child in links:
+        checked = self.checks.check(cid, block)
+        for child in checked.links:
             if not self._present(child):
                 raise MissingLink(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
                                     f"nor sent before it (incomplete or out-of-order stream)")
             self._since_commit.discard(child)
             self._dangling_commits.discard(child)
-        if cid_codec(cid) == DAG_CBOR:  # checked above: safe to index for graph walks
-            self.repo.graph.remember(cid, decode_commit(block, cid))
+        self.checks.against_children(cid, block, checked)
+        if checked.commit is not None:  # checked above: safe to index for graph walks
+            self.repo.graph.remember(cid, checked.commit)
         if self.repo.blocks.put(cid, block):
             self.stats.new_blocks += 1
             self.stats.new_bytes += len(block)

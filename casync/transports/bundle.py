@@ -26,6 +26,7 @@ from casync.model import cbor
 from casync.model.car import CarWriter, iter_car, read_header
 from casync.model.cbor import Link
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_hash, cid_str, compute_cid, short, verify_block
+from casync.model.names import is_repo_id
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository, validate_branch_name
 from casync.repo.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
@@ -118,6 +119,8 @@ def _parse_manifest(cid: Cid, block: bytes) -> _Manifest:
                 raise ValueError(f"ref {name!r} does not name a commit")
         if any(cid_codec(p) != DAG_CBOR for p in prereq):
             raise ValueError("a prerequisite is not a commit")
+        if not is_repo_id(obj["repository_id"]):
+            raise ValueError(f"repository id {str(obj['repository_id'])[:80]!r} is not a valid id")
         return str(obj["repository_id"]), refs, prereq, _parse_tags(obj.get("tags", {}))
     except (ValueError, KeyError, TypeError, AttributeError, UsageError, InvalidObject) as exc:
         raise InvalidObject(f"bundle manifest {cid_str(cid)} is malformed ({exc})") from None

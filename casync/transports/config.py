@@ -20,6 +20,7 @@ from typing import Any
 
 from casync.errors import UsageError
 from casync.model.cid import Cid, cid_str, parse_cid
+from casync.model.names import is_repo_id
 from casync.repo.repository import Repository
 from casync.settings import RemoteEntry, remotes, with_remote
 
@@ -41,7 +42,6 @@ __all__ = [
 
 SCHEMES = ("ipfs+http", "ipfs+https")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 CONFIG_KEY = "remotes"
 
 
@@ -52,7 +52,7 @@ def validate_remote_name(name: str) -> None:
 
 
 def validate_repo_id(repo_id: str, context: str = "repository id") -> None:
-    if not _REPO_ID_RE.match(repo_id):
+    if not is_repo_id(repo_id):
         raise UsageError(f"invalid {context} {repo_id!r}")
 
 

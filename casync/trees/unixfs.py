@@ -11,23 +11,27 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
-from casync.errors import InvalidObject, InvalidPath
+from casync.errors import InvalidObject, InvalidPath, LimitExceeded
 from casync.model.chunking import Chunker
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
 from casync.model.names import validate_name
 from casync.model.objects import (
     MAX_BLOCK_SIZE,
+    MAX_FILE_DEPTH,
+    MAX_FILE_LINKS,
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
+    Commit,
     DirLink,
     Entry,
     FileLayoutBuilder,
     Kind,
     PBNode,
+    UnixFSData,
     decode_commit,
     decode_pbnode,
     decode_unixfs,
@@ -45,7 +49,9 @@ __all__ = [
     "FileWriter",
     "Kind",
     "TreeChange",
+    "CheckedBlock",
     "build_tree",
+    "checked_block",
     "diff_flat",
     "directories_of",
     "entry_for",
@@ -186,24 +192,66 @@ def read_dir_block(cid: Cid, node: PBNode) -> list[DirLink]:
     return out
 
 
-def validated_links(cid: Cid, block: bytes) -> list[Cid]:
-    """Check a block that came from elsewhere and list what it links to: commits decode
-    strictly; dag-pb nodes must carry UnixFS data, and directories get their names
-    validated (paths are data, not instructions) before anything is stored."""
+class CheckedBlock(NamedTuple):
+    """A block from elsewhere, decoded and checked on its own: what it links to, and the
+    commit or UnixFS node it is (for the checks against its children or parents)."""
+
+    links: list[Cid]
+    commit: Commit | None = None
+    unixfs: UnixFSData | None = None
+
+
+def checked_block(cid: Cid, block: bytes) -> CheckedBlock:
+    """Check a block that came from elsewhere on its own, naming ``cid`` in any error:
+    commits decode strictly; dag-pb nodes must be canonical UnixFS, directories get their
+    names validated (paths are data, not instructions), file nodes their sizes and fan-out,
+    before anything is stored."""
     codec = cid_codec(cid)
     if codec == RAW:
-        return []
+        return CheckedBlock([])
     if codec == DAG_CBOR:
         commit = decode_commit(block, cid)
-        return [commit.tree, *commit.parents]
-    if codec == DAG_PB:
+        return CheckedBlock([commit.tree, *commit.parents], commit)
+    if codec != DAG_PB:
+        raise InvalidObject(f"block {cid_str(cid)} has an unsupported codec {codec:#x}")
+    try:
         node = decode_pbnode(block)
         if node.data is None:
-            raise InvalidObject(f"dag-pb node {cid_str(cid)} has no UnixFS data")
-        if decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
-            read_dir_block(cid, node)
-        return [link.cid for link in node.links]
-    raise InvalidObject(f"block {cid_str(cid)} has an unsupported codec {codec:#x}")
+            raise InvalidObject("dag-pb node has no UnixFS data")
+        u = decode_unixfs(node.data)
+        _check_unixfs(node, u)
+    except InvalidObject as exc:
+        raise type(exc)(f"block {cid_str(cid)}: {exc.message}") from None
+    if u.type == UNIXFS_DIRECTORY:
+        read_dir_block(cid, node)
+    return CheckedBlock([link.cid for link in node.links], None, u)
+
+
+def _check_unixfs(node: PBNode, u: UnixFSData) -> None:
+    """The rules a UnixFS node obeys on its own (sizes against its children: transfer.checks)."""
+    if u.type == UNIXFS_DIRECTORY:
+        if u.data is not None or u.filesize is not None or u.blocksizes:
+            raise InvalidObject("a UnixFS directory carries file data")
+    elif u.type == UNIXFS_SYMLINK:
+        if node.links or u.data is None or u.filesize is not None or u.blocksizes:
+            raise InvalidObject("a UnixFS symlink has links, sizes or no target")
+    elif u.type in (UNIXFS_FILE, UNIXFS_RAW):
+        if len(node.links) > MAX_FILE_LINKS:
+            raise LimitExceeded(f"a file node with {len(node.links)} links (at most {MAX_FILE_LINKS})")
+        if len(u.blocksizes) != len(node.links):
+            raise InvalidObject(f"a file node with {len(node.links)} links lists {len(u.blocksizes)} block sizes")
+        if any(link.name for link in node.links):
+            raise InvalidObject("a file node has named links")
+        own = len(u.data or b"") + sum(u.blocksizes)
+        if (u.filesize if u.filesize is not None else own) != own:
+            raise InvalidObject(f"a file node claims {u.filesize} bytes but its data and blocks hold {own}")
+    else:
+        raise InvalidObject(f"unsupported UnixFS type {u.type}")
+
+
+def validated_links(cid: Cid, block: bytes) -> list[Cid]:
+    """What a block from elsewhere links to, after :func:`checked_block` accepted it."""
+    return checked_block(cid, block).links
 
 
 def read_symlink(store: BlockStore, cid: Cid) -> str:
@@ -215,21 +263,29 @@ def read_symlink(store: BlockStore, cid: Cid) -> str:
 
 
 def iter_file(store: BlockStore, cid: Cid) -> Iterator[bytes]:
-    """Stream a file's bytes, depth-first over its DAG (one block in memory per level)."""
-    codec = cid_codec(cid)
-    if codec == RAW:
-        yield store.get(cid)
-        return
-    if codec != DAG_PB:
-        raise InvalidObject(f"{cid_str(cid)} is not a file")
-    node = decode_pbnode(store.get(cid))
-    u = decode_unixfs(node.data or b"")
-    if u.type not in (UNIXFS_FILE, UNIXFS_RAW):
-        raise InvalidObject(f"{cid_str(cid)} is not a UnixFS file")
-    if u.data:
-        yield u.data
-    for link in node.links:
-        yield from iter_file(store, link.cid)
+    """Stream a file's bytes, depth-first over its DAG (an explicit stack, never recursion:
+    a hostile DAG may be deep; one node's links in memory per level)."""
+    stack: list[Iterator[Cid]] = [iter((cid,))]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            continue
+        codec = cid_codec(child)
+        if codec == RAW:
+            yield store.get(child)
+            continue
+        if codec != DAG_PB:
+            raise InvalidObject(f"{cid_str(child)} is not a file")
+        if len(stack) > MAX_FILE_DEPTH + 1:
+            raise LimitExceeded(f"file DAG at {cid_str(child)} is deeper than {MAX_FILE_DEPTH} levels")
+        node = decode_pbnode(store.get(child))
+        u = decode_unixfs(node.data or b"")
+        if u.type not in (UNIXFS_FILE, UNIXFS_RAW):
+            raise InvalidObject(f"{cid_str(child)} is not a UnixFS file")
+        if u.data:
+            yield u.data
+        stack.append(iter([link.cid for link in node.links]))
 
 
 def file_size(store: BlockStore, cid: Cid) -> int:

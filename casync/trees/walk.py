@@ -211,22 +211,26 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
 
     Walks both trees together and skips identical subtrees by CID, so the cost is
     proportional to the change, not to the tree.  Names are validated as they are read.
+    An explicit stack, not recursion: a tree from elsewhere may nest deep.
     """
-    if old == new:
-        return set()
-    old_links, new_links = _named_entries(get, old), _named_entries(get, new)
     out: set[str] = set()
-    for name in old_links.keys() | new_links.keys():
-        a, b = old_links.get(name), new_links.get(name)
-        if a == b:
+    stack: list[tuple[Cid | None, Cid | None, str]] = [(old, new, prefix)]
+    while stack:
+        old, new, prefix = stack.pop()
+        if old == new:
             continue
-        path = f"{prefix}{name}"
-        a_dir = a is not None and _is_dir_cid(get, a)
-        b_dir = b is not None and _is_dir_cid(get, b)
-        if a_dir or b_dir:
-            out |= changed_paths(get, a if a_dir else None, b if b_dir else None, path + "/")
-        if (a is not None and not a_dir) or (b is not None and not b_dir):
-            out.add(path)
+        old_links, new_links = _named_entries(get, old), _named_entries(get, new)
+        for name in old_links.keys() | new_links.keys():
+            a, b = old_links.get(name), new_links.get(name)
+            if a == b:
+                continue
+            path = f"{prefix}{name}"
+            a_dir = a is not None and _is_dir_cid(get, a)
+            b_dir = b is not None and _is_dir_cid(get, b)
+            if a_dir or b_dir:
+                stack.append((a if a_dir else None, b if b_dir else None, path + "/"))
+            if (a is not None and not a_dir) or (b is not None and not b_dir):
+                out.add(path)
     return out
 
 

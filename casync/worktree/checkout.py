@@ -34,6 +34,7 @@ from casync.trees.unixfs import (
     write_symlink,
 )
 from casync.worktree import state as workstate
+from casync.worktree.content import check_room, same_content
 from casync.worktree.disk import FileStat, Ignore, UntrackedIgnore, WorktreeWriter, native_stat_records, scan
 
 __all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
@@ -79,9 +80,11 @@ class _Snapshotter:
     """Turns working-tree files into entries, reusing the stat cache, writing blocks to
     ``writer.store`` (the repository, or a throwaway store for a dry run)."""
 
-    def __init__(self, repo: Repository, writer: FileWriter, progress: Progress) -> None:
+    def __init__(self, repo: Repository, writer: FileWriter, progress: Progress,
+                 expected: Callable[[str], Entry | None] | None = None) -> None:
         self.repo = repo
         self.writer = writer
+        self.expected = expected  # the committed entry at a path: kept when the bytes are its
         self.progress = progress
         self.cache = repo.store.load_stat_cache()
         self.new_cache: dict[str, StatEntry] = {}
@@ -99,6 +102,12 @@ class _Snapshotter:
             entry = Entry(cached[6], kind, cached[5], kind == "file" and bool(mode & stat_mod.S_IXUSR))
             self._remember(path, st, entry)
             return entry
+        committed = self.expected(path) if self.expected is not None else None
+        if (committed is not None and committed.kind == "file" and stat_mod.S_ISREG(st.st_mode)
+                and committed.executable == bool(st.st_mode & stat_mod.S_IXUSR)
+                and same_content(self.repo, committed, os.path.join(self.root, path), st)):
+            self._remember(path, st, committed)  # its bytes, whatever layout it was committed in
+            return committed
         for _attempt in range(MAX_RETRIES):
             try:
                 entry, st_after = self._read(path, st)
@@ -169,7 +178,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
     with repo.store.writer_lock():
         workstate.require_current(repo, "committing")
         head = repo.head()
-        snap = _Snapshotter(repo, repo.new_file_writer(), progress)
+        snap = _Snapshotter(repo, repo.new_file_writer(), progress, _lazy_flat(repo, workstate.checked_out(repo).tree))
         try:
             files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
             tree = _build(repo, files)
@@ -190,6 +199,18 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         workstate.record(repo, tree, cid)
         workstate.clear_untracks(repo)
         return cid
+
+
+def _lazy_flat(repo: Repository, tree: Cid | None) -> Callable[[str], Entry | None]:
+    """``flatten_tree(tree).get``, flattened only when a file is read (not on a clean tree)."""
+    flat: dict[str, Entry] | None = None
+
+    def get(path: str) -> Entry | None:
+        nonlocal flat
+        if flat is None:
+            flat = flatten_tree(repo.blocks, tree) if tree is not None else {}
+        return flat.get(path)
+    return get
 
 
 def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
@@ -228,8 +249,8 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
                     repo.store.refresh_stat_cache_digest()
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    snap = _Snapshotter(repo, scratch, progress)
     committed = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
+    snap = _Snapshotter(repo, scratch, progress, committed.get)
     current: dict[str, Entry] = {}
     progress.start("checking the working tree", None)  # files not in the stat cache are hashed
     for path in sorted(files):
@@ -344,6 +365,7 @@ def apply_changes(repo: Repository, old: dict[str, Entry], new: dict[str, Entry]
     if paths is not None:
         wanted = set(paths)
         changes = [c for c in changes if c.path in wanted]
+    check_room(repo, repo.root, changes)  # before anything is removed or written
     progress.start("checking out", sum(c.new.tsize for c in changes if c.new is not None))
     for change in changes:
         if change.new is None:

@@ -11,8 +11,10 @@ wrote what since) is gathered by :mod:`casync.repo.mergebase`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from casync.model.objects import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.mergebase import merge_sides, real_side
 from casync.repo.repository import Repository, is_executable
-from casync.settings import merge_rules, priorities
+from casync.settings import limits, merge_rules, priorities
 from casync.trees.unixfs import Entry, build_tree
 from casync.worktree.checkout import update_worktree
 from casync.worktree.disk import WorktreeWriter
@@ -94,6 +96,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         branch = repo.current_branch()
         if rules is None:
             rules = merge_rules(repo.config, policy)  # checked: a bad stored value names itself
+        cap = limits(repo.config)
+        if cap.future_commits == "clamp":  # a commit from a clock far ahead weighs as now + max_future_ms
+            rules = dataclasses.replace(rules, time_ceiling_ms=int(time.time() * 1000) + cap.max_future_ms)
         all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:

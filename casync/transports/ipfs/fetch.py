@@ -22,17 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.errors import BlockNotFound, ConflictError, CorruptBlock, InvalidObject, StateRefused
-from casync.model.cid import Cid, cid_str, short
+from casync.errors import BlockNotFound, ConflictError, CorruptBlock, InvalidObject, LimitExceeded, StateRefused
+from casync.model.cid import DAG_PB, Cid, cid_codec, cid_str, short
+from casync.model.objects import MAX_FILE_DEPTH, MAX_TREE_DEPTH
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.repo.tags import TagUpdate, receive_tags
 from casync.store.base import BlockStore
 from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
+from casync.transfer.checks import ReceiptChecks
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.records import HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.util import remote_lock
-from casync.trees.unixfs import validated_links
+from casync.trees.unixfs import CheckedBlock
 from casync.worktree import checkout as workdir
 
 __all__ = ["DagFetcher", "FetchResult", "HeadFailure", "PullResult", "fast_forward_target", "fetch",
@@ -85,11 +87,6 @@ class FetchResult:
         }
 
 
-def _links(cid: Cid, block: bytes) -> list[Cid]:
-    """Validate a block received from elsewhere and list what it links to."""
-    return validated_links(cid, block)
-
-
 class DagFetcher:
     """Copies DAGs from ``source`` into ``repo.blocks`` bottom-up with ``concurrency`` threads."""
 
@@ -105,6 +102,7 @@ class DagFetcher:
         self.bytes_stored = 0
         self._unflushed = 0
         self._pool: cf.ThreadPoolExecutor | None = None
+        self.checks = ReceiptChecks(repo)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -118,12 +116,16 @@ class DagFetcher:
         with self.repo.store.writer_lock():
             try:
                 self._run(root)
+            except InvalidObject:
+                self.repo.blocks.discard()  # a hostile DAG: keep nothing of it unflushed
+                raise
             finally:
                 self.repo.blocks.flush()  # what was stored is complete below: keep it
                 self._unflushed = 0
 
     def _run(self, root: Cid) -> None:
-        waiting: dict[Cid, list[Any]] = {}  # cid -> [block, children still missing]
+        waiting: dict[Cid, list[Any]] = {}  # cid -> [block, children still missing, checked]
+        level: dict[Cid, int] = {root: 0}  # dag-pb nesting below the nearest commit, as requested
         parents_of: dict[Cid, list[Cid]] = {}
         requested: set[Cid] = {root}
         stored: set[Cid] = set()
@@ -145,7 +147,12 @@ class DagFetcher:
                     self.bytes_received += len(block)
                     self.progress.advance(len(block))
                     need = []
-                    children = [c for c in dict.fromkeys(_links(cid, block)) if c not in stored]
+                    checked = self.checks.check(cid, block)
+                    below = level.pop(cid, 0) + 1 if cid_codec(cid) == DAG_PB else 0
+                    if below > MAX_TREE_DEPTH + MAX_FILE_DEPTH:
+                        raise LimitExceeded(f"DAG below {cid_str(cid)} nests deeper than "
+                                            f"{MAX_TREE_DEPTH + MAX_FILE_DEPTH} levels")
+                    children = [c for c in dict.fromkeys(checked.links) if c not in stored]
                     unseen = [c for c in children if c not in requested]
                     held = self.repo.blocks.has_many(unseen) if unseen else set()  # one read txn
                     for child in children:
@@ -155,11 +162,12 @@ class DagFetcher:
                         parents_of.setdefault(child, []).append(cid)
                         if child not in requested:
                             requested.add(child)
+                            level[child] = below
                             queue.append(child)
                     if need:
-                        waiting[cid] = [block, len(need)]
+                        waiting[cid] = [block, len(need), checked]
                     else:
-                        self._complete(cid, block, waiting, parents_of, stored)
+                        self._complete(cid, block, checked, waiting, parents_of, stored)
         finally:
             for fut in inflight:  # after an error: let nothing in flight outlive this fetch
                 fut.cancel()
@@ -167,11 +175,12 @@ class DagFetcher:
         if waiting:  # cannot happen unless the bookkeeping is wrong
             raise InvalidObject(f"fetch of {cid_str(root)} ended with {len(waiting)} incomplete nodes")
 
-    def _complete(self, cid: Cid, block: bytes, waiting: dict[Cid, list[Any]],
+    def _complete(self, cid: Cid, block: bytes, checked: CheckedBlock, waiting: dict[Cid, list[Any]],
                   parents_of: dict[Cid, list[Cid]], stored: set[Cid]) -> None:
-        stack = [(cid, block)]
+        stack = [(cid, block, checked)]
         while stack:
-            c, b = stack.pop()
+            c, b, ch = stack.pop()
+            self.checks.against_children(c, b, ch)  # every child is held now
             if self.repo.blocks.put(c, b):
                 self.blocks_stored += 1
                 self.bytes_stored += len(b)
@@ -182,7 +191,7 @@ class DagFetcher:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del waiting[parent]
-                    stack.append((parent, entry[0]))
+                    stack.append((parent, entry[0], entry[2]))
         if self._unflushed >= FLUSH_BYTES:
             self.repo.blocks.flush()
             self._unflushed = 0

@@ -28,12 +28,14 @@ from casync.errors import (
     InvalidObject,
     NotARepository,
     RefConflict,
+    RemoteAuthError,
     RemoteError,
     StateRefused,
     UsageError,
 )
 from casync.model.car import TruncatedCar
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
+from casync.model.names import is_replica_name, is_repo_id
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository, validate_branch_name
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
@@ -60,6 +62,7 @@ class PeerInfo:
     hash: str = "blake3"
     chunker: str = "cdc"
     tags: dict[str, Cid] | None = None  # None: a peer from before tags (it neither sends nor takes them)
+    scope: str = "write"  # what the token this side sent may do: "read" cannot push
 
     def to_json(self) -> dict[str, Any]:
         out = {"repository_id": self.repository_id, "replica": self.replica, "read_only": self.read_only,
@@ -76,8 +79,14 @@ class PeerInfo:
                 validate_branch_name(name)
                 if cid_codec(cid) != DAG_CBOR:
                     raise UsageError(f"branch {name!r} does not name a commit")
+            if not is_repo_id(obj["repository_id"]):
+                raise ValueError(f"repository id {str(obj['repository_id'])[:80]!r} is not a valid id")
+            if not isinstance(obj["replica"], str) or not is_replica_name(obj["replica"]):
+                raise ValueError(f"replica id {str(obj['replica'])[:80]!r} is not a valid id")
+            scope = "read" if obj.get("scope") == "read" else "write"
             return cls(str(obj["repository_id"]), str(obj["replica"]), refs, bool(obj["read_only"]),
-                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")), parse_tag_map(obj.get("tags")))
+                       str(obj.get("hash", "blake3")), str(obj.get("chunker", "cdc")), parse_tag_map(obj.get("tags")),
+                       scope)
         except (KeyError, TypeError, AttributeError, ValueError, UsageError) as exc:
             raise RemoteError(f"peer sent a malformed info message ({exc})") from None
 
@@ -435,6 +444,9 @@ def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, bran
         raise UsageError(f"no local branch {branch!r} to push")
     if info.repository_id != repo.repo_id:
         raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one")
+    if info.scope == "read":
+        raise RemoteAuthError(f"the token sent to {peer.url} may only read (fetch, pull, clone); it cannot push",
+                              hint="push with the server's write token (--token-file), or from a site that has it")
     if info.read_only:
         raise RemoteError(f"{peer.url} is read-only; it does not accept pushes")
     remote_tip = info.refs.get(branch)

@@ -17,9 +17,11 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 * ``GET  /v1/peers`` (``casync agent`` only) -> the site and the peers it synced with (gossip;
   docs/design.md §15.1)
 
-The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, CAR
-64 GiB); malformed messages get 400 and change nothing; beyond 64 open connections a
-new one gets 503.
+The server binds to 127.0.0.1 by default.  Bodies are size-limited (JSON 1 MiB, a push the
+server's announced ``max_push_bytes``); malformed messages get 400 and change nothing; a read
+token's push gets 403; a client beyond its share of connections gets 503 (see
+:mod:`casync.transports.peer.server`).  Every JSON reply is read with
+:func:`casync.model.safejson.loads` (nesting bounded).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from casync.errors import (
     RemoteUnreachable,
     UsageError,
 )
+from casync.model import safejson
 from casync.model.car import CarWriter, iter_car, read_header
 from casync.model.cid import Cid, cid_str
 from casync.repo.tags import TagUpdate
@@ -130,9 +133,9 @@ class HttpPeer:
             hint: str | None = None
             reply: Any = None
             try:
-                reply = json.loads(detail)
+                reply = safejson.loads(detail, "error reply")
                 message, hint = str(reply.get("error", "")), reply.get("hint")
-            except (ValueError, AttributeError):
+            except (InvalidObject, AttributeError):
                 message = detail.decode(errors="replace")[:200]
             if resp.status == 401:
                 raise self._unauthorized(reply.get("reason") if isinstance(reply, dict) else None)
@@ -163,9 +166,9 @@ class HttpPeer:
         resp = self._request(method, path, body, {"Content-Type": "application/json"} if body else None,
                              keepalive=True)
         try:
-            return json.loads(resp.read(MAX_JSON_BODY + 1))
-        except ValueError:
-            raise RemoteProtocolError(f"{self.url} sent a malformed reply") from None
+            return safejson.loads(resp.read(MAX_JSON_BODY + 1), "reply")
+        except InvalidObject as exc:
+            raise RemoteProtocolError(f"{self.url} sent a malformed reply ({exc.message})") from None
 
     def info(self) -> PeerInfo:
         return PeerInfo.from_json(self._json("GET", "/v1/info"))
@@ -207,19 +210,19 @@ class HttpPeer:
         query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})
         resp = self._request("POST", f"/v1/push?{query}", _car_body([new], blocks), _CAR_HEADERS, chunked=True)
         try:
-            reply = json.loads(resp.read(MAX_JSON_BODY))
+            reply = safejson.loads(resp.read(MAX_JSON_BODY), "push reply")
             return TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
                                  new_blocks=int(reply.get("new_blocks", 0)),
                                  new_bytes=int(reply.get("new_bytes", 0)))
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, InvalidObject):
             raise RemoteProtocolError(f"{self.url} accepted the push but sent a malformed reply") from None
 
     def push_tags(self, tags: dict[str, Cid], blocks: Iterable[tuple[Cid, bytes]]) -> TagUpdate:
         query = urllib.parse.urlencode({"tags": json.dumps({n: cid_str(c) for n, c in tags.items()})})
         resp = self._request("POST", f"/v1/tags?{query}", _car_body([], blocks), _CAR_HEADERS, chunked=True)
         try:
-            return TagUpdate.from_json(self.url, json.loads(resp.read(MAX_JSON_BODY)))
-        except (ValueError, TypeError, KeyError, AttributeError, UsageError):
+            return TagUpdate.from_json(self.url, safejson.loads(resp.read(MAX_JSON_BODY), "tags reply"))
+        except (ValueError, TypeError, KeyError, AttributeError, UsageError, InvalidObject):
             raise RemoteProtocolError(f"{self.url} took the tags but sent a malformed reply") from None
 
     def close(self) -> None:
