@@ -1,6 +1,7 @@
 """The first steps of docs/configuration.md and README's "Running a fleet", as a new user
-types them: each documented shell block runs as it stands (in a temporary directory holding a copy of docs/examples/), one agent
-round runs, and it ends as the text says: both example peers unreachable, counted, exit 1."""
+types them: each documented shell block runs as it stands (in a temporary directory holding a
+copy of docs/examples/), one agent round runs, and it ends as the text says: both example
+peers unreachable, counted, exit 1."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ MARKER = "<!-- tests/test_agent_quickstart.py runs this block as it stands, in a
 def _documented_steps(doc: str) -> str:
     text = (ROOT / doc).read_text()
     if doc == "README.md":  # the first block of its "Running a fleet" section
-        found = re.search(r"\n## Running a fleet\n[^#]*?```sh\n(.*?)```", text, re.S)
+        found = re.search(r"\n## Running a fleet\n(?:(?!\n## ).)*?```sh\n(.*?)```", text, re.S)
     else:
         found = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)```", text, re.S)
     assert found is not None, f"{doc} lost its first-steps block"
