@@ -52,10 +52,14 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
-def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+def _config_text(docs: list[dict[str, Any]]) -> str:
     maps = [d for d in objects(docs, "ConfigMap") if d["metadata"]["name"].startswith("casync-config-")]
     assert len(maps) == 1, "one generated casync-config ConfigMap"
-    return tomllib.loads(maps[0]["data"]["casync.toml"])
+    return str(maps[0]["data"]["casync.toml"])
+
+
+def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return tomllib.loads(_config_text(docs))
 
 
 def test_the_kustomize_version_is_the_one_the_build_script_builds() -> None:
@@ -150,7 +154,10 @@ def test_the_agent_runs_the_agent_command_with_its_config_and_tokens(overlay: st
                 and d["metadata"]["name"] == "casync-agent"], "one agent workload"
     spec = agent["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["command"] == AGENT_COMMAND
+    assert container["command"][:len(AGENT_COMMAND)] == AGENT_COMMAND
+    extra = container["command"][len(AGENT_COMMAND):]
+    assert extra == (["--replica", "$(NODE_NAME)", "--advertise-url", "http://$(POD_IP):8000"]
+                     if overlay == "edge" else [])
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"peer": 8000, "metrics": 9464}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -235,53 +242,72 @@ def _service_hosts(docs: list[dict[str, Any]]) -> dict[str, set[int]]:
     return hosts
 
 
+_URL = re.compile(r"""["'](\w[\w+.-]*://[^"'\s]+)["']""")
+FLEET_OVERLAYS = tuple(o for o in OVERLAYS if o != "single-node")  # the sites of the one example fleet
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay: str) -> None:
+    """casync.toml in the agent's format (docs/configuration.md; tests/test_deploy_agent.py
+    parses it with the agent's own parser): the seed's keys, tokens that are keys of the
+    Secret, and every in-cluster URL in it, commented-out ones too, a rendered Service or pod
+    with that port."""
     docs = render(overlay)
     config = _config(docs)
     for key in ("consistency_model", "conflict_resolution", "sync_interval", "max_sync_delay",
-                "clock_skew_tolerance", "regions", "region", "remotes", "repository", "listen", "token_file"):
+                "clock_skew_tolerance", "site", "serve", "ipfs", "discovery"):
         assert key in config, key
-    assert ("replica" in config) == (overlay != "edge"), "edge nodes take the node's name"
-    regions = {r["name"]: r for r in config["regions"]}
-    assert config["region"] in regions
-    assert all(set(r) == {"name", "priority", "sync_peers"} for r in regions.values())
-    remotes = {r["name"]: r for r in config["remotes"]}
-    for peer in regions[config["region"]]["sync_peers"]:
-        assert remotes[peer]["kind"] == "peer", peer
+    site = config["site"]
+    assert site["repository"] == "/data/repo"
+    assert ("replica" in site) == (overlay != "edge"), "edge nodes take the node's name (--replica)"
+    regions = {r["name"]: r for r in config.get("regions", [])}
+    assert (overlay == "single-node") == (not regions), "a fleet site has the fleet's regions"
+    peers = config.get("peers", {})
+    for name, peer in peers.items():
+        assert peer["region"] in regions, name
+    if regions:
+        mine = regions[site["region"]]
+        assert {p["region"] for p in peers.values()} <= {mine["name"], *mine["sync_peers"]}, "peers it syncs with"
     # Token files: keys of the Secret casync-tokens, mounted at /etc/casync/tokens/.
     token_dir = "/etc/casync/tokens/"
-    tokens = [config["token_file"], *(r["token_file"] for r in remotes.values() if "token_file" in r)]
+    tokens = [config["serve"]["token_file"], *(p["token_file"] for p in peers.values() if "token_file" in p)]
     assert all(p.startswith(token_dir) for p in tokens), tokens
     example = _one(render(overlay, examples=True), "Secret", "casync-tokens")["stringData"]
     assert {p.removeprefix(token_dir) for p in tokens} <= set(example), "the example Secret lacks a token"
     hosts = _service_hosts(docs)
-    urls = [r["url"] for r in remotes.values()] + config.get("strong", {}).get("etcd_endpoints", [])
+    text = _config_text(docs)
+    urls = _URL.findall(text)
+    assert len(urls) >= 2
     for url in urls:
         parts = urlsplit(url)
         if (parts.hostname or "").endswith(".svc.cluster.local"):
             assert parts.port in hosts.get(parts.hostname or "", set()), f"{url}: no rendered Service or pod port"
-    kinds = {r["kind"] for r in remotes.values()}
-    assert "ipfs" in kinds
-    assert ("ipfs-cluster" in kinds) == (overlay == "cluster")
-    assert config["consistency_model"] == ("strong" if overlay == "strong" else "eventual")
+    assert config["consistency_model"] == "eventual", "the agent refuses 'strong' today"
+    assert "ipfs_clusters" not in config, "the agent refuses IPFS Cluster remotes today"
     if overlay == "strong":
         etcd = _one(docs, "StatefulSet", "etcd")
         assert etcd["spec"]["replicas"] == 3
-        assert config["strong"]["etcd_endpoints"] == [
-            f"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379" for i in range(3)]
+        for i in range(3):  # the commented block for the strong-consistency issue names each member
+            assert f"#     \"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379\"," in text
+        assert '# consistency_model = "strong"' in text
+    if overlay == "cluster":
+        assert f"# url = \"ipfs-cluster+http://ipfs-cluster-api{CLUSTER_DOMAIN}:9094\"" in text
     if overlay == "edge":
-        assert config["discovery"] == "kubernetes"
-        assert config["discovery_service"] == "casync-agent-peers" + CLUSTER_DOMAIN
-        assert 8000 in hosts[config["discovery_service"]]
+        discovery = config["discovery"]
+        assert discovery["mode"] == "kubernetes" and discovery["gossip"] is True
+        assert discovery["service"] == "casync-agent-peers" + CLUSTER_DOMAIN
+        assert discovery["port"] in hosts[discovery["service"]]
 
 
-def test_the_overlay_configs_agree_with_the_base_on_the_sync_timing() -> None:
+def test_the_overlay_configs_agree_with_the_base_on_the_sync_timing_and_the_fleet() -> None:
     base = tomllib.loads((DEPLOY / "base" / "casync.toml").read_text())
     for overlay in OVERLAYS:
         config = _config(render(overlay))
-        for key in ("sync_interval", "max_sync_delay", "clock_skew_tolerance", "conflict_resolution"):
+        for key in ("sync_interval", "max_sync_delay", "clock_skew_tolerance", "conflict_resolution",
+                    "shutdown_timeout"):
             assert config[key] == base[key], f"{overlay}: {key}"
+        if overlay in FLEET_OVERLAYS:  # one regions table for the fleet: every site merges alike
+            assert config["regions"] == base["regions"], overlay
 
 
 def test_the_cluster_peers_pair_with_their_kubo_nodes() -> None:
@@ -313,27 +339,79 @@ def test_every_variable_reference_names_an_earlier_variable(overlay: str) -> Non
                     assert ref in defined, f"{where}/{name}: {arg} uses $({ref}), which is not set"
 
 
-def _init_repo(tmp_path: Path, config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _init_repo(tmp_path: Path, overlay: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run deploy/base/init-repo.sh for real on the overlay's rendered casync.toml, its
+    site.repository moved into ``tmp_path``."""
+    text = _config_text(render(overlay))
+    assert 'repository = "/data/repo"' in text
+    config = tmp_path / "casync.toml"
+    config.write_text(text.replace('repository = "/data/repo"', f'repository = "{tmp_path / "data" / "repo"}"'))
     script = DEPLOY / "base" / "init-repo.sh"
     bindir = str(Path(sys.executable).parent)  # casync and python3 of this environment
-    environ = {"PATH": f"{bindir}:{os.environ['PATH']}", "HOME": str(tmp_path), "CASYNC_CONFIG": str(config),
-               "CASYNC_REPO": str(tmp_path / "data" / "repo"), **env}
+    environ = {"PATH": f"{bindir}:{os.environ['PATH']}", "HOME": str(tmp_path), "CASYNC_CONFIG": str(config), **env}
     return subprocess.run(["sh", str(script)], env=environ, capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.mark.parametrize("overlay", ["single-node", "edge"])
-def test_the_init_container_script_initialises_the_repository_once(tmp_path: Path, overlay: str) -> None:
-    config = DEPLOY / "overlays" / overlay / "casync.toml"
-    expected = tomllib.loads(config.read_text()).get("replica", "edge-node-1")
-    first = _init_repo(tmp_path, config, CASYNC_DEFAULT_REPLICA="edge-node-1")
+def _init_env(overlay: str) -> dict[str, str]:
+    """The init container's plain variables (fieldRefs: a node name for spec.nodeName)."""
+    docs = render(overlay)
+    agent = _one(docs, "DaemonSet" if overlay == "edge" else "StatefulSet", "casync-agent")
+    (init,) = [c for c in agent["spec"]["template"]["spec"]["initContainers"] if c["name"] == "init-repo"]
+    env = {}
+    for e in init.get("env", []):
+        if e["name"] == "HOME":
+            continue
+        field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        env[e["name"]] = "edge-node-1" if field == "spec.nodeName" else e["value"]
+    return env
+
+
+def _agent_accepts(tmp_path: Path, replica: str) -> None:
+    """The agent opens what init-repo.sh made (its replica id and branch are the config's)."""
+    from casync.agent.config import load_config
+    from casync.agent.logs import AgentLog
+    from casync.agent.runner import Agent
+
+    agent = Agent(load_config(tmp_path / "casync.toml", {"replica": replica}), AgentLog("json", sys.stderr))
+    agent.open(serving=False)
+    assert agent.close()
+
+
+@pytest.mark.parametrize("overlay", HUB_OVERLAYS)
+def test_the_init_container_script_makes_the_first_sites_repository_once(tmp_path: Path, overlay: str) -> None:
+    env = _init_env(overlay)
+    assert env == {"CASYNC_FIRST_SITE": "true"}, "the base's hub is the fleet's first site"
+    replica = tomllib.loads(_config_text(render(overlay)))["site"]["replica"]
+    first = _init_repo(tmp_path, overlay, **env)
     assert first.returncode == 0, first.stderr
-    assert f"replica {expected}," in first.stdout
+    assert f"replica {replica}," in first.stdout
     assert (tmp_path / "data" / "repo" / ".casync").is_dir()
-    again = _init_repo(tmp_path, config, CASYNC_DEFAULT_REPLICA="other")
+    _agent_accepts(tmp_path, replica)
+    again = _init_repo(tmp_path, overlay, **env)
     assert again.returncode == 0 and "already a repository" in again.stderr
 
 
+def test_a_site_with_nothing_to_clone_from_makes_its_repository(tmp_path: Path) -> None:
+    first = _init_repo(tmp_path, "single-node")  # no CASYNC_FIRST_SITE: no peers, static discovery
+    assert first.returncode == 0 and "replica single-node," in first.stdout, first.stderr
+    _agent_accepts(tmp_path, "single-node")
+
+
+@pytest.mark.parametrize("overlay", ["edge", "strong"])
+def test_other_sites_leave_the_repository_to_the_agents_clone(tmp_path: Path, overlay: str) -> None:
+    """An edge node (and a hub not the fleet's first) must not make a repository of its own:
+    it would be unrelated to the fleet's and refuse to sync; the agent clones it from a peer."""
+    env = {**_init_env(overlay), "CASYNC_FIRST_SITE": "false"}
+    done = _init_repo(tmp_path, overlay, **env)
+    assert done.returncode == 0, done.stderr
+    assert "the agent clones it from a peer" in done.stderr
+    if overlay == "edge":
+        assert "as replica edge-node-1" in done.stderr, "CASYNC_REPLICA is the node's name"
+    assert not (tmp_path / "data").exists()
+
+
 def test_the_init_container_script_needs_a_replica_id(tmp_path: Path) -> None:
-    done = _init_repo(tmp_path, DEPLOY / "overlays" / "edge" / "casync.toml")
-    assert done.returncode == 1 and "no replica id" in done.stderr
+    done = _init_repo(tmp_path, "edge", CASYNC_FIRST_SITE="true")
+    assert done.returncode == 1 and "casync-init: error: casync.toml: site.replica" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()
