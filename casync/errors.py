@@ -41,6 +41,7 @@ __all__ = [
     "UnknownRevision",
     "UnstableFile",
     "UnsupportedFormat",
+    "UntrustedHistory",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -135,6 +136,11 @@ class CorruptBlock(CasyncError):
 
 class InvalidObject(CasyncError):
     """Bytes that do not decode as the object they claim to be, or break a format rule."""
+
+
+class UntrustedHistory(InvalidObject):
+    """History from elsewhere holds a commit without a valid signature by a trusted key,
+    and signed history is required (``--require-signed``): refused before any ref moves."""
 
 
 class UnstableFile(CasyncError):

@@ -119,6 +119,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_sync": ("serve", "sync", "bundle"),
     "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
     "cli_tag": ("tag",),
+    "cli_audit": ("audit", "key"),
 }
 
 
@@ -138,6 +139,9 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli.tag import tag
 
         return tag
+    if name in _COMMAND_GROUPS["cli_audit"]:
+        from casync.cli import audit as cli_audit
+        return {"audit": cli_audit.audit, "key": cli_audit.key}[name]
     return None
 
 

@@ -244,9 +244,13 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 @click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
               help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
 @token_file_option
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse history holding a commit without a valid signature by a trusted key, before any "
+                   "ref moves (default: config require_signed).")
 @json_option
 @click.pass_obj
-def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: str | None,
+          require_signed: bool | None, as_json: bool) -> None:
     """Download REMOTE's history without merging it.
 
     From an IPFS node: every replica's published heads (refs remotes/REMOTE/REPLICA/BRANCH).
@@ -255,9 +259,10 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
     """
     hook = _peer_remote(obj, remote, "fetch", token_file)
     if hook is not None:
-        hook(obj, remote, as_json=as_json, token_file=token_file)
+        hook(obj, remote, as_json=as_json, token_file=token_file, require_signed=require_signed)
         return
-    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy())
+    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy(),
+                    require_signed=require_signed)
     if as_json:
         _json(res.to_json())
     else:
@@ -277,10 +282,13 @@ def fetch(obj: Any, remote: str | None, jobs: int, timeout: float, token_file: s
 @click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
               help="IPFS: seconds the node may spend finding a block it lacks among its peers.")
 @token_file_option
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse history holding a commit without a valid signature by a trusted key, before any "
+                   "ref moves (default: config require_signed).")
 @json_option
 @click.pass_obj
 def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
-         token_file: str | None, as_json: bool) -> None:
+         token_file: str | None, require_signed: bool | None, as_json: bool) -> None:
     """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads.
 
     REMOTE is an IPFS node (ipfs+http://) or a casync peer: a 'casync serve' URL or another
@@ -288,10 +296,11 @@ def pull(obj: Any, remote: str | None, force: bool, policy: str | None, jobs: in
     """
     hook = _peer_remote(obj, remote, "pull", token_file)
     if hook is not None:
-        hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file)
+        hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file,
+             require_signed=require_signed)
         return
     res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
-                   retry=retry_policy(), policy=policy)
+                   retry=retry_policy(), policy=policy, require_signed=require_signed)
     if as_json:
         _json(res.to_json())
     else:

@@ -125,10 +125,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--policy", "-p", help="Merge policy for diverged histories (default: config merge.policy, else lww).")
 @click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token for http(s) peers.")
 @click.option("--no-push", is_flag=True, help="Only fetch and merge.")
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse a peer's history holding a commit without a valid signature by a trusted key, before "
+                   "any ref moves (default: config require_signed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.pass_obj
 def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path | None, no_push: bool,
-         as_json: bool) -> None:
+         require_signed: bool | None, as_json: bool) -> None:
     """Fetch from each PEER (default: every non-IPFS remote), merge, and push back.
 
     A PEER is a remote name, an http(s):// URL of 'casync serve', or a repository path.
@@ -152,7 +155,7 @@ def sync(obj: Any, peers: tuple[str, ...], policy: str | None, token_file: Path 
         try:
             name, peer = open_peer(repo, spec, token_file, obj.directory)
             try:
-                fetched = fetch_from(repo, peer, name, obj.progress())
+                fetched = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
                 entry["fetch"] = fetched.to_json()
                 theirs = repo.refs.get_ref(f"remotes/{name}/{branch}")
                 if theirs is not None:
@@ -285,13 +288,14 @@ def _token_arg(token_file: str | None) -> Path | None:
     return Path(token_file) if token_file else None
 
 
-def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
+def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: str | None = None,
+               require_signed: bool | None = None) -> None:
     from casync.transports.peer.exchange import fetch_from
 
     repo = obj.repo()
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
-        result = fetch_from(repo, peer, name, obj.progress())
+        result = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
     finally:
         peer.close()
     _emit(as_json, result.to_json(), f"fetched {len(result.stats.commits)} commit(s), {result.stats.new_blocks} new "
@@ -300,7 +304,7 @@ def fetch_peer(obj: Any, remote: str | None, as_json: bool = False, token_file: 
 
 
 def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool = False,
-              policy: str | None = None, token_file: str | None = None) -> None:
+              policy: str | None = None, token_file: str | None = None, require_signed: bool | None = None) -> None:
     """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
     possible; a diverged history is merged with the configured policy)."""
     from casync.transports.peer.exchange import fetch_from
@@ -315,7 +319,7 @@ def pull_peer(obj: Any, remote: str | None, force: bool = False, as_json: bool =
                          hint="commit or move your local changes; a merge never overwrites them")
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
-        fetched = fetch_from(repo, peer, name, obj.progress())
+        fetched = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
     finally:
         peer.close()
     ref = f"remotes/{name}/{branch}"

@@ -436,6 +436,11 @@ class IpfsClient:
             return False
         return bool(res.get("Keys"))
 
+    def pinned_roots(self) -> set[Cid]:
+        """Every recursively pinned CID on the node (one ``pin/ls`` call)."""
+        res = self.call("pin/ls", lambda c: c.pin.ls(type="recursive", offline=True))
+        return {parse_cid(str(k)) for k in (res.get("Keys") or {})}
+
     # --- MFS (head records) --------------------------------------------------------------------
 
     def _call_if_exists(self, what: str, fn: Callable[[Any], T]) -> T | None:

@@ -36,12 +36,48 @@ _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 SYNC_AHEAD_BYTES = 64 << 20
+_MAX_HEADER = 160  # varint + a CID (at most 128 bytes here) + varint
 
 
 class _PackMissing(Exception):
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
         self.path = path
+
+
+def _scan_pack(path: Path, number: int, index: Any) -> list[tuple[int, int, str]]:
+    """Problems parsing one pack (see :meth:`PackBlockStore.scan_packs`): reads each record
+    header, jumps over its data (a pack is never held in memory)."""
+    from casync.errors import BadVarint
+    from casync.model.cid import read_varint
+
+    out: list[tuple[int, int, str]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if os.pread(fd, len(PACK_MAGIC), 0) != PACK_MAGIC:
+            return [(number, 0, "bad pack magic")]
+        pos = len(PACK_MAGIC)
+        while pos < size:
+            head = os.pread(fd, _MAX_HEADER, pos)
+            try:
+                n, at = read_varint(head, 0, "pack record")
+                cid = head[at : at + n]
+                length, at = read_varint(head, at + n, "pack record")
+            except BadVarint as exc:
+                return [*out, (number, pos, f"unparseable record header ({exc.message})")]
+            data_at = pos + at
+            if n < 4 or n > 128 or len(cid) != n or data_at + length > size:
+                return [*out, (number, pos, "unparseable record header (lengths past the record or the pack)")]
+            raw = index(cid)
+            if raw is not None:
+                loc = _LOC.unpack(bytes(raw))
+                if loc[0] == number and loc[1] != data_at:
+                    out.append((number, pos, f"record of {cid_str(cid)} is not where the index says"))
+            pos = data_at + length
+    finally:
+        os.close(fd)
+    return out
 
 
 class PackBlockStore:
@@ -124,6 +160,57 @@ class PackBlockStore:
             keys = [bytes(k) for k in txn.cursor(db=self._store.db("index")).iternext(values=False)]
         yield from keys
         yield from list(self._pending)
+
+    def sizes(self, cids: Iterable[Cid]) -> dict[Cid, int]:
+        """The data length of each of ``cids`` that is indexed (absent ones are left out)."""
+        out: dict[Cid, int] = {}
+        db = self._store.db("index")
+        with self._store.env.begin() as txn:
+            for cid in cids:
+                loc = self._pending.get(cid)
+                if loc is not None:
+                    out[cid] = loc[2]
+                    continue
+                raw = txn.get(cid, db=db)
+                if raw is not None:
+                    out[cid] = _LOC.unpack(bytes(raw))[2]
+        return out
+
+    def record_problem(self, cid: Cid) -> str | None:
+        """Whether the pack record holding ``cid`` is intact around its data: the header just
+        before the data must read ``varint(len(cid)) cid varint(len(data))`` (a flipped byte
+        there leaves the data readable through the index but the pack unparseable)."""
+        with self._lock:
+            loc = self._location(cid)
+            if loc is None:
+                return "not indexed"
+            pack, offset, length = loc
+            header = varint(len(cid)) + cid + varint(length)
+            if offset < len(PACK_MAGIC) + len(header):
+                return f"pack {pack:08d}: index offset {offset} leaves no room for the record header"
+            if self._writer is not None and pack == self._writer_no:
+                self._writer.flush()
+            try:
+                found = os.pread(self._reader(pack), len(header), offset - len(header))
+            except _PackMissing as exc:
+                return f"pack file {exc.path.name} is missing"
+        if found != header:
+            return f"pack {pack:08d}: the record header at offset {offset - len(header)} is damaged"
+        return None
+
+    def scan_packs(self) -> list[tuple[int, int, str]]:
+        """Parse every pack from start to end (magic, then records); (pack, offset, problem)
+        for each place a pack stops being parseable or a record disagrees with the index."""
+        problems: list[tuple[int, int, str]] = []
+        with self._lock, self._store.env.begin() as txn:
+            db = self._store.db("index")
+            for path in sorted(self._store.pack_dir.glob("*.pack")):
+                try:
+                    number = int(path.stem)
+                except ValueError:
+                    continue
+                problems += _scan_pack(path, number, lambda cid: txn.get(cid, db=db))
+        return problems
 
     def pack_bytes(self) -> tuple[int, int]:
         """(bytes in pack files, bytes the indexed records and pack headers occupy)."""
