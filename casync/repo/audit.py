@@ -235,8 +235,10 @@ class _Auditor:
             problem = blocks.record_problem(cid)
             if problem is not None:
                 self.report.add("pack-record", cid, problem)
-        for pack, offset, problem in blocks.scan_packs():
-            self.report.add("pack", None, f"pack {pack:08d} at offset {offset}: {problem}")
+        named = {f.cid for f in self.report.findings if f.kind in ("pack-record", "missing")}
+        for pack, offset, problem, cid in blocks.scan_packs():
+            if cid is None or cid not in named:
+                self.report.add("pack", cid, f"pack {pack:08d} at offset {offset}: {problem}")
 
 
 def paths_using(repo: Repository, trees: Iterable[Cid], wanted: set[Cid]) -> dict[Cid, list[str]]:

@@ -45,18 +45,19 @@ class _PackMissing(Exception):
         self.path = path
 
 
-def _scan_pack(path: Path, number: int, index: Any) -> list[tuple[int, int, str]]:
+def _scan_pack(path: Path, number: int, indexed: dict[int, Cid]) -> list[tuple[int, int, str, Cid | None]]:
     """Problems parsing one pack (see :meth:`PackBlockStore.scan_packs`): reads each record
-    header, jumps over its data (a pack is never held in memory)."""
+    header, jumps over its data (a pack is never held in memory).  ``indexed`` maps the data
+    offsets the index names in this pack to their CIDs; what the parse does not reach stays."""
     from casync.errors import BadVarint
     from casync.model.cid import read_varint
 
-    out: list[tuple[int, int, str]] = []
+    out: list[tuple[int, int, str, Cid | None]] = []
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         if os.pread(fd, len(PACK_MAGIC), 0) != PACK_MAGIC:
-            return [(number, 0, "bad pack magic")]
+            return [(number, 0, "bad pack magic", None)]
         pos = len(PACK_MAGIC)
         while pos < size:
             head = os.pread(fd, _MAX_HEADER, pos)
@@ -65,15 +66,13 @@ def _scan_pack(path: Path, number: int, index: Any) -> list[tuple[int, int, str]
                 cid = head[at : at + n]
                 length, at = read_varint(head, at + n, "pack record")
             except BadVarint as exc:
-                return [*out, (number, pos, f"unparseable record header ({exc.message})")]
+                return [*out, (number, pos, f"unparseable record header ({exc.message})", None)]
             data_at = pos + at
             if n < 4 or n > 128 or len(cid) != n or data_at + length > size:
-                return [*out, (number, pos, "unparseable record header (lengths past the record or the pack)")]
-            raw = index(cid)
-            if raw is not None:
-                loc = _LOC.unpack(bytes(raw))
-                if loc[0] == number and loc[1] != data_at:
-                    out.append((number, pos, f"record of {cid_str(cid)} is not where the index says"))
+                return [*out, (number, pos, "unparseable record header (lengths past the record or the pack)", None)]
+            expected = indexed.pop(data_at, None)
+            if expected is not None and expected != cid:
+                out.append((number, pos, "the record header names another CID than the index", expected))
             pos = data_at + length
     finally:
         os.close(fd)
@@ -198,18 +197,30 @@ class PackBlockStore:
             return f"pack {pack:08d}: the record header at offset {offset - len(header)} is damaged"
         return None
 
-    def scan_packs(self) -> list[tuple[int, int, str]]:
-        """Parse every pack from start to end (magic, then records); (pack, offset, problem)
-        for each place a pack stops being parseable or a record disagrees with the index."""
-        problems: list[tuple[int, int, str]] = []
-        with self._lock, self._store.env.begin() as txn:
-            db = self._store.db("index")
+    def scan_packs(self) -> list[tuple[int, int, str, Cid | None]]:
+        """Parse every pack from start to end (magic, then records): (pack, offset, problem,
+        CID or None) for each place a pack stops parsing, a record header disagrees with the
+        index, or indexed data is not where a parsed record's data is."""
+        by_pack: dict[int, dict[int, Cid]] = {}
+        with self._store.env.begin() as txn:
+            for k, v in txn.cursor(db=self._store.db("index")):
+                pack, offset, _length = _LOC.unpack(bytes(v))
+                by_pack.setdefault(pack, {})[offset] = bytes(k)
+        problems: list[tuple[int, int, str, Cid | None]] = []
+        with self._lock:
+            if self._writer is not None:
+                self._writer.flush()
             for path in sorted(self._store.pack_dir.glob("*.pack")):
                 try:
                     number = int(path.stem)
                 except ValueError:
                     continue
-                problems += _scan_pack(path, number, lambda cid: txn.get(cid, db=db))
+                left = by_pack.pop(number, {})
+                problems += _scan_pack(path, number, left)
+                problems += [(number, off, "indexed data that no parsed record holds", cid)
+                             for off, cid in sorted(left.items())]
+        problems += [(number, off, "indexed in a pack file that does not exist", cid)
+                     for number, left in sorted(by_pack.items()) for off, cid in sorted(left.items())]
         return problems
 
     def pack_bytes(self) -> tuple[int, int]:
