@@ -195,3 +195,35 @@ def test_require_signed_fetch_from_serve_refuses_and_moves_no_ref(tmp_path: Path
     finally:
         origin.close()
         b.close()
+
+
+def test_a_serve_with_require_signed_refuses_an_unsigned_push(tmp_path: Path) -> None:
+    hub = Repository.init(tmp_path / "hub", replica="hub", bare=True)
+    with hub.transaction(branch="main", message="start") as tx:
+        tx.write("a.txt", b"a")
+    hub.set_config("require_signed", True)
+    b = Repository.init(tmp_path / "b", replica="site-b", repository_id=hub.repo_id)
+    cb = Cli(tmp_path / "b")
+    (tmp_path / "token").write_text(TOKEN)
+    try:
+        with serving(hub, TOKEN) as srv:
+            host, port = srv.server_address[:2]
+            cb("remote", "add", "origin", f"http://{host}:{port}", "--token-file", str(tmp_path / "token"))
+            cb("pull", "origin", "--no-require-signed")  # the hub's own commit is unsigned
+            write(cb.cwd, "b.txt", "from b")
+            unsigned = cb("commit", "-m", "unsigned").stdout.strip()
+            before = hub.resolve("main")
+            r = cb("push", "origin", ok=False)
+            assert r.exit_code == 1 and unsigned in r.stderr, r.stderr
+            assert hub.resolve("main") == before
+            # signed by a key the hub trusts, the same push goes through
+            line = cb("key", "generate").stdout.strip()
+            (tmp_path / "hub" / "signers").write_text(line + "\n")
+            hub.set_config("trusted_signers", "signers")
+            write(cb.cwd, "b.txt", "from b, signed")
+            cb("commit", "-m", "signed", "--sign")
+            r = cb("push", "origin", ok=False)
+            assert r.exit_code == 1 and unsigned in r.stderr  # the unsigned parent still bars it
+    finally:
+        hub.close()
+        b.close()

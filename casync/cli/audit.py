@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from casync.cli.common import _Context, _format_time, _human, _json, _pass, json_option
-from casync.errors import EXIT_FAILURE, CasyncError, UsageError
+from casync.errors import EXIT_FAILURE, StateRefused, UsageError
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
 
 __all__ = ["audit", "key"]
@@ -154,7 +154,7 @@ def key_export(obj: _Context, as_json: bool) -> None:
     repo = obj.repo()
     seed = load_seed(repo.root, repo.replica)
     if seed is None:
-        raise CasyncError(f"replica {repo.replica} has no signing key", hint="make one with 'casync key generate'")
+        raise StateRefused(f"replica {repo.replica} has no signing key", hint="make one with 'casync key generate'")
     _print_public(repo.replica, public_key(seed), as_json)
 
 

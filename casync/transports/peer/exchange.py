@@ -185,6 +185,9 @@ class PeerService:
             except BaseException:
                 receiver.abort()
                 raise
+            if settings_require_signed(self.repo.config):  # a hub that takes signed history only
+                known = [c for c in self.repo.refs.list_refs().values() if cid_codec(c) == DAG_CBOR]
+                require_signed_history(self.repo, [new], known, "the pushed history")
             current = self.repo.refs.get_ref(f"heads/{branch}")
             # a working tree left behind by a branch move (a transaction) stays put: it is
             # brought up to date by 'casync checkout', never moved from the wrong tree
