@@ -81,3 +81,30 @@ def test_audit_remote_reports_a_head_record_the_local_ref_disagrees_with(tmp_pat
         repo.refs.cas_ref("remotes/origin/site-a/main", published, None, "test: forget what was pushed")
     found = _audit(a, "--remote", "origin", code=1)["findings"]
     assert [(f["kind"], f["cid"]) for f in found] == [("record-mismatch", cid_str(published))]  # type: ignore[index]
+
+
+def test_fetch_require_signed_from_kubo_takes_no_unsigned_head(tmp_path: Path, kubo: Kubo) -> None:
+    Cli(tmp_path)("init", "a", "--replica", "site-a")
+    a = Cli(tmp_path / "a")
+    line = a("key", "generate").stdout.strip()
+    write(a.cwd, "f.txt", os.urandom(32).hex())
+    a("commit", "-m", "signed", "--sign")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push")
+    rid = a("config", "repository_id").stdout.strip()
+    Cli(tmp_path)("init", "b", "--replica", "site-b", "--repository-id", rid)
+    b = Cli(tmp_path / "b")
+    (b.cwd / "signers").write_text(line + "\n")
+    b("config", "trusted_signers", "signers")
+    b("remote", "add", "origin", kubo.remote_url)
+    b("fetch", "--require-signed")
+    with Repository.open(b.cwd) as repo:
+        signed = repo.refs.get_ref("remotes/origin/site-a/main")
+    assert signed is not None
+    write(a.cwd, "f.txt", "unsigned now")
+    unsigned = a("commit", "-m", "unsigned").stdout.strip()
+    a("push")
+    r = b("fetch", "--require-signed", ok=False)
+    assert r.exit_code == 1 and unsigned in r.stderr and "is not signed" in r.stderr
+    with Repository.open(b.cwd) as repo:
+        assert repo.refs.get_ref("remotes/origin/site-a/main") == signed  # the ref did not move
