@@ -236,9 +236,9 @@ class _Auditor:
             if problem is not None:
                 self.report.add("pack-record", cid, problem)
         named = {f.cid for f in self.report.findings if f.kind in ("pack-record", "missing")}
-        for pack, offset, problem, cid in blocks.scan_packs():
-            if cid is None or cid not in named:
-                self.report.add("pack", cid, f"pack {pack:08d} at offset {offset}: {problem}")
+        for pack, offset, detail, named_cid in blocks.scan_packs():
+            if named_cid is None or named_cid not in named:
+                self.report.add("pack", named_cid, f"pack {pack:08d} at offset {offset}: {detail}")
 
 
 def paths_using(repo: Repository, trees: Iterable[Cid], wanted: set[Cid]) -> dict[Cid, list[str]]:
