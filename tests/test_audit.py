@@ -247,3 +247,15 @@ def test_trail_lists_replica_author_signer_time_and_paths(snap: Cli) -> None:
     assert trail[0]["time"]["wall_ms"] >= trail[1]["time"]["wall_ms"]
     human = snap("audit", "--trail", "-n", "1").stdout
     assert "signature valid ed25519:" in human and "    docs/readme.txt" in human and "first" not in human
+
+
+def test_a_tree_cid_is_audited_alone_with_paths_relative_to_it(snap: Cli) -> None:
+    with Repository.open(snap.cwd) as repo:
+        _c, _p, data = repo.entry_at("HEAD:data")
+        leaf = _leaf_of(repo, "data/big.bin")
+        pack, offset, _length = _location(repo, leaf)
+    report = _audit(snap, cid_str(data.cid), "--deep")
+    assert report["commits"] == 0 and report["root"] == cid_str(data.cid) and report["ok"] is True
+    _flip(pack, offset + 1)
+    found = _findings(_audit(snap, cid_str(data.cid), "--deep", code=1))
+    assert [(f["kind"], f["cid"], f["paths"]) for f in found] == [("corrupt", cid_str(leaf), ["big.bin"])]
