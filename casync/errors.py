@@ -46,6 +46,7 @@ __all__ = [
     "UnknownRevision",
     "UnstableFile",
     "UnsupportedFormat",
+    "UntrustedHistory",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -149,6 +150,11 @@ class LimitExceeded(InvalidObject):
 
 class FutureCommit(InvalidObject):
     """A commit timestamped further into the future than the configured clock skew allows."""
+
+
+class UntrustedHistory(InvalidObject):
+    """History from elsewhere holds a commit without a valid signature by a trusted key,
+    and signed history is required (``--require-signed``): refused before any ref moves."""
 
 
 class UnstableFile(CasyncError):

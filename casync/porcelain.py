@@ -38,8 +38,9 @@ __all__ = ["checkout", "commit", "conflicts", "create_tag", "delete_tag", "list_
 
 
 def commit(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
-           progress: Progress = NULL_PROGRESS) -> str:
-    """Snapshot the whole working tree (``casync commit``); the new commit's CID.
+           progress: Progress = NULL_PROGRESS, sign: bool | None = None) -> str:
+    """Snapshot the whole working tree (``casync commit``); the new commit's CID.  ``sign``
+    signs it with this replica's key (default: config ``sign``).
 
     Raises :class:`casync.errors.NothingToCommit` when nothing changed, and
     :class:`casync.errors.StateRefused` while a merge is stopped for conflicts (its
@@ -50,7 +51,7 @@ def commit(repo: Repository, message: str, author: str | None = None, allow_empt
     if merge_state(repo) is not None:
         raise StateRefused("a merge is in progress: a plain commit would drop its second parent",
                            hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
-    return cid_str(_checkout.commit_worktree(repo, message, author, allow_empty, progress))
+    return cid_str(_checkout.commit_worktree(repo, message, author, allow_empty, progress, sign=sign))
 
 
 def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:

@@ -23,8 +23,9 @@ from casync.model.names import is_replica_name
 if TYPE_CHECKING:
     from casync.merge.threeway import PolicyRules
 
-__all__ = ["FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "Limits", "RemoteEntry", "StrongSettings", "author",
-           "check_value", "limits", "merge_rules", "priorities", "remotes", "strong", "with_remote"]
+__all__ = ["DEFAULT_AUDIT_SKEW_MS", "FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "Limits", "RemoteEntry",
+           "StrongSettings", "audit_skew_ms", "author", "check_value", "limits", "merge_rules", "priorities",
+           "remotes", "require_signed", "sign_commits", "strong", "trusted_signers_path", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
@@ -156,6 +157,36 @@ class Limits:
     max_file_bytes: int | None = None
 
 
+def _check_bool(name: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, bool):
+            raise _bad(name, value, "must be true or false", hint=f"casync config {name} true")
+    return check
+
+
+def _check_trusted_signers(value: Any) -> None:
+    if not (isinstance(value, str) and value.strip()):
+        raise _bad("trusted_signers", value, "must be the path of a trusted-signers file",
+                   hint="casync config trusted_signers .casync-signers (relative to the working tree)")
+
+
+_AUDIT_FIELDS = ("skew_tolerance_ms",)
+DEFAULT_AUDIT_SKEW_MS = 300_000
+"""How far ahead of the auditing clock a commit's time may be (5 minutes) unless configured."""
+
+
+def _check_audit(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _bad("audit", value, "must be an object with field skew_tolerance_ms",
+                   hint="casync config audit.skew_tolerance_ms 60000")
+    for name, item in value.items():
+        if name not in _AUDIT_FIELDS:
+            raise _bad(f"audit.{name}", item, f"unknown field (audit has {', '.join(_AUDIT_FIELDS)})")
+    skew = value.get("skew_tolerance_ms", DEFAULT_AUDIT_SKEW_MS)
+    if isinstance(skew, bool) or not isinstance(skew, int) or skew < 0:
+        raise _bad("audit.skew_tolerance_ms", skew, "must be a whole number of milliseconds, 0 or more")
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key casync reads: its JSON type, the value used when it is unset,
@@ -174,6 +205,12 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
     Key("strong", "object {branches, etcd_endpoints, key_prefix, timeout, ipfs_api}", {}, _check_strong),
     Key("limits", "object {max_future_ms, future_commits, max_file_bytes}", {}, _check_limits),
+
+
+    Key("sign", "boolean", False, _check_bool("sign")),
+    Key("require_signed", "boolean", False, _check_bool("require_signed")),
+    Key("trusted_signers", "string (path)", None, _check_trusted_signers),
+    Key("audit", "object {skew_tolerance_ms}", {}, _check_audit),
 )}
 KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
@@ -226,6 +263,27 @@ def limits(cfg: Mapping[str, Any]) -> Limits:
     ahead = raw.get("max_future_ms")
     return Limits(default.max_future_ms if ahead is None else int(ahead),
                   str(raw.get("future_commits", default.future_commits)), raw.get("max_file_bytes"))
+
+
+def sign_commits(cfg: Mapping[str, Any]) -> bool:
+    """Whether every commit made here is signed (config ``sign``)."""
+    return bool(_read(cfg, "sign"))
+
+
+def require_signed(cfg: Mapping[str, Any]) -> bool:
+    """Whether fetch, pull and sync refuse history without valid signatures (``require_signed``)."""
+    return bool(_read(cfg, "require_signed"))
+
+
+def trusted_signers_path(cfg: Mapping[str, Any]) -> str | None:
+    """The trusted-signers file named by config ``trusted_signers`` (relative to the working tree)."""
+    value: str | None = _read(cfg, "trusted_signers")
+    return value
+
+
+def audit_skew_ms(cfg: Mapping[str, Any]) -> int:
+    """How far into the future (ms) a commit's HLC time may be before ``audit`` reports it."""
+    return int(_read(cfg, "audit").get("skew_tolerance_ms", DEFAULT_AUDIT_SKEW_MS))
 
 
 def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:

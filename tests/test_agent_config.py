@@ -55,7 +55,7 @@ def _replace(old: str, new: str) -> str:
     (_replace('max_sync_delay = "5m"', 'max_sync_delay = "10s"'),
      ["max_sync_delay = '10s'", "at least sync_interval (30s)"]),
     (_replace('sync_interval = "30s"', 'consistency_model = "strong"\nsync_interval = "30s"'),
-     ["consistency_model = 'strong'", "not supported yet", "'eventual'"]),
+     ["strong.etcd_endpoints = []", "must list the etcd members", 'consistency_model = "strong"']),
     (_replace('sync_interval = "30s"', 'consistency_model = "causal"\nsync_interval = "30s"'),
      ["consistency_model = 'causal'", "'eventual', 'strong'"]),
     (_replace('sync_interval = "30s"', 'conflict_resolution = "newest"\nsync_interval = "30s"'),

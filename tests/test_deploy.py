@@ -282,14 +282,14 @@ def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay:
         parts = urlsplit(url)
         if (parts.hostname or "").endswith(".svc.cluster.local"):
             assert parts.port in hosts.get(parts.hostname or "", set()), f"{url}: no rendered Service or pod port"
-    assert config["consistency_model"] == "eventual", "the agent refuses 'strong' today"
+    assert config["consistency_model"] == ("strong" if overlay == "strong" else "eventual")
     assert "ipfs_clusters" not in config, "the agent refuses IPFS Cluster remotes today"
     if overlay == "strong":
         etcd = _one(docs, "StatefulSet", "etcd")
         assert etcd["spec"]["replicas"] == 3
-        for i in range(3):  # the commented block for the strong-consistency issue names each member
-            assert f"#     \"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379\"," in text
-        assert '# consistency_model = "strong"' in text
+        # the agent's [strong] table names each member, and the Kubo node every site reads blocks from
+        assert config["strong"]["etcd_endpoints"] == [f"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379" for i in range(3)]
+        assert config["strong"]["blocks_remote"] in config["ipfs"]
     if overlay == "cluster":
         assert f"# url = \"ipfs-cluster+http://ipfs-cluster-api{CLUSTER_DOMAIN}:9094\"" in text
     if overlay == "edge":

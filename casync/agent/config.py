@@ -38,7 +38,7 @@ __all__ = ["SEED_POLICIES", "AgentConfig", "Discovery", "IpfsNode", "PeerEntry",
 SEED_POLICIES = {"last_write_wins": "lww", "vector_clock": "siblings", "region_priority": "priority"}
 _TOP_KEYS = ("consistency_model", "conflict_resolution", "sync_interval", "max_sync_delay", "clock_skew_tolerance",
              "jitter", "peer_timeout", "backoff_cap", "shutdown_timeout", "regions", "site", "serve", "metrics",
-             "peers", "ipfs", "ipfs_clusters", "discovery")
+             "peers", "ipfs", "ipfs_clusters", "discovery", "strong")
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class AgentConfig:
     serve_token_file: Path
     advertise_url: str
     metrics_bind: tuple[str, int]
+    strong: dict[str, Any] | None = None   # consistency_model = "strong": the repository's `strong` key
 
     def priorities(self) -> RegionPriorities:
         return RegionPriorities(self.regions)
@@ -246,10 +247,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         if key not in _TOP_KEYS:
             raise _bad(key, raw[key], f"unknown key (allowed: {', '.join(_TOP_KEYS)})")
     model = _choice("consistency_model", raw.get("consistency_model", "eventual"), ("eventual", "strong"))
-    if model == "strong":
-        raise UsageError("casync.toml: consistency_model = 'strong': not supported yet (strong branches need the "
-                         "consensus store of the strong-consistency issue); allowed now: 'eventual'",
-                         hint="use consistency_model = \"eventual\"")
     skew = parse_duration("clock_skew_tolerance", raw.get("clock_skew_tolerance", "0s"))
     policy = _conflicts(raw.get("conflict_resolution", "last_write_wins"), round(skew * 1000))
     interval = parse_duration("sync_interval", raw.get("sync_interval", "30s"))
@@ -292,6 +289,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     if not isinstance(advertise, str) or not advertise.startswith(("http://", "https://")):
         raise _bad("serve.advertise_url", advertise, 'must be the "http(s)://HOST:PORT" URL peers reach this site at')
     metrics = _table(raw, "metrics", ("bind",))
+    ipfs = _ipfs(raw.get("ipfs", {}))
+    strong = _strong(raw, model, branch, ipfs)
     return AgentConfig(
         path=path, repository=repository, replica=replica, region=region, branch=branch, role=role,
         master=master, consistency_model=model, policy=policy, sync_interval=interval, max_sync_delay=max_delay,
@@ -299,9 +298,40 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
         peer_timeout=_positive("peer_timeout", raw.get("peer_timeout", "30s")),
         backoff_cap=_positive("backoff_cap", raw.get("backoff_cap", "5m")),
         shutdown_timeout=_positive("shutdown_timeout", raw.get("shutdown_timeout", "10s")),
-        regions=regions, peers=peers, ipfs=_ipfs(raw.get("ipfs", {})), discovery=_discovery(raw.get("discovery", {})),
+        regions=regions, peers=peers, ipfs=ipfs, discovery=_discovery(raw.get("discovery", {})),
         serve_bind=serve_bind, serve_token_file=(path.parent / token).resolve(), advertise_url=advertise.rstrip("/"),
-        metrics_bind=_address("metrics.bind", metrics.get("bind", "127.0.0.1:9470")))
+        metrics_bind=_address("metrics.bind", metrics.get("bind", "127.0.0.1:9470")), strong=strong)
+
+
+def _strong(raw: Mapping[str, Any], model: str, branch: str, ipfs: tuple[IpfsNode, ...]) -> dict[str, Any] | None:
+    """``consistency_model = "strong"``: the ``[strong]`` table as the repository's ``strong``
+    key (docs/design.md §16.1), checked by the same rules ``casync config strong`` uses."""
+    if model != "strong":
+        if "strong" in raw:
+            raise _bad("strong", raw["strong"], "is read only with consistency_model = \"strong\"")
+        return None
+    table = _table(raw, "strong", ("branches", "etcd_endpoints", "key_prefix", "timeout", "blocks_remote"))
+    value: dict[str, Any] = {"branches": table.get("branches", [branch]),
+                             "etcd_endpoints": table.get("etcd_endpoints", [])}
+    if "key_prefix" in table:
+        value["key_prefix"] = table["key_prefix"]
+    if "timeout" in table:
+        value["timeout"] = parse_duration("strong.timeout", table["timeout"])
+    remote = table.get("blocks_remote")
+    if remote is not None:  # the Kubo node every site reads strong heads' blocks from
+        node = next((n for n in ipfs if n.name == remote), None)
+        if node is None:
+            raise _bad("strong.blocks_remote", remote, "must name one of [ipfs.NAME] ("
+                       + (", ".join(n.name for n in ipfs) or "none configured") + ")")
+        value["ipfs_api"] = node.url.removeprefix("ipfs+")
+    if not value["etcd_endpoints"]:
+        raise _bad("strong.etcd_endpoints", value["etcd_endpoints"],
+                   "must list the etcd members' client URLs with consistency_model = \"strong\"")
+    try:
+        check_value("strong", value)
+    except UsageError as exc:
+        raise UsageError(f"casync.toml: [strong]: {exc.message}", hint=exc.hint) from None
+    return value
 
 
 def _positive(key: str, value: Any) -> float:

@@ -18,15 +18,17 @@ __all__ = ["exchange"]
 def exchange(repo: Repository, peer: Peer, name: str, branch: str, entry: dict[str, Any], *,
              policy: str | None = None, rules: PolicyRules | None = None,
              priorities: Mapping[str, int] | None = None, push: bool = True,
-             progress: Progress = NULL_PROGRESS) -> dict[str, Any]:
+             progress: Progress = NULL_PROGRESS, require_signed: bool | None = None) -> dict[str, Any]:
     """Fetch every branch of ``peer`` into ``remotes/<name>/``, merge its ``branch`` into ours,
     and (``push``) push ours back unless the peer is read-only.  ``entry`` is filled as each
     step ends (``fetch``, ``merge``, ``push``), so a step that raises leaves what the earlier
-    ones did in it; a merge stopped on conflicts raises :class:`ConflictError`."""
+    ones did in it; a merge stopped on conflicts raises :class:`ConflictError`.
+    ``require_signed`` (default: config ``require_signed``) refuses unsigned or untrusted
+    history from the peer before any ref moves (:func:`fetch_from`)."""
     from casync.transports.peer.exchange import fetch_from, push_to
     from casync.worktree import merging as merger
 
-    fetched = fetch_from(repo, peer, name, progress)
+    fetched = fetch_from(repo, peer, name, progress, require_signed=require_signed)
     entry["fetch"] = fetched.to_json()
     if repo.refs.get_ref(f"remotes/{name}/{branch}") is not None:
         outcome = merger.merge(repo, f"remotes/{name}/{branch}", policy=policy, progress=progress, rules=rules,

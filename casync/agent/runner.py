@@ -83,6 +83,10 @@ class Agent:
                              f"{repo.current_branch() or 'a detached HEAD'!r} checked out",
                              hint=f"casync -C {cfg.repository} switch {cfg.branch}")
         self._register_ipfs(repo)
+        if cfg.strong is not None and repo.config.get("strong") != cfg.strong:
+            repo.set_config("strong", cfg.strong)  # its heads move only by compare-and-swap on etcd (§16)
+            self.log.info("strong_configured", f"strong branches {', '.join(cfg.strong['branches'])} on etcd",
+                          endpoints=cfg.strong["etcd_endpoints"])
         synced = {t.name for t in static_targets(cfg)}
         for peer in cfg.peers:
             if peer.name not in synced:

@@ -50,8 +50,12 @@ def log(obj: Context, rev: str, max_count: int | None, oneline: bool, as_json: b
         entries = path_log(repo, rev, [repo_relative(repo, obj.directory, p) for p in paths], max_count)
     else:
         entries = repo.log(rev, limit=max_count)
+    from casync.repo.signatures import Verifier, signature_json
+
+    verifier = Verifier(repo)
     if as_json:
-        print_json([e.to_json() for e in entries])
+        print_json([{**e.to_json(), "signature": signature_json(verifier.verdict(e.commit), e.commit)}
+                    for e in entries])
         return
     for e in entries:
         c = e.commit
@@ -64,6 +68,9 @@ def log(obj: Context, rev: str, max_count: int | None, oneline: bool, as_json: b
         click.echo(f"author: {c.author}  (replica {c.replica})")
         click.echo(f"date:   {format_time(c.time.wall_ms)}  [hlc {c.time.wall_ms}.{c.time.logical}]")
         click.echo("clock:  " + ", ".join(f"{k}={v}" for k, v in sorted(c.clock.items())))
+        if c.signature is not None:
+            verdict = verifier.verdict(c)
+            click.echo(f"signed: {verdict.status}" + (f" ({verdict.key_id})" if verdict.key_id else ""))
         click.echo("")
         for line in c.message.splitlines() or [""]:
             click.echo(f"    {line}")

@@ -121,6 +121,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_tag": ("tag",),
     "agent": ("agent",),
     "cli_gc": ("gc", "retention"),
+    "cli_audit": ("audit", "key"),
 }
 
 
@@ -148,6 +149,9 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli.agent import agent
 
         return agent
+    if name in _COMMAND_GROUPS["cli_audit"]:
+        from casync.cli import audit as cli_audit
+        return {"audit": cli_audit.audit, "key": cli_audit.key}[name]
     return None
 
 

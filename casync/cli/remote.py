@@ -242,9 +242,13 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 @click.argument("remote", required=False)
 @_ipfs_fetch_options
 @token_file_option
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse history holding a commit without a valid signature by a trusted key, before any "
+                   "ref moves (default: config require_signed).")
 @json_option
 @pass_context
-def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_file: str | None,
+          require_signed: bool | None, as_json: bool) -> None:
     """Download REMOTE's history without merging it.
 
     From an IPFS node: every replica's published heads (refs remotes/REMOTE/REPLICA/BRANCH).
@@ -253,9 +257,10 @@ def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_fil
     """
     hook = _peer_remote(obj, remote, "fetch", token_file)
     if hook is not None:
-        hook(obj, remote, as_json=as_json, token_file=token_file)
+        hook(obj, remote, as_json=as_json, token_file=token_file, require_signed=require_signed)
         return
-    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy())
+    res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy(),
+                    require_signed=require_signed)
     if as_json:
         print_json(res.to_json())
     else:
@@ -272,10 +277,13 @@ def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_fil
 @click.option("--policy", "-p", help="Merge policy when histories diverged (default: config merge.policy, else lww).")
 @_ipfs_fetch_options
 @token_file_option
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse history holding a commit without a valid signature by a trusted key, before any "
+                   "ref moves (default: config require_signed).")
 @json_option
 @pass_context
 def pull(obj: Context, remote: str | None, force: bool, policy: str | None, jobs: int, timeout: float,
-         token_file: str | None, as_json: bool) -> None:
+         token_file: str | None, require_signed: bool | None, as_json: bool) -> None:
     """Fetch from REMOTE, then fast-forward the current branch, or merge diverged heads.
 
     REMOTE is an IPFS node (ipfs+http://) or a casync peer: a 'casync serve' URL or another
@@ -283,10 +291,11 @@ def pull(obj: Context, remote: str | None, force: bool, policy: str | None, jobs
     """
     hook = _peer_remote(obj, remote, "pull", token_file)
     if hook is not None:
-        hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file)
+        hook(obj, remote, force=force, as_json=as_json, policy=policy, token_file=token_file,
+             require_signed=require_signed)
         return
     res = rmt.pull(obj.repo(), remote, progress=obj.progress(), force=force, concurrency=jobs, wait=timeout,
-                   retry=retry_policy(), policy=policy)
+                   retry=retry_policy(), policy=policy, require_signed=require_signed)
     if as_json:
         print_json(res.to_json())
     else:

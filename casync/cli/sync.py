@@ -134,10 +134,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--policy", "-p", help="Merge policy for diverged histories (default: config merge.policy, else lww).")
 @click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token for http(s) peers.")
 @click.option("--no-push", is_flag=True, help="Only fetch and merge.")
+@click.option("--require-signed/--no-require-signed", default=None,
+              help="Refuse a peer's history holding a commit without a valid signature by a trusted key, before "
+                   "any ref moves (default: config require_signed).")
 @json_option
 @pass_context
 def sync(obj: Context, peers: tuple[str, ...], policy: str | None, token_file: Path | None, no_push: bool,
-         as_json: bool) -> None:
+         require_signed: bool | None, as_json: bool) -> None:
     """Fetch from each PEER (default: every non-IPFS remote), merge, and push back.
 
     A PEER is a remote name, an http(s):// URL of 'casync serve', or a repository path.
@@ -161,7 +164,7 @@ def sync(obj: Context, peers: tuple[str, ...], policy: str | None, token_file: P
             name, peer = open_peer(repo, spec, token_file, obj.directory)
             try:
                 exchange(repo, peer, name, branch, entry, policy=policy, push=not no_push,
-                         progress=obj.progress())
+                         progress=obj.progress(), require_signed=require_signed)
             finally:
                 peer.close()
         except RefConflict as exc:
@@ -279,13 +282,14 @@ def _token_arg(token_file: str | None) -> Path | None:
     return Path(token_file) if token_file else None
 
 
-def fetch_peer(obj: Context, remote: str | None, as_json: bool = False, token_file: str | None = None) -> None:
+def fetch_peer(obj: Context, remote: str | None, as_json: bool = False, token_file: str | None = None,
+               require_signed: bool | None = None) -> None:
     from casync.transports.peer.exchange import fetch_from
 
     repo = obj.repo()
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
-        result = fetch_from(repo, peer, name, obj.progress())
+        result = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
     finally:
         peer.close()
     _emit(as_json, result.to_json(), f"fetched {len(result.stats.commits)} commit(s), {result.stats.new_blocks} new "
@@ -294,7 +298,7 @@ def fetch_peer(obj: Context, remote: str | None, as_json: bool = False, token_fi
 
 
 def pull_peer(obj: Context, remote: str | None, force: bool = False, as_json: bool = False,
-              policy: str | None = None, token_file: str | None = None) -> None:
+              policy: str | None = None, token_file: str | None = None, require_signed: bool | None = None) -> None:
     """Fetch, then merge the remote's counterpart of the current branch (fast-forward when
     possible; a diverged history is merged with the configured policy)."""
     from casync.transports.peer.exchange import fetch_from
@@ -309,7 +313,7 @@ def pull_peer(obj: Context, remote: str | None, force: bool = False, as_json: bo
                          hint="commit or move your local changes; a merge never overwrites them")
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
-        fetched = fetch_from(repo, peer, name, obj.progress())
+        fetched = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
     finally:
         peer.close()
     ref = f"remotes/{name}/{branch}"

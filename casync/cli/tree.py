@@ -17,12 +17,14 @@ __all__ = ["checkout", "commit", "restore", "rm_cmd", "status", "switch"]
 @click.option("-m", "--message", required=True, help="Commit message.")
 @click.option("--author", help="Author name (default: $CASYNC_AUTHOR, config 'author', then the login name).")
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing changed.")
+@click.option("--sign/--no-sign", default=None,
+              help="Sign the commit with this replica's key ('casync key generate'); default: config 'sign'.")
 @pass_context
-def commit(obj: Context, message: str, author: str | None, allow_empty: bool) -> None:
+def commit(obj: Context, message: str, author: str | None, allow_empty: bool, sign: bool | None) -> None:
     """Snapshot the whole working tree; print the new commit's CID."""
     repo = obj.repo()
     cid = porcelain.commit(repo, message, author=author, allow_empty=allow_empty,
-                      progress=obj.progress())
+                      progress=obj.progress(), sign=sign)
     click.echo(cid)
 
 

@@ -13,14 +13,12 @@ then replica priority, then replica id, so every replica computes the same winne
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from enum import Enum
 
-from casync.errors import InvalidObject
-from casync.model.cid import Cid, cid_str
-from casync.model.objects import MAX_LOGICAL, Commit, HybridTime
+from casync.model.objects import MAX_LOGICAL, HybridTime
 
-__all__ = ["Order", "check_derived", "compare", "hlc_next", "join", "tick"]
+__all__ = ["Order", "compare", "hlc_next", "join", "tick"]
 
 
 class Order(str, Enum):
@@ -80,23 +78,3 @@ def hlc_next(now_ms: int, last: HybridTime | None, parents: Iterable[HybridTime]
     return HybridTime(top.wall_ms, top.logical + 1)
 
 
-def check_derived(cid: Cid, commit: Commit, parents: Sequence[Commit]) -> None:
-    """Raise :class:`InvalidObject` (naming ``cid``) unless the fields a commit derives from
-    its parents agree with them: generation = 1 + the parents' maximum, the clock at least
-    each parent's with its own replica's entry exactly one more than theirs, and the
-    hybrid time after every parent's.  Run on receipt (nothing stored before) and by fsck."""
-    expected_gen = 1 + max((c.generation for c in parents), default=0)
-    if commit.generation != expected_gen:
-        raise InvalidObject(f"commit {cid_str(cid)} has generation {commit.generation}, expected {expected_gen}")
-    joined = join(c.clock for c in parents)
-    for replica, count in joined.items():
-        if commit.clock.get(replica, 0) < count:
-            raise InvalidObject(f"commit {cid_str(cid)} clock goes backwards for replica {replica!r}")
-    if commit.clock.get(commit.replica, 0) != joined.get(commit.replica, 0) + 1:
-        raise InvalidObject(f"commit {cid_str(cid)} clock does not count its own commit once")
-    latest = max((c.time for c in parents), default=None)
-    if latest is not None and not commit.time > latest:
-        # every casync commit's hybrid-logical time exceeds its parents' (hlc_next):
-        # last-write-wins merges rely on it
-        raise InvalidObject(f"commit {cid_str(cid)} has time {commit.time.wall_ms}.{commit.time.logical}, "
-                            f"not after its parent's {latest.wall_ms}.{latest.logical}")

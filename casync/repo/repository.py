@@ -30,6 +30,7 @@ from casync.errors import (
     UsageError,
 )
 from casync.history import clock as vclock
+from casync.history.consistency import check_derived
 from casync.history.graph import CommitGraph
 from casync.model.chunking import CHUNKERS, chunker_for
 from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
@@ -40,10 +41,12 @@ from casync.model.objects import (
     decode_commit,
     encode_commit,
 )
+from casync.model.signing import sign_commit
 from casync.progress import NULL_PROGRESS, Progress
+from casync.repo.keys import load_seed
 from casync.repo.transaction import Transaction
 from casync.settings import author as settings_author
-from casync.settings import check_value
+from casync.settings import check_value, sign_commits
 from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
 from casync.store.refs import LmdbRefStore
@@ -413,8 +416,13 @@ class Repository:
             return "unknown"
 
     def make_commit(self, tree: Cid, parents: list[Cid], message: str, author: str | None = None,
-                    meta: dict[str, str] | None = None) -> Cid:
-        """Write a commit object on ``tree`` (blocks must already be stored) and return its CID."""
+                    meta: dict[str, str] | None = None, sign: bool | None = None) -> Cid:
+        """Write a commit object on ``tree`` (blocks must already be stored) and return its CID.
+
+        ``sign`` (default: config ``sign``) signs it with this replica's key (docs/design.md §4.2);
+        every commit casync makes — commits, transactions, merges by pull, sync and the agent —
+        comes through here, so the config switch covers them all."""
+        seed = self._signing_seed(sign)
         parent_commits = [self.load_commit(p) for p in parents]
         last_raw = self.store.get("meta", b"hlc_last")
         last = HybridTime(*map(int, last_raw.split(b"."))) if last_raw else None
@@ -430,6 +438,8 @@ class Repository:
             generation=1 + max((c.generation for c in parent_commits), default=0),
             meta=meta or {},
         )
+        if seed is not None:
+            commit = sign_commit(commit, seed)
         block = encode_commit(commit)
         cid = compute_cid(DAG_CBOR, block, self.hash_name)
         self.blocks.put(cid, block)
@@ -437,8 +447,19 @@ class Repository:
         self.store.put("meta", b"hlc_last", f"{now.wall_ms}.{now.logical}".encode())
         return cid
 
+    def _signing_seed(self, sign: bool | None) -> bytes | None:
+        """This replica's private key when the commit is to be signed, else None."""
+        if not (sign if sign is not None else sign_commits(self.config)):
+            return None
+        seed = load_seed(self.root, self.replica)
+        if seed is None:
+            why = "--sign was given" if sign else "config sign is true"
+            raise UsageError(f"{why}, but replica {self.replica} has no signing key",
+                             hint="make one with 'casync key generate'")
+        return seed
+
     def commit_tree(self, tree: Cid, message: str, *, branch: str | None = None, author: str | None = None,
-                    extra_parents: tuple[Cid, ...] = (), reason: str = "commit") -> Cid:
+                    extra_parents: tuple[Cid, ...] = (), reason: str = "commit", sign: bool | None = None) -> Cid:
         """Commit ``tree`` on top of ``branch`` (default: HEAD's) and move the ref by CAS.
 
         Blocks are flushed before the ref moves (closure invariant).
@@ -448,7 +469,7 @@ class Repository:
                 branch = self.current_branch()
             old = self.refs.get_ref(f"heads/{branch}") if branch else self.head()
             parents = ([old] if old else []) + list(extra_parents)
-            cid = self.make_commit(tree, parents, message, author)
+            cid = self.make_commit(tree, parents, message, author, sign=sign)
             self.blocks.flush()
             first_line = message.splitlines()[0] if message else ""
             if branch is not None:
@@ -584,7 +605,7 @@ class Repository:
                 parents.append(self.load_commit(p))
             except CasyncError:
                 return  # reported when the walk reaches the parent
-        vclock.check_derived(cid, commit, parents)
+        check_derived(cid, commit, parents)
 
 
 def validate_replica_name(name: str) -> None:

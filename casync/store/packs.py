@@ -40,6 +40,7 @@ _LOC = struct.Struct("<IQI")  # pack number, data offset, data length
 PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 SYNC_AHEAD_BYTES = 64 << 20
+_MAX_HEADER = 160  # varint + a CID (at most 128 bytes here) + varint
 
 
 def encode_location(pack: int, offset: int, length: int) -> bytes:
@@ -93,6 +94,40 @@ class _PackMissing(Exception):
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
         self.path = path
+
+
+def _scan_pack(path: Path, number: int, indexed: dict[int, Cid]) -> list[tuple[int, int, str, Cid | None]]:
+    """Problems parsing one pack (see :meth:`PackBlockStore.scan_packs`): reads each record
+    header, jumps over its data (a pack is never held in memory).  ``indexed`` maps the data
+    offsets the index names in this pack to their CIDs; what the parse does not reach stays."""
+    from casync.errors import BadVarint
+    from casync.model.cid import read_varint
+
+    out: list[tuple[int, int, str, Cid | None]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if os.pread(fd, len(PACK_MAGIC), 0) != PACK_MAGIC:
+            return [(number, 0, "bad pack magic", None)]
+        pos = len(PACK_MAGIC)
+        while pos < size:
+            head = os.pread(fd, _MAX_HEADER, pos)
+            try:
+                n, at = read_varint(head, 0, "pack record")
+                cid = head[at : at + n]
+                length, at = read_varint(head, at + n, "pack record")
+            except BadVarint as exc:
+                return [*out, (number, pos, f"unparseable record header ({exc.message})", None)]
+            data_at = pos + at
+            if n < 4 or n > 128 or len(cid) != n or data_at + length > size:
+                return [*out, (number, pos, "unparseable record header (lengths past the record or the pack)", None)]
+            expected = indexed.pop(data_at, None)
+            if expected is not None and expected != cid:
+                out.append((number, pos, "the record header names another CID than the index", expected))
+            pos = data_at + length
+    finally:
+        os.close(fd)
+    return out
 
 
 class PackBlockStore:
@@ -201,6 +236,69 @@ class PackBlockStore:
             keys = [bytes(k) for k in txn.cursor(db=self._store.db("index")).iternext(values=False)]
         yield from keys
         yield from list(self._pending)
+
+    def sizes(self, cids: Iterable[Cid]) -> dict[Cid, int]:
+        """The data length of each of ``cids`` that is indexed (absent ones are left out)."""
+        out: dict[Cid, int] = {}
+        db = self._store.db("index")
+        with self._store.env.begin() as txn:
+            for cid in cids:
+                loc = self._pending.get(cid)
+                if loc is not None:
+                    out[cid] = loc[2]
+                    continue
+                raw = txn.get(cid, db=db)
+                if raw is not None:
+                    out[cid] = _LOC.unpack(bytes(raw))[2]
+        return out
+
+    def record_problem(self, cid: Cid) -> str | None:
+        """Whether the pack record holding ``cid`` is intact around its data: the header just
+        before the data must read ``varint(len(cid)) cid varint(len(data))`` (a flipped byte
+        there leaves the data readable through the index but the pack unparseable)."""
+        with self._lock:
+            loc = self._location(cid)
+            if loc is None:
+                return "not indexed"
+            pack, offset, length = loc
+            header = varint(len(cid)) + cid + varint(length)
+            if offset < len(PACK_MAGIC) + len(header):
+                return f"pack {pack:08d}: index offset {offset} leaves no room for the record header"
+            if self._writer is not None and pack == self._writer_no:
+                self._writer.flush()
+            try:
+                found = os.pread(self._reader(pack), len(header), offset - len(header))
+            except _PackMissing as exc:
+                return f"pack file {exc.path.name} is missing"
+        if found != header:
+            return f"pack {pack:08d}: the record header at offset {offset - len(header)} is damaged"
+        return None
+
+    def scan_packs(self) -> list[tuple[int, int, str, Cid | None]]:
+        """Parse every pack from start to end (magic, then records): (pack, offset, problem,
+        CID or None) for each place a pack stops parsing, a record header disagrees with the
+        index, or indexed data is not where a parsed record's data is."""
+        by_pack: dict[int, dict[int, Cid]] = {}
+        with self._store.env.begin() as txn:
+            for k, v in txn.cursor(db=self._store.db("index")):
+                pack, offset, _length = _LOC.unpack(bytes(v))
+                by_pack.setdefault(pack, {})[offset] = bytes(k)
+        problems: list[tuple[int, int, str, Cid | None]] = []
+        with self._lock:
+            if self._writer is not None:
+                self._writer.flush()
+            for path in sorted(self._store.pack_dir.glob("*.pack")):
+                try:
+                    number = int(path.stem)
+                except ValueError:
+                    continue
+                left = by_pack.pop(number, {})
+                problems += _scan_pack(path, number, left)
+                problems += [(number, off, "indexed data that no parsed record holds", cid)
+                             for off, cid in sorted(left.items())]
+        problems += [(number, off, "indexed in a pack file that does not exist", cid)
+                     for number, left in sorted(by_pack.items()) for off, cid in sorted(left.items())]
+        return problems
 
     def pack_bytes(self) -> tuple[int, int]:
         """(bytes in pack files, bytes the indexed records and pack headers occupy)."""

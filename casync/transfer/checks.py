@@ -3,7 +3,7 @@
 :func:`casync.trees.unixfs.checked_block` checks a block on its own (canonical bytes, every
 field in range, names safe).  What it cannot see alone is checked here, once its children
 (or a commit's parents) are held or received: a commit's derived fields (generation, clock,
-time after its parents: :func:`casync.history.clock.check_derived`) and its time against
+time after its parents: :func:`casync.history.consistency.check_derived`) and its time against
 this replica's clock and the configured skew; a file node's block sizes against its
 children's real sizes and its depth (:data:`MAX_FILE_DEPTH`); a directory's nesting
 (:data:`MAX_TREE_DEPTH`).  Every transport's receive path runs it: the peer protocol and
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from casync.errors import FutureCommit, InvalidObject, LimitExceeded
-from casync.history.clock import check_derived
+from casync.history.consistency import check_derived
 from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str
 from casync.model.objects import (
     MAX_FILE_DEPTH,

@@ -168,8 +168,9 @@ class _Snapshotter:
 
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
                     progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = (),
-                    merged_tree: Cid | None = None) -> Cid:
-    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD.
+                    merged_tree: Cid | None = None, sign: bool | None = None) -> Cid:
+    """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD
+    (``sign``: see :meth:`Repository.make_commit`).
     ``merged_tree``: the tree a stopped merge wrote; its paths are tracked (an ignore
     rule must not drop a file the merge brought in)."""
     repo.require_worktree("commit")
@@ -191,7 +192,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
                 repo.store.save_stat_cache(snap.new_cache, tree, head)
                 workstate.record(repo, tree, head)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {short(head)}")
-            cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents)
+            cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents, sign=sign)
         except BaseException:
             repo.blocks.discard()
             raise

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casync.errors import BlockNotFound, ConflictError, CorruptBlock, InvalidObject, LimitExceeded, StateRefused
-from casync.model.cid import DAG_PB, Cid, cid_codec, cid_str, short
+from casync.model.cid import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str, short
 from casync.model.objects import MAX_FILE_DEPTH, MAX_TREE_DEPTH
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
+from casync.repo.signatures import require_signed_history
 from casync.repo.tags import TagUpdate, receive_tags
+from casync.settings import require_signed as settings_require_signed
 from casync.store.base import BlockStore
 from casync.store.ipfs import DEFAULT_RETRY, RetryPolicy
 from casync.transfer.checks import ReceiptChecks
@@ -204,19 +206,25 @@ def _heads(records: dict[str, HeadRecord]) -> Iterator[tuple[str, str, Cid]]:
 
 
 def fetch(repo: Repository, remote_name: str | None = None, *, progress: Progress = NULL_PROGRESS,
-          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY) -> FetchResult:
-    """Fetch every replica's published heads from the remote (see the module docstring)."""
+          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY,
+          require_signed: bool | None = None) -> FetchResult:
+    """Fetch every replica's published heads from the remote (see the module docstring);
+    ``require_signed`` (default: config ``require_signed``): a head whose new history holds a
+    commit without a valid trusted signature is not taken (a failed head, no ref moved)."""
     remote = get_remote(repo, remote_name).require_ipfs()
     t0 = time.monotonic()
     with remote_lock(repo), connect(remote.url, retry=retry, wait=wait) as node:
-        result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
+        result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait,
+                            require_signed=require_signed)
     result.seconds = time.monotonic() - t0
     return result
 
 
 def fetch_from(repo: Repository, remote: Remote, node: RemoteNode, *, progress: Progress = NULL_PROGRESS,
-               concurrency: int = 8, wait: float = 60.0) -> FetchResult:
+               concurrency: int = 8, wait: float = 60.0, require_signed: bool | None = None) -> FetchResult:
     result = FetchResult(remote.name, remote.url.text)
+    signed = require_signed if require_signed is not None else settings_require_signed(repo.config)
+    known = [c for c in repo.refs.list_refs().values() if cid_codec(c) == DAG_CBOR]
     records = node.records(repo.repo_id, errors=result.invalid_records)
     for replica, rec in list(records.items()):
         if rec.hash != repo.hash_name:
@@ -235,6 +243,8 @@ def fetch_from(repo: Repository, remote: Remote, node: RemoteNode, *, progress: 
                 continue
             try:
                 fetcher.fetch(commit)
+                if signed:
+                    require_signed_history(repo, [commit], known, f"{remote.name} ({replica}/{branch})")
             except (BlockNotFound, CorruptBlock, InvalidObject) as exc:
                 result.failed.append(HeadFailure(replica, branch, commit, str(exc)))
                 continue
@@ -297,7 +307,8 @@ def fast_forward_target(repo: Repository, local: Cid | None, heads: list[Cid]) -
 
 def pull(repo: Repository, remote_name: str | None = None, *, progress: Progress = NULL_PROGRESS,
          force: bool = False, concurrency: int = 8, wait: float = 60.0,
-         retry: RetryPolicy = DEFAULT_RETRY, policy: str | None = None) -> PullResult:
+         retry: RetryPolicy = DEFAULT_RETRY, policy: str | None = None,
+         require_signed: bool | None = None) -> PullResult:
     """Fetch, then bring the current branch and the working tree up to the published heads:
     a fast-forward when one head contains the rest, else a merge of each diverged head
     (oldest generation first, so every replica merges in the same order) under the
@@ -306,7 +317,8 @@ def pull(repo: Repository, remote_name: str | None = None, *, progress: Progress
     if branch is None:
         raise StateRefused("HEAD is detached; switch to a branch to pull into it", hint="casync switch main")
     remote = get_remote(repo, remote_name).require_ipfs()
-    fetched = fetch(repo, remote.name, progress=progress, concurrency=concurrency, wait=wait, retry=retry)
+    fetched = fetch(repo, remote.name, progress=progress, concurrency=concurrency, wait=wait, retry=retry,
+                    require_signed=require_signed)
     heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote.name}/").items()
              if ref.split("/", 3)[-1] == branch]
     with repo.store.writer_lock():

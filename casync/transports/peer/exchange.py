@@ -38,7 +38,9 @@ from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid, short
 from casync.model.names import is_replica_name, is_repo_id
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository, validate_branch_name
+from casync.repo.signatures import require_signed_history
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
+from casync.settings import require_signed as settings_require_signed
 from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
 from casync.worktree.checkout import update_worktree
 from casync.worktree.state import merge_in_progress, moved_since_checkout
@@ -193,6 +195,9 @@ class PeerService:
             except BaseException:
                 receiver.abort()
                 raise
+            if settings_require_signed(self.repo.config):  # a hub that takes signed history only
+                known = [c for c in self.repo.refs.list_refs().values() if cid_codec(c) == DAG_CBOR]
+                require_signed_history(self.repo, [new], known, "the pushed history")
             current = self.repo.refs.get_ref(f"heads/{branch}")
             # a working tree left behind by a branch move (a transaction) stays put: it is
             # brought up to date by 'casync checkout', never moved from the wrong tree
@@ -308,8 +313,12 @@ def _local_heads(repo: Repository) -> list[Cid]:
 
 
 def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = NULL_PROGRESS,
-               flush_bytes: int = FLUSH_BYTES) -> FetchResult:
+               flush_bytes: int = FLUSH_BYTES, require_signed: bool | None = None) -> FetchResult:
     """Fetch every branch of ``peer`` into ``remotes/<remote>/<branch>``.
+
+    ``require_signed`` (default: config ``require_signed``): every commit the peer's heads
+    bring must carry a valid signature by a trusted key, checked before any ref moves
+    (:func:`casync.repo.signatures.require_signed_history`).
 
     Whole commits are made durable every ``flush_bytes``; if the transfer breaks, the
     last durable commit is kept as ``partial/<remote>`` and offered as a "have" next
@@ -357,6 +366,10 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
             raise
         progress.finish()
         result.round_trips += 1
+    if require_signed if require_signed is not None else settings_require_signed(repo.config):
+        known = [c for c in repo.refs.list_refs().values() if cid_codec(c) == DAG_CBOR]
+        heads = [*info.refs.values(), *(c for c in (info.tags or {}).values() if repo.blocks.has(c))]
+        require_signed_history(repo, heads, known, peer.url)
     with repo.store.writer_lock():
         for branch, cid in info.refs.items():
             name = f"remotes/{remote}/{branch}"
