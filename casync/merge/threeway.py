@@ -138,6 +138,10 @@ class MergeInput:
     # when each side last wrote one key (a path of keys from the top object) of a JSON
     # file, for the json policy's per-key lww; without it a tie goes to the file's winner
     key_write: Callable[[str, Side, tuple[str, ...]], Write] | None = None
+    # whether a side wrote one key since the base, when known: a side that set a key and then
+    # deleted it, or set it back to the base's value, still wrote it (ABA, as for paths), so
+    # a later delete of a key is not undone by an older write of it
+    key_changed: Callable[[str, Side, tuple[str, ...]], bool] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -268,7 +272,10 @@ def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o
     elif policy == "priority":
         take(priority_winner(wo, wt, inp.rules.skew_tolerance_ms))
     elif policy == "json" and o is not None and t is not None and inp.load and inp.store_bytes:
-        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt))
+        key_changed = inp.key_changed
+        changed = (lambda side, keys: key_changed(path, side, keys)) if key_changed is not None else None
+        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt),
+                            changed)
         if merged is None:  # not JSON objects: fall back to the default policy for the whole file
             take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms), "json->lww")
         else:
@@ -356,10 +363,15 @@ def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
     return lambda keys: lww_winner(key_write(path, "ours", keys), key_write(path, "theirs", keys), tol)
 
 
-def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
+KeyChanged = Callable[[Side, tuple[str, ...]], bool]
+
+
+def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie,
+               changed: KeyChanged | None = None) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
     differently goes to ``tie`` (a side, or a function of the key's path from the top
-    object).  None if not JSON objects."""
+    object).  A side whose value equals the base's changed the key only if ``changed``
+    (from the histories) says so; without it, never.  None if not JSON objects."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
@@ -367,7 +379,7 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
         return None
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
-    merged = _merge_obj(b, o, t, tie, ())
+    merged = _merge_obj(b, o, t, tie, (), changed)
     try:
         return (json.dumps(merged, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
     except UnicodeEncodeError:  # an unpaired surrogate escape ("\ud800") has no UTF-8 form: escape all
@@ -375,20 +387,23 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
 
 
 def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,
-               where: tuple[str, ...]) -> dict[str, Any]:
+               where: tuple[str, ...], changed: KeyChanged | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(b) | set(o) | set(t)):
         bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
-        if ov == tv or tv == bv:
+        keys = (*where, key)
+        o_wrote = ov != bv or (ov != tv and changed is not None and changed("ours", keys))
+        t_wrote = tv != bv or (ov != tv and changed is not None and changed("theirs", keys))
+        if ov == tv or not t_wrote:
             value = ov
-        elif ov == bv:
+        elif not o_wrote:
             value = tv
         elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj(bv, ov, tv, tie, (*where, key))
+            value = _merge_obj(bv, ov, tv, tie, keys, changed)
         elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj({}, ov, tv, tie, (*where, key))
+            value = _merge_obj({}, ov, tv, tie, keys, changed)
         else:
-            side = tie((*where, key)) if callable(tie) else tie
+            side = tie(keys) if callable(tie) else tie
             value = ov if side == "ours" else tv
         if value is not _MISSING:
             out[key] = value

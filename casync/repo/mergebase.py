@@ -244,9 +244,15 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     def key_write(path: str, side: Side, keys: tuple[str, ...]) -> Write:
         return hist.last_key_write(ours if side == "ours" else theirs, path, keys)
 
+    def key_changed(path: str, side: Side, keys: tuple[str, ...]) -> bool:
+        """A side wrote a key since the base when its value's write is not the base's own."""
+        if base is None:
+            return True
+        return key_write(path, side, keys) != hist.last_key_write(base, path, keys)
+
     result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
                                     lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames,
-                                    key_write))
+                                    key_write, key_changed))
     return result, list(bases)
 
 
