@@ -228,8 +228,10 @@ class IpfsClient:
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
             return status_error(where, what, status)
         if isinstance(exc, ipfs_exc.DecodingError):
+            # a reply cut short by a failing link decodes as garbage too: worth another try
+            # (a server that is not Kubo answers the same garbage again, and then it fails)
             return RemoteProtocolError(f"{where} sent a response casync cannot decode ({what})",
-                                       hint="is that a Kubo RPC API?")
+                                       hint="is that a Kubo RPC API?", transient=True)
         return RemoteError(f"{where}: {what} failed: {exc}")
 
     def call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
@@ -242,8 +244,10 @@ class IpfsClient:
                 raise self.classify(exc, what) from None
             except AssertionError:
                 # ipfshttpclient's response-shape assertions: the server is not what we expect
+                # (or a reply cut short on the way: transient, like a decoding error)
                 raise RemoteProtocolError(f"IPFS node at {self.url}: unexpected response to {what}",
-                                          hint="is that a Kubo RPC API of a supported version (>= 0.15)?") from None
+                                          hint="is that a Kubo RPC API of a supported version (>= 0.15)?",
+                                          transient=True) from None
 
         return self._retrying(attempt, retry)
 

@@ -33,13 +33,22 @@ KINDS = ("drop", "delay", "truncate", "reset")
 
 class FaultProxy:
     def __init__(self, upstream: tuple[str, int], rate: float = 0.1, seed: int = 0,
-                 kinds: tuple[str, ...] = KINDS) -> None:
+                 kinds: tuple[str, ...] = KINDS, *, only: bytes | None = None, limit: int | None = None,
+                 reset_at: str | None = None, cut: int | None = None) -> None:
+        """``only``: fault only requests starting with these bytes (e.g. ``b"POST /v1/push"``);
+        ``limit``: at most this many faults; ``reset_at``: ``"request"`` or ``"reply"`` instead of
+        either at random; ``cut``: truncate replies after this many bytes."""
         self.upstream = upstream
         self.rate = rate
         self.kinds = kinds
+        self.only = only
+        self.limit = limit
+        self.reset_at = reset_at
+        self.cut = cut
         self.counts: Counter[str] = Counter()
         self.requests = 0
         self._rng = random.Random(seed)
+        self._pending = 0  # faults rolled, not yet counted
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._live: set[socket.socket] = set()
@@ -93,17 +102,24 @@ class FaultProxy:
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
             t.start()
 
-    def _roll(self) -> tuple[str | None, int, float]:
+    def _roll(self, head: bytes) -> tuple[str | None, int, float]:
         """The fault for the next request, and its parameters (cut length, delay), seeded."""
         with self._lock:
             self.requests += 1
             hit = self._rng.random() < self.rate
+            if self.only is not None and not head.startswith(self.only):
+                hit = False
+            if self.limit is not None and sum(self.counts.values()) + self._pending >= self.limit:
+                hit = False
+            self._pending += hit
             kind = self._rng.choice(self.kinds) if hit else None
-            return kind, self._rng.randint(1, 4096), self._rng.uniform(0.01, 0.15)
+            cut = self._rng.randint(1, 4096)
+            return kind, self.cut or cut, self._rng.uniform(0.01, 0.15)
 
     def _count(self, kind: str) -> None:
         with self._lock:
             self.counts[kind] += 1
+            self._pending -= 1
 
     def _pipe(self, client: socket.socket) -> None:
         try:
@@ -133,8 +149,8 @@ class FaultProxy:
                     return
                 if answered:  # a new request on this connection
                     answered = False
-                    fault, cut, delay = self._roll()
-                    reset_early = cut % 2 == 0
+                    fault, cut, delay = self._roll(data)
+                    reset_early = self.reset_at == "request" if self.reset_at else cut % 2 == 0
                     if fault == "drop":
                         self._count("drop")
                         return
