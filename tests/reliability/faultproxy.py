@@ -17,6 +17,7 @@ Every thread and socket it starts is stopped by :meth:`FaultProxy.close` (or ``w
 
 from __future__ import annotations
 
+import contextlib
 import random
 import select
 import socket
@@ -183,15 +184,11 @@ class FaultProxy:
 
 def _reset(s: socket.socket) -> None:
     """Close with an RST instead of a FIN (SO_LINGER on, zero timeout)."""
-    try:
+    with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     _close(s)
 
 
 def _close(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.close()
-    except OSError:
-        pass

@@ -282,8 +282,8 @@ def test_replicas_converge_to_the_reference_model(tmp_path: Path, policy: str) -
     ({}, [{"k": "a"}, {}], None),  # ours set k, then deleted it: newer than theirs' write
     ({"k": "0"}, [{"k": "1"}, {"k": "0"}], "0"),  # ours set k back to the base's value, last
 ])
-def test_a_key_written_back_to_its_base_value_is_still_a_write(tmp_path: Path, base: dict[str, str],
-                                                               ours_ops: list[dict[str, str]], want: str | None) -> None:
+def test_a_key_written_back_to_its_base_value_is_still_a_write(
+        tmp_path: Path, base: dict[str, str], ours_ops: list[dict[str, str]], want: str | None) -> None:
     """json keys are lww registers (§14): a side that set a key and then deleted it (or set it
     back) after the other side's write wins, in both merge directions, although its state
     equals the base's (before the fix, the older write came back)."""

@@ -17,6 +17,7 @@ history is 3 round trips: info, negotiate, fetch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,7 +529,7 @@ def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, push
     for i in range(0, len(names), MAX_TAGS_PER_PUSH):
         batch = {n: send[n] for n in names[i : i + MAX_TAGS_PER_PUSH]}
         commits = repo.graph.missing(list(dict.fromkeys(batch.values())), held)
-        reply = _push_tag_batch(peer, batch, lambda: blocks_for_commits(repo, commits))
+        reply = _push_tag_batch(peer, batch, functools.partial(blocks_for_commits, repo, commits))
         held.extend(batch.values())
         result.created.update(reply.created)
         result.unchanged.extend(reply.unchanged)
