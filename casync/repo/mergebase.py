@@ -123,13 +123,27 @@ class _History:
             a, b = (self._last(p, path, version) for p in side.parents)
             return a if lww_winner(a, b, 0) == "ours" else b
         target = version(self.entry(side.cid, path))
-        # The write may predate the merge base (a side can carry an old version that won
-        # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in self.repo.graph.walk_nodes([side.cid]):
-            here = version(self.entry(cid, path))
-            if here == target and all(version(self.entry(p, path)) != here for p in commit.parents):
-                return self._write(cid)
-        return self._write(side.cid)
+        # Several commits may have produced this version (two deletes, one before the base and
+        # one since): the write is the latest of them (lww order), not the first met in
+        # generation order.  It may predate the merge base (a side can carry an old version
+        # that won an earlier merge), so the search goes down the whole history, but never
+        # below a producer: everything under one is older than it.
+        best: Write | None = None
+        todo, seen = [side.cid], {side.cid}
+        while todo:
+            cid = todo.pop()
+            parents = self.repo.graph.node(cid).parents
+            if version(self.entry(cid, path)) == target and all(version(self.entry(p, path)) != target
+                                                                for p in parents):
+                write = self._write(cid)
+                if best is None or lww_winner(write, best, 0) == "ours":
+                    best = write
+                continue
+            for p in parents:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return best if best is not None else self._write(side.cid)
 
     def _key_value(self, entry: Entry | None, keys: tuple[str, ...]) -> Hashable:
         if entry is None:

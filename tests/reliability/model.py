@@ -86,17 +86,26 @@ class History:
         return {p: w.content for p, w in best.items()}
 
     def live_writes(self) -> list[PathWrite]:
-        """Writes of content that no later write of the same path in their causal future
-        replaced: the acknowledged writes ``siblings`` must keep somewhere."""
+        """Writes of content that no later write in their causal future replaced: the
+        acknowledged writes ``siblings`` must keep somewhere.  A rename writes the same bytes
+        at a new path, so a content is one file at every path it was written to: an edit of
+        the old path made after the bytes were written replaces them too (a merge carries it
+        to the new path, §14 step 5)."""
         by_path: dict[str, list[PathWrite]] = {}
+        by_content: dict[bytes, list[PathWrite]] = {}
         for w in self.paths:
             by_path.setdefault(w.path, []).append(w)
+            if w.content is not None:
+                by_content.setdefault(w.content, []).append(w)
         live = []
         for w in self.paths:
             if w.content is None:
                 continue
-            replaced = any(o.commit != w.commit and w.commit in self.ancestors(o.commit)
-                           for o in by_path[w.path])
+            copies = by_content[w.content]
+            commits = {c.commit for c in copies}
+            replaced = any(o.content != w.content and o.commit not in commits
+                           and any(c in self.ancestors(o.commit) for c in commits)
+                           for c_path in {c.path for c in copies} for o in by_path[c_path])
             if not replaced:
                 live.append(w)
         return live
