@@ -386,22 +386,29 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie,
         return (json.dumps(merged, sort_keys=True, ensure_ascii=True, indent=2) + "\n").encode()
 
 
+def _wrote(changed: KeyChanged | None, side: Side, keys: tuple[str, ...], value: Any, base: Any) -> bool:
+    """Whether ``side`` wrote the key since the base: its value differs from the base's, or
+    the histories say it was written and set back (ABA)."""
+    return value != base or (changed is not None and changed(side, keys))
+
+
 def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,
                where: tuple[str, ...], changed: KeyChanged | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(b) | set(o) | set(t)):
         bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
         keys = (*where, key)
-        o_wrote = ov != bv or (ov != tv and changed is not None and changed("ours", keys))
-        t_wrote = tv != bv or (ov != tv and changed is not None and changed("theirs", keys))
-        if ov == tv or not t_wrote:
+        objects = isinstance(ov, dict) and isinstance(tv, dict) and (isinstance(bv, dict) or bv is _MISSING)
+        if ov == tv:
             value = ov
-        elif not o_wrote:
+        elif objects and (changed is not None or (ov != bv and tv != bv)):
+            # both changed it, or (with the histories) an object equal to the base's may hide
+            # a nested write (a key set and deleted again): decided key by key
+            value = _merge_obj(bv if isinstance(bv, dict) else {}, ov, tv, tie, keys, changed)
+        elif not _wrote(changed, "theirs", keys, tv, bv):
+            value = ov
+        elif not _wrote(changed, "ours", keys, ov, bv):
             value = tv
-        elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj(bv, ov, tv, tie, keys, changed)
-        elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj({}, ov, tv, tie, keys, changed)
         else:
             side = tie(keys) if callable(tie) else tie
             value = ov if side == "ours" else tv
