@@ -31,7 +31,8 @@ from casync.worktree.merging import merge
 from .model import History, KeyWrite, PathWrite
 
 LONG = os.environ.get("CASYNC_RELIABILITY_LONG") == "1"
-CI_SCENARIOS = 60
+CI_SCENARIOS = 100  # per policy
+CI_STEPS, LONG_STEPS = 30, 45
 LONG_SCENARIOS = 2000
 LONG_SECONDS = float(os.environ.get("CASYNC_FUZZ_SECONDS", "1500"))
 
@@ -261,7 +262,7 @@ def test_replicas_converge_to_the_reference_model(tmp_path: Path, policy: str) -
     figures = {"scenarios": 0, "merges": 0, "criss_cross": 0, "syncs": 0, "writes": 0, "key_writes": 0}
     for seed in _seeds(count, seconds):
         root = tmp_path / f"s{seed}"
-        sc = scenario(root, seed, policy)
+        sc = scenario(root, seed, policy, LONG_STEPS if LONG else CI_STEPS)
         shutil.rmtree(root)
         figures["scenarios"] += 1
         figures["merges"] += sc.merges
