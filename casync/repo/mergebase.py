@@ -16,6 +16,7 @@ their fixed order (newest generation first, then CID).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 from collections.abc import Callable, Hashable, Mapping
@@ -126,23 +127,30 @@ class _History:
         # Several commits may have produced this version (two deletes, one before the base and
         # one since): the write is the latest of them (lww order), not the first met in
         # generation order.  It may predate the merge base (a side can carry an old version
-        # that won an earlier merge), so the search goes down the whole history, but never
-        # below a producer: everything under one is older than it.
+        # that won an earlier merge), so the search goes down the history newest first, but
+        # never below a producer, nor past the point where every commit left is older than
+        # the best write found (a commit is always later than its parents, §5).
+        graph = self.repo.graph
         best: Write | None = None
-        todo, seen = [side.cid], {side.cid}
+        start = graph.node(side.cid)
+        todo = [(-start.time.wall_ms, -start.time.logical, side.cid)]
+        seen = {side.cid}
         while todo:
-            cid = todo.pop()
-            parents = self.repo.graph.node(cid).parents
+            _w, _l, cid = heapq.heappop(todo)
+            node = graph.node(cid)
+            if best is not None and (node.time.wall_ms, node.time.logical) < (best.time.wall_ms, best.time.logical):
+                break
             if version(self.entry(cid, path)) == target and all(version(self.entry(p, path)) != target
-                                                                for p in parents):
+                                                                for p in node.parents):
                 write = self._write(cid)
                 if best is None or lww_winner(write, best, 0) == "ours":
                     best = write
                 continue
-            for p in parents:
+            for p in node.parents:
                 if p not in seen:
                     seen.add(p)
-                    todo.append(p)
+                    t = graph.node(p).time
+                    heapq.heappush(todo, (-t.wall_ms, -t.logical, p))
         return best if best is not None else self._write(side.cid)
 
     def _key_value(self, entry: Entry | None, keys: tuple[str, ...]) -> Hashable:
