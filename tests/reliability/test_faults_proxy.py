@@ -43,6 +43,14 @@ def _head(path: Path) -> Cid:
     return head
 
 
+def _repo_id(path: Path) -> str:
+    repo = Repository.open(path, search_parents=False)
+    try:
+        return repo.repo_id
+    finally:
+        repo.close()
+
+
 def _history(repo: Repository, head: Cid) -> list[Cid]:
     return [cid for cid, _commit in repo.graph.walk([head])]
 
@@ -127,6 +135,7 @@ def test_push_fetch_clone_with_kubo_through_faults(tmp_path: Path, monkeypatch: 
         a("commit", "-m", "base")
         a("remote", "add", "origin", url)
         a("push", "origin")
+        url += "/" + _repo_id(a.cwd)  # the session's node holds other tests' repositories too
         Cli(tmp_path)("clone", url, "b", "--replica", f"kf-b{seed}")
         b = Cli(tmp_path / "b")
         made = [_head(a.cwd)]
@@ -229,6 +238,29 @@ def test_a_kubo_reply_cut_short_is_retried(tmp_path: Path, kubo: Kubo) -> None:
     a("push", "origin")
     with FaultProxy((host, int(port)), 1.0, 0, ("truncate",), only=b"POST /api/v0/files/ls", limit=2,
                     cut=120) as proxy:
-        Cli(tmp_path)("clone", f"ipfs+{proxy.url}", "b", "--replica", "kt-b")
+        Cli(tmp_path)("clone", f"ipfs+{proxy.url}/{_repo_id(a.cwd)}", "b", "--replica", "kt-b")
         assert proxy.counts["truncate"] >= 1
     assert _head(tmp_path / "b") == _head(a.cwd)
+
+
+@pytest.mark.kubo
+def test_a_pin_update_whose_reply_is_lost_is_done(tmp_path: Path, kubo: Kubo) -> None:
+    """The link resets as Kubo answers pin/update: the pin moved, the retry fails with "'from'
+    cid was not recursively pinned already".  That failure, with the new pin in place, is the
+    success (found by the long fault run: the push failed)."""
+    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
+    Cli(tmp_path)("init", "a", "--replica", "kp-a")
+    a = Cli(tmp_path / "a")
+    write(a.cwd, "f.txt", "one\n")
+    a("commit", "-m", "one")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push", "origin")
+    write(a.cwd, "f.txt", "two\n")
+    a("commit", "-m", "two")
+    with FaultProxy((host, int(port)), 1.0, 0, ("reset",), only=b"POST /api/v0/pin/update", limit=1,
+                    reset_at="reply") as proxy:
+        a("remote", "set-url", "origin", f"ipfs+{proxy.url}")
+        a("push", "origin")
+        assert proxy.counts["reset"] == 1
+    head = cid_str(_head(a.cwd))
+    assert head in kubo.ipfs("pin", "ls", "--type=recursive", head).decode()
