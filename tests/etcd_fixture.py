@@ -46,10 +46,19 @@ def _required() -> bool:
                for n in ("CI", "CASYNC_REQUIRE_KUBO"))
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((_LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this session: the kernel may offer a port
+    again once its probe socket closed, and two members on one port fail to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind((_LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _post(url: str, body: dict[str, object], timeout: float = 2.0) -> dict[str, object]:

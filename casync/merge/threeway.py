@@ -142,6 +142,10 @@ class MergeInput:
     # when each side last wrote one key (a path of keys from the top object) of a JSON
     # file, for the json policy's per-key lww; without it a tie goes to the file's winner
     key_write: Callable[[str, Side, tuple[str, ...]], Write] | None = None
+    # whether a side wrote one key since the base, when known: a side that set a key and then
+    # deleted it, or set it back to the base's value, still wrote it (ABA, as for paths), so
+    # a later delete of a key is not undone by an older write of it
+    key_changed: Callable[[str, Side, tuple[str, ...]], bool] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -279,7 +283,10 @@ def _resolve(inp: MergeInput, result: MergeResult, path: str, b: Entry | None, o
     elif policy == "priority":
         take(priority_winner(wo, wt, inp.rules.skew_tolerance_ms))
     elif policy == "json" and o is not None and t is not None and inp.load and inp.store_bytes:
-        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt))
+        key_changed = inp.key_changed
+        changed = (lambda side, keys: key_changed(path, side, keys)) if key_changed is not None else None
+        merged = json_merge(inp.load(b) if b else None, inp.load(o), inp.load(t), _key_tie(inp, path, wo, wt),
+                            changed)
         if merged is None:  # not JSON objects: fall back to the default policy for the whole file
             take(lww_winner(wo, wt, inp.rules.skew_tolerance_ms), "json->lww")
         else:
@@ -369,11 +376,17 @@ def _key_tie(inp: MergeInput, path: str, wo: Write, wt: Write) -> KeyTie:
                                    clamped(key_write(path, "theirs", keys), cap), tol)
 
 
-def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> bytes | None:
+KeyChanged = Callable[[Side, tuple[str, ...]], bool]
+
+
+def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie,
+               changed: KeyChanged | None = None) -> bytes | None:
     """Key-level three-way merge of JSON objects (recursively); a key both sides changed
     differently goes to ``tie`` (a side, or a function of the key's path from the top
-    object).  None if not JSON objects, or nested too deep to merge key by key (the file
-    may come from a hostile peer: the whole-file policy decides then)."""
+    object).  A side whose value equals the base's changed the key only if ``changed``
+    (from the histories) says so; without it, never.  None if not JSON objects, or nested too
+    deep to merge key by key (the file may come from a hostile peer: the whole-file policy
+    decides then)."""
     try:
         b = json.loads(base) if base else {}
         o, t = json.loads(ours), json.loads(theirs)
@@ -382,7 +395,7 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
     if not (isinstance(b, dict) and isinstance(o, dict) and isinstance(t, dict)):
         return None
     try:
-        merged = _merge_obj(b, o, t, tie, ())
+        merged = _merge_obj(b, o, t, tie, (), changed)
         json.dumps(merged)  # (its depth, once: the writes below then cannot recurse too deep)
     except RecursionError:
         return None
@@ -392,21 +405,31 @@ def json_merge(base: bytes | None, ours: bytes, theirs: bytes, tie: KeyTie) -> b
         return (json.dumps(merged, sort_keys=True, ensure_ascii=True, indent=2) + "\n").encode()
 
 
+def _wrote(changed: KeyChanged | None, side: Side, keys: tuple[str, ...], value: Any, base: Any) -> bool:
+    """Whether ``side`` wrote the key since the base: its value differs from the base's, or
+    the histories say it was written and set back (ABA)."""
+    return value != base or (changed is not None and changed(side, keys))
+
+
 def _merge_obj(b: dict[str, Any], o: dict[str, Any], t: dict[str, Any], tie: KeyTie,
-               where: tuple[str, ...]) -> dict[str, Any]:
+               where: tuple[str, ...], changed: KeyChanged | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in sorted(set(b) | set(o) | set(t)):
         bv, ov, tv = b.get(key, _MISSING), o.get(key, _MISSING), t.get(key, _MISSING)
-        if ov == tv or tv == bv:
+        keys = (*where, key)
+        objects = isinstance(ov, dict) and isinstance(tv, dict) and (isinstance(bv, dict) or bv is _MISSING)
+        if ov == tv:
             value = ov
-        elif ov == bv:
+        elif objects and (changed is not None or (ov != bv and tv != bv)):
+            # both changed it, or (with the histories) an object equal to the base's may hide
+            # a nested write (a key set and deleted again): decided key by key
+            value = _merge_obj(bv if isinstance(bv, dict) else {}, ov, tv, tie, keys, changed)
+        elif not _wrote(changed, "theirs", keys, tv, bv):
+            value = ov
+        elif not _wrote(changed, "ours", keys, ov, bv):
             value = tv
-        elif isinstance(bv, dict) and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj(bv, ov, tv, tie, (*where, key))
-        elif bv is _MISSING and isinstance(ov, dict) and isinstance(tv, dict):
-            value = _merge_obj({}, ov, tv, tie, (*where, key))
         else:
-            side = tie((*where, key)) if callable(tie) else tie
+            side = tie(keys) if callable(tie) else tie
             value = ov if side == "ours" else tv
         if value is not _MISSING:
             out[key] = value

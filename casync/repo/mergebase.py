@@ -16,6 +16,7 @@ their fixed order (newest generation first, then CID).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 from collections.abc import Callable, Hashable, Mapping
@@ -123,13 +124,34 @@ class _History:
             a, b = (self._last(p, path, version) for p in side.parents)
             return a if lww_winner(a, b, 0) == "ours" else b
         target = version(self.entry(side.cid, path))
-        # The write may predate the merge base (a side can carry an old version that won
-        # an earlier merge), so search the whole history, newest first, until found.
-        for cid, commit in self.repo.graph.walk_nodes([side.cid]):
-            here = version(self.entry(cid, path))
-            if here == target and all(version(self.entry(p, path)) != here for p in commit.parents):
-                return self._write(cid)
-        return self._write(side.cid)
+        # Several commits may have produced this version (two deletes, one before the base and
+        # one since): the write is the latest of them (lww order), not the first met in
+        # generation order.  It may predate the merge base (a side can carry an old version
+        # that won an earlier merge), so the search goes down the history newest first, but
+        # never below a producer, nor past the point where every commit left is older than
+        # the best write found (a commit is always later than its parents, §5).
+        graph = self.repo.graph
+        best: Write | None = None
+        start = graph.node(side.cid)
+        todo = [(-start.time.wall_ms, -start.time.logical, side.cid)]
+        seen = {side.cid}
+        while todo:
+            _w, _l, cid = heapq.heappop(todo)
+            node = graph.node(cid)
+            if best is not None and (node.time.wall_ms, node.time.logical) < (best.time.wall_ms, best.time.logical):
+                break
+            if version(self.entry(cid, path)) == target and all(version(self.entry(p, path)) != target
+                                                                for p in node.parents):
+                write = self._write(cid)
+                if best is None or lww_winner(write, best, 0) == "ours":
+                    best = write
+                continue
+            for p in node.parents:
+                if p not in seen:
+                    seen.add(p)
+                    t = graph.node(p).time
+                    heapq.heappush(todo, (-t.wall_ms, -t.logical, p))
+        return best if best is not None else self._write(side.cid)
 
     def _key_value(self, entry: Entry | None, keys: tuple[str, ...]) -> Hashable:
         if entry is None:
@@ -244,9 +266,15 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
     def key_write(path: str, side: Side, keys: tuple[str, ...]) -> Write:
         return hist.last_key_write(ours if side == "ours" else theirs, path, keys)
 
+    def key_changed(path: str, side: Side, keys: tuple[str, ...]) -> bool:
+        """A side wrote a key since the base when its value's write is not the base's own."""
+        if base is None:
+            return True
+        return key_write(path, side, keys) != hist.last_key_write(base, path, keys)
+
     result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
                                     lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames,
-                                    key_write))
+                                    key_write, key_changed))
     return result, list(bases)
 
 

@@ -228,8 +228,10 @@ class IpfsClient:
             status = getattr(getattr(exc.original, "response", None), "status_code", None)
             return status_error(where, what, status)
         if isinstance(exc, ipfs_exc.DecodingError):
+            # a reply cut short by a failing link decodes as garbage too: worth another try
+            # (a server that is not Kubo answers the same garbage again, and then it fails)
             return RemoteProtocolError(f"{where} sent a response casync cannot decode ({what})",
-                                       hint="is that a Kubo RPC API?")
+                                       hint="is that a Kubo RPC API?", transient=True)
         return RemoteError(f"{where}: {what} failed: {exc}")
 
     def call(self, what: str, fn: Callable[[Any], T], *, retry: bool = True) -> T:
@@ -240,10 +242,16 @@ class IpfsClient:
                 return fn(self._client())
             except ipfs_exc.Error as exc:
                 raise self.classify(exc, what) from None
+            except OSError as exc:
+                # a reply cut short that ipfshttpclient did not wrap (requests' "Connection
+                # broken: IncompleteRead" is an OSError): the link, so transient
+                raise raw_error(f"IPFS node at {self.url}", exc, what) from None
             except AssertionError:
                 # ipfshttpclient's response-shape assertions: the server is not what we expect
+                # (or a reply cut short on the way: transient, like a decoding error)
                 raise RemoteProtocolError(f"IPFS node at {self.url}: unexpected response to {what}",
-                                          hint="is that a Kubo RPC API of a supported version (>= 0.15)?") from None
+                                          hint="is that a Kubo RPC API of a supported version (>= 0.15)?",
+                                          transient=True) from None
 
         return self._retrying(attempt, retry)
 
@@ -415,8 +423,16 @@ class IpfsClient:
         self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True))
 
     def pin_update(self, old: Cid, new: Cid, unpin: bool = True) -> None:
+        """Move a recursive pin.  The one RPC call that is not idempotent: retried after a
+        reply the link lost, it fails ("'from' cid was not recursively pinned already") when
+        the first attempt moved the pin, which is then the success it reports."""
         a, b = cid_str(old), cid_str(new)
-        self.call(f"pin/update {a} {b}", lambda c: c.pin.update(a, b, unpin=unpin, offline=True))
+        try:
+            self.call(f"pin/update {a} {b}", lambda c: c.pin.update(a, b, unpin=unpin, offline=True))
+        except RemoteError:
+            if self.is_pinned(new) and not (unpin and self.is_pinned(old)):
+                return
+            raise
 
     def pin_rm(self, cid: Cid) -> None:
         text = cid_str(cid)

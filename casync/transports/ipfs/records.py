@@ -225,10 +225,10 @@ class RemoteNode:
             where = f"{self.repo_dir(repo_id)}/heads/{name} on {self.url.api}"
             try:
                 validate_replica_name(name)
-                data = self.client.files_read(f"{self.repo_dir(repo_id)}/heads/{name}", MAX_RECORD_BYTES)
-                if data is None:
+                rec = self._read_record(f"{self.repo_dir(repo_id)}/heads/{name}", repo_id, name, where)
+                if rec is None:
                     continue
-                out[name] = decode_record(data, repo_id, name, where)
+                out[name] = rec
             except (InvalidObject, UsageError) as exc:
                 if errors is None:
                     raise
@@ -243,6 +243,23 @@ class RemoteNode:
             if rec.replica not in out or out[rec.replica].seq < rec.seq:
                 out[rec.replica] = rec
         return out
+
+    def _read_record(self, path: str, repo_id: str, name: str, where: str) -> HeadRecord | None:
+        """One replica's record (None: gone).  A reply the link cut short reads as a record
+        that is not JSON, so one that does not decode is read again: it is invalid only when
+        two reads in a row return the same bytes (at most 4 reads)."""
+        last: bytes | None = None
+        for _attempt in range(4):
+            data = self.client.files_read(path, MAX_RECORD_BYTES)
+            if data is None:
+                return None
+            try:
+                return decode_record(data, repo_id, name, where)
+            except InvalidObject:
+                if data == last:
+                    raise
+                last = data
+        return decode_record(last or b"", repo_id, name, where)
 
     def _index_records(self, repo_id: str | None, errors: list[str] | None) -> list[HeadRecord]:
         index = self.url.index

@@ -17,7 +17,8 @@ history is 3 round trips: info, negotiate, fetch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +52,9 @@ __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerSer
 MAX_HAVES = 4096
 MAX_WANTS = 1024
 MAX_TAGS_PER_PUSH = 256
+# a push whose link broke after its body started (RetryingPeer never sends a body twice) is
+# checked against the peer's refs and sent again while it did not land
+PUSH_ATTEMPTS = 4
 BUFFER_LIMIT = 64 << 20  # a fetch holds at most this much of one commit in memory before storing it
 WINDOWS = ((0, 64), (65, 4096), (4097, 1 << 62))
 
@@ -487,7 +491,20 @@ def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, bran
             yield cid, block
 
     try:
-        peer.push(branch, remote_tip, local, counted())
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            sent.update(blocks=0, bytes=0)
+            try:
+                peer.push(branch, remote_tip, local, counted())
+                break
+            except RemoteError as err:
+                if not err.transient or attempt == PUSH_ATTEMPTS:
+                    raise
+                now = peer.info().refs.get(branch)  # the link broke after the body started:
+                if now == local:  # the push landed, only its reply was lost
+                    break
+                if now != remote_tip:
+                    raise
+                summary["round_trips"] += 1  # it did not land: send it again
     finally:
         progress.finish()
     summary["round_trips"] += 1
@@ -496,6 +513,22 @@ def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, bran
         repo.refs.cas_ref(name, repo.refs.get_ref(name), local, f"push {remote}")
     summary.update(result="pushed", commits=len(missing), **sent)
     return summary
+
+
+def _push_tag_batch(peer: Peer, batch: dict[str, Cid], blocks: Callable[[], Iterator[tuple[Cid, bytes]]]
+                    ) -> TagUpdate:
+    """``peer.push_tags``, sent again when the link broke after its body started and the
+    peer does not hold the tags (a tag push only ever creates tags, so a repeat is harmless)."""
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        try:
+            return peer.push_tags(batch, blocks())
+        except RemoteError as err:
+            if not err.transient or attempt == PUSH_ATTEMPTS:
+                raise
+            held = peer.info().tags or {}
+            if all(held.get(name) == cid for name, cid in batch.items()):
+                return TagUpdate(peer.url, created=dict(batch))  # they landed; the reply was lost
+    raise AssertionError("unreachable")
 
 
 def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, pushed: list[Cid]
@@ -521,7 +554,7 @@ def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, push
     for i in range(0, len(names), MAX_TAGS_PER_PUSH):
         batch = {n: send[n] for n in names[i : i + MAX_TAGS_PER_PUSH]}
         commits = repo.graph.missing(list(dict.fromkeys(batch.values())), held)
-        reply = peer.push_tags(batch, blocks_for_commits(repo, commits))
+        reply = _push_tag_batch(peer, batch, functools.partial(blocks_for_commits, repo, commits))
         held.extend(batch.values())
         result.created.update(reply.created)
         result.unchanged.extend(reply.unchanged)

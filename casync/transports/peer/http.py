@@ -148,6 +148,24 @@ class HttpPeer:
                               transient=resp.status in (502, 503, 504))
         return resp
 
+    def _read(self, resp: http.client.HTTPResponse, limit: int) -> bytes:
+        """A JSON reply's body; one cut short or reset is the link failing (transient), not a
+        malformed reply, so the call is retried."""
+        try:
+            if resp.length is None:  # every JSON reply of casync serve has a length: the headers were cut
+                raise http.client.IncompleteRead(b"")
+            data = resp.read(limit)
+            if resp.length and len(data) < limit:  # the connection ended before the length
+                raise http.client.IncompleteRead(data, resp.length)
+            return data
+        except (http.client.HTTPException, OSError) as exc:
+            resp.close()
+            if self._keepalive is not None:
+                self._keepalive.close()
+                self._keepalive = None
+            raise RemoteUnreachable(f"the reply from {self.url} broke off: {exc!r}",
+                                    hint="the link is failing; try again") from None
+
     def _unauthorized(self, reason: Any) -> RemoteAuthError:
         """A 401: no token sent, or one the server refused (its reply says which; an older
         server's does not, so what this side sent decides)."""
@@ -166,7 +184,7 @@ class HttpPeer:
         resp = self._request(method, path, body, {"Content-Type": "application/json"} if body else None,
                              keepalive=True)
         try:
-            return safejson.loads(resp.read(MAX_JSON_BODY + 1), "reply")
+            return safejson.loads(self._read(resp, MAX_JSON_BODY + 1), "reply")
         except InvalidObject as exc:
             raise RemoteProtocolError(f"{self.url} sent a malformed reply ({exc.message})") from None
 
@@ -210,7 +228,7 @@ class HttpPeer:
         query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})
         resp = self._request("POST", f"/v1/push?{query}", _car_body([new], blocks), _CAR_HEADERS, chunked=True)
         try:
-            reply = safejson.loads(resp.read(MAX_JSON_BODY), "push reply")
+            reply = safejson.loads(self._read(resp, MAX_JSON_BODY), "push reply")
             return TransferStats(blocks=int(reply.get("blocks", 0)), bytes=int(reply.get("bytes", 0)),
                                  new_blocks=int(reply.get("new_blocks", 0)),
                                  new_bytes=int(reply.get("new_bytes", 0)))
@@ -221,7 +239,7 @@ class HttpPeer:
         query = urllib.parse.urlencode({"tags": json.dumps({n: cid_str(c) for n, c in tags.items()})})
         resp = self._request("POST", f"/v1/tags?{query}", _car_body([], blocks), _CAR_HEADERS, chunked=True)
         try:
-            return TagUpdate.from_json(self.url, safejson.loads(resp.read(MAX_JSON_BODY), "tags reply"))
+            return TagUpdate.from_json(self.url, safejson.loads(self._read(resp, MAX_JSON_BODY), "tags reply"))
         except (ValueError, TypeError, KeyError, AttributeError, UsageError, InvalidObject):
             raise RemoteProtocolError(f"{self.url} took the tags but sent a malformed reply") from None
 
