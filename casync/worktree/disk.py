@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - a build without a C compiler
 
 IGNORE_FILE = ".casyncignore"
 
-TEMP_REASON = "casync temporary file"
+TEMP_REASON = "a temporary file of casync"
 
 
 def remove_stale_temps(root: Path, skipped: Iterable[str]) -> list[str]:

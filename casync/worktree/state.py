@@ -25,11 +25,13 @@ from casync.repo.repository import Repository
 from casync.trees.unixfs import entry_for, read_dir
 
 __all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "intend_commit",
-           "merge_in_progress", "moved_since_checkout", "record", "refuse_mid_merge", "require_current", "untracks"]
+           "intend_move", "interrupted_move", "merge_in_progress", "moved_since_checkout", "record",
+           "refuse_mid_merge", "require_current", "untracks"]
 
 _KEY = b"worktree"
 _UNTRACK_KEY = b"untrack"
 _INTENT_KEY = b"worktree_commit"  # a commit of the working tree under way (intend_commit)
+_MOVE_KEY = b"worktree_move"  # a merge moving the branch, the files to follow (intend_move)
 MERGE_STATE_KEY = b"merge_state"  # written by casync.worktree.merging while a merge is stopped
 
 
@@ -51,7 +53,24 @@ def record(repo: Repository, tree: Cid | None, commit: Cid | None) -> None:
     def fn(txn: Any) -> None:
         txn.put(_KEY, value.encode(), db=meta)
         txn.delete(_INTENT_KEY, db=meta)
+        txn.delete(_MOVE_KEY, db=meta)
     repo.store.write(fn)
+
+
+def intend_move(repo: Repository, to: Cid) -> None:
+    """HEAD's branch is about to move to ``to`` and the files to follow (a merge): a process
+    killed in between leaves :func:`interrupted_move` to say so, and the files are finished
+    by the next merge instead of refused as a moved branch."""
+    if not repo.bare:
+        repo.store.put("meta", _MOVE_KEY, cid_str(to).encode())
+
+
+def interrupted_move(repo: Repository) -> Cid | None:
+    """HEAD, when :func:`intend_move` announced it and the files did not follow yet."""
+    raw = repo.store.get("meta", _MOVE_KEY)
+    if raw is None or repo.head() != parse_cid(raw.decode()) or moved_since_checkout(repo) is None:
+        return None
+    return repo.head()
 
 
 def intend_commit(repo: Repository, tree: Cid, parent: Cid | None) -> None:

@@ -23,6 +23,8 @@ from casync import Repository
 from casync.model.cid import parse_cid
 from casync.model.names import TEMP_NAME
 
+from ..agents import Site, make_sites
+from ..kubo_fixture import Kubo
 from .crash import CASYNC, Case, Files, Scenario, Tally, casync, check_repo, run_kills
 
 SEED = 14
@@ -325,6 +327,43 @@ def _case_gc(r: Path) -> Case:
                 worktree=(wt, _facts(r)["two"], _facts(r)["two"]), finished=finished)  # type: ignore[arg-type]
 
 
+def _build_agent(t: Path) -> None:
+    """Two sites of one repository that each committed; east's agent syncs with west."""
+    east, west = make_sites(t, ("east", "us-east"), ("west", "us-west"))
+    base = {"README": b"fleet\n"}
+    east_files = {**base, **{f"east/f{i}": random.Random(i).randbytes(4000) for i in range(60)},
+                  "east/big.bin": random.Random(1).randbytes(1 << 20)}
+    west_files = {**base, **{f"west/f{i}": random.Random(50 + i).randbytes(4000) for i in range(60)},
+                  "west/big.bin": random.Random(2).randbytes(1 << 20)}
+    east_cid = _commit(east.repo, east_files, base, "east writes")
+    west_cid = _commit(west.repo, west_files, base, "west writes")
+    _save(t, east=east_files, east_cid=east_cid, west=west_files, west_cid=west_cid,
+          merged={**east_files, **west_files})
+
+
+def _case_agent(r: Path) -> Case:
+    east, west = Site(r / "east", "east", "us-east"), Site(r / "west", "west", "us-west")
+    config = east.config([west])
+    proc = subprocess.Popen([*CASYNC, "-C", str(west.repo), "serve", "--bind", f"127.0.0.1:{west.serve_port}",
+                             "--token-file", str(west.root / "token")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    proc.stderr.readline()  # "serving ... on URL": it listens
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(20)
+
+    def finished() -> None:
+        merged = _facts(r)["merged"]
+        assert _head_files(east.repo, "main") == merged
+        assert _head_files(west.repo, "main") == merged
+    return Case(["agent", "--config", str(config), "--once"], east.root, [east.repo, west.repo],
+                acknowledged={east.repo: _acks(r, "east"), west.repo: _acks(r, "west")},
+                worktree=(east.repo, _facts(r)["east"], _facts(r)["merged"]),  # type: ignore[arg-type]
+                finished=finished, stop=stop)
+
+
 SCENARIOS = [
     Scenario("init", _build_init, _case_init),
     Scenario("commit", _build_commit, _case_commit),
@@ -336,6 +375,7 @@ SCENARIOS = [
     Scenario("fetch", _build_fetch, _case_fetch),
     Scenario("merge", _build_merge, _case_merge),
     Scenario("gc", _build_gc, _case_gc),
+    Scenario("agent-sync", _build_agent, _case_agent),
 ]
 
 
@@ -352,3 +392,18 @@ def test_killed_at_random_moments_leaves_a_consistent_repository_and_the_rerun_f
         scenario: Scenario, tmp_path: Path, tally: Tally) -> None:
     rng = random.Random(f"{SEED}/{scenario.name}")
     run_kills(scenario, tmp_path, kills_per_command(), rng, tally)
+
+
+def test_a_clone_from_ipfs_killed_at_random_moments_resumes(kubo: Kubo, tmp_path: Path, tally: Tally) -> None:
+    """The same checks for a clone from a Kubo node (tests/kubo_fixture.py; required under CI)."""
+    url: dict[str, str] = {}
+
+    def build(t: Path) -> None:
+        _build_two_commits(t)
+        casync(t / "wt", "remote", "add", "origin", kubo.remote_url)
+        casync(t / "wt", "push", "origin", "main")
+        with Repository.open(t / "wt") as repo:
+            url["clone"] = f"{kubo.remote_url}/{repo.repo_id}"
+
+    scenario = Scenario("clone-ipfs", build, lambda r: _clone_case(r, url["clone"]))
+    run_kills(scenario, tmp_path, kills_per_command(), random.Random(f"{SEED}/clone-ipfs"), tally)

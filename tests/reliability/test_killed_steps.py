@@ -132,7 +132,7 @@ def test_a_killed_checkouts_temporary_files_are_never_committed_and_the_next_com
     users = [write(wt, "f.casync-tmp-5", "mine"), write(wt, ".f.casync-tmp-x", "mine"),
              write(wt, ".casync-tmp-7", "mine")]  # not the pattern: ordinary files
     status = _run(wt, "status")
-    assert "casync temporary file" in status.stdout + status.stderr
+    assert "a temporary file of casync" in status.stdout + status.stderr
     write(wt, "d/f", "two")
     assert _run(wt, "commit", "-m", "two").returncode == 0
     with Repository.open(wt) as repo:
@@ -153,3 +153,27 @@ def test_a_checkout_removes_what_a_killed_checkout_left(tmp_path: Path) -> None:
     done = _run(wt, "checkout", "HEAD~1")
     assert done.returncode == 0, done.stderr
     assert not stale.exists() and (wt / "f").read_text() == "one"
+
+
+def test_a_merge_killed_after_it_moved_the_branch_is_finished_by_the_same_merge(tmp_path: Path) -> None:
+    """Found by the crash harness: the branch moved, the files had not followed, and the
+    re-run refused ("branch main moved since the working tree was checked out")."""
+    wt, other = tmp_path / "wt", tmp_path / "b"
+    assert _run(tmp_path, "init", str(wt), "--replica", "a").returncode == 0
+    write(wt, "f", "one")
+    assert _run(wt, "commit", "-m", "one").returncode == 0
+    assert _run(tmp_path, "clone", str(wt), str(other), "--replica", "b").returncode == 0
+    write(other, "g", "theirs")
+    assert _run(other, "commit", "-m", "theirs").returncode == 0
+    assert _run(wt, "remote", "add", "b", "../b").returncode == 0
+    assert _run(wt, "fetch", "b").returncode == 0
+    with Repository.open(wt) as repo:  # as a merge killed between its branch move and the files
+        from casync.worktree.state import intend_move
+        theirs = repo.resolve("b/main")
+        intend_move(repo, theirs)
+        repo.update_branch("main", repo.head(), theirs, "merge b/main: fast-forward")
+    assert not (wt / "g").exists()
+    done = _run(wt, "merge", "b/main")
+    assert done.returncode == 0, done.stderr
+    assert (wt / "g").read_text() == "theirs"
+    assert _run(wt, "status").stdout.count("\n") <= 2 and _run(wt, "fsck").returncode == 0
