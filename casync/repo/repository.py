@@ -16,7 +16,7 @@ import shutil
 import stat as stat_mod
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -218,11 +218,11 @@ class Repository:
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", *, replica: str | None = None, hash: str = "blake3",
              chunker: str = "cdc", repository_id: str | None = None, branch: str = "main",
-             bare: bool = False, extra_meta: Mapping[bytes, bytes] | None = None) -> Self:
+             bare: bool = False, clone_pending: bytes | None = None) -> Self:
         """Create a repository in ``path`` (created if needed) and return it opened.
 
-        ``extra_meta`` goes into the ``meta`` table in the same step (a clone's pending
-        mark): the new ``.casync`` appears with all of it or not at all.
+        ``clone_pending`` (a clone's pending mark, :mod:`casync.transfer.clone`) is written
+        in the same step: the new ``.casync`` appears with it or not at all.
 
         A *bare* repository has no working tree: applications write through
         transactions, merges and pushes move branches without touching files.
@@ -247,11 +247,8 @@ class Repository:
         build = root / temp_name(REPO_DIR, os.getpid())
         if build.exists():
             shutil.rmtree(build)
-        meta = {b"HEAD": f"heads/{branch}".encode(), **(extra_meta or {})}
-        if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
-            meta[b"worktree"] = b'{"tree": null, "commit": null}'
         try:
-            cls._build(build, meta, {
+            cls._build(build, f"heads/{branch}".encode(), bare, clone_pending, {
                 "format": 1,
                 "repository_id": repository_id or uuid.uuid4().hex,
                 "replica": replica,
@@ -267,12 +264,20 @@ class Repository:
         return cls(root, LmdbStore(target))
 
     @staticmethod
-    def _build(build: Path, meta: dict[bytes, bytes], config: dict[str, Any]) -> None:
+    def _build(build: Path, head: bytes, bare: bool, clone_pending: bytes | None, config: dict[str, Any]) -> None:
         """A complete store at ``build``, durable before init renames it into place."""
         store = LmdbStore(build, create=True)
+        meta = store.db("meta")
+
+        def fn(txn: Any) -> None:
+            txn.put(b"HEAD", head, db=meta)
+            if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
+                txn.put(b"worktree", b'{"tree": null, "commit": null}', db=meta)
+            if clone_pending is not None:
+                txn.put(b"clone_pending", clone_pending, db=meta)
         try:
             store.set_config(config)
-            store.write(lambda txn: [txn.put(k, v, db=store.db("meta")) for k, v in meta.items()])
+            store.write(fn)
             store.env.sync(True)
         finally:
             store.close()

@@ -189,7 +189,7 @@ class CloneTarget:
         self._branch = branch
         self.repo = Repository.init(self.root, replica=replica, hash=hash, chunker=chunker,
                                     repository_id=repository_id, branch=branch or "main",
-                                    extra_meta={_KEY: _pending_value(self.url, branch)})
+                                    clone_pending=_pending_value(self.url, branch))
         return self.repo
 
     def refuse_other_replica(self, replica: str | None) -> None:
