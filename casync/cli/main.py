@@ -7,6 +7,7 @@ one ``error:`` line and an optional ``hint:`` line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -79,7 +80,10 @@ class _Group(click.Group):
         except FileNotFoundError as exc:
             _fail(f"no such file or directory: {exc.filename}", None, EXIT_FAILURE, _wants_json(ctx))
         except OSError as exc:
-            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), None, EXIT_FAILURE, _wants_json(ctx))
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # one not mapped to StorageFull below
+            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+                  "free disk space and run the same command again" if full else None, EXIT_FAILURE,
+                  _wants_json(ctx))
         except KeyboardInterrupt as exc:  # a clone's says that its partial copy is kept
             _fail("interrupted", getattr(exc, "hint", None), 130, _wants_json(ctx), prefix="")
 

@@ -12,8 +12,8 @@ import unicodedata
 
 from casync.errors import InvalidPath
 
-__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "REPO_ID_RE", "is_plain_name", "is_repo_id",
-           "is_reserved_name", "is_replica_name", "split_path", "validate_name"]
+__all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "REPO_ID_RE", "TEMP_NAME", "is_plain_name", "is_repo_id",
+           "is_reserved_name", "is_replica_name", "split_path", "temp_name", "validate_name"]
 
 REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -33,6 +33,16 @@ def is_repo_id(name: str) -> bool:
 
 REPO_DIR = ".casync"
 MAX_NAME_BYTES = 255
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.casync-tmp-(?P<pid>[1-9][0-9]{0,9})")
+"""casync's temporary names (docs/design.md §10): ``.NAME.casync-tmp-PID``, what a file is
+written under before it is renamed to NAME, and ``..casync.casync-tmp-PID``, where
+``init`` builds a store.  A scan never stores such a name; what a dead PID left is removed."""
+
+
+def temp_name(name: str, pid: int) -> str:
+    """The temporary name process ``pid`` writes ``name`` under (matches :data:`TEMP_NAME`)."""
+    return f".{name}.casync-tmp-{pid}"
 
 # Code points that file systems (HFS+, some normalisers) ignore when comparing names,
 # which an attacker can use to disguise ".casync" (cf. git's CVE-2014-9390 handling).

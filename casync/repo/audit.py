@@ -277,8 +277,4 @@ def record_audit(repo: Repository, ok: bool, findings: int, when: float, kind: s
 
 def last_audit(repo: Repository) -> dict[str, Any] | None:
     """The outcome :func:`record_audit` stored last, or None."""
-    raw = repo.store.get("meta", AUDIT_META_KEY)
-    if raw is None:
-        return None
-    value: dict[str, Any] = json.loads(raw)
-    return value
+    return repo.last_audit()  # one reader for fsck's and audit's records

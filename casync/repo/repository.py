@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import stat as stat_mod
 import time
 import uuid
@@ -34,7 +35,7 @@ from casync.history.consistency import check_derived
 from casync.history.graph import CommitGraph
 from casync.model.chunking import CHUNKERS, chunker_for
 from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
-from casync.model.names import REPO_DIR, is_replica_name, is_repo_id, split_path
+from casync.model.names import REPO_DIR, TEMP_NAME, is_replica_name, is_repo_id, split_path, temp_name
 from casync.model.objects import (
     Commit,
     HybridTime,
@@ -49,6 +50,7 @@ from casync.settings import author as settings_author
 from casync.settings import check_value, sign_commits
 from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
+from casync.store.locks import process_gone
 from casync.store.refs import LmdbRefStore
 from casync.trees.unixfs import (
     Entry,
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from casync.repo.strong import StrongRefStore
 
 __all__ = ["FORGOTTEN_PREFIX", "FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates",
-           "validate_branch_name"]
+           "unfinished_init", "validate_branch_name"]
 
 # Transaction lives in casync.repo.transaction; re-exported because it is part of this API
 
@@ -84,6 +86,36 @@ def validate_branch_name(name: str) -> None:
     if len(name) > 200 or not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
         raise UsageError(f"invalid branch name {name!r}",
                          hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')")
+
+
+def unfinished_init(store_dir: Path) -> bool:
+    """``store_dir`` (a ``.casync``) is what a killed ``init`` of an older casync left: a
+    store without config, no block in its index and no ref.  Nothing of a user's is in it."""
+    if store_dir.is_symlink() or not store_dir.is_dir():
+        return False
+    if not (store_dir / "db" / "data.mdb").exists():
+        return not any(p.stat().st_size for p in (store_dir / "packs").glob("*") if p.is_file())
+    store = LmdbStore(store_dir)
+    try:
+        return not store.get_config() and not store.items_count("index") and not store.items_count("refs")
+    finally:
+        store.close()
+
+
+def _remove_killed_builds(root: Path) -> None:
+    """Remove the half-built stores of killed inits here (their process is gone)."""
+    for build in root.glob(f".{REPO_DIR}.casync-tmp-*"):
+        match = TEMP_NAME.fullmatch(build.name)
+        if match and process_gone(int(match["pid"])) and build.is_dir() and not build.is_symlink():
+            shutil.rmtree(build, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +220,11 @@ class Repository:
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".", *, replica: str | None = None, hash: str = "blake3",
              chunker: str = "cdc", repository_id: str | None = None, branch: str = "main",
-             bare: bool = False) -> Self:
+             bare: bool = False, clone_pending: bytes | None = None) -> Self:
         """Create a repository in ``path`` (created if needed) and return it opened.
+
+        ``clone_pending`` (a clone's pending mark, :mod:`casync.transfer.clone`) is written
+        in the same step: the new ``.casync`` appears with it or not at all.
 
         A *bare* repository has no working tree: applications write through
         transactions, merges and pushes move branches without touching files.
@@ -205,22 +240,54 @@ class Repository:
         if repository_id is not None and not is_repo_id(repository_id):
             raise UsageError(f"invalid repository id {repository_id[:80]!r}",
                              hint="1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        if (root / REPO_DIR).exists():
-            raise UsageError(f"{root} is already a casync repository ({root / REPO_DIR} exists)")
+        target = root / REPO_DIR
+        if target.exists() or target.is_symlink():
+            if not unfinished_init(target):
+                raise UsageError(f"{root} is already a casync repository ({target} exists)")
+            shutil.rmtree(target)  # an older casync's killed init: an empty store without config
         root.mkdir(parents=True, exist_ok=True)
-        store = LmdbStore(root / REPO_DIR, create=True)
-        store.set_config({
-            "format": 1,
-            "repository_id": repository_id or uuid.uuid4().hex,
-            "replica": replica,
-            "hash": hash,
-            "chunker": chunker,
-            "bare": bare,
-        })
-        store.put("meta", b"HEAD", f"heads/{branch}".encode())
-        if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
-            store.put("meta", b"worktree", b'{"tree": null, "commit": null}')
-        return cls(root, store)
+        _remove_killed_builds(root)
+        # built beside under a name no scan stores (worktree.disk.TEMP_NAME), renamed into
+        # place whole: a kill leaves either no .casync or a complete one (docs/design.md §7.4)
+        build = root / temp_name(REPO_DIR, os.getpid())
+        if build.exists():
+            shutil.rmtree(build)
+        try:
+            cls._build(build, f"heads/{branch}".encode(), bare, clone_pending, {
+                "format": 1,
+                "repository_id": repository_id or uuid.uuid4().hex,
+                "replica": replica,
+                "hash": hash,
+                "chunker": chunker,
+                "bare": bare,
+            })
+            os.rename(build, target)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        _fsync_dir(root)
+        return cls(root, LmdbStore(target))
+
+    @staticmethod
+    def _build(build: Path, head: bytes, bare: bool, clone_pending: bytes | None, config: dict[str, Any]) -> None:
+        """A complete store at ``build``, durable before init renames it into place."""
+        store = LmdbStore(build, create=True)
+        meta = store.db("meta")
+
+        def fn(txn: Any) -> None:
+            txn.put(b"HEAD", head, db=meta)
+            if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
+                txn.put(b"worktree", b'{"tree": null, "commit": null}', db=meta)
+            if clone_pending is not None:
+                txn.put(b"clone_pending", clone_pending, db=meta)
+        try:
+            store.set_config(config)
+            store.write(fn)
+            store.env.sync(True)
+        finally:
+            store.close()
+        _fsync_dir(build / "db")
+        _fsync_dir(build)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".", *, search_parents: bool = True) -> Self:
@@ -229,7 +296,13 @@ class Repository:
         candidates = [start, *start.parents] if search_parents else [start]
         for cand in candidates:
             if (cand / REPO_DIR / "db").is_dir():
-                return cls(cand, LmdbStore(cand / REPO_DIR))
+                store = LmdbStore(cand / REPO_DIR)
+                if "repository_id" not in store.get_config():
+                    store.close()
+                    raise UsageError(f"not a casync repository: {cand} (its {REPO_DIR} was left by a killed "
+                                     "'casync init' and holds nothing)",
+                                     hint="run 'casync init' (or the same 'casync clone') there again")
+                return cls(cand, store)
         raise NotARepository(str(start))
 
     def close(self) -> None:
@@ -529,8 +602,10 @@ class Repository:
         ``casync agent`` exports as ``audit_last_result`` for the AuditFailed alert."""
         import json
 
-        value = {"ok": report.ok, "time": time.time(), "checked": report.checked, "missing": len(report.missing),
-                 "corrupt": len(report.corrupt), "reused_stamps": len(report.reused_stamps)}
+        findings = len(report.missing) + len(report.corrupt) + len(report.reused_stamps)
+        value = {"ok": report.ok, "findings": findings, "time": time.time(), "kind": "fsck",
+                 "checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt),
+                 "reused_stamps": len(report.reused_stamps)}
         with self.store.writer_lock():
             self.store.put("meta", AUDIT_KEY, json.dumps(value).encode())
 

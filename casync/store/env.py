@@ -18,7 +18,8 @@ import lmdb
 
 from casync.errors import StorageError, StorageFull
 
-__all__ = ["DB_NAMES", "DISK_FULL", "INITIAL_MAP_SIZE", "MAX_MAP_SIZE", "LmdbEnv"]
+__all__ = ["DB_NAMES", "DISK_FULL", "INITIAL_MAP_SIZE", "MAX_MAP_SIZE", "NEARLY_FULL_BYTES", "LmdbEnv",
+           "disk_nearly_full"]
 
 INITIAL_MAP_SIZE = 1 << 32
 MAX_MAP_SIZE = 1 << 40
@@ -28,6 +29,20 @@ DB_NAMES = ("index", "refs", "reflog", "config", "meta", "statcache", "commitgra
 _T = TypeVar("_T")
 _ENVS: dict[str, list[Any]] = {}  # realpath -> [env, refcount, {db name: handle}]
 _ENVS_LOCK = threading.Lock()
+
+
+NEARLY_FULL_BYTES = 1 << 20
+"""Free space below which an EIO from LMDB is read as a full disk (a short write)."""
+
+
+def disk_nearly_full(path: Path) -> bool:
+    """The file system holding ``path`` has less than :data:`NEARLY_FULL_BYTES` free for
+    this user (an EIO there is a short write, not a failing disk)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
 
 
 def _open_env(path: Path, create: bool, map_size: int) -> tuple[Any, dict[str, Any]]:
@@ -42,11 +57,20 @@ def _open_env(path: Path, create: bool, map_size: int) -> tuple[Any, dict[str, A
         if held is not None:
             held[1] += 1
             return held[0], held[2]
+        if not os.path.exists(os.path.join(key, "lock.mdb")) and disk_nearly_full(path):
+            # LMDB maps its new lock file: on a full disk touching it is a SIGBUS, not an error
+            raise StorageFull(f"disk full: cannot create the store at {key}",
+                              hint=f"free disk space (at least {NEARLY_FULL_BYTES >> 20} MiB) and retry; "
+                                   "nothing was written")
         try:
             env = lmdb.open(key, map_size=map_size, max_dbs=16, subdir=True, create=create,
                             readahead=False)
             dbs = {name: env.open_db(name.encode()) for name in DB_NAMES}
         except lmdb.Error as exc:
+            code = getattr(exc, "code", 0)
+            if code in DISK_FULL or (code == errno.EIO and disk_nearly_full(path)):
+                raise StorageFull(f"disk full opening the store at {key} ({exc})",
+                                  hint="free disk space and retry; nothing was committed") from None
             raise StorageError(f"cannot open the store at {key}: {exc}",
                                hint="check permissions and free disk space") from None
         _ENVS[key] = [env, 1, dbs]
@@ -104,8 +128,9 @@ class LmdbEnv:
             except lmdb.DiskError as exc:
                 raise StorageFull(f"cannot write {self.db_path}: {exc}", hint="free disk space and retry") from None
             except lmdb.Error as exc:
-                # py-lmdb reports I/O failures as a plain Error whose ``code`` is the errno
-                if exc.code in DISK_FULL:
+                # py-lmdb reports I/O failures as a plain Error whose ``code`` is the errno;
+                # LMDB turns a short write (the disk filled mid-write) into EIO
+                if exc.code in DISK_FULL or (exc.code == errno.EIO and disk_nearly_full(self.db_path)):
                     raise StorageFull(f"disk full writing {self.db_path} ({exc})",
                                       hint="free disk space and retry; nothing was committed") from None
                 if exc.code > 0:  # an errno (LMDB's own codes are negative: those are bugs)

@@ -12,7 +12,21 @@ from pathlib import Path
 
 from casync.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE, LmdbEnv
 
-__all__ = ["WriterLock"]
+__all__ = ["WriterLock", "process_gone"]
+
+
+def process_gone(pid: int) -> bool:
+    """No process ``pid`` runs on this host (a temporary name it left may be removed).
+    Conservative: a process of another user counts as running, and so does this one."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class WriterLock(LmdbEnv):

@@ -25,10 +25,10 @@ from types import TracebackType
 from typing import Any
 
 from casync.errors import CasyncError, RemoteError, UsageError
-from casync.model.cid import Cid
-from casync.model.names import REPO_DIR
+from casync.model.cid import Cid, cid_str, parse_cid
+from casync.model.names import REPO_DIR, TEMP_NAME
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import Repository
+from casync.repo.repository import Repository, unfinished_init
 from casync.worktree.checkout import update_worktree
 
 __all__ = ["CloneInterrupted", "CloneTarget", "clear_pending", "is_resumable_failure", "kept_hint", "mark_pending",
@@ -37,8 +37,17 @@ __all__ = ["CloneInterrupted", "CloneTarget", "clear_pending", "is_resumable_fai
 _KEY = b"clone_pending"
 
 
-def mark_pending(repo: Repository, url: str, branch: str | None) -> None:
-    repo.store.put("meta", _KEY, json.dumps({"url": url, "branch": branch}).encode())
+def _pending_value(url: str, branch: str | None, checkout: tuple[str, Cid] | None = None) -> bytes:
+    state: dict[str, Any] = {"url": url, "branch": branch}
+    if checkout is not None:
+        state["checkout"] = [checkout[0], cid_str(checkout[1])]
+    return json.dumps(state).encode()
+
+
+def mark_pending(repo: Repository, url: str, branch: str | None, checkout: tuple[str, Cid] | None = None) -> None:
+    """``checkout``: the branch and commit the checkout is about to set, so that a clone
+    killed after that (before :func:`clear_pending`) is still recognised as its own."""
+    repo.store.put("meta", _KEY, _pending_value(url, branch, checkout))
 
 
 def clear_pending(repo: Repository) -> None:
@@ -48,14 +57,17 @@ def clear_pending(repo: Repository) -> None:
 def reopen_pending(root: Path, url: str) -> tuple[Repository, dict[str, Any]] | None:
     """The interrupted clone of ``url`` at ``root``, reopened; None when ``root`` is free
     (missing or empty).  Anything else there is a usage error naming it."""
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+    if not root.exists() or (root.is_dir() and _free(root)):
         return None
     if not (root / REPO_DIR).is_dir():
         raise UsageError(f"destination {root} exists and is not an empty directory")
     repo = Repository.open(root, search_parents=False)
     raw = repo.store.get("meta", _KEY)
     state = json.loads(raw) if raw else None
-    used = repo.head() is not None or bool(repo.refs.list_refs("heads/"))
+    heads = repo.refs.list_refs("heads/")
+    checkout = state.get("checkout") if state is not None else None
+    own = checkout is not None and heads == {f"heads/{checkout[0]}": parse_cid(checkout[1])}
+    used = not own and (repo.head() is not None or bool(heads))
     if state is not None and used:
         clear_pending(repo)  # someone went on by hand (pull, commit): it is a repository now
         state = None
@@ -66,6 +78,18 @@ def reopen_pending(root: Path, url: str) -> tuple[Repository, dict[str, Any]] | 
                          hint="choose another directory" if state is None else
                          "resume it with that URL, or choose another directory")
     return repo, state
+
+
+def _free(root: Path) -> bool:
+    """``root`` holds nothing but what a killed ``init`` left: casync's temporary names
+    (``casync.model.names.TEMP_NAME``) and a ``.casync`` without config; init replaces those."""
+    for entry in root.iterdir():
+        if TEMP_NAME.fullmatch(entry.name):
+            continue
+        if entry.name == REPO_DIR and unfinished_init(entry):
+            continue
+        return False
+    return True
 
 
 def is_resumable_failure(exc: BaseException) -> bool:
@@ -134,6 +158,7 @@ class CloneTarget:
         self.repo: Repository | None = resumed[0] if resumed else None
         self.state: dict[str, Any] = resumed[1] if resumed else {}
         self._written: set[str] = set()  # top-level names a checkout began to write
+        self._branch: str | None = None  # the branch asked for (None: the source's default)
 
     def __enter__(self) -> CloneTarget:
         return self
@@ -161,9 +186,10 @@ class CloneTarget:
                                  hint="choose another directory")
             self.refuse_other_replica(replica)
             return self.repo
+        self._branch = branch
         self.repo = Repository.init(self.root, replica=replica, hash=hash, chunker=chunker,
-                                    repository_id=repository_id, branch=branch or "main")
-        mark_pending(self.repo, self.url, branch)
+                                    repository_id=repository_id, branch=branch or "main",
+                                    clone_pending=_pending_value(self.url, branch))
         return self.repo
 
     def refuse_other_replica(self, replica: str | None) -> None:
@@ -177,6 +203,7 @@ class CloneTarget:
         repo = self._open_repo()
         new = repo.flat_tree(tip)
         self._written.update(path.split("/", 1)[0] for path in new)
+        mark_pending(repo, self.url, self.state.get("branch") if self.resumed else self._branch, (branch, tip))
         with repo.store.writer_lock():  # as every checkout: no other writer moves files or refs meanwhile
             update_worktree(repo, {}, new, repo.tree_of(tip), "clone", force=self.resumed, progress=progress,
                             commit=tip)

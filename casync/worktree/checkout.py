@@ -10,6 +10,7 @@ blocks at all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as stat_mod
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.errors import NothingToCommit, UnstableFile, UsageError, WorktreeDirty
+from casync.errors import NothingToCommit, StorageFull, UnstableFile, UsageError, WorktreeDirty
 from casync.model.cid import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
@@ -35,7 +36,15 @@ from casync.trees.unixfs import (
 )
 from casync.worktree import state as workstate
 from casync.worktree.content import check_room, same_content
-from casync.worktree.disk import FileStat, Ignore, UntrackedIgnore, WorktreeWriter, native_stat_records, scan
+from casync.worktree.disk import (
+    FileStat,
+    Ignore,
+    UntrackedIgnore,
+    WorktreeWriter,
+    native_stat_records,
+    remove_stale_temps,
+    scan,
+)
 
 __all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
            "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
@@ -181,7 +190,8 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         head = repo.head()
         snap = _Snapshotter(repo, repo.new_file_writer(), progress, _lazy_flat(repo, workstate.checked_out(repo).tree))
         try:
-            files, _skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
+            files, skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
+            remove_stale_temps(repo.root, skipped)  # a killed checkout's (never stored: disk.TEMP_NAME)
             tree = _build(repo, files)
             if not files and head is None and not allow_empty:
                 repo.blocks.discard()
@@ -192,13 +202,17 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
                 repo.store.save_stat_cache(snap.new_cache, tree, head)
                 workstate.record(repo, tree, head)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {short(head)}")
+            workstate.intend_commit(repo, tree, head)
             cid = repo.commit_tree(tree, message, author=author, extra_parents=extra_parents, sign=sign)
         except BaseException:
             repo.blocks.discard()
             raise
-        repo.store.save_stat_cache(snap.new_cache, tree, cid)
-        workstate.record(repo, tree, cid)
-        workstate.clear_untracks(repo)
+        # the commit is in: a disk that fills now costs only the cache, and the intent above
+        # tells the next command which tree the files hold
+        with contextlib.suppress(StorageFull):
+            repo.store.save_stat_cache(snap.new_cache, tree, cid)
+            workstate.record(repo, tree, cid)
+            workstate.clear_untracks(repo)
         return cid
 
 
@@ -469,6 +483,8 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
         # an ignored (so unlisted) file where the update creates a path is a user's file too:
         # overwriting it would lose it (git treats ignored files as expendable; a data store does not)
         dirty_touch = (dirty & touched) | in_the_way | _unlisted_files_at(repo, touched - set(old) - dirty, new)
+        # a file already gone that the update removes loses nothing (an interrupted run of it did that)
+        dirty_touch -= {p for p in st.deleted if p not in new}
         if dirty_touch - in_the_way:  # a file that already holds what the update writes loses nothing
             ready = {p: e for p, e in disk_entries(repo, dirty_touch - in_the_way).items() if p in new}
             dirty_touch -= set(ready) - {c.path for c in diff_flat(ready, {p: new[p] for p in ready})}
@@ -479,6 +495,7 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
                                 else "commit them (or move them away) first")
     if dry_run:
         return st
+    remove_stale_temps(repo.root, st.skipped)  # a killed checkout's (never stored: disk.TEMP_NAME)
     apply_changes(repo, old, new, touched, progress)
     keep_dirty = set() if force else dirty - touched
     if force:  # every local change is discarded, 'rm --cached' ones too

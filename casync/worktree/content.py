@@ -102,4 +102,4 @@ def check_room(repo: Repository, root: Path, changes: Iterable[TreeChange]) -> N
         size, path, cid = largest
         raise StorageFull(f"the checkout needs {need} bytes and {root} has {free} free (the largest file: {path}, "
                           f"{cid}, {size} bytes); nothing was written",
-                          hint="free some space (or check out on a bigger disk), then run it again")
+                          hint="free disk space (or check out on a bigger disk), then run it again")

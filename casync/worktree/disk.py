@@ -16,13 +16,24 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from casync.errors import InvalidPath
-from casync.model.names import REPO_DIR, is_plain_name, is_reserved_name, split_path, validate_name
+from casync.errors import InvalidPath, StorageFull
+from casync.model.names import (
+    REPO_DIR,
+    TEMP_NAME,
+    is_plain_name,
+    is_reserved_name,
+    split_path,
+    temp_name,
+    validate_name,
+)
+from casync.store.env import DISK_FULL
+from casync.store.locks import process_gone
 
 if TYPE_CHECKING:
     from pathspec import GitIgnoreSpec
 
-__all__ = ["IGNORE_FILE", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter", "native_stat_records", "scan"]
+__all__ = ["IGNORE_FILE", "TEMP_REASON", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter",
+           "native_stat_records", "remove_stale_temps", "scan"]
 
 try:  # optional native walk (casync/_cscan.c); the pure-Python scan() below is the reference
     from casync._cscan import walk as _native_walk
@@ -30,6 +41,35 @@ except ImportError:  # pragma: no cover - a build without a C compiler
     _native_walk = None  # type: ignore[assignment]
 
 IGNORE_FILE = ".casyncignore"
+
+TEMP_REASON = "a temporary file of casync"
+
+
+def remove_stale_temps(root: Path, skipped: Iterable[str]) -> list[str]:
+    """Delete the temporary files a killed checkout left, among a scan's ``skipped`` lines.
+
+    Called with the writer lock held (no casync process writes this tree meanwhile); a
+    file goes only if its name matches ``TEMP_NAME`` exactly, it is a regular file and
+    the process its name carries is gone (:func:`casync.store.locks.process_gone`).  Returns the
+    paths removed.
+    """
+    suffix = f" ({TEMP_REASON})"
+    removed: list[str] = []
+    for line in skipped:
+        if not line.endswith(suffix):
+            continue
+        path = line[: -len(suffix)]
+        match = TEMP_NAME.fullmatch(path.rpartition("/")[2])
+        if match is None:
+            continue
+        if not process_gone(int(match["pid"])):
+            continue
+        full = root / path
+        with contextlib.suppress(OSError):
+            if stat_mod.S_ISREG(os.lstat(full).st_mode):
+                os.unlink(full)
+                removed.append(path)
+    return removed
 
 
 def _trim_trailing_spaces(line: str) -> str:
@@ -243,6 +283,8 @@ def _unstorable(name: str) -> str | None:
 
 
 def _check_name(name: str) -> str | None:
+    if TEMP_NAME.fullmatch(name):
+        return TEMP_REASON
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -313,7 +355,7 @@ class WorktreeWriter:
         with self._parent_fd(parts, create=True) as dfd:
             name = parts[-1]
             self._clear_dir_at(dfd, name)
-            tmp = f".{name}.casync-tmp-{os.getpid()}"
+            tmp = temp_name(name, os.getpid())
             mode = 0o777 if executable else 0o666
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dfd)
             try:
@@ -321,9 +363,13 @@ class WorktreeWriter:
                     for chunk in chunks:
                         f.write(chunk)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
+                if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                    raise StorageFull(f"disk full writing {path} into the working tree",
+                                      hint="free disk space and run the same command again (files not yet "
+                                           "written keep their old content)") from None
                 raise
 
     def write_symlink(self, path: str, target: str) -> None:

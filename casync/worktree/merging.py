@@ -33,10 +33,10 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.mergebase import merge_sides, real_side
 from casync.repo.repository import Repository, is_executable
 from casync.settings import limits, merge_rules, priorities
-from casync.trees.unixfs import Entry, build_tree
+from casync.trees.unixfs import Entry, build_tree, flatten_tree
 from casync.worktree.checkout import update_worktree
 from casync.worktree.disk import WorktreeWriter
-from casync.worktree.state import MERGE_STATE_KEY, require_current
+from casync.worktree.state import MERGE_STATE_KEY, checked_out, intend_move, interrupted_move, require_current
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
@@ -90,6 +90,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if merge_state(repo) is not None:
             raise StateRefused("a merge is in progress", hint="finish it with 'casync merge --continue' or "
                                "'casync merge --abort'")
+        _finish_interrupted_move(repo, progress)
         require_current(repo, "merging")  # a merge on a moved branch would write over the files
         ours = repo.head()
         theirs = repo.resolve(rev)
@@ -106,6 +107,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
             old_flat, new_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
             st = update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
                                  progress=progress, dry_run=True)
+            intend_move(repo, theirs)
             _move(repo, branch, ours, theirs, f"merge {rev}: fast-forward")
             update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
                             progress=progress, st=st, commit=theirs)
@@ -143,6 +145,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         meta = _conflict_meta(result.siblings)
         cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
         repo.blocks.flush()
+        intend_move(repo, cid)
         _move(repo, branch, ours, cid, f"merge {rev}")
         update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st, commit=cid)
         return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
@@ -160,6 +163,18 @@ def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
     if renames:
         meta["casync.merge.renames"] = json.dumps(renames, sort_keys=True)
     return meta
+
+
+def _finish_interrupted_move(repo: Repository, progress: Progress) -> None:
+    """A merge killed after it moved the branch, before the files followed: they follow now
+    (edits made since are refused as by any checkout), and this merge goes on from there."""
+    head = interrupted_move(repo)
+    if head is None:
+        return
+    state = checked_out(repo)
+    old = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
+    update_worktree(repo, old, repo.flat_tree(head), repo.tree_of(head), "finishing the interrupted merge",
+                    progress=progress, commit=head)
 
 
 def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str) -> None:

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from casync.errors import StateRefused, WorktreeDirty
 from casync.model.cid import Cid, cid_str, parse_cid, short
 from casync.repo.repository import Repository
 from casync.trees.unixfs import entry_for, read_dir
 
-__all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "merge_in_progress",
-           "moved_since_checkout", "record", "refuse_mid_merge", "require_current", "untracks"]
+__all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "intend_commit",
+           "intend_move", "interrupted_move", "merge_in_progress", "moved_since_checkout", "record",
+           "refuse_mid_merge", "require_current", "untracks"]
 
 _KEY = b"worktree"
 _UNTRACK_KEY = b"untrack"
+_INTENT_KEY = b"worktree_commit"  # a commit of the working tree under way (intend_commit)
+_MOVE_KEY = b"worktree_move"  # a merge moving the branch, the files to follow (intend_move)
 MERGE_STATE_KEY = b"merge_state"  # written by casync.worktree.merging while a merge is stopped
 
 
@@ -43,13 +47,62 @@ def record(repo: Repository, tree: Cid | None, commit: Cid | None) -> None:
     """The working tree now holds ``tree`` (from ``commit``).  Caller holds the writer lock."""
     if repo.bare:
         return
-    value = {"tree": cid_str(tree) if tree else None, "commit": cid_str(commit) if commit else None}
-    repo.store.put("meta", _KEY, json.dumps(value).encode())
+    value = json.dumps({"tree": cid_str(tree) if tree else None, "commit": cid_str(commit) if commit else None})
+    meta = repo.store.db("meta")
+
+    def fn(txn: Any) -> None:
+        txn.put(_KEY, value.encode(), db=meta)
+        txn.delete(_INTENT_KEY, db=meta)
+        txn.delete(_MOVE_KEY, db=meta)
+    repo.store.write(fn)
+
+
+def intend_move(repo: Repository, to: Cid) -> None:
+    """HEAD's branch is about to move to ``to`` and the files to follow (a merge): a process
+    killed in between leaves :func:`interrupted_move` to say so, and the files are finished
+    by the next merge instead of refused as a moved branch."""
+    if not repo.bare:
+        repo.store.put("meta", _MOVE_KEY, cid_str(to).encode())
+
+
+def interrupted_move(repo: Repository) -> Cid | None:
+    """HEAD, when :func:`intend_move` announced it and the files did not follow yet."""
+    raw = repo.store.get("meta", _MOVE_KEY)
+    if raw is None or repo.head() != parse_cid(raw.decode()) or moved_since_checkout(repo) is None:
+        return None
+    return repo.head()
+
+
+def intend_commit(repo: Repository, tree: Cid, parent: Cid | None) -> None:
+    """A commit of the working tree's ``tree`` on ``parent`` is about to move HEAD's branch.
+    If the process dies (or the disk fills) after the branch moved and before
+    :func:`record`, :func:`checked_out` still knows the files hold that commit's tree."""
+    if repo.bare:
+        return
+    value = {"tree": cid_str(tree), "parent": cid_str(parent) if parent else None}
+    repo.store.put("meta", _INTENT_KEY, json.dumps(value).encode())
+
+
+def _landed_intent(repo: Repository) -> CheckedOut | None:
+    """HEAD, when it is the commit :func:`intend_commit` announced (its tree, on its parent)."""
+    raw = repo.store.get("meta", _INTENT_KEY)
+    head = repo.head() if raw is not None else None
+    if raw is None or head is None:
+        return None
+    intent = json.loads(raw)
+    commit = repo.load_commit(head)
+    parent = parse_cid(intent["parent"]) if intent["parent"] else None
+    if cid_str(commit.tree) != intent["tree"] or (commit.parents[0] if commit.parents else None) != parent:
+        return None
+    return CheckedOut(commit.tree, head)
 
 
 def checked_out(repo: Repository) -> CheckedOut:
     """What the working tree holds; a repository written before this record existed is
     taken to be at HEAD."""
+    landed = _landed_intent(repo)
+    if landed is not None:
+        return landed
     raw = repo.store.get("meta", _KEY)
     if raw is None:
         head = repo.head()

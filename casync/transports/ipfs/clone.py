@@ -16,7 +16,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy
 from casync.transfer.clone import CloneTarget, refuse_replica_in_use, replicas_in_history
-from casync.transports.config import Remote, add_remote, get_remote, parse_url
+from casync.transports.config import Remote, add_remote, get_remote, list_remotes, parse_url
 from casync.transports.ipfs.fetch import FetchResult, fast_forward_target, fetch_from
 from casync.transports.ipfs.records import connect
 
@@ -71,7 +71,9 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
                            branch=branch)
         published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
         refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
-        remote = get_remote(repo, remote_name) if resumed else add_remote(repo, remote_name, parsed.text, gateway)
+        # a first run killed before it added the remote left none to resume with
+        known = resumed and any(r.name == remote_name for r in list_remotes(repo))
+        remote = get_remote(repo, remote_name) if known else add_remote(repo, remote_name, parsed.text, gateway)
         result = fetch_from(repo, remote, node, progress=progress, concurrency=concurrency, wait=wait)
         heads = [cid for ref, cid in repo.refs.list_refs(f"remotes/{remote_name}/").items()
                  if ref.split("/", 3)[-1] == branch]
