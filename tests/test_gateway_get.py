@@ -8,14 +8,13 @@ import io
 import os
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from casync.model.car import car_parts, iter_car, read_header
-
 
 from .conftest import Cli
 from .kubo_fixture import Kubo
@@ -57,7 +56,7 @@ def _proxy(upstream: str, mode: str) -> ThreadingHTTPServer:
 
 
 @pytest.fixture
-def lying() -> Iterator[object]:
+def lying() -> Iterator[Callable[[str, str], str]]:
     servers: list[ThreadingHTTPServer] = []
 
     def start(upstream: str, mode: str) -> str:
@@ -98,15 +97,15 @@ def test_get_reads_and_verifies_a_file(tmp_path: Path, kubo: Kubo, added: tuple[
 
 
 @pytest.mark.parametrize("mode", ["flip", "drop", "extra"])
-def test_get_refuses_a_lying_gateway(tmp_path: Path, kubo: Kubo, added: tuple[str, bytes], lying: object,
-                                     mode: str) -> None:
+def test_get_refuses_a_lying_gateway(tmp_path: Path, kubo: Kubo, added: tuple[str, bytes],
+                                     lying: Callable[[str, str], str], mode: str) -> None:
     root, _data = added
-    assert kubo.gateway_url and callable(lying)
+    assert kubo.gateway_url
     gateway = lying(kubo.gateway_url, mode)
     out = tmp_path / "big.bin"
     r = Cli(tmp_path)("get", f"{gateway}/ipfs/{root}/sub/deep/big.bin", "-o", str(out), ok=False)
     assert r.exit_code == 1, (r.stdout, r.stderr)
     assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
-    assert "block b" in r.stderr, r.stderr  # the CID is named
-    print(mode, r.stderr)
+    assert "error: gateway sent block b" in r.stderr, r.stderr  # the CID is named
+    assert {"flip": "do not match its CID", "drop": "belongs", "extra": "after the whole file"}[mode] in r.stderr
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".casync-get-")]

@@ -3,9 +3,9 @@
 The gateway is not trusted.  It is asked for the CAR of ``/ipfs/ROOT/PATH`` in depth-first
 order with duplicates (``Accept: application/vnd.ipld.car; version=1; order=dfs; dups=y``,
 Kubo's trustless gateway), and every block is checked as it arrives: its bytes hash to its
-CID (:func:`casync.model.car.iter_car`), and it is exactly the next block on the path from
+CID, and it is exactly the next block on the path from
 ROOT to the file (directory links by name) and then of the file's DAG in order.  A wrong,
-missing or extra block raises :class:`UnverifiedBlock` (or :class:`CorruptBlock`) naming the
+missing or extra block raises :class:`UnverifiedBlock` naming the
 CID; bytes are written as soon as their block verifies, one block in memory at a time.
 """
 
@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from casync.errors import RemoteError, RemoteUnreachable, UnverifiedBlock, UsageError
+from casync.errors import CorruptBlock, RemoteError, RemoteUnreachable, UnverifiedBlock, UsageError
 from casync.model.car import iter_car, read_header
-from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid
+from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
 from casync.model.objects import (
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
@@ -86,7 +86,7 @@ def fetch_verified(target: GatewayTarget, out: BinaryIO) -> int:
     response, conn = _request(target)
     try:
         read_header(response)  # roots are not trusted: the walk starts at the CID asked for
-        return _walk(target, iter_car(response), out)
+        return _walk(target, iter_car(response, verify=False), out)
     finally:
         conn.close()
 
@@ -120,6 +120,11 @@ def _next(blocks: Iterator[tuple[Cid, bytes]], expected: Cid, why: str) -> bytes
         if cid != expected:
             raise UnverifiedBlock(cid_str(cid), f"gateway sent block {cid_str(cid)} where {why} "
                                                 f"{cid_str(expected)} belongs")
+        try:
+            verify_block(cid, data, "gateway's CAR")
+        except CorruptBlock:
+            raise UnverifiedBlock(cid_str(cid), f"gateway sent block {cid_str(cid)} whose bytes do not match "
+                                                f"its CID") from None
         return data
     raise UnverifiedBlock(cid_str(expected), f"gateway's CAR ended without block {cid_str(expected)} ({why})")
 
