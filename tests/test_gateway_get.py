@@ -16,7 +16,7 @@ import pytest
 
 from casync.model.car import car_parts, iter_car, read_header
 
-from .conftest import Cli
+from .conftest import Cli, write
 from .kubo_fixture import Kubo
 
 pytestmark = pytest.mark.kubo
@@ -94,6 +94,21 @@ def test_get_reads_and_verifies_a_file(tmp_path: Path, kubo: Kubo, added: tuple[
     assert out.read_bytes() == data
     r = cli("get", f"{root}:sub/other.txt", "--gateway", kubo.gateway_url)
     assert r.stdout == "other\n"
+
+
+def test_get_reads_a_committed_and_pushed_file_by_its_url(tmp_path: Path, kubo: Kubo) -> None:
+    Cli(tmp_path)("init", "a", "--replica", "site-a")
+    a = Cli(tmp_path / "a")
+    data = os.urandom(700_000)
+    write(a.cwd, "data/x.bin", data)
+    a("commit", "-m", "first")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push")
+    url = a("url", "HEAD:data/x.bin", "--remote", "origin").stdout.strip()
+    assert "/tree/data/x.bin" in url
+    out = tmp_path / "x.bin"
+    a("get", url, "-o", str(out))
+    assert out.read_bytes() == data
 
 
 @pytest.mark.parametrize("mode", ["flip", "drop", "extra"])

@@ -19,11 +19,12 @@ from typing import BinaryIO
 
 from casync.errors import CorruptBlock, RemoteError, RemoteUnreachable, UnverifiedBlock, UsageError
 from casync.model.car import iter_car, read_header
-from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
 from casync.model.objects import (
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
     UNIXFS_RAW,
+    decode_commit,
     decode_pbnode,
     decode_unixfs,
 )
@@ -142,6 +143,9 @@ def _walk(target: GatewayTarget, blocks: Iterator[tuple[Cid, bytes]], out: Binar
 
 
 def _child(cid: Cid, data: bytes, name: str, where: str) -> Cid:
+    """The link ``name`` of a directory, or ``tree`` of a casync commit (``casync url``'s paths)."""
+    if cid_codec(cid) == DAG_CBOR and name == "tree":
+        return decode_commit(data, cid).tree
     if cid_codec(cid) != DAG_PB:
         raise UsageError(f"{where} is not a directory, it has no entry {name!r}")
     node = decode_pbnode(data)
