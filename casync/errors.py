@@ -47,6 +47,7 @@ __all__ = [
     "UnstableFile",
     "UnsupportedFormat",
     "UntrustedHistory",
+    "UnverifiedBlock",
     "UsageError",
     "WorktreeDirty",
 ]
@@ -223,3 +224,13 @@ class PeerRefused(RemoteError):
 class StrongUnavailable(RemoteUnreachable):
     """A strong branch cannot be read or moved: no etcd member with a majority behind it
     answered in time (this site is cut off, or the cluster has lost its quorum)."""
+
+
+class UnverifiedBlock(RemoteProtocolError):
+    """A trustless read got a block that is not the next one on the path from the root CID
+    to the file (wrong, missing or extra): the gateway is refused, whatever else it sent."""
+
+    def __init__(self, cid: str, message: str) -> None:
+        super().__init__(message, hint="the gateway sent data that does not verify against the CID you asked "
+                                       "for; try another gateway (nothing partial was kept at -o FILE)")
+        self.cid = cid

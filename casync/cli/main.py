@@ -126,6 +126,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "agent": ("agent",),
     "cli_gc": ("gc", "retention"),
     "cli_audit": ("audit", "key"),
+    "cli_get": ("get",),
 }
 
 
@@ -153,6 +154,10 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli.agent import agent
 
         return agent
+    if name == "get":
+        from casync.cli.get import get
+
+        return get
     if name in _COMMAND_GROUPS["cli_audit"]:
         from casync.cli import audit as cli_audit
         return {"audit": cli_audit.audit, "key": cli_audit.key}[name]
