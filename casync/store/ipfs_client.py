@@ -409,10 +409,12 @@ class IpfsClient:
 
     # --- pins ----------------------------------------------------------------------------------
 
-    def pin_add(self, cid: Cid) -> None:
-        """Pin ``cid`` and everything it links to; fails (does not hang) if a block is missing."""
+    def pin_add(self, cid: Cid, name: str | None = None) -> None:
+        """Pin ``cid`` and everything it links to, under ``name`` if given (Kubo pin names, so
+        an operator can tell casync's pins from others); fails (does not hang) if a block is missing."""
         text = cid_str(cid)
-        self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True))
+        opts = {"name": name} if name else {}
+        self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True, opts=opts))
 
     def pin_update(self, old: Cid, new: Cid, unpin: bool = True) -> None:
         a, b = cid_str(old), cid_str(new)
@@ -437,12 +439,14 @@ class IpfsClient:
             return False
         return bool(res.get("Keys"))
 
-    def pin_add_many(self, cids: Sequence[Cid], recursive: bool) -> None:
+    def pin_add_many(self, cids: Sequence[Cid], recursive: bool, name: str | None = None) -> None:
         """Pin many CIDs, a few hundred per call: recursively, or each block by itself
-        (``recursive=False``, a direct pin); fails (does not hang) if a block is missing."""
+        (``recursive=False``, a direct pin), all under ``name`` if given; fails (does not
+        hang) if a block is missing."""
         texts = [cid_str(c) for c in cids]
+        opts = {"name": name} if name else {}
         def add(part: list[str]) -> Callable[[Any], Any]:
-            return lambda c: c.pin.add(*part, recursive=recursive, offline=True)
+            return lambda c: c.pin.add(*part, recursive=recursive, offline=True, opts=dict(opts))
 
         for i in range(0, len(texts), 256):
             part = texts[i:i + 256]
@@ -452,6 +456,16 @@ class IpfsClient:
         """Every CID the node pins recursively."""
         res = self.call("pin/ls --type=recursive", lambda c: c.pin.ls(type="recursive", offline=True))
         return {parse_cid(str(k)) for k in (res.get("Keys") or {})}
+
+    def named_pins(self, prefix: str) -> list[tuple[str, Cid, str]]:
+        """(name, CID, type) of every pin whose name starts with ``prefix``, sorted."""
+        res = self.call("pin/ls --names", lambda c: c.pin.ls(offline=True, opts={"names": "true"}))
+        out = []
+        for key, info in (res.get("Keys") or {}).items():
+            name = str((info or {}).get("Name") or "")
+            if name.startswith(prefix):
+                out.append((name, parse_cid(str(key)), str(info.get("Type") or "")))
+        return sorted(out, key=lambda t: (t[0], cid_str(t[1])))
 
     # --- MFS (head records) --------------------------------------------------------------------
 
