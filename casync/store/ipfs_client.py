@@ -457,6 +457,16 @@ class IpfsClient:
         res = self.call("pin/ls --type=recursive", lambda c: c.pin.ls(type="recursive", offline=True))
         return {parse_cid(str(k)) for k in (res.get("Keys") or {})}
 
+    def pin_name_of(self, cid: Cid) -> str:
+        """The name of ``cid``'s own recursive pin ("" when unnamed or not pinned itself)."""
+        text = cid_str(cid)
+        try:
+            res = self.call(f"pin/ls --names {text}", lambda c: c.pin.ls(
+                text, type="recursive", offline=True, opts={"names": "true"}))
+        except RemoteNotFound:
+            return ""
+        return next((str((i or {}).get("Name") or "") for i in (res.get("Keys") or {}).values()), "")
+
     def named_pins(self, prefix: str) -> list[tuple[str, Cid, str]]:
         """(name, CID, type) of every pin whose name starts with ``prefix``, sorted."""
         res = self.call("pin/ls --names", lambda c: c.pin.ls(offline=True, opts={"names": "true"}))

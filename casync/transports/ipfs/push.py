@@ -259,18 +259,23 @@ def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:
 
 def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool, name: str) -> None:
     """Pin ``head`` recursively under ``name``: ``pin/update`` from this replica's previous
-    head when that one is pinned (only the difference is walked), else ``pin/add``."""
+    head when that one is pinned under the same name (only the difference is walked), else
+    ``pin/add``."""
     if node.client.is_pinned(head):
         # pinned already (another branch, another replica, or a head this replica pulled):
         # pin/update would refuse "'to' cid was already recursively pinned"
         if old is not None and old != head and unpin_old and node.client.is_pinned(old):
             node.client.pin_rm(old)
+    elif old is not None and old != head and node.client.pin_name_of(old) == name:
+        node.client.pin_update(old, head, unpin=unpin_old)  # Kubo keeps the old pin's name
     elif old is not None and old != head and node.client.is_pinned(old):
-        node.client.pin_update(old, head, unpin=unpin_old)
+        # pinned unnamed (an older casync) or under another name: pin/update would keep that
+        # name, so pin anew under ours (walks the whole DAG once), then drop the old pin
+        node.client.pin_add(head, name)
+        if unpin_old:
+            node.client.pin_rm(old)
     else:
         node.client.pin_add(head, name)
-        return
-    node.client.pin_add(head, name)  # pinned already: names it (pin/update carries no name)
 
 
 def _track(repo: Repository, remote: str, branch: str, head: Cid) -> None:
