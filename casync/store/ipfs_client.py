@@ -468,13 +468,16 @@ class IpfsClient:
         return next((str((i or {}).get("Name") or "") for i in (res.get("Keys") or {}).values()), "")
 
     def named_pins(self, prefix: str) -> list[tuple[str, Cid, str]]:
-        """(name, CID, type) of every pin whose name starts with ``prefix``, sorted."""
-        res = self.call("pin/ls --names", lambda c: c.pin.ls(offline=True, opts={"names": "true"}))
+        """(name, CID, type) of every recursive or direct pin whose name starts with
+        ``prefix``, sorted (indirect pins carry no name, and listing them walks every DAG)."""
         out = []
-        for key, info in (res.get("Keys") or {}).items():
-            name = str((info or {}).get("Name") or "")
-            if name.startswith(prefix):
-                out.append((name, parse_cid(str(key)), str(info.get("Type") or "")))
+        for kind in ("recursive", "direct"):
+            res = self.call(f"pin/ls --names --type={kind}", lambda c, k=kind: c.pin.ls(
+                type=k, offline=True, opts={"names": "true"}))
+            for key, info in (res.get("Keys") or {}).items():
+                name = str((info or {}).get("Name") or "")
+                if name.startswith(prefix):
+                    out.append((name, parse_cid(str(key)), kind))
         return sorted(out, key=lambda t: (t[0], cid_str(t[1])))
 
     # --- MFS (head records) --------------------------------------------------------------------
