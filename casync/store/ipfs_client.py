@@ -470,10 +470,12 @@ class IpfsClient:
     def named_pins(self, prefix: str) -> list[tuple[str, Cid, str]]:
         """(name, CID, type) of every recursive or direct pin whose name starts with
         ``prefix``, sorted (indirect pins carry no name, and listing them walks every DAG)."""
+        def ls(kind: str) -> Callable[[Any], Any]:
+            return lambda c: c.pin.ls(type=kind, offline=True, opts={"names": "true"})
+
         out = []
         for kind in ("recursive", "direct"):
-            res = self.call(f"pin/ls --names --type={kind}", lambda c, k=kind: c.pin.ls(
-                type=k, offline=True, opts={"names": "true"}))
+            res = self.call(f"pin/ls --names --type={kind}", ls(kind))
             for key, info in (res.get("Keys") or {}).items():
                 name = str((info or {}).get("Name") or "")
                 if name.startswith(prefix):
