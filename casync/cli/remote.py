@@ -22,6 +22,7 @@ from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError
 from casync.model.cid import Cid, cid_str, short
 from casync.settings import remotes as configured_remotes
 from casync.transports import ipfs as rmt
+from casync.transports.ipfs.util import PIN_PREFIX
 
 __all__ = ["block_source"]
 
@@ -161,7 +162,8 @@ def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None
 @json_option
 @pass_context
 def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
-    """Show what remote NAME publishes: every replica's heads, and the index CID."""
+    """Show what remote NAME publishes: every replica's heads, the index CID, and the
+    pins casync named on that node for this repository."""
     repo = obj.repo()
     r = rmt.get_remote(repo, name).require_ipfs()
     with rmt.connect(r.url, retry=retry_policy()) as node:
@@ -169,15 +171,20 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
         records = node.records(repo.repo_id, errors=errors)
         index = node.index_cid(repo.repo_id)
         version = node.version
+        pins = node.client.named_pins(f"{PIN_PREFIX}{repo.repo_id}/")
     if as_json:
         print_json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
-               "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors})
+               "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors,
+               "pins": [{"name": n, "cid": cid_str(c), "type": t} for n, c, t in pins]})
     else:
         click.echo(f"remote {r.name}: {r.url.text} (Kubo {version})")
         click.echo(f"index: {cid_str(index) if index else '-'}")
         for replica, rec in sorted(records.items()):
             for branch, head in sorted(rec.heads.items()):
                 click.echo(f"  {replica}/{branch}\t{cid_str(head.commit)}\t(seq {rec.seq})")
+        click.echo(f"pins: {len(pins)}")
+        for n, c, t in pins:
+            click.echo(f"  {n}\t{cid_str(c)}\t({t})")
         for e in errors:
             click.echo(f"invalid: {e}", err=True)
     if errors:
@@ -221,7 +228,7 @@ def push(obj: Context, remote: str | None, branch: str | None, force: bool, batc
     old = short(res.old) if res.old else "(new)"
     click.echo(f"{res.remote}: {res.replica}/{res.branch} {old} -> {short(res.head)}  "
                f"({res.blocks_sent} blocks, {_mib(res.bytes_sent)} in {res.batches} request(s)"
-               + (f", {res.skipped_present} already there" if res.resumed else "") + ")")
+               + (f", {res.skipped_present} already there" if res.skipped_present else "") + ")")
     if res.index:
         click.echo(f"index: {cid_str(res.index)}")
 

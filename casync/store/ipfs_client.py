@@ -417,10 +417,12 @@ class IpfsClient:
 
     # --- pins ----------------------------------------------------------------------------------
 
-    def pin_add(self, cid: Cid) -> None:
-        """Pin ``cid`` and everything it links to; fails (does not hang) if a block is missing."""
+    def pin_add(self, cid: Cid, name: str | None = None) -> None:
+        """Pin ``cid`` and everything it links to, under ``name`` if given (Kubo pin names, so
+        an operator can tell casync's pins from others); fails (does not hang) if a block is missing."""
         text = cid_str(cid)
-        self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True))
+        opts = {"name": name} if name else {}
+        self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True, opts=opts))
 
     def pin_update(self, old: Cid, new: Cid, unpin: bool = True) -> None:
         """Move a recursive pin.  The one RPC call that is not idempotent: retried after a
@@ -453,12 +455,14 @@ class IpfsClient:
             return False
         return bool(res.get("Keys"))
 
-    def pin_add_many(self, cids: Sequence[Cid], recursive: bool) -> None:
+    def pin_add_many(self, cids: Sequence[Cid], recursive: bool, name: str | None = None) -> None:
         """Pin many CIDs, a few hundred per call: recursively, or each block by itself
-        (``recursive=False``, a direct pin); fails (does not hang) if a block is missing."""
+        (``recursive=False``, a direct pin), all under ``name`` if given; fails (does not
+        hang) if a block is missing."""
         texts = [cid_str(c) for c in cids]
+        opts = {"name": name} if name else {}
         def add(part: list[str]) -> Callable[[Any], Any]:
-            return lambda c: c.pin.add(*part, recursive=recursive, offline=True)
+            return lambda c: c.pin.add(*part, recursive=recursive, offline=True, opts=dict(opts))
 
         for i in range(0, len(texts), 256):
             part = texts[i:i + 256]
@@ -468,6 +472,31 @@ class IpfsClient:
         """Every CID the node pins recursively."""
         res = self.call("pin/ls --type=recursive", lambda c: c.pin.ls(type="recursive", offline=True))
         return {parse_cid(str(k)) for k in (res.get("Keys") or {})}
+
+    def pin_name_of(self, cid: Cid) -> str:
+        """The name of ``cid``'s own recursive pin ("" when unnamed or not pinned itself)."""
+        text = cid_str(cid)
+        try:
+            res = self.call(f"pin/ls --names {text}", lambda c: c.pin.ls(
+                text, type="recursive", offline=True, opts={"names": "true"}))
+        except RemoteNotFound:
+            return ""
+        return next((str((i or {}).get("Name") or "") for i in (res.get("Keys") or {}).values()), "")
+
+    def named_pins(self, prefix: str) -> list[tuple[str, Cid, str]]:
+        """(name, CID, type) of every recursive or direct pin whose name starts with
+        ``prefix``, sorted (indirect pins carry no name, and listing them walks every DAG)."""
+        def ls(kind: str) -> Callable[[Any], Any]:
+            return lambda c: c.pin.ls(type=kind, offline=True, opts={"names": "true"})
+
+        out = []
+        for kind in ("recursive", "direct"):
+            res = self.call(f"pin/ls --names --type={kind}", ls(kind))
+            for key, info in (res.get("Keys") or {}).items():
+                name = str((info or {}).get("Name") or "")
+                if name.startswith(prefix):
+                    out.append((name, parse_cid(str(key)), kind))
+        return sorted(out, key=lambda t: (t[0], cid_str(t[1])))
 
     # --- MFS (head records) --------------------------------------------------------------------
 

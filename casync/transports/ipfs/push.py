@@ -37,13 +37,14 @@ from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
-from casync.transports.ipfs.util import remote_lock
+from casync.transports.ipfs.util import pin_name, remote_lock
 from casync.trees.unixfs import validated_links
 from casync.trees.walk import commit_blocks
 
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
 
 _HAS_CHUNK = 512
+_PROBE_MIN_AVG = 1024  # bytes per block: below it, sending costs less than a block/stat
 
 
 @dataclass
@@ -197,8 +198,14 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
             # a node that got its blocks by bitswap lacks it (bitswap never sends a zero-length
             # block), and pinning would wait for it forever: every push carries it (37 bytes)
             store.stage(empty, b"")
+        # ask first when the node may hold blocks it has no record for (a resumed push, or the
+        # first push of this repository there: another repository may share its files); stop
+        # asking once a batch finds none, and never ask for blocks cheaper to send than to stat
+        probe = result.resumed or not known
         for chunk in _chunks(candidates, _HAS_CHUNK):
-            present = store.has_many(c for c, _ in chunk) if result.resumed else set()
+            ask = probe and sum(size for _, size in chunk) >= _PROBE_MIN_AVG * len(chunk)
+            present = store.has_many(c for c, _ in chunk) if ask else set()
+            probe = probe and (bool(present) or not ask)
             result.skipped_present += len(present)
             for cid, size in chunk:
                 if cid in present:
@@ -214,10 +221,11 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     # --json measure (local reads only) runs meanwhile.
     others = {h.commit for r in records.values() for b, h in r.heads.items()
               if not (r.replica == repo.replica and b == branch)}
+    name = pin_name(repo.repo_id, repo.replica, branch)
     if retained:
-        pinning = node.client.submit(pin_retained, node, repo, old, head)
+        pinning = node.client.submit(pin_retained, node, repo, old, head, name)
     else:
-        pinning = node.client.submit(_pin, node, old, head, old not in others)
+        pinning = node.client.submit(_pin, node, old, head, old not in others, name)
     try:
         if measure:
             mins = all_blocks(repo, [head])
@@ -249,18 +257,25 @@ def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:
     return tags_reaching(repo, heads) != dict(mine.tags if mine else {})
 
 
-def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool) -> None:
-    """Pin ``head`` recursively: ``pin/update`` from this replica's previous head when that
-    one is pinned (only the difference is walked), else ``pin/add``."""
+def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool, name: str) -> None:
+    """Pin ``head`` recursively under ``name``: ``pin/update`` from this replica's previous
+    head when that one is pinned under the same name (only the difference is walked), else
+    ``pin/add``."""
     if node.client.is_pinned(head):
         # pinned already (another branch, another replica, or a head this replica pulled):
         # pin/update would refuse "'to' cid was already recursively pinned"
         if old is not None and old != head and unpin_old and node.client.is_pinned(old):
             node.client.pin_rm(old)
+    elif old is not None and old != head and node.client.pin_name_of(old) == name:
+        node.client.pin_update(old, head, unpin=unpin_old)  # Kubo keeps the old pin's name
     elif old is not None and old != head and node.client.is_pinned(old):
-        node.client.pin_update(old, head, unpin=unpin_old)
+        # pinned unnamed (an older casync) or under another name: pin/update would keep that
+        # name, so pin anew under ours (walks the whole DAG once), then drop the old pin
+        node.client.pin_add(head, name)
+        if unpin_old:
+            node.client.pin_rm(old)
     else:
-        node.client.pin_add(head)
+        node.client.pin_add(head, name)
 
 
 def _track(repo: Repository, remote: str, branch: str, head: Cid) -> None:

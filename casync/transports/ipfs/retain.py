@@ -21,7 +21,7 @@ from casync.model.cid import Cid, cid_str
 from casync.repo.repository import FORGOTTEN_PREFIX, Repository
 from casync.transports.config import get_remote
 from casync.transports.ipfs.records import RemoteNode, connect
-from casync.transports.ipfs.util import remote_lock
+from casync.transports.ipfs.util import pin_name, remote_lock
 
 __all__ = ["RepinResult", "forgotten_commits", "pin_retained", "repin"]
 
@@ -48,13 +48,15 @@ def _history(repo: Repository, heads: Iterable[Cid], stop: Iterable[Cid] = ()) -
     return [(cid, node.tree) for cid, node in repo.graph.walk_nodes(heads) if cid not in below]
 
 
-def pin_retained(node: RemoteNode, repo: Repository, old: Cid | None, head: Cid) -> None:
-    """Pin what ``head`` adds to ``old`` in the retained layout (push, after retention)."""
+def pin_retained(node: RemoteNode, repo: Repository, old: Cid | None, head: Cid, name: str | None = None) -> None:
+    """Pin what ``head`` adds to ``old`` in the retained layout (push, after retention),
+    every pin under ``name``."""
     forgotten = forgotten_commits(repo)
     added = _history(repo, [head], [old] if old is not None else [])
-    node.client.pin_add_many(list(dict.fromkeys(t for c, t in added if c not in forgotten)), recursive=True)
+    trees = list(dict.fromkeys(t for c, t in added if c not in forgotten))
+    node.client.pin_add_many(trees, recursive=True, name=name)
     held = node.client.recursive_pins()  # Kubo refuses a direct pin on a recursively pinned CID
-    node.client.pin_add_many([c for c, _ in added if c not in held], recursive=False)
+    node.client.pin_add_many([c for c, _ in added if c not in held], recursive=False, name=name)
 
 
 def repin(repo: Repository, remote_name: str) -> RepinResult:
@@ -74,9 +76,10 @@ def repin(repo: Repository, remote_name: str) -> RepinResult:
         # kept trees first, then the commits: nothing kept is unpinned at any moment, except
         # this replica's head commits between losing their recursive pin and getting a
         # direct one (Kubo refuses a direct pin on a recursively pinned CID)
-        node.client.pin_add_many(kept_trees, recursive=True)
+        name = pin_name(repo.repo_id, repo.replica, "*")  # shared by all of this replica's branches
+        node.client.pin_add_many(kept_trees, recursive=True, name=name)
         pinned = node.client.recursive_pins()
-        node.client.pin_add_many([c for c, _ in history if c not in pinned], recursive=False)
+        node.client.pin_add_many([c for c, _ in history if c not in pinned], recursive=False, name=name)
         result.commits_pinned, result.trees_pinned = len(history), len(kept_trees)
         keep = set(kept_trees) | others
         for tree in dict.fromkeys(t for c, t in history if c in forgotten and t in pinned and t not in keep):
@@ -85,6 +88,6 @@ def repin(repo: Repository, remote_name: str) -> RepinResult:
         for h in dict.fromkeys(heads):
             if h in pinned and h not in keep:
                 node.client.pin_rm(h)
-                node.client.pin_add_many([h], recursive=False)
+                node.client.pin_add_many([h], recursive=False, name=name)
                 result.unpinned.append(h)
     return result

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 
 from casync.repo.repository import Repository
 
-__all__ = ["remote_lock"]
+__all__ = ["PIN_PREFIX", "pin_name", "remote_lock"]
+
+PIN_PREFIX = "casync/"
+
+
+def pin_name(repo_id: str, replica: str, branch: str) -> str:
+    """The Kubo pin name of a pushed head (``casync/<repo-id>/<replica>/<branch>``), so an
+    operator can tell casync's pins from any others (``ipfs pin ls --names``)."""
+    return f"{PIN_PREFIX}{repo_id}/{replica}/{branch}"
 
 
 @contextlib.contextmanager
