@@ -67,11 +67,11 @@ def test_push_then_clone_gives_the_same_history_and_files(tmp_path: Path, kubo: 
     head_cid = json.loads(head)[0]["cid"]
     assert res["head"] == head_cid and res["old"] is None and res["seq"] == 1
     assert res["blocks_sent"] > 0 and res["bytes_sent"] >= 1_500_000
-    # a first push sends at most the minimum, every block once: those the node already holds
-    # (the shared test node may have one from another repository) are asked about and skipped
-    assert res["blocks_sent"] + res["skipped_present"] == res["blocks_min"]
-    assert res["bytes_sent"] <= res["bytes_min"]
-    assert (res["skipped_present"] > 0) == (res["bytes_sent"] < res["bytes_min"])
+    # a first push sends at most the minimum, each block once: blocks the node already holds (the
+    # shared test node may have one from another repository) are asked about and skipped, and
+    # the zero-length block every push carries is the only one that may come on top
+    assert res["blocks_sent"] + res["skipped_present"] >= res["blocks_min"]
+    assert res["blocks_sent"] <= res["blocks_min"] + 1 and res["bytes_sent"] <= res["bytes_min"]
     # the node really holds the head's DAG, pinned (checked with the ipfs CLI, not casync)
     pins = kubo.ipfs("pin", "ls", "--type=recursive", head_cid).decode()
     assert head_cid in pins
