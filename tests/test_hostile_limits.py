@@ -225,7 +225,9 @@ def test_a_file_of_another_layout_is_clean_after_checkout(layout: str, tmp_path:
         assert repo.entry_at("HEAD:big.bin")[2].cid == big  # the committed layout is kept
     with open(clone / "big.bin", "r+b") as f:  # a real edit is still seen
         f.seek(1000)
-        f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+        old = f.read(1)
+        f.seek(1000)  # read(1) moved on: write over the byte just read, so the file surely changes
+        f.write(b"\x00" if old != b"\x00" else b"\x01")
     assert json.loads(cli("status", "--json").stdout)["modified"] == ["big.bin"]
 
 
