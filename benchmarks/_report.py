@@ -34,7 +34,8 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(b) for b in body)]
 
 
-def rows_table(rows: Sequence[Row]) -> list[str]:
+def rows_table(rows: Sequence[Row], other: str = "git") -> list[str]:
+    """The rows as a markdown table; ``other`` names the column of what casync is set against."""
     met = {True: "yes", False: "NO", None: "-"}
-    return markdown_table(["scenario", "casync", "git", "ratio", "target", "met?"],
+    return markdown_table(["scenario", "casync", other, "ratio", "target", "met?"],
                           [[r.scenario, r.casync, r.git, r.ratio, r.target, met[r.met]] for r in rows])
