@@ -424,18 +424,6 @@ class IpfsClient:
         opts = {"name": name} if name else {}
         self.call(f"pin/add {text}", lambda c: c.pin.add(text, recursive=True, offline=True, opts=opts))
 
-    def pin_update(self, old: Cid, new: Cid, unpin: bool = True) -> None:
-        """Move a recursive pin.  The one RPC call that is not idempotent: retried after a
-        reply the link lost, it fails ("'from' cid was not recursively pinned already") when
-        the first attempt moved the pin, which is then the success it reports."""
-        a, b = cid_str(old), cid_str(new)
-        try:
-            self.call(f"pin/update {a} {b}", lambda c: c.pin.update(a, b, unpin=unpin, offline=True))
-        except RemoteError:
-            if self.is_pinned(new) and not (unpin and self.is_pinned(old)):
-                return
-            raise
-
     def pin_rm(self, cid: Cid) -> None:
         text = cid_str(cid)
         try:

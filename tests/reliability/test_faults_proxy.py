@@ -244,10 +244,10 @@ def test_a_kubo_reply_cut_short_is_retried(tmp_path: Path, kubo: Kubo) -> None:
 
 
 @pytest.mark.kubo
-def test_a_pin_update_whose_reply_is_lost_is_done(tmp_path: Path, kubo: Kubo) -> None:
-    """The link resets as Kubo answers pin/update: the pin moved, the retry fails with "'from'
-    cid was not recursively pinned already".  That failure, with the new pin in place, is the
-    success (found by the long fault run: the push failed)."""
+def test_a_pin_whose_reply_is_lost_is_done(tmp_path: Path, kubo: Kubo) -> None:
+    """The link resets as Kubo answers the pin of a second push: the pin is in place and the
+    retry finds it so (found by the long fault run, when push moved pins with pin/update,
+    whose retry failed with "'from' cid was not recursively pinned already")."""
     host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
     Cli(tmp_path)("init", "a", "--replica", "kp-a")
     a = Cli(tmp_path / "a")
@@ -257,7 +257,7 @@ def test_a_pin_update_whose_reply_is_lost_is_done(tmp_path: Path, kubo: Kubo) ->
     a("push", "origin")
     write(a.cwd, "f.txt", "two\n")
     a("commit", "-m", "two")
-    with FaultProxy((host, int(port)), 1.0, 0, ("reset",), only=b"POST /api/v0/pin/update", limit=1,
+    with FaultProxy((host, int(port)), 1.0, 0, ("reset",), only=b"POST /api/v0/pin/add", limit=1,
                     reset_at="reply") as proxy:
         a("remote", "set-url", "origin", f"ipfs+{proxy.url}")
         a("push", "origin")

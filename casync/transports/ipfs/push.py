@@ -12,9 +12,9 @@ remote holds.  Only interior nodes are read for this; raw leaves are read once, 
 uploaded.
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
-pinned recursively (``pin/update`` from this replica's previous head when nothing else
-names it, else ``pin/add``; after retention forgot commits, the retained layout of
-``transports.ipfs.retain`` instead), and only then is the head record rewritten.  A push that
+pinned recursively (``pin/add``, then the replica's previous head unpinned when nothing else
+names it; after retention forgot commits, the retained layout of ``transports.ipfs.retain``
+instead), and only then is the head record rewritten.  A push that
 dies midway leaves the record unchanged; a marker in the local store makes the next
 push ask the node which of the blocks it still lacks, so a re-run uploads only those.
 """
@@ -258,24 +258,16 @@ def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:
 
 
 def _pin(node: RemoteNode, old: Cid | None, head: Cid, unpin_old: bool, name: str) -> None:
-    """Pin ``head`` recursively under ``name``: ``pin/update`` from this replica's previous
-    head when that one is pinned under the same name (only the difference is walked), else
-    ``pin/add``."""
-    if node.client.is_pinned(head):
-        # pinned already (another branch, another replica, or a head this replica pulled):
-        # pin/update would refuse "'to' cid was already recursively pinned"
-        if old is not None and old != head and unpin_old and node.client.is_pinned(old):
-            node.client.pin_rm(old)
-    elif old is not None and old != head and node.client.pin_name_of(old) == name:
-        node.client.pin_update(old, head, unpin=unpin_old)  # Kubo keeps the old pin's name
-    elif old is not None and old != head and node.client.is_pinned(old):
-        # pinned unnamed (an older casync) or under another name: pin/update would keep that
-        # name, so pin anew under ours (walks the whole DAG once), then drop the old pin
+    """Pin ``head`` recursively under ``name`` (``pin/add``, which walks each block once),
+    then drop ``old``'s pin when ``unpin_old``.  Never ``pin/update``: Kubo diffs the two
+    DAGs by pairing the links each lacks and recursing into every pair, so on a commit DAG
+    it follows the parent links down the whole history and branches at every merge
+    (exponential: a push after some 30 merges never finished).  Both pins hold the DAG in
+    between, so nothing is unpinned at any moment."""
+    if not node.client.is_pinned(head):  # else pinned already: another branch or replica, or pulled
         node.client.pin_add(head, name)
-        if unpin_old:
-            node.client.pin_rm(old)
-    else:
-        node.client.pin_add(head, name)
+    if old is not None and old != head and unpin_old and node.client.is_pinned(old):
+        node.client.pin_rm(old)
 
 
 def _track(repo: Repository, remote: str, branch: str, head: Cid) -> None:
