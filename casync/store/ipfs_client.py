@@ -294,6 +294,11 @@ class IpfsClient:
                         conn.sock.settimeout(self.timeout[1])
                     conn.request("POST", target, headers=self.auth_headers)
                     resp = conn.getresponse()
+                    if not resp.chunked and resp.length is None:
+                        # Kubo frames every reply (chunked, or a length): none left means the
+                        # link cut the header short, and http.client took the end of the
+                        # stream for the header's end and the body's (an empty block)
+                        raise http.client.IncompleteRead(resp.read())
                     body = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()

@@ -226,6 +226,29 @@ def test_a_json_reply_cut_short_is_retried(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.kubo
+def test_a_block_whose_reply_header_is_cut_is_fetched_again(tmp_path: Path, kubo: Kubo) -> None:
+    """A ``block/get`` reply cut inside its header: http.client takes the end of the stream
+    for the end of the header and, with neither a length nor chunked framing left, for an
+    empty body, so the block read as b"" and the clone failed with "block ... is corrupt"
+    (found by the long fault run).  Kubo frames every reply: an unframed one is cut short,
+    and fetched again."""
+    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
+    Cli(tmp_path)("init", "a", "--replica", "kh-a")
+    a = Cli(tmp_path / "a")
+    write(a.cwd, "f.txt", "hello, cut header\n")
+    a("commit", "-m", "one")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push", "origin")
+    # 60 bytes: past the status line, before "Transfer-Encoding: chunked" (Kubo sends it last)
+    with FaultProxy((host, int(port)), 1.0, 0, ("truncate",), only=b"POST /api/v0/block/get", limit=3,
+                    cut=60) as proxy:
+        Cli(tmp_path)("clone", f"ipfs+{proxy.url}/{_repo_id(a.cwd)}", "b", "--replica", "kh-b")
+        assert proxy.counts["truncate"] == 3
+    assert _head(tmp_path / "b") == _head(a.cwd)
+    assert (tmp_path / "b" / "f.txt").read_text() == "hello, cut header\n"
+
+
+@pytest.mark.kubo
 def test_a_kubo_reply_cut_short_is_retried(tmp_path: Path, kubo: Kubo) -> None:
     """A Kubo RPC reply cut short decodes as garbage (ipfshttpclient's shape assertions or a
     decoding error): retried like a reset; before, 'unexpected response to files/ls'."""
