@@ -175,3 +175,23 @@ def test_fetch_pull_push_take_a_path_or_url_as_sync_does(tmp_path: Path, served:
     assert run(a, "log", "--oneline", "main").stdout.count("\n") == 3
     r = run(c, "fetch", "nosuchremote", ok=False)  # neither a remote nor a path: usage
     assert r.returncode == 2 and "no remote named 'nosuchremote'" in r.stderr
+
+
+def test_a_fetch_from_a_peer_loads_no_ipfs_code(tmp_path: Path, served: tuple[Path, str, Path]) -> None:
+    """``fetch``/``pull``/``push`` live with the IPFS commands in cli/remote.py; a fetch from
+    ``casync serve`` imported the IPFS transport and ipfshttpclient (requests, urllib3) on the
+    way, a third of a one-commit sync's whole-process time."""
+    a, url, token = served
+    b = tmp_path / "b"
+    env = {"CASYNC_TOKEN": token.read_text().strip()}
+    run(tmp_path, "clone", url, str(b), "--replica", "site-b", env=env)
+    write(a, "new.txt", "new\n")
+    run(a, "commit", "-m", "new")
+    code = ("import sys\nfrom casync.cli.main import main\n"
+            "try:\n    main(['fetch', 'origin'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith(('ipfshttpclient', 'casync.transports.ipfs')))\n"
+            "assert not loaded, loaded\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=b, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **env})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert run(b, "log", "-n", "1", "--json", "origin/main").stdout == run(a, "log", "-n", "1", "--json").stdout

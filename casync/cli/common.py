@@ -20,8 +20,8 @@ from casync.repo.repository import Repository
 if TYPE_CHECKING:
     from casync.store.retry import RetryPolicy
 
-__all__ = ["Context", "F", "ProgressBar", "format_time", "human_bytes", "json_option", "pass_context", "print_json",
-           "quote_path", "repo_relative", "retry_policy"]
+__all__ = ["Context", "F", "ProgressBar", "format_time", "human_bytes", "json_option", "lazy_module", "pass_context",
+           "print_json", "quote_path", "repo_relative", "retry_policy"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,6 +129,21 @@ def pass_context(f: F) -> F:
         return f(obj, *args, **kwargs)
 
     return inner  # type: ignore[return-value]
+
+
+def lazy_module(name: str) -> Any:
+    """Module ``name``, imported on its first attribute access: a command module names a
+    heavy dependency at its top and pays for the import only on the paths that use it."""
+    import importlib
+
+    class _Lazy:
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(name), attr)
+
+        def __repr__(self) -> str:
+            return f"<lazy module {name!r}>"
+
+    return _Lazy()
 
 
 def print_json(data: Any) -> None:

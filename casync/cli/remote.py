@@ -13,16 +13,20 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from casync.cli.common import Context, json_option, pass_context, print_json, retry_policy
+from casync.cli.common import Context, json_option, lazy_module, pass_context, print_json, retry_policy
 from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError, UsageError
 from casync.model.cid import Cid, cid_str, short
 from casync.settings import remotes as configured_remotes
-from casync.transports import ipfs as rmt
-from casync.transports.ipfs.util import PIN_PREFIX
+from casync.transports import config as remotes_config
+
+if TYPE_CHECKING:
+    from casync.transports import ipfs as rmt
+else:  # the IPFS transport (and ipfshttpclient) load only when an IPFS remote is used:
+    rmt = lazy_module("casync.transports.ipfs")  # a fetch from a peer never pays for them
 
 __all__ = ["block_source"]
 
@@ -43,10 +47,10 @@ def _peer_remote(obj: Context, name: str | None, command: str, token_file: str |
     """The peer hook for ``command`` if ``name`` is a casync peer (a remote's name, or a peer
     given directly as a 'casync serve' URL or a repository path, as 'casync sync' takes), else None."""
     repo = obj.repo()
-    if name is not None and name not in {r.name for r in rmt.list_remotes(repo)} and (
+    if name is not None and name not in {r.name for r in remotes_config.list_remotes(repo)} and (
             name.startswith(("http://", "https://", "file://")) or (Path(obj.directory) / name).is_dir()):
         return _peer_command(command)
-    r = rmt.get_remote(repo, name)
+    r = remotes_config.get_remote(repo, name)
     if r.is_ipfs:
         if token_file is not None:
             raise UsageError(f"--token-file is for 'casync serve' peers, and {r.name!r} is an IPFS node",
@@ -81,7 +85,7 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
     """List remotes (IPFS nodes and casync peers), or manage them with a subcommand."""
     if ctx.invoked_subcommand is not None:
         return
-    remotes = rmt.list_remotes(ctx.obj.repo())
+    remotes = remotes_config.list_remotes(ctx.obj.repo())
     if as_json:
         print_json([r.to_json() for r in remotes])
         return
@@ -107,7 +111,7 @@ def remote_add(obj: Context, name: str, url: str, gateway: str | None, token_fil
     on another node), or a casync peer (http(s)://HOST:PORT of 'casync serve', or a path)."""
     repo = obj.repo()
     path = _token_path(obj, token_file) if token_file else None
-    r = rmt.add_remote(repo, name, url, gateway)
+    r = remotes_config.add_remote(repo, name, url, gateway)
     if path:
         _store_token_file(repo, name, path)
     what = "" if r.is_ipfs else " (a casync peer, for 'casync sync'; an IPFS node is ipfs+http://HOST:PORT)"
@@ -119,7 +123,7 @@ def remote_add(obj: Context, name: str, url: str, gateway: str | None, token_fil
 @pass_context
 def remote_remove(obj: Context, name: str) -> None:
     """Forget remote NAME and its remote-tracking refs (nothing on the node changes)."""
-    refs = rmt.remove_remote(obj.repo(), name)
+    refs = remotes_config.remove_remote(obj.repo(), name)
     click.echo(f"removed remote {name} ({len(refs)} remote-tracking ref(s))", err=True)
 
 
@@ -133,7 +137,7 @@ def _token_path(obj: Context, token_file: str) -> str:
 
 def _store_token_file(repo: Any, name: str, path: str | None) -> None:
     entry = configured_remotes(repo.config)[name]
-    rmt.write_remote(repo, name, replace(entry, token_file=path or None))
+    remotes_config.write_remote(repo, name, replace(entry, token_file=path or None))
 
 
 @remote_cmd.command("set-url")
@@ -148,12 +152,12 @@ def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None
         raise click.UsageError("give a URL, --gateway and/or --token-file")
     repo = obj.repo()
     if token_file is not None:
-        rmt.get_remote(repo, name)  # names an unknown remote clearly
+        remotes_config.get_remote(repo, name)  # names an unknown remote clearly
         _store_token_file(repo, name, _token_path(obj, token_file) if token_file else None)
         if url is None and gateway is None:
             click.echo(f"remote {name}: token file {'set' if token_file else 'removed'}", err=True)
             return
-    r = rmt.set_remote(repo, name, url, gateway)
+    r = remotes_config.set_remote(repo, name, url, gateway)
     click.echo(f"remote {r.name}: {r.url.text}" + (f" (gateway {r.gateway})" if r.gateway else ""), err=True)
 
 
@@ -165,12 +169,13 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
     """Show what remote NAME publishes: every replica's heads, the index CID, and the
     pins casync named on that node for this repository."""
     repo = obj.repo()
-    r = rmt.get_remote(repo, name).require_ipfs()
+    r = remotes_config.get_remote(repo, name).require_ipfs()
     with rmt.connect(r.url, retry=retry_policy()) as node:
         errors: list[str] = []
         records = node.records(repo.repo_id, errors=errors)
         index = node.index_cid(repo.repo_id)
         version = node.version
+        from casync.transports.ipfs.util import PIN_PREFIX
         pins = node.client.named_pins(f"{PIN_PREFIX}{repo.repo_id}/")
     if as_json:
         print_json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
@@ -344,9 +349,9 @@ def clone(obj: Context, url: str, directory: str, replica: str | None, branch: s
     Heads that cannot be fetched (or invalid head records) are warnings: the clone
     succeeds with the rest; 'casync fetch' reports them as errors.
     """
-    if url.lower().startswith("ipfs+") and not rmt.is_ipfs_url(url):
+    if url.lower().startswith("ipfs+") and not remotes_config.is_ipfs_url(url):
         raise UsageError(f"malformed IPFS URL {url!r}", hint="use ipfs+http://HOST:PORT[/REPO-ID][#INDEX]")
-    if not rmt.is_ipfs_url(url):
+    if not remotes_config.is_ipfs_url(url):
         from casync.cli.sync import clone_peer
 
         clone_peer(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
@@ -389,11 +394,11 @@ def block_source(obj: Context, spec: str) -> Iterator[Any]:
     """For ``fsck --repair SPEC``: a function from CIDs to the ``(cid, bytes)`` that SPEC (a
     remote name or URL; an IPFS node, else a casync peer) can give (:data:`casync.repo.repair.BlockSource`)."""
     repo = obj.repo()
-    configured = {r.name: r for r in rmt.list_remotes(repo)}.get(spec)
+    configured = {r.name: r for r in remotes_config.list_remotes(repo)}.get(spec)
     if configured is not None and configured.is_ipfs:
         url = configured.url
-    elif configured is None and rmt.is_ipfs_url(spec):
-        url = rmt.parse_url(spec)
+    elif configured is None and remotes_config.is_ipfs_url(spec):
+        url = remotes_config.parse_url(spec)
     else:
         from casync.cli.sync import peer_block_source
 
