@@ -90,25 +90,53 @@ class History:
         acknowledged writes ``siblings`` must keep somewhere.  A rename writes the same bytes
         at a new path, so a content is one file at every path it was written to: an edit of
         the old path made after the bytes were written replaces them too (a merge carries it
-        to the new path, §14 step 5)."""
+        to the new path, §14 step 5).  So is a write at the new path of a rename concurrent
+        with the write (a merge carried the write there) made after it."""
         by_path: dict[str, list[PathWrite]] = {}
         by_content: dict[bytes, list[PathWrite]] = {}
         for w in self.paths:
             by_path.setdefault(w.path, []).append(w)
             if w.content is not None:
                 by_content.setdefault(w.content, []).append(w)
+        renames = self._renames()
         live = []
         for w in self.paths:
             if w.content is None:
                 continue
             copies = by_content[w.content]
             commits = {c.commit for c in copies}
+            paths = {c.path for c in copies}
+            paths |= self._carried(paths, commits, renames)
             replaced = any(o.content != w.content and o.commit not in commits
                            and any(c in self.ancestors(o.commit) for c in commits)
-                           for c_path in {c.path for c in copies} for o in by_path[c_path])
+                           for c_path in paths for o in by_path.get(c_path, []))
             if not replaced:
                 live.append(w)
         return live
+
+    def _renames(self) -> list[tuple[Cid, str, str]]:
+        """(commit, old path, new path) of every rename: a commit of rename writes deletes
+        the old path and writes its bytes at the new one."""
+        by_commit: dict[Cid, list[PathWrite]] = {}
+        for w in self.paths:
+            if w.rename:
+                by_commit.setdefault(w.commit, []).append(w)
+        return [(c, old.path, new.path) for c, ws in by_commit.items()
+                for old in ws if old.content is None for new in ws if new.content is not None]
+
+    def _carried(self, paths: set[str], commits: set[Cid], renames: list[tuple[Cid, str, str]]) -> set[str]:
+        """Where a merge carries an edit of ``paths`` made in ``commits``: the new paths of
+        renames concurrent with the edit (§14 step 5), transitively.  A rename below the edit
+        moved its bytes (a copy by content); one above it renamed an older file."""
+        out, todo = set(), set(paths)
+        while todo:
+            path = todo.pop()
+            for rc, old, new in renames:
+                if old == path and new not in out and new not in paths and all(
+                        rc not in self.ancestors(c) and c not in self.ancestors(rc) for c in commits):
+                    out.add(new)
+                    todo.add(new)
+        return out
 
     def json_expected(self) -> dict[tuple[str, tuple[str, ...]], str | None]:
         """Each (file, key path): the value of its highest write (None: absent)."""

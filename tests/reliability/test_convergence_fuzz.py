@@ -349,10 +349,38 @@ def test_a_delete_since_the_base_beats_an_older_write_of_the_path(tmp_path: Path
     repo.close()
 
 
-@pytest.mark.parametrize("seed, policy", [(9, "siblings"), (75, "siblings"), (73, "siblings"), (515, "lww")])
-def test_the_scenarios_that_found_defects(tmp_path: Path, seed: int, policy: str) -> None:
+@pytest.mark.parametrize("seed, policy, steps", [(9, "siblings", 40), (75, "siblings", 40), (73, "siblings", 40),
+                                                 (515, "lww", 40), (123, "siblings", LONG_STEPS)])
+def test_the_scenarios_that_found_defects(tmp_path: Path, seed: int, policy: str, steps: int) -> None:
     """Each seed diverged before its fix: 9 (a json key deleted last came back), 75 (the same
     for a nested key, under an object merged back to the base's value), 515 (a path deleted
     last came back: the last write was searched in generation order), 73 (the model: renamed
-    bytes carried a concurrent edit)."""
-    scenario(tmp_path, seed, policy)
+    bytes carried a concurrent edit), 123 of the long run (the model: an edit a merge carried
+    to a concurrent rename's new path, then overwritten there, was taken for lost)."""
+    scenario(tmp_path, seed, policy, steps)
+
+
+def test_the_model_follows_an_edit_a_merge_carried_along_a_concurrent_rename() -> None:
+    """B has d; R renames d to i; E (concurrent) edits d to y; the merge M carries y to i (no
+    write of the fuzzer); W, after M, writes z at i.  y was replaced (by z), not lost; without
+    W it is live; and an edit made after the rename (d written anew) is not carried."""
+    from .model import History, PathWrite
+
+    def c(name: str) -> Cid:
+        return Cid(name.encode())
+
+    def order(n: int) -> tuple[int, int, int, str]:
+        return (n, 0, -100, "r")
+
+    h = History()
+    h.parents.update({c("B"): (), c("R"): (c("B"),), c("E"): (c("B"),), c("M"): (c("R"), c("E")),
+                      c("W"): (c("M"),), c("N"): (c("R"),)})
+    h.paths += [PathWrite("d", b"x", c("B"), order(1)), PathWrite("d", None, c("R"), order(2), True),
+                PathWrite("i", b"x", c("R"), order(2), True), PathWrite("d", b"y", c("E"), order(3))]
+    h.renamed.update(("d", "i"))
+    assert b"y" in {w.content for w in h.live_writes()}  # carried to i, nothing replaced it there
+    h.paths.append(PathWrite("i", b"z", c("W"), order(4)))
+    assert b"y" not in {w.content for w in h.live_writes()}  # replaced at the path it was carried to
+    h.paths.append(PathWrite("d", b"n", c("N"), order(5)))  # d written after the rename: a new file
+    h.paths.append(PathWrite("i", b"z2", c("W"), order(6)))
+    assert b"n" in {w.content for w in h.live_writes()}
