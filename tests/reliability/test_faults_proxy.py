@@ -225,6 +225,19 @@ def test_a_json_reply_cut_short_is_retried(tmp_path: Path, monkeypatch: pytest.M
         hub.close()
 
 
+def _pushed(tmp_path: Path, kubo: Kubo, replica: str, text: str) -> tuple[Cli, tuple[str, int]]:
+    """Repository ``a`` with one commit of ``f.txt``, pushed to the node; and the node's RPC
+    address, for a proxy in front of it."""
+    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
+    Cli(tmp_path)("init", "a", "--replica", replica)
+    a = Cli(tmp_path / "a")
+    write(a.cwd, "f.txt", text)
+    a("commit", "-m", "one")
+    a("remote", "add", "origin", kubo.remote_url)
+    a("push", "origin")
+    return a, (host, int(port))
+
+
 @pytest.mark.kubo
 def test_a_block_whose_reply_header_is_cut_is_fetched_again(tmp_path: Path, kubo: Kubo) -> None:
     """A ``block/get`` reply cut inside its header: http.client takes the end of the stream
@@ -232,15 +245,9 @@ def test_a_block_whose_reply_header_is_cut_is_fetched_again(tmp_path: Path, kubo
     empty body, so the block read as b"" and the clone failed with "block ... is corrupt"
     (found by the long fault run).  Kubo frames every reply: an unframed one is cut short,
     and fetched again."""
-    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
-    Cli(tmp_path)("init", "a", "--replica", "kh-a")
-    a = Cli(tmp_path / "a")
-    write(a.cwd, "f.txt", "hello, cut header\n")
-    a("commit", "-m", "one")
-    a("remote", "add", "origin", kubo.remote_url)
-    a("push", "origin")
+    a, (host, port) = _pushed(tmp_path, kubo, "kh-a", "hello, cut header\n")
     # 60 bytes: past the status line, before "Transfer-Encoding: chunked" (Kubo sends it last)
-    with FaultProxy((host, int(port)), 1.0, 0, ("truncate",), only=b"POST /api/v0/block/get", limit=3,
+    with FaultProxy((host, port), 1.0, 0, ("truncate",), only=b"POST /api/v0/block/get", limit=3,
                     cut=60) as proxy:
         Cli(tmp_path)("clone", f"ipfs+{proxy.url}/{_repo_id(a.cwd)}", "b", "--replica", "kh-b")
         assert proxy.counts["truncate"] == 3
@@ -252,14 +259,8 @@ def test_a_block_whose_reply_header_is_cut_is_fetched_again(tmp_path: Path, kubo
 def test_a_kubo_reply_cut_short_is_retried(tmp_path: Path, kubo: Kubo) -> None:
     """A Kubo RPC reply cut short decodes as garbage (ipfshttpclient's shape assertions or a
     decoding error): retried like a reset; before, 'unexpected response to files/ls'."""
-    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
-    Cli(tmp_path)("init", "a", "--replica", "kt-a")
-    a = Cli(tmp_path / "a")
-    write(a.cwd, "f.txt", "hello\n")
-    a("commit", "-m", "one")
-    a("remote", "add", "origin", kubo.remote_url)
-    a("push", "origin")
-    with FaultProxy((host, int(port)), 1.0, 0, ("truncate",), only=b"POST /api/v0/files/ls", limit=2,
+    a, (host, port) = _pushed(tmp_path, kubo, "kt-a", "hello\n")
+    with FaultProxy((host, port), 1.0, 0, ("truncate",), only=b"POST /api/v0/files/ls", limit=2,
                     cut=120) as proxy:
         Cli(tmp_path)("clone", f"ipfs+{proxy.url}/{_repo_id(a.cwd)}", "b", "--replica", "kt-b")
         assert proxy.counts["truncate"] >= 1
@@ -271,16 +272,10 @@ def test_a_pin_whose_reply_is_lost_is_done(tmp_path: Path, kubo: Kubo) -> None:
     """The link resets as Kubo answers the pin of a second push: the pin is in place and the
     retry finds it so (found by the long fault run, when push moved pins with pin/update,
     whose retry failed with "'from' cid was not recursively pinned already")."""
-    host, port = kubo.api_url.rstrip("/").split("//")[-1].rsplit(":", 1)
-    Cli(tmp_path)("init", "a", "--replica", "kp-a")
-    a = Cli(tmp_path / "a")
-    write(a.cwd, "f.txt", "one\n")
-    a("commit", "-m", "one")
-    a("remote", "add", "origin", kubo.remote_url)
-    a("push", "origin")
+    a, (host, port) = _pushed(tmp_path, kubo, "kp-a", "one\n")
     write(a.cwd, "f.txt", "two\n")
     a("commit", "-m", "two")
-    with FaultProxy((host, int(port)), 1.0, 0, ("reset",), only=b"POST /api/v0/pin/add", limit=1,
+    with FaultProxy((host, port), 1.0, 0, ("reset",), only=b"POST /api/v0/pin/add", limit=1,
                     reset_at="reply") as proxy:
         a("remote", "set-url", "origin", f"ipfs+{proxy.url}")
         a("push", "origin")
