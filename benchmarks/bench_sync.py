@@ -37,9 +37,9 @@ system temp dir) that is removed at the end.  All traffic stays on 127.0.0.1.
    A is the tip plus 3 commits.  B is (i) the tip plus 2 other commits, (ii) one
    commit on the main-line commit 1,000 first-parent steps below the tip, (iii) one
    commit on the root, recorded after the history (as a fetched branch is), or (iv) one
-   commit on the root recorded right after the root, before the history: there the
-   reachability labels cannot decide and the paint walk covers the whole history (the
-   worst case).
+   commit on the root recorded right after the root, before the history: rank and low
+   cannot decide it (before rank spans the paint walk covered the whole history, the
+   worst case); the tip's spans leave out its rank.
    ``CommitGraph.merge_bases(A, B)`` is timed in a fresh child process, once per case.
    The first call is *cold* (a new process and a new ``CommitGraph``; casync is
    imported beforehand and its import time is reported apart).  The same graph is then

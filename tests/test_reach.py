@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from casync import Repository
-from casync.history.reach import first_parent_ancestor, skip_depth
+from casync.history.reach import MAX_SPANS, Reach, first_parent_ancestor, merge_spans, skip_depth
 from casync.store.commitgraph import _encode_node
 
 from .dags import CommitDag
@@ -86,6 +86,60 @@ def test_a_late_branch_off_the_root_needs_no_walk(tmp_path: Path) -> None:
     loaded = len(repo.graph._nodes)
     assert loaded < 200, loaded  # log-many skip jumps, not the 3000-commit chain
     repo.close()
+
+
+def test_a_branch_recorded_before_the_history_needs_no_walk(tmp_path: Path) -> None:
+    """Case (iv) of benchmarks/bench_sync.py, small: a branch off the root entered the table
+    first (rank 1), then a long history with merges.  rank and low cannot tell it from an
+    ancestor of the tip; the tip's spans skip rank 1, so the labels alone prove it is not one
+    and the merge base (the root) costs a few lookups, not the whole history."""
+    dag = _stored_dag(tmp_path / "r")
+    root = dag.add()
+    early = dag.add(root)
+    dag.save()
+    tip = root
+    for block in range(30):
+        side = tip
+        for _ in range(5):
+            side = dag.add(side)
+        for _ in range(94):
+            tip = dag.add(tip)
+        tip = dag.add(tip, side)
+        if block % 10 == 9:
+            dag.save()
+    dag.save()
+    dag.repo.close()
+    repo = Repository.open(tmp_path / "r")
+    graph = repo.graph
+    assert graph.labelled_is_ancestor(early, tip) is False
+    assert graph.merge_bases(tip, early) == [root]
+    assert len(graph._nodes) < 100, len(graph._nodes)  # not the 3,000-commit history
+    spans = graph._reach(tip).spans  # type: ignore[union-attr]
+    assert spans is not None and len(spans) // 2 <= MAX_SPANS
+    repo.close()
+
+
+def test_spans_cover_every_rank_and_stay_bounded() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        parts = []
+        covered: set[int] = set()
+        for _p in range(rng.randint(0, 3)):
+            ranks = sorted(rng.sample(range(200), rng.randint(1, 30)))
+            part = merge_spans([], ranks[0])
+            for r in ranks[1:]:
+                part = merge_spans([part], r, limit=rng.randint(1, 8))
+            parts.append(part)
+            covered |= {x for i in range(0, len(part), 2) for x in range(part[i], part[i + 1] + 1)}
+        rank = 200 + rng.randint(0, 5)
+        limit = rng.randint(1, 8)
+        out = merge_spans(parts, rank, limit)
+        got = {x for i in range(0, len(out), 2) for x in range(out[i], out[i + 1] + 1)}
+        assert covered | {rank} <= got and len(out) // 2 <= limit
+        assert list(out) == sorted(out) and all(out[i] + 1 < out[i + 1] for i in range(1, len(out) - 1, 2))
+        holder = Reach(rank, 0, 0, b"", out)
+        for r in range(rank + 1):  # the cut passes exactly the ranks the spans cover
+            assert Reach(r, r, 0, b"").maybe_ancestor_of(holder) == (r in got)
 
 
 def test_tables_written_before_labels_are_upgraded(tmp_path: Path) -> None:

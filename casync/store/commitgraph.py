@@ -16,7 +16,9 @@ __all__ = ["CommitGraphTables"]
 
 _NODE = struct.Struct("<QqIB")  # generation, wall_ms, logical, number of parents; then
 # length-prefixed parents, tree and replica id (see docs/design.md, "commitgraph")
-_REACH = struct.Struct("<QQI")  # rank, low, first-parent depth; then the length-prefixed skip CID
+_REACH = struct.Struct("<QQI")  # rank, low, first-parent depth; then the length-prefixed skip CID,
+# then (labels since spans) the number of spans and each span's two ranks, as <Q
+_SPAN = struct.Struct("<QQ")
 
 
 def _encode_node(node: Node) -> bytes:
@@ -27,7 +29,11 @@ def _encode_node(node: Node) -> bytes:
 
 
 def _encode_reach(r: Reach) -> bytes:
-    return _REACH.pack(r.rank, r.low, r.depth) + bytes((len(r.skip),)) + r.skip
+    value = _REACH.pack(r.rank, r.low, r.depth) + bytes((len(r.skip),)) + r.skip
+    if r.spans is None:  # as casync wrote labels before spans (older readers ignore what follows)
+        return value
+    pairs = [r.spans[i : i + 2] for i in range(0, len(r.spans), 2)]
+    return value + bytes((len(pairs),)) + b"".join(_SPAN.pack(lo, hi) for lo, hi in pairs)
 
 
 def _decode_node(raw: bytes) -> Node:
@@ -43,7 +49,12 @@ def _decode_node(raw: bytes) -> Node:
 def _decode_reach(raw: bytes) -> Reach:
     rank, low, depth = _REACH.unpack_from(raw)
     at = _REACH.size
-    return Reach(rank, low, depth, raw[at + 1 : at + 1 + raw[at]])
+    skip_end = at + 1 + raw[at]
+    spans: tuple[int, ...] | None = None
+    if len(raw) > skip_end:
+        count = raw[skip_end]
+        spans = tuple(x for i in range(count) for x in _SPAN.unpack_from(raw, skip_end + 1 + i * _SPAN.size))
+    return Reach(rank, low, depth, raw[at + 1 : skip_end], spans)
 
 
 def _parents_first(nodes: dict[Cid, Node]) -> list[tuple[Cid, Node]]:
