@@ -108,9 +108,19 @@ def test_imported_commit_diffs_logs_clones_and_pushes(tmp_path: Path, kubo: Kubo
     Cli(tmp_path)("clone", str(repo_dir), str(tmp_path / "peer"), "--replica", "site-b")
     assert _tree_of(tmp_path / "peer")["big.bin"] == _tree_of(src)["big.bin"]
     Cli(tmp_path / "peer")("fsck")
-    # and back to IPFS: push carries the CIDv0 blocks in its CAR uploads
+    # a bundle carries the CIDv0 blocks as CAR sections; a new site starts from it
+    cli("bundle", "create", str(tmp_path / "site.car"), "main")
+    Cli(tmp_path)("clone", str(tmp_path / "site.car"), str(tmp_path / "usb"), "--replica", "site-c")
+    assert _tree_of(tmp_path / "usb") == _tree_of(repo_dir)
+    # and back to IPFS: push carries them in its CAR uploads; the gateway serves the file under the commit
     cli("remote", "add", "origin", kubo.remote_url)
     cli("push")
+    with Repository.open(repo_dir) as repo:
+        head = repo.head()
+    assert head is not None
+    from casync.model.cid import cid_str
+
+    assert kubo.gateway_get(f"/ipfs/{cid_str(head)}/tree/big.bin") == _tree_of(src)["big.bin"][1]
 
 
 def test_import_at_a_path_grafts_it(tmp_path: Path, kubo: Kubo, repo_dir: Path) -> None:
