@@ -211,3 +211,16 @@ def test_kubo_imports_full_and_thin_bundles_and_exports_the_same_order(tmp_path:
     assert [c for c, _ in iter_car(stream)] == [c for c, _ in blocks]
     kubo.ipfs("pin", "rm", cid_str(roots[0]))
     repo.close()
+
+
+def test_a_commits_link_order_is_its_encoded_order(tmp_path: Path) -> None:
+    """The receiver walks a commit's links as decoded ([tree, *parents]); the writer and Kubo
+    walk them as encoded: these must agree (DAG-CBOR sorts 'tree' before 'parents')."""
+    from casync.transfer.dfs import block_links
+    from casync.trees.unixfs import checked_block
+
+    repo = _repo(tmp_path)
+    head = repo.resolve("main")
+    block = repo.blocks.get(head)
+    assert block_links(head, block) == checked_block(head, block).links == _links(head, block)
+    repo.close()

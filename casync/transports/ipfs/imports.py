@@ -207,7 +207,7 @@ def _refused(exc: InvalidObject, source: BlockStore, root: Cid, failed: Cid | No
     """The error for a block casync cannot represent, naming its path when it can be found."""
     where = _path_of(source, root, failed) if failed is not None else None
     what = f"{where!r}" if where else "its root" if failed == root else "a block of it"
-    hint = "casync reads UnixFS directories, files (any chunking) and symlinks, with modes"
+    hint = "what imports: UnixFS directories, files (any chunking) and symlinks, with their modes"
     if failed is not None and _is_hamt(source, failed):
         hint = ("it is a HAMT-sharded directory (Kubo shards directories over 256 KiB), which this casync "
                 "cannot read yet; import its subdirectories or files with --path, or re-add it unsharded")
