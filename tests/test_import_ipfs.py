@@ -20,8 +20,10 @@ import pytest
 
 from casync import Repository
 from casync.model.cid import parse_cid
+from casync.transports.peer.exchange import fetch_from
+from casync.transports.peer.http import HttpPeer
 
-from .conftest import Cli, age, write
+from .conftest import Cli, age, serving, write
 from .kubo_fixture import Kubo
 
 pytestmark = pytest.mark.kubo
@@ -108,6 +110,13 @@ def test_imported_commit_diffs_logs_clones_and_pushes(tmp_path: Path, kubo: Kubo
     Cli(tmp_path)("clone", str(repo_dir), str(tmp_path / "peer"), "--replica", "site-b")
     assert _tree_of(tmp_path / "peer")["big.bin"] == _tree_of(src)["big.bin"]
     Cli(tmp_path / "peer")("fsck")
+    # a peer over HTTP ('casync serve') fetches it: the CIDv0 blocks travel in the peer protocol's CARs
+    with Repository.open(repo_dir) as repo, serving(repo, "import-token") as srv:
+        other = Repository.init(tmp_path / "http-peer", replica="site-d", repository_id=repo.repo_id)
+        host, port = srv.server_address[:2]
+        fetch_from(other, HttpPeer(f"http://{host}:{port}", "import-token"), "origin")
+        assert other.refs.get_ref("remotes/origin/main") == repo.head() and other.fsck().ok
+        other.close()
     # a bundle carries the CIDv0 blocks as CAR sections; a new site starts from it
     cli("bundle", "create", str(tmp_path / "site.car"), "main")
     Cli(tmp_path)("clone", str(tmp_path / "site.car"), str(tmp_path / "usb"), "--replica", "site-c")
