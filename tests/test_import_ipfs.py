@@ -250,6 +250,9 @@ def test_import_refuses_what_it_cannot_represent(tmp_path: Path, kubo: Kubo, rep
     file_cid = kubo.ipfs("add", "-Q", str(src / "big.bin")).decode().strip()
     r = Cli(repo_dir)("import", file_cid, "--api", kubo.api_url, ok=False)
     assert r.exit_code == 2 and "only a directory can be a whole tree" in r.stderr and "--path" in r.stderr
+    mtimes = _add(kubo, src / "sub", "--preserve-mtime")
+    r = Cli(repo_dir)("import", mtimes, "--api", kubo.api_url, ok=False)
+    assert r.exit_code == 1 and "is not something casync can represent" in r.stderr and "--preserve-mtime" in r.stderr
     wide = src / "wide"
     wide.mkdir()
     for i in range(1500):

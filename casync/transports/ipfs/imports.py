@@ -207,12 +207,11 @@ def _refused(exc: InvalidObject, source: BlockStore, root: Cid, failed: Cid | No
     """The error for a block casync cannot represent, naming its path when it can be found."""
     where = _path_of(source, root, failed) if failed is not None else None
     what = f"{where!r}" if where else "its root" if failed == root else "a block of it"
-    hint = "what imports: UnixFS directories, files (any chunking) and symlinks, with their modes"
+    hint = ("what imports: UnixFS directories, files (any chunking) and symlinks, with their modes, but no "
+            "mtime metadata (re-add without --preserve-mtime)")
     if failed is not None and _is_hamt(source, failed):
         hint = ("it is a HAMT-sharded directory (Kubo shards directories over 256 KiB), which this casync "
                 "cannot read yet; import its subdirectories or files with --path, or re-add it unsharded")
-    elif "field 8" in exc.message or "field 9" in exc.message:
-        hint = "it carries mtime metadata (ipfs add --preserve-mtime), which casync does not keep; re-add without"
     err = type(exc)(f"cannot import {cid_str(root)}: {what} is not something casync can represent "
                     f"({exc.message})", hint=hint)
     return err
