@@ -28,13 +28,15 @@ from casync.worktree.checkout import Status
 
 if TYPE_CHECKING:
     from casync.merge.threeway import ResolverFn
+    from casync.store.retry import RetryPolicy
+    from casync.transports.ipfs.imports import ImportResult
     from casync.worktree.merging import MergeOutcome, OpenConflict
 
 # The merge engine, edits, tags and path history are imported by the functions that use them:
 # 'casync status' and 'casync log' never load them (start-up is most of a small command's time).
 
-__all__ = ["checkout", "commit", "conflicts", "create_tag", "delete_tag", "list_tags", "merge", "path_log",
-           "remove", "resolve_conflict", "restore", "status", "worktree_entries"]
+__all__ = ["checkout", "commit", "conflicts", "create_tag", "delete_tag", "import_dag", "list_tags", "merge",
+           "path_log", "remove", "resolve_conflict", "restore", "status", "worktree_entries"]
 
 
 def commit(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
@@ -52,6 +54,29 @@ def commit(repo: Repository, message: str, author: str | None = None, allow_empt
         raise StateRefused("a merge is in progress: a plain commit would drop its second parent",
                            hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
     return cid_str(_checkout.commit_worktree(repo, message, author, allow_empty, progress, sign=sign))
+
+
+def import_dag(repo: Repository, cid: str, path: str | None = None, message: str | None = None, *,
+               remote: str | None = None, api: str | None = None, progress: Progress = NULL_PROGRESS,
+               retry: RetryPolicy | None = None, wait: float = 60.0) -> ImportResult:
+    """Commit the UnixFS DAG ``cid`` that someone added to IPFS (``casync import``): as the
+    whole tree, or at ``path`` with the rest of HEAD's tree kept; its blocks come from the
+    IPFS node ``api`` or ``remote`` (default: the default remote), each one verified.  The
+    tree CID is ``cid`` itself (nothing is re-chunked); ``casync checkout`` brings the files.
+    """
+    from casync.model.cid import parse_cid
+    from casync.store.retry import DEFAULT_RETRY
+    from casync.transports.ipfs.imports import import_dag as _import
+    from casync.transports.ipfs.imports import node_url
+    from casync.transports.ipfs.records import connect
+    from casync.worktree.merging import merge_state
+
+    if merge_state(repo) is not None:
+        raise StateRefused("a merge is in progress: an import would drop its second parent",
+                           hint="finish it with 'casync merge --continue', or 'casync merge --abort'")
+    root = parse_cid(cid)
+    with connect(node_url(repo, remote, api), retry=retry or DEFAULT_RETRY, wait=wait) as node:
+        return _import(repo, node, root, path=path, message=message, progress=progress, wait=wait)
 
 
 def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:

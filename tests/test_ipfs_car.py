@@ -25,6 +25,7 @@ from casync.model.car import (
     section_size,
 )
 from casync.model.cid import DAG_CBOR, RAW, Cid, cid_str, compute_cid
+from casync.model.objects import PBNode, encode_pbnode
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo
@@ -120,11 +121,20 @@ def test_header_must_be_canonical_and_complete() -> None:
             read_header(io.BytesIO(bytes([len(header)]) + bytes(header)))
 
 
-def test_cidv0_and_oversized_blocks_are_rejected() -> None:
+def test_cidv0_blocks_are_read_and_checked_and_oversized_ones_rejected() -> None:
+    """A CIDv0 section (a DAG from 'ipfs add' with its defaults) is read and hash-checked
+    like any other; a malformed one, or one whose bytes do not match, is refused."""
+    import hashlib
+
     header = encode_header([])
-    v0 = header + bytes([34 + 3]) + b"\x12\x20" + b"\x00" * 32 + b"abc"
+    block = encode_pbnode(PBNode((), b"\x08\x02\x18\x00"))  # Kubo's empty file
+    v0 = b"\x12\x20" + hashlib.sha256(block).digest()
+    _roots, blocks = decode_car(header + bytes([len(v0) + len(block)]) + v0 + block)
+    assert blocks == [(v0, block)] and cid_str(v0) == "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+    with pytest.raises(CorruptBlock):
+        decode_car(header + bytes([34 + 3]) + b"\x12\x20" + b"\x00" * 32 + b"abc")
     with pytest.raises(InvalidObject, match="CIDv0"):
-        decode_car(v0)
+        decode_car(header + bytes([34 + 3]) + b"\x12\x10" + b"\x00" * 32 + b"abc")
     big = os.urandom(2000)
     car = encode_car([], [(compute_cid(RAW, big), big)])
     with pytest.raises(InvalidObject, match="limit"):

@@ -255,8 +255,8 @@ def test_bundle_roundtrip_and_tamper(tmp_path: Path, origin: Repository) -> None
     create_bundle(origin, inc, ["main"], since=[cid_str(info.refs["main"])])
     c = clone_empty(tmp_path, origin, "c")
     with pytest.raises(InvalidObject) as err:
-        read_bundle(c, inc)  # lacks the prerequisite
-    assert "does not apply to this repository" in err.value.message and "--since" in (err.value.hint or "")
+        read_bundle(c, inc)  # lacks the prerequisite: the manifest, read first, says so
+    assert "needs commit" in err.value.message and "--since" in (err.value.hint or "")
     assert c.refs.list_refs() == {}
     read_bundle(b, inc)
     assert b.refs.get_ref("bundles/main") == origin.resolve("main")

@@ -127,6 +127,7 @@ _COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "cli_gc": ("gc", "retention"),
     "cli_audit": ("audit", "key"),
     "cli_get": ("get",),
+    "cli_imports": ("import",),
 }
 
 
@@ -158,6 +159,10 @@ def _load_command(name: str) -> click.Command | None:
         from casync.cli.get import get
 
         return get
+    if name == "import":
+        from casync.cli.imports import import_cmd
+
+        return import_cmd
     if name in _COMMAND_GROUPS["cli_audit"]:
         from casync.cli import audit as cli_audit
         return {"audit": cli_audit.audit, "key": cli_audit.key}[name]

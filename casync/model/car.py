@@ -8,7 +8,7 @@ Format (https://ipld.io/specs/transport/car/carv1/)::
 
 casync uses CARs to upload many blocks per HTTP request (Kubo's ``dag/import``) and for
 bundles.  The decoder is strict because CARs come from elsewhere: minimal varints, a
-canonical header, CIDv1 with a supported codec and hash, blocks no larger than a limit,
+canonical header, CIDv1 (or CIDv0) with a supported codec and hash, blocks no larger than a limit,
 and every block hash-checked against its CID (a mismatch names the CID).
 """
 
@@ -140,9 +140,12 @@ class _Reader:
 
 
 def _split_cid(section: bytes, offset: int) -> int:
-    """Length of the CIDv1 at the start of ``section`` (strictly parsed)."""
+    """Length of the CID at the start of ``section`` (strictly parsed): a CIDv1, or a CIDv0
+    (a dag-pb block a DAG from ``ipfs add`` links to by its sha2-256 multihash)."""
     if section[:1] == b"\x12":
-        raise InvalidObject(f"CAR: CIDv0 block at byte {offset} (casync uses CIDv1 only)")
+        if section[1:2] != b"\x20" or len(section) < 34:
+            raise InvalidObject(f"CAR: malformed CIDv0 at byte {offset}")
+        return 34
     try:
         version, pos = read_varint(section, 0)
         if version != 1:

@@ -38,13 +38,19 @@ __all__ = [
     "parse_cid",
     "short",
     "is_cid",
+    "is_cid_v0",
     "read_varint",
     "varint",
     "verify_block",
 ]
 
 Cid = bytes
-"""A binary CIDv1."""
+"""A binary CID: CIDv1 for everything casync writes; a CIDv0 (the 34-byte sha2-256
+multihash of a dag-pb block) only where a DAG from elsewhere links with one, e.g. one
+imported from ``ipfs add`` with its defaults.  Kept as it is: rewriting it would change the
+bytes, and so the CIDs, of every block that links to it."""
+
+_V0_PREFIX = b"\x12\x20"  # a CIDv0: sha2-256 multihash (dag-pb implied), no version byte
 
 RAW = 0x55
 DAG_PB = 0x70
@@ -77,7 +83,12 @@ def _prefix(codec: int, hash_name: str) -> bytes:
 
 @cache
 def _known_prefixes() -> dict[bytes, tuple[int, str]]:
-    return {_prefix(c, h): (c, h) for c in _CODEC_NAMES for h in HASHES}
+    return {_prefix(c, h): (c, h) for c in _CODEC_NAMES for h in HASHES} | {_V0_PREFIX: (DAG_PB, "sha2-256")}
+
+
+def is_cid_v0(cid: Cid) -> bool:
+    """``cid`` is a binary CIDv0 (see :data:`Cid`)."""
+    return len(cid) == 34 and cid[:2] == _V0_PREFIX
 
 
 _SMALL_VARINTS = [bytes((i,)) for i in range(128)]
@@ -204,7 +215,12 @@ def is_cid(raw: bytes) -> bool:
 
 
 def cid_str(cid: Cid) -> str:
-    """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1."""
+    """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1; a CIDv0
+    as Kubo prints it too (base58btc, ``Qm...``), the only text form it has."""
+    if is_cid_v0(cid):
+        from multiformats import CID
+
+        return str(CID.decode(cid))
     return "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
 
 

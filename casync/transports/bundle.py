@@ -1,8 +1,14 @@
 """Bundles for sneakernet: a CAR v1 file carrying commits and everything they reach.
 
-The CAR's single root is a small DAG-CBOR *manifest* block ``{"casync_bundle": 1,
+The CAR's root is a small DAG-CBOR *manifest* block ``{"casync_bundle": 1,
 "repository_id": str, "refs": {name: Link}, "prerequisites": [Link], "tags": {name: Link},
-"hash": str, "chunker": str}``; it is the last block of the file.  ``tags`` (optional) are the
+"hash": str, "chunker": str}``.  It is the first block, and the rest follow in root-first
+order (:mod:`casync.transfer.dfs`: each block after the block that links to it, as
+``ipfs dag export`` writes and streaming verifiers expect).  The header names the manifest
+as the CAR's root only when the bundle is complete (no prerequisites), so that ``ipfs dag
+import`` pins exactly what it can: a thin bundle's header lists no root (its manifest and
+commits link to history it lacks), and Kubo imports its blocks without pinning any.  Older
+bundles put the manifest last, after the blocks in post-order; both are read.  ``tags`` (optional) are the
 sender's tags on commits the refs reach; the receiver creates the ones it lacks and never moves
 one it has (a differing one is kept as ``tag-conflicts/bundle/<name>`` and reported).
 ``hash`` and ``chunker``, which a clone from a bundle needs, are absent from older bundles:
@@ -16,7 +22,9 @@ so a bundle from an untrusted USB stick is as safe as a peer.
 from __future__ import annotations
 
 import io
+import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,9 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository, validate_branch_name
 from casync.repo.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
 from casync.transfer.clone import CloneTarget, refuse_replica_in_use, replicas_in_history
-from casync.transfer.stream import MissingLink, PackReceiver, TransferStats, blocks_for_commits
+from casync.transfer.dfs import DfsReceiver, block_links, dfs_blocks
+from casync.transfer.stream import MissingLink, PackReceiver, TransferStats
+from casync.trees.walk import commit_blocks
 
 __all__ = ["BundleInfo", "BundleManifest", "clone_bundle", "create_bundle", "peek_bundle", "read_bundle"]
 
@@ -86,14 +96,20 @@ def create_bundle(repo: Repository, path: Path, revs: list[str], since: list[str
     tags = tags_reaching(repo, refs.values())
     manifest_cid, manifest = _manifest(repo, refs, prerequisites, tags)
     stats = TransferStats()
+    # which blocks: the one tree walker (interior nodes read, leaves not); in what order:
+    # root-first from the manifest, each block read once more as it is written
+    include = {cid for cid, _size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        writer = CarWriter(f, [manifest_cid])
-        for cid, block in blocks_for_commits(repo, commits):
+        writer = CarWriter(f, [] if prerequisites else [manifest_cid])
+        writer.add(manifest_cid, manifest)
+        for cid, block in dfs_blocks(repo.blocks.get, block_links(manifest_cid, manifest), include):
             writer.add(cid, block)
             stats.blocks += 1
             stats.bytes += len(block)
-        writer.add(manifest_cid, manifest)
+        if include:  # the walker chose a block no chosen block links to
+            raise InvalidObject(f"bundle of {len(commits)} commits: {len(include)} blocks unreachable, e.g. "
+                                f"{cid_str(next(iter(include)))}")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -140,48 +156,82 @@ def read_bundle(repo: Repository, path: Path, ref_prefix: str = "bundles") -> Bu
         raise UsageError(f"cannot read bundle {path}: {exc.strerror}") from None
     with f, repo.store.writer_lock():
         reader = io.BufferedReader(f, 1 << 20)
-        roots = read_header(reader)
-        if len(roots) != 1 or cid_codec(roots[0]) != DAG_CBOR:
-            raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
-        receiver = PackReceiver(repo, None)
-        manifest: _Manifest | None = None
+        roots = _bundle_roots(path, read_header(reader))
+        blocks = iter_car(reader)
+        receiver: DfsReceiver | PackReceiver | None = None
         try:
-            try:
-                for cid, block in iter_car(reader):
-                    if cid == roots[0]:
-                        manifest = _parse_manifest(cid, block)
-                        continue
-                    if manifest is not None:
-                        raise InvalidObject(f"bundle {path}: block {cid_str(cid)} follows the manifest")
-                    receiver.add(cid, block)
-            except CorruptBlock as exc:
-                raise InvalidObject(f"bundle {path} is damaged: {exc.message}",
-                                    hint="copy it again, or create it again from the source") from None
-            except MissingLink as exc:
-                # the manifest (repository id, prerequisites) comes last: say what this usually means
-                raise InvalidObject(f"bundle {path} does not apply to this repository: {exc.message}",
-                                    hint="a bundle made with --since needs the earlier bundle unbundled first; "
-                                         "a bundle of another repository never applies") from None
-            if manifest is None:
+            first = next(blocks, None)
+            if first is None:
                 raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
-            repo_id, refs, prereq, tags = manifest
-            if repo_id != repo.repo_id:
-                raise InvalidObject(f"bundle {path} is from repository {repo_id}, not this one")
-            lacking = [p for p in prereq if not repo.blocks.has(p)]
-            if lacking:
-                raise InvalidObject(f"bundle {path} needs commit {cid_str(lacking[0])}, which this repository lacks",
-                                    hint="it was made with --since: apply the earlier bundle first")
-            receiver.wants = set(refs.values()) | set(tags.values())
+            if roots == [first[0]] or not roots:  # root-first: the manifest, then the DAG below it
+                manifest = _parse_manifest(*first)
+                _check_applies(repo, path, manifest)
+                receiver = DfsReceiver(repo, block_links(*first))
+                _receive(path, receiver, blocks)
+            else:  # an older bundle: blocks in post-order, the manifest last
+                receiver = PackReceiver(repo, None)
+                found = _receive(path, receiver, itertools.chain([first], blocks), roots[0])
+                if found is None:
+                    raise InvalidObject(f"bundle {path} is truncated: its manifest is missing")
+                manifest = _parse_manifest(roots[0], found)
+                _check_applies(repo, path, manifest)
+                receiver.wants = set(manifest[1].values()) | set(manifest[3].values())
             stats = receiver.finish()
         except BaseException:
-            receiver.abort()
+            if receiver is not None:
+                receiver.abort()
             raise
+        repo_id, refs, prereq, tags = manifest
         for name, cid in refs.items():
             ref = f"{ref_prefix}/{name}"
             repo.refs.cas_ref(ref, repo.refs.get_ref(ref), cid, f"unbundle {path.name}")
         info = BundleInfo(repo_id, refs, prereq, stats, tags)
         info.tag_update = receive_tags(repo, tags, "bundle")
         return info
+
+
+def _bundle_roots(path: Path, roots: list[Cid]) -> list[Cid]:
+    """A bundle's CAR names its manifest as its one root, or (a thin bundle) no root."""
+    if len(roots) > 1 or (roots and cid_codec(roots[0]) != DAG_CBOR):
+        raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
+    return roots
+
+
+def _check_applies(repo: Repository, path: Path, manifest: _Manifest) -> None:
+    repo_id, _refs, prereq, _tags = manifest
+    if repo_id != repo.repo_id:
+        raise InvalidObject(f"bundle {path} is from repository {repo_id}, not this one")
+    lacking = [p for p in prereq if not repo.blocks.has(p)]
+    if lacking:
+        raise InvalidObject(f"bundle {path} needs commit {cid_str(lacking[0])}, which this repository lacks",
+                            hint="it was made with --since: apply the earlier bundle first")
+
+
+def _receive(path: Path, receiver: DfsReceiver | PackReceiver, blocks: Iterator[tuple[Cid, bytes]],
+             manifest: Cid | None = None) -> bytes | None:
+    """Feed ``blocks`` to ``receiver``; with ``manifest`` (an older bundle), it must be the
+    last block: its bytes are returned."""
+    found: bytes | None = None
+    try:
+        for cid, block in blocks:
+            if found is not None:
+                raise InvalidObject(f"bundle {path}: block {cid_str(cid)} follows the manifest")
+            if cid == manifest:
+                found = block
+                continue
+            receiver.add(cid, block)
+    except CorruptBlock as exc:
+        raise InvalidObject(f"bundle {path} is damaged: {exc.message}",
+                            hint="copy it again, or create it again from the source") from None
+    except MissingLink as exc:
+        if manifest is None:  # root-first: the prerequisites were checked first, so the file is wrong
+            raise InvalidObject(f"bundle {path} is damaged: {exc.message}",
+                                hint="copy it again, or create it again from the source") from None
+        # an older bundle's manifest (repository id, prerequisites) comes last: say what this usually means
+        raise InvalidObject(f"bundle {path} does not apply to this repository: {exc.message}",
+                            hint="a bundle made with --since needs the earlier bundle unbundled first; "
+                                 "a bundle of another repository never applies") from None
+    return found
 
 
 @dataclass
@@ -202,11 +252,9 @@ def peek_bundle(path: Path) -> BundleManifest:
         raise UsageError(f"cannot read bundle {path}: {exc.strerror}") from None
     with f:
         reader = io.BufferedReader(f, 1 << 20)
-        roots = read_header(reader)
-        if len(roots) != 1 or cid_codec(roots[0]) != DAG_CBOR:
-            raise InvalidObject(f"{path} is not a casync bundle (its CAR root is not a manifest)")
+        roots = _bundle_roots(path, read_header(reader))
         for cid, block in iter_car(reader, verify=False):
-            if cid == roots[0]:
+            if not roots or cid == roots[0]:
                 try:
                     verify_block(cid, block, f"bundle {path}")
                 except CorruptBlock as exc:

@@ -117,6 +117,10 @@ class _Snapshotter:
                 and same_content(self.repo, committed, os.path.join(self.root, path), st)):
             self._remember(path, st, committed)  # its bytes, whatever layout it was committed in
             return committed
+        if (committed is not None and committed.kind == "symlink" and stat_mod.S_ISLNK(st.st_mode)
+                and _same_target(self.repo, committed, os.path.join(self.root, path))):
+            self._remember(path, st, committed)  # its target, however the node was encoded (an import)
+            return committed
         for _attempt in range(MAX_RETRIES):
             try:
                 entry, st_after = self._read(path, st)
@@ -214,6 +218,13 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
             workstate.record(repo, tree, cid)
             workstate.clear_untracks(repo)
         return cid
+
+
+def _same_target(repo: Repository, committed: Entry, abs_path: str) -> bool:
+    try:
+        return os.readlink(abs_path) == read_symlink(repo.blocks, committed.cid)
+    except OSError:
+        return False
 
 
 def _lazy_flat(repo: Repository, tree: Cid | None) -> Callable[[str], Entry | None]:
