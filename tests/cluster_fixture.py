@@ -135,8 +135,10 @@ class Cluster:
         c = cfg["cluster"]
         c.update(peername=peer.name, secret=self.secret, listen_multiaddress=[_maddr(peer.swarm)],
                  mdns_interval="0s", monitor_ping_interval="2s", peer_watch_interval="2s",
+                 state_sync_interval="10s", pin_recover_interval="15s",
                  peer_addresses=[p.address for p in self.peers if p is not peer])
-        cfg["consensus"]["crdt"].update(cluster_name=self.cluster_name, trusted_peers=["*"])
+        cfg["consensus"]["crdt"].update(cluster_name=self.cluster_name, trusted_peers=["*"],
+                                        rebroadcast_interval="2s")
         api = cfg["api"]
         api["restapi"]["http_listen_multiaddress"] = _maddr(peer.rest)
         api["ipfsproxy"]["listen_multiaddress"] = _maddr(_free_port())
@@ -168,9 +170,28 @@ class Cluster:
             except (OSError, ValueError) as exc:
                 last = str(exc)
             if not last:
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the cluster did not form in {timeout:g}s ({last}); logs: "
+                               + " | ".join(self.log(p)[-1500:] for p in self.peers))
+        self._probe(deadline)
+
+    def _probe(self, deadline: float) -> None:
+        """Pin one fresh block everywhere and wait until every peer reports it pinned: the
+        shared pinset (CRDT over pubsub) and the peers' Kubo nodes (bitswap) both work."""
+        first = self.peers[0]
+        cid = first.kubo.run("block", "put", "--cid-codec=raw", input=secrets.token_bytes(64)).strip()
+        first.request("POST", f"/pins/{cid}?replication-min=-1&replication-max=-1&name=casync-fixture-probe")
+        status: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            [info] = first.request("GET", f"/pins/{cid}")
+            status = {v.get("peername", p): v.get("status", "") for p, v in (info.get("peer_map") or {}).items()}
+            if len(status) == self.size and set(status.values()) == {"pinned"}:
+                first.request("DELETE", f"/pins/{cid}")
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"the cluster did not form in {timeout:g}s ({last}); logs: "
+        raise RuntimeError(f"a probe pin did not reach every peer in {START_TIMEOUT:g}s ({status}); logs: "
                            + " | ".join(self.log(p)[-1500:] for p in self.peers))
 
     def _not_ready(self) -> str | None:

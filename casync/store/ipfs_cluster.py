@@ -21,7 +21,7 @@ import os
 import socket
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from casync.errors import (
@@ -82,7 +82,6 @@ class PinStatus:
     peers: tuple[PeerPinStatus, ...]
     replication_min: int | None = None
     replication_max: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def pinned_on(self) -> list[PeerPinStatus]:
@@ -151,8 +150,9 @@ class ClusterClient:
         peers = info.get("peer_map") or {}
         if not isinstance(peers, dict):
             raise RemoteProtocolError(f"IPFS Cluster {self.url}: malformed status of {cid_str(cid)}")
+        pin = entry or info
         return PinStatus(
-            cid, str((entry or info).get("name") or ""), tuple(str(a) for a in (entry or info).get("allocations") or ()),
+            cid, str(pin.get("name") or ""), tuple(str(a) for a in pin.get("allocations") or ()),
             tuple(PeerPinStatus(str(p), str(v.get("peername", "")), str(v.get("status", "")), str(v.get("error") or ""))
                   for p, v in sorted(peers.items())),
             _int(entry, "replication_factor_min"), _int(entry, "replication_factor_max"))
