@@ -14,7 +14,8 @@ uploaded.
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/update`` from this replica's previous head when nothing else
 names it, else ``pin/add``; after retention forgot commits, the retained layout of
-``transports.ipfs.retain`` instead), and only then is the head record rewritten.  A push that
+``transports.ipfs.retain`` instead; on a remote with an IPFS Cluster, through the cluster, see
+``transports.ipfs.cluster``), and only then is the head record rewritten.  A push that
 dies midway leaves the record unchanged; a marker in the local store makes the next
 push ask the node which of the blocks it still lacks, so a re-run uploads only those.
 """
