@@ -29,7 +29,8 @@ __all__ = ["DEFAULT_AUDIT_SKEW_MS", "FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
-_REMOTE_FIELDS = ("url", "gateway", "token_file")
+_REMOTE_FIELDS = ("url", "gateway", "token_file", "cluster", "replication_min", "replication_max")
+_REPLICATION_FIELDS = ("replication_min", "replication_max")
 _STRONG_FIELDS = ("branches", "etcd_endpoints", "key_prefix", "timeout", "ipfs_api")
 _STRONG_EXAMPLE = ("casync config strong '{\"branches\": [\"release\"], \"etcd_endpoints\": "
                    "[\"http://127.0.0.1:2379\"], \"ipfs_api\": \"http://127.0.0.1:5001\"}'")
@@ -104,8 +105,18 @@ def _check_remotes(value: Any) -> None:
             if field not in _REMOTE_FIELDS:
                 raise _bad(f"remotes.{name}.{field}", item,
                            f"unknown field (a remote has {', '.join(_REMOTE_FIELDS)})", hint)
-            if field != "url" and item is not None and not (isinstance(item, str) and item):
+            if field in _REPLICATION_FIELDS:
+                if item is not None and (isinstance(item, bool) or not isinstance(item, int) or item < 1):
+                    raise _bad(f"remotes.{name}.{field}", item, "must be a number of cluster peers (1 or more) "
+                                                                 "or null (the cluster's default)", hint)
+            elif field != "url" and item is not None and not (isinstance(item, str) and item):
                 raise _bad(f"remotes.{name}.{field}", item, "must be a non-empty string or null", hint)
+        low, high = entry.get("replication_min"), entry.get("replication_max")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            raise _bad(f"remotes.{name}.replication_min", low, f"is above replication_max ({high})", hint)
+        if (low is not None or high is not None) and not entry.get("cluster"):
+            raise _bad(f"remotes.{name}", entry, "replication_min/replication_max need a 'cluster' "
+                                                 "(the IPFS Cluster REST API that pins)", hint)
 
 
 def _check_strong(value: Any) -> None:
@@ -202,7 +213,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("author", "string", None, _check_author),
     Key("merge", "object {policy, rules, skew_tolerance_ms}", {}, _check_merge),
     Key("priorities", "object {replica id: integer}", {}, _check_priorities),
-    Key("remotes", "object {name: {url, gateway, token_file}}", {}, _check_remotes),
+    Key("remotes", "object {name: {url, gateway, token_file, cluster, replication_min, replication_max}}", {},
+        _check_remotes),
     Key("strong", "object {branches, etcd_endpoints, key_prefix, timeout, ipfs_api}", {}, _check_strong),
     Key("limits", "object {max_future_ms, future_commits, max_file_bytes}", {}, _check_limits),
 
@@ -293,24 +305,31 @@ def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RemoteEntry:
-    """One entry of ``remotes``: where the remote is, and (optional) its Kubo gateway and
-    the file holding the bearer token of a ``casync serve`` peer."""
+    """One entry of ``remotes``: where the remote is, and (optional) its Kubo gateway, the
+    file holding the bearer token of a ``casync serve`` peer, and the IPFS Cluster REST API
+    that pins what is pushed to it (with the replication factors to ask for; ``None``: the
+    cluster's default)."""
 
     url: str
     gateway: str | None = None
     token_file: str | None = None
+    cluster: str | None = None
+    replication_min: int | None = None
+    replication_max: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url, "gateway": self.gateway}
-        if self.token_file is not None:
-            out["token_file"] = self.token_file
+        for key in ("token_file", "cluster", "replication_min", "replication_max"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
 def remotes(cfg: Mapping[str, Any]) -> dict[str, RemoteEntry]:
     """The configured remotes by name."""
     raw: dict[str, dict[str, Any]] = _read(cfg, "remotes")
-    return {name: RemoteEntry(e["url"], e.get("gateway"), e.get("token_file")) for name, e in raw.items()}
+    return {name: RemoteEntry(e["url"], e.get("gateway"), e.get("token_file"), e.get("cluster"),
+                              e.get("replication_min"), e.get("replication_max")) for name, e in raw.items()}
 
 
 def with_remote(cfg: Mapping[str, Any], name: str, entry: RemoteEntry | None) -> dict[str, Any] | None:

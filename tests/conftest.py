@@ -16,7 +16,7 @@ from casync import Repository
 from casync.cli.main import main
 from casync.transports.peer.server import PeerServer, serve
 
-pytest_plugins = ["tests.kubo_fixture", "tests.etcd_fixture"]
+pytest_plugins = ["tests.kubo_fixture", "tests.etcd_fixture", "tests.cluster_fixture"]
 
 
 @pytest.fixture

@@ -87,7 +87,9 @@ def _replace(old: str, new: str) -> str:
     (GOOD + '[discovery]\nmode = "kubernetes"\n', ["discovery.service", "headless Service"]),
     (GOOD + '[discovery]\nmode = "consul"\n', ["discovery.mode = 'consul'", "'static', 'kubernetes'"]),
     (GOOD + '[ipfs.local]\nurl = "http://127.0.0.1:5001"\n', ["ipfs.local.url", "ipfs+http://"]),
-    (GOOD + '[ipfs_clusters.c]\nurl = "http://127.0.0.1:9094"\n', ["ipfs_clusters", "not supported yet"]),
+    (GOOD + '[ipfs_clusters.c]\nurl = "http://127.0.0.1:9094"\n', ["ipfs_clusters.c.ipfs", "[ipfs.NAME]"]),
+    (GOOD + '[ipfs.k]\nurl = "ipfs+http://127.0.0.1:5001"\n[ipfs_clusters.c]\nurl = "http://127.0.0.1:9094"\n'
+            'replication_min = 3\nreplication_max = 2\n', ["ipfs_clusters.c", "above replication_max"]),
     ("sync_interval = ", ["not valid TOML"]),
 ])
 def test_a_bad_value_names_its_key_value_and_what_is_allowed(tmp_path: Path, text: str,
@@ -119,6 +121,16 @@ def test_the_documented_example_parses_with_the_seed_names(tmp_path: Path) -> No
     assert cfg.region == "us-east" and cfg.replica == "us-east-1" and cfg.role == "peer"
     assert {p.name for p in cfg.peers} == {"us-west-1", "eu-central-1"}
     assert cfg.serve_bind == ("127.0.0.1", 8470) and cfg.metrics_bind == ("127.0.0.1", 9470)
+
+
+def test_an_ipfs_cluster_table_pins_for_its_ipfs_node(tmp_path: Path) -> None:
+    text = GOOD + ('[ipfs.k]\nurl = "ipfs+http://127.0.0.1:5001"\n[ipfs.other]\nurl = "ipfs+http://127.0.0.1:5002"\n'
+                   '[ipfs_clusters.c]\nurl = "http://127.0.0.1:9094/"\nipfs = "k"\nreplication_min = 2\n'
+                   'replication_max = 3\n')
+    cfg = parse_config(__import__("tomllib").loads(text), tmp_path / "a.toml")
+    k, other = cfg.ipfs
+    assert (k.cluster, k.replication_min, k.replication_max) == ("http://127.0.0.1:9094", 2, 3)
+    assert other.cluster is None
 
 
 def test_region_priorities_are_the_same_for_every_site(tmp_path: Path) -> None:

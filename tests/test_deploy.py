@@ -283,7 +283,11 @@ def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay:
         if (parts.hostname or "").endswith(".svc.cluster.local"):
             assert parts.port in hosts.get(parts.hostname or "", set()), f"{url}: no rendered Service or pod port"
     assert config["consistency_model"] == ("strong" if overlay == "strong" else "eventual")
-    assert "ipfs_clusters" not in config, "the agent refuses IPFS Cluster remotes today"
+    if overlay == "cluster":  # pins through the cluster's REST API Service, for the node blocks go to
+        [cluster] = config["ipfs_clusters"].values()
+        assert cluster["ipfs"] in config["ipfs"] and 1 <= cluster["replication_min"] <= cluster["replication_max"]
+    else:
+        assert "ipfs_clusters" not in config
     if overlay == "strong":
         etcd = _one(docs, "StatefulSet", "etcd")
         assert etcd["spec"]["replicas"] == 3
@@ -291,7 +295,7 @@ def test_the_agent_config_has_the_seed_shape_and_names_what_is_rendered(overlay:
         assert config["strong"]["etcd_endpoints"] == [f"http://etcd-{i}.etcd{CLUSTER_DOMAIN}:2379" for i in range(3)]
         assert config["strong"]["blocks_remote"] in config["ipfs"]
     if overlay == "cluster":
-        assert f"# url = \"ipfs-cluster+http://ipfs-cluster-api{CLUSTER_DOMAIN}:9094\"" in text
+        assert config["ipfs_clusters"]["cluster"]["url"] == f"http://ipfs-cluster-api{CLUSTER_DOMAIN}:9094"
     if overlay == "edge":
         discovery = config["discovery"]
         assert discovery["mode"] == "kubernetes" and discovery["gossip"] is True

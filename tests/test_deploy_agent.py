@@ -167,7 +167,8 @@ def test_every_casync_command_in_the_manifests_is_real(overlay: str) -> None:
 
 def test_the_checks_fail_on_a_config_or_flag_the_agent_does_not_know() -> None:
     """What the tests above rely on can fail: the old pre-agent keys, 'strong', an IPFS
-    Cluster remote and an unknown flag are all refused by the real parser and command."""
+    Cluster table with a URL that is not its REST API and an unknown flag are all refused by
+    the real parser and command."""
     docs = render("single-node")
     params = _agent_params(_agent_container(docs))
     text = _config_text(docs)

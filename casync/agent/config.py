@@ -16,7 +16,7 @@ from __future__ import annotations
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from casync.agent.regions import Region, RegionPriorities, parse_regions
 from casync.errors import UsageError
 from casync.merge.threeway import PolicyRules, check_policy
 from casync.settings import check_value
+from casync.store.ipfs_cluster import check_cluster_url
 
 __all__ = ["SEED_POLICIES", "AgentConfig", "Discovery", "IpfsNode", "PeerEntry", "Region", "RegionPriorities",
            "load_config", "parse_config", "parse_duration"]
@@ -54,11 +55,16 @@ class PeerEntry:
 
 @dataclass(frozen=True)
 class IpfsNode:
-    """A Kubo node this site pushes its branch to every round."""
+    """A Kubo node this site pushes its branch to every round; with ``cluster`` (from an
+    ``[ipfs_clusters.NAME]`` table naming it), the pushed heads are pinned through that IPFS
+    Cluster's REST API on ``replication_min``..``replication_max`` peers."""
 
     name: str
     url: str
     gateway: str | None = None
+    cluster: str | None = None
+    replication_min: int | None = None
+    replication_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,36 @@ def _ipfs(raw: Any) -> tuple[IpfsNode, ...]:
     return tuple(out)
 
 
+def _clusters(raw: Any, nodes: tuple[IpfsNode, ...]) -> tuple[IpfsNode, ...]:
+    """``[ipfs_clusters.NAME]``: an IPFS Cluster (``url``: a peer's REST API) that pins what is
+    pushed to the ``[ipfs.X]`` node named by ``ipfs`` (default: the only one), on
+    ``replication_min``..``replication_max`` peers (default: the cluster's own)."""
+    if not isinstance(raw, dict):
+        raise _bad("ipfs_clusters", raw, "must be a table of [ipfs_clusters.NAME] tables with url, ipfs, "
+                                         "replication_min, replication_max")
+    by_name = {n.name: n for n in nodes}
+    for name, entry in raw.items():
+        key = f"ipfs_clusters.{name}"
+        fields = _table({key: entry}, key, ("url", "ipfs", "replication_min", "replication_max"))
+        url = _string(f"{key}.url", fields.get("url"), 'must be the "http://HOST:9094" REST API of a cluster peer')
+        target = fields.get("ipfs", next(iter(by_name)) if len(by_name) == 1 else None)
+        node = by_name.get(target) if isinstance(target, str) else None
+        if node is None:
+            raise _bad(f"{key}.ipfs", target, "must name the [ipfs.NAME] node the blocks go to ("
+                       + (", ".join(by_name) or "none configured") + ")")
+        if node.cluster is not None:
+            raise _bad(f"{key}.ipfs", target, "already pins through another [ipfs_clusters] table")
+        low, high = fields.get("replication_min"), fields.get("replication_max")
+        try:
+            cluster = check_cluster_url(url)
+            check_value("remotes", {node.name: {"url": node.url, "cluster": cluster, "replication_min": low,
+                                                "replication_max": high}})
+        except UsageError as exc:
+            raise _bad(key, entry, exc.message) from None
+        by_name[node.name] = replace(node, cluster=cluster, replication_min=low, replication_max=high)
+    return tuple(by_name[n.name] for n in nodes)
+
+
 def _discovery(raw: Any) -> Discovery:
     fields = _table({"discovery": raw}, "discovery", ("mode", "service", "port", "scheme", "gossip", "token_file"))
     mode = _choice("discovery.mode", fields.get("mode", "static"), ("static", "kubernetes"))
@@ -278,9 +314,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
                    + (", ".join(p.name for p in peers) or "no peers configured") + ")")
     if role == "peer" and master is not None:
         raise _bad("site.master", master, "is only for role = 'replica'")
-    clusters = raw.get("ipfs_clusters", {})
-    if clusters:
-        raise _bad("ipfs_clusters", clusters, "reserved: IPFS Cluster remotes are not supported yet; leave it empty")
     serve = _table(raw, "serve", ("bind", "token_file", "advertise_url"))
     serve_bind = _address("serve.bind", serve.get("bind", "127.0.0.1:8470"))
     token = _string("serve.token_file", serve.get("token_file"), "must be the path of the file holding the "
@@ -289,7 +322,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> AgentConfig:
     if not isinstance(advertise, str) or not advertise.startswith(("http://", "https://")):
         raise _bad("serve.advertise_url", advertise, 'must be the "http(s)://HOST:PORT" URL peers reach this site at')
     metrics = _table(raw, "metrics", ("bind",))
-    ipfs = _ipfs(raw.get("ipfs", {}))
+    ipfs = _clusters(raw.get("ipfs_clusters", {}), _ipfs(raw.get("ipfs", {})))
     strong = _strong(raw, model, branch, ipfs)
     return AgentConfig(
         path=path, repository=repository, replica=replica, region=region, branch=branch, role=role,

@@ -9,6 +9,7 @@ commits are kept, no ref moves to a partial one) or after ``shutdown_timeout`` a
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -134,8 +135,15 @@ class Agent:
             if known is not None and known.url != node.url:
                 raise UsageError(f"casync.toml: ipfs.{node.name}.url = {node.url!r}: the repository has remote "
                                  f"{node.name!r} at {known.url!r}", hint="rename one of them")
+            pins = {"cluster": node.cluster, "replication_min": node.replication_min,
+                    "replication_max": node.replication_max}  # casync.toml's [ipfs_clusters] decide these
             if known is None:
-                write_remote(repo, node.name, RemoteEntry(node.url, node.gateway))
+                write_remote(repo, node.name, RemoteEntry(node.url, node.gateway, None, node.cluster,
+                                                          node.replication_min, node.replication_max))
+            elif any(getattr(known, k) != v for k, v in pins.items()):
+                write_remote(repo, node.name, dataclasses.replace(
+                    known, cluster=node.cluster, replication_min=node.replication_min,
+                    replication_max=node.replication_max))
 
     def close(self) -> bool:
         """Stop: wait for running jobs (each stops at its next block) up to shutdown_timeout.

@@ -93,9 +93,22 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
         if verbose:
             gw = f"  (gateway {r.gateway})" if r.gateway else ""
             kind = "" if r.is_ipfs else "  (casync peer)"
+            if r.cluster:
+                kind = f"  (cluster {r.cluster}, replication {r.replication_min or '-'}..{r.replication_max or '-'})"
             click.echo(f"{r.name}\t{r.url.text}{gw}{kind}")
         else:
             click.echo(r.name)
+
+
+def _cluster_options(f: Any) -> Any:
+    f = click.option("--replication-max", type=click.IntRange(1), metavar="N",
+                     help="IPFS Cluster: pin each head on at most N peers (default: the cluster's).")(f)
+    f = click.option("--replication-min", type=click.IntRange(1), metavar="N",
+                     help="IPFS Cluster: a push waits until each head is pinned on N peers; audit --remote "
+                          "checks it (default: the cluster's).")(f)
+    return click.option("--cluster", metavar="URL",
+                        help="IPFS remote: pin through this IPFS Cluster REST API (http://HOST:9094; "
+                             "credentials in CASYNC_CLUSTER_API_AUTH). '' removes it (set-url).")(f)
 
 
 @remote_cmd.command("add")
@@ -104,14 +117,17 @@ def remote_cmd(ctx: click.Context, verbose: bool, as_json: bool) -> None:
 @click.option("--gateway", metavar="URL", help="HTTP gateway serving the node's blocks (for 'casync url').")
 @click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' peer: file holding its bearer token (the path is stored, not the token).")
+@_cluster_options
 @pass_context
-def remote_add(obj: Context, name: str, url: str, gateway: str | None, token_file: str | None) -> None:
+def remote_add(obj: Context, name: str, url: str, gateway: str | None, token_file: str | None, cluster: str | None,
+               replication_min: int | None, replication_max: int | None) -> None:
     """Add remote NAME at URL: ipfs+http://HOST:PORT[/REPO-ID][#INDEX-CID] (a Kubo RPC API;
     REPO-ID picks a repository on a node hosting several, INDEX reads head records published
-    on another node), or a casync peer (http(s)://HOST:PORT of 'casync serve', or a path)."""
+    on another node), or a casync peer (http(s)://HOST:PORT of 'casync serve', or a path).
+    With --cluster, pushes pin through that IPFS Cluster's REST API."""
     repo = obj.repo()
     path = _token_path(obj, token_file) if token_file else None
-    r = remotes_config.add_remote(repo, name, url, gateway)
+    r = remotes_config.add_remote(repo, name, url, gateway, cluster, (replication_min, replication_max))
     if path:
         _store_token_file(repo, name, path)
     what = "" if r.is_ipfs else " (a casync peer, for 'casync sync'; an IPFS node is ipfs+http://HOST:PORT)"
@@ -145,11 +161,14 @@ def _store_token_file(repo: Any, name: str, path: str | None) -> None:
 @click.argument("url", required=False)
 @click.option("--gateway", metavar="URL", help="Set the gateway URL ('' removes it).")
 @click.option("--token-file", metavar="FILE", help="Set the bearer-token file of a casync peer ('' removes it).")
+@_cluster_options
 @pass_context
-def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None, token_file: str | None) -> None:
-    """Change the URL, the gateway and/or the token file of remote NAME."""
-    if url is None and gateway is None and token_file is None:
-        raise click.UsageError("give a URL, --gateway and/or --token-file")
+def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None, token_file: str | None,
+                   cluster: str | None, replication_min: int | None, replication_max: int | None) -> None:
+    """Change the URL, the gateway, the token file and/or the IPFS Cluster of remote NAME."""
+    replication = (replication_min, replication_max)
+    if url is None and gateway is None and token_file is None and cluster is None and replication == (None, None):
+        raise click.UsageError("give a URL, --gateway, --token-file, --cluster and/or --replication-min/max")
     repo = obj.repo()
     if token_file is not None:
         remotes_config.get_remote(repo, name)  # names an unknown remote clearly
@@ -157,8 +176,9 @@ def remote_set_url(obj: Context, name: str, url: str | None, gateway: str | None
         if url is None and gateway is None:
             click.echo(f"remote {name}: token file {'set' if token_file else 'removed'}", err=True)
             return
-    r = remotes_config.set_remote(repo, name, url, gateway)
-    click.echo(f"remote {r.name}: {r.url.text}" + (f" (gateway {r.gateway})" if r.gateway else ""), err=True)
+    r = remotes_config.set_remote(repo, name, url, gateway, cluster, replication)
+    click.echo(f"remote {r.name}: {r.url.text}" + (f" (gateway {r.gateway})" if r.gateway else "")
+               + (f" (cluster {r.cluster})" if r.cluster else ""), err=True)
 
 
 @remote_cmd.command("show")
@@ -177,10 +197,13 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
         version = node.version
         from casync.transports.ipfs.util import PIN_PREFIX
         pins = node.client.named_pins(f"{PIN_PREFIX}{repo.repo_id}/")
+    cluster = _cluster_coverage(r, records)
     if as_json:
         print_json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
                "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors,
-               "pins": [{"name": n, "cid": cid_str(c), "type": t} for n, c, t in pins]})
+               "pins": [{"name": n, "cid": cid_str(c), "type": t} for n, c, t in pins],
+               **({"cluster": [{"replica": rep, "branch": b, **cov.to_json()} for rep, b, cov in cluster]}
+                  if r.cluster else {})})
     else:
         click.echo(f"remote {r.name}: {r.url.text} (Kubo {version})")
         click.echo(f"index: {cid_str(index) if index else '-'}")
@@ -190,10 +213,28 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
         click.echo(f"pins: {len(pins)}")
         for n, c, t in pins:
             click.echo(f"  {n}\t{cid_str(c)}\t({t})")
+        if r.cluster:
+            click.echo(f"cluster {r.cluster}: {len(cluster)} head pin(s)")
+        for replica, branch, cov in cluster:
+            click.echo(f"  {replica}/{branch}\t{cov.status.name or '-'}\tpinned on {cov.pinned}/{cov.required} "
+                       f"peers{'' if cov.ok else ' (UNDER-REPLICATED)'}")
+            for p in cov.status.peers:
+                click.echo(f"    {p.peername or p.peer}\t{p.status}" + (f"\t{p.error}" if p.error else ""))
         for e in errors:
             click.echo(f"invalid: {e}", err=True)
     if errors:
         sys.exit(EXIT_FAILURE)
+
+
+def _cluster_coverage(r: Any, records: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(replica, branch, coverage) of every published head on the remote's cluster."""
+    from casync.transports.ipfs.cluster import cluster_pins
+
+    pins = cluster_pins(r, retry_policy())
+    if pins is None:
+        return []
+    return [(replica, branch, pins.coverage(head.commit))
+            for replica, rec in sorted(records.items()) for branch, head in sorted(rec.heads.items())]
 
 
 @click.command()

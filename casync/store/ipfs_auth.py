@@ -12,11 +12,13 @@ from casync.errors import UsageError
 __all__ = ["auth_headers", "environment_matters"]
 
 
-def auth_headers(secret: str) -> dict[str, str]:
+def auth_headers(secret: str, variable: str = "CASYNC_KUBO_API_AUTH",
+                 where: str = "the node's API.Authorizations AuthSecret") -> dict[str, str]:
     """The Authorization header for a Kubo node with ``API.Authorizations``: the same
     secret its ``AuthSecret`` holds (``bearer:TOKEN`` or ``basic:USER:PASSWORD``), given in
     CASYNC_KUBO_API_AUTH as ipfs/config/configure.sh takes it (a secret never goes in URLs,
-    which end up in the config and in messages)."""
+    which end up in the config and in messages); ``variable`` and ``where`` name another
+    service's variable and secret (IPFS Cluster's REST API) in the error."""
     if not secret:
         return {}
     kind, _, value = secret.partition(":")
@@ -24,8 +26,7 @@ def auth_headers(secret: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {value}"}
     if kind == "basic" and ":" in value:
         return {"Authorization": "Basic " + base64.b64encode(value.encode()).decode()}
-    raise UsageError("CASYNC_KUBO_API_AUTH must be bearer:TOKEN or basic:USER:PASSWORD",
-                     hint="the same value as the node's API.Authorizations AuthSecret")
+    raise UsageError(f"{variable} must be bearer:TOKEN or basic:USER:PASSWORD", hint=f"the same value as {where}")
 
 
 def environment_matters(url: str) -> bool:

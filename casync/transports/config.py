@@ -7,8 +7,12 @@ published index to read head records from (see ``docs/remotes.md``)::
     ipfs+https://HOST:PORT[/REPOSITORY-ID][#INDEX-CID]
 
 Remotes are stored in the repository config under ``remotes``
-(``{name: {"url": ..., "gateway": ... or null, "token_file": ...}}``, typed and checked by
-:mod:`casync.settings`); :func:`write_remote` is the one writer of that key.
+(``{name: {"url": ..., "gateway": ... or null, "token_file": ..., "cluster": ...,
+"replication_min": ..., "replication_max": ...}}``, typed and checked by
+:mod:`casync.settings`); :func:`write_remote` is the one writer of that key.  An IPFS remote
+with a ``cluster`` (the REST API of an IPFS Cluster peer, ``http://HOST:9094``) sends its
+blocks to the Kubo node of ``url`` as any IPFS remote and pins through the cluster
+(:mod:`casync.transports.ipfs.cluster`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from casync.model.cid import Cid, cid_str, parse_cid
 from casync.model.names import is_repo_id
 from casync.repo.repository import Repository
 from casync.settings import RemoteEntry, remotes, with_remote
+from casync.store.ipfs_cluster import check_cluster_url
 
 __all__ = [
     "SCHEMES",
@@ -140,6 +145,9 @@ class Remote:
     url: RemoteUrl
     gateway: str | None = None
     kind: str = "ipfs"
+    cluster: str | None = None  # the IPFS Cluster REST API that pins (None: pins on the Kubo node)
+    replication_min: int | None = None
+    replication_max: int | None = None
 
     @property
     def is_ipfs(self) -> bool:
@@ -154,7 +162,8 @@ class Remote:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "url": self.url.text, "gateway": self.gateway,
                 "api": self.url.api or None, "repository": self.url.repo_id,
-                "index": cid_str(self.url.index) if self.url.index else None}
+                "index": cid_str(self.url.index) if self.url.index else None, "cluster": self.cluster,
+                "replication_min": self.replication_min, "replication_max": self.replication_max}
 
 
 def _remotes(repo: Repository) -> dict[str, RemoteEntry]:
@@ -168,7 +177,8 @@ def write_remote(repo: Repository, name: str, entry: RemoteEntry | None) -> None
 
 def _remote(name: str, entry: RemoteEntry) -> Remote:
     if is_ipfs_url(entry.url):
-        return Remote(name, parse_url(entry.url), entry.gateway, "ipfs")
+        return Remote(name, parse_url(entry.url), entry.gateway, "ipfs", entry.cluster, entry.replication_min,
+                      entry.replication_max)
     return Remote(name, RemoteUrl(entry.url, ""), entry.gateway, "peer")
 
 
@@ -194,8 +204,10 @@ def get_remote(repo: Repository, name: str | None = None) -> Remote:
     return remotes[name]
 
 
-def add_remote(repo: Repository, name: str, url: str, gateway: str | None = None) -> Remote:
-    """Add an IPFS remote (``ipfs+http://...``) or a casync peer (``http(s)://...``, a path)."""
+def add_remote(repo: Repository, name: str, url: str, gateway: str | None = None, cluster: str | None = None,
+               replication: tuple[int | None, int | None] = (None, None)) -> Remote:
+    """Add an IPFS remote (``ipfs+http://...``, optionally pinning through an IPFS Cluster) or
+    a casync peer (``http(s)://...``, a path)."""
     validate_remote_name(name)
     if name in _remotes(repo):
         raise UsageError(f"remote {name!r} already exists", hint="remove it first, or use 'casync remote set-url'")
@@ -205,15 +217,41 @@ def add_remote(repo: Repository, name: str, url: str, gateway: str | None = None
         if parsed.repo_id is not None and parsed.repo_id != repo.repo_id:
             raise UsageError(f"remote URL {url!r} names repository {parsed.repo_id}, "
                              f"but this repository is {repo.repo_id}")
-        entry = RemoteEntry(parsed.text, gw)
+        entry = _with_cluster(RemoteEntry(parsed.text, gw), cluster, replication)
     else:
+        if cluster is not None or replication != (None, None):
+            raise UsageError(f"remote URL {url!r} is a casync peer: only IPFS remotes pin through a cluster",
+                             hint="use ipfs+http://HOST:PORT (the Kubo RPC API of a cluster peer) with --cluster")
         entry = RemoteEntry(_check_peer_url(url), gw)
     write_remote(repo, name, entry)
     return _remote(name, entry)
 
 
-def set_remote(repo: Repository, name: str, url: str | None = None, gateway: str | None = None) -> Remote:
-    """Change a remote's URL and/or gateway (other keys of its entry are kept)."""
+def _with_cluster(entry: RemoteEntry, cluster: str | None,
+                  replication: tuple[int | None, int | None]) -> RemoteEntry:
+    """``entry`` pinning through ``cluster`` (``''``: no cluster) with the given replication
+    factors (``None`` in ``cluster``/``replication``: unchanged)."""
+    if cluster is not None:
+        entry = replace(entry, cluster=check_cluster_url(cluster) if cluster else None)
+        if not cluster:
+            entry = replace(entry, replication_min=None, replication_max=None)
+    low, high = replication
+    if low is not None or high is not None:
+        if entry.cluster is None:
+            raise UsageError("replication factors need a cluster", hint="add --cluster http://HOST:9094 "
+                                                                         "(the IPFS Cluster REST API)")
+        entry = replace(entry, replication_min=low if low is not None else entry.replication_min,
+                        replication_max=high if high is not None else entry.replication_max)
+    if entry.replication_min is not None and entry.replication_max is not None \
+            and entry.replication_min > entry.replication_max:
+        raise UsageError(f"replication min {entry.replication_min} is above max {entry.replication_max}")
+    return entry
+
+
+def set_remote(repo: Repository, name: str, url: str | None = None, gateway: str | None = None,
+               cluster: str | None = None,
+               replication: tuple[int | None, int | None] = (None, None)) -> Remote:
+    """Change a remote's URL, gateway and/or cluster (other keys of its entry are kept)."""
     entry = _remotes(repo).get(name)
     if entry is None:
         raise UsageError(f"no remote named {name!r}", hint="list remotes with 'casync remote -v'")
@@ -221,6 +259,10 @@ def set_remote(repo: Repository, name: str, url: str | None = None, gateway: str
         entry = replace(entry, url=parse_url(url).text if is_ipfs_url(url) else _check_peer_url(url))
     if gateway is not None:
         entry = replace(entry, gateway=_validate_gateway(gateway) if gateway else None)
+    if cluster is not None or replication != (None, None):
+        if not is_ipfs_url(entry.url):
+            raise UsageError(f"remote {name!r} is a casync peer: only IPFS remotes pin through a cluster")
+        entry = _with_cluster(entry, cluster, replication)
     write_remote(repo, name, entry)
     return _remote(name, entry)
 

@@ -6,6 +6,12 @@ block is a pinned root or lies below one (the walk is done locally, over the sam
 or a pinned commit has the audited commit in its history.  The published head records must
 be readable, name commits the node holds, agree with those commits' generation and clock,
 and this replica's record must name what its remote-tracking ref says was pushed.
+
+On a remote that pins through IPFS Cluster, coverage is the cluster's instead: every
+published head must be ``pinned`` on at least ``replication_min`` peers (an
+``under-replicated`` finding names the head, its pin name and the peers where it is not
+pinned), and the audited blocks must lie below a head pinned on the cluster; the Kubo node
+the blocks were sent to need not keep them itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from casync.model.cid import DAG_CBOR, RAW, Cid, cid_codec, cid_str
 from casync.repo.audit import AuditReport
 from casync.repo.repository import Repository
 from casync.transports.config import get_remote
+from casync.transports.ipfs.cluster import ClusterPins, cluster_pins
 from casync.transports.ipfs.records import HeadRecord, RemoteNode, connect
 from casync.trees.unixfs import validated_links
 
@@ -27,6 +34,12 @@ def audit_remote(repo: Repository, remote_name: str, report: AuditReport, blocks
     """Add to ``report`` what the remote ``remote_name`` lacks of ``blocks`` (the audited DAG)."""
     remote = get_remote(repo, remote_name).require_ipfs()
     wanted = sorted(set(blocks))
+    cluster = cluster_pins(remote)
+    if cluster is not None:
+        with connect(remote.url) as node:
+            _cluster_coverage(repo, remote.name, cluster, node, report, set(wanted))
+            _records(repo, remote.name, node, report)
+        return
     with connect(remote.url) as node:
         sizes = node.client.map(node.client.block_size, wanted)
         absent = {cid for cid, size in zip(wanted, sizes, strict=True) if size is None}
@@ -38,6 +51,31 @@ def audit_remote(repo: Repository, remote_name: str, report: AuditReport, blocks
                 report.add("unpinned", cid, f"no recursive pin on {remote.name} covers it (garbage collection "
                                             "may remove it)")
         _records(repo, remote.name, node, report)
+
+
+def _cluster_coverage(repo: Repository, name: str, cluster: ClusterPins, node: RemoteNode, report: AuditReport,
+                      wanted: set[Cid]) -> None:
+    """A cluster remote: every published head must be pinned on at least ``replication_min``
+    peers (each such peer's Kubo then holds its whole DAG), and the audited snapshot must lie
+    below one of those heads."""
+    covered: set[Cid] = set()
+    for replica, record in sorted(node.records(repo.repo_id, errors=[]).items()):
+        for branch, head in sorted(record.heads.items()):
+            coverage = cluster.coverage(head.commit)
+            if coverage.pinned and repo.blocks.has(head.commit):
+                covered |= _pinned(repo, {head.commit}, wanted, report.root)
+            if coverage.ok:
+                continue
+            where = f"head {replica}/{branch} ({coverage.status.name or 'no pin name'})"
+            if coverage.status.replication_min is None:
+                report.add("under-replicated", head.commit, f"{where} is not in the pinset of the cluster of {name} "
+                                                            f"({cluster.client.url})")
+                continue
+            report.add("under-replicated", head.commit,
+                       f"{where} is pinned on {coverage.pinned} of the {coverage.required} peers {name}'s cluster "
+                       f"asks for; not on: {'; '.join(coverage.missing) or '-'}")
+    for cid in sorted(wanted - covered):
+        report.add("unpinned", cid, f"no head pinned on the cluster of {name} covers it")
 
 
 def _pinned(repo: Repository, pins: set[Cid], wanted: set[Cid], root: Cid) -> set[Cid]:

@@ -14,7 +14,8 @@ uploaded.
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/add``, then the replica's previous head unpinned when nothing else
 names it; after retention forgot commits, the retained layout of ``transports.ipfs.retain``
-instead), and only then is the head record rewritten.  A push that
+instead; on a remote with an IPFS Cluster, through the cluster, see ``transports.ipfs.cluster``),
+and only then is the head record rewritten.  A push that
 dies midway leaves the record unchanged; a marker in the local store makes the next
 push ask the node which of the blocks it still lacks, so a re-run uploads only those.
 """
@@ -35,6 +36,7 @@ from casync.repo.repository import Repository
 from casync.repo.tags import tags_reaching
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote, get_remote
+from casync.transports.ipfs.cluster import cluster_pins, refuse_retained
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import pin_name, remote_lock
@@ -170,8 +172,13 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                           hint="pass --force to replace it (its history stays only where it is pinned "
                                "or referenced elsewhere)")
     retained = bool(forgotten_commits(repo))  # retention forgot commits: the retained pin layout
-    if old == head and node.client.is_pinned(head, "direct" if retained else "recursive") \
-            and not _tags_changed(repo, mine):
+    cluster = cluster_pins(remote)  # None: pins on the Kubo node (else through IPFS Cluster)
+    if retained:
+        refuse_retained(remote)
+    name = pin_name(repo.repo_id, repo.replica, branch)
+    pinned = cluster.is_pinned(head, name) if cluster else node.client.is_pinned(head, "direct" if retained
+                                                                                  else "recursive")
+    if old == head and pinned and not _tags_changed(repo, mine):
         result.up_to_date, result.seq = True, mine.seq if mine else 0
         result.tags = dict(mine.tags) if mine else {}
         result.blocks_min = result.bytes_min = 0  # nothing was missing
@@ -221,9 +228,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     # --json measure (local reads only) runs meanwhile.
     others = {h.commit for r in records.values() for b, h in r.heads.items()
               if not (r.replica == repo.replica and b == branch)}
-    name = pin_name(repo.repo_id, repo.replica, branch)
     if retained:
         pinning = node.client.submit(pin_retained, node, repo, old, head, name)
+    elif cluster is not None:
+        pinning = node.client.submit(cluster.pin_head, old, head, old not in others, name)
     else:
         pinning = node.client.submit(_pin, node, old, head, old not in others, name)
     try:

@@ -20,6 +20,7 @@ from typing import Any
 from casync.model.cid import Cid, cid_str
 from casync.repo.repository import FORGOTTEN_PREFIX, Repository
 from casync.transports.config import get_remote
+from casync.transports.ipfs.cluster import refuse_retained
 from casync.transports.ipfs.records import RemoteNode, connect
 from casync.transports.ipfs.util import pin_name, remote_lock
 
@@ -62,6 +63,7 @@ def pin_retained(node: RemoteNode, repo: Repository, old: Cid | None, head: Cid,
 def repin(repo: Repository, remote_name: str) -> RepinResult:
     """Move this replica's pins on ``remote_name`` to the retained layout."""
     remote = get_remote(repo, remote_name).require_ipfs()
+    refuse_retained(remote)  # Kubo pins only (a remote with a cluster pins through it)
     result = RepinResult(remote.name)
     with remote_lock(repo), connect(remote.url) as node:
         records = node.records(repo.repo_id, errors=[])
