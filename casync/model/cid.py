@@ -204,8 +204,25 @@ def is_cid(raw: bytes) -> bool:
 
 
 def cid_str(cid: Cid) -> str:
-    """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1."""
+    """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1; a CIDv0
+    (a bare sha2-256 multihash, e.g. an MFS directory Kubo made) in base58btc, ``Qm...``,
+    its only valid text form (base32 of it would read ``bciq...``, which is no CID)."""
+    if len(cid) == 34 and cid[:2] == b"\x12\x20":
+        return _base58btc(cid)
     return "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
+
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _base58btc(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    out = []
+    while n:
+        n, r = divmod(n, 58)
+        out.append(_B58[r])
+    pad = len(data) - len(data.lstrip(b"\0"))
+    return "1" * pad + "".join(reversed(out))
 
 
 def short(cid: Cid, n: int = 20) -> str:
