@@ -249,3 +249,39 @@ def test_old_mfs_indexes_still_read_v0_and_v1(tmp_path: Path, kubo: Kubo) -> Non
     assert (c2.cwd / "f.txt").read_text() == "old style\n"
     assert json.loads(c2("remote", "-v", "--json").stdout)[0]["index"] == v0
     kubo.ipfs("files", "rm", "-r", v0dir)
+
+
+def test_after_retention_index_pins_are_direct(tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    """A recursive index would hold the trees retention let go: ``retention`` turns the
+    repository's index pins into direct ones, and later pushes of any replica pin directly."""
+    node = kubo_factory()
+    a = _origin(tmp_path, node)
+    for i in range(3):
+        write(a.cwd, "data.bin", os.urandom(100_000))
+        a("commit", "-m", f"c{i}")
+    first = _push(a)
+    b = _clone(tmp_path, f"{node.remote_url}/{_repo_id(a)}", "b")
+    write(b.cwd, "from-b.txt", "b\n")
+    b("commit", "-m", "b")
+    by_b = _push(b)
+    assert first["index_pin"] == by_b["index_pin"] == "recursive"
+
+    def pins(kind: str) -> set[str]:
+        out = node.ipfs("pin", "ls", "--names", f"--type={kind}").decode().splitlines()
+        return {line.split()[0] for line in out if "/.index/" in line.split()[-1]}
+
+    out = json.loads(a("retention", "--keep-last", "1", "--json").stdout)
+    assert set(out["remotes"][0]["unpinned"]) >= {first["index"], by_b["index"]}
+    assert not pins("recursive") and {first["index"], by_b["index"]} <= pins("direct")
+    write(a.cwd, "data.bin", os.urandom(100_000))
+    a("commit", "-m", "after")
+    after = _push(a)
+    write(b.cwd, "from-b.txt", "b again\n")
+    b("commit", "-m", "b again")
+    again = _push(b)  # b forgot nothing, but a pins in the retained layout on this node
+    assert after["index_pin"] == again["index_pin"] == "direct" and not pins("recursive")
+    node.ipfs("repo", "gc")
+    path = f"/ipfs/{again['index']}/heads/b/main/tree/from-b.txt"
+    assert node.ipfs("--offline", "cat", path) == b"b again\n"
+    record = json.loads(node.ipfs("--offline", "dag", "get", f"{after['index']}/records/site-a"))
+    assert record["heads"]["main"]["commit"] == {"/": after["head"]}

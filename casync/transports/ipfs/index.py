@@ -40,7 +40,7 @@ from casync.transports.ipfs.records import FORMAT as RECORD_FORMAT
 from casync.transports.ipfs.records import HeadRecord, RemoteNode, record_from
 from casync.transports.ipfs.util import PIN_PREFIX
 
-__all__ = ["FORMAT", "KEEP_INDEXES", "IndexInfo", "PublishedIndex", "decode_index", "encode_index",
+__all__ = ["FORMAT", "KEEP_INDEXES", "IndexInfo", "PublishedIndex", "decode_index", "demote_indexes", "encode_index",
            "encode_record", "index_pin_name", "list_indexes", "publish_index", "read_index"]
 
 FORMAT = "casync-index/1"
@@ -71,8 +71,10 @@ def encode_record(rec: HeadRecord) -> bytes:
 
 
 def _link(value: Any) -> Cid:
+    """A CID of the index or a record block: a link (tag 42), never a text CID (TypeError,
+    which the decoders report as malformed, naming the block)."""
     if not isinstance(value, Link):
-        raise InvalidObject("a CID that is not a link")
+        raise TypeError("a CID that is not a link")
     return bytes(value)
 
 
@@ -265,3 +267,23 @@ def list_indexes(node: RemoteNode, repo_id: str) -> list[IndexInfo]:
 def _order(info: IndexInfo) -> tuple[int, int]:
     """One replica's indexes in the order it wrote them (its record's seq, then its clock)."""
     return info.seq, info.time_ms
+
+
+def demote_indexes(node: RemoteNode, repo_id: str) -> list[Cid]:
+    """Turn every recursive index pin of ``repo_id`` into direct pins on the index and its
+    record blocks (``retention`` moved a replica to the retained layout: a recursive index
+    would keep the trees it forgot).  Returns the indexes demoted."""
+    prefix = f"{PIN_PREFIX}{repo_id}/.index/"
+    out = []
+    for name, cid, kind in node.client.named_pins(prefix):
+        if kind != "recursive" or "/" in name[len(prefix):]:
+            continue
+        found = _indexes(node, [(cid, kind)])
+        if not found:
+            continue
+        info = found[0]
+        node.client.pin_add_many(list(info.records.values()), recursive=False, name=f"{name}/records")
+        node.client.pin_rm(cid)  # Kubo refuses a direct pin on a recursively pinned CID
+        node.client.pin_add_many([cid], recursive=False, name=name)
+        out.append(cid)
+    return out
