@@ -15,9 +15,10 @@ node's MFS::
 
 A record is written only after every block its heads reach is on the node and the
 heads are pinned (closure invariant).  ``seq`` grows by one per publish.  MFS is local to
-one node; the directory ``/casync/<repository-id>`` is a UnixFS directory whose CID (the
-*index*) another node can read over bitswap and its gateway can serve.  See
-``docs/remotes.md``.
+one node; for other nodes every push also writes a *linked index*, a DAG-CBOR root linking
+every replica's heads and records (:mod:`casync.transports.ipfs.index`).  A URL may name one,
+or the CID of the MFS directory ``/casync/<repository-id>`` (what older versions printed as
+the index): both are read here.  See ``docs/remotes.md``.
 """
 
 from __future__ import annotations
