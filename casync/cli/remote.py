@@ -193,13 +193,17 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
     with rmt.connect(r.url, retry=retry_policy()) as node:
         errors: list[str] = []
         records = node.records(repo.repo_id, errors=errors)
-        index = node.index_cid(repo.repo_id)
-        version = node.version
+        mfs = node.index_cid(repo.repo_id)
+        from casync.transports.ipfs.index import list_indexes
         from casync.transports.ipfs.util import PIN_PREFIX
+        indexes = list_indexes(node, repo.repo_id)
+        version = node.version
         pins = node.client.named_pins(f"{PIN_PREFIX}{repo.repo_id}/")
     cluster = _cluster_coverage(r, records)
+    index = indexes[0].cid if indexes else None  # the newest linked index pinned there
     if as_json:
         print_json({"remote": r.to_json(), "kubo": version, "index": cid_str(index) if index else None,
+               "indexes": [i.to_json() for i in indexes], "mfs_index": cid_str(mfs) if mfs else None,
                "records": {k: v.to_json() for k, v in sorted(records.items())}, "invalid": errors,
                "pins": [{"name": n, "cid": cid_str(c), "type": t} for n, c, t in pins],
                **({"cluster": [{"replica": rep, "branch": b, **cov.to_json()} for rep, b, cov in cluster]}
@@ -207,6 +211,7 @@ def remote_show(obj: Context, name: str | None, as_json: bool) -> None:
     else:
         click.echo(f"remote {r.name}: {r.url.text} (Kubo {version})")
         click.echo(f"index: {cid_str(index) if index else '-'}")
+        click.echo(f"mfs index: {cid_str(mfs) if mfs else '-'}")
         for replica, rec in sorted(records.items()):
             for branch, head in sorted(rec.heads.items()):
                 click.echo(f"  {replica}/{branch}\t{cid_str(head.commit)}\t(seq {rec.seq})")
@@ -277,6 +282,8 @@ def push(obj: Context, remote: str | None, branch: str | None, force: bool, batc
                + (f", {res.skipped_present} already there" if res.skipped_present else "") + ")")
     if res.index:
         click.echo(f"index: {cid_str(res.index)}")
+    if res.index_error:
+        click.echo(f"warning: no index written: {res.index_error}", err=True)
 
 
 def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:

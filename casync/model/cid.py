@@ -218,10 +218,21 @@ def cid_str(cid: Cid) -> str:
     """Text form: multibase base32 (lower case, no padding), as Kubo prints CIDv1; a CIDv0
     as Kubo prints it too (base58btc, ``Qm...``), the only text form it has."""
     if is_cid_v0(cid):
-        from multiformats import CID
-
-        return str(CID.decode(cid))
+        return _base58btc(cid)  # without importing multiformats (the status path prints CIDs)
     return "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
+
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _base58btc(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    out = []
+    while n:
+        n, r = divmod(n, 58)
+        out.append(_B58[r])
+    pad = len(data) - len(data.lstrip(b"\0"))
+    return "1" * pad + "".join(reversed(out))
 
 
 def short(cid: Cid, n: int = 20) -> str:

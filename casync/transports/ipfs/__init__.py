@@ -1,4 +1,5 @@
-"""IPFS remotes: configuration, head records, push, fetch, pull, clone and gateway URLs.
+"""IPFS remotes: configuration, head records and the linked index, push, fetch, pull, clone
+and gateway URLs.
 
 See ``docs/remotes.md`` for the design (head records, discovery across nodes,
 what push sends and how fetch stays resumable).

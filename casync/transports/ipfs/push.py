@@ -29,7 +29,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.errors import RemoteError, StateRefused, UsageError
+from casync.errors import InvalidObject, RemoteError, StateRefused, UsageError
 from casync.model.cid import RAW, Cid, cid_str, compute_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
@@ -37,6 +37,7 @@ from casync.repo.tags import tags_reaching
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.cluster import cluster_pins, refuse_retained
+from casync.transports.ipfs.index import publish_index
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import pin_name, remote_lock
@@ -67,7 +68,9 @@ class PushResult:
     blocks_min: int | None = None
     bytes_min: int | None = None
     seq: int = 0
-    index: Cid | None = None
+    index: Cid | None = None  # the linked index this push wrote (transports.ipfs.index)
+    index_pin: str | None = None  # how it is pinned: "recursive" or "direct"
+    index_error: str | None = None  # why no index was written (the record is published)
     seconds: float = 0.0
     tags: dict[str, Cid] = field(default_factory=dict)  # the tags this replica's record publishes
 
@@ -79,7 +82,8 @@ class PushResult:
             "up_to_date": self.up_to_date, "blocks_sent": self.blocks_sent, "bytes_sent": self.bytes_sent,
             "blocks_min": self.blocks_min, "bytes_min": self.bytes_min, "batches": self.batches,
             "resumed": self.resumed, "skipped_present": self.skipped_present, "seq": self.seq,
-            "index": cid_str(self.index) if self.index else None, "seconds": round(self.seconds, 3),
+            "index": cid_str(self.index) if self.index else None, "index_pin": self.index_pin,
+            "index_error": self.index_error, "seconds": round(self.seconds, 3),
         }
 
 
@@ -182,7 +186,8 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         result.up_to_date, result.seq = True, mine.seq if mine else 0
         result.tags = dict(mine.tags) if mine else {}
         result.blocks_min = result.bytes_min = 0  # nothing was missing
-        result.index = node.index_cid(repo.repo_id)
+        if mine is not None:
+            _index(node, mine, retained, result, reuse=True)
         _track(repo, remote.name, branch, head)
         return result
     known = [h.commit for r in records.values() for h in r.heads.values()]
@@ -253,9 +258,21 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     node.publish(record)
     _set_pending(repo, remote.name, None)
     result.seq, result.tags = record.seq, dict(record.tags)
-    result.index = node.index_cid(repo.repo_id)
+    _index(node, record, retained, result)
     _track(repo, remote.name, branch, head)
     return result
+
+
+def _index(node: RemoteNode, record: HeadRecord, retained: bool, result: PushResult, reuse: bool = False) -> None:
+    """Write and pin the linked index (after the record: an index failing leaves the push done)."""
+    try:
+        published = publish_index(node, record, retained=retained, reuse=reuse)
+    except (RemoteError, InvalidObject) as err:
+        if isinstance(err, RemoteError) and err.transient:
+            raise
+        result.index_error = err.message
+        return
+    result.index, result.index_pin = published.cid, published.pin
 
 
 def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:

@@ -15,22 +15,23 @@ node's MFS::
 
 A record is written only after every block its heads reach is on the node and the
 heads are pinned (closure invariant).  ``seq`` grows by one per publish.  MFS is local to
-one node; the directory ``/casync/<repository-id>`` is a UnixFS directory whose CID (the
-*index*) another node can read over bitswap and its gateway can serve.  See
-``docs/remotes.md``.
+one node; for other nodes every push also writes a *linked index*, a DAG-CBOR root linking
+every replica's heads and records (:mod:`casync.transports.ipfs.index`).  A URL may name one,
+or the CID of the MFS directory ``/casync/<repository-id>`` (what older versions printed as
+the index): both are read here.  See ``docs/remotes.md``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from casync.errors import CasyncError, InvalidObject, RemoteError, UsageError
 from casync.model.chunking import CHUNKERS
-from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, parse_cid
+from casync.model.cid import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, parse_cid
 from casync.repo.repository import validate_branch_name, validate_replica_name
 from casync.repo.tags import checked_tags
 from casync.store.ipfs import DEFAULT_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
@@ -101,9 +102,16 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise InvalidObject(f"head record {where} is not JSON ({type(exc).__name__})") from None
+    return record_from(obj, repository, replica, where, parse_cid)
+
+
+def record_from(obj: Any, repository: str, replica: str, where: str, to_cid: Callable[[Any], Cid]) -> HeadRecord:
+    """The record ``obj`` describes, validated; ``to_cid`` reads one CID (a text CID in
+    the JSON record, a link in the index's DAG-CBOR record block)."""
     try:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise InvalidObject(f"head record {where} has an unknown format {obj.get('format')!r}")
+            raise InvalidObject(f"head record {where} has an unknown format "
+                                f"{obj.get('format') if isinstance(obj, dict) else None!r}")
         if obj["repository"] != repository:
             raise InvalidObject(f"head record {where} belongs to repository {obj['repository']!r}")
         if obj["replica"] != replica:
@@ -118,7 +126,7 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         heads = {}
         for branch, h in obj["heads"].items():
             validate_branch_name(branch)
-            commit = parse_cid(h["commit"])
+            commit = to_cid(h["commit"])
             if cid_codec(commit) != DAG_CBOR:
                 raise InvalidObject(f"head record {where}: branch {branch} does not name a commit")
             clock = {str(k): int(v) for k, v in dict(h.get("clock", {})).items()}
@@ -126,7 +134,7 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         seq, time_ms = int(obj["seq"]), int(obj["time_ms"])
         if seq < 1:
             raise InvalidObject(f"head record {where} has sequence number {seq}")
-        tags = _decode_tags(obj.get("tags", {}), where)
+        tags = _decode_tags(obj.get("tags", {}), where, to_cid)
         return HeadRecord(repository, replica, seq, time_ms, str(obj["hash"]), str(obj["chunker"]), heads, tags)
     except InvalidObject:
         raise
@@ -134,11 +142,11 @@ def decode_record(data: bytes, repository: str, replica: str, where: str) -> Hea
         raise InvalidObject(f"head record {where} is malformed ({type(exc).__name__})") from None
 
 
-def _decode_tags(value: Any, where: str) -> dict[str, Cid]:
+def _decode_tags(value: Any, where: str, to_cid: Callable[[Any], Cid]) -> dict[str, Cid]:
     if not isinstance(value, dict):
         raise InvalidObject(f"head record {where}: tags must be an object")
     try:
-        return checked_tags({str(k): parse_cid(v) for k, v in value.items()})
+        return checked_tags({str(k): to_cid(v) for k, v in value.items()})
     except ValueError as exc:
         raise InvalidObject(f"head record {where}: {exc}") from None
 
@@ -215,10 +223,10 @@ class RemoteNode:
         raise UsageError(f"{self.url.text} holds several repositories: {', '.join(repos)}",
                          hint="add the repository id to the URL: ipfs+http://HOST:PORT/REPOSITORY-ID")
 
-    def records(self, repo_id: str, errors: list[str] | None = None) -> dict[str, HeadRecord]:
+    def records(self, repo_id: str, errors: list[str] | None = None, *, index: bool = True) -> dict[str, HeadRecord]:
         """Every replica's head record for ``repo_id`` (MFS of this node, plus the URL's
-        index if it has one; the higher ``seq`` wins).  Invalid records are reported into
-        ``errors`` (or raised when ``errors`` is None)."""
+        index if it has one and ``index``; the higher ``seq`` wins).  Invalid records are
+        reported into ``errors`` (or raised when ``errors`` is None)."""
         out: dict[str, HeadRecord] = {}
         names = self.client.files_ls(f"{self.repo_dir(repo_id)}/heads") or []
         for name in names:
@@ -239,7 +247,7 @@ class RemoteNode:
                 if errors is None:
                     raise
                 errors.append(f"head record {where} is unreadable: {exc.message}")
-        for rec in self._index_records(repo_id, errors):
+        for rec in self._index_records(repo_id, errors) if index else ():
             if rec.replica not in out or out[rec.replica].seq < rec.seq:
                 out[rec.replica] = rec
         return out
@@ -265,6 +273,22 @@ class RemoteNode:
         index = self.url.index
         if index is None:
             return []
+        if cid_codec(index) == DAG_CBOR:  # the linked index (transports.ipfs.index)
+            from casync.transports.ipfs.index import read_index  # it builds on this module's records
+
+            store = self.block_store()
+            try:
+                return read_index(store, index, repo_id, errors)
+            finally:
+                store.discard()
+        if cid_codec(index) != DAG_PB:
+            raise InvalidObject(f"index {cid_str(index)} is neither a casync index (dag-cbor) "
+                                "nor an MFS directory (dag-pb)")
+        return self._mfs_index_records(index, repo_id, errors)
+
+    def _mfs_index_records(self, index: Cid, repo_id: str | None, errors: list[str] | None) -> list[HeadRecord]:
+        """Records of an index printed by casync before the linked index: the CID of the
+        MFS directory ``/casync/<repository-id>``, its ``heads/`` holding the JSON records."""
         store = self.block_store()
         out = []
         try:
@@ -296,7 +320,9 @@ class RemoteNode:
         self.client.files_replace(self.record_path(record.repository, record.replica), record.encode())
 
     def index_cid(self, repo_id: str) -> Cid | None:
-        """CID of ``/casync/<repo-id>`` in this node's MFS: readable from any node by bitswap."""
+        """CID of ``/casync/<repo-id>`` in this node's MFS, the *MFS index* (a UnixFS
+        directory of the JSON records; what casync printed as the index before the linked
+        index of :mod:`casync.transports.ipfs.index`, and what older versions read)."""
         return self.client.files_stat_cid(self.repo_dir(repo_id))
 
 

@@ -6,7 +6,8 @@ repository has forgotten commits (meta ``forgotten/``), this replica's history i
 the *retained layout* instead: a direct pin on every commit block (the history stays whole
 on the node) and a recursive pin on the tree of every commit not forgotten.  :func:`repin`
 moves a remote to it (and unpins the forgotten trees and this replica's recursive head
-pins); :func:`pin_retained` is what push does in that layout.  Kubo's own GC
+pins, and turns the repository's recursive index pins into direct ones); :func:`pin_retained`
+is what push does in that layout.  Kubo's own GC
 (``ipfs repo gc``) then removes what no pin holds.  Heads pinned by other replicas still
 hold their histories: their pins are theirs.
 """
@@ -21,6 +22,7 @@ from casync.model.cid import Cid, cid_str
 from casync.repo.repository import FORGOTTEN_PREFIX, Repository
 from casync.transports.config import get_remote
 from casync.transports.ipfs.cluster import refuse_retained
+from casync.transports.ipfs.index import demote_indexes
 from casync.transports.ipfs.records import RemoteNode, connect
 from casync.transports.ipfs.util import pin_name, remote_lock
 
@@ -92,4 +94,5 @@ def repin(repo: Repository, remote_name: str) -> RepinResult:
                 node.client.pin_rm(h)
                 node.client.pin_add_many([h], recursive=False, name=name)
                 result.unpinned.append(h)
+        result.unpinned.extend(demote_indexes(node, repo.repo_id))  # recursive index pins: now direct
     return result
