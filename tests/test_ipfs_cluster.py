@@ -149,3 +149,22 @@ def test_an_agent_round_pins_through_the_cluster(tmp_path: Path, ipfs_cluster: C
     assert (entry["replication_factor_min"], entry["replication_factor_max"]) == (2, 2)
     assert sorted(_status(ipfs_cluster, str(head)).values()) == ["pinned", "pinned", "remote"]
     assert f"(cluster {peer.api_url}, replication 2..2)" in casync("-C", str(site.repo), "remote", "-v").stdout
+
+
+def test_a_tree_with_an_empty_file_is_pinned_on_every_peer(tmp_path: Path, ipfs_cluster: Cluster) -> None:
+    """Bitswap never sends the zero-length block, so the peers that fetch the DAG never
+    finished pinning a tree with an empty file (the push waited out its 5 minutes).  Push
+    adds the empty file through the cluster first, which puts the block on every peer."""
+    from casync.model.cid import RAW, cid_str, compute_cid
+    from casync.transports.ipfs.cluster import EMPTY_BLOCK_PIN
+
+    a = _repo(tmp_path, ipfs_cluster, "empty", 3, 3)
+    write(a.cwd, "empty.txt", "")
+    write(a.cwd, "dir/also-empty", "")
+    a("commit", "-m", "empty files")
+    head = json.loads(a("push", "--json").stdout)["head"]
+    assert sorted(_status(ipfs_cluster, head).values()) == ["pinned"] * 3
+    empty = cid_str(compute_cid(RAW, b"", "blake3"))
+    [entry] = ipfs_cluster.peers[2].request("GET", f"/allocations/{empty}")
+    assert entry["name"] == EMPTY_BLOCK_PIN and entry["replication_factor_min"] == -1
+    assert json.loads(a("audit", "--remote", "origin", "--json").stdout)["ok"] is True

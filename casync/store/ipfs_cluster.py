@@ -33,7 +33,7 @@ from casync.errors import (
     RemoteUnreachable,
     UsageError,
 )
-from casync.model.cid import Cid, cid_str
+from casync.model.cid import Cid, cid_str, parse_cid
 from casync.store.ipfs_auth import auth_headers
 from casync.store.ipfs_errors import reason
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy, retrying
@@ -128,6 +128,24 @@ class ClusterClient:
                                         "replication-min": replication_min, "replication-max": replication_max})
         self._call("POST", f"/pins/{cid_str(cid)}?{query}", "pin")
 
+    def add_empty_file(self, hash_name: str, name: str) -> Cid:
+        """Add the empty file through the cluster (``/add``: raw leaves, CIDv1, ``hash_name``)
+        and pin it on every peer under ``name``; the cluster puts the zero-length block on
+        each peer's IPFS node.  Returns its CID (casync's empty block).  Why: bitswap never
+        sends a zero-length block, so a peer that fetches a DAG holding an empty file never
+        finishes pinning it (docs/remotes.md, "The empty block")."""
+        query = urllib.parse.urlencode({"raw-leaves": "true", "cid-version": 1, "hash": hash_name, "name": name,
+                                        "replication-min": -1, "replication-max": -1, "stream-channels": "false"})
+        boundary = "casync-empty-file"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"empty\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n\r\n--{boundary}--\r\n").encode()
+        [entry] = self._call("POST", f"/add?{query}", "add (the empty file)", body,
+                             f"multipart/form-data; boundary={boundary}")[-1:] or [{}]
+        try:
+            return parse_cid(str(entry["cid"]))
+        except (KeyError, UsageError):
+            raise RemoteProtocolError(f"IPFS Cluster {self.url}: malformed add reply {entry!r:.200}") from None
+
     def unpin(self, cid: Cid) -> bool:
         """Remove ``cid`` from the pinset; False when it was not in it."""
         try:
@@ -159,14 +177,19 @@ class ClusterClient:
 
     # --- the wire --------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, what: str) -> list[dict[str, Any]]:
-        return retrying(lambda: self._once(method, path, what), self.retry)
+    def _call(self, method: str, path: str, what: str, body: bytes = b"",
+              content_type: str | None = None) -> list[dict[str, Any]]:
+        return retrying(lambda: self._once(method, path, what, body, content_type), self.retry)
 
-    def _once(self, method: str, path: str, what: str) -> list[dict[str, Any]]:
+    def _once(self, method: str, path: str, what: str, body: bytes = b"",
+              content_type: str | None = None) -> list[dict[str, Any]]:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = cls(self._host, self._port, timeout=self.timeout)
+        headers = {**self._headers, "Content-Length": str(len(body))}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
-            conn.request(method, path, headers={**self._headers, "Content-Length": "0"})
+            conn.request(method, path, body=body or None, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:

@@ -23,7 +23,7 @@ from casync.store.ipfs_cluster import ClusterClient, PinStatus
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote
 
-__all__ = ["ClusterPins", "Coverage", "cluster_pins", "refuse_retained"]
+__all__ = ["EMPTY_BLOCK_PIN", "ClusterPins", "Coverage", "cluster_pins", "refuse_retained"]
 
 _POLL_S = 0.5
 
@@ -55,6 +55,9 @@ class Coverage:
         return {**self.status.to_json(), "required": self.required, "ok": self.ok, "missing": self.missing}
 
 
+EMPTY_BLOCK_PIN = "casync/empty-block"
+
+
 class ClusterPins:
     """The pins of one remote on its cluster, with the remote's replication factors
     (``None``: the cluster's defaults, sent as 0)."""
@@ -81,6 +84,20 @@ class ClusterPins:
             entry = self.client.allocation(old)
             if entry is not None and entry.get("name") == name:
                 self.client.unpin(old)
+
+    def hold_empty_block(self, cid: Cid, hash_name: str) -> None:
+        """Have every peer hold the zero-length block ``cid``: bitswap never sends it, so a
+        peer fetching a DAG with an empty file would never finish pinning it.  Added once
+        through the cluster's ``/add``, pinned everywhere under :data:`EMPTY_BLOCK_PIN`."""
+        entry = self.client.allocation(cid)
+        if entry is not None and entry.get("replication_factor_min") == -1:
+            return
+        got = self.client.add_empty_file(hash_name, EMPTY_BLOCK_PIN)
+        if got != cid:
+            raise RemoteError(f"IPFS Cluster {self.client.url} added the empty file as {cid_str(got)}, "
+                              f"not as {cid_str(cid)}",
+                              hint="does the cluster support the repository's hash function "
+                                   f"({hash_name})? see 'ipfs-cluster-ctl add --help'")
 
     def coverage(self, cid: Cid) -> Coverage:
         status = self.client.status(cid)

@@ -236,6 +236,9 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     if retained:
         pinning = node.client.submit(pin_retained, node, repo, old, head, name)
     elif cluster is not None:
+        empty = compute_cid(RAW, b"", repo.hash_name)
+        if repo.blocks.has(empty):  # an empty file: every peer must hold the block bitswap never sends
+            cluster.hold_empty_block(empty, repo.hash_name)
         pinning = node.client.submit(cluster.pin_head, old, head, old not in others, name)
     else:
         pinning = node.client.submit(_pin, node, old, head, old not in others, name)
