@@ -218,6 +218,36 @@ def test_find_renames_threshold_and_symmetry() -> None:
     assert find_renames({"p": empty}, {"q": empty}, {"p": E("edited")}, chunk_set).carries == []
 
 
+def test_a_conflict_sibling_is_never_a_rename_target() -> None:
+    """A siblings merge kept one version of p as ``p.~site-b``; then p was deleted (the
+    other version let go).  The other side, which never saw that, edited p: its edit stays at
+    p (a delete/modify for the policy to settle), not carried into the sibling, which keeps
+    the version it holds (before, the sibling's version was replaced; fuzzer seed 577)."""
+    def chunk_set(e: Entry) -> frozenset[bytes]:
+        return frozenset([e.cid])
+
+    base = {"p": E("v5")}
+    ours = {"p.~site-b": E("v5")}
+    theirs = {"p": E("edited")}
+    assert find_renames(base, ours, theirs, chunk_set) == find_renames(base, theirs, ours, chunk_set) \
+        == type(find_renames(base, ours, theirs, chunk_set))()
+    assert find_renames(base, {"p-moved": E("v5")}, theirs, chunk_set).carries == [Carry("p", "p-moved", "ours")]
+    assert find_renames(base, {"p.~x/inner": E("v5")}, theirs, chunk_set).carries == []
+
+
+def test_an_edit_beside_a_kept_sibling_stays_at_its_path(sites: tuple[Repository, Repository]) -> None:
+    a, b = sites
+    old = a.read("images/cam2.raw")
+    move(a, "images/cam2.raw", "images/cam2.raw.~site-c")  # as a siblings merge and a delete leave it
+    porcelain.commit(a, "a keeps the sibling, deletes the path")
+    write(b.root, "images/cam2.raw", blob(2, 3000))
+    porcelain.commit(b, "b edits cam2 later")
+    transfer(b, a, "main", "site-b")
+    porcelain.merge(a, "site-b", policy="siblings")
+    assert a.read("images/cam2.raw") == blob(2, 3000)
+    assert a.read("images/cam2.raw.~site-c") == old
+
+
 def test_resolving_a_rename_whose_edited_file_is_gone_is_a_usage_error(sites: tuple[Repository, Repository]) -> None:
     a, b = sites
     _copied_twice_and_edited(a, b)

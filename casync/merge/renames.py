@@ -6,6 +6,9 @@ one: at least :data:`RENAME_SHARE` of the larger file's chunks are shared.  File
 chunk that were renamed *and* edited are not recognised (one chunk tells nothing about
 similarity), nor are empty files (all alike).  Only base paths the other side also
 changed are looked at: a rename against an unchanged path merges as a plain remove + add.
+Nor is a conflict sibling of the path (``p.~<replica>``, made by a ``siblings`` merge) ever
+a rename of it: a side that kept one version there and removed ``p`` did not move the file,
+and an edit of ``p`` stays at ``p`` (found by the convergence fuzzer, seed 577).
 
 What follows (:class:`RenamePlan`):
 
@@ -26,9 +29,10 @@ from typing import Literal
 from casync.model.cid import RAW, Cid, cid_codec
 from casync.model.objects import Entry, same_entry
 
-__all__ = ["RENAME_SHARE", "Carry", "RenameConflict", "RenamePlan", "find_renames"]
+__all__ = ["RENAME_SHARE", "SIBLING_MARK", "Carry", "RenameConflict", "RenamePlan", "find_renames"]
 
 RENAME_SHARE = 0.5
+SIBLING_MARK = ".~"  # a conflict sibling of path p is p + SIBLING_MARK + replica (threeway.sibling_name)
 
 Side = Literal["ours", "theirs"]
 ChunksFn = Callable[[Entry], frozenset[Cid]]
@@ -79,7 +83,12 @@ class _Added:
                     self._by_chunk.setdefault(chunk, set()).add(path)
         return self._by_chunk
 
-    def targets(self, old: Entry) -> tuple[str, ...]:
+    def targets(self, path: str, old: Entry) -> tuple[str, ...]:
+        """The added paths that hold ``path``'s file (``old``), its conflict siblings excepted."""
+        sibling = path + SIBLING_MARK
+        return tuple(p for p in self._targets(old) if not p.startswith(sibling))
+
+    def _targets(self, old: Entry) -> tuple[str, ...]:
         exact = self.by_cid.get(old.cid)
         if exact:
             return tuple(exact)
@@ -112,7 +121,7 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
         if b.kind != "file" or b.tsize == 0 or (o is not None and t is not None):
             continue  # (every empty file is the same file: its "rename" would be a guess)
         if o is None and t is None:
-            by_ours, by_theirs = added["ours"].targets(b), added["theirs"].targets(b)
+            by_ours, by_theirs = added["ours"].targets(old, b), added["theirs"].targets(old, b)
             if by_ours and by_theirs and set(by_ours) != set(by_theirs):
                 plan.conflicts.append(RenameConflict(old, "rename/rename", tuple(sorted({*by_ours, *by_theirs}))))
             continue
@@ -120,7 +129,7 @@ def find_renames(base: Mapping[str, Entry], ours: Mapping[str, Entry], theirs: M
         other: Side = "theirs" if renamer == "ours" else "ours"
         if same_entry(sides[other].get(old), b):
             continue  # the other side did not change the path: a plain remove + add
-        targets = added[renamer].targets(b)
+        targets = added[renamer].targets(old, b)
         if len(targets) == 1 and targets[0] not in sides[other]:
             plan.carries.append(Carry(old, targets[0], renamer))
         elif targets:

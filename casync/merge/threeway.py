@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from casync.errors import UsageError
-from casync.merge.renames import RenamePlan
+from casync.merge.renames import SIBLING_MARK, RenamePlan
 from casync.model.names import is_replica_name
 from casync.model.objects import Entry, HybridTime, same_entry
 
@@ -155,7 +155,7 @@ def sibling_name(path: str, replica: str) -> str:
         import hashlib
 
         replica = "x" + hashlib.sha256(replica.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    return f"{path}.~{replica}"
+    return f"{path}{SIBLING_MARK}{replica}"
 
 
 

@@ -350,13 +350,16 @@ def test_a_delete_since_the_base_beats_an_older_write_of_the_path(tmp_path: Path
 
 
 @pytest.mark.parametrize("seed, policy, steps", [(9, "siblings", 40), (75, "siblings", 40), (73, "siblings", 40),
-                                                 (515, "lww", 40), (123, "siblings", LONG_STEPS)])
+                                                 (515, "lww", 40), (123, "siblings", LONG_STEPS),
+                                                 (577, "siblings", LONG_STEPS)])
 def test_the_scenarios_that_found_defects(tmp_path: Path, seed: int, policy: str, steps: int) -> None:
     """Each seed diverged before its fix: 9 (a json key deleted last came back), 75 (the same
     for a nested key, under an object merged back to the base's value), 515 (a path deleted
     last came back: the last write was searched in generation order), 73 (the model: renamed
     bytes carried a concurrent edit), 123 of the long run (the model: an edit a merge carried
-    to a concurrent rename's new path, then overwritten there, was taken for lost)."""
+    to a concurrent rename's new path, then overwritten there, was taken for lost), 577 of the
+    long run (a conflict sibling taken for a rename target: the edit of the path went into
+    the sibling and replaced the version kept there)."""
     scenario(tmp_path, seed, policy, steps)
 
 
