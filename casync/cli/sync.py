@@ -115,6 +115,9 @@ def serve(obj: Context, bind: str, token_file: Path, read_token_files: tuple[Pat
         click.echo(f"warning: listening on {host}, beyond loopback; use TLS in front of it", err=True)
     click.echo(f"serving {repo.root} on http://{real_host}:{real_port}" + (" (read-only)" if read_only else ""),
                err=True)
+    if repo.partial is not None:  # refs name DAGs complete within its paths only
+        click.echo(f"note: a partial clone, holding only {', '.join(repo.partial.paths)}: it serves fetches within "
+                   "those paths ('clone --path') and refuses full fetches and pushes", err=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()

@@ -6,7 +6,9 @@ subtree there, against no haves: the commits are held, their blocks at the new p
 not), then the path is recorded in config ``partial_paths`` and its files are checked out.
 ``--all-paths`` does the same for everything outside, and the repository is whole again.
 Until the transfer has completed nothing is recorded, so an interrupted widening is just
-run again.
+run again.  It fetches from one remote: commits that came only from another remote (and
+are not in this one's history) are widened by running it against that remote too (a path
+already recorded is fetched again, so this always works; ``fsck`` lists what is missing).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from casync.errors import UsageError
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.transports.peer.exchange import FetchResult, Peer, fetch_from
-from casync.trees.paths import INSIDE, normalize_paths
+from casync.trees.paths import normalize_paths
 from casync.worktree import state as workstate
 from casync.worktree.checkout import status, update_worktree
 
@@ -30,9 +32,7 @@ def widen_from(repo: Repository, peer: Peer, remote: str, add: tuple[str, ...],
     if held is None:
         raise UsageError("this repository is not a partial clone: it holds every path already",
                          hint="run 'casync fetch' without --path / --all-paths")
-    new = tuple(p for p in normalize_paths(add) if held.where(p) != INSIDE) if add else ()
-    if add and not new:  # already held: an ordinary fetch
-        return fetch_from(repo, peer, remote, progress), held.paths
+    new = normalize_paths(add) if add else ()
     result = fetch_from(repo, peer, remote, progress, widen=new)
     after = normalize_paths((*held.paths, *new)) if new else ()
     with repo.store.writer_lock():
