@@ -341,14 +341,17 @@ def test_bad_paths_are_usage_errors(tmp_path: Path, full: Path, path: str, messa
 
 
 def test_path_options_where_they_do_not_apply(tmp_path: Path, full: Path) -> None:
-    r = run(tmp_path, "clone", "--path", "sensors", "ipfs+http://127.0.0.1:9/", str(tmp_path / "p"), code=2)
-    assert "not supported for IPFS remotes yet" in r.stderr and not (tmp_path / "p").exists()
+    r = run(tmp_path, "clone", "--path", "..", "ipfs+http://127.0.0.1:9/", str(tmp_path / "p"), code=2)
+    assert "escapes the working tree" in r.stderr and not (tmp_path / "p").exists()  # checked before the node
     whole = tmp_path / "whole"
     run(tmp_path, "clone", str(full), str(whole))
     r = run(whole, "fetch", "--path", "sensors", code=2)
     assert "not a partial clone: it holds every path already" in r.stderr
     r = run(whole, "fetch", "--path", "sensors", "--all-paths", code=2)
     assert "exclude each other" in r.stderr
+    run(whole, "remote", "add", "ipfs", "ipfs+http://127.0.0.1:9")
+    r = run(whole, "fetch", "ipfs", "--path", "sensors", code=2)
+    assert "not supported for IPFS remotes yet" in r.stderr
 
 
 def test_paths_are_normalized(tmp_path: Path, full: Path) -> None:

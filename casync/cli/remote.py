@@ -365,20 +365,18 @@ def clone(obj: Context, url: str, directory: str, replica: str | None, branch: s
         clone_peer(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
                    token_file=_token_path(obj, token_file) if token_file else None, paths=wanted)
         return
-    if wanted:
-        raise UsageError("clone --path is not supported for IPFS remotes yet",
-                         hint="clone from a 'casync serve' peer or a repository path, or clone the whole repository")
     path = os.path.join(obj.directory, directory)
     # Ctrl-C: clonestate.CloneInterrupted carries the hint that the partial clone is kept
     repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
-                          concurrency=jobs, wait=timeout, retry=retry_policy())
+                          concurrency=jobs, wait=timeout, retry=retry_policy(), paths=wanted)
     repo.close()
     if as_json:
         print_json(res.to_json())
     else:
         _report_fetch(res.fetch, "warning")
         where = f"branch {res.branch} at {short(res.head)}" if res.head else "no commits"
-        click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where})")
+        partial = f"; partial: {', '.join(res.paths)} only" if res.paths else ""
+        click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where}{partial})")
         if res.diverged:
             click.echo("warning: the published heads have diverged; checked out the newest", err=True)
 

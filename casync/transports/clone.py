@@ -55,7 +55,7 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
                 origin = replace(origin, token_file=token_file)
             if not resumed or token_file:
                 write_remote(repo, "origin", origin)
-            _record_paths(repo, paths, resumed)
+            target.record_paths(paths)
             chosen = replica is not None
             refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
             result = fetch_from(repo, peer, "origin", progress)
@@ -73,13 +73,3 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
         target.finish()
     return repo, PeerClone(wanted, result, repo.partial.paths if repo.partial is not None else ())
 
-
-def _record_paths(repo: Repository, paths: tuple[str, ...], resumed: bool) -> None:
-    held = repo.partial.paths if repo.partial is not None else ()
-    if resumed:
-        if paths and tuple(paths) != held:
-            raise UsageError(f"{repo.root} holds an interrupted clone of {', '.join(held) or 'every path'}",
-                             hint="resume it with the same --path options, or choose another directory")
-        return
-    if paths:
-        repo.set_config("partial_paths", list(paths))
