@@ -212,6 +212,13 @@ def test_checkout_status_fsck_gc_audit_in_a_partial_clone(tmp_path: Path, full: 
     st = run_json(part, "status")
     assert st["clean"] and st["deleted"] == []
     run(part, "checkout", "main")
+    listing = {row["path"]: row["type"] for row in json.loads(run(part, "ls", "--json").stdout)}
+    assert listing == {"README": "unfetched", "logs": "unfetched", "other": "unfetched", "sensors": "dir"}
+    assert {row["path"] for row in json.loads(run(part, "ls", "-r", "--json").stdout)} == \
+        {"sensors/t0.csv", "sensors/t1.csv", "sensors/t2.csv", "sensors/cal/offsets.json"}
+    r = run(part, "cat", "HEAD:logs/day0.log", code=2)
+    assert "'logs/day0.log' lies outside the paths this partial clone holds (sensors)" in r.stderr
+    assert run(part, "cat", "HEAD:sensors/t0.csv").stdout == "second version\n"
     fsck = run_json(part, "fsck")
     assert fsck["ok"] and fsck["missing"] == {} and fsck["unfetched"] >= 3
     run(part, "gc")  # the unfetched blocks are not a missing block that stops gc

@@ -470,8 +470,12 @@ class Repository:
 
     def entry_at(self, spec: str) -> tuple[Cid, str, Entry]:
         commit, parts = self.resolve_path(spec)
-        entry = lookup(self.blocks, self.tree_of(commit), parts)
         path = "/".join(parts)
+        partial = self.partial
+        if partial is not None and not partial.holds(path):
+            raise UsageError(f"{path!r} lies outside the paths this partial clone holds ({', '.join(partial.paths)})",
+                             hint=f"fetch it first: 'casync fetch --path {path}'")
+        entry = lookup(self.blocks, self.tree_of(commit), parts)
         if entry is None:
             raise UnknownRevision(f"path {path!r} does not exist in {short(commit)} ({spec})")
         return commit, path, entry
@@ -591,11 +595,14 @@ class Repository:
         paths = partial_paths(self.config)
         return PathFilter(paths) if paths else None
 
-    def flatten(self, tree: Cid) -> dict[str, Entry]:
-        """``{path: Entry}`` of ``tree``'s files and symlinks, in a partial clone those of its
-        paths only (nothing else is held): every view of a working tree goes through here."""
+    def flatten(self, tree: Cid, prefix: str = "") -> dict[str, Entry]:
+        """``{path: Entry}`` of ``tree``'s files and symlinks (``tree`` lying at ``prefix``), in a
+        partial clone those of its paths only (nothing else is held): every view of a working
+        tree goes through here."""
         partial = self.partial
-        return flatten_tree(self.blocks, tree) if partial is None else flatten_within(self.blocks, tree, partial)
+        if partial is None:
+            return flatten_tree(self.blocks, tree, prefix)
+        return flatten_within(self.blocks, tree, partial, prefix)
 
     def flat_tree(self, commit: Cid | None) -> dict[str, Entry]:
         return self.flatten(self.tree_of(commit)) if commit is not None else {}

@@ -109,10 +109,11 @@ def outside_cids(get: GetBlock, tree: Cid, paths: PathFilter) -> set[Cid]:
     return {cid for cid, _ in outside_entries(get, tree, paths).values()}
 
 
-def flatten_within(store: BlockStore, tree: Cid, paths: PathFilter) -> dict[str, Entry]:
-    """``flatten_tree`` of what ``paths`` hold: files and symlinks not outside them."""
+def flatten_within(store: BlockStore, tree: Cid, paths: PathFilter, prefix: str = "") -> dict[str, Entry]:
+    """``flatten_tree`` of what ``paths`` hold: files and symlinks not outside them (``tree``
+    lies at ``prefix``)."""
     out: dict[str, Entry] = {}
-    stack = [("", tree)]
+    stack = [(prefix, tree)]
     while stack:
         base, cid = stack.pop()
         for link in read_dir(store, cid):
