@@ -367,3 +367,28 @@ def test_paths_are_normalized(tmp_path: Path, full: Path) -> None:
                    str(full), str(part))
     assert res["paths"] == ["other", "sensors"]  # sensors/cal is inside sensors
     assert sorted(os.listdir(part)) == [".casync", "other", "sensors"]
+
+
+@pytest.mark.parametrize("paths, message", [
+    (["../x"], "escapes the working tree"), ("sensors", "paths must be a list"), ([1], "paths must be a list"),
+    (["p"] * 65, "at most 64"),
+])
+def test_a_fetch_request_with_bad_paths_is_refused(full: Path, served: tuple[str, Path], paths: object,
+                                                    message: str) -> None:
+    import http.client
+    import urllib.parse
+
+    from casync.model.cid import cid_str
+
+    with Repository.open(full) as hub:
+        head = cid_str(hub.resolve("HEAD"))
+    parts = urllib.parse.urlsplit(served[0])
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/fetch", json.dumps({"wants": [head], "haves": [], "paths": paths}),
+                     {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 400
+        assert message in json.loads(reply.read())["error"]
+    finally:
+        conn.close()

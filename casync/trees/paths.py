@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
-from casync.errors import InvalidPath, StateRefused, UsageError
+from casync.errors import InvalidObject, InvalidPath, StateRefused, UsageError
 from casync.model.cid import DAG_PB, Cid, cid_codec
 from casync.model.names import split_path
 from casync.model.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
@@ -26,13 +26,27 @@ from casync.store.base import BlockStore
 from casync.trees.unixfs import Entry, entry_for, read_dir, read_dir_block
 
 __all__ = ["INSIDE", "ON_THE_WAY", "OUTSIDE", "PathFilter", "Where", "flatten_within", "grafted", "merged_outside",
-           "normalize_paths", "outside_cids", "outside_entries"]
+           "normalize_paths", "parse_requested_paths", "outside_cids", "outside_entries"]
 
 GetBlock = Callable[[Cid], bytes]
 Where = Literal["inside", "on the way", "outside"]
 INSIDE: Where = "inside"
 ON_THE_WAY: Where = "on the way"
 OUTSIDE: Where = "outside"
+
+
+MAX_REQUESTED_PATHS = 64
+
+
+def parse_requested_paths(value: object) -> tuple[str, ...]:
+    """A fetch request's ``paths`` (a partial clone's, from a peer): a short list of
+    repository paths, normalized (malformed -> InvalidObject)."""
+    if not isinstance(value, list) or len(value) > MAX_REQUESTED_PATHS or not all(isinstance(p, str) for p in value):
+        raise InvalidObject(f"paths must be a list of at most {MAX_REQUESTED_PATHS} strings")
+    try:
+        return normalize_paths(value, "requested path")
+    except UsageError as exc:
+        raise InvalidObject(exc.message) from None
 
 
 def normalize_paths(paths: Iterable[str], what: str = "--path") -> tuple[str, ...]:

@@ -43,10 +43,10 @@ from casync.transports.peer.exchange import (
     MAX_WANTS,
     PeerService,
     parse_cid_list,
-    parse_path_list,
     parse_tag_map,
 )
 from casync.transports.peer.http import _CHUNK, MAX_JSON_BODY, _car_body
+from casync.trees.paths import parse_requested_paths
 
 __all__ = ["FETCH_BATCH_BYTES", "MAX_PUSH_BYTES", "PeerApp", "PushTooLarge"]
 
@@ -271,7 +271,7 @@ class PeerApp:
             raise InvalidObject("fetch request must be a JSON object")
         wants = parse_cid_list(request.get("wants"), "wants", MAX_WANTS)
         haves = parse_cid_list(request.get("haves", []), "haves", MAX_HAVES)
-        paths = parse_path_list(request.get("paths", []))
+        paths = parse_requested_paths(request.get("paths", []))
         with self.lock:
             blocks = self.service.fetch(wants, haves, paths)
             first = _take(blocks, FETCH_BATCH_BYTES)  # surfaces errors before the 200 goes out

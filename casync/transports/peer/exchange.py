@@ -43,12 +43,12 @@ from casync.repo.signatures import require_signed_history
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.settings import require_signed as settings_require_signed
 from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
-from casync.trees.paths import PathFilter, normalize_paths
+from casync.trees.paths import PathFilter
 from casync.worktree.checkout import update_worktree
 from casync.worktree.state import merge_in_progress, moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
-           "parse_path_list", "push_tags_to", "push_to"]
+           "push_tags_to", "push_to"]
 
 MAX_HAVES = 4096
 MAX_WANTS = 1024
@@ -141,20 +141,6 @@ def parse_cid_list(value: Any, what: str, limit: int, commits: bool = True) -> l
             raise InvalidObject(f"{what} holds {item[:80]!r}, which is not a commit CID")
         out.append(cid)
     return out
-
-
-MAX_PATHS = 64
-
-
-def parse_path_list(value: Any) -> tuple[str, ...]:
-    """A fetch request's ``paths`` (a partial clone's): a short list of repository paths,
-    normalized (malformed -> InvalidObject)."""
-    if not isinstance(value, list) or len(value) > MAX_PATHS or not all(isinstance(p, str) for p in value):
-        raise InvalidObject(f"paths must be a list of at most {MAX_PATHS} strings")
-    try:
-        return normalize_paths(value, "requested path")
-    except UsageError as exc:
-        raise InvalidObject(exc.message) from None
 
 
 class PeerService:
