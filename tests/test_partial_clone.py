@@ -221,6 +221,8 @@ def test_checkout_status_fsck_gc_audit_in_a_partial_clone(tmp_path: Path, full: 
     assert run(part, "cat", "HEAD:sensors/t0.csv").stdout == "second version\n"
     fsck = run_json(part, "fsck")
     assert fsck["ok"] and fsck["missing"] == {} and fsck["unfetched"] >= 3
+    r = run(part, "bundle", "create", "all.car", code=1)  # a bundle is a whole DAG
+    assert "cannot write a bundle" in r.stderr and not (part / "all.car").exists()
     run(part, "gc")  # the unfetched blocks are not a missing block that stops gc
     assert run_json(part, "fsck")["ok"]
     audit = run(part, "audit", code=0)

@@ -239,7 +239,12 @@ def bundle_create(obj: Context, file: Path, revs: tuple[str, ...], since: tuple[
     from casync.transports.bundle import create_bundle
 
     file = Path(obj.directory) / file  # like every path argument: relative to -C DIR
-    info = create_bundle(obj.repo(), file, list(revs), list(since))
+    repo = obj.repo()
+    if repo.partial is not None:  # a bundle is a complete DAG; this clone never had the rest
+        raise StateRefused(f"a partial clone (holding only {', '.join(repo.partial.paths)}) cannot write a bundle: "
+                           "it lacks everything outside its paths", hint="bundle from a full clone, or widen this one "
+                           "first with 'casync fetch --all-paths'")
+    info = create_bundle(repo, file, list(revs), list(since))
     if as_json:
         print_json(info.to_json())
     else:
