@@ -278,6 +278,12 @@ def test_widening_with_fetch_path_and_all_paths(tmp_path: Path, full: Path, serv
     run(full, "commit", "-m", "second")
     part = tmp_path / "part"
     run(tmp_path, "clone", "--path", "sensors", *_source("http", full, served), str(part))
+    write(part, "logs/day0.log", "mine\n")  # in the way of what widening checks out: refused, nothing recorded
+    r = run(part, "fetch", "--path", "logs", code=1)
+    assert "widening the clone would overwrite uncommitted changes in: logs/day0.log" in r.stderr
+    assert json.loads(run(part, "config", "partial_paths").stdout) == ["sensors"]
+    assert (part / "logs/day0.log").read_text() == "mine\n"
+    (part / "logs/day0.log").unlink()
     res = run_json(part, "fetch", "--path", "logs")
     assert res["commits"] == 2  # the history of logs/, every commit
     assert json.loads(run(part, "config", "partial_paths").stdout) == ["logs", "sensors"]

@@ -17,7 +17,8 @@ from casync.errors import UsageError
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.transports.peer.exchange import FetchResult, Peer, fetch_from
-from casync.trees.paths import normalize_paths
+from casync.trees.paths import PathFilter, flatten_within, normalize_paths
+from casync.trees.unixfs import flatten_tree
 from casync.worktree import state as workstate
 from casync.worktree.checkout import status, update_worktree
 
@@ -37,10 +38,17 @@ def widen_from(repo: Repository, peer: Peer, remote: str, add: tuple[str, ...],
     after = normalize_paths((*held.paths, *new)) if new else ()
     with repo.store.writer_lock():
         checked = workstate.checked_out(repo)
-        st = status(repo) if not repo.bare else None  # against the old paths: the new ones are not on disk yet
-        old = repo.flatten(checked.tree) if checked.tree is not None else {}
+        if repo.bare or checked.tree is None:
+            repo.set_config("partial_paths", list(after) if after else None)
+            return result, after
+        st = status(repo)  # against the old paths: the new ones are not on disk yet
+        old = repo.flatten(checked.tree)
+        files = flatten_within(repo.blocks, checked.tree, PathFilter(after)) if after else \
+            flatten_tree(repo.blocks, checked.tree)
+        # a file of the user's where the new paths' files go: refused before anything is recorded
+        # (the blocks stay; run it again once it is moved)
+        update_worktree(repo, old, files, checked.tree, "widening the clone", st=st, dry_run=True)
         repo.set_config("partial_paths", list(after) if after else None)
-        if checked.tree is not None and st is not None:
-            update_worktree(repo, old, repo.flatten(checked.tree), checked.tree, "widening the clone",
-                            progress=progress, st=st, commit=checked.commit)
+        update_worktree(repo, old, files, checked.tree, "widening the clone", progress=progress, st=st,
+                        commit=checked.commit)
     return result, after
