@@ -17,15 +17,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from casync.errors import UsageError
-from casync.model.names import is_replica_name
+from casync.errors import InvalidPath, UsageError
+from casync.model.names import is_replica_name, split_path
 
 if TYPE_CHECKING:
     from casync.merge.threeway import PolicyRules
 
 __all__ = ["DEFAULT_AUDIT_SKEW_MS", "FIXED_KEYS", "KEYS", "KNOWN_KEYS", "Key", "Limits", "RemoteEntry",
-           "StrongSettings", "audit_skew_ms", "author", "check_value", "limits", "merge_rules", "priorities",
-           "remotes", "require_signed", "sign_commits", "strong", "trusted_signers_path", "with_remote"]
+           "StrongSettings", "audit_skew_ms", "author", "check_value", "limits", "merge_rules",
+           "partial_paths", "priorities", "remotes", "require_signed", "sign_commits", "strong",
+           "trusted_signers_path", "with_remote"]
 
 FIXED_KEYS = ("format", "repository_id", "replica", "hash", "chunker", "bare")
 _MERGE_FIELDS = ("policy", "rules", "skew_tolerance_ms")
@@ -198,6 +199,18 @@ def _check_audit(value: Any) -> None:
         raise _bad("audit.skew_tolerance_ms", skew, "must be a whole number of milliseconds, 0 or more")
 
 
+def _check_partial_paths(value: Any) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+        raise _bad("partial_paths", value, "must be a non-empty list of paths",
+                   hint="it is written by 'casync clone --path' and widened by 'casync fetch --path'")
+    for path in value:
+        try:
+            if not split_path(path, "partial_paths entry"):
+                raise InvalidPath(f"partial_paths entry {path!r} names the whole tree")
+        except InvalidPath as exc:
+            raise _bad("partial_paths", value, exc.message) from None
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key casync reads: its JSON type, the value used when it is unset,
@@ -223,6 +236,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("require_signed", "boolean", False, _check_bool("require_signed")),
     Key("trusted_signers", "string (path)", None, _check_trusted_signers),
     Key("audit", "object {skew_tolerance_ms}", {}, _check_audit),
+    Key("partial_paths", "list of paths (a partial clone holds only these)", None, _check_partial_paths),
 )}
 KNOWN_KEYS = (*FIXED_KEYS, *KEYS)
 
@@ -296,6 +310,12 @@ def trusted_signers_path(cfg: Mapping[str, Any]) -> str | None:
 def audit_skew_ms(cfg: Mapping[str, Any]) -> int:
     """How far into the future (ms) a commit's HLC time may be before ``audit`` reports it."""
     return int(_read(cfg, "audit").get("skew_tolerance_ms", DEFAULT_AUDIT_SKEW_MS))
+
+
+def partial_paths(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The paths a partial clone holds (``clone --path``); empty: the repository is whole."""
+    value: list[str] | None = _read(cfg, "partial_paths")
+    return tuple(value or ())
 
 
 def priorities(cfg: Mapping[str, Any]) -> dict[str, int]:

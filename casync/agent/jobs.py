@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -86,9 +86,9 @@ class _Stoppable:
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         return self._call(lambda: self.inner.negotiate(haves))
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
         self._check()
-        return self._watch(self.inner.fetch(wants, haves))
+        return self._watch(self.inner.fetch(wants, haves, paths))
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         self._check()

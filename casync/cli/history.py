@@ -12,7 +12,7 @@ from casync.cli.common import Context, format_time, json_option, pass_context, p
 from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
 from casync.repo.repository import Repository
-from casync.trees.unixfs import diff_flat, entry_for, file_size, flatten_tree, read_dir, read_symlink
+from casync.trees.unixfs import diff_flat, entry_for, file_size, read_dir, read_symlink
 
 __all__ = ["branch", "cat", "diff", "log", "ls_cmd", "reflog", "show"]
 
@@ -124,11 +124,17 @@ def ls_cmd(obj: Context, spec: str, recursive: bool, as_json: bool) -> None:
         rows.append({"path": path, "type": entry.kind, "size": _size(repo, entry), "cid": cid_str(entry.cid),
                      "executable": entry.executable})
     elif recursive:
-        for p, e in sorted(flatten_tree(repo.blocks, entry.cid, path).items()):
+        for p, e in sorted(repo.flatten(entry.cid, path).items()):
             rows.append({"path": p, "type": e.kind, "size": _size(repo, e), "cid": cid_str(e.cid),
                          "executable": e.executable})
     else:
+        partial = repo.partial
         for link in read_dir(repo.blocks, entry.cid):
+            child = f"{path}/{link.name}" if path else link.name
+            if partial is not None and not partial.holds(child):  # never fetched: its kind is unknown here
+                rows.append({"path": child, "type": "unfetched", "size": None, "cid": cid_str(link.cid),
+                             "executable": False})
+                continue
             e = entry_for(repo.blocks, link.cid, link.tsize)
             rows.append({"path": f"{path}/{link.name}" if path else link.name, "type": e.kind,
                          "size": _size(repo, e), "cid": cid_str(e.cid), "executable": e.executable})

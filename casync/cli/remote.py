@@ -22,6 +22,7 @@ from casync.errors import EXIT_FAILURE, BlockNotFound, CorruptBlock, RemoteError
 from casync.model.cid import Cid, cid_str, short
 from casync.settings import remotes as configured_remotes
 from casync.transports import config as remotes_config
+from casync.trees.paths import normalize_paths
 
 if TYPE_CHECKING:
     from casync.transports import ipfs as rmt
@@ -305,20 +306,29 @@ def _report_fetch(res: rmt.FetchResult, level: str = "error") -> None:
 @click.option("--require-signed/--no-require-signed", default=None,
               help="Refuse history holding a commit without a valid signature by a trusted key, before any "
                    "ref moves (default: config require_signed).")
+@click.option("--path", "paths", multiple=True, metavar="PATH",
+              help="A partial clone: also fetch PATH's history and check it out (repeatable).")
+@click.option("--all-paths", is_flag=True, help="A partial clone: fetch every path; the repository is whole again.")
 @json_option
 @pass_context
 def fetch(obj: Context, remote: str | None, jobs: int, timeout: float, token_file: str | None,
-          require_signed: bool | None, as_json: bool) -> None:
+          require_signed: bool | None, paths: tuple[str, ...], all_paths: bool, as_json: bool) -> None:
     """Download REMOTE's history without merging it.
 
     From an IPFS node: every replica's published heads (refs remotes/REMOTE/REPLICA/BRANCH).
     From a casync peer: its branches (refs remotes/REMOTE/BRANCH).  REMOTE is an IPFS node
     (ipfs+http://) or a casync peer: a 'casync serve' URL or another repository's path.
     """
+    if paths and all_paths:
+        raise UsageError("--path and --all-paths exclude each other", hint="--all-paths fetches every path")
+    widen = normalize_paths(paths) if paths else () if all_paths else None  # checked before any transfer
     hook = _peer_remote(obj, remote, "fetch", token_file)
     if hook is not None:
-        hook(obj, remote, as_json=as_json, token_file=token_file, require_signed=require_signed)
+        hook(obj, remote, as_json=as_json, token_file=token_file, require_signed=require_signed, widen=widen)
         return
+    if widen is not None:
+        raise UsageError("fetch --path / --all-paths is not supported for IPFS remotes yet",
+                         hint="widen the clone from a 'casync serve' peer or a repository path")
     res = rmt.fetch(obj.repo(), remote, progress=obj.progress(), concurrency=jobs, wait=timeout, retry=retry_policy(),
                     require_signed=require_signed)
     if as_json:
@@ -385,10 +395,12 @@ def pull(obj: Context, remote: str | None, force: bool, policy: str | None, jobs
 @_ipfs_fetch_options
 @click.option("--token-file", metavar="FILE",
               help="For a 'casync serve' URL: file holding its bearer token (recorded with 'origin').")
+@click.option("--path", "paths", multiple=True, metavar="PATH",
+              help="A partial clone: fetch and check out only PATH (repeatable); later fetches keep to it.")
 @json_option
 @pass_context
 def clone(obj: Context, url: str, directory: str, replica: str | None, branch: str | None, gateway: str | None,
-          jobs: int, timeout: float, token_file: str | None, as_json: bool) -> None:
+          jobs: int, timeout: float, token_file: str | None, paths: tuple[str, ...], as_json: bool) -> None:
     """Create DIR as a new replica of the repository at URL: an IPFS node
     (ipfs+http://HOST:PORT[/REPO-ID][#INDEX]), a 'casync serve' peer (http(s)://HOST:PORT),
     another repository (a path or file:// URL), or a full bundle file made with 'casync bundle
@@ -399,23 +411,25 @@ def clone(obj: Context, url: str, directory: str, replica: str | None, branch: s
     """
     if url.lower().startswith("ipfs+") and not remotes_config.is_ipfs_url(url):
         raise UsageError(f"malformed IPFS URL {url!r}", hint="use ipfs+http://HOST:PORT[/REPO-ID][#INDEX]")
+    wanted = normalize_paths(paths) if paths else ()  # a bad path: a usage error before anything is made
     if not remotes_config.is_ipfs_url(url):
         from casync.cli.sync import clone_peer
 
         clone_peer(obj, url, directory, replica=replica, branch=branch, as_json=as_json,
-                   token_file=_token_path(obj, token_file) if token_file else None)
+                   token_file=_token_path(obj, token_file) if token_file else None, paths=wanted)
         return
     path = os.path.join(obj.directory, directory)
     # Ctrl-C: clonestate.CloneInterrupted carries the hint that the partial clone is kept
     repo, res = rmt.clone(url, path, replica=replica, branch=branch, gateway=gateway, progress=obj.progress(),
-                          concurrency=jobs, wait=timeout, retry=retry_policy())
+                          concurrency=jobs, wait=timeout, retry=retry_policy(), paths=wanted)
     repo.close()
     if as_json:
         print_json(res.to_json())
     else:
         _report_fetch(res.fetch, "warning")
         where = f"branch {res.branch} at {short(res.head)}" if res.head else "no commits"
-        click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where})")
+        partial = f"; partial: {', '.join(res.paths)} only" if res.paths else ""
+        click.echo(f"cloned repository {res.repository} into {res.root} (replica {res.replica}, {where}{partial})")
         if res.diverged:
             click.echo("warning: the published heads have diverged; checked out the newest", err=True)
 

@@ -95,7 +95,9 @@ def _print_fsck(report: FsckReport) -> None:
     summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
     if report.reused_stamps:
         summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
-    click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary))
+    unfetched = f" ({report.unfetched} entries outside a partial clone's paths, never fetched)" \
+        if report.unfetched else ""
+    click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary) + unfetched)
     if report.reused_stamps:
         click.echo("hint: two sites commit under one replica id: make one of them a new replica "
                    "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)

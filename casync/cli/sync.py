@@ -115,6 +115,9 @@ def serve(obj: Context, bind: str, token_file: Path, read_token_files: tuple[Pat
         click.echo(f"warning: listening on {host}, beyond loopback; use TLS in front of it", err=True)
     click.echo(f"serving {repo.root} on http://{real_host}:{real_port}" + (" (read-only)" if read_only else ""),
                err=True)
+    if repo.partial is not None:  # refs name DAGs complete within its paths only
+        click.echo(f"note: a partial clone, holding only {', '.join(repo.partial.paths)}: it serves fetches within "
+                   "those paths ('clone --path') and refuses full fetches and pushes", err=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
@@ -236,7 +239,12 @@ def bundle_create(obj: Context, file: Path, revs: tuple[str, ...], since: tuple[
     from casync.transports.bundle import create_bundle
 
     file = Path(obj.directory) / file  # like every path argument: relative to -C DIR
-    info = create_bundle(obj.repo(), file, list(revs), list(since))
+    repo = obj.repo()
+    if repo.partial is not None:  # a bundle is a complete DAG; this clone never had the rest
+        raise StateRefused(f"a partial clone (holding only {', '.join(repo.partial.paths)}) cannot write a bundle: "
+                           "it lacks everything outside its paths", hint="bundle from a full clone, or widen this one "
+                           "first with 'casync fetch --all-paths'")
+    info = create_bundle(repo, file, list(revs), list(since))
     if as_json:
         print_json(info.to_json())
     else:
@@ -283,13 +291,21 @@ def _token_arg(token_file: str | None) -> Path | None:
 
 
 def fetch_peer(obj: Context, remote: str | None, as_json: bool = False, token_file: str | None = None,
-               require_signed: bool | None = None) -> None:
+               require_signed: bool | None = None, widen: tuple[str, ...] | None = None) -> None:
+    """``casync fetch`` from a peer; ``widen`` (``--path``; ``()``: ``--all-paths``) widens a
+    partial clone (:mod:`casync.transports.peer.widen`)."""
     from casync.transports.peer.exchange import fetch_from
+    from casync.transports.peer.widen import widen_from
 
     repo = obj.repo()
     name, peer = open_peer(repo, remote or "origin", _token_arg(token_file), obj.directory)
     try:
-        result = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
+        if widen is not None:
+            result, held = widen_from(repo, peer, name, widen, obj.progress())
+            if not as_json:
+                click.echo(f"now holding {', '.join(held) if held else 'every path'}", err=True)
+        else:
+            result = fetch_from(repo, peer, name, obj.progress(), require_signed=require_signed)
     finally:
         peer.close()
     _emit(as_json, result.to_json(), f"fetched {len(result.stats.commits)} commit(s), {result.stats.new_blocks} new "
@@ -351,7 +367,7 @@ def push_peer(obj: Context, remote: str | None, branch: str | None, as_json: boo
 
 
 def clone_peer(obj: Context, url: str, directory: str, replica: str | None = None, branch: str | None = None,
-               as_json: bool = False, token_file: str | None = None) -> None:
+               as_json: bool = False, token_file: str | None = None, paths: tuple[str, ...] = ()) -> None:
     """A new replica of a peer's repository (or of a bundle file's): same repository id,
     hash and chunker (:func:`casync.transports.clone.clone_peer`)."""
     from casync.transports.clone import clone_peer as clone
@@ -362,14 +378,18 @@ def clone_peer(obj: Context, url: str, directory: str, replica: str | None = Non
         raise UsageError(f"unsupported clone URL {url!r}", hint="use ipfs+http://, http(s)://, or a path")
     where = locate(url if "://" in url else str((Path(obj.directory) / url).resolve()), base=obj.directory)
     if where.kind == "bundle":
+        if paths:
+            raise UsageError("clone --path does not apply to a bundle file (it holds every block already)",
+                             hint="clone it whole, or clone --path from the repository it was made from")
         _clone_bundle(obj, Path(where.url), target, replica, branch, as_json)
         return
     token = read_token(Path(token_file) if token_file else None) if where.kind == "http" else None
     repo, done = clone(where, target, token=token, token_file=token_file, replica=replica, branch=branch,
-                       progress=obj.progress(), retry=retry_policy())
+                       progress=obj.progress(), retry=retry_policy(), paths=paths)
     try:
         _emit(as_json, done.to_json(repo), f"cloned {url} into {repo.root} (replica {repo.replica}"
-              + (f", branch {done.branch})" if done.branch else ", empty)"))
+              + (f", branch {done.branch}" if done.branch else ", empty")
+              + (f"; partial: {', '.join(done.paths)} only)" if done.paths else ")"))
     finally:
         repo.close()
 

@@ -39,6 +39,8 @@ def status(obj: Context, as_json: bool) -> None:
         return
     where = f"on branch {st.branch}" if st.branch else f"HEAD detached at {short(st.head)}" if st.head else ""
     click.echo(where + ("" if st.head else " (no commits yet)"))
+    if st.partial:
+        click.echo(f"partial clone: holds only {', '.join(st.partial)} (widen with 'casync fetch --path PATH')")
     if st.moved:
         at = f"commit {short(st.checked_out)}" if st.checked_out else "an older tree"
         click.echo(f"{'branch ' + st.branch if st.branch else 'HEAD'} moved since the working tree was checked out "

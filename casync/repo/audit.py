@@ -13,6 +13,7 @@ use it.  :func:`record_audit` stores the outcome (meta key ``audit_last``) for t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -31,6 +32,7 @@ from casync.repo.repository import FsckReport, Repository
 from casync.repo.signatures import Verifier
 from casync.settings import audit_skew_ms
 from casync.settings import require_signed as settings_require_signed
+from casync.trees.paths import outside_cids
 from casync.trees.unixfs import validated_links
 
 __all__ = ["AUDIT_META_KEY", "AuditOptions", "AuditReport", "Extra", "Finding", "audit", "last_audit", "paths_using",
@@ -113,6 +115,8 @@ class _Auditor:
         self.seen: set[Cid] = set()
         self.leaves: list[Cid] = []
         self.trees: list[Cid] = []  # the commits' trees (or the root itself), for the path walk
+        self.partial = repo.partial
+        self.unfetched: set[Cid] = set()  # a partial clone's entries outside its paths: absent by design
 
     def run(self, extra: Extra | None = None) -> AuditReport:
         root = self.report.root
@@ -153,7 +157,8 @@ class _Auditor:
             try:
                 block = self.repo.blocks.get(cid)
             except BlockNotFound as exc:
-                report.add("missing", cid, exc.message)
+                if cid not in self.unfetched:
+                    report.add("missing", cid, exc.message)
                 continue
             except CorruptBlock:
                 report.add("corrupt", cid, "the stored bytes do not hash to the CID")
@@ -172,6 +177,9 @@ class _Auditor:
             if cid_codec(cid) == DAG_CBOR:
                 commit = decode_commit(block, cid)
                 self.trees.append(commit.tree)
+                if self.partial is not None:
+                    with contextlib.suppress(CasyncError):  # a missing directory is reported by the walk
+                        self.unfetched |= outside_cids(self.repo.blocks.get, commit.tree, self.partial)
                 self._commit(cid, commit)
             stack.extend(reversed(links))
 
@@ -203,7 +211,7 @@ class _Auditor:
         report = self.report
         sizes = self.repo.blocks.sizes(self.leaves)
         for cid in self.leaves:
-            if cid not in sizes:
+            if cid not in sizes and cid not in self.unfetched:
                 report.add("missing", cid, f"block {cid_str(cid)} is not in the local store")
         report.bytes += sum(sizes.values())
         present = sorted(sizes)

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from casync.errors import BlockNotFound, CasyncError, StateRefused
-from casync.model.cid import RAW, Cid, cid_codec, cid_str, is_cid, is_empty_block, parse_cid
+from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, is_cid, is_empty_block, parse_cid
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import FORGOTTEN_PREFIX
 from casync.store.repack import TMP_SUFFIX, PackRewriter, PackUse, pack_numbers, pack_usage, swap_index
+from casync.trees.paths import outside_cids
 from casync.trees.unixfs import validated_links
 
 if TYPE_CHECKING:
@@ -144,6 +145,13 @@ def mark(repo: Repository, roots: dict[Cid, str], marked: set[Cid], progress: Pr
     block that may link to others stops gc: what it links to cannot be known, so nothing
     may be swept."""
     added: set[Cid] = set()
+    partial = repo.partial
+    unfetched: set[Cid] = set()  # a partial clone's entries outside its paths: never held, link to nothing held
+    if partial is not None:  # trees named directly (the checked-out one, a stopped merge's) as well as commits'
+        for root, why in roots.items():
+            if cid_codec(root) == DAG_PB and not why.startswith("stat cache"):  # (those are files)
+                with contextlib.suppress(CasyncError):
+                    unfetched |= outside_cids(repo.blocks.get, root, partial)
     stack = [(cid, why) for cid, why in roots.items() if cid not in marked]
     while stack:
         cid, why = stack.pop()
@@ -157,7 +165,7 @@ def mark(repo: Repository, roots: dict[Cid, str], marked: set[Cid], progress: Pr
         try:
             block = repo.blocks.get(cid)
         except BlockNotFound:
-            if is_empty_block(cid):
+            if is_empty_block(cid) or cid in unfetched:
                 continue
             raise StateRefused(f"gc stopped: block {cid_str(cid)} ({why}) is missing, so what it links to "
                                "is unknown; nothing was deleted",
@@ -166,6 +174,9 @@ def mark(repo: Repository, roots: dict[Cid, str], marked: set[Cid], progress: Pr
             raise StateRefused(f"gc stopped: block {cid_str(cid)} ({why}) cannot be read: {exc}; nothing was "
                                "deleted", hint="run 'casync fsck' (and 'casync fsck --repair REMOTE')") from None
         links = validated_links(cid, block)
+        if partial is not None and cid_codec(cid) == DAG_CBOR and links:
+            with contextlib.suppress(CasyncError):  # a missing directory on the way stops gc below
+                unfetched |= outside_cids(repo.blocks.get, links[0], partial)
         if cid in forgotten:
             links = links[1:]  # a commit's links are [tree, *parents]
         where = cid_str(cid)

@@ -189,12 +189,15 @@ class _History:
     def _commit_touched(self, head: Cid, bases: tuple[Cid, ...]) -> frozenset[str]:
         graph = self.repo.graph
         out: set[str] = set()
+        partial = self.repo.partial
+        keep = partial.holds if partial is not None else None  # a partial clone holds only its paths
         for cid in graph.missing([head], bases):  # exactly the commits since the bases
             node = graph.node(cid)
             if not node.parents:
-                out |= changed_paths(self.repo.blocks.get, None, node.tree)
+                out |= changed_paths(self.repo.blocks.get, None, node.tree, keep=keep)
                 continue
-            per_parent = [changed_paths(self.repo.blocks.get, graph.node(p).tree, node.tree) for p in node.parents]
+            per_parent = [changed_paths(self.repo.blocks.get, graph.node(p).tree, node.tree, keep=keep)
+                          for p in node.parents]
             out |= set.intersection(*per_parent)
         return frozenset(out)
 

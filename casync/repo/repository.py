@@ -47,11 +47,12 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.keys import load_seed
 from casync.repo.transaction import Transaction
 from casync.settings import author as settings_author
-from casync.settings import check_value, sign_commits
+from casync.settings import check_value, partial_paths, sign_commits
 from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
 from casync.store.locks import process_gone
 from casync.store.refs import LmdbRefStore
+from casync.trees.paths import PathFilter, flatten_within, outside_cids
 from casync.trees.unixfs import (
     Entry,
     FileWriter,
@@ -147,6 +148,7 @@ class FsckReport:
     refs: dict[str, str] = field(default_factory=dict)
     pack_bytes: int = 0
     reclaimable_bytes: int = 0
+    unfetched: int = 0  # a partial clone's entries outside its paths (never fetched: not damage)
     # "replica:counter" -> the different commits stamped with it (a replica id used twice)
     reused_stamps: dict[str, list[str]] = field(default_factory=dict)
     _stamps: dict[tuple[str, int], Cid] = field(default_factory=dict, repr=False)
@@ -168,7 +170,8 @@ class FsckReport:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
                 "corrupt": self.corrupt, "reused_stamps": self.reused_stamps, "refs": self.refs,
-                "pack_bytes": self.pack_bytes, "reclaimable_bytes": self.reclaimable_bytes}
+                "pack_bytes": self.pack_bytes, "reclaimable_bytes": self.reclaimable_bytes,
+                "unfetched": self.unfetched}
 
 
 def ref_candidates(name: str) -> list[str]:
@@ -467,8 +470,12 @@ class Repository:
 
     def entry_at(self, spec: str) -> tuple[Cid, str, Entry]:
         commit, parts = self.resolve_path(spec)
-        entry = lookup(self.blocks, self.tree_of(commit), parts)
         path = "/".join(parts)
+        partial = self.partial
+        if partial is not None and not partial.holds(path):
+            raise UsageError(f"{path!r} lies outside the paths this partial clone holds ({', '.join(partial.paths)})",
+                             hint=f"fetch it first: 'casync fetch --path {path}'")
+        entry = lookup(self.blocks, self.tree_of(commit), parts)
         if entry is None:
             raise UnknownRevision(f"path {path!r} does not exist in {short(commit)} ({spec})")
         return commit, path, entry
@@ -581,8 +588,24 @@ class Repository:
     def iter_file(self, cid: Cid) -> Iterator[bytes]:
         return iter_file(self.blocks, cid)
 
+    @property
+    def partial(self) -> PathFilter | None:
+        """The paths this repository holds when it is a partial clone (config
+        ``partial_paths``, written by ``clone --path``); None when it holds every path."""
+        paths = partial_paths(self.config)
+        return PathFilter(paths) if paths else None
+
+    def flatten(self, tree: Cid, prefix: str = "") -> dict[str, Entry]:
+        """``{path: Entry}`` of ``tree``'s files and symlinks (``tree`` lying at ``prefix``), in a
+        partial clone those of its paths only (nothing else is held): every view of a working
+        tree goes through here."""
+        partial = self.partial
+        if partial is None:
+            return flatten_tree(self.blocks, tree, prefix)
+        return flatten_within(self.blocks, tree, partial, prefix)
+
     def flat_tree(self, commit: Cid | None) -> dict[str, Entry]:
-        return flatten_tree(self.blocks, self.tree_of(commit)) if commit is not None else {}
+        return self.flatten(self.tree_of(commit)) if commit is not None else {}
 
     def log(self, rev: str = "HEAD", limit: int | None = None) -> list[LogEntry]:
         out: list[LogEntry] = []
@@ -632,6 +655,7 @@ class Repository:
         report.refs = {k: cid_str(v) for k, v in roots.items()}
         seen: set[Cid] = set()
         self._forgotten = {k[len(FORGOTTEN_PREFIX):] for k, _ in self.store.items("meta", FORGOTTEN_PREFIX)}
+        self._unfetched: set[Cid] = set()
         progress.start("checking blocks", None)
         for name, root in roots.items():
             self._fsck_from(root, name, seen, report, progress)
@@ -653,6 +677,9 @@ class Repository:
                 block = self.blocks.get(cid)
                 progress.advance(len(block))  # bytes, like every other progress report
             except BlockNotFound:
+                if cid in self._unfetched:
+                    report.unfetched += 1  # outside a partial clone's paths: never fetched, not lost
+                    continue
                 report.missing[cid_str(cid)] = where
                 report.damaged.append(cid)
                 continue
@@ -666,12 +693,24 @@ class Repository:
                     commit = decode_commit(block, cid)
                     report.stamp(cid, commit)
                     self._check_commit_against_parents(cid, commit)
+                    self._unfetched |= self._allowed_missing(commit.tree)
             except CasyncError as exc:
                 report.corrupt[cid_str(cid)] = str(exc)
                 continue
             if cid in self._forgotten:
                 children = children[1:]  # retention forgot its tree (§8.2); its parents stay
             stack.extend((child, cid_str(cid)) for child in children)
+
+    def _allowed_missing(self, tree: Cid) -> set[Cid]:
+        """In a partial clone: the entries of ``tree`` outside its paths (read from the
+        directories on the way; one of those missing is reported when the walk reaches it)."""
+        partial = self.partial
+        if partial is None:
+            return set()
+        try:
+            return outside_cids(self.blocks.get, tree, partial)
+        except CasyncError:
+            return set()
 
     def _check_commit_against_parents(self, cid: Cid, commit: Commit) -> None:
         parents = []

@@ -192,6 +192,20 @@ class CloneTarget:
                                     clone_pending=_pending_value(self.url, branch))
         return self.repo
 
+    def record_paths(self, paths: tuple[str, ...]) -> None:
+        """A partial clone (``clone --path``): its paths go into config ``partial_paths`` before
+        anything is fetched, so every fetch keeps to them; a resumed clone keeps the first run's
+        (other paths given on resume are refused)."""
+        repo = self._open_repo()
+        held = repo.partial.paths if repo.partial is not None else ()
+        if self.resumed:
+            if paths and tuple(paths) != held:
+                raise UsageError(f"{self.root} holds an interrupted clone of {', '.join(held) or 'every path'}",
+                                 hint="resume it with the same --path options, or choose another directory")
+            return
+        if paths:
+            repo.set_config("partial_paths", list(paths))
+
     def refuse_other_replica(self, replica: str | None) -> None:
         """A resumed clone stays the replica it began as (checked before the source is contacted)."""
         if self.repo is not None and replica is not None and replica != self.repo.replica:

@@ -9,7 +9,10 @@ against what it links to (:mod:`casync.transfer.checks`), every link of a receiv
 block must point to a block held before the transfer or received earlier in it, and at
 each commit boundary every block received since the previous commit must be reachable
 from the new commit — so blocks nobody asked for, a truncated stream or a lying peer
-are rejected.  Blocks are flushed at commit boundaries (every few MiB), so an
+are rejected.  A partial clone (``paths``) relaxes one rule: a directory on the way to its
+paths may link to entries outside them, which are never sent; at the commit that reaches
+it, each such link must be one of the tree's outside entries (:mod:`casync.trees.paths`),
+so a peer cannot leave out anything inside the paths.  Blocks are flushed at commit boundaries (every few MiB), so an
 interrupted transfer keeps whole commits and a restart sends only what is missing.
 """
 
@@ -20,8 +23,10 @@ from dataclasses import dataclass, field
 
 from casync.errors import InvalidObject
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str
+from casync.model.objects import UNIXFS_DIRECTORY
 from casync.repo.repository import Repository
 from casync.transfer.checks import ReceiptChecks
+from casync.trees.paths import PathFilter, outside_cids
 from casync.trees.walk import commit_blocks
 
 __all__ = ["MissingLink", "MissingWant", "PackReceiver", "StrayBlock", "TransferStats", "UnwantedCommit",
@@ -46,11 +51,13 @@ class MissingWant(InvalidObject):
     """A commit that was asked for did not arrive."""
 
 
-def blocks_for_commits(repo: Repository, commits: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+def blocks_for_commits(repo: Repository, commits: list[Cid], paths: PathFilter | None = None
+                       ) -> Iterator[tuple[Cid, bytes]]:
     """The stream a peer needs to go from its common commits to holding ``commits``
-    (oldest first, as :meth:`CommitGraph.missing` returns them): see :mod:`casync.trees.walk`."""
+    (oldest first, as :meth:`CommitGraph.missing` returns them), within ``paths`` if
+    given: see :mod:`casync.trees.walk`."""
     get = repo.blocks.get
-    for cid, _size, data in commit_blocks(get, repo.graph, commits):
+    for cid, _size, data in commit_blocks(get, repo.graph, commits, paths):
         yield cid, data if data is not None else get(cid)
 
 
@@ -74,8 +81,11 @@ class PackReceiver:
     for.  On any error call :meth:`abort`: unflushed blocks are dropped and no ref moves.
     """
 
-    def __init__(self, repo: Repository, wants: Iterable[Cid] | None = None, flush_bytes: int = FLUSH_BYTES) -> None:
+    def __init__(self, repo: Repository, wants: Iterable[Cid] | None = None, flush_bytes: int = FLUSH_BYTES,
+                 paths: PathFilter | None = None) -> None:
         self.repo = repo
+        self.paths = paths
+        self._absent: dict[Cid, set[Cid]] = {}  # directory -> the links it was received without
         self.wants = set(wants) if wants is not None else None
         self.stats = TransferStats()
         self._received: set[Cid] = set()
@@ -95,8 +105,12 @@ class PackReceiver:
         self.stats.blocks += 1
         self.stats.bytes += len(block)
         checked = self.checks.check(cid, block)
+        tolerate = self.paths is not None and checked.unixfs is not None and checked.unixfs.type == UNIXFS_DIRECTORY
         for child in checked.links:
             if not self._present(child):
+                if tolerate:  # checked against the tree's outside entries at the commit
+                    self._absent.setdefault(cid, set()).add(child)
+                    continue
                 raise MissingLink(f"block {cid_str(cid)} links to {cid_str(child)}, which was neither held "
                                     f"nor sent before it (incomplete or out-of-order stream)")
             self._since_commit.discard(child)
@@ -110,6 +124,8 @@ class PackReceiver:
             self._unflushed += len(block)
         self._received.add(cid)
         if cid_codec(cid) == DAG_CBOR:
+            if self._absent and checked.commit is not None:
+                self._check_absent(cid, checked.commit.tree)
             if self._since_commit:
                 stray = next(iter(self._since_commit))
                 raise StrayBlock(f"block {cid_str(stray)} was sent but no commit needs it")
@@ -123,6 +139,18 @@ class PackReceiver:
                 self.last_flushed_commit = cid
         else:
             self._since_commit.add(cid)
+
+    def _check_absent(self, commit: Cid, tree: Cid) -> None:
+        """Every link a directory came without lies outside the paths in ``tree``."""
+        assert self.paths is not None
+        allowed = outside_cids(self.repo.blocks.get, tree, self.paths)
+        for directory, absent in self._absent.items():
+            for child in absent:
+                if child not in allowed and not self._present(child):
+                    raise MissingLink(f"block {cid_str(directory)} links to {cid_str(child)}, which lies inside "
+                                      f"the fetched paths ({', '.join(self.paths.paths)}) of commit "
+                                      f"{cid_str(commit)} but was not sent")
+        self._absent.clear()
 
     def checkpoint(self) -> None:
         """At a commit boundary: make everything received so far durable, so the writer lock

@@ -25,18 +25,21 @@ __all__ = ["PeerClone", "clone_peer"]
 class PeerClone:
     branch: str | None
     fetch: FetchResult
+    paths: tuple[str, ...] = ()  # a partial clone's paths (empty: every path)
 
     def to_json(self, repo: Repository) -> dict[str, Any]:
         return {"root": str(repo.root), "replica": repo.replica, "repository": repo.repo_id, "branch": self.branch,
-                **self.fetch.to_json()}
+                "paths": list(self.paths) or None, **self.fetch.to_json()}
 
 
 def clone_peer(where: Location, directory: Path, *, token: str | None = None, token_file: str | None = None,
                replica: str | None = None, branch: str | None = None, progress: Progress = NULL_PROGRESS,
-               retry: RetryPolicy = DEFAULT_RETRY
+               retry: RetryPolicy = DEFAULT_RETRY, paths: tuple[str, ...] = ()
                ) -> tuple[Repository, PeerClone]:
     """Clone the peer at ``where`` into ``directory``; its remote ``origin`` keeps
-    ``token_file`` (the path, not the token) for later fetches."""
+    ``token_file`` (the path, not the token) for later fetches.  ``paths`` (normalized):
+    a partial clone of those paths only, recorded in config ``partial_paths`` before
+    anything is fetched (so a resumed clone and every later fetch keep to them)."""
     with CloneTarget(directory, where.url) as target:
         target.refuse_other_replica(replica)
         peer = open_peer(where, token, retry)
@@ -52,6 +55,7 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
                 origin = replace(origin, token_file=token_file)
             if not resumed or token_file:
                 write_remote(repo, "origin", origin)
+            target.record_paths(paths)
             chosen = replica is not None
             refuse_replica_in_use(repo.replica, [info.replica], info.repository_id, chosen=chosen)
             result = fetch_from(repo, peer, "origin", progress)
@@ -67,4 +71,5 @@ def clone_peer(where: Location, directory: Path, *, token: str | None = None, to
                 raise UsageError(f"{where.url} has no branch {wanted!r}")
             target.checkout(tip, wanted, f"clone from {where.url}", progress)
         target.finish()
-    return repo, PeerClone(wanted, result)
+    return repo, PeerClone(wanted, result, repo.partial.paths if repo.partial is not None else ())
+

@@ -11,7 +11,7 @@ import hashlib
 import http.client
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -80,8 +80,8 @@ class CountingPeer:
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         return self.inner.negotiate(haves)
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self._received(self.inner.fetch(wants, haves))
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        return self._received(self.inner.fetch(wants, haves, paths))
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         return self._received(self.inner.blocks(cids))
@@ -132,8 +132,8 @@ class LimitedPeer:
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         return self._call(lambda: self.inner.negotiate(haves))
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self._holding(lambda: self.inner.fetch(wants, haves))
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        return self._holding(lambda: self.inner.fetch(wants, haves, paths))
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         return self._holding(lambda: self.inner.blocks(cids))
@@ -182,8 +182,8 @@ class RetryingPeer:
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         return retrying(lambda: self.inner.negotiate(haves), self.retry)
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self._stream(lambda: self.inner.fetch(wants, haves))
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        return self._stream(lambda: self.inner.fetch(wants, haves, paths))
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         return self._stream(lambda: self.inner.blocks(cids))

@@ -14,6 +14,9 @@ below exist once:
 - A directory or multi-chunk file at a path the old trees lack is skipped whole when a tree
   the receiver holds has it anywhere (:func:`held_entries`): moving or copying data costs a
   few directory blocks, not its bytes.
+- With a :class:`~casync.trees.paths.PathFilter` (a partial clone), only what lies inside
+  its paths, and the directory nodes on the way to them, are sent; the receiver holds no
+  more of the old trees than that either.
 - Blocks come out in post-order (children before the nodes that link to them, a commit
   after its tree), each once, so a receiver can check every link as blocks arrive.
 
@@ -24,7 +27,7 @@ A tree block the sender cannot read is an error (:class:`~casync.errors.BlockNot
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from casync.errors import InvalidObject
 from casync.history.graph import CommitGraph
@@ -38,6 +41,7 @@ from casync.model.objects import (
     decode_pbnode,
     decode_unixfs,
 )
+from casync.trees.paths import INSIDE, OUTSIDE, PathFilter
 from casync.trees.unixfs import read_dir_block
 
 __all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "held_entries"]
@@ -62,29 +66,40 @@ def _is_dir(node: PBNode) -> bool:
     return node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
 
 
-def held_entries(get: GetBlock, trees: Iterable[Cid]) -> set[Cid]:
+def held_entries(get: GetBlock, trees: Iterable[Cid], paths: PathFilter | None = None) -> set[Cid]:
     """The trees and every directory and file root at any depth under them: whoever holds
-    these trees' closures holds each of these whole.  Reads directories and the root node
-    of multi-chunk files, never file contents."""
-    out = {t for t in trees if cid_codec(t) == DAG_PB}
-    stack = [decode_pbnode(get(t)) for t in out]
+    these trees' closures holds each of these whole (with ``paths``: those inside them).
+    Reads directories and the root node of multi-chunk files, never file contents."""
+    roots = {t for t in trees if cid_codec(t) == DAG_PB}
+    out = set(roots) if paths is None else set()
+    stack = [(decode_pbnode(get(t)), None if paths is None else "") for t in roots]
     while stack:
-        for link in stack.pop().links:
-            child = link.cid
-            if child in out:
+        node, base = stack.pop()
+        for link in node.links:
+            child, where = link.cid, None
+            if base is not None and paths is not None:
+                name = (link.name or b"").decode()
+                path = f"{base}/{name}" if base else name
+                kind = paths.where(path)
+                if kind == OUTSIDE:
+                    continue
+                where = None if kind == INSIDE else path
+            if child in out and where is None:
                 continue
+            inner = decode_pbnode(get(child)) if cid_codec(child) == DAG_PB else None
+            if inner is not None and _is_dir(inner):
+                stack.append((inner, where))
+                if where is not None:
+                    continue  # a directory on the way: held as a node, not whole
             out.add(child)
-            if cid_codec(child) == DAG_PB:
-                node = decode_pbnode(get(child))
-                if _is_dir(node):
-                    stack.append(node)
     return out
 
 
-_Visit = tuple[Cid, int, Sequence[Cid], frozenset[Cid] | set[Cid], bytes | None]
+_Visit = tuple[Cid, int, Sequence[Cid], frozenset[Cid] | set[Cid], bytes | None, str | None]
 """A node to walk: CID, size from its link, what the old trees hold at its path, the blocks
-of the old versions of the file it is in, and (on the second visit, once its children are
-out) its bytes, to emit it."""
+of the old versions of the file it is in, (on the second visit, once its children are
+out) its bytes, to emit it, and its path when it lies on the way to a partial clone's
+paths (None: inside them, or no paths)."""
 
 
 class TreeWalker:
@@ -92,11 +107,13 @@ class TreeWalker:
 
     ``held_trees`` are trees the receiver holds whole (the parents outside the transfer);
     ``sent`` is shared across every :meth:`tree` and :meth:`commit` call, so a block goes
-    out once per transfer.
+    out once per transfer.  ``paths``: send only what lies inside them (see the module doc).
     """
 
-    def __init__(self, get: GetBlock, held_trees: Iterable[Cid] = ()) -> None:
+    def __init__(self, get: GetBlock, held_trees: Iterable[Cid] = (), paths: PathFilter | None = None) -> None:
         self._get = get
+        self._paths = paths
+        self._partly: set[tuple[Cid, str]] = set()  # directories on the way, sent as nodes only
         self.sent: set[Cid] = set()
         self._held_trees = sorted(set(held_trees))
         self._held: set[Cid] | None = None
@@ -106,7 +123,7 @@ class TreeWalker:
         """``cid`` is a directory or file root somewhere in a held tree (the index is built
         on first use, i.e. only when a transfer meets a new path at all)."""
         if self._held is None:
-            self._held = held_entries(self._get, self._held_trees)
+            self._held = held_entries(self._get, self._held_trees, self._paths)
         return cid in self._held
 
     def commit(self, cid: Cid, tree: Cid, parent_trees: Sequence[Cid]) -> Iterator[Block]:
@@ -121,13 +138,13 @@ class TreeWalker:
     def tree(self, root: Cid, olds: Sequence[Cid]) -> Iterator[Block]:
         """The blocks under ``root`` that neither ``olds`` (at the same paths) nor what was
         sent before hold, in post-order."""
-        stack: list[_Visit] = [(root, 0, olds, _NOTHING, None)]
+        stack: list[_Visit] = [(root, 0, olds, _NOTHING, None, None if self._paths is None else "")]
         while stack:
-            cid, size, olds, covered, done = stack.pop()
+            cid, size, olds, covered, done, way = stack.pop()
             if done is not None:
                 yield Block(cid, len(done), done)
                 continue
-            if cid in self.sent or cid in olds or cid in covered:
+            if cid in self.sent or cid in olds or cid in covered or (way is not None and (cid, way) in self._partly):
                 continue
             codec = cid_codec(cid)
             if codec == RAW:
@@ -145,19 +162,38 @@ class TreeWalker:
                 old_dirs = [m for m in map(self._dir_map, olds) if m is not None]
                 for link in node.links:
                     name = link.name or b""
+                    inner = self._inner_way(way, name)
+                    if inner is False:
+                        continue  # outside a partial clone's paths
                     same = [m[name] for m in old_dirs if name in m]
                     if not same and cid_codec(link.cid) == DAG_PB and self.receiver_holds(link.cid):
                         continue  # moved or copied: the receiver has it under another path
-                    children.append((link.cid, link.tsize or 0, same, _NOTHING, None))
+                    way_in = inner if isinstance(inner, str) else None
+                    children.append((link.cid, link.tsize or 0, same, _NOTHING, None, way_in))
+                if way is not None:  # on the way: the node, and only the inside of its children
+                    self._partly.add((cid, way))
+                    stack.append((cid, 0, (), _NOTHING, block, None))
+                    stack.extend(reversed(children))
+                    continue
             else:
                 if olds:  # a changed file: the blocks of its old versions are held
                     covered = self._covered(covered, olds)
                     if cid in covered:
                         continue
-                children = [(link.cid, link.tsize or 0, (), covered, None) for link in node.links]
+                children = [(link.cid, link.tsize or 0, (), covered, None, None) for link in node.links]
             self.sent.add(cid)
-            stack.append((cid, 0, (), _NOTHING, block))
+            stack.append((cid, 0, (), _NOTHING, block, None))
             stack.extend(reversed(children))
+
+    def _inner_way(self, way: str | None, name: bytes) -> str | Literal[False] | None:
+        """For the entry ``name`` of a directory at ``way``: None (inside: all of it), its
+        path (on the way to a partial clone's paths), or False (outside: none of it)."""
+        if way is None or self._paths is None:
+            return None
+        text = name.decode()
+        path = f"{way}/{text}" if way else text
+        kind = self._paths.where(path)
+        return False if kind == OUTSIDE else None if kind == INSIDE else path
 
     def _dir_map(self, cid: Cid) -> dict[bytes, Cid] | None:
         if cid_codec(cid) != DAG_PB:
@@ -195,19 +231,23 @@ class TreeWalker:
         return frozen
 
 
-def commit_blocks(get: GetBlock, graph: CommitGraph, commits: Sequence[Cid]) -> Iterator[Block]:
+def commit_blocks(get: GetBlock, graph: CommitGraph, commits: Sequence[Cid], paths: PathFilter | None = None
+                  ) -> Iterator[Block]:
     """Every block a receiver holding the parents outside ``commits`` lacks to hold
-    ``commits`` (oldest first, as :meth:`CommitGraph.missing` returns them)."""
+    ``commits`` (oldest first, as :meth:`CommitGraph.missing` returns them); with ``paths``,
+    within them."""
     new = set(commits)
     held = {graph.node(p).tree for c in commits for p in graph.node(c).parents if p not in new}
-    walker = TreeWalker(get, held)
+    walker = TreeWalker(get, held, paths)
     for cid in commits:
         node = graph.node(cid)
         yield from walker.commit(cid, node.tree, [graph.node(p).tree for p in node.parents])
 
 
-def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str = "") -> set[str]:
-    """Paths of files and symlinks that differ between two trees (either may be None).
+def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str = "",
+                  keep: Callable[[str], bool] | None = None) -> set[str]:
+    """Paths of files and symlinks that differ between two trees (either may be None);
+    with ``keep`` (a partial clone's ``PathFilter.holds``), only paths it keeps.
 
     Walks both trees together and skips identical subtrees by CID, so the cost is
     proportional to the change, not to the tree.  Names are validated as they are read.
@@ -225,6 +265,8 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
             if a == b:
                 continue
             path = f"{prefix}{name}"
+            if keep is not None and not keep(path):
+                continue
             a_dir = a is not None and _is_dir_cid(get, a)
             b_dir = b is not None and _is_dir_cid(get, b)
             if a_dir or b_dir:

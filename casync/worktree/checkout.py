@@ -24,13 +24,13 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
+from casync.trees.paths import grafted, outside_entries
 from casync.trees.unixfs import (
     Entry,
     FileWriter,
     Kind,
     diff_flat,
     directories_of,
-    flatten_tree,
     read_symlink,
     write_symlink,
 )
@@ -65,6 +65,7 @@ class Status:
     checked_out: Cid | None = None  # set when HEAD moved since: the commit the files are still at
     moved: bool = False  # HEAD's tree is no longer the one checked out (a transaction, a push)
     merge_in_progress: bool = False
+    partial: tuple[str, ...] = ()  # a partial clone's paths: nothing outside them is on disk or compared
 
     @property
     def clean(self) -> bool:
@@ -78,7 +79,7 @@ class Status:
                 "added": self.added, "modified": self.modified, "deleted": self.deleted,
                 "skipped": self.skipped, "ignored_tracked": self.ignored_tracked, "moved": self.moved,
                 "checked_out": cid_str(self.checked_out) if self.checked_out else None,
-                "merge_in_progress": self.merge_in_progress}
+                "merge_in_progress": self.merge_in_progress, "partial": list(self.partial) or None}
 
 
 def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
@@ -196,7 +197,8 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         try:
             files, skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
             remove_stale_temps(repo.root, skipped)  # a killed checkout's (never stored: disk.TEMP_NAME)
-            tree = _build(repo, files)
+            tree = _build(repo, _with_unfetched(repo, files, merged_tree if merged_tree is not None else
+                                                 repo.tree_of(head) if head is not None else None))
             if not files and head is None and not allow_empty:
                 repo.blocks.discard()
                 raise NothingToCommit("nothing to commit: the working tree is empty",
@@ -234,9 +236,18 @@ def _lazy_flat(repo: Repository, tree: Cid | None) -> Callable[[str], Entry | No
     def get(path: str) -> Entry | None:
         nonlocal flat
         if flat is None:
-            flat = flatten_tree(repo.blocks, tree) if tree is not None else {}
+            flat = repo.flatten(tree) if tree is not None else {}
         return flat.get(path)
     return get
+
+
+def _with_unfetched(repo: Repository, files: dict[str, Entry], base: Cid | None) -> dict[str, Entry]:
+    """In a partial clone, ``files`` (the working tree: its paths only) plus ``base``'s entries
+    outside those paths, linked unchanged: a commit here never drops what it did not fetch."""
+    partial = repo.partial
+    if partial is None:
+        return files
+    return grafted(files, outside_entries(repo.blocks.get, base, partial) if base is not None else {}, partial)
 
 
 def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
@@ -254,7 +265,8 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     moved = workstate.moved_since_checkout(repo) is not None
     result = Status(branch=repo.current_branch(), head=head, moved=moved,
                     checked_out=state.commit if moved else None,
-                    merge_in_progress=workstate.merge_in_progress(repo))
+                    merge_in_progress=workstate.merge_in_progress(repo),
+                    partial=repo.partial.paths if repo.partial is not None else ())
     pending = workstate.untracks(repo)
     described = state.tree is not None and not pending and _cache_describes(repo, state.tree)
     # when the cache describes the tree it names every file of it: which paths are tracked
@@ -275,7 +287,7 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
                     repo.store.refresh_stat_cache_digest()
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    committed = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
+    committed = repo.flatten(state.tree) if state.tree is not None else {}
     snap = _Snapshotter(repo, scratch, progress, committed.get)
     current: dict[str, Entry] = {}
     progress.start("checking the working tree", None)  # files not in the stat cache are hashed
@@ -437,7 +449,7 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         # from what the files hold: HEAD's tree, or an older one if HEAD moved without them
         state = workstate.checked_out(repo)
         try:
-            update_worktree(repo, flatten_tree(repo.blocks, state.tree) if state.tree is not None else {},
+            update_worktree(repo, repo.flatten(state.tree) if state.tree is not None else {},
                             repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
                             can_force=True, commit=target)
         except WorktreeDirty as exc:

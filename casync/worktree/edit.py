@@ -16,7 +16,7 @@ from casync.model.names import split_path
 from casync.model.objects import same_entry
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
-from casync.trees.unixfs import Entry, diff_flat, flatten_tree
+from casync.trees.unixfs import Entry, diff_flat
 from casync.worktree import state as workstate
 from casync.worktree.checkout import apply_changes, disk_entries, refresh_cache, status, untracked_in_replaced_dirs
 from casync.worktree.disk import WorktreeWriter
@@ -39,8 +39,8 @@ def abort_merge_worktree(repo: Repository, written_tree: Cid, owned: set[str], r
     merge's nor the original version) is refused, unless it is in ``owned`` (conflicted
     paths, their siblings and what ``resolve`` wrote: the merge's own work).  Caller holds the writer lock."""
     before_tree = workstate.checked_out(repo).tree
-    before = flatten_tree(repo.blocks, before_tree) if before_tree is not None else {}
-    written = flatten_tree(repo.blocks, written_tree)
+    before = repo.flatten(before_tree) if before_tree is not None else {}
+    written = repo.flatten(written_tree)
     merged = {c.path for c in diff_flat(before, written)} | resolved
     disk = disk_entries(repo, merged)
     edited = {p for p in merged - owned
@@ -68,7 +68,7 @@ def remove(repo: Repository, paths: list[str], cached: bool = False, recursive: 
     with repo.store.writer_lock():
         state = workstate.checked_out(repo)
         pending = workstate.untracks(repo)
-        tracked = {p: e for p, e in (flatten_tree(repo.blocks, state.tree) if state.tree else {}).items()
+        tracked = {p: e for p, e in (repo.flatten(state.tree) if state.tree else {}).items()
                    if p not in pending}
         chosen: set[str] = set()
         for given in paths:
@@ -103,7 +103,7 @@ def restore(repo: Repository, source: str, paths: list[str], progress: Progress 
         target = repo.resolve(source)
         new_all = repo.flat_tree(target)
         on_disk = workstate.checked_out(repo).tree
-        tracked = flatten_tree(repo.blocks, on_disk) if on_disk is not None else {}
+        tracked = repo.flatten(on_disk) if on_disk is not None else {}
         prefixes = ["/".join(split_path(p)) for p in paths]
         for pre in prefixes:
             exists = (not pre or any(p == pre or p.startswith(pre + "/") for p in new_all)

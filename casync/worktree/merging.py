@@ -33,7 +33,8 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.mergebase import merge_sides, real_side
 from casync.repo.repository import Repository, is_executable
 from casync.settings import limits, merge_rules, priorities
-from casync.trees.unixfs import Entry, build_tree, flatten_tree
+from casync.trees.paths import grafted, merged_outside
+from casync.trees.unixfs import Entry, build_tree
 from casync.worktree.checkout import update_worktree
 from casync.worktree.disk import WorktreeWriter
 from casync.worktree.state import MERGE_STATE_KEY, checked_out, intend_move, interrupted_move, require_current
@@ -117,6 +118,7 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if not allow_unrelated and not repo.graph.merge_bases(ours, theirs):
             raise ConflictError(f"refusing to merge {rev}: it shares no history with {short(ours)}",
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
+        outside = _unfetched_merge(repo, ours, theirs)  # before anything: a partial clone may lack what it needs
         our_side = real_side(repo, ours)
         result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers,
                                      _priorities(repo) if replica_priorities is None else replica_priorities)
@@ -136,12 +138,12 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
                 raise WorktreeDirty(f"merge of {rev} stops for conflicts, and these uncommitted changes would be "
                                     f"mixed into it: {listed}",
                                     hint="commit them first, or merge with a policy that does not stop")
-            written = build_tree(repo.blocks, result.tree, repo.hash_name).cid
+            written = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name).cid
             repo.blocks.flush()  # merged/json blocks the user may commit later
             _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, written)
             update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, st=st)
             return MergeOutcome("conflicts", None, result.decisions, result.siblings, result.conflicts)
-        tree = build_tree(repo.blocks, result.tree, repo.hash_name)
+        tree = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name)
         meta = _conflict_meta(result.siblings)
         cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
         repo.blocks.flush()
@@ -149,6 +151,23 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         _move(repo, branch, ours, cid, f"merge {rev}")
         update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st, commit=cid)
         return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
+
+
+def _unfetched_merge(repo: Repository, ours: Cid, theirs: Cid) -> dict[str, tuple[Cid, int]]:
+    """In a partial clone: the merged tree's entries outside its paths, taken whole from the
+    side that changed them (:func:`casync.trees.paths.merged_outside`; both changing one
+    is refused, with the hint to fetch it).  Empty in a full repository."""
+    partial = repo.partial
+    if partial is None:
+        return {}
+    bases = repo.graph.merge_bases(ours, theirs)
+    base = repo.tree_of(bases[0]) if bases else None
+    return merged_outside(repo.blocks.get, partial, base, repo.tree_of(ours), repo.tree_of(theirs))
+
+
+def _graft(repo: Repository, files: Mapping[str, Entry], outside: dict[str, tuple[Cid, int]]) -> Mapping[str, Entry]:
+    partial = repo.partial
+    return files if partial is None else grafted(files, outside, partial)
 
 
 def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
@@ -172,7 +191,7 @@ def _finish_interrupted_move(repo: Repository, progress: Progress) -> None:
     if head is None:
         return
     state = checked_out(repo)
-    old = flatten_tree(repo.blocks, state.tree) if state.tree is not None else {}
+    old = repo.flatten(state.tree) if state.tree is not None else {}
     update_worktree(repo, old, repo.flat_tree(head), repo.tree_of(head), "finishing the interrupted merge",
                     progress=progress, commit=head)
 

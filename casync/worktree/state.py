@@ -194,8 +194,9 @@ class TreePaths:
         return self._listings[directory]
 
     def __call__(self, path: str, is_dir: bool) -> bool:
-        if path in self._untracked:
-            return False
+        partial = self._repo.partial
+        if path in self._untracked or (partial is not None and not partial.holds(path)):
+            return False  # (a partial clone holds nothing outside its paths)
         parent, _, name = path.rpartition("/")
         listing = self._listing(parent)
         return listing is not None and name in listing

@@ -33,21 +33,24 @@ class CloneResult:
     fetch: FetchResult
     diverged: bool = False
     seconds: float = 0.0
+    paths: tuple[str, ...] = ()  # a partial clone's paths (empty: every path)
 
     def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "repository": self.repository, "replica": self.replica,
                 "branch": self.branch, "head": cid_str(self.head) if self.head else None,
-                "diverged": self.diverged, "fetch": self.fetch.to_json(), "seconds": round(self.seconds, 3)}
+                "paths": list(self.paths) or None, "diverged": self.diverged, "fetch": self.fetch.to_json(),
+                "seconds": round(self.seconds, 3)}
 
 
 def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = None, remote_name: str = "origin",
           branch: str | None = None, gateway: str | None = None, progress: Progress = NULL_PROGRESS,
-          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY
-          ) -> tuple[Repository, CloneResult]:
+          concurrency: int = 8, wait: float = 60.0, retry: RetryPolicy = DEFAULT_RETRY,
+          paths: tuple[str, ...] = ()) -> tuple[Repository, CloneResult]:
     """Create ``directory`` as a new replica of the repository at ``url`` (same repository
     id, new replica id), fetch every published head, and check out ``branch`` (default
     ``main`` if published, else the first branch name).  Resume and cleanup follow the one
-    clone procedure (:class:`casync.transfer.clone.CloneTarget`)."""
+    clone procedure (:class:`casync.transfer.clone.CloneTarget`).  ``paths`` (normalized):
+    a partial clone of those paths only (:meth:`CloneTarget.record_paths`)."""
     t0 = time.monotonic()
     parsed = parse_url(url)
     with CloneTarget(Path(directory).resolve(), parsed.text) as target, contextlib.ExitStack() as stack:
@@ -71,6 +74,7 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
                            branch=branch)
         published = set(records) | {r for rec in records.values() for h in rec.heads.values() for r in h.clock}
         refuse_replica_in_use(repo.replica, published, repo_id, chosen=replica is not None)
+        target.record_paths(paths)
         # a first run killed before it added the remote left none to resume with
         known = resumed and any(r.name == remote_name for r in list_remotes(repo))
         remote = get_remote(repo, remote_name) if known else add_remote(repo, remote_name, parsed.text, gateway)
@@ -88,7 +92,8 @@ def clone(url: str, directory: str | os.PathLike[str], *, replica: str | None = 
         if head is not None:
             target.checkout(head, branch, f"clone from {parsed.text}", progress)
         target.finish()
-    out = CloneResult(repo.root, repo_id, repo.replica, branch, head, result, diverged)
+    out = CloneResult(repo.root, repo_id, repo.replica, branch, head, result, diverged,
+                      paths=repo.partial.paths if repo.partial is not None else ())
     out.seconds = time.monotonic() - t0
     return repo, out
 

@@ -9,6 +9,11 @@ local store holds always has its whole DAG below it ("held implies complete"), w
 what makes stopping at held CIDs correct and lets an interrupted fetch keep (and flush)
 what it got: the re-run resumes where it stopped.
 
+A partial clone (config ``partial_paths``) fetches only what lies inside its paths: a
+directory on the way to them is requested, and of its entries only those not outside them
+(:class:`casync.trees.paths.PathFilter`, the one rule every transport follows); a held
+block then has its DAG complete within the paths.
+
 Refs ``remotes/<remote>/<replica>/<branch>`` move by compare-and-swap only after the
 head's DAG is complete and flushed.  A head whose DAG the node cannot supply (a block
 missing or corrupt) is reported naming the CID, and its ref is left unchanged.
@@ -24,7 +29,7 @@ from typing import Any
 
 from casync.errors import BlockNotFound, ConflictError, CorruptBlock, InvalidObject, LimitExceeded, StateRefused
 from casync.model.cid import DAG_CBOR, DAG_PB, Cid, cid_codec, cid_str, short
-from casync.model.objects import MAX_FILE_DEPTH, MAX_TREE_DEPTH
+from casync.model.objects import MAX_FILE_DEPTH, MAX_TREE_DEPTH, UNIXFS_DIRECTORY, decode_pbnode
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.repo.signatures import require_signed_history
@@ -36,7 +41,8 @@ from casync.transfer.checks import ReceiptChecks
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.records import HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.util import remote_lock
-from casync.trees.unixfs import CheckedBlock
+from casync.trees.paths import ON_THE_WAY, OUTSIDE
+from casync.trees.unixfs import CheckedBlock, read_dir_block
 from casync.worktree import checkout as workdir
 
 __all__ = ["DagFetcher", "FetchResult", "HeadFailure", "PullResult", "fast_forward_target", "fetch",
@@ -95,6 +101,7 @@ class DagFetcher:
     def __init__(self, repo: Repository, source: BlockStore, *, concurrency: int = 8,
                  progress: Progress = NULL_PROGRESS) -> None:
         self.repo = repo
+        self.paths = repo.partial  # a partial clone: only what lies inside its paths
         self.source = source
         self.concurrency = max(1, concurrency)
         self.progress = progress
@@ -128,6 +135,7 @@ class DagFetcher:
     def _run(self, root: Cid) -> None:
         waiting: dict[Cid, list[Any]] = {}  # cid -> [block, children still missing, checked]
         level: dict[Cid, int] = {root: 0}  # dag-pb nesting below the nearest commit, as requested
+        way: dict[Cid, str] = {}  # a partial clone's directories on the way to its paths -> their path
         parents_of: dict[Cid, list[Cid]] = {}
         requested: set[Cid] = {root}
         stored: set[Cid] = set()
@@ -154,7 +162,8 @@ class DagFetcher:
                     if below > MAX_TREE_DEPTH + MAX_FILE_DEPTH:
                         raise LimitExceeded(f"DAG below {cid_str(cid)} nests deeper than "
                                             f"{MAX_TREE_DEPTH + MAX_FILE_DEPTH} levels")
-                    children = [c for c in dict.fromkeys(checked.links) if c not in stored]
+                    links = self._within(cid, block, checked, way) if self.paths is not None else checked.links
+                    children = [c for c in dict.fromkeys(links) if c not in stored]
                     unseen = [c for c in children if c not in requested]
                     held = self.repo.blocks.has_many(unseen) if unseen else set()  # one read txn
                     for child in children:
@@ -176,6 +185,27 @@ class DagFetcher:
             cf.wait(list(inflight))
         if waiting:  # cannot happen unless the bookkeeping is wrong
             raise InvalidObject(f"fetch of {cid_str(root)} ended with {len(waiting)} incomplete nodes")
+
+    def _within(self, cid: Cid, block: bytes, checked: CheckedBlock, way: dict[Cid, str]) -> list[Cid]:
+        """The links of ``cid`` a partial clone holds: a commit's tree is on the way (path ""),
+        and of a directory on the way only the entries not outside the paths."""
+        assert self.paths is not None
+        if checked.commit is not None:
+            way[checked.commit.tree] = ""
+            return checked.links
+        base = way.pop(cid, None)
+        if base is None or checked.unixfs is None or checked.unixfs.type != UNIXFS_DIRECTORY:
+            return checked.links  # inside the paths (or a file on the way): all of it
+        out = []
+        for link in read_dir_block(cid, decode_pbnode(block)):
+            path = f"{base}/{link.name}" if base else link.name
+            where = self.paths.where(path)
+            if where == OUTSIDE:
+                continue
+            if where == ON_THE_WAY:
+                way[link.cid] = path
+            out.append(link.cid)
+        return out
 
     def _complete(self, cid: Cid, block: bytes, checked: CheckedBlock, waiting: dict[Cid, list[Any]],
                   parents_of: dict[Cid, list[Cid]], stored: set[Cid]) -> None:

@@ -41,6 +41,7 @@ from casync.transports.ipfs.index import publish_index
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import pin_name, remote_lock
+from casync.trees.paths import outside_cids
 from casync.trees.unixfs import validated_links
 from casync.trees.walk import commit_blocks
 
@@ -92,9 +93,10 @@ class PushResult:
 
 def missing_blocks(repo: Repository, head: Cid, known: Iterable[Cid]) -> list[tuple[Cid, int]]:
     """(cid, size) of every block to send so that the remote holding ``known``'s closures
-    holds ``head``'s closure (see the module docstring)."""
+    holds ``head``'s closure (see the module docstring); from a partial clone, what lies
+    inside its paths (the node must hold the rest: :func:`_require_unfetched`)."""
     commits = repo.graph.missing([head], known)
-    return [(cid, size) for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)]
+    return [(cid, size) for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits, repo.partial)]
 
 
 def all_blocks(repo: Repository, heads: Iterable[Cid]) -> dict[Cid, int]:
@@ -104,7 +106,7 @@ def all_blocks(repo: Repository, heads: Iterable[Cid]) -> dict[Cid, int]:
     if forgotten:
         return _closure(repo, heads, forgotten)
     commits = repo.graph.missing(list(heads), [])
-    return {cid: size for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits)}
+    return {cid: size for cid, size, _data in commit_blocks(repo.blocks.get, repo.graph, commits, repo.partial)}
 
 
 def _closure(repo: Repository, heads: Iterable[Cid], forgotten: set[Cid]) -> dict[Cid, int]:
@@ -214,6 +216,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         # first push of this repository there: another repository may share its files); stop
         # asking once a batch finds none, and never ask for blocks cheaper to send than to stat
         probe = result.resumed or not known
+        _require_unfetched(repo, store, repo.graph.missing([head], known), remote.name)
         for chunk in _chunks(candidates, _HAS_CHUNK):
             ask = probe and sum(size for _, size in chunk) >= _PROBE_MIN_AVG * len(chunk)
             present = store.has_many(c for c, _ in chunk) if ask else set()
@@ -276,6 +279,24 @@ def _index(node: RemoteNode, record: HeadRecord, retained: bool, result: PushRes
         result.index_error = err.message
         return
     result.index, result.index_pin = published.cid, published.pin
+
+
+def _require_unfetched(repo: Repository, node: Any, commits: Iterable[Cid], remote: str) -> None:
+    """From a partial clone: the node must already hold every entry outside its paths that the
+    new commits link to (this clone never had them), or pinning would wait for blocks nobody
+    sends; refused, naming one, before anything is pinned or published."""
+    partial = repo.partial
+    if partial is None:
+        return
+    needed: set[Cid] = set()
+    for commit in commits:
+        needed |= outside_cids(repo.blocks.get, repo.tree_of(commit), partial)
+    lacking = sorted(needed - set(node.has_many(needed))) if needed else []
+    if lacking:
+        raise StateRefused(f"{remote} lacks {len(lacking)} block(s) outside the paths this partial clone holds "
+                           f"({', '.join(partial.paths)}), e.g. {cid_str(lacking[0])}: it could not pin the pushed "
+                           "history whole",
+                           hint="push from a full clone, or push the full repository to that node first")
 
 
 def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:

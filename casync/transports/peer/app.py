@@ -38,8 +38,15 @@ from casync.model.car import iter_car, read_header
 from casync.model.cid import Cid, cid_str, parse_cid
 from casync.repo.repository import Repository
 from casync.repo.tags import TagUpdate
-from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerService, parse_cid_list, parse_tag_map
+from casync.transports.peer.exchange import (
+    MAX_HAVES,
+    MAX_WANTS,
+    PeerService,
+    parse_cid_list,
+    parse_tag_map,
+)
 from casync.transports.peer.http import _CHUNK, MAX_JSON_BODY, _car_body
+from casync.trees.paths import parse_requested_paths
 
 __all__ = ["FETCH_BATCH_BYTES", "MAX_PUSH_BYTES", "PeerApp", "PushTooLarge"]
 
@@ -264,8 +271,9 @@ class PeerApp:
             raise InvalidObject("fetch request must be a JSON object")
         wants = parse_cid_list(request.get("wants"), "wants", MAX_WANTS)
         haves = parse_cid_list(request.get("haves", []), "haves", MAX_HAVES)
+        paths = parse_requested_paths(request.get("paths", []))
         with self.lock:
-            blocks = self.service.fetch(wants, haves)
+            blocks = self.service.fetch(wants, haves, paths)
             first = _take(blocks, FETCH_BATCH_BYTES)  # surfaces errors before the 200 goes out
         return _car_reply(wants, self._locked_batches(blocks, first))
 

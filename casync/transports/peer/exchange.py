@@ -18,7 +18,7 @@ history is 3 round trips: info, negotiate, fetch.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ from casync.repo.signatures import require_signed_history
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.settings import require_signed as settings_require_signed
 from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
+from casync.trees.paths import PathFilter
 from casync.worktree.checkout import update_worktree
 from casync.worktree.state import merge_in_progress, moved_since_checkout
 
@@ -113,7 +114,7 @@ class Peer(Protocol):
 
     def negotiate(self, haves: list[Cid]) -> list[Cid]: ...
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]: ...
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]: ...
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats: ...
 
@@ -159,13 +160,23 @@ class PeerService:
         present = self.repo.blocks.has_many(haves)
         return [h for h in haves if h in present]
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        """The blocks of ``wants`` beyond ``haves`` (within ``paths``, for a partial clone).
+        A partial repository sends only what lies inside its own paths: asked for more, it
+        refuses, naming what it holds, rather than send a DAG with holes."""
         for w in wants:
             if not self.repo.blocks.has(w):
                 raise UsageError(f"commit {cid_str(w)} is not on this peer")
+        wanted = PathFilter(paths) if paths else None
+        mine = self.repo.partial
+        if mine is not None and (wanted is None or not mine.covers(wanted.paths)):
+            asked = ", ".join(wanted.paths) if wanted is not None else "every path"
+            raise StateRefused(f"this repository is a partial clone holding only {', '.join(mine.paths)}; "
+                               f"it cannot send {asked}",
+                               hint="fetch from a full repository, or clone --path within those paths")
         common = self.negotiate(haves)
         missing = self.repo.graph.missing(wants, common)
-        return blocks_for_commits(self.repo, missing)
+        return blocks_for_commits(self.repo, missing, wanted)
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
         """The blocks of ``cids`` this peer holds intact, in order (for ``fsck --repair``);
@@ -180,6 +191,10 @@ class PeerService:
         """The checks a push must pass before any of its blocks is worth receiving."""
         if self.read_only:
             raise RemoteError("this peer is read-only; it does not accept pushes")
+        partial = self.repo.partial
+        if partial is not None:
+            raise StateRefused(f"this repository is a partial clone (it holds only {', '.join(partial.paths)}); "
+                               "it does not accept pushes", hint="push to the full repository it was cloned from")
         validate_branch_name(branch)
         for cid in (new, old):
             if cid is not None and cid_codec(cid) != DAG_CBOR:
@@ -278,8 +293,8 @@ class LocalPeer:
     def negotiate(self, haves: list[Cid]) -> list[Cid]:
         return self.service.negotiate(haves)
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        return self.service.fetch(wants, haves)
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        return self.service.fetch(wants, haves, paths)
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         return self.service.push(branch, old, new, blocks)
@@ -317,8 +332,14 @@ def _local_heads(repo: Repository) -> list[Cid]:
 
 
 def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = NULL_PROGRESS,
-               flush_bytes: int = FLUSH_BYTES, require_signed: bool | None = None) -> FetchResult:
+               flush_bytes: int = FLUSH_BYTES, require_signed: bool | None = None,
+               widen: tuple[str, ...] | None = None) -> FetchResult:
     """Fetch every branch of ``peer`` into ``remotes/<remote>/<branch>``.
+
+    A partial clone (config ``partial_paths``) fetches only what lies inside its paths.
+    ``widen`` (``fetch --path``, :mod:`casync.transports.peer.widen`): fetch the history of
+    these further paths (``()``: of every path), every commit again, as a clone of them
+    would; the caller records them once it returned.
 
     ``require_signed`` (default: config ``require_signed``): every commit the peer's heads
     bring must carry a valid signature by a trusted key, checked before any ref moves
@@ -335,13 +356,14 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
     if info.repository_id != repo.repo_id:
         raise RemoteError(f"{peer.url} holds repository {info.repository_id}, not this one ({repo.repo_id})",
                           hint="clone it instead, or check the remote's URL")
-    wants = [c for c in dict.fromkeys(info.refs.values()) if not repo.blocks.has(c)]
+    paths = repo.partial if widen is None else PathFilter(widen) if widen else None
+    wants = [c for c in dict.fromkeys(info.refs.values()) if widen is not None or not repo.blocks.has(c)]
     wants += _tag_wants(repo, info, wants)
     if wants:
         graph = repo.graph
         heads = _local_heads(repo)
         common: list[Cid] = []
-        for lo, hi in WINDOWS:
+        for lo, hi in WINDOWS if widen is None else ():  # widening: what is held lacks the new paths
             haves = graph.sample(heads, lo, hi)[:MAX_HAVES]
             if not haves:
                 break
@@ -350,9 +372,10 @@ def fetch_from(repo: Repository, peer: Peer, remote: str, progress: Progress = N
             if common:
                 break
         progress.start(f"fetching from {remote}", None)
-        receiver = PackReceiver(repo, wants, flush_bytes)
+        receiver = PackReceiver(repo, wants, flush_bytes, paths)
         try:
-            result.stats = _receive(repo, receiver, peer.fetch(wants, common), flush_bytes, progress)
+            stream = peer.fetch(wants, common, paths.paths) if paths is not None else peer.fetch(wants, common)
+            result.stats = _receive(repo, receiver, stream, flush_bytes, progress)
         except BaseException as exc:
             progress.finish()
             with repo.store.writer_lock():
@@ -484,7 +507,7 @@ def _push_branch(repo: Repository, peer: Peer, info: PeerInfo, remote: str, bran
     sent = {"blocks": 0, "bytes": 0}
 
     def counted() -> Iterator[tuple[Cid, bytes]]:
-        for cid, block in blocks_for_commits(repo, missing):
+        for cid, block in blocks_for_commits(repo, missing, repo.partial):
             sent["blocks"] += 1
             sent["bytes"] += len(block)
             progress.advance(len(block))
@@ -554,7 +577,7 @@ def push_tags_to(repo: Repository, peer: Peer, info: PeerInfo, remote: str, push
     for i in range(0, len(names), MAX_TAGS_PER_PUSH):
         batch = {n: send[n] for n in names[i : i + MAX_TAGS_PER_PUSH]}
         commits = repo.graph.missing(list(dict.fromkeys(batch.values())), held)
-        reply = _push_tag_batch(peer, batch, functools.partial(blocks_for_commits, repo, commits))
+        reply = _push_tag_batch(peer, batch, functools.partial(blocks_for_commits, repo, commits, repo.partial))
         held.extend(batch.values())
         result.created.update(reply.created)
         result.unchanged.extend(reply.unchanged)

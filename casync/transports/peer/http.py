@@ -30,7 +30,7 @@ import http.client
 import io
 import json
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import zstandard
@@ -202,8 +202,11 @@ class HttpPeer:
         except (InvalidObject, AttributeError):
             raise RemoteProtocolError(f"{self.url} sent a malformed negotiate reply") from None
 
-    def fetch(self, wants: list[Cid], haves: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
-        body = json.dumps({"wants": [cid_str(w) for w in wants], "haves": [cid_str(h) for h in haves]}).encode()
+    def fetch(self, wants: list[Cid], haves: list[Cid], paths: Sequence[str] = ()) -> Iterator[tuple[Cid, bytes]]:
+        request: dict[str, Any] = {"wants": [cid_str(w) for w in wants], "haves": [cid_str(h) for h in haves]}
+        if paths:  # a partial clone: the server sends only what lies inside them
+            request["paths"] = list(paths)
+        body = json.dumps(request).encode()
         yield from self._car("/v1/fetch", body)
 
     def blocks(self, cids: list[Cid]) -> Iterator[tuple[Cid, bytes]]:
