@@ -30,8 +30,10 @@ from casync.model.objects import UNIXFS_HAMT_SHARD, PBNode, decode_pbnode, decod
 
 __all__ = [
     "HamtLeaf",
+    "check_hamt",
     "entry_name",
     "estimate_exceeds",
+    "diff_hamt",
     "find_in_hamt",
     "is_shard_node",
     "iter_hamt",
@@ -109,7 +111,11 @@ def iter_hamt(get: GetBlock, root: Cid, node: PBNode | None = None) -> Iterator[
     """Every entry of the sharded directory ``root`` (in hash order), fully checked."""
     if node is None:
         node = decode_pbnode(get(root))
-    stack: list[tuple[Cid, bytes, list[ShardLink]]] = [(root, b"", shard_children(root, node))]
+    return _iter_from(get, root, b"", shard_children(root, node))
+
+
+def _iter_from(get: GetBlock, root: Cid, path: bytes, links: list[ShardLink]) -> Iterator[HamtLeaf]:
+    stack: list[tuple[Cid, bytes, list[ShardLink]]] = [(root, path, links)]
     while stack:
         cid, path, links = stack.pop()
         subs = []
@@ -121,6 +127,74 @@ def iter_hamt(get: GetBlock, root: Cid, node: PBNode | None = None) -> Iterator[
             _check_bucket(cid, link, path)
             yield HamtLeaf(link.name.decode("utf-8"), link.cid, link.tsize)
         stack.extend(reversed(subs))
+
+
+def check_hamt(get: GetBlock, root: Cid, fresh: Callable[[Cid], bool]) -> None:
+    """Check a HAMT from elsewhere from its root: buckets, depth, no empty sub-shard.
+    Sub-shards for which ``fresh`` is false were checked when they arrived; of each, the
+    first entry's bucket path is checked at its new place (a held sub-shard moved to
+    another bucket cannot pass)."""
+    stack = [(root, b"", shard_children(root, decode_pbnode(get(root))))]
+    while stack:
+        cid, path, links = stack.pop()
+        for link in links:
+            if link.name is not None:
+                _check_bucket(cid, link, path)
+                continue
+            here = path + bytes((link.bucket,))
+            sub = _sub_shard(get, cid, link.cid, len(here))
+            if fresh(link.cid):
+                stack.append((link.cid, here, sub))
+            else:
+                _check_first(get, link.cid, here, sub)
+
+
+def _check_first(get: GetBlock, cid: Cid, path: bytes, links: list[ShardLink]) -> None:
+    while True:
+        first = links[0]
+        if first.name is not None:
+            _check_bucket(cid, first, path)
+            return
+        path += bytes((first.bucket,))
+        links = _sub_shard(get, cid, first.cid, len(path))
+        cid = first.cid
+
+
+def diff_hamt(get: GetBlock, old: Cid, new: Cid) -> tuple[dict[str, Cid], dict[str, Cid]]:
+    """The entries of two sharded directories, less those under shards (or leaf links)
+    the two share at the same bucket path: what differs, read in time proportional to it."""
+    a: dict[str, Cid] = {}
+    b: dict[str, Cid] = {}
+    stack = [(old, new, b"", shard_children(old, decode_pbnode(get(old))),
+              shard_children(new, decode_pbnode(get(new))))]
+    while stack:
+        old, new, path, old_links, new_links = stack.pop()
+        olds = {link.bucket: link for link in old_links}
+        for link in new_links:
+            prev = olds.pop(link.bucket, None)
+            if prev is not None and prev.cid == link.cid and prev.name == link.name:
+                continue
+            here = path + bytes((link.bucket,))
+            if prev is not None and prev.name is None and link.name is None:
+                stack.append((prev.cid, link.cid, here, _sub_shard(get, old, prev.cid, len(here)),
+                              _sub_shard(get, new, link.cid, len(here))))
+                continue
+            if prev is not None:
+                _collect(get, old, path, prev, a)
+            _collect(get, new, path, link, b)
+        for prev in olds.values():
+            _collect(get, old, path, prev, a)
+    return a, b
+
+
+def _collect(get: GetBlock, cid: Cid, path: bytes, link: ShardLink, out: dict[str, Cid]) -> None:
+    if link.name is not None:
+        _check_bucket(cid, link, path)
+        out[link.name.decode("utf-8")] = link.cid
+        return
+    here = path + bytes((link.bucket,))
+    for leaf in _iter_from(get, link.cid, here, _sub_shard(get, cid, link.cid, len(here))):
+        out[leaf.name] = leaf.cid
 
 
 def find_in_hamt(get: GetBlock, root: Cid, name: str) -> HamtLeaf | None:
