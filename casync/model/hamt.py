@@ -170,6 +170,8 @@ def shard_links(node: PBNode, u: UnixFSData) -> list[ShardLink]:
     if len(bitfield) > HAMT_FANOUT // 8 or bitfield[:1] == b"\0":
         raise InvalidObject("HAMT shard bitfield is not the minimal encoding of at most 256 bits")
     bits = int.from_bytes(bitfield, "big")
+    if not node.links:
+        raise InvalidObject("HAMT shard without entries (nobody writes one: an empty directory is plain)")
     out: list[ShardLink] = []
     for link in node.links:
         name = link.name or b""
