@@ -80,6 +80,13 @@ def test_a_hamt_kubo_wrote_is_read_walked_diffed_and_edited(tmp_path: Path, kubo
         walked = {block.cid for block in TreeWalker(repo.blocks.get).tree(v1, [])}
         assert walked == {parse_cid(r) for r in refs} | {v1}
 
+        # a trustless read through Kubo's gateway follows the shards on the name's bucket path
+        assert kubo.gateway_url
+        got = Cli(tmp_path)("get", f"{cid_str(v1)}:d/{names[5]}", "--gateway", kubo.gateway_url)
+        assert got.stdout == f"{names[5][:10]}\n"
+        missing = Cli(tmp_path)("get", f"{cid_str(v1)}:d/absent", "--gateway", kubo.gateway_url, ok=False)
+        assert missing.exit_code == 2 and "no entry 'absent'" in missing.stderr
+
         # Kubo changes one file: casync sees one path, and makes the same edit to the same CID
         write(src, names[7], "changed\n")
         v2 = parse_cid(kubo.ipfs(*add, str(src), timeout=600).decode().strip())
