@@ -225,7 +225,7 @@ def _hamt(name: bytes, bucket: int | None = None, **shard: Any) -> Callable[[Cas
     def build(case: Case) -> Cid:
         leaf = _leaf(case)
         where = _bucket(name) if bucket is None else bucket
-        return _shard(case, [(b"%02X" % where + name, leaf, 100), *_filler(case, name, where)], **shard)
+        return _shard(case, sorted([(b"%02X" % where + name, leaf, 100), *_filler(case, name, where)]), **shard)
     return build
 
 
@@ -289,8 +289,8 @@ def _hamt_duplicate(case: Case) -> Cid:
     name = b"twice"
     b0, b1 = _bucket(name), _bucket(name, 1)
     other = next(b"o%d" % i for i in range(10000) if _bucket(b"o%d" % i) == b0 and _bucket(b"o%d" % i, 1) != b1)
-    sub = _shard(case, [(b"%02X" % b1 + name, _leaf(case), 100), (b"%02X" % _bucket(other, 1) + other,
-                                                                     _leaf(case, b"y"), 1)])
+    sub = _shard(case, sorted([(b"%02X" % b1 + name, _leaf(case), 100),
+                               (b"%02X" % _bucket(other, 1) + other, _leaf(case, b"y"), 1)]))
     return _shard(case, sorted([(b"%02X" % b0, sub, 300), (b"%02X" % ((b0 + 1) % 256) + name, _leaf(case), 100)]))
 
 
