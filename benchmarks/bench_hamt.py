@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import log, markdown_table  # noqa: E402
+from _report import log, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

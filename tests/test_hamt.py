@@ -15,9 +15,9 @@ from casync.model.hamt import HAMT_THRESHOLD, HamtEntry, build_hamt, name_hash
 from casync.model.murmur3 import murmur3_x64_64
 from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.store.memory import MemoryBlockStore
+from casync.transports.peer.exchange import LocalPeer, fetch_from
 from casync.trees.unixfs import Entry, build_tree, find_entry, flatten_tree, list_dir, update_tree
 from casync.trees.walk import changed_paths
-from casync.transports.peer.exchange import LocalPeer, fetch_from
 
 from .conftest import Cli, write
 
@@ -58,7 +58,7 @@ def test_a_directory_is_sharded_strictly_above_256_kib_of_names_and_cids() -> No
     # 4096 names of 28 bytes + 36-byte CIDs: exactly 262,144 -> plain; one byte more -> HAMT
     store = MemoryBlockStore()
     names = [f"{i:028d}" for i in range(4096)]
-    assert 4096 * (28 + 36) == HAMT_THRESHOLD
+    assert HAMT_THRESHOLD == 4096 * (28 + 36)
     plain = build_tree(store, _files(store, names), H)
     assert _kind(store, plain.cid) == UNIXFS_DIRECTORY
     sharded = build_tree(store, _files(store, [names[0] + "y", *names[1:]]), H)
@@ -123,11 +123,11 @@ def test_editing_one_entry_writes_only_the_shards_on_its_bucket_path() -> None:
     root = build_tree(store, {f"big/{k}": v for k, v in _files(store, names).items()}, H)
     big = find_entry(store.get, root.cid, "big")
     assert big is not None and _kind(store, big.cid) == UNIXFS_HAMT_SHARD
-    before = set(store._blocks)  # noqa: SLF001 (the store's own dict: what it holds)
+    before = set(store.iter_cids())
     new = _files(store, ["changed"])["changed"]
-    after_leaf = set(store._blocks)  # noqa: SLF001
+    after_leaf = set(store.iter_cids())
     root2 = update_tree(store, root.cid, {"big/f123": new}, H)
-    written = set(store._blocks) - after_leaf  # noqa: SLF001
+    written = set(store.iter_cids()) - after_leaf
     big2 = find_entry(store.get, root2.cid, "big")
     assert big2 is not None
     path = _bucket_path(store, big2.cid, "f123")
