@@ -16,8 +16,8 @@ from casync.model.murmur3 import murmur3_x64_64
 from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.store.memory import MemoryBlockStore
 from casync.transports.peer.exchange import LocalPeer, fetch_from
-from casync.trees.unixfs import Entry, build_tree, find_entry, flatten_tree, list_dir, update_tree
-from casync.trees.walk import changed_paths
+from casync.trees.unixfs import Entry, build_tree, diff_flat, find_entry, flatten_tree, list_dir, update_tree
+from casync.trees.walk import changed_paths, diff_trees
 
 from .conftest import Cli, write
 
@@ -178,3 +178,27 @@ def test_a_sharded_directory_round_trips_through_the_command_line(tmp_path: Path
     a("checkout", "HEAD~1")
     assert (a.cwd / "many/file-01234.txt").read_text() == "1234\n"
     assert len(list((a.cwd / "many").iterdir())) == 20_000
+
+
+def test_diff_of_two_trees_reads_only_what_changed_and_says_what_diff_flat_says() -> None:
+    rng = random.Random(3)
+    store = MemoryBlockStore()
+    files = {f"d{rng.randrange(5)}/{k}": v for k, v in _files(store, [f"e{i}" for i in range(7000)]).items()}
+    files |= {f"x/{k}": v for k, v in _files(store, [f"y{i}" for i in range(50)]).items()}
+    old = build_tree(store, files, H)
+    new_leaf = _files(store, ["new", "file now", "zz"])
+    some = sorted(files)
+    changes: dict[str, Entry | None] = {some[5]: new_leaf["new"], some[77]: None, "x": new_leaf["file now"],
+                                        "z/new": new_leaf["zz"]}
+    new = update_tree(store, old.cid, changes, H)
+    expected = diff_flat(flatten_tree(store, old.cid), flatten_tree(store, new.cid))
+    assert len(expected) == 54  # modified, deleted, 50 gone under x/, the file x, z/new
+    reads: list[bytes] = []
+
+    class Counting(MemoryBlockStore):
+        def get(self, cid: bytes) -> bytes:
+            reads.append(cid)
+            return store.get(cid)
+
+    assert diff_trees(Counting(), old.cid, new.cid) == expected
+    assert len(reads) < 200  # of ~300 blocks: the changed bucket paths, x/ and its entries

@@ -37,14 +37,16 @@ from casync.model.objects import (
     UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
+    Entry,
     PBNode,
     decode_pbnode,
     decode_unixfs,
 )
+from casync.store.base import BlockStore
 from casync.trees.hamt import diff_hamt, is_shard_node
-from casync.trees.unixfs import list_dir
+from casync.trees.unixfs import TreeChange, diff_flat, list_dir, lookup
 
-__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "held_entries"]
+__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "diff_trees", "held_entries"]
 
 GetBlock = Callable[[Cid], bytes]
 
@@ -265,6 +267,22 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
             if (a is not None and not a_dir) or (b is not None and not b_dir):
                 out.add(path)
     return out
+
+
+def diff_trees(store: BlockStore, old: Cid | None, new: Cid | None) -> list[TreeChange]:
+    """:func:`diff_flat` of two trees, read in time proportional to the change (a
+    one-entry change in a directory of a million reads a few shards, not the million)."""
+    old_entries: dict[str, Entry] = {}
+    new_entries: dict[str, Entry] = {}
+    for path in changed_paths(store.get, old, new):
+        old_entries |= _file_at(store, old, path)
+        new_entries |= _file_at(store, new, path)
+    return diff_flat(old_entries, new_entries)
+
+
+def _file_at(store: BlockStore, root: Cid | None, path: str) -> dict[str, Entry]:
+    entry = lookup(store, root, tuple(path.split("/"))) if root is not None else None
+    return {path: entry} if entry is not None and entry.kind != "dir" else {}
 
 
 def _named_entries(get: GetBlock, old: Cid | None, new: Cid | None) -> tuple[dict[str, Cid], dict[str, Cid]]:
