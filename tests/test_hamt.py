@@ -181,18 +181,18 @@ def test_a_sharded_directory_round_trips_through_the_command_line(tmp_path: Path
 
 
 def test_diff_of_two_trees_reads_only_what_changed_and_says_what_diff_flat_says() -> None:
-    rng = random.Random(3)
     store = MemoryBlockStore()
-    files = {f"d{rng.randrange(5)}/{k}": v for k, v in _files(store, [f"e{i}" for i in range(7000)]).items()}
+    files = {f"d0/{k}": v for k, v in _files(store, [f"entry-{i:05d}" for i in range(7000)]).items()}  # a HAMT
     files |= {f"x/{k}": v for k, v in _files(store, [f"y{i}" for i in range(50)]).items()}
     old = build_tree(store, files, H)
     new_leaf = _files(store, ["new", "file now", "zz"])
-    some = sorted(files)
-    changes: dict[str, Entry | None] = {some[5]: new_leaf["new"], some[77]: None, "x": new_leaf["file now"],
-                                        "z/new": new_leaf["zz"]}
+    changes: dict[str, Entry | None] = {"d0/entry-00005": new_leaf["new"], "d0/entry-00077": None,
+                                        "x": new_leaf["file now"], "z/new": new_leaf["zz"]}
     new = update_tree(store, old.cid, changes, H)
     expected = diff_flat(flatten_tree(store, old.cid), flatten_tree(store, new.cid))
     assert len(expected) == 54  # modified, deleted, 50 gone under x/, the file x, z/new
+    assert diff_trees(store, old.cid, new.cid) == expected
+
     reads: list[bytes] = []
 
     class Counting(MemoryBlockStore):
@@ -200,5 +200,6 @@ def test_diff_of_two_trees_reads_only_what_changed_and_says_what_diff_flat_says(
             reads.append(cid)
             return store.get(cid)
 
-    assert diff_trees(Counting(), old.cid, new.cid) == expected
-    assert len(reads) < 200  # of ~300 blocks: the changed bucket paths, x/ and its entries
+    one = update_tree(store, old.cid, {"d0/entry-01234": new_leaf["new"]}, H)
+    assert [c.path for c in diff_trees(Counting(), old.cid, one.cid)] == ["d0/entry-01234"]
+    assert len(reads) <= 24, len(reads)  # both bucket paths, twice (diff, lookup), of the ~260 shards of d0
