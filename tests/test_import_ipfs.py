@@ -244,8 +244,9 @@ def test_a_missing_cid_is_a_clear_error(tmp_path: Path, kubo: Kubo, repo_dir: Pa
 
 
 def test_import_refuses_what_it_cannot_represent(tmp_path: Path, kubo: Kubo, repo_dir: Path) -> None:
-    """A file as the whole tree is a usage error; a HAMT-sharded directory (Kubo shards
-    directories over 256 KiB) is refused naming its path, unless HAMT reading is in."""
+    """A file as the whole tree is a usage error, an mtime DAG is refused naming the path; a
+    HAMT-sharded directory (Kubo shards directories over 256 KiB) imports, inside a tree or as
+    the whole tree, keeping its CID."""
     src = _source(tmp_path)
     file_cid = kubo.ipfs("add", "-Q", str(src / "big.bin")).decode().strip()
     r = Cli(repo_dir)("import", file_cid, "--api", kubo.api_url, ok=False)
@@ -259,11 +260,12 @@ def test_import_refuses_what_it_cannot_represent(tmp_path: Path, kubo: Kubo, rep
         (wide / f"{i:04d}-{'x' * 180}").write_bytes(b"")
     root = _add(kubo, src)
     assert kubo.ipfs("dag", "get", f"{root}/wide").find(b'"Data"') >= 0
-    r = Cli(repo_dir)("import", root, "--api", kubo.api_url, ok=False)
-    if r.exit_code == 0:  # HAMT directories are read: the import keeps the CID as always
-        Cli(repo_dir)("checkout", "main")
-        assert len(os.listdir(repo_dir / "wide")) == 1500
-        return
-    assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.startswith(f"error: cannot import {root}: 'wide' is not something casync can represent")
-    assert "HAMT-sharded directory" in r.stderr
+    r = Cli(repo_dir)("import", root, "--api", kubo.api_url, "--json")  # HAMTs are read (§3.3.1)
+    assert json.loads(r.stdout)["tree"] == root
+    Cli(repo_dir)("checkout", "main")
+    assert len(os.listdir(repo_dir / "wide")) == 1500
+    # a HAMT as the whole tree: its root is a directory like any other
+    shard = kubo.ipfs("resolve", "-r", f"/ipfs/{root}/wide").decode().strip().removeprefix("/ipfs/")
+    Cli(tmp_path)("init", "sharded", "--replica", "sharded-site")
+    r = Cli(tmp_path / "sharded")("import", shard, "--api", kubo.api_url, "--json")
+    assert json.loads(r.stdout)["tree"] == shard

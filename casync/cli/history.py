@@ -13,6 +13,7 @@ from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
 from casync.repo.repository import Repository
 from casync.trees.unixfs import diff_flat, entry_for, file_size, read_dir, read_symlink
+from casync.trees.walk import diff_trees
 
 __all__ = ["branch", "cat", "diff", "log", "ls_cmd", "reflog", "show"]
 
@@ -183,11 +184,10 @@ def cat(obj: Context, spec: str) -> None:
 def diff(obj: Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     """Files that differ between REV and the working tree, or between two REVs."""
     repo = obj.repo()
-    old = repo.flat_tree(repo.resolve(rev_a))
-    if rev_b is not None:
-        changes = diff_flat(old, repo.flat_tree(repo.resolve(rev_b)))
+    if rev_b is not None:  # two trees: read in proportion to what changed
+        changes = diff_trees(repo.blocks, repo.tree_of(repo.resolve(rev_a)), repo.tree_of(repo.resolve(rev_b)))
     else:
-        changes = diff_flat(old, porcelain.worktree_entries(repo))
+        changes = diff_flat(repo.flat_tree(repo.resolve(rev_a)), porcelain.worktree_entries(repo))
     if as_json:
         print_json([{"path": c.path, "status": c.status,
                 "old": cid_str(c.old.cid) if c.old else None,

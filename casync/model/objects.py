@@ -46,6 +46,7 @@ __all__ = [
     "MAX_COUNT",
     "UNIXFS_DIRECTORY",
     "UNIXFS_FILE",
+    "UNIXFS_HAMT_SHARD",
     "UNIXFS_RAW",
     "UNIXFS_SYMLINK",
     "Commit",
@@ -97,6 +98,7 @@ UNIXFS_RAW = 0
 UNIXFS_DIRECTORY = 1
 UNIXFS_FILE = 2
 UNIXFS_SYMLINK = 4
+UNIXFS_HAMT_SHARD = 5
 
 
 # --- protobuf primitives -------------------------------------------------------------------------
@@ -230,6 +232,8 @@ class UnixFSData:
     filesize: int | None = None
     blocksizes: tuple[int, ...] = ()
     mode: int | None = None
+    hash_type: int | None = None  # HAMT shards only (fields 5 and 6)
+    fanout: int | None = None
 
 
 def encode_unixfs(u: UnixFSData) -> bytes:
@@ -241,6 +245,10 @@ def encode_unixfs(u: UnixFSData) -> bytes:
         out += _varint_field(3, u.filesize)
     for size in u.blocksizes:
         out += _varint_field(4, size)
+    if u.hash_type is not None:
+        out += _varint_field(5, u.hash_type)
+    if u.fanout is not None:
+        out += _varint_field(6, u.fanout)
     if u.mode is not None:
         out += _varint_field(7, u.mode)
     return out
@@ -248,13 +256,15 @@ def encode_unixfs(u: UnixFSData) -> bytes:
 
 def decode_unixfs(buf: bytes) -> UnixFSData:
     """The one encoding of a UnixFS ``Data`` message that :func:`encode_unixfs` writes:
-    fields in order, ``Type`` exactly once, no HAMT or mtime fields (5, 6, 8 would give
-    one directory two CIDs); anything else is :class:`InvalidObject`."""
+    fields in order, ``Type`` exactly once, no mtime (8 would give one directory two
+    CIDs); the HAMT fields (5, 6) are read here and allowed on shards only (by
+    ``trees.unixfs``'s checks); anything else is :class:`InvalidObject`."""
     kind: int | None = None
     data: bytes | None = None
     filesize: int | None = None
     blocksizes: list[int] = []
     mode: int | None = None
+    hamt: list[int | None] = [None, None]
     last = 0
     for tag, wire, value in _fields(buf):  # (varints are minimal: read_varint refuses others)
         if tag < last or (tag == last and tag != 4):
@@ -268,13 +278,15 @@ def decode_unixfs(buf: bytes) -> UnixFSData:
             filesize = value
         elif tag == 4 and wire == 0:
             blocksizes.append(value)
+        elif tag in (5, 6) and wire == 0:
+            hamt[tag - 5] = value
         elif tag == 7 and wire == 0:
             mode = value
         else:
             raise InvalidObject(f"UnixFS: unexpected field {tag}")
     if kind is None:
         raise InvalidObject("UnixFS node without Type")
-    return UnixFSData(kind, data, filesize, tuple(blocksizes), mode)
+    return UnixFSData(kind, data, filesize, tuple(blocksizes), mode, hamt[0], hamt[1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,14 @@ from casync.errors import BlockNotFound, CasyncError, CorruptBlock
 from casync.history.consistency import future_problem, parent_problems
 from casync.model.canonical import canonical_problem
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str
-from casync.model.objects import UNIXFS_DIRECTORY, Commit, decode_commit, decode_pbnode, decode_unixfs
+from casync.model.objects import (
+    UNIXFS_DIRECTORY,
+    UNIXFS_HAMT_SHARD,
+    Commit,
+    decode_commit,
+    decode_pbnode,
+    decode_unixfs,
+)
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import FsckReport, Repository
 from casync.repo.signatures import Verifier
@@ -39,6 +46,7 @@ __all__ = ["AUDIT_META_KEY", "AuditOptions", "AuditReport", "Extra", "Finding", 
            "record_audit"]
 
 AUDIT_META_KEY = b"audit_last"
+_DIR_TYPES = (UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD)
 _MAX_PATHS = 20  # per finding: enough to act on, bounded for a block every file shares
 
 
@@ -267,12 +275,15 @@ def paths_using(repo: Repository, trees: Iterable[Cid], wanted: set[Cid]) -> dic
             continue
         try:
             node = decode_pbnode(repo.blocks.get(cid))
-            is_dir = node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
+            kind = decode_unixfs(node.data).type if node.data is not None else None
         except CasyncError:
             continue
         for link in node.links:
-            name = (link.name or b"").decode("utf-8", "replace")
-            stack.append((link.cid, f"{path}/{name}".lstrip("/") if is_dir else path))
+            raw = link.name or b""
+            if kind == UNIXFS_HAMT_SHARD:  # a shard's links: "XX" + name, or "XX" for a sub-shard
+                raw = raw[2:]
+            name = raw.decode("utf-8", "replace")
+            stack.append((link.cid, f"{path}/{name}".lstrip("/") if kind in _DIR_TYPES and name else path))
     return {cid: sorted(paths) for cid, paths in out.items()}
 
 

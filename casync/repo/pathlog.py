@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from casync.model.cid import DAG_PB, Cid, cid_codec
 from casync.model.names import split_path
-from casync.model.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
+from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.repo.repository import FORGOTTEN_PREFIX, LogEntry, Repository
-from casync.trees.unixfs import read_dir_block
+from casync.trees.unixfs import find_entry
+
+_DIR_TYPES = (UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD)
 
 __all__ = ["path_log"]
 
@@ -34,9 +36,9 @@ class _PathLookup:
             found = None  # stays None where a file stands in for a directory
             if cid_codec(directory) == DAG_PB:
                 node = decode_pbnode(self._repo.blocks.get(directory))
-                if node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY:
-                    links = read_dir_block(directory, node)
-                    found = next((link.cid for link in links if link.name == name), None)
+                if node.data is not None and decode_unixfs(node.data).type in _DIR_TYPES:
+                    link = find_entry(self._repo.blocks.get, directory, name)
+                    found = link.cid if link is not None else None
             self._children[key] = found
         return self._children[key]
 

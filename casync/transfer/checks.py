@@ -6,8 +6,10 @@ field in range, names safe).  What it cannot see alone is checked here, once its
 time after its parents: :func:`casync.history.consistency.check_derived`) and its time against
 this replica's clock and the configured skew; a file node's block sizes against its
 children's real sizes and its depth (:data:`MAX_FILE_DEPTH`); a directory's nesting
-(:data:`MAX_TREE_DEPTH`).  Every transport's receive path runs it: the peer protocol and
-bundles through :class:`casync.transfer.stream.PackReceiver`, IPFS fetch directly.
+(:data:`MAX_TREE_DEPTH`); a HAMT-sharded directory's buckets and depth, from its root,
+once whatever links it by name (a directory, a shard's entry, a commit) arrives.  Every
+transport's receive path runs it: the peer protocol and bundles through
+:class:`casync.transfer.stream.PackReceiver`, IPFS fetch directly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from casync.model.objects import (
     MAX_TREE_DEPTH,
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
+    UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     Commit,
     decode_pbnode,
@@ -30,6 +33,7 @@ from casync.model.objects import (
 )
 from casync.repo.repository import Repository
 from casync.settings import limits
+from casync.trees.hamt import check_hamt
 from casync.trees.unixfs import CheckedBlock, checked_block
 
 __all__ = ["ReceiptChecks"]
@@ -50,6 +54,8 @@ class ReceiptChecks:
         self._commits: dict[Cid, Commit] = {}
         self._files: dict[Cid, tuple[int, int]] = {}  # file block -> (bytes, depth)
         self._dirs: dict[Cid, int] = {}  # directory received here -> nesting depth
+        self._shards: set[Cid] = set()  # HAMT shards received here
+        self._hamts: set[Cid] = set()  # HAMT roots checked whole
 
     def check(self, cid: Cid, block: bytes) -> CheckedBlock:
         """Check ``block`` on its own (see :func:`checked_block`) and return what it links to."""
@@ -59,16 +65,35 @@ class ReceiptChecks:
         """The checks that need ``checked.links`` held: call once they all are."""
         if checked.commit is not None:
             self._commit(cid, checked.commit)
+            self._hamt_roots([checked.commit.tree])
         elif checked.unixfs is not None:
             if checked.unixfs.type in _FILE_TYPES:
                 self._file(cid, block, checked)
             elif checked.unixfs.type == UNIXFS_DIRECTORY:
-                depth = 1 + max((self._dirs.get(c, 0) for c in checked.links), default=0)
-                if depth > MAX_TREE_DEPTH:
-                    raise LimitExceeded(f"directory {cid_str(cid)} nests deeper than {MAX_TREE_DEPTH} levels")
-                self._dirs[cid] = depth
+                self._hamt_roots(checked.links)
+                self._dir_depth(cid, checked.links, [])
+            elif checked.unixfs.type == UNIXFS_HAMT_SHARD:
+                links = decode_pbnode(block).links
+                entries = [link.cid for link in links if len(link.name or b"") > 2]
+                self._hamt_roots(entries)
+                self._dir_depth(cid, entries, [link.cid for link in links if len(link.name or b"") == 2])
+                self._shards.add(cid)
         elif cid_codec(cid) == RAW:
             self._files[cid] = (len(block), 0)
+
+    def _dir_depth(self, cid: Cid, entries: list[Cid], sub_shards: list[Cid]) -> None:
+        """Nesting depth: a HAMT's shards together count as one directory level."""
+        depth = 1 + max([*(self._dirs.get(c, 0) for c in entries),
+                         *(self._dirs.get(c, 1) - 1 for c in sub_shards)], default=0)
+        if depth > MAX_TREE_DEPTH:
+            raise LimitExceeded(f"directory {cid_str(cid)} nests deeper than {MAX_TREE_DEPTH} levels")
+        self._dirs[cid] = depth
+
+    def _hamt_roots(self, entries: list[Cid]) -> None:
+        for child in entries:
+            if child in self._shards and child not in self._hamts:  # a HAMT's root, received here
+                check_hamt(self.repo.blocks.get, child, self._shards.__contains__)
+                self._hamts.add(child)
 
     def _commit(self, cid: Cid, commit: Commit) -> None:
         parents = [self._commits.get(p) or self.repo.graph.get(p) for p in commit.parents]

@@ -21,9 +21,9 @@ from typing import Literal
 from casync.errors import InvalidObject, InvalidPath, StateRefused, UsageError
 from casync.model.cid import DAG_PB, Cid, cid_codec
 from casync.model.names import split_path
-from casync.model.objects import UNIXFS_DIRECTORY, decode_pbnode, decode_unixfs
+from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.store.base import BlockStore
-from casync.trees.unixfs import Entry, entry_for, read_dir, read_dir_block
+from casync.trees.unixfs import Entry, entry_for, list_dir, read_dir
 
 __all__ = ["INSIDE", "ON_THE_WAY", "OUTSIDE", "PathFilter", "Where", "flatten_within", "grafted", "merged_outside",
            "normalize_paths", "parse_requested_paths", "outside_cids", "outside_entries"]
@@ -98,7 +98,7 @@ def _is_dir(get: GetBlock, cid: Cid) -> bool:
     if cid_codec(cid) != DAG_PB:
         return False
     node = decode_pbnode(get(cid))
-    return node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
+    return node.data is not None and decode_unixfs(node.data).type in (UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD)
 
 
 def outside_entries(get: GetBlock, tree: Cid, paths: PathFilter) -> dict[str, tuple[Cid, int]]:
@@ -108,7 +108,7 @@ def outside_entries(get: GetBlock, tree: Cid, paths: PathFilter) -> dict[str, tu
     stack = [("", tree)]
     while stack:
         base, cid = stack.pop()
-        for link in read_dir_block(cid, decode_pbnode(get(cid))):
+        for link in list_dir(get, cid):  # plain or HAMT-sharded
             path = _join(base, link.name)
             where = paths.where(path)
             if where == OUTSIDE:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 from casync.errors import InvalidObject, InvalidPath, LimitExceeded
 from casync.model.chunking import Chunker
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
+from casync.model.hamt import HamtEntry, build_hamt, entry_estimate, name_hash, sharded
 from casync.model.names import validate_name
 from casync.model.objects import (
     MAX_BLOCK_SIZE,
@@ -23,6 +24,7 @@ from casync.model.objects import (
     MAX_FILE_LINKS,
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
+    UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
     Commit,
@@ -40,6 +42,15 @@ from casync.model.objects import (
     same_entry,
 )
 from casync.store.base import BlockStore
+from casync.trees.hamt import (
+    entry_name,
+    estimate_exceeds,
+    find_in_hamt,
+    is_shard_node,
+    iter_hamt,
+    shard_children,
+    update_hamt,
+)
 
 EXEC_MODE = 0o755
 
@@ -55,7 +66,9 @@ __all__ = [
     "diff_flat",
     "directories_of",
     "entry_for",
+    "find_entry",
     "flatten_tree",
+    "list_dir",
     "iter_file",
     "read_dir",
     "read_dir_block",
@@ -152,7 +165,7 @@ def entry_for(store: BlockStore, cid: Cid, tsize: int) -> Entry:
     if node.data is None:
         raise InvalidObject(f"dag-pb node {cid_str(cid)} has no UnixFS data")
     u = decode_unixfs(node.data)
-    if u.type == UNIXFS_DIRECTORY:
+    if u.type in (UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD):  # (a shard linked by name is a HAMT's root)
         return Entry(cid, "dir", tsize)
     if u.type in (UNIXFS_FILE, UNIXFS_RAW):
         return Entry(cid, "file", tsize, bool(u.mode is not None and u.mode & 0o111))
@@ -162,32 +175,47 @@ def entry_for(store: BlockStore, cid: Cid, tsize: int) -> Entry:
 
 
 def read_dir(store: BlockStore, cid: Cid) -> list[DirLink]:
-    """The links of a UnixFS Directory, names validated, order and uniqueness checked."""
+    """The entries of a directory, plain or HAMT-sharded, names validated, order and
+    uniqueness checked (sorted by name bytes)."""
+    return list_dir(store.get, cid)
+
+
+def list_dir(get: Callable[[Cid], bytes], cid: Cid, node: PBNode | None = None) -> list[DirLink]:
+    """:func:`read_dir` over a ``get`` callable (``node``: the directory's block, decoded)."""
     if cid_codec(cid) != DAG_PB:
         raise InvalidObject(f"{cid_str(cid)} is not a directory")
-    return read_dir_block(cid, decode_pbnode(store.get(cid)))
+    if node is None:
+        node = decode_pbnode(get(cid))
+    if is_shard_node(node):
+        out = [DirLink(*leaf) for leaf in iter_hamt(get, cid, node)]
+        out.sort(key=lambda link: link.name.encode("utf-8"))
+        return out
+    return read_dir_block(cid, node)
+
+
+def find_entry(get: Callable[[Cid], bytes], cid: Cid, name: str) -> DirLink | None:
+    """The entry ``name`` of a directory (a HAMT reads only that name's bucket path)."""
+    if cid_codec(cid) != DAG_PB:
+        raise InvalidObject(f"{cid_str(cid)} is not a directory")
+    node = decode_pbnode(get(cid))
+    if is_shard_node(node):
+        leaf = find_in_hamt(get, cid, name)
+        return None if leaf is None else DirLink(*leaf)
+    return next((link for link in read_dir_block(cid, node) if link.name == name), None)
 
 
 def read_dir_block(cid: Cid, node: PBNode) -> list[DirLink]:
-    """Validate a decoded directory node (names safe, sorted, unique) and list its links."""
+    """Validate a decoded plain directory node (names safe, sorted, unique) and list its links."""
     if node.data is None or decode_unixfs(node.data).type != UNIXFS_DIRECTORY:
         raise InvalidObject(f"{cid_str(cid)} is not a UnixFS directory")
     out: list[DirLink] = []
     prev: bytes | None = None
     for link in node.links:
-        if link.name is None:
-            raise InvalidObject(f"directory {cid_str(cid)} has a link without a name")
+        name = entry_name(cid, link.name)
+        assert link.name is not None
         if prev is not None and link.name <= prev:
             raise InvalidObject(f"directory {cid_str(cid)} links are not sorted and unique")
         prev = link.name
-        try:
-            name = link.name.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidObject(f"directory {cid_str(cid)} has a name that is not UTF-8") from None
-        try:
-            validate_name(name)
-        except InvalidPath as exc:
-            raise InvalidObject(f"refusing tree {cid_str(cid)}: {exc.message}") from None
         out.append(DirLink(name, link.cid, link.tsize or 0))
     return out
 
@@ -224,11 +252,17 @@ def checked_block(cid: Cid, block: bytes) -> CheckedBlock:
         raise type(exc)(f"block {cid_str(cid)}: {exc.message}") from None
     if u.type == UNIXFS_DIRECTORY:
         read_dir_block(cid, node)
+    elif u.type == UNIXFS_HAMT_SHARD:
+        shard_children(cid, node)  # on its own; buckets and depth are checked from the root
     return CheckedBlock([link.cid for link in node.links], None, u)
 
 
 def _check_unixfs(node: PBNode, u: UnixFSData) -> None:
     """The rules a UnixFS node obeys on its own (sizes against its children: transfer.checks)."""
+    if u.type != UNIXFS_HAMT_SHARD and (u.hash_type is not None or u.fanout is not None):
+        raise InvalidObject(f"a UnixFS node of type {u.type} carries HAMT fields")
+    if u.type == UNIXFS_HAMT_SHARD:
+        return  # shard_children checks the rest
     if u.type == UNIXFS_DIRECTORY:
         if u.data is not None or u.filesize is not None or u.blocksizes:
             raise InvalidObject("a UnixFS directory carries file data")
@@ -321,18 +355,31 @@ def build_tree(store: BlockStore, files: Mapping[str, Entry], hash_name: str) ->
     built: dict[str, Entry] = {}
     for d in sorted(children, key=lambda p: p.count("/") if p else -1, reverse=True):
         links = []
-        for name, entry in children[d].items():
+        for name, entry in children.pop(d).items():
             if entry.kind == "dir":
-                entry = built["/".join(filter(None, (d, name)))]
+                entry = built.pop("/".join(filter(None, (d, name))))
             links.append(DirLink(name, entry.cid, entry.tsize))
-        block = encode_directory(links)
-        if len(block) > MAX_BLOCK_SIZE:
-            raise InvalidObject(f"directory {d or '/'} has too many entries for one block "
-                                f"({len(links)}); HAMT sharding is not implemented yet")
-        cid = compute_cid(DAG_PB, block, hash_name)
-        store.put(cid, block)
-        built[d] = Entry(cid, "dir", len(block) + sum(link.tsize for link in links))
+        built[d] = write_directory(store, links, hash_name, d or "/")
     return built[""]
+
+
+def write_directory(store: BlockStore, links: Iterable[DirLink], hash_name: str, where: str = "/") -> Entry:
+    """A directory of ``links``, as Kubo writes it: a HAMT when the size estimate (names
+    and CID bytes) is above 256 KiB, else one plain Directory node."""
+    links = list(links)
+    estimate = sum(entry_estimate(link.name.encode("utf-8"), link.cid) for link in links)
+    if sharded(estimate):
+        entries = [HamtEntry(name_hash(raw), raw, link.cid, link.tsize)
+                   for link in links for raw in (link.name.encode("utf-8"),)]
+        del links
+        cid, tsize = build_hamt(entries, store.put, hash_name)
+        return Entry(cid, "dir", tsize)
+    block = encode_directory(links)
+    if len(block) > MAX_BLOCK_SIZE:  # (unreachable below the threshold: kept as a guard)
+        raise InvalidObject(f"directory {where} would be a block over {MAX_BLOCK_SIZE} bytes")
+    cid = compute_cid(DAG_PB, block, hash_name)
+    store.put(cid, block)
+    return Entry(cid, "dir", len(block) + sum(link.tsize for link in links))
 
 
 def flatten_tree(store: BlockStore, root: Cid, prefix: str = "") -> dict[str, Entry]:
@@ -357,7 +404,7 @@ def lookup(store: BlockStore, root: Cid, parts: tuple[str, ...]) -> Entry | None
     for part in parts:
         if entry.kind != "dir":
             return None
-        found = next((link for link in read_dir(store, entry.cid) if link.name == part), None)
+        found = find_entry(store.get, entry.cid, part)
         if found is None:
             return None
         entry = entry_for(store, found.cid, found.tsize)
@@ -429,7 +476,8 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
     """Apply ``{path: Entry or None (delete)}`` to the tree ``root``; return the new root.
 
     Only directories on changed paths are re-encoded, so a one-file transaction on a
-    huge tree costs a handful of blocks.  Directories left empty are removed.
+    huge tree costs a handful of blocks (in a HAMT, the shards on the changed names'
+    bucket paths).  Directories left empty are removed.
     """
     by_child: dict[str, dict[str, Entry | None]] = {}
     here: dict[str, Entry | None] = {}
@@ -439,7 +487,10 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
             by_child.setdefault(head, {})[rest] = entry
         else:
             here[head] = entry
-    links = {link.name: link for link in read_dir(store, root)} if root is not None else {}
+    node = decode_pbnode(store.get(root)) if root is not None else None
+    if root is not None and node is not None and is_shard_node(node):
+        return _update_sharded(store, root, here, by_child, hash_name)
+    links = {link.name: link for link in read_dir_block(root, node)} if root is not None and node else {}
     for name, entry in here.items():
         if entry is None:
             links.pop(name, None)
@@ -447,20 +498,42 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
             links[name] = DirLink(name, entry.cid, entry.tsize)
     for name, sub in by_child.items():
         existing = links.get(name)
-        sub_root = None
-        if existing is not None and entry_for(store, existing.cid, existing.tsize).kind == "dir":
-            sub_root = existing.cid
-        new = update_tree(store, sub_root, sub, hash_name)
+        new = update_tree(store, _dir_or_none(store, existing), sub, hash_name)
         if new.tsize == 0:
             links.pop(name, None)
         else:
             links[name] = DirLink(name, new.cid, new.tsize)
-    block = encode_directory(links.values())
-    if len(block) > MAX_BLOCK_SIZE:
-        raise InvalidObject(f"a directory would have too many entries for one block ({len(links)}); "
-                            "HAMT sharding is not implemented yet")
-    cid = compute_cid(DAG_PB, block, hash_name)
-    store.put(cid, block)
+    return _written(store, list(links.values()), hash_name)
+
+
+def _written(store: BlockStore, links: list[DirLink], hash_name: str) -> Entry:
     if not links:
+        block = encode_directory(())
+        cid = compute_cid(DAG_PB, block, hash_name)
+        store.put(cid, block)
         return Entry(cid, "dir", 0)  # tsize 0 marks "empty": the parent drops it
-    return Entry(cid, "dir", len(block) + sum(link.tsize for link in links.values()))
+    return write_directory(store, links, hash_name)
+
+
+def _dir_or_none(store: BlockStore, link: DirLink | None) -> Cid | None:
+    if link is not None and entry_for(store, link.cid, link.tsize).kind == "dir":
+        return link.cid
+    return None
+
+
+def _update_sharded(store: BlockStore, root: Cid, here: dict[str, Entry | None],
+                    by_child: dict[str, dict[str, Entry | None]], hash_name: str) -> Entry:
+    """:func:`update_tree` on a HAMT: only the changed names' bucket paths are read and
+    written; below the threshold again, the directory becomes a plain one."""
+    edits: dict[str, tuple[Cid, int] | None] = {
+        name: None if entry is None else (entry.cid, entry.tsize) for name, entry in here.items()}
+    for name, sub in by_child.items():
+        existing = find_entry(store.get, root, name)
+        new = update_tree(store, _dir_or_none(store, existing), sub, hash_name)
+        edits[name] = None if new.tsize == 0 else (new.cid, new.tsize)
+    cid, tsize, delta = update_hamt(store.get, store.put, root, edits, hash_name)
+    if delta < 0 and not estimate_exceeds(store.get, cid):
+        return _written(store, list_dir(store.get, cid), hash_name)
+    return Entry(cid, "dir", tsize)
+
+

@@ -7,7 +7,9 @@ below exist once:
 
 - A new tree is compared path by path with the old trees (a commit's parents' trees, which
   the receiver holds or is sent in the same transfer): an entry equal to an old one at the
-  same path is skipped whole.
+  same path is skipped whole.  A HAMT-sharded directory is compared shard by shard: a
+  sub-shard is matched with the old one in the same bucket (so a change of one entry
+  sends only the shards on its bucket path), an entry by its name.
 - In a changed file, the blocks of the old versions of that file at that path (e.g. every
   chunk but one after an insertion with content-defined chunking) are skipped too.  Only
   interior nodes are read for this; raw leaves are read when they are sent.
@@ -35,22 +37,29 @@ from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str
 from casync.model.objects import (
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
+    UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
+    Entry,
     PBNode,
     decode_pbnode,
     decode_unixfs,
 )
+from casync.store.base import BlockStore
+from casync.trees.hamt import diff_hamt, is_shard_node
 from casync.trees.paths import INSIDE, OUTSIDE, PathFilter
-from casync.trees.unixfs import read_dir_block
+from casync.trees.unixfs import TreeChange, diff_flat, list_dir, lookup
 
-__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "held_entries"]
+__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "diff_trees", "held_entries"]
 
 GetBlock = Callable[[Cid], bytes]
 
 _NOTHING: frozenset[Cid] = frozenset()
 _FILE_SET_CACHE = 1024
-_ENTRY_TYPES = (UNIXFS_DIRECTORY, UNIXFS_FILE, UNIXFS_RAW, UNIXFS_SYMLINK)
+_DIR_MAP_CACHE = 64
+_DIR_TYPES = (UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD)
+_ENTRY_TYPES = (*_DIR_TYPES, UNIXFS_FILE, UNIXFS_RAW, UNIXFS_SYMLINK)
+_SHARD_KEY = b"/"  # (no entry name has a "/": a sub-shard's key in a directory map)
 
 
 class Block(NamedTuple):
@@ -63,7 +72,15 @@ class Block(NamedTuple):
 
 
 def _is_dir(node: PBNode) -> bool:
-    return node.data is not None and decode_unixfs(node.data).type == UNIXFS_DIRECTORY
+    """A directory node or a HAMT shard (one of the nodes that make up a directory)."""
+    return node.data is not None and decode_unixfs(node.data).type in _DIR_TYPES
+
+
+def _key(shard: bool, name: bytes) -> bytes:
+    """What a directory link is matched by: an entry's name, or a sub-shard's bucket."""
+    if not shard:
+        return name
+    return name[2:] if len(name) > 2 else _SHARD_KEY + name
 
 
 def held_entries(get: GetBlock, trees: Iterable[Cid], paths: PathFilter | None = None) -> set[Cid]:
@@ -75,15 +92,20 @@ def held_entries(get: GetBlock, trees: Iterable[Cid], paths: PathFilter | None =
     stack = [(decode_pbnode(get(t)), None if paths is None else "") for t in roots]
     while stack:
         node, base = stack.pop()
+        shard = is_shard_node(node)
         for link in node.links:
             child, where = link.cid, None
             if base is not None and paths is not None:
-                name = (link.name or b"").decode()
-                path = f"{base}/{name}" if base else name
-                kind = paths.where(path)
-                if kind == OUTSIDE:
-                    continue
-                where = None if kind == INSIDE else path
+                key = _key(shard, link.name or b"")
+                if key.startswith(_SHARD_KEY):
+                    where = base  # a sub-shard: more of the same directory
+                else:
+                    name = key.decode()
+                    path = f"{base}/{name}" if base else name
+                    kind = paths.where(path)
+                    if kind == OUTSIDE:
+                        continue
+                    where = None if kind == INSIDE else path
             if child in out and where is None:
                 continue
             inner = decode_pbnode(get(child)) if cid_codec(child) == DAG_PB else None
@@ -118,6 +140,7 @@ class TreeWalker:
         self._held_trees = sorted(set(held_trees))
         self._held: set[Cid] | None = None
         self._file_sets: dict[Cid, frozenset[Cid]] = {}
+        self._dir_maps: dict[tuple[Cid, bool], dict[bytes, Cid] | None] = {}
 
     def receiver_holds(self, cid: Cid) -> bool:
         """``cid`` is a directory or file root somewhere in a held tree (the index is built
@@ -159,13 +182,18 @@ class TreeWalker:
             node = decode_pbnode(block)
             children: list[_Visit] = []
             if _is_dir(node):
-                old_dirs = [m for m in map(self._dir_map, olds) if m is not None]
+                shard = is_shard_node(node)
+                old_dirs = [(o, m) for o in olds for m in (self._dir_map(o, not shard),) if m is not None]
                 for link in node.links:
-                    name = link.name or b""
-                    inner = self._inner_way(way, name)
-                    if inner is False:
-                        continue  # outside a partial clone's paths
-                    same = [m[name] for m in old_dirs if name in m]
+                    key = _key(shard, link.name or b"")
+                    if key.startswith(_SHARD_KEY):  # a sub-shard: the old one in its bucket, or the old dir
+                        inner: str | Literal[False] | None = way  # part of the same directory
+                        same = list(dict.fromkeys(m.get(key, o) for o, m in old_dirs))
+                    else:
+                        inner = self._inner_way(way, key)
+                        if inner is False:
+                            continue  # outside a partial clone's paths
+                        same = [m[key] for _, m in old_dirs if key in m]
                     if not same and cid_codec(link.cid) == DAG_PB and self.receiver_holds(link.cid):
                         continue  # moved or copied: the receiver has it under another path
                     way_in = inner if isinstance(inner, str) else None
@@ -195,11 +223,24 @@ class TreeWalker:
         kind = self._paths.where(path)
         return False if kind == OUTSIDE else None if kind == INSIDE else path
 
-    def _dir_map(self, cid: Cid) -> dict[bytes, Cid] | None:
-        if cid_codec(cid) != DAG_PB:
-            return None
-        node = decode_pbnode(self._get(cid))
-        return {link.name or b"": link.cid for link in node.links} if _is_dir(node) else None
+    def _dir_map(self, cid: Cid, full: bool) -> dict[bytes, Cid] | None:
+        """An old directory node's links by :func:`_key`; ``full``: a HAMT's every entry
+        (to match a plain directory's names), else one shard's links."""
+        if (cid, full) in self._dir_maps:
+            return self._dir_maps[(cid, full)]
+        out: dict[bytes, Cid] | None = None
+        if cid_codec(cid) == DAG_PB:
+            node = decode_pbnode(self._get(cid))
+            if _is_dir(node):
+                shard = is_shard_node(node)
+                if shard and full:
+                    out = {link.name.encode("utf-8"): link.cid for link in list_dir(self._get, cid, node)}
+                else:
+                    out = {_key(shard, link.name or b""): link.cid for link in node.links}
+        if len(self._dir_maps) >= _DIR_MAP_CACHE:
+            self._dir_maps.clear()
+        self._dir_maps[(cid, full)] = out
+        return out
 
     def _covered(self, covered: frozenset[Cid] | set[Cid], olds: Sequence[Cid]) -> frozenset[Cid] | set[Cid]:
         if not covered and len(olds) == 1:
@@ -259,7 +300,7 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
         old, new, prefix = stack.pop()
         if old == new:
             continue
-        old_links, new_links = _named_entries(get, old), _named_entries(get, new)
+        old_links, new_links = _named_entries(get, old, new)
         for name in old_links.keys() | new_links.keys():
             a, b = old_links.get(name), new_links.get(name)
             if a == b:
@@ -276,12 +317,35 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
     return out
 
 
-def _named_entries(get: GetBlock, cid: Cid | None) -> dict[str, Cid]:
-    if cid is None:
-        return {}
-    if cid_codec(cid) != DAG_PB:
-        raise InvalidObject(f"{cid_str(cid)} is not a directory")
-    return {link.name: link.cid for link in read_dir_block(cid, decode_pbnode(get(cid)))}
+def diff_trees(store: BlockStore, old: Cid | None, new: Cid | None) -> list[TreeChange]:
+    """:func:`diff_flat` of two trees, read in time proportional to the change (a
+    one-entry change in a directory of a million reads a few shards, not the million)."""
+    old_entries: dict[str, Entry] = {}
+    new_entries: dict[str, Entry] = {}
+    for path in changed_paths(store.get, old, new):
+        old_entries |= _file_at(store, old, path)
+        new_entries |= _file_at(store, new, path)
+    return diff_flat(old_entries, new_entries)
+
+
+def _file_at(store: BlockStore, root: Cid | None, path: str) -> dict[str, Entry]:
+    entry = lookup(store, root, tuple(path.split("/"))) if root is not None else None
+    return {path: entry} if entry is not None and entry.kind != "dir" else {}
+
+
+def _named_entries(get: GetBlock, old: Cid | None, new: Cid | None) -> tuple[dict[str, Cid], dict[str, Cid]]:
+    """Both directories' entries by name; of two HAMTs, only those outside shared shards."""
+    nodes = []
+    for cid in (old, new):
+        if cid is not None and cid_codec(cid) != DAG_PB:
+            raise InvalidObject(f"{cid_str(cid)} is not a directory")
+        nodes.append(decode_pbnode(get(cid)) if cid is not None else None)
+    a, b = nodes
+    if old is not None and new is not None and a is not None and b is not None \
+            and is_shard_node(a) and is_shard_node(b):
+        return diff_hamt(get, old, new)
+    return ({link.name: link.cid for link in list_dir(get, old, a)} if old is not None else {},
+            {link.name: link.cid for link in list_dir(get, new, b)} if new is not None else {})
 
 
 def _is_dir_cid(get: GetBlock, cid: Cid) -> bool:
@@ -295,4 +359,4 @@ def _is_dir_cid(get: GetBlock, cid: Cid) -> bool:
     kind = decode_unixfs(node.data).type
     if kind not in _ENTRY_TYPES:
         raise InvalidObject(f"UnixFS node {cid_str(cid)} has unsupported type {kind}")
-    return kind == UNIXFS_DIRECTORY
+    return kind in _DIR_TYPES

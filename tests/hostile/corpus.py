@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_str, compute_cid, varint
+from casync.model.murmur3 import murmur3_x64_64
 
 __all__ = ["CASES", "RID", "Case"]
 
@@ -204,6 +205,95 @@ def _deep_dirs(levels: int) -> Callable[[Case], Cid]:
     return build
 
 
+def _shard(case: Case, links: list[tuple[bytes, Cid, int]], bitfield: bytes | None = None, fanout: int = 256,
+           hash_type: int = 0x22, extra: bytes = b"") -> Cid:
+    """A HAMT shard node with ``links`` as given (names with their prefixes); the bitfield
+    from the prefixes unless given."""
+    if bitfield is None:
+        bits = sum(1 << int(name[:2], 16) for name, _, _ in links)
+        bitfield = bits.to_bytes((bits.bit_length() + 7) // 8, "big")
+    data = pbf(1, 5) + pbf(2, bitfield) + pbf(5, hash_type) + pbf(6, fanout) + extra
+    return case.add(DAG_PB, b"".join(pblink(c, n, s) for n, c, s in links) + pbf(1, data))
+
+
+def _bucket(name: bytes, depth: int = 0) -> int:
+    return murmur3_x64_64(name)[depth]
+
+
+def _hamt(name: bytes, bucket: int | None = None, **shard: Any) -> Callable[[Case], Cid]:
+    """A HAMT root holding one file ``name`` (in its own bucket unless ``bucket`` says)."""
+    def build(case: Case) -> Cid:
+        leaf = _leaf(case)
+        where = _bucket(name) if bucket is None else bucket
+        return _shard(case, sorted([(b"%02X" % where + name, leaf, 100), *_filler(case, name, where)]), **shard)
+    return build
+
+
+def _filler(case: Case, name: bytes, taken: int) -> list[tuple[bytes, Cid, int]]:
+    """A second, well-placed entry (so the root is not a lone entry)."""
+    for i in range(1000):
+        other = b"other-%d" % i
+        if _bucket(other) != taken and other != name:
+            return [(b"%02X" % _bucket(other) + other, case.add(RAW, b"other\n"), 6)]
+    raise AssertionError("no filler name")
+
+
+def _hamt_deep(case: Case) -> Cid:
+    """Sub-shards nested 9 levels, each in the bucket the one entry's hash gives at its
+    depth: one level more than 64 hash bits can address."""
+    name = b"deep"
+    h = murmur3_x64_64(name)
+    cid = _shard(case, [(b"00" + name, _leaf(case), 100)])
+    for depth in range(7, -1, -1):
+        cid = _shard(case, [(b"%02X" % h[depth], cid, 1000)])
+    return cid
+
+
+def _named_in(want: Callable[[int], bool], start: int = 0) -> bytes:
+    """A name whose root bucket satisfies ``want``."""
+    return next(b"n%d" % i for i in range(start, start + 100000) if want(_bucket(b"n%d" % i)))
+
+
+def _lower_case_prefix(case: Case) -> Cid:
+    name = _named_in(lambda b: b >= 0xA0)
+    return _shard(case, [(b"%02x" % _bucket(name) + name, _leaf(case), 100)])
+
+
+def _out_of_order(case: Case) -> Cid:
+    a = _named_in(lambda b: b < 0x80)
+    b = _named_in(lambda x: x >= 0x80)
+    return _shard(case, [(b"%02X" % _bucket(b) + b, _leaf(case), 100), (b"%02X" % _bucket(a) + a, _leaf(case), 100)])
+
+
+def _hamt_cases() -> Iterator[Case]:
+    yield tree_case("HAMT fanout 512", _hamt(b"f", fanout=512))
+    yield tree_case("HAMT hash type sha2-256", _hamt(b"f", hash_type=0x12))
+    yield tree_case("HAMT bitfield with a leading zero byte", _hamt(b"f", bitfield=b"\0" + b"\xff" * 32))
+    yield tree_case("HAMT bitfield wider than the fanout", _hamt(b"f", bitfield=b"\x01" + b"\xff" * 32))
+    yield tree_case("HAMT bitfield names an empty bucket", _hamt(b"f", bitfield=b"\xff" * 32))
+    yield tree_case("HAMT shard with mtime", _hamt(b"f", extra=pbf(8, pbf(1, 5))))
+    yield tree_case("HAMT entry in the wrong bucket", _hamt(b"f", bucket=(_bucket(b"f") + 1) % 256))
+    yield tree_case("HAMT entry named .casync", _hamt(b".casync"))
+    yield tree_case("HAMT entry named ..", _hamt(b".."))
+    yield tree_case("HAMT link prefix in lower case", _lower_case_prefix)
+    yield tree_case("HAMT links out of bucket order", _out_of_order)
+    yield tree_case("HAMT sub-shard link to a raw block", lambda c: _shard(c, [(b"00", _leaf(c), 100)]))
+    yield tree_case("HAMT sub-shard that is a plain directory", lambda c: _shard(
+        c, [(b"00", _dir(c, [(b"a", _leaf(c), 100)]), 200)]))
+    yield tree_case("HAMT duplicate names", _hamt_duplicate)
+    yield tree_case("HAMT sub-shards nested 9 deep", _hamt_deep)
+
+
+def _hamt_duplicate(case: Case) -> Cid:
+    """The same name at the root and inside a sub-shard of its bucket."""
+    name = b"twice"
+    b0, b1 = _bucket(name), _bucket(name, 1)
+    other = next(b"o%d" % i for i in range(10000) if _bucket(b"o%d" % i) == b0 and _bucket(b"o%d" % i, 1) != b1)
+    sub = _shard(case, sorted([(b"%02X" % b1 + name, _leaf(case), 100),
+                               (b"%02X" % _bucket(other, 1) + other, _leaf(case, b"y"), 1)]))
+    return _shard(case, sorted([(b"%02X" % b0, sub, 300), (b"%02X" % ((b0 + 1) % 256) + name, _leaf(case), 100)]))
+
+
 def _raw_node(body: bytes) -> Callable[[Case], Cid]:
     return lambda case: case.add(DAG_PB, body)
 
@@ -290,7 +380,7 @@ def _unixfs_cases() -> Iterator[Case]:
     yield tree_case("UnixFS fields out of order", _in_tree(_raw_node(pbf(1, pbf(3, 4) + pbf(1, 2) + pbf(2, b"abcd")))))
     yield tree_case("UnixFS without Type", _raw_node(pbf(1, pbf(3, 0))))
     yield tree_case("UnixFS unknown type 9", _in_tree(_raw_node(pbf(1, pbf(1, 9)))))
-    yield tree_case("UnixFS HAMT shard", _raw_node(pbf(1, pbf(1, 5) + pbf(5, 0x22) + pbf(6, 256))))
+    yield tree_case("UnixFS HAMT shard without entries", _raw_node(pbf(1, pbf(1, 5) + pbf(5, 0x22) + pbf(6, 256))))
     yield tree_case("dag-pb Data before Links", lambda c: c.add(DAG_PB, pbf(1, DIR_DATA) + pblink(_leaf(c), b"f", 100)))
     yield tree_case("dag-pb non-minimal length", _raw_node(b"\x0a\x82\x00" + DIR_DATA))
     yield tree_case("dag-pb unknown field", _raw_node(pbf(3, b"x") + pbf(1, DIR_DATA)))
@@ -333,5 +423,5 @@ def _name_cases() -> Iterator[Case]:
     yield tree_case("CVE-2024-32002 symlink and case-folded reserved dir", _symlink_then_reserved)
 
 
-CASES: list[Case] = [*_commit_cases(), *_unixfs_cases(), *_name_cases()]
+CASES: list[Case] = [*_commit_cases(), *_unixfs_cases(), *_hamt_cases(), *_name_cases()]
 assert len({c.name for c in CASES}) == len(CASES), "case names must be unique"

@@ -4,7 +4,8 @@ The gateway is not trusted.  It is asked for the CAR of ``/ipfs/ROOT/PATH`` in d
 order with duplicates (``Accept: application/vnd.ipld.car; version=1; order=dfs; dups=y``,
 Kubo's trustless gateway), and every block is checked as it arrives: its bytes hash to its
 CID, and it is exactly the next block on the path from
-ROOT to the file (directory links by name) and then of the file's DAG in order.  A wrong,
+ROOT to the file (directory links by name; in a HAMT-sharded directory, the shards on the
+name's bucket path) and then of the file's DAG in order.  A wrong,
 missing or extra block raises :class:`UnverifiedBlock` naming the
 CID; bytes are written as soon as their block verifies, one block in memory at a time.
 """
@@ -20,9 +21,11 @@ from typing import BinaryIO
 from casync.errors import CorruptBlock, RemoteError, RemoteUnreachable, UnverifiedBlock, UsageError
 from casync.model.car import iter_car, read_header
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
+from casync.model.hamt import HAMT_MAX_DEPTH, name_hash, shard_links
 from casync.model.objects import (
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
+    UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     decode_commit,
     decode_pbnode,
@@ -135,14 +138,14 @@ def _walk(target: GatewayTarget, blocks: Iterator[tuple[Cid, bytes]], out: Binar
     for depth, name in enumerate(target.path):
         where = "/".join(target.path[:depth]) or "the root"
         data = _next(blocks, cid, f"directory {where}")
-        cid = _child(cid, data, name, where)
+        cid = _child(cid, data, name, where, blocks)
     size = _stream_file(cid, blocks, out)
     for extra, _data in blocks:
         raise UnverifiedBlock(cid_str(extra), f"gateway sent block {cid_str(extra)} after the whole file")
     return size
 
 
-def _child(cid: Cid, data: bytes, name: str, where: str) -> Cid:
+def _child(cid: Cid, data: bytes, name: str, where: str, blocks: Iterator[tuple[Cid, bytes]]) -> Cid:
     """The link ``name`` of a directory, or ``tree`` of a casync commit (``casync url``'s paths)."""
     if cid_codec(cid) == DAG_CBOR and name == "tree":
         return decode_commit(data, cid).tree
@@ -150,12 +153,31 @@ def _child(cid: Cid, data: bytes, name: str, where: str) -> Cid:
         raise UsageError(f"{where} is not a directory, it has no entry {name!r}")
     node = decode_pbnode(data)
     kind = decode_unixfs(node.data or b"").type
+    if kind == UNIXFS_HAMT_SHARD:
+        return _shard_child(cid, data, name, where, blocks)
     if kind != UNIXFS_DIRECTORY:
         raise UsageError(f"{where} is not a directory (UnixFS type {kind}), it has no entry {name!r}")
     wanted = name.encode("utf-8")
     for link in node.links:
         if link.name == wanted:
             return link.cid
+    raise UsageError(f"no entry {name!r} in {where} ({cid_str(cid)})")
+
+
+def _shard_child(cid: Cid, data: bytes, name: str, where: str, blocks: Iterator[tuple[Cid, bytes]]) -> Cid:
+    """``name`` in a HAMT: the next blocks are the sub-shards on its bucket path."""
+    wanted = name.encode("utf-8")
+    h = name_hash(wanted)
+    for depth in range(HAMT_MAX_DEPTH):
+        node = decode_pbnode(data)
+        link = next((x for x in shard_links(node, decode_unixfs(node.data or b"")) if x.bucket == h[depth]), None)
+        if link is not None and link.name is None:
+            cid = link.cid
+            data = _next(blocks, cid, f"a shard of directory {where}")
+            continue
+        if link is not None and link.name == wanted:
+            return link.cid
+        break
     raise UsageError(f"no entry {name!r} in {where} ({cid_str(cid)})")
 
 

@@ -9,7 +9,7 @@ held.  So the commit's tree CID is the CID ``ipfs add`` printed (CIDv0 ``Qm...``
 a CIDv0 is kept as such, see :data:`casync.model.cid.Cid`), whatever layout made it:
 sha2-256 or blake3, raw or dag-pb leaves, balanced or trickle files, symlinks, modes.
 
-A block casync cannot represent (a HAMT shard, mtime metadata, a node type UnixFS has but
+A block casync cannot represent (a malformed HAMT shard, mtime metadata, a node type UnixFS has but
 casync does not read) fails the import with the path it sits at; a block the node lacks
 or serves wrong fails it naming the CID.  Nothing is committed then, and nothing of the
 DAG is kept but whole subtrees (each complete below, as fetch keeps them).
@@ -176,9 +176,10 @@ def _root_size(repo: Repository, source: BlockStore, node: RemoteNode, root: Cid
             u = decode_unixfs(pb.data) if pb.data is not None and not _is_hamt_data(pb.data) else None
         except InvalidObject as exc:
             raise _refused(exc, source, root, root) from None
-        if (u is not None and u.type == UNIXFS_DIRECTORY) or path is not None:
+        sharded = pb.data is not None and _is_hamt_data(pb.data)  # a HAMT: a directory too (§3.3.1)
+        if (u is not None and u.type == UNIXFS_DIRECTORY) or sharded or path is not None:
             return dag_size(block, pb.links)
-        kind = "a HAMT-sharded directory" if pb.data is not None and _is_hamt_data(pb.data) else "not a directory"
+        kind = "not a directory"
     if path is None:
         raise UsageError(f"{cid_str(root)} is {kind}: only a directory can be a whole tree",
                          hint="import it at a path with --path NAME")
@@ -210,8 +211,8 @@ def _refused(exc: InvalidObject, source: BlockStore, root: Cid, failed: Cid | No
     hint = ("what imports: UnixFS directories, files (any chunking) and symlinks, with their modes, but no "
             "mtime metadata (re-add without --preserve-mtime)")
     if failed is not None and _is_hamt(source, failed):
-        hint = ("it is a HAMT-sharded directory (Kubo shards directories over 256 KiB), which this casync "
-                "cannot read yet; import its subdirectories or files with --path, or re-add it unsharded")
+        hint = ("it is a HAMT-sharded directory that breaks the sharding rules Kubo follows (bucket, fanout, "
+                "hash; docs/design.md §3.3.1): re-add it with 'ipfs add', or import its subdirectories with --path")
     err = type(exc)(f"cannot import {cid_str(root)}: {what} is not something casync can represent "
                     f"({exc.message})", hint=hint)
     return err
