@@ -12,7 +12,8 @@ import click
 from casync.cli.common import Context, json_option, pass_context, print_json
 from casync.errors import EXIT_FAILURE, UsageError
 from casync.model.cid import cid_str
-from casync.repo.repository import FsckReport, Repository
+from casync.repo.fsck import FsckReport
+from casync.repo.repository import Repository
 
 __all__ = ["config_cmd", "fsck", "init"]
 

@@ -35,7 +35,8 @@ from casync.model.objects import (
     decode_unixfs,
 )
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import FsckReport, Repository
+from casync.repo.fsck import FsckReport
+from casync.repo.repository import Repository
 from casync.repo.signatures import Verifier
 from casync.settings import audit_skew_ms
 from casync.settings import require_signed as settings_require_signed

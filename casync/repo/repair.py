@@ -19,7 +19,8 @@ from typing import Any
 from casync.errors import CorruptBlock
 from casync.model.cid import Cid, cid_str, verify_block
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import FsckReport, Repository
+from casync.repo.fsck import FsckReport
+from casync.repo.repository import Repository
 
 __all__ = ["BlockSource", "RepairReport", "repair"]
 

@@ -17,14 +17,12 @@ import stat as stat_mod
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 from casync.errors import (
-    BlockNotFound,
     CasyncError,
-    CorruptBlock,
     NotARepository,
     StateRefused,
     UnknownRevision,
@@ -52,7 +50,7 @@ from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
 from casync.store.locks import process_gone
 from casync.store.refs import LmdbRefStore
-from casync.trees.paths import PathFilter, flatten_within, outside_cids
+from casync.trees.paths import PathFilter, flatten_within
 from casync.trees.unixfs import (
     Entry,
     FileWriter,
@@ -62,15 +60,15 @@ from casync.trees.unixfs import (
     iter_file,
     lookup,
     read_symlink,
-    validated_links,
 )
 
 AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
 
 if TYPE_CHECKING:
+    from casync.repo.fsck import FsckReport
     from casync.repo.strong import StrongRefStore
 
-__all__ = ["FORGOTTEN_PREFIX", "FsckReport", "LogEntry", "Repository", "Transaction", "ref_candidates",
+__all__ = ["FORGOTTEN_PREFIX", "LogEntry", "Repository", "Transaction", "ref_candidates",
            "unfinished_init", "validate_branch_name"]
 
 # Transaction lives in casync.repo.transaction; re-exported because it is part of this API
@@ -140,40 +138,6 @@ class LogEntry:
         }
 
 
-@dataclass
-class FsckReport:
-    checked: int = 0
-    missing: dict[str, str] = field(default_factory=dict)  # cid -> where it was needed
-    corrupt: dict[str, str] = field(default_factory=dict)  # cid -> reason
-    refs: dict[str, str] = field(default_factory=dict)
-    pack_bytes: int = 0
-    reclaimable_bytes: int = 0
-    unfetched: int = 0  # a partial clone's entries outside its paths (never fetched: not damage)
-    # "replica:counter" -> the different commits stamped with it (a replica id used twice)
-    reused_stamps: dict[str, list[str]] = field(default_factory=dict)
-    _stamps: dict[tuple[str, int], Cid] = field(default_factory=dict, repr=False)
-    damaged: list[Cid] = field(default_factory=list, repr=False)  # missing or hash-mismatched: refetchable
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.corrupt and not self.reused_stamps
-
-    def stamp(self, cid: Cid, commit: Commit) -> None:
-        """Note ``commit``'s (replica, own counter); two different commits with one stamp
-        mean two sites commit as the same replica, and their clocks stop telling them apart."""
-        key = (commit.replica, commit.clock.get(commit.replica, 0))
-        first = self._stamps.setdefault(key, cid)
-        if first != cid:
-            same = self.reused_stamps.setdefault(f"{key[0]}:{key[1]}", [cid_str(first)])
-            same.append(cid_str(cid))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "missing": self.missing,
-                "corrupt": self.corrupt, "reused_stamps": self.reused_stamps, "refs": self.refs,
-                "pack_bytes": self.pack_bytes, "reclaimable_bytes": self.reclaimable_bytes,
-                "unfetched": self.unfetched}
-
-
 def ref_candidates(name: str) -> list[str]:
     """The full ref names a short name may mean, in the order they are tried."""
     # a branch of the same name comes before a tag, as in git
@@ -214,7 +178,7 @@ class Repository:
         if configured.ipfs_api is not None:
             from casync.repo.blockshare import KuboShare
 
-            share = KuboShare(configured.ipfs_api, self.blocks, self.graph, self._check_commit_against_parents,
+            share = KuboShare(configured.ipfs_api, self.blocks, self.graph, self.check_commit_against_parents,
                               timeout=max(configured.timeout, 30.0))
         self.refs = StrongRefStore(self.store.refs, configured, self.repo_id, self.replica, share)
 
@@ -644,81 +608,24 @@ class Repository:
         return value if isinstance(value, dict) and isinstance(value.get("ok"), bool) else None
 
     def fsck(self, progress: Progress = NULL_PROGRESS) -> FsckReport:
-        """Check every block reachable from every ref and HEAD: present, hash-valid, decodable,
-        every commit's generation and clock consistent with its parents, and no two commits
-        stamped with the same (replica, counter)."""
-        report = FsckReport()
-        roots: dict[str, Cid] = dict(self.refs.list_refs())
-        head = self.head()
-        if head is not None:
-            roots["HEAD"] = head
-        report.refs = {k: cid_str(v) for k, v in roots.items()}
-        seen: set[Cid] = set()
-        self._forgotten = {k[len(FORGOTTEN_PREFIX):] for k, _ in self.store.items("meta", FORGOTTEN_PREFIX)}
-        self._unfetched: set[Cid] = set()
-        progress.start("checking blocks", None)
-        for name, root in roots.items():
-            self._fsck_from(root, name, seen, report, progress)
-        progress.finish()
-        total, used = self.blocks.pack_bytes()
-        report.pack_bytes = total
-        report.reclaimable_bytes = total - used
-        return report
+        """Check every block reachable from every ref and HEAD (:func:`casync.repo.fsck.fsck`)."""
+        from casync.repo.fsck import fsck
 
-    def _fsck_from(self, root: Cid, name: str, seen: set[Cid], report: FsckReport, progress: Progress) -> None:
-        stack: list[tuple[Cid, str]] = [(root, name)]
-        while stack:
-            cid, where = stack.pop()
-            if cid in seen:
-                continue
-            seen.add(cid)
-            report.checked += 1
-            try:
-                block = self.blocks.get(cid)
-                progress.advance(len(block))  # bytes, like every other progress report
-            except BlockNotFound:
-                if cid in self._unfetched:
-                    report.unfetched += 1  # outside a partial clone's paths: never fetched, not lost
-                    continue
-                report.missing[cid_str(cid)] = where
-                report.damaged.append(cid)
-                continue
-            except CorruptBlock:
-                report.corrupt[cid_str(cid)] = f"bytes do not match the CID (needed by {where})"
-                report.damaged.append(cid)
-                continue
-            try:
-                children = validated_links(cid, block)
-                if cid_codec(cid) == DAG_CBOR:
-                    commit = decode_commit(block, cid)
-                    report.stamp(cid, commit)
-                    self._check_commit_against_parents(cid, commit)
-                    self._unfetched |= self._allowed_missing(commit.tree)
-            except CasyncError as exc:
-                report.corrupt[cid_str(cid)] = str(exc)
-                continue
-            if cid in self._forgotten:
-                children = children[1:]  # retention forgot its tree (§8.2); its parents stay
-            stack.extend((child, cid_str(cid)) for child in children)
+        return fsck(self, progress)
 
-    def _allowed_missing(self, tree: Cid) -> set[Cid]:
-        """In a partial clone: the entries of ``tree`` outside its paths (read from the
-        directories on the way; one of those missing is reported when the walk reaches it)."""
-        partial = self.partial
-        if partial is None:
-            return set()
-        try:
-            return outside_cids(self.blocks.get, tree, partial)
-        except CasyncError:
-            return set()
+    def forgotten_commits(self) -> set[Cid]:
+        """The commits ``casync retention`` forgot (meta ``forgotten/``; §8.2)."""
+        return {key[len(FORGOTTEN_PREFIX):] for key, _ in self.store.items("meta", FORGOTTEN_PREFIX)}
 
-    def _check_commit_against_parents(self, cid: Cid, commit: Commit) -> None:
+    def check_commit_against_parents(self, cid: Cid, commit: Commit) -> None:
+        """Generation, clock and hybrid-logical time consistent with the parents' (a parent
+        not held is not checked here: a walk reports it when it gets there)."""
         parents = []
         for p in commit.parents:
             try:
                 parents.append(self.load_commit(p))
             except CasyncError:
-                return  # reported when the walk reaches the parent
+                return
         check_derived(cid, commit, parents)
 
 
