@@ -58,7 +58,16 @@ def _tree_of(root: Path) -> dict[str, tuple[str, bytes]]:
 
 
 def _add(kubo: Kubo, src: Path, *flags: str) -> str:
-    return kubo.ipfs("add", "-r", "-Q", *flags, str(src)).decode().strip()
+    """``ipfs add -r`` with Kubo's stock layout spelled out (CIDv0, dag-pb leaves, sha2-256,
+    256 KiB chunks; CIDv1 gets raw leaves), whatever the node's ``Import`` config says (the
+    casync/kubo image defaults to CIDv1, raw leaves and blake3)."""
+    v1 = "--cid-version=1" in flags
+    stock = ["--raw-leaves=true"] if v1 else ["--cid-version=0", "--raw-leaves=false"]
+    if not any(f.startswith("--hash=") for f in flags):
+        stock.append("--hash=sha2-256")
+    if not any(f.startswith("--chunker=") for f in flags):
+        stock.append("--chunker=size-262144")
+    return kubo.ipfs("add", "-r", "-Q", *stock, *flags, str(src)).decode().strip()
 
 
 @pytest.fixture
