@@ -9,7 +9,11 @@ a directory goes through :mod:`casync.model.names`.
 from __future__ import annotations
 
 import io
+import itertools
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple
 
@@ -93,11 +97,13 @@ class FileWriter:
         self.hash_name = hash_name
         self.new_blocks = 0
         self.new_bytes = 0
+        self._count_lock = threading.Lock()
 
     def _emit(self, cid: Cid, block: bytes | memoryview) -> None:
-        if self.store.put(cid, block):
-            self.new_blocks += 1
-            self.new_bytes += len(block)
+        if self.store.put(cid, block):  # from two threads for a big file (see _hashed_in_step)
+            with self._count_lock:
+                self.new_blocks += 1
+                self.new_bytes += len(block)
 
     def write(self, stream: BinaryIO, executable: bool = False,
               progress: Callable[[int], None] | None = None) -> Entry:
@@ -113,19 +119,60 @@ class FileWriter:
             return Entry(cid, "file", len(head), False)
         layout = FileLayoutBuilder(self._emit, self.hash_name)
         leaves = 0
-        for chunk in self.chunker.chunks(_Prefixed(head, stream)):
-            cid = compute_cid(RAW, chunk, self.hash_name)
-            self._emit(cid, chunk)
-            layout.add_leaf(cid, len(chunk))
+        chunks = self.chunker.chunks(_Prefixed(head, stream))
+        for cid, size in _hashed_in_step(chunks, self.hash_name, self._emit):
+            layout.add_leaf(cid, size)
             leaves += 1
             if progress is not None:
-                progress(len(chunk))
+                progress(size)
         if leaves == 0:
             cid = compute_cid(RAW, EMPTY_FILE, self.hash_name)
             self._emit(cid, EMPTY_FILE)
             layout.add_leaf(cid, 0)
         root, tsize = layout.finish(EXEC_MODE if executable else None)
         return Entry(root, "file", tsize, executable)
+
+
+_PIPELINE_AFTER = 16  # chunks: a file of more (~4 MiB) hashes and stores on a second thread
+_IN_FLIGHT = 16  # chunks copied and queued at most (<= 16 MiB, 4 MiB on average)
+
+
+def _hashed_in_step(chunks: Iterator[memoryview], hash_name: str,
+                    emit: Callable[[Cid, bytes | memoryview], None]) -> Iterator[tuple[Cid, int]]:
+    """(CID, size) of each chunk in order, each leaf stored through ``emit``.  The first
+    chunks are hashed and stored here; past :data:`_PIPELINE_AFTER` one worker thread hashes
+    and stores while this one reads and cuts the next chunks (FastCDC, blake3 and the pack
+    writes release the GIL, so a big file uses both cores).  Stores are thread-safe, so
+    the layout's interior nodes may be stored from here meanwhile."""
+    for n, chunk in enumerate(chunks):
+        if n == _PIPELINE_AFTER:
+            yield from _pipelined(itertools.chain([chunk], chunks), hash_name, emit)
+            return
+        cid = compute_cid(RAW, chunk, hash_name)
+        emit(cid, chunk)
+        yield cid, len(chunk)
+
+
+def _pipelined(chunks: Iterator[memoryview], hash_name: str,
+               emit: Callable[[Cid, bytes | memoryview], None]) -> Iterator[tuple[Cid, int]]:
+    def leaf(data: bytes) -> tuple[Cid, int]:
+        cid = compute_cid(RAW, data, hash_name)
+        emit(cid, data)
+        return cid, len(data)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="casync-hash")
+    queued: deque[Future[tuple[Cid, int]]] = deque()
+    try:
+        for chunk in chunks:
+            queued.append(pool.submit(leaf, bytes(chunk)))  # a copy: the chunker reuses its buffer
+            if len(queued) >= _IN_FLIGHT:
+                yield queued.popleft().result()
+        while queued:
+            yield queued.popleft().result()
+    finally:
+        for f in queued:
+            f.cancel()
+        pool.shutdown(wait=True)  # no store write outlives the file (an error, or a stop)
 
 
 class _Prefixed(io.RawIOBase):
