@@ -22,6 +22,7 @@ push ask the node which of the blocks it still lacks, so a re-run uploads only t
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ from casync.trees.walk import commit_blocks
 __all__ = ["PushResult", "all_blocks", "missing_blocks", "push"]
 
 _HAS_CHUNK = 512
+_FIRST_PROBE = 32  # blocks asked about first on a first push (see _push)
 _PROBE_MIN_AVG = 1024  # bytes per block: below it, sending costs less than a block/stat
 
 
@@ -217,7 +219,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         # asking once a batch finds none, and never ask for blocks cheaper to send than to stat
         probe = result.resumed or not known
         _require_unfetched(repo, store, repo.graph.missing([head], known), remote.name)
-        for chunk in _chunks(candidates, _HAS_CHUNK):
+        # the first question is small (_FIRST_PROBE blocks): a node that lacks those usually lacks
+        # the rest, and 512 block/stat calls cost ~0.4 s, a fifth of pushing 1 GiB
+        first = candidates[:_FIRST_PROBE] if probe and not result.resumed else []
+        for chunk in itertools.chain([first] if first else [], _chunks(candidates[len(first):], _HAS_CHUNK)):
             ask = probe and sum(size for _, size in chunk) >= _PROBE_MIN_AVG * len(chunk)
             present = store.has_many(c for c, _ in chunk) if ask else set()
             probe = probe and (bool(present) or not ask)
