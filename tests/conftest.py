@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,22 @@ def serving(repo: Repository, token: str) -> Iterator[PeerServer]:
         srv.shutdown()
         srv.server_close()
         t.join(10)
+
+
+@pytest.fixture
+def http_servers() -> Iterator[Callable[[ThreadingHTTPServer], str]]:
+    """Serve a test's stand-in HTTP servers (a lying gateway, a lying Kubo API) on threads:
+    ``url = http_servers(server)``; every one is shut down and closed after the test."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(server: ThreadingHTTPServer) -> str:
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

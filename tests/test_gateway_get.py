@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -56,21 +55,8 @@ def _proxy(upstream: str, mode: str) -> ThreadingHTTPServer:
 
 
 @pytest.fixture
-def lying() -> Iterator[Callable[[str, str], str]]:
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(upstream: str, mode: str) -> str:
-        server = _proxy(upstream, mode)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+def lying(http_servers: Callable[[ThreadingHTTPServer], str]) -> Callable[[str, str], str]:
+    return lambda upstream, mode: http_servers(_proxy(upstream, mode))
 
 
 @pytest.fixture

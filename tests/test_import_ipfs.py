@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -197,21 +196,8 @@ def _lying_api(upstream: str, bad: str) -> ThreadingHTTPServer:
 
 
 @pytest.fixture
-def lying_api() -> Iterator[Callable[[str, str], str]]:
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(upstream: str, bad: str) -> str:
-        server = _lying_api(upstream, bad)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+def lying_api(http_servers: Callable[[ThreadingHTTPServer], str]) -> Callable[[str, str], str]:
+    return lambda upstream, bad: http_servers(_lying_api(upstream, bad))
 
 
 @pytest.mark.parametrize("which", ["leaf", "directory"])
