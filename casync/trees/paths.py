@@ -23,7 +23,7 @@ from casync.model.cid import DAG_PB, Cid, cid_codec
 from casync.model.names import split_path
 from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.store.base import BlockStore
-from casync.trees.unixfs import Entry, entry_for, list_dir, read_dir
+from casync.trees.unixfs import Entry, flatten_tree, list_dir
 
 __all__ = ["INSIDE", "ON_THE_WAY", "OUTSIDE", "PathFilter", "Where", "flatten_within", "grafted", "merged_outside",
            "normalize_paths", "parse_requested_paths", "outside_cids", "outside_entries"]
@@ -126,20 +126,7 @@ def outside_cids(get: GetBlock, tree: Cid, paths: PathFilter) -> set[Cid]:
 def flatten_within(store: BlockStore, tree: Cid, paths: PathFilter, prefix: str = "") -> dict[str, Entry]:
     """``flatten_tree`` of what ``paths`` hold: files and symlinks not outside them (``tree``
     lies at ``prefix``)."""
-    out: dict[str, Entry] = {}
-    stack = [(prefix, tree)]
-    while stack:
-        base, cid = stack.pop()
-        for link in read_dir(store, cid):
-            path = _join(base, link.name)
-            if paths.where(path) == OUTSIDE:
-                continue
-            entry = entry_for(store, link.cid, link.tsize)
-            if entry.kind == "dir":
-                stack.append((path, link.cid))
-            else:
-                out[path] = entry
-    return out
+    return flatten_tree(store, tree, prefix, keep=lambda path: paths.where(path) != OUTSIDE)
 
 
 def merged_outside(get: GetBlock, paths: PathFilter, base: Cid | None, ours: Cid, theirs: Cid

@@ -429,14 +429,18 @@ def write_directory(store: BlockStore, links: Iterable[DirLink], hash_name: str,
     return Entry(cid, "dir", len(block) + sum(link.tsize for link in links))
 
 
-def flatten_tree(store: BlockStore, root: Cid, prefix: str = "") -> dict[str, Entry]:
-    """``{path: Entry}`` for every file and symlink under ``root`` (directories implied)."""
+def flatten_tree(store: BlockStore, root: Cid, prefix: str = "",
+                 keep: Callable[[str], bool] | None = None) -> dict[str, Entry]:
+    """``{path: Entry}`` for every file and symlink under ``root`` (directories implied);
+    with ``keep``, only the paths it keeps, never reading below a directory it drops."""
     out: dict[str, Entry] = {}
     stack = [(prefix, root)]
     while stack:
         base, cid = stack.pop()
         for link in read_dir(store, cid):
             path = f"{base}/{link.name}" if base else link.name
+            if keep is not None and not keep(path):
+                continue
             entry = entry_for(store, link.cid, link.tsize)
             if entry.kind == "dir":
                 stack.append((path, link.cid))
