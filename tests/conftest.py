@@ -102,3 +102,25 @@ def http_servers() -> Iterator[Callable[[ThreadingHTTPServer], str]]:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+@contextlib.contextmanager
+def serve_process(repo: Path, token_file: Path) -> Iterator[str]:
+    """``casync serve`` on ``repo`` as a real child process on a free loopback port; its URL.
+    Stopped (terminate, wait) when the block ends, also when the test fails."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "casync", "serve", "--bind", "127.0.0.1:0", "--token-file",
+                             str(token_file)], cwd=repo, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        assert m, line
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+

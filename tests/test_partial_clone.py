@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from casync.transfer.stream import PackReceiver, blocks_for_commits
 from casync.trees.paths import PathFilter
 from casync.trees.unixfs import lookup, walk_dag
 
-from .conftest import write
+from .conftest import serve_process, write
 
 CASYNC = [sys.executable, "-m", "casync"]
 TOKEN = "partial clone token for tests"
@@ -73,17 +72,8 @@ def served(full: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _serve(repo: Path, token: Path) -> Iterator[tuple[str, Path]]:
     token.write_text(TOKEN + "\n")
-    proc = subprocess.Popen([*CASYNC, "serve", "--bind", "127.0.0.1:0", "--token-file", str(token)], cwd=repo,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-        assert m, line
-        yield m.group(1), token
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with serve_process(repo, token) as url:
+        yield url, token
 
 
 def _source(kind: str, full: Path, served: tuple[str, Path]) -> tuple[str, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write
+from .conftest import serve_process, write
 
 CASYNC = [sys.executable, "-m", "casync"]
 
@@ -36,17 +35,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
     run(a, "commit", "-m", "base")
     token = tmp_path / "token"
     token.write_text("correct horse battery staple\n")
-    proc = subprocess.Popen([*CASYNC, "serve", "--bind", "127.0.0.1:0", "--token-file", str(token)], cwd=a,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-        assert m, line
-        yield a, m.group(1), token
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with serve_process(a, token) as url:
+        yield a, url, token
 
 
 def test_two_clones_sync_through_serve(tmp_path: Path, served: tuple[Path, str, Path]) -> None:
