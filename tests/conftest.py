@@ -124,3 +124,13 @@ def serve_process(repo: Path, token_file: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(20)
 
+
+@pytest.fixture
+def served_repo(tmp_path: Path) -> Iterator[Repository]:
+    """A bare repository with one commit on main (``f.txt`` = ``served``), for serve tests."""
+    repo = Repository.init(tmp_path / "s", replica="site-s", bare=True)
+    with repo.transaction(branch="main", message="base") as tx:
+        tx.write("f.txt", b"served")
+    yield repo
+    repo.close()
+

@@ -9,8 +9,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,15 +20,6 @@ from casync.transports.peer.server import PeerApp, PeerServer, serve
 from .conftest import serving
 
 TOKEN = "serve-token-for-tests"
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Repository]:
-    repo = Repository.init(tmp_path / "s", replica="site-s", bare=True)
-    with repo.transaction(branch="main", message="base") as tx:
-        tx.write("f.txt", b"served")
-    yield repo
-    repo.close()
 
 
 def _reply(sock: socket.socket) -> bytes:
@@ -46,8 +35,8 @@ def _connect(srv: PeerServer) -> socket.socket:
     return socket.create_connection((str(host), int(port)), timeout=30)
 
 
-def test_beyond_its_share_of_connections_a_client_gets_503_at_once(served: Repository) -> None:
-    with serving(served, TOKEN) as srv:
+def test_beyond_its_share_of_connections_a_client_gets_503_at_once(served_repo: Repository) -> None:
+    with serving(served_repo, TOKEN) as srv:
         idle = [_connect(srv) for _ in range(srv.max_per_client)]
         try:
             with _connect(srv) as extra:  # answered before it sends anything (as http.server did)
@@ -62,10 +51,10 @@ def test_beyond_its_share_of_connections_a_client_gets_503_at_once(served: Repos
     ("Authorization: Bearer wrong\r\n", b"401"),  # a wrong token: the 10 MB are not waited for
     (f"Authorization: Bearer {TOKEN}\r\n", b"403"),  # a read-only server refuses any push
 ])
-def test_a_refused_push_is_answered_before_its_body_arrives(served: Repository, headers: str,
+def test_a_refused_push_is_answered_before_its_body_arrives(served_repo: Repository, headers: str,
                                                             status: bytes) -> None:
-    head = cid_str(served.refs.get_ref("heads/main") or b"")
-    srv = serve(served, TOKEN.encode(), read_only=True)
+    head = cid_str(served_repo.refs.get_ref("heads/main") or b"")
+    srv = serve(served_repo, TOKEN.encode(), read_only=True)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
@@ -81,8 +70,8 @@ def test_a_refused_push_is_answered_before_its_body_arrives(served: Repository, 
         t.join(10)
 
 
-def test_a_json_body_over_its_limit_is_refused_unread(served: Repository) -> None:
-    with serving(served, TOKEN) as srv, _connect(srv) as s:
+def test_a_json_body_over_its_limit_is_refused_unread(served_repo: Repository) -> None:
+    with serving(served_repo, TOKEN) as srv, _connect(srv) as s:
         s.sendall(f"POST /v1/negotiate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                   f"Content-Length: {(1 << 20) + 1}\r\n\r\n".encode())
         reply = _reply(s)
@@ -98,8 +87,8 @@ def _call(app: PeerApp, method: str, path: str, body: bytes = b"", token: str = 
     return started[0], json.loads(b"".join(pieces))
 
 
-def test_the_wsgi_application_answers_in_process(served: Repository) -> None:
-    app = PeerApp(served, TOKEN.encode())
+def test_the_wsgi_application_answers_in_process(served_repo: Repository) -> None:
+    app = PeerApp(served_repo, TOKEN.encode())
     status, info = _call(app, "GET", "/v1/info")
     assert status == "200 OK" and info["replica"] == "site-s" and "main" in info["refs"]
     status, reply = _call(app, "POST", "/v1/negotiate", json.dumps({"haves": [info["refs"]["main"]]}).encode())
@@ -109,18 +98,18 @@ def test_the_wsgi_application_answers_in_process(served: Repository) -> None:
     assert _call(app, "GET", "/v1/nothing")[0].startswith("404")
 
 
-def test_a_client_that_stops_reading_its_fetch_is_cut_off_and_frees_the_server(served: Repository) -> None:
+def test_a_client_that_stops_reading_its_fetch_is_cut_off_and_frees_the_server(served_repo: Repository) -> None:
     """waitress never times out a connection with a request in progress; the server does,
     as http.server's socket timeout did, so a stalled site cannot hold a worker for good."""
-    with served.transaction(branch="main", message="big") as tx:
+    with served_repo.transaction(branch="main", message="big") as tx:
         tx.write("big.bin", os.urandom(40_000_000))  # more than waitress buffers (16 MiB) for one reply
-    srv = serve(served, TOKEN.encode(), idle_timeout=1)
+    srv = serve(served_repo, TOKEN.encode(), idle_timeout=1)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
         with _connect(srv) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            body = json.dumps({"wants": [cid_str(served.refs.get_ref("heads/main") or b"")]}).encode()
+            body = json.dumps({"wants": [cid_str(served_repo.refs.get_ref("heads/main") or b"")]}).encode()
             s.sendall(f"POST /v1/fetch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             assert s.recv(64).startswith(b"HTTP/1.1 200")  # then it reads no more

@@ -26,15 +26,6 @@ TOKEN = "write-token-for-tests"
 READ = "read-token-for-tests"
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Repository]:
-    repo = Repository.init(tmp_path / "s", replica="site-s", bare=True)
-    with repo.transaction(branch="main", message="base") as tx:
-        tx.write("f.txt", b"served")
-    yield repo
-    repo.close()
-
-
 @contextlib.contextmanager
 def running(repo: Repository, **kw: object) -> Iterator[PeerServer]:
     srv = serve(repo, TOKEN.encode(), read_tokens=[READ.encode()], **kw)  # type: ignore[arg-type]
@@ -77,14 +68,14 @@ def _closed(sock: socket.socket, within: float) -> bool:
         return True
 
 
-def test_a_slowloris_of_200_connections_does_not_starve_a_legitimate_client(served: Repository,
+def test_a_slowloris_of_200_connections_does_not_starve_a_legitimate_client(served_repo: Repository,
                                                                                tmp_path: Path) -> None:
     # 200 connections from 25 loopback addresses (8 each, within the per-client share), each
     # sending a header one byte at a time and never finishing it
     sockets: list[socket.socket] = []
-    clone = Repository.init(tmp_path / "c", replica="site-c", repository_id=served.repo_id)
+    clone = Repository.init(tmp_path / "c", replica="site-c", repository_id=served_repo.repo_id)
     try:
-        with running(served, header_timeout=5.0) as srv:
+        with running(served_repo, header_timeout=5.0) as srv:
             for i in range(200):
                 try:
                     s = _open(srv, f"127.0.0.{2 + i // 8}")
@@ -99,7 +90,7 @@ def test_a_slowloris_of_200_connections_does_not_starve_a_legitimate_client(serv
                         with contextlib.suppress(OSError):
                             s.send(b"E")
                     info = client.info()
-                    assert info.refs["main"] == served.refs.get_ref("heads/main")
+                    assert info.refs["main"] == served_repo.refs.get_ref("heads/main")
                     result = fetch_from(clone, client, "origin")
                     assert result.stats.commits or round_ > 0
                     client.close()  # a new connection each round, among the slowloris ones
@@ -112,8 +103,8 @@ def test_a_slowloris_of_200_connections_does_not_starve_a_legitimate_client(serv
         clone.close()
 
 
-def test_a_trickled_header_is_cut_off_at_its_deadline(served: Repository) -> None:
-    with running(served, header_timeout=2.0, idle_timeout=60) as srv:
+def test_a_trickled_header_is_cut_off_at_its_deadline(served_repo: Repository) -> None:
+    with running(served_repo, header_timeout=2.0, idle_timeout=60) as srv:
         with _open(srv) as s:
             s.sendall(b"GET /v1/info HTTP/1.1\r\n")
             deadline = time.monotonic() + 8
@@ -123,14 +114,14 @@ def test_a_trickled_header_is_cut_off_at_its_deadline(served: Repository) -> Non
                     s.send(b"X")  # one byte a second: activity, but never a whole header
                 closed = _closed(s, 1.0)
             assert closed, "a header trickled for 8 s was not cut off (deadline 2 s)"
-        with _open(srv) as s:  # a prompt client on a new connection is served
+        with _open(srv) as s:  # a prompt client on a new connection is served_repo
             s.sendall(f"GET /v1/info HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                       "Connection: close\r\n\r\n".encode())
             assert _reply(s).startswith(b"HTTP/1.1 200")
 
 
-def test_one_address_gets_only_its_share(served: Repository) -> None:
-    with running(served) as srv:
+def test_one_address_gets_only_its_share(served_repo: Repository) -> None:
+    with running(served_repo) as srv:
         mine = [_open(srv) for _ in range(srv.max_per_client)]
         try:
             with _open(srv) as extra:
@@ -145,10 +136,10 @@ def test_one_address_gets_only_its_share(served: Repository) -> None:
                 s.close()
 
 
-def test_a_read_token_fetches_but_cannot_push(served: Repository, tmp_path: Path) -> None:
-    site = Repository.init(tmp_path / "site", replica="site-r", repository_id=served.repo_id)
+def test_a_read_token_fetches_but_cannot_push(served_repo: Repository, tmp_path: Path) -> None:
+    site = Repository.init(tmp_path / "site", replica="site-r", repository_id=served_repo.repo_id)
     try:
-        with running(served) as srv:
+        with running(served_repo) as srv:
             reader = HttpPeer(_url(srv), READ)
             try:
                 assert reader.info().scope == "read"
@@ -167,15 +158,15 @@ def test_a_read_token_fetches_but_cannot_push(served: Repository, tmp_path: Path
             assert reply.startswith(b"HTTP/1.1 403")
             body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
             assert "may only read" in body["error"] and "write token" in body["error"]
-            assert served.refs.get_ref("heads/main") != site.refs.get_ref("heads/main")
+            assert served_repo.refs.get_ref("heads/main") != site.refs.get_ref("heads/main")
     finally:
         site.close()
 
 
-def test_an_oversized_push_is_refused_before_it_is_spooled(served: Repository, tmp_path: Path) -> None:
-    site = Repository.init(tmp_path / "site", replica="site-w", repository_id=served.repo_id)
+def test_an_oversized_push_is_refused_before_it_is_spooled(served_repo: Repository, tmp_path: Path) -> None:
+    site = Repository.init(tmp_path / "site", replica="site-w", repository_id=served_repo.repo_id)
     try:
-        with running(served, max_push_bytes=64 << 10) as srv:
+        with running(served_repo, max_push_bytes=64 << 10) as srv:
             writer = HttpPeer(_url(srv), TOKEN)
             info = json.loads(_get_info(srv))
             assert info["max_push_bytes"] == 64 << 10  # announced, so a client can tell in advance
@@ -188,11 +179,11 @@ def test_an_oversized_push_is_refused_before_it_is_spooled(served: Repository, t
             site.refs.cas_ref("heads/main", None, site.refs.get_ref("remotes/hub/main"), "test")
             with site.transaction(branch="main", message="big") as tx:
                 tx.write("big.bin", os.urandom(1 << 20))  # incompressible: 1 MiB on the wire
-            before = served.refs.get_ref("heads/main")
+            before = served_repo.refs.get_ref("heads/main")
             with pytest.raises(RemoteError, match="413: push body exceeds the limit of 65536"):
                 push_to(site, writer, "hub", "main")  # chunked: cut off by the parser once past 64 KiB
             writer.close()
-            assert served.refs.get_ref("heads/main") == before
+            assert served_repo.refs.get_ref("heads/main") == before
     finally:
         site.close()
 
