@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
 from typing import Any, BinaryIO
 
 from casync.model.chunking import Chunker
@@ -89,8 +89,8 @@ def leaves(head: bytes, stream: Any, chunker: Chunker, hash_name: str, emit: Emi
            spare: list[bytearray]) -> Iterator[tuple[Cid, int]]:
     """(CID, size) of each leaf of the file that is ``head`` (at most :data:`BLOCK` bytes,
     already read) followed by the rest of ``stream`` (read with ``readinto``), in order,
-    each leaf stored through ``emit`` before it is yielded.  A file that fits one block is done on this thread alone.
-    ``spare``: buffers kept from earlier files (taken and given back: allocating and
+    each leaf stored through ``emit`` before it is yielded.  A file that fits one block is
+    done on this thread alone.  ``spare``: buffers kept from earlier files (taken and given back: allocating and
     zeroing 9 MiB would cost a file of 100 KiB more than hashing it)."""
     size = BLOCK + chunker.lookahead
     taken: list[bytearray] = []
@@ -146,27 +146,65 @@ def _pipelined(view: memoryview, filled: int, ends: list[int], stream: Any, chun
     """Cut here, store on a worker: block ``k + 1`` is read and cut while block ``k`` is
     hashed and stored.  A buffer is reused only once its batch is stored and its tail was
     carried (the tail is copied from the newest batch's buffer, never the oldest's)."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="casync-ingest")
-    queued: deque[tuple[Future[list[tuple[Cid, int]]], memoryview]] = deque()
+    worker = _Worker(hash_name, emit)
+    queued: deque[memoryview] = deque()
     free: list[memoryview] = []
     final = False
     try:
         while True:
-            queued.append((pool.submit(_stored, view, 0, ends, hash_name, emit), view))
+            worker.submit(view, ends)
+            queued.append(view)
             if final:
                 break
             tail = view[ends[-1] if ends else 0 : filled]
             if not free and len(queued) >= BUFFERS:
-                done, spent = queued.popleft()
-                yield from done.result()
-                free.append(spent)
+                yield from worker.result()
+                free.append(queued.popleft())
             view = free.pop() if free else memoryview(buffer())
             filled, final = _fill(view, tail, stream)
             del tail
             ends = chunker.cut(view[:filled], final)
         while queued:
-            yield from queued.popleft()[0].result()
+            yield from worker.result()
+            queued.popleft()
     finally:
-        for future, _view in queued:
-            future.cancel()
-        pool.shutdown(wait=True)  # no store write outlives the file (an error, or a stop)
+        worker.close()  # no store write outlives the file (an error, or a stop)
+
+
+class _Worker:
+    """One thread hashing and storing batches in the order submitted; after an error it
+    skips the rest.  (Not a ThreadPoolExecutor: concurrent.futures imports logging, ~4 ms
+    of every command's start-up.)"""
+
+    def __init__(self, hash_name: str, emit: Emit) -> None:
+        self._tasks: SimpleQueue[tuple[memoryview, list[int]] | None] = SimpleQueue()
+        self._done: SimpleQueue[tuple[list[tuple[Cid, int]], BaseException | None]] = SimpleQueue()
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, args=(hash_name, emit), name="casync-ingest",
+                                        daemon=True)  # (closed by its file; never keeps a process alive)
+        self._thread.start()
+
+    def _run(self, hash_name: str, emit: Emit) -> None:
+        while (task := self._tasks.get()) is not None:
+            if self._failed:
+                continue
+            try:
+                self._done.put((_stored(task[0], 0, task[1], hash_name, emit), None))
+            except BaseException as exc:  # handed to the reading thread, raised there
+                self._failed = True
+                self._done.put(([], exc))
+
+    def submit(self, view: memoryview, ends: list[int]) -> None:
+        self._tasks.put((view, ends))
+
+    def result(self) -> list[tuple[Cid, int]]:
+        """The next batch's leaves, in submission order (its error, raised here)."""
+        out, exc = self._done.get()
+        if exc is not None:
+            raise exc
+        return out
+
+    def close(self) -> None:
+        self._failed = True  # what is still queued is skipped
+        self._tasks.put(None)
+        self._thread.join()
