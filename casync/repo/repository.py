@@ -40,6 +40,7 @@ from casync.model.objects import (
     decode_commit,
     encode_commit,
 )
+from casync.model.signing import sign_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.keys import load_seed
 from casync.repo.transaction import Transaction
@@ -482,8 +483,6 @@ class Repository:
             meta=meta or {},
         )
         if seed is not None:
-            from casync.model.signing import sign_commit  # (cryptography: ~6 ms to import)
-
             commit = sign_commit(commit, seed)
         block = encode_commit(commit)
         cid = compute_cid(DAG_CBOR, block, self.hash_name)
