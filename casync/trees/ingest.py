@@ -15,12 +15,14 @@ the file's stat before and after (``worktree.checkout``) and reads it again if i
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 from typing import Any, BinaryIO
 
+from casync.errors import CasyncError
 from casync.model.chunking import Chunker
 from casync.model.cid import RAW, Cid, compute_cid
 from casync.model.objects import Entry, FileLayoutBuilder
@@ -186,14 +188,19 @@ class _Worker:
         self._thread.start()
 
     def _run(self, hash_name: str, emit: Emit) -> None:
-        while (task := self._tasks.get()) is not None:
-            if self._failed:
-                continue
-            try:
-                self._done.put((_stored(task[0], 0, task[1], hash_name, emit), None))
-            except BaseException as exc:  # handed to the reading thread, raised there
+        try:
+            while (task := self._tasks.get()) is not None:
+                if self._failed:
+                    continue
+                try:
+                    self._done.put((_stored(task[0], 0, task[1], hash_name, emit), None))
+                except (CasyncError, OSError) as exc:  # a store's errors: raised in the reading thread
+                    self._failed = True
+                    self._done.put(([], exc))
+        finally:  # anything else (a bug) ends the thread: the reader gets it too, never waits forever
+            if not self._failed:
                 self._failed = True
-                self._done.put(([], exc))
+                self._done.put(([], sys.exc_info()[1] or CasyncError("the ingest worker stopped")))
 
     def submit(self, view: memoryview, ends: list[int]) -> None:
         self._tasks.put((view, ends))
