@@ -36,6 +36,12 @@ Scenarios and targets (the anchors):
    directories, casync ``init`` + ``commit`` vs git; targets: peak RSS <= 256 MiB and
    time <= 0.5x git's (issue 15).
 
+``--commit-only`` runs only scenario 1's casync and ``ipfs add`` steps (no git, nothing
+else), ``--repeat`` times (default 3) on the same file, each casync run in a fresh
+repository and each ``ipfs add`` in a fresh offline node, the order alternating, with a
+``sync`` before each step; it reports medians and every sample: the quick A/B of a change
+to the ingest path (run it from two venvs in turn).
+
 Peak RSS: every child runs under GNU ``/usr/bin/time -f %M -o FILE`` (the child's own
 ``ru_maxrss``; time itself is tiny, so nothing large is inherited).  Not ``os.wait4`` on a
 direct child: Linux carries the forking parent's high-water RSS over ``exec`` into the
@@ -372,6 +378,59 @@ def scenario_big(r: Runner, base: Path, size_gib: float) -> list[Row]:
     return rows
 
 
+def _median(xs: Sequence[float]) -> float:
+    ys = sorted(xs)
+    return (ys[(len(ys) - 1) // 2] + ys[len(ys) // 2]) / 2
+
+
+def scenario_commit_only(r: Runner, base: Path, size_gib: float, repeat: int) -> list[Row]:
+    """Scenario 1's casync and ipfs add steps alone, ``repeat`` times, alternating (medians)."""
+    size = int(size_gib * GIB)
+    src = base / "big.bin"
+    log(f"[1] writing {fmt_gib(size_gib)} of random bytes")
+    write_random_file([src], size)
+    c_runs: list[float] = []
+    i_runs: list[float] = []
+    for n in range(repeat):
+        for tool in (("casync", "ipfs") if n % 2 == 0 else ("ipfs", "casync")):
+            if tool == "ipfs" and not r.ipfs:
+                continue
+            os.sync()  # nothing left to write back from the step before
+            if tool == "casync":
+                cs = base / f"casync-{n}"
+                cs.mkdir()
+                os.link(src, cs / "big.bin")
+                c_runs.append(r.casync("1 init", cs, "init").seconds
+                              + r.casync("1 commit", cs, "commit", "-m", "big").seconds)
+                shutil.rmtree(cs)
+                continue
+            assert r.ipfs is not None
+            ipfs_path = base / "ipfs-repo"
+            r.env["IPFS_PATH"] = str(ipfs_path)
+            try:
+                subprocess.run([r.ipfs, "init", "--profile=test", "-e"], env=r.env, check=True, capture_output=True)
+                os.sync()
+                i_runs.append(r.run("ipfs", "1 ipfs add", [r.ipfs, "add", "--offline", "-Q", "--cid-version=1",
+                                                          "--raw-leaves", "--hash=blake3", "--pin=false", str(src)],
+                                    base).seconds)
+            finally:
+                del r.env["IPFS_PATH"]
+                shutil.rmtree(ipfs_path, ignore_errors=True)
+    c_s = _median(c_runs)
+    c_mbs = size / MB / c_s
+    samples = " ".join(f"{x:.3f}" for x in c_runs)
+    label = f"1. commit {fmt_gib(size_gib)} random file (median of {repeat})"
+    rows = [Row(f"{label}: throughput", f"{c_mbs:.0f} MB/s ({sec(c_s)}; {samples})", "-", "-", ">= 1200 MB/s",
+                c_mbs >= 1200, {"casync_s": c_s, "casync_runs": c_runs})]
+    if i_runs:
+        i_s = _median(i_runs)
+        rows.append(Row(f"{label}: vs ipfs add (whole processes)", f"{c_mbs:.0f} MB/s ({sec(c_s)})",
+                        f"ipfs add {size / MB / i_s:.0f} MB/s ({sec(i_s)}; {' '.join(f'{x:.3f}' for x in i_runs)})",
+                        f"{i_s / c_s:.2f}x", ">= 2.5x ipfs add", i_s / c_s >= 2.5,
+                        {"casync_s": c_s, "ipfs_add_s": i_s, "ipfs_add_runs": i_runs}))
+    return rows
+
+
 def scenario_small(r: Runner, base: Path, count: int) -> list[Row]:
     """Scenario 2: many 4 KiB files."""
     cs, gt = base / "small-casync", base / "small-git"
@@ -482,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ipfs", default=None, help="ipfs binary for the ipfs add row (default: Kubo's build cache)")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default: system temp)")
     p.add_argument("--json", action="store_true", help="JSON results on stdout (tables go to stderr)")
+    p.add_argument("--commit-only", action="store_true",
+                   help="only scenario 1's casync init+commit and ipfs add, --repeat times, alternating (no git)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each step with --commit-only (default 3)")
     args = p.parse_args(argv)
 
     if shutil.which("git") is None:
@@ -501,16 +563,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now().astimezone()
     rows: list[Row] = []
     try:
-        rows += scenario_big(runner, base, args.size_gib)
-        rows += scenario_small(runner, base, args.small_files)
-        rows += scenario_status(runner, base, args.status_files)
-        if args.big_gib > 0:
-            rows += scenario_huge(runner, base, args.big_gib)
-        if args.million_files > 0:
-            rows += scenario_million(runner, base, args.million_files)
+        if args.commit_only:
+            rows += scenario_commit_only(runner, base, args.size_gib, max(1, args.repeat))
+        else:
+            rows += scenario_big(runner, base, args.size_gib)
+            rows += scenario_small(runner, base, args.small_files)
+            rows += scenario_status(runner, base, args.status_files)
+            if args.big_gib > 0:
+                rows += scenario_huge(runner, base, args.big_gib)
+            if args.million_files > 0:
+                rows += scenario_million(runner, base, args.million_files)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    return _finish(args, runner, rows, started, native)
 
+
+def _finish(args: argparse.Namespace, runner: Runner, rows: list[Row], started: dt.datetime, native: bool) -> int:
     text = render(rows, runner.steps)
     git_version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
     if args.json:

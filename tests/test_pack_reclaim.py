@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import casync.trees.ingest as ingest
 from casync import Repository
+from casync.model.chunking import CDC_MAX
 from casync.store.lmdb import PACK_MAGIC
 from casync.store.packs import scan_pack
 
@@ -25,10 +27,12 @@ from .conftest import Cli, write
 
 CASYNC = [sys.executable, "-m", "casync"]
 
-# A transaction that streams BYTES of random data into the store, says so, then waits
-# forever for more: killed there, its blocks are in the pack and none is indexed.
+# A transaction that streams BYTES of random data into the store, waits (at its end, asked
+# for more) until the pack holds more than PACKED bytes (the ingest worker stores a block
+# while the next is read), says so, then waits forever: killed there, its blocks are in the
+# pack and none is indexed.
 _KILLED_WRITER = r"""
-import io, os, sys
+import glob, io, os, sys, time
 from casync import Repository
 
 class Stream(io.RawIOBase):
@@ -38,7 +42,15 @@ class Stream(io.RawIOBase):
         return True
     def readinto(self, b):
         if self.left <= 0:
-            print("written", flush=True)
+            packs = os.path.join(sys.argv[1], ".casync", "packs", "*.pack")
+            deadline = time.monotonic() + 60
+            while sum(map(os.path.getsize, glob.glob(packs))) <= int(sys.argv[3]):
+                if time.monotonic() > deadline:
+                    print("the pack did not grow", flush=True)
+                    break
+                time.sleep(0.005)
+            else:
+                print("written", flush=True)
             sys.stdin.read()  # blocks until the test kills this process
             return 0
         n = min(self.left, len(b))
@@ -58,8 +70,12 @@ def _pack(root: Path) -> Path:
     return packs[0]
 
 
-def _kill_mid_batch(root: Path, size: int) -> None:
-    p = subprocess.Popen([*CASYNC[:1], "-c", _KILLED_WRITER, str(root), str(size)],
+_KILLED = ingest.BLOCK + CDC_MAX + (1 << 20)  # bytes: more than the first read block, which is stored
+_PACKED = ingest.BLOCK  # while the rest is read (the first block's chunks cover more than BLOCK bytes)
+
+
+def _kill_mid_batch(root: Path, size: int = _KILLED) -> None:
+    p = subprocess.Popen([*CASYNC[:1], "-c", _KILLED_WRITER, str(root), str(size), str(_PACKED)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert p.stdout is not None
@@ -97,10 +113,10 @@ def test_killed_first_commits_do_not_grow_the_pack_and_leave_no_torn_records(tmp
     Repository.init(root, replica="a").close()
     sizes = []
     for _ in range(3):
-        _kill_mid_batch(root, 6 << 20)
+        _kill_mid_batch(root)
         pack = _pack(root)
         _tear(pack)
-        assert pack.stat().st_size > 4 << 20  # the killed batch is there until the next open
+        assert pack.stat().st_size > _PACKED  # the killed batch is there until the next open
         Repository.open(root).close()  # the next open cuts it off
         sizes.append(pack.stat().st_size)
     assert sizes == [len(PACK_MAGIC)] * 3
@@ -110,7 +126,7 @@ def test_killed_first_commits_do_not_grow_the_pack_and_leave_no_torn_records(tmp
     _parseable_and_indexed(root)
     # and after a committed batch: the next kills are cut back to it
     for _ in range(2):
-        _kill_mid_batch(root, 3 << 20)
+        _kill_mid_batch(root)
         _tear(_pack(root))
         Repository.open(root).close()
         assert _pack(root).stat().st_size == committed
@@ -123,7 +139,7 @@ def test_the_next_writer_cuts_killed_bytes_even_while_the_store_stays_open(tmp_p
     root = tmp_path / "wt"
     Repository.init(root, replica="a").close()
     with Repository.open(root) as repo:
-        _kill_mid_batch(root, 2 << 20)
+        _kill_mid_batch(root)
         _tear(_pack(root))
         with repo.transaction(message="after the kill") as tx:
             tx.write("a.txt", b"a\n")

@@ -50,10 +50,10 @@ from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
 from casync.store.locks import process_gone
 from casync.store.refs import LmdbRefStore
+from casync.trees.ingest import FileWriter
 from casync.trees.paths import PathFilter, flatten_within
 from casync.trees.unixfs import (
     Entry,
-    FileWriter,
     TreeChange,
     diff_flat,
     flatten_tree,

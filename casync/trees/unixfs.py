@@ -8,17 +8,11 @@ a directory goes through :mod:`casync.model.names`.
 
 from __future__ import annotations
 
-import io
-import itertools
-import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from casync.errors import InvalidObject, InvalidPath, LimitExceeded
-from casync.model.chunking import Chunker
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
 from casync.model.hamt import HamtEntry, build_hamt, entry_estimate, name_hash, sharded
 from casync.model.names import validate_name
@@ -34,7 +28,6 @@ from casync.model.objects import (
     Commit,
     DirLink,
     Entry,
-    FileLayoutBuilder,
     Kind,
     PBNode,
     UnixFSData,
@@ -56,12 +49,8 @@ from casync.trees.hamt import (
     update_hamt,
 )
 
-EXEC_MODE = 0o755
-
 __all__ = [
-    "EMPTY_FILE",
     "Entry",
-    "FileWriter",
     "Kind",
     "TreeChange",
     "CheckedBlock",
@@ -84,115 +73,6 @@ __all__ = [
     "walk_dag",
     "write_symlink",
 ]
-
-EMPTY_FILE = b""
-
-
-class FileWriter:
-    """Chunk a stream into raw leaves and a balanced UnixFS File DAG, storing each block."""
-
-    def __init__(self, store: BlockStore, chunker: Chunker, hash_name: str) -> None:
-        self.store = store
-        self.chunker = chunker
-        self.hash_name = hash_name
-        self.new_blocks = 0
-        self.new_bytes = 0
-        self._count_lock = threading.Lock()
-
-    def _emit(self, cid: Cid, block: bytes | memoryview) -> None:
-        if self.store.put(cid, block):  # from two threads for a big file (see _hashed_in_step)
-            with self._count_lock:
-                self.new_blocks += 1
-                self.new_bytes += len(block)
-
-    def write(self, stream: BinaryIO, executable: bool = False,
-              progress: Callable[[int], None] | None = None) -> Entry:
-        # Most files in a tree are small: one read and one leaf, no chunker set-up
-        # (pyfastcdc allocates a 2 MiB buffer per stream: ~80 us, 20x the rest).
-        limit = self.chunker.single_chunk_limit
-        head = stream.read(limit + 1)
-        if len(head) <= limit and not executable:
-            cid = compute_cid(RAW, head, self.hash_name)
-            self._emit(cid, head)
-            if progress is not None:
-                progress(len(head))
-            return Entry(cid, "file", len(head), False)
-        layout = FileLayoutBuilder(self._emit, self.hash_name)
-        leaves = 0
-        chunks = self.chunker.chunks(_Prefixed(head, stream))
-        for cid, size in _hashed_in_step(chunks, self.hash_name, self._emit):
-            layout.add_leaf(cid, size)
-            leaves += 1
-            if progress is not None:
-                progress(size)
-        if leaves == 0:
-            cid = compute_cid(RAW, EMPTY_FILE, self.hash_name)
-            self._emit(cid, EMPTY_FILE)
-            layout.add_leaf(cid, 0)
-        root, tsize = layout.finish(EXEC_MODE if executable else None)
-        return Entry(root, "file", tsize, executable)
-
-
-_PIPELINE_AFTER = 16  # chunks: a file of more (~4 MiB) hashes and stores on a second thread
-_IN_FLIGHT = 16  # chunks copied and queued at most (<= 16 MiB, 4 MiB on average)
-
-
-def _hashed_in_step(chunks: Iterator[memoryview], hash_name: str,
-                    emit: Callable[[Cid, bytes | memoryview], None]) -> Iterator[tuple[Cid, int]]:
-    """(CID, size) of each chunk in order, each leaf stored through ``emit``.  The first
-    chunks are hashed and stored here; past :data:`_PIPELINE_AFTER` one worker thread hashes
-    and stores while this one reads and cuts the next chunks (FastCDC, blake3 and the pack
-    writes release the GIL, so a big file uses both cores).  Stores are thread-safe, so
-    the layout's interior nodes may be stored from here meanwhile."""
-    for n, chunk in enumerate(chunks):
-        if n == _PIPELINE_AFTER:
-            yield from _pipelined(itertools.chain([chunk], chunks), hash_name, emit)
-            return
-        cid = compute_cid(RAW, chunk, hash_name)
-        emit(cid, chunk)
-        yield cid, len(chunk)
-
-
-def _pipelined(chunks: Iterator[memoryview], hash_name: str,
-               emit: Callable[[Cid, bytes | memoryview], None]) -> Iterator[tuple[Cid, int]]:
-    def leaf(data: bytes) -> tuple[Cid, int]:
-        cid = compute_cid(RAW, data, hash_name)
-        emit(cid, data)
-        return cid, len(data)
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="casync-hash")
-    queued: deque[Future[tuple[Cid, int]]] = deque()
-    try:
-        for chunk in chunks:
-            queued.append(pool.submit(leaf, bytes(chunk)))  # a copy: the chunker reuses its buffer
-            if len(queued) >= _IN_FLIGHT:
-                yield queued.popleft().result()
-        while queued:
-            yield queued.popleft().result()
-    finally:
-        for f in queued:
-            f.cancel()
-        pool.shutdown(wait=True)  # no store write outlives the file (an error, or a stop)
-
-
-class _Prefixed(io.RawIOBase):
-    """A stream that first yields ``head`` (already read) and then the rest of ``rest``."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._rest.readinto(b)  # type: ignore[attr-defined,no-any-return]
-
 
 def write_symlink(store: BlockStore, target: str, hash_name: str) -> Entry:
     block = encode_symlink(target)

@@ -24,10 +24,10 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
+from casync.trees.ingest import FileWriter
 from casync.trees.paths import grafted, outside_entries
 from casync.trees.unixfs import (
     Entry,
-    FileWriter,
     Kind,
     diff_flat,
     directories_of,
