@@ -9,7 +9,7 @@ lack: an entry equal to the parent's is skipped whole, because the parent's bloc
 either on the remote or sent in this same push (by induction over the new commits); so
 are the unchanged chunks of an edited file and data moved or copied from a tree the
 remote holds.  Only interior nodes are read for this; raw leaves are read once, when
-uploaded.
+uploaded (without a hash check: Kubo checks every block it imports, see below).
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/add``, then the replica's previous head unpinned when nothing else
@@ -206,7 +206,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         if on_batch is not None:
             on_batch(blocks, size)
 
-    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=confirmed)
+    # leaves are read unverified: Kubo checks every block's hash on import, and a batch it
+    # refuses is checked here (a corrupt block is then named as the local store's)
+    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=confirmed,
+                             staged_from="local store")
     progress.start(f"pushing to {remote.name}", sum(size for _, size in candidates))
     try:
         empty = compute_cid(RAW, b"", repo.hash_name)
@@ -231,7 +234,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                 if cid in present:
                     progress.advance(size)
                     continue
-                store.stage(cid, repo.blocks.get(cid))
+                store.stage(cid, repo.blocks.get(cid, verify=False))
         store.flush()
     finally:
         result.blocks_sent, result.bytes_sent, result.batches = store.sent_blocks, store.sent_bytes, store.batches
