@@ -58,7 +58,7 @@ def test_gateway_resolves_a_file_through_the_index(tmp_path: Path, kubo: Kubo) -
     pushed = _push(a)
     index = str(pushed["index"])
     assert index.startswith("bafy") and cid_codec(parse_cid(index)) == DAG_CBOR
-    assert pushed["index_pin"] == "recursive"
+    assert pushed["index_pin"] == "direct"  # the head's recursive pin holds what it links
     assert kubo.gateway_get(f"/ipfs/{index}/heads/site-a/main/tree/sensors/t1.bin") == payload
     assert kubo.gateway_get(f"/ipfs/{index}/heads/site-a/main/tree/notes.txt") == b"through the index\n"
     # the per-replica metadata is in the linked record block
@@ -122,6 +122,7 @@ def test_pinned_indexes_survive_gc_and_old_ones_are_unpinned(tmp_path: Path,
     a("commit", "-m", "v2")
     second = _push(a)
     # rewind main to v1 and force it: v2's DAG is then held by the second index's pin alone
+    # (pinned directly until then: the push pins it recursively before dropping v2's head pin)
     repo = Repository.open(a.cwd)
     try:
         repo.refs.cas_ref("heads/main", parse_cid(str(second["head"])), parse_cid(str(first["head"])), "rewind")
@@ -138,9 +139,13 @@ def test_pinned_indexes_survive_gc_and_old_ones_are_unpinned(tmp_path: Path,
     c = _clone(tmp_path, f"{reader.remote_url}#{second['index']}", "c")
     assert (c.cwd / "f.txt").read_text() == "v2\n"
     name = index_pin_name(_repo_id(a), "site-a")
-    pinned = [line.split()[0] for line in node.ipfs("pin", "ls", "--names", "--type=recursive").decode()
-              .splitlines() if line.split()[-1] == name]
-    assert sorted(pinned) == sorted(str(p["index"]) for p in (first, second, third))
+
+    def pinned(kind: str) -> list[str]:
+        return sorted(line.split()[0] for line in node.ipfs("pin", "ls", "--names", f"--type={kind}").decode()
+                      .splitlines() if line.split()[-1] == name)
+
+    assert pinned("recursive") == [second["index"]]  # only the one linking a dropped head
+    assert pinned("direct") == sorted(str(p["index"]) for p in (first, third))
     # the newest KEEP_INDEXES stay pinned; older ones are unpinned, and gc takes them
     extra = []
     a("checkout", "main")  # the files follow the rewound branch
@@ -176,6 +181,50 @@ def test_an_index_alone_keeps_what_it_names(tmp_path: Path, kubo_factory: Callab
     node_b.ipfs("repo", "gc")
     b = _clone(tmp_path, f"{node_b.remote_url}#{old['index']}", "b")
     assert (b.cwd / "f.txt").read_text() == "v1\n"
+
+
+def _rewind(cli: Cli, to: object) -> None:
+    """Point the branch ``main`` of ``cli``'s repository back at the commit ``to``."""
+    repo = Repository.open(cli.cwd)
+    try:
+        repo.refs.cas_ref("heads/main", repo.refs.get_ref("heads/main"), parse_cid(str(to)), "rewind")
+    finally:
+        repo.close()
+
+
+def test_direct_indexes_lose_nothing_they_link_to_gc(tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> None:
+    """Indexes are pinned directly; the heads' pins hold what they link.  After fast-forwards
+    of two replicas and a forced push that drops a head other replicas' indexes still link,
+    ``repo gc`` leaves every pinned index whole (``dag stat --offline`` walks every block)."""
+    node = kubo_factory()
+    a = _origin(tmp_path, node)
+    write(a.cwd, "a.bin", os.urandom(300_000))
+    a("commit", "-m", "a1")
+    pushed = [_push(a)]
+    b = _clone(tmp_path, f"{node.remote_url}/{_repo_id(a)}", "b")
+    base = json.loads(b("log", "--json").stdout)[0]["cid"]
+    write(b.cwd, "b.bin", os.urandom(300_000))
+    b("commit", "-m", "b1")
+    b1 = _push(b)  # links a's head and b1
+    write(a.cwd, "a.bin", os.urandom(300_000))
+    a("commit", "-m", "a2")
+    pushed.append(_push(a))  # fast-forward: a1 held by a2's pin; this index links b1 too
+    assert {p["index_pin"] for p in [*pushed, b1]} == {"direct"}
+    _rewind(b, base)  # b drops b1: only the indexes still link it
+    b("checkout", "main")
+    write(b.cwd, "b.bin", os.urandom(300_000))
+    b("commit", "-m", "b1 again")
+    pushed += [b1, _push(b, "--force")]
+    node.ipfs("repo", "gc")
+    with connect(parse_url(node.remote_url)) as remote:
+        indexes = list_indexes(remote, _repo_id(a))
+    assert {cid_str(i.cid) for i in indexes} == {str(p["index"]) for p in pushed}
+    for info in indexes:
+        node.ipfs("--offline", "dag", "stat", "--progress=false", cid_str(info.cid), timeout=120)
+    promoted = {cid_str(i.cid) for i in indexes if i.pin == "recursive"}
+    assert promoted == {str(b1["index"]), str(pushed[1]["index"])}  # the two that link b1
+    path = f"/ipfs/{b1['index']}/heads/b/main/tree/b.bin"
+    assert len(node.ipfs("--offline", "cat", path)) == 300_000
 
 
 def _push_into(repo: Repository, results: list[object], i: int, start: threading.Barrier) -> None:
@@ -264,12 +313,16 @@ def test_after_retention_index_pins_are_direct(tmp_path: Path, kubo_factory: Cal
     write(b.cwd, "from-b.txt", "b\n")
     b("commit", "-m", "b")
     by_b = _push(b)
-    assert first["index_pin"] == by_b["index_pin"] == "recursive"
+    assert first["index_pin"] == by_b["index_pin"] == "direct"
 
     def pins(kind: str) -> set[str]:
         out = node.ipfs("pin", "ls", "--names", f"--type={kind}").decode().splitlines()
         return {line.split()[0] for line in out if "/.index/" in line.split()[-1]}
 
+    # as an older casync pinned them (recursively; a forced push promotes them too)
+    for pushed, replica in [(first, "site-a"), (by_b, "b")]:
+        node.ipfs("pin", "add", "--name", index_pin_name(_repo_id(a), replica), str(pushed["index"]))
+    assert {first["index"], by_b["index"]} <= pins("recursive")
     out = json.loads(a("retention", "--keep-last", "1", "--json").stdout)
     assert set(out["remotes"][0]["unpinned"]) >= {first["index"], by_b["index"]}
     assert not pins("recursive") and {first["index"], by_b["index"]} <= pins("direct")

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 from pathlib import Path
 
 import pytest
 
 from casync import Repository
+from casync.model.cid import RAW, cid_codec, cid_str
 from casync.transports.ipfs import missing_blocks
 from casync.transports.ipfs.push import all_blocks
+from casync.trees.unixfs import validated_links
 
 from .conftest import Cli, write
 from .kubo_fixture import Kubo
+from .kubo_node import KuboError
 
 pytestmark = pytest.mark.kubo
 
@@ -243,3 +247,29 @@ def test_remote_add_list_remove(tmp_path: Path, kubo: Kubo) -> None:
     assert a("remote", "-v").stdout.startswith("n1\t" + kubo.remote_url)
     r = a("push", ok=False)  # no commits yet
     assert r.exit_code == 2
+
+
+
+def test_a_corrupt_local_block_fails_the_push_naming_the_local_store(tmp_path: Path, kubo: Kubo,
+                                                                      origin: Cli) -> None:
+    """Push reads its leaves unverified (Kubo hash-checks every imported block): a flipped byte
+    is still refused, reported as the local store's corruption, and nothing is published."""
+    write(origin.cwd, "data/fresh.bin", os.urandom(600_000))  # blocks no other test gave the node
+    origin("commit", "-m", "fresh")
+    with Repository.open(origin.cwd) as repo:
+        root = repo.entry_at("HEAD:data/fresh.bin")[2].cid
+        leaf = validated_links(root, repo.blocks.get(root))[0]  # a dag-pb root over raw leaves
+        raw = repo.store.get("index", leaf)
+        assert cid_codec(leaf) == RAW and raw is not None
+        pack, offset, length = struct.unpack("<IQI", raw)
+        path = repo.store.pack_dir / f"{pack:08d}.pack"
+    with open(path, "r+b") as f:
+        f.seek(offset + length // 2)
+        byte = f.read(1)
+        f.seek(offset + length // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+    r = origin("push", ok=False)
+    assert r.exit_code == 1, r.stderr
+    assert f"block {cid_str(leaf)} in the local store is corrupt" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(KuboError):  # no record: the push stopped before pinning and publishing
+        kubo.ipfs("files", "stat", f"/casync/{_repo_id(origin)}/heads/site-a")

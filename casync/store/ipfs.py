@@ -48,11 +48,17 @@ class IpfsBlockStore:
 
     ``iter_cids`` lists Kubo's blockstore, which is keyed by multihash: every CID comes
     back with the raw codec.  ``delete`` unpins the block (if pinned itself) and removes it.
+
+    ``staged_from`` names where staged blocks come from when the caller did not hash-check
+    them (push reads its packs unverified: the node checks every block's hash on import); a
+    batch the node refuses is then checked here, so a corrupt block is reported as
+    :class:`~casync.errors.CorruptBlock` of that store, not as the node's refusal.
     """
 
     def __init__(self, client: IpfsClient, *, batch_bytes: int = DEFAULT_BATCH_BYTES,
                  offline: bool = True, wait: float = 60.0, check_remote_on_put: bool = True,
-                 on_batch: Callable[[int, int], None] | None = None, upload_concurrency: int = 3) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, upload_concurrency: int = 3,
+                 staged_from: str | None = None) -> None:
         self.client = client
         self.batch_bytes = batch_bytes
         self.offline = offline
@@ -60,6 +66,7 @@ class IpfsBlockStore:
         self.check_remote_on_put = check_remote_on_put
         self.on_batch = on_batch
         self.upload_concurrency = upload_concurrency
+        self.staged_from = staged_from
         self._pending: dict[Cid, bytes] = {}
         self._pending_bytes = 0
         self._in_flight: list[tuple[Future[None], dict[Cid, bytes]]] = []
@@ -116,7 +123,14 @@ class IpfsBlockStore:
     def _import(self, car: list[bytes | memoryview], batch: dict[Cid, bytes]) -> None:
         try:
             self.client.dag_import(car)
-        except DagImportRejected:
+        except RemoteError as err:
+            if err.transient:
+                raise
+            if self.staged_from is not None:  # a block of ours may be the cause: name it
+                for cid, data in batch.items():
+                    verify_block(cid, data, self.staged_from)
+            if not isinstance(err, DagImportRejected):
+                raise
             # dag/import decodes every block; bytes that are not valid for their codec are
             # still valid blocks, which block/put stores as they are.
             for cid, data in batch.items():

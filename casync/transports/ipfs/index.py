@@ -14,16 +14,21 @@ and pins it under ``casync/<repository-id>/.index/<by>``.  ``/ipfs/<index>/heads
 <branch>/tree/<path>`` then resolves on any gateway (the commit's ``tree`` link leads into
 UnixFS), and one recursive pin or ``ipfs dag export`` holds every commit, tree and block the
 heads reach.  Each replica keeps its newest :data:`KEEP_INDEXES` index pins and removes
-its older ones (never another replica's).  Where a replica uses the retained pin layout
-(retention forgot trees; :mod:`casync.transports.ipfs.retain`), or the node lacks a block the
-heads reach, the index and its record blocks are pinned directly instead: the heads' own
-pins hold their DAGs.  Byte-level format: docs/remotes.md#the-linked-index.
+its older ones (never another replica's).
+
+The index and its record blocks are pinned *directly*: a recursive pin would make Kubo read
+every block of the repository a second time (the head's pin just did), about a second per
+GiB.  What it links stays held all the same: every commit an index links was a published
+head, held by that head's recursive pin (closure invariant), and a head pin is dropped only
+for a descendant (whose pin holds the old one's DAG through its parents) or by ``push
+--force``, which first pins recursively every direct index that links a commit no remaining
+head holds (:func:`promote_indexes`).  Byte-level format: docs/remotes.md#the-linked-index.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +46,8 @@ from casync.transports.ipfs.records import HeadRecord, RemoteNode, record_from
 from casync.transports.ipfs.util import PIN_PREFIX
 
 __all__ = ["FORMAT", "KEEP_INDEXES", "IndexInfo", "PublishedIndex", "decode_index", "demote_indexes", "encode_index",
-           "encode_record", "index_pin_name", "list_indexes", "publish_index", "read_index"]
+           "encode_record", "index_pin_name", "list_indexes", "promote_indexes", "publish_index",
+           "read_index"]
 
 FORMAT = "casync-index/1"
 KEEP_INDEXES = 3
@@ -177,17 +183,17 @@ def read_index(store: BlockStore, cid: Cid, repo_id: str | None, errors: list[st
 @dataclass
 class PublishedIndex:
     cid: Cid
-    pin: str  # "recursive": the pin holds the whole repository; "direct": the heads' pins do
+    pin: str  # "direct" when written; "recursive" once a force push promoted it (promote_indexes)
     unpinned: list[Cid] = field(default_factory=list)  # this replica's older index pins removed
 
 
-def publish_index(node: RemoteNode, record: HeadRecord, *, retained: bool = False, reuse: bool = False,
+def publish_index(node: RemoteNode, record: HeadRecord, *, reuse: bool = False,
                   keep: int = KEEP_INDEXES) -> PublishedIndex:
-    """Write and pin the index of the records now in the node's MFS (``record``, just
-    published, in place of whatever MFS returned for its replica), then unpin this
-    replica's index pins beyond its newest ``keep``.  ``retained``: this replica uses the
-    retained pin layout, so the index is pinned directly.  ``reuse`` (an up-to-date push):
-    this replica's newest index, if it links exactly these records."""
+    """Write and pin (directly, see the module docstring) the index of the records now in
+    the node's MFS (``record``, just published, in place of whatever MFS returned for its
+    replica), then unpin this replica's index pins beyond its newest ``keep``, and the
+    record blocks no index pinned on the node links any more.  ``reuse`` (an up-to-date
+    push): this replica's newest index, if it links exactly these records."""
     repo_id = record.repository
     records = node.records(repo_id, errors=[], index=False)
     records[record.replica] = record
@@ -199,29 +205,53 @@ def publish_index(node: RemoteNode, record: HeadRecord, *, retained: bool = Fals
                                                                                        blocks, strict=True)}:
         return PublishedIndex(mine[0].cid, mine[0].pin)
     node.client.dag_import(car_parts((), [*blocks, (cid, data)]))
-    pin = "direct" if retained or _retained_layout(repo_id, pins) else _pin_recursive(node, cid, name)
-    if pin == "direct":
-        node.client.pin_add_many([c for c, _ in blocks], recursive=False, name=f"{name}/records")
+    node.client.pin_add_many([c for c, _ in blocks], recursive=False, name=f"{name}/records")
+    if not any(i.cid == cid for i in mine):  # else the same snapshot again (the same millisecond)
         node.client.pin_add_many([cid], recursive=False, name=name)
-    unpinned = [i.cid for i in mine[max(keep - 1, 0):] if i.cid != cid]
-    for old in unpinned:
-        node.client.pin_rm(old)
-    return PublishedIndex(cid, pin, unpinned)
+    dropped = [i for i in mine[max(keep - 1, 0):] if i.cid != cid]
+    for old in dropped:
+        node.client.pin_rm(old.cid)
+    if dropped:
+        _unpin_records(node, repo_id, {c for i in dropped for c in i.records.values()} - {c for c, _ in blocks})
+    return PublishedIndex(cid, "direct", [i.cid for i in dropped])
 
 
-def _pin_recursive(node: RemoteNode, cid: Cid, name: str) -> str:
-    """Pin ``cid`` recursively with ``pin/add`` (Kubo walks each block once).  Never
-    ``pin/update`` from the previous index: Kubo diffs the two DAGs by recursing into every
-    pair of differing links, which follows the commits' parents down the history and
-    branches at every merge (see ``push._pin``).  "direct" when the node lacks a block the
-    heads reach (pins are made offline, so that fails at once instead of waiting on bitswap)."""
-    try:
-        node.client.pin_add(cid, name)
-        return "recursive"
-    except RemoteError as err:
-        if err.transient:
-            raise
-        return "direct"
+def _unpin_records(node: RemoteNode, repo_id: str, candidates: set[Cid]) -> None:
+    """Drop the direct pins of the record blocks in ``candidates`` that no index still pinned
+    on the node links (any replica's: Kubo keeps one direct pin per block, under the name of
+    whichever index pinned it first)."""
+    for info in list_indexes(node, repo_id):
+        candidates -= set(info.records.values())
+    prefix = f"{PIN_PREFIX}{repo_id}/.index/"
+    for n, c, kind in node.client.named_pins(prefix):
+        if kind == "direct" and n.endswith("/records") and c in candidates:
+            node.client.pin_rm(c)
+
+
+def promote_indexes(node: RemoteNode, repo_id: str, held: Callable[[Cid], bool]) -> list[Cid]:
+    """Pin recursively every directly pinned index of ``repo_id`` that links a head commit
+    for which ``held`` is false (a ``push --force`` is about to unpin the only head pin
+    holding it); returns the indexes promoted.  Never where a replica pins in the retained
+    layout: a recursive index would hold the trees retention let go (there the heads' own
+    pins hold what is left of their DAGs, as before)."""
+    pins = node.client.named_pins(f"{PIN_PREFIX}{repo_id}/")
+    if _retained_layout(repo_id, pins):
+        return []
+    prefix = f"{PIN_PREFIX}{repo_id}/.index/"
+    direct = [(n, c) for n, c, k in pins if k == "direct" and n.startswith(prefix) and "/" not in n[len(prefix):]]
+    out = []
+    for n, c in direct:
+        for info in _indexes(node, [(c, "direct")]):
+            if all(held(h) for heads in info.heads.values() for h in heads.values()):
+                continue
+            try:
+                node.client.pin_add(c, n)  # Kubo turns the direct pin into a recursive one
+            except RemoteError as err:
+                if err.transient:
+                    raise
+                continue  # the node lacks a block the index reaches: it was not whole before either
+            out.append(c)
+    return out
 
 
 def _retained_layout(repo_id: str, pins: Iterable[tuple[str, Cid, str]]) -> bool:

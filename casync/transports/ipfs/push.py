@@ -9,7 +9,7 @@ lack: an entry equal to the parent's is skipped whole, because the parent's bloc
 either on the remote or sent in this same push (by induction over the new commits); so
 are the unchanged chunks of an edited file and data moved or copied from a tree the
 remote holds.  Only interior nodes are read for this; raw leaves are read once, when
-uploaded.
+uploaded (without a hash check: Kubo checks every block it imports, see below).
 
 How.  Blocks go up as CAR v1 batches through ``dag/import`` (unpinned), then the head is
 pinned recursively (``pin/add``, then the replica's previous head unpinned when nothing else
@@ -38,7 +38,7 @@ from casync.repo.tags import tags_reaching
 from casync.store.ipfs import DEFAULT_BATCH_BYTES, DEFAULT_RETRY, RetryPolicy
 from casync.transports.config import Remote, get_remote
 from casync.transports.ipfs.cluster import cluster_pins, refuse_retained
-from casync.transports.ipfs.index import publish_index
+from casync.transports.ipfs.index import promote_indexes, publish_index
 from casync.transports.ipfs.records import BranchHead, HeadRecord, RemoteNode, connect
 from casync.transports.ipfs.retain import forgotten_commits, pin_retained
 from casync.transports.ipfs.util import pin_name, remote_lock
@@ -191,7 +191,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         result.tags = dict(mine.tags) if mine else {}
         result.blocks_min = result.bytes_min = 0  # nothing was missing
         if mine is not None:
-            _index(node, mine, retained, result, reuse=True)
+            _index(node, mine, result, reuse=True)
         _track(repo, remote.name, branch, head)
         return result
     known = [h.commit for r in records.values() for h in r.heads.values()]
@@ -206,7 +206,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
         if on_batch is not None:
             on_batch(blocks, size)
 
-    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=confirmed)
+    # leaves are read unverified: Kubo checks every block's hash on import, and a batch it
+    # refuses is checked here (a corrupt block is then named as the local store's)
+    store = node.block_store(batch_bytes=batch_bytes, check_remote_on_put=False, on_batch=confirmed,
+                             staged_from="local store")
     progress.start(f"pushing to {remote.name}", sum(size for _, size in candidates))
     try:
         empty = compute_cid(RAW, b"", repo.hash_name)
@@ -231,7 +234,7 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
                 if cid in present:
                     progress.advance(size)
                     continue
-                store.stage(cid, repo.blocks.get(cid))
+                store.stage(cid, repo.blocks.get(cid, verify=False))
         store.flush()
     finally:
         result.blocks_sent, result.bytes_sent, result.batches = store.sent_blocks, store.sent_bytes, store.batches
@@ -241,6 +244,10 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     # --json measure (local reads only) runs meanwhile.
     others = {h.commit for r in records.values() for b, h in r.heads.items()
               if not (r.replica == repo.replica and b == branch)}
+    if old is not None and old not in others and not retained and not _descends(repo, old, head):
+        # a forced push drops the only pin on old's history: the indexes linking any of it
+        # are pinned recursively first (they are pinned directly: transports.ipfs.index)
+        promote_indexes(node, repo.repo_id, lambda c: _held(repo, c, [head, *others]))
     if retained:
         pinning = node.client.submit(pin_retained, node, repo, old, head, name)
     elif cluster is not None:
@@ -269,15 +276,15 @@ def _push(repo: Repository, remote: Remote, node: RemoteNode, branch: str, head:
     node.publish(record)
     _set_pending(repo, remote.name, None)
     result.seq, result.tags = record.seq, dict(record.tags)
-    _index(node, record, retained, result)
+    _index(node, record, result)
     _track(repo, remote.name, branch, head)
     return result
 
 
-def _index(node: RemoteNode, record: HeadRecord, retained: bool, result: PushResult, reuse: bool = False) -> None:
+def _index(node: RemoteNode, record: HeadRecord, result: PushResult, reuse: bool = False) -> None:
     """Write and pin the linked index (after the record: an index failing leaves the push done)."""
     try:
-        published = publish_index(node, record, retained=retained, reuse=reuse)
+        published = publish_index(node, record, reuse=reuse)
     except (RemoteError, InvalidObject) as err:
         if isinstance(err, RemoteError) and err.transient:
             raise
@@ -302,6 +309,17 @@ def _require_unfetched(repo: Repository, node: Any, commits: Iterable[Cid], remo
                            f"({', '.join(partial.paths)}), e.g. {cid_str(lacking[0])}: it could not pin the pushed "
                            "history whole",
                            hint="push from a full clone, or push the full repository to that node first")
+
+
+def _descends(repo: Repository, old: Cid, head: Cid) -> bool:
+    """Whether ``head``'s history holds ``old`` (a fast-forward), as far as this store knows."""
+    return old == head or (repo.blocks.has(old) and repo.graph.is_ancestor(old, head))
+
+
+def _held(repo: Repository, commit: Cid, heads: list[Cid]) -> bool:
+    """Whether a recursive pin on one of ``heads`` holds ``commit``'s DAG (``heads`` holds it or
+    one of their histories does, as far as this store knows: else it is taken as not held)."""
+    return commit in heads or any(repo.blocks.has(h) and _descends(repo, commit, h) for h in heads)
 
 
 def _tags_changed(repo: Repository, mine: HeadRecord | None) -> bool:
