@@ -22,7 +22,7 @@ reported, with every sample):
    ``ipfs add --cid-version=1 --raw-leaves --hash=blake3`` of the same file: MB/s of each
    (MB = 10**6 bytes).  Every repetition uses a new repository with new random data, so
    both sides always write blocks the node does not have; the order of the two
-   alternates.  Target: push >= 0.8 x the throughput of ``ipfs add``.
+   alternates.  Target: push >= 1 x the throughput of ``ipfs add`` (issue 15; was 0.8 x).
 2. clone of the first repository from the node into a new directory (fetch + verify +
    checkout) vs ``ipfs dag export`` of the same commit to a file (the order alternates).
    Target: clone >= 0.8 x the throughput of ``dag export``.
@@ -51,7 +51,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 10**6
-TARGET = 0.8
+PUSH_TARGET = 1.0  # issue 15
+CLONE_TARGET = 0.8
 
 
 def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -137,7 +138,7 @@ def main() -> int:
                 push = json.loads(out)
             else:
                 shutil.rmtree(wt)  # the node keeps its blocks; only the first tree is used again
-        rows.append(_timing_row("1. push vs ipfs add", size, pushes, adds,
+        rows.append(_timing_row("1. push vs ipfs add", size, pushes, adds, PUSH_TARGET,
                                 blocks_sent=push["blocks_sent"], bytes_sent=push["bytes_sent"]))
 
         # 2. clone vs dag export of the first repository's commit
@@ -158,7 +159,7 @@ def main() -> int:
                 with open(car, "wb") as f:
                     exports.append(timed([*ipfs, "dag", "export", push["head"]], stdout=f)[0])
                 car.unlink()
-        rows.append(_timing_row("2. clone vs ipfs dag export", size, clones, exports))
+        rows.append(_timing_row("2. clone vs ipfs dag export", size, clones, exports, CLONE_TARGET))
 
         # 3. one byte inserted in the middle, then commit + push
         data = wt / "data.bin"
@@ -188,11 +189,12 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _timing_row(name: str, size: int, casync: list[float], kubo: list[float], **extra: Any) -> dict[str, Any]:
+def _timing_row(name: str, size: int, casync: list[float], kubo: list[float], target: float,
+                **extra: Any) -> dict[str, Any]:
     c, k = statistics.median(casync), statistics.median(kubo)
     ratio = k / c  # casync throughput relative to Kubo's
     return {"row": name, "casync_s": c, "kubo_s": k, "casync_MBps": size / MB / c, "kubo_MBps": size / MB / k,
-            "ratio": ratio, "target": TARGET, "met": ratio >= TARGET,
+            "ratio": ratio, "target": target, "met": ratio >= target,
             "casync_samples_s": [round(x, 3) for x in casync], "kubo_samples_s": [round(x, 3) for x in kubo],
             **extra}
 
