@@ -12,17 +12,19 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Literal
 
 from casync.errors import InvalidObject, UsageError
 from casync.model.names import is_replica_name
 from casync.model.objects import Commit
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography is imported where a key is used, not here: loading its Rust bindings costs
+# ~20 ms, and read commands (status, log, diff) import this module without signing anything.
 
 __all__ = ["KEY_TYPE", "SIGNATURE_SIZE", "SignatureStatus", "Verdict", "format_signer_line", "generate_seed",
            "key_id", "parse_signers", "public_key", "sign_commit", "verify_commit"]
@@ -53,12 +55,16 @@ class Verdict:
 
 def generate_seed() -> bytes:
     """A new private key: the 32-byte ed25519 seed (RFC 8032)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate().private_bytes_raw()
 
 
 def _private(seed: bytes) -> Ed25519PrivateKey:
     if len(seed) != _SEED_SIZE:
         raise UsageError(f"an ed25519 private key is {_SEED_SIZE} bytes, not {len(seed)}")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
@@ -70,6 +76,8 @@ def public_key(seed: bytes) -> bytes:
 def key_id(public: bytes) -> str:
     """A short, stable name for a public key: ``ed25519:`` and the first 16 hex digits of
     the SHA-256 of its 32 raw bytes."""
+    import hashlib
+
     return f"{KEY_TYPE}:{hashlib.sha256(public).hexdigest()[:16]}"
 
 
@@ -87,6 +95,9 @@ def verify_commit(commit: Commit, trusted: Mapping[str, Iterable[bytes]]) -> Ver
         return Verdict("unknown-key")
     if len(commit.signature) != SIGNATURE_SIZE:
         return Verdict("invalid")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     message = commit.signing_bytes()
     for key in keys:
         try:
