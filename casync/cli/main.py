@@ -123,7 +123,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("remote", "pull"), "clone": ("remote", "clone"), "url": ("remote", "url_cmd"),
     "tag": ("tag", "tag"), "agent": ("agent", "agent"), "gc": ("gc", "gc_cmd"),
     "retention": ("gc", "retention_cmd"), "audit": ("audit", "audit"), "key": ("audit", "key"),
-    "get": ("get", "get"), "import": ("imports", "import_cmd"),
+    "get": ("get", "get"), "import": ("imports", "import_cmd"), "monitor": ("monitor", "monitor_cmd"),
 }
 
 
