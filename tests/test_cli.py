@@ -446,5 +446,6 @@ def test_status_loads_only_what_status_needs(cli: Cli) -> None:
     assert "casync.cli.tree" in loaded and "casync.worktree.checkout" in loaded  # the listing is real
     unwanted = {"cryptography", "ipfshttpclient", "multiformats", "pyfastcdc", "zstandard", "waitress",
                 "prometheus_client", "shutil", "casync.transports", "casync.transfer", "casync.merge",
-                "casync.repo.fsck", "casync.cli.history", "casync.cli.repo", "casync.cli.remote"}
+                "casync.repo.fsck", "casync.cli.history", "casync.cli.repo", "casync.cli.remote", "ctypes",
+                "casync.worktree.monitord", "casync.worktree.inotify", "casync.cli.monitor"}
     assert not loaded & unwanted, sorted(loaded & unwanted)

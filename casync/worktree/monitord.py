@@ -205,8 +205,11 @@ def run_daemon(root: Path, max_watches: int | None, out: int) -> int:
     try:
         watcher = _Watcher(root, max_watches)
         watcher.add_tree(str(root))
-    except WatchesExhausted as exc:
-        os.write(out, f"error {exc.message}\thint {exc.hint}\n".encode())
+    except CasyncError as exc:
+        os.write(out, f"error {exc.message}\thint {exc.hint or ''}\n".encode())
+        return 1
+    except OSError as exc:
+        os.write(out, f"error cannot watch the work tree: {exc}\n".encode())
         return 1
     secret = secrets.token_hex(16)
     _write_private(dot / TOKEN_NAME, secret + "\n")
