@@ -4,15 +4,15 @@ with inotify and answers, over a Unix socket in ``.casync/``, whether anything c
 a token it handed out.  ``status`` stores the token it got *before* a walk that found the
 tree clean, and next time skips the walk when the daemon says nothing changed since.
 
-This side imports only ``socket`` (``status`` pays for every import); docs/design.md §10.8
+This side imports only the C ``_socket`` module (``status`` pays for every import); docs/design.md §10.8
 is the argument that a clean answer from it is as true as a walk.
 """
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py's enum set-up costs status 1-10 ms, and only connect is needed
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,8 @@ def request(dot: Path, line: str, timeout: float = TIMEOUT) -> str:
     path = str(socket_path(dot))
     if len(path.encode()) > _UNIX_PATH_MAX:
         raise OSError(f"the socket path is longer than a Unix socket allows: {path}")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(f"{PROTOCOL} {secret} {line}\n".encode())
@@ -97,6 +98,8 @@ def request(dot: Path, line: str, timeout: float = TIMEOUT) -> str:
             if not piece:
                 break
             data += piece
+    finally:
+        s.close()
     return data.decode("ascii", "replace").strip()
 
 
