@@ -286,3 +286,20 @@ def test_status_with_the_monitor_imports_no_ctypes(cli: Cli) -> None:
     assert walk == "False"
     unwanted = {"ctypes", "socket", "selectors", "subprocess", "casync.worktree.monitord", "casync.worktree.inotify"}
     assert not set(loaded.split()) & unwanted, sorted(set(loaded.split()) & unwanted)
+
+
+def test_two_starts_at_once_make_one_daemon(cli: Cli) -> None:
+    _clean_repo(cli)
+    casync = [sys.executable, "-c", "from casync.cli.main import main; main()", "monitor", "start", "--json"]
+    procs = [subprocess.Popen(casync, cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    pids = {json.loads(out)["pid"] for out, _ in outs if out}
+    try:
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert len(pids) == 1, outs
+        assert sorted(json.loads(out)["started"] for out, _ in outs) == [False, True]
+    finally:
+        monitord.stop(cli.cwd)
+        for pid in pids:
+            assert _gone(pid)

@@ -40,6 +40,7 @@ __all__ = ["MonitorInfo", "WatchesExhausted", "running", "start", "stop", "stopp
 PID_NAME, LOCK_NAME, LOG_NAME, STOPPED_NAME = "monitor.pid", "monitor.lock", "monitor.log", "monitor.stopped"
 _CHECK_EVERY = 2.0  # seconds between checks that .casync and our pid file are still there
 _MODULE = "casync.worktree.monitord"
+_ALREADY = "a monitor already runs for this work tree"
 
 
 class WatchesExhausted(CasyncError):
@@ -82,8 +83,6 @@ class _Watcher:
         stack = [top]
         while stack:
             path = stack.pop()
-            if self.max_watches is not None and len(self.paths) >= self.max_watches:
-                raise WatchesExhausted(path, self.max_watches)
             try:
                 wd = self.inotify.add_watch(path)
             except OSError as exc:
@@ -92,6 +91,8 @@ class _Watcher:
                 if exc.errno == errno.EACCES:
                     self.unwatched.add(path)
                 continue  # ENOENT, ENOTDIR: gone or replaced already; that was an event too
+            if wd not in self.paths and self.max_watches is not None and len(self.paths) >= self.max_watches:
+                raise WatchesExhausted(path, self.max_watches)  # an inode already watched costs none
             self.paths[wd] = path
             self.unwatched.discard(path)
             try:
@@ -197,7 +198,7 @@ def run_daemon(root: Path, max_watches: int | None, out: int) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.write(out, b"error a monitor already runs for this work tree\n")
+        os.write(out, f"error {_ALREADY}\n".encode())
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(FileNotFoundError):
@@ -313,6 +314,12 @@ def start(root: Path, max_watches: int | None = None, timeout: float = 300.0) ->
     if line.startswith("ready "):
         _, pid, watches = line.split()
         return MonitorInfo(int(pid), int(watches), ""), True
+    if line.startswith("error ") and line.endswith(_ALREADY):  # another start won the race
+        for _ in range(100):
+            info = running(root)
+            if info is not None:
+                return info, False
+            time.sleep(0.05)
     if line.startswith("error "):
         message, _, hint = line[6:].partition("\thint ")
         raise CasyncError(message, hint=hint or None)
