@@ -3,19 +3,21 @@ lets a clean ``casync status`` skip its walk (as git's fsmonitor)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from casync.cli.common import Context, json_option, pass_context, print_json
-from casync.repo.repository import Repository
 from casync.worktree import monitord
 
 __all__ = ["monitor_cmd"]
 
 
-def _worktree(obj: Context) -> Repository:
+def _root(obj: Context) -> Path:
+    """The work tree's absolute path: the daemon is found again by it (its command line)."""
     repo = obj.repo()
     repo.require_worktree("monitor")
-    return repo
+    return repo.root.resolve()
 
 
 @click.group("monitor")
@@ -30,8 +32,7 @@ def monitor_cmd() -> None:
 @pass_context
 def start(obj: Context, max_watches: int | None, as_json: bool) -> None:
     """Start the monitor in the background (nothing happens when it runs already)."""
-    repo = _worktree(obj)
-    info, started = monitord.start(repo.root, max_watches)
+    info, started = monitord.start(_root(obj), max_watches)
     if as_json:
         print_json({"running": True, "started": started, "pid": info.pid, "watches": info.watches})
         return
@@ -44,7 +45,7 @@ def start(obj: Context, max_watches: int | None, as_json: bool) -> None:
 @pass_context
 def stop(obj: Context, as_json: bool) -> None:
     """Stop the monitor by its PID (nothing happens when none runs)."""
-    pid = monitord.stop(_worktree(obj).root)
+    pid = monitord.stop(_root(obj))
     if as_json:
         print_json({"stopped": pid is not None, "pid": pid})
         return
@@ -58,7 +59,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Say whether the monitor runs and how many directories it watches (exit 1: not running)."""
     obj = ctx.find_object(Context)
     assert obj is not None
-    root = _worktree(obj).root
+    root = _root(obj)
     info = monitord.running(root)
     why = None if info is not None else monitord.stopped_reason(root)
     if as_json:

@@ -259,7 +259,7 @@ def _loop(dot: Path, watcher: _Watcher, listener: socket.socket, secret: str, so
 def _daemon_main(argv: list[str]) -> int:
     """``python -m casync.worktree.monitord ROOT [MAX_WATCHES]``: fork once more so the
     daemon is no child of the caller (who reaps this process at once), in its own session."""
-    root, max_watches = Path(argv[0]), int(argv[1]) if len(argv) > 1 and argv[1] != "-" else None
+    root, max_watches = Path(argv[0]).resolve(), int(argv[1]) if len(argv) > 1 and argv[1] != "-" else None
     if os.fork() != 0:
         os._exit(0)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -296,6 +296,7 @@ def stopped_reason(root: Path) -> str | None:
 
 def start(root: Path, max_watches: int | None = None, timeout: float = 300.0) -> tuple[MonitorInfo, bool]:
     """Start the daemon detached (unless one runs); (its info, whether it was started now)."""
+    root = root.resolve()
     info = running(root)
     if info is not None:
         return info, False
@@ -342,6 +343,7 @@ def _read_line(fd: int, timeout: float) -> str:
 def stop(root: Path, wait: float = 10.0) -> int | None:
     """Stop the monitor by its PID (the one it answers with, else its pid file's when that
     process is this tree's monitor); None when none ran.  Idempotent."""
+    root = root.resolve()
     dot = root / ".casync"
     info = running(root)
     pid = info.pid if info is not None else _pid_file(dot)
