@@ -10,8 +10,8 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
-__all__ = ["IN_CREATE", "IN_DELETE", "IN_DELETE_SELF", "IN_IGNORED", "IN_ISDIR", "IN_MOVED_FROM", "IN_MOVED_TO",
-           "IN_MOVE_SELF", "IN_Q_OVERFLOW", "WATCH_MASK", "Event", "Inotify", "max_user_watches"]
+__all__ = ["IN_ATTRIB", "IN_CREATE", "IN_DELETE", "IN_DELETE_SELF", "IN_IGNORED", "IN_ISDIR", "IN_MOVED_FROM",
+           "IN_MOVED_TO", "IN_MOVE_SELF", "IN_Q_OVERFLOW", "WATCH_MASK", "Event", "Inotify", "max_user_watches"]
 
 IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
 IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from casync.errors import CasyncError
 from casync.worktree.inotify import (
+    IN_ATTRIB,
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
@@ -131,6 +132,8 @@ class _Watcher:
             self.gone = True
         elif event.mask & IN_ISDIR and event.mask & (IN_MOVED_TO | IN_CREATE):
             self.add_tree(os.path.join(parent, event.name))  # also renews the paths of a renamed subtree
+        elif event.mask & IN_ATTRIB and os.path.join(parent, event.name) in self.unwatched:
+            self.add_tree(os.path.join(parent, event.name))  # made readable: watch it now
 
     def verdict(self, client: str | None) -> str:
         return "unknown" if self.unwatched else self.tokens.verdict(client)
