@@ -303,3 +303,18 @@ def test_two_starts_at_once_make_one_daemon(cli: Cli) -> None:
         monitord.stop(cli.cwd)
         for pid in pids:
             assert _gone(pid)
+
+
+def test_a_monitor_that_does_not_answer_means_a_walk(cli: Cli) -> None:
+    """A stopped (SIGSTOP) daemon accepts the connection but never answers: status gives up
+    after the client's timeout and walks, and sees the change made meanwhile."""
+    _clean_repo(cli)
+    with _monitor(cli) as pid:
+        _settle(cli)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            write(cli.cwd, "late.txt", "while the monitor sleeps\n")
+            st = _status(cli)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert st["walk"] is True and st["added"] == ["late.txt"] and st["monitor"] == "not reachable (timed out)", st
