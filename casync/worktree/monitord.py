@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from casync.errors import CasyncError
+from casync.errors import CasyncError, MonitorFailed
 from casync.worktree.inotify import (
     IN_ATTRIB,
     IN_CREATE,
@@ -44,7 +44,7 @@ _MODULE = "casync.worktree.monitord"
 _ALREADY = "a monitor already runs for this work tree"
 
 
-class WatchesExhausted(CasyncError):
+class WatchesExhausted(MonitorFailed):
     """No inotify watch left for a directory: the monitor cannot see the whole tree."""
 
     def __init__(self, path: str, limit: int | None = None) -> None:
@@ -326,8 +326,8 @@ def start(root: Path, max_watches: int | None = None, timeout: float = 300.0) ->
             time.sleep(0.05)
     if line.startswith("error "):
         message, _, hint = line[6:].partition("\thint ")
-        raise CasyncError(message, hint=hint or None)
-    raise CasyncError("the monitor exited while starting", hint=f"see {dot / LOG_NAME}")
+        raise MonitorFailed(message, hint=hint or None)
+    raise MonitorFailed("the monitor exited while starting", hint=f"see {dot / LOG_NAME}")
 
 
 def _read_line(fd: int, timeout: float) -> str:
