@@ -3,7 +3,7 @@
 
 Run (from the repository root, inside the venv where casync is installed)::
 
-    python benchmarks/bench_core.py [--size-gib 1] [--small-files 20000] [--status-files 100000]
+    python benchmarks/bench_core.py [--size-gib 1] [--small-files 20000] [--status-files 100000] [--only status]
                                     [--big-gib 0] [--workdir DIR] [--json]
 
 Everything happens in a fresh temporary directory (under ``--workdir``, default the
@@ -29,7 +29,8 @@ Scenarios and targets (the anchors):
 4. ``status`` on ``--status-files`` unchanged 100-byte files in 1000 directories, after
    a commit made more than 1 s after the files were written (casync re-hashes files
    modified within 1 s of hashing, "racily clean").  First and steady-state runs of
-   ``casync status`` vs ``git status --porcelain``.  Target: no slower than git.
+   ``casync status`` vs ``git status --porcelain``, then (median of 5, alternated) with
+   ``casync monitor`` running, so a clean status skips its walk.  Target: no slower than git.
 5. optional (``--big-gib N``): peak RSS of ``casync commit`` of an N GiB file,
    target <= 256 MiB.  Off by default (disk and time).
 6. optional (``--million-files N``, e.g. 1000000): commit of N files of 100 B in 1,000
@@ -69,6 +70,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -476,9 +478,34 @@ def scenario_status(r: Runner, base: Path, count: int) -> list[Row]:
         Row(f"{label}: steady", sec(c2.seconds), sec(g2.seconds), speedup(g2.seconds, c2.seconds),
             "<= git (>= 1x)", c2.seconds <= g2.seconds, {"casync_s": c2.seconds, "git_s": g2.seconds}),
     ]
+    m_s, g_s = status_with_monitor(r, cs, gt)
+    rows.append(Row(f"{label}: steady, monitor running (median of {MONITOR_RUNS})", sec(m_s), sec(g_s),
+                    speedup(g_s, m_s), "<= git (>= 1x)", m_s <= g_s, {"casync_s": m_s, "git_s": g_s}))
     shutil.rmtree(cs)
     shutil.rmtree(gt)
     return rows
+
+
+MONITOR_RUNS = 5
+
+
+def status_with_monitor(r: Runner, cs: Path, gt: Path) -> tuple[float, float]:
+    """Median seconds of ``casync status`` with ``casync monitor`` running (the walk is skipped)
+    and of ``git status --porcelain``, alternated, the same number of runs; the monitor is
+    stopped whatever happens."""
+    r.casync("4 monitor start", cs, "monitor", "start")
+    try:
+        r.casync("4 status (monitor, records)", cs, "status")
+        probe = r.run("casync", "4 status --json", [r.casync_exe, "status", "--json"], cs, record=False)
+        if '"walk": false' not in probe.stdout:
+            log(f"warning: casync status walked with the monitor running:\n{probe.stdout[-300:]}")
+        casync_s, git_s = [], []
+        for i in range(MONITOR_RUNS):
+            casync_s.append(r.casync(f"4 status (monitor) {i + 1}", cs, "status").seconds)
+            git_s.append(r.git(f"4 status (steady) {i + 1}", gt, "status", "--porcelain").seconds)
+    finally:
+        r.casync("4 monitor stop", cs, "monitor", "stop")
+    return statistics.median(casync_s), statistics.median(git_s)
 
 
 def scenario_million(r: Runner, base: Path, count: int) -> list[Row]:
@@ -544,6 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--commit-only", action="store_true",
                    help="only scenario 1's casync init+commit and ipfs add, --repeat times, alternating (no git)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each step with --commit-only (default 3)")
+    p.add_argument("--only", choices=("big", "small", "status"), action="append", default=None,
+                   help="run only these of scenarios 1-4 (repeatable; default all)")
     args = p.parse_args(argv)
 
     if shutil.which("git") is None:
@@ -566,9 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.commit_only:
             rows += scenario_commit_only(runner, base, args.size_gib, max(1, args.repeat))
         else:
-            rows += scenario_big(runner, base, args.size_gib)
-            rows += scenario_small(runner, base, args.small_files)
-            rows += scenario_status(runner, base, args.status_files)
+            only = set(args.only or ("big", "small", "status"))
+            rows += scenario_big(runner, base, args.size_gib) if "big" in only else []
+            rows += scenario_small(runner, base, args.small_files) if "small" in only else []
+            rows += scenario_status(runner, base, args.status_files) if "status" in only else []
             if args.big_gib > 0:
                 rows += scenario_huge(runner, base, args.big_gib)
             if args.million_files > 0:

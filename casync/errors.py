@@ -28,6 +28,7 @@ __all__ = [
     "FutureCommit",
     "LimitExceeded",
     "InvalidPath",
+    "MonitorFailed",
     "NotARepository",
     "PeerRefused",
     "NothingToCommit",
@@ -219,6 +220,11 @@ class RemoteProtocolError(RemoteError):
     """The remote answered something this side cannot read: a malformed or inconsistent reply."""
 class PeerRefused(RemoteError):
     """A peer understood the request and refused it (HTTP 403: read-only, a push it does not take)."""
+
+
+class MonitorFailed(CasyncError):
+    """The work tree's file-system monitor (``casync monitor``) could not start or could not
+    watch the whole tree (out of inotify watches, say); ``status`` walks without it."""
 
 
 class StrongUnavailable(RemoteUnreachable):

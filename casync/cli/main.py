@@ -8,6 +8,7 @@ one ``error:`` line and an optional ``hint:`` line on stderr, never a traceback.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import sys
@@ -15,9 +16,6 @@ from typing import Any
 
 import click
 
-from casync.cli import history as cli_history
-from casync.cli import repo as cli_repo
-from casync.cli import tree as cli_tree
 from casync.cli.common import Context
 from casync.errors import EXIT_FAILURE, EXIT_USAGE, CasyncError, NothingToCommit
 
@@ -109,75 +107,48 @@ def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) 
     ctx.call_on_close(obj.close)
 
 
-# The everyday commands: their modules import nothing the group does not need already.
-for _command in (cli_repo.init, cli_repo.config_cmd, cli_repo.fsck, cli_tree.commit, cli_tree.status,
-                 cli_tree.checkout, cli_tree.switch, cli_tree.restore, cli_tree.rm_cmd, cli_history.log,
-                 cli_history.show, cli_history.ls_cmd, cli_history.cat, cli_history.diff, cli_history.reflog,
-                 cli_history.branch):
-    main.add_command(_command)
-
-# Commands defined in their own modules, imported only when one of them runs (the
-# IPFS client alone costs ~70 ms of start-up that 'casync status' should not pay).
-_COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
-    "cli_merge": ("merge", "conflicts", "resolve"),
-    "cli_sync": ("serve", "sync", "bundle"),
-    "cli_remote": ("remote", "push", "fetch", "pull", "clone", "url"),
-    "cli_tag": ("tag",),
-    "agent": ("agent",),
-    "cli_gc": ("gc", "retention"),
-    "cli_audit": ("audit", "key"),
-    "cli_get": ("get",),
-    "cli_imports": ("import",),
+# Every command lives in the module of its group and is imported only when it runs (or
+# when help lists it): `casync status` loads cli.tree and what status needs, not the
+# IPFS client (~70 ms), the history walkers or fsck.  Name -> (module, attribute).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("repo", "init"), "config": ("repo", "config_cmd"), "fsck": ("repo", "fsck"),
+    "commit": ("tree", "commit"), "status": ("tree", "status"), "checkout": ("tree", "checkout"),
+    "switch": ("tree", "switch"), "restore": ("tree", "restore"), "rm": ("tree", "rm_cmd"),
+    "log": ("history", "log"), "show": ("history", "show"), "ls": ("history", "ls_cmd"),
+    "cat": ("history", "cat"), "diff": ("history", "diff"), "reflog": ("history", "reflog"),
+    "branch": ("history", "branch"),
+    "merge": ("merge", "merge"), "conflicts": ("merge", "conflicts"), "resolve": ("merge", "resolve"),
+    "serve": ("sync", "serve"), "sync": ("sync", "sync"), "bundle": ("sync", "bundle"),
+    "remote": ("remote", "remote_cmd"), "push": ("remote", "push"), "fetch": ("remote", "fetch"),
+    "pull": ("remote", "pull"), "clone": ("remote", "clone"), "url": ("remote", "url_cmd"),
+    "tag": ("tag", "tag"), "agent": ("agent", "agent"), "gc": ("gc", "gc_cmd"),
+    "retention": ("gc", "retention_cmd"), "audit": ("audit", "audit"), "key": ("audit", "key"),
+    "get": ("get", "get"), "import": ("imports", "import_cmd"), "monitor": ("monitor", "monitor_cmd"),
 }
 
 
 def _load_command(name: str) -> click.Command | None:
     """The command ``name`` from the module of its group, imported here, on first use."""
-    if name in _COMMAND_GROUPS["cli_merge"]:
-        from casync.cli import merge as cli_merge
-        return {"merge": cli_merge.merge, "conflicts": cli_merge.conflicts, "resolve": cli_merge.resolve}[name]
-    if name in _COMMAND_GROUPS["cli_sync"]:
-        from casync.cli import sync as cli_sync
-        return {"serve": cli_sync.serve, "sync": cli_sync.sync, "bundle": cli_sync.bundle}[name]
-    if name in _COMMAND_GROUPS["cli_remote"]:
-        from casync.cli import remote as cli_remote
-        return {"remote": cli_remote.remote_cmd, "push": cli_remote.push, "fetch": cli_remote.fetch,
-                "pull": cli_remote.pull, "clone": cli_remote.clone, "url": cli_remote.url_cmd}[name]
-    if name in _COMMAND_GROUPS["cli_gc"]:
-        from casync.cli import gc as cli_gc
-
-        return {"gc": cli_gc.gc_cmd, "retention": cli_gc.retention_cmd}[name]
-    if name == "tag":
-        from casync.cli.tag import tag
-
-        return tag
-    if name == "agent":
-        from casync.cli.agent import agent
-
-        return agent
-    if name == "get":
-        from casync.cli.get import get
-
-        return get
-    if name == "import":
-        from casync.cli.imports import import_cmd
-
-        return import_cmd
-    if name in _COMMAND_GROUPS["cli_audit"]:
-        from casync.cli import audit as cli_audit
-        return {"audit": cli_audit.audit, "key": cli_audit.key}[name]
-    return None
+    where = _COMMANDS.get(name)
+    if where is None:
+        return None
+    command = getattr(importlib.import_module(f"casync.cli.{where[0]}"), where[1])
+    if not isinstance(command, click.Command) or command.name != name:
+        raise AssertionError(f"casync.cli.{where[0]}.{where[1]} is not the {name!r} command")
+    return command
 
 
 def _lazy_list_commands(ctx: click.Context) -> list[str]:
-    return sorted(set(main.commands).union(*_COMMAND_GROUPS.values()))
+    return sorted(set(main.commands).union(_COMMANDS))
 
 
 def _lazy_get_command(ctx: click.Context, name: str) -> click.Command | None:
-    if name in main.commands:
-        return _report_json_failures(main.commands[name])
-    command = _load_command(name)
-    return _report_json_failures(command) if command is not None else None
+    if name not in main.commands:
+        command = _load_command(name)
+        if command is None:
+            return None
+        main.add_command(_report_json_failures(command))
+    return main.commands[name]
 
 
 main.list_commands = _lazy_list_commands  # type: ignore[method-assign]

@@ -13,7 +13,6 @@ is ~30% faster than going through ``multihash.digest`` on 1 MiB blocks.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Callable
 from functools import cache
 
@@ -64,6 +63,8 @@ def _blake3(data: bytes | memoryview) -> bytes:
 
 
 def _sha256(data: bytes | memoryview) -> bytes:
+    import hashlib  # loads OpenSSL: only repositories and imports that use sha2-256 pay for it
+
     return hashlib.sha256(data).digest()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -74,6 +73,8 @@ def public_key(seed: bytes) -> bytes:
 def key_id(public: bytes) -> str:
     """A short, stable name for a public key: ``ed25519:`` and the first 16 hex digits of
     the SHA-256 of its 32 raw bytes."""
+    import hashlib  # OpenSSL: loaded by the commands that name keys, not at every start-up
+
     return f"{KEY_TYPE}:{hashlib.sha256(public).hexdigest()[:16]}"
 
 

@@ -12,10 +12,8 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import stat as stat_mod
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +101,8 @@ def unfinished_init(store_dir: Path) -> bool:
 
 def _remove_killed_builds(root: Path) -> None:
     """Remove the half-built stores of killed inits here (their process is gone)."""
+    import shutil  # init-only, as uuid below: read commands start without them
+
     for build in root.glob(f".{REPO_DIR}.casync-tmp-*"):
         match = TEMP_NAME.fullmatch(build.name)
         if match and process_gone(int(match["pid"])) and build.is_dir() and not build.is_symlink():
@@ -196,6 +196,9 @@ class Repository:
         A *bare* repository has no working tree: applications write through
         transactions, merges and pushes move branches without touching files.
         """
+        import shutil
+        import uuid
+
         root = Path(path).resolve()
         if hash not in HASHES:
             raise UsageError(f"unsupported hash {hash!r}", hint=f"use one of: {', '.join(HASHES)}")

@@ -34,6 +34,7 @@ from casync.trees.unixfs import (
     read_symlink,
     write_symlink,
 )
+from casync.worktree import monitor
 from casync.worktree import state as workstate
 from casync.worktree.content import check_room, same_content
 from casync.worktree.disk import (
@@ -66,6 +67,8 @@ class Status:
     moved: bool = False  # HEAD's tree is no longer the one checked out (a transaction, a push)
     merge_in_progress: bool = False
     partial: tuple[str, ...] = ()  # a partial clone's paths: nothing outside them is on disk or compared
+    walked: bool = True  # False: the file-system monitor vouched that nothing changed (no walk)
+    monitor: str | None = None  # what the monitor said, or why it was not used (None: not asked)
 
     @property
     def clean(self) -> bool:
@@ -79,7 +82,8 @@ class Status:
                 "added": self.added, "modified": self.modified, "deleted": self.deleted,
                 "skipped": self.skipped, "ignored_tracked": self.ignored_tracked, "moved": self.moved,
                 "checked_out": cid_str(self.checked_out) if self.checked_out else None,
-                "merge_in_progress": self.merge_in_progress, "partial": list(self.partial) or None}
+                "merge_in_progress": self.merge_in_progress, "partial": list(self.partial) or None,
+                "walk": self.walked, "monitor": self.monitor}
 
 
 def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
@@ -272,11 +276,21 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     # when the cache describes the tree it names every file of it: which paths are tracked
     # is then a point lookup in it, not a read of tree blocks
     tracked = repo.store.stat_cache_tracks if described and repo.store.stat_cache_complete() else None
+    # asked before any walk, so the token covers every change the walk might miss
+    asked = monitor.ask(repo) if state.tree is not None and not pending else None
+    if asked is not None and state.tree is not None:
+        result.monitor = asked.why
+        known = monitor.known_clean(repo, asked, state.tree)
+        if known is not None:
+            result.skipped, result.ignored_tracked = known
+            result.walked = False
+            return result
     if described:
         ignore = _ignore(repo, state.tree, pending, tracked)
         native = native_stat_records(repo.root, ignore)
         if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
             result.skipped, result.ignored_tracked = native[1], sorted(_tracked_ignored(ignore))
+            _remember_clean(repo, asked, state.tree, result)
             return result
     files, result.skipped, ignore = _scan(repo, state.tree, pending, tracked)
     result.ignored_tracked = sorted(_tracked_ignored(ignore))
@@ -285,6 +299,7 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
             with repo.store.try_writer_lock() as locked:
                 if locked:
                     repo.store.refresh_stat_cache_digest()
+        _remember_clean(repo, asked, state.tree, result)
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     committed = repo.flatten(state.tree) if state.tree is not None else {}
@@ -304,7 +319,14 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
     cache = {p: e for p, e in snap.new_cache.items() if p not in snap.hashed or repo.blocks.has(e[6])}
     clean = result.clean and not pending
     _save_cache_opportunistically(repo, cache, state.tree if clean else None, state.commit if clean else None)
+    if clean:
+        _remember_clean(repo, asked, state.tree, result)
     return result
+
+
+def _remember_clean(repo: Repository, asked: monitor.Answer | None, tree: Cid | None, result: Status) -> None:
+    if asked is not None and tree is not None:
+        monitor.remember(repo, asked, tree, result.skipped, result.ignored_tracked)
 
 
 def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str],

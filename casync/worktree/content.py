@@ -12,7 +12,6 @@ makes a tiny bundle legally hold a huge file, so its size is checked where it wo
 from __future__ import annotations
 
 import os
-import shutil
 import stat as stat_mod
 from collections.abc import Iterable
 from pathlib import Path
@@ -97,7 +96,8 @@ def check_room(repo: Repository, root: Path, changes: Iterable[TreeChange]) -> N
         largest = max(largest, (size, change.path, cid_str(new.cid)))
     if need <= 0:
         return
-    free = shutil.disk_usage(root).free
+    fs = os.statvfs(root)  # what shutil.disk_usage reads, without importing shutil (start-up)
+    free = fs.f_bavail * fs.f_frsize
     if need > free:
         size, path, cid = largest
         raise StorageFull(f"the checkout needs {need} bytes and {root} has {free} free (the largest file: {path}, "
