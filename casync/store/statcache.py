@@ -7,14 +7,14 @@ import contextlib
 import itertools
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from casync.model.cid import Cid
 from casync.store.env import LmdbEnv
 
-__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "StatSpool", "stat_records_digest"]
+__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "StatReader", "StatSpool", "stat_records_digest"]
 
 _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, tsize
 STAT_KEY = struct.Struct("<qqqQI")  # the part compared against a fresh lstat
@@ -31,7 +31,7 @@ def stat_records_digest(records: bytes | bytearray) -> bytes:
     return bytes(blake3.blake3(records).digest())
 
 
-_SPOOL_BATCH = 50_000  # records a write transaction: bounds LMDB's dirty pages (~6 MiB)
+_SPOOL_BATCH = 16_384  # records a write transaction: bounds the batch and LMDB's dirty pages (~2 MiB)
 _LEN = struct.Struct("<HH")  # key length, value length of one spooled record
 
 
@@ -77,6 +77,28 @@ class StatSpool:
         self._file.close()
 
 
+class StatReader:
+    """``reader(path)``: the stat cache's entry for ``path``, through one read transaction
+    that :meth:`renew` moves to the newest data (a read transaction held open pins every
+    page written meanwhile: a long commit's flushes would grow the file by a copy each)."""
+
+    def __init__(self, env: Any, db: Any) -> None:
+        self._env = env
+        self._db = db
+        self._txn = env.begin()
+
+    def __call__(self, path: str) -> StatEntry | None:
+        v = self._txn.get(path.encode("utf-8", "surrogateescape"), db=self._db)
+        return None if v is None else (*_STAT.unpack_from(v), v[_STAT.size:])
+
+    def renew(self) -> None:
+        self._txn.abort()
+        self._txn = self._env.begin()
+
+    def close(self) -> None:
+        self._txn.abort()
+
+
 class StatCache(LmdbEnv):
     """Stat-cache reads and wholesale replacement."""
 
@@ -104,13 +126,13 @@ class StatCache(LmdbEnv):
     def refresh_stat_cache_digest(self) -> None:
         """Recompute the digest from the cache itself (caches written before the digest
         existed have none).  Caller holds the writer lock."""
+        import blake3
+
         def fn(txn: Any) -> None:
-            records = bytearray()  # compact: ~60 bytes a file, no object per piece
+            digest = blake3.blake3()  # fed record by record: nothing a file is held
             for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
-                records += key
-                records += b"\0"
-                records += value[:STAT_KEY_SIZE]
-            txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
+                digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
+            txn.put(b"statcache_digest", bytes(digest.digest()), db=self._dbs["meta"])
         self.write(fn)
 
     def stat_cache_complete(self) -> bool:
@@ -129,16 +151,14 @@ class StatCache(LmdbEnv):
             return bool(cur.set_range(key)) and bytes(cur.key()).startswith(key)
 
     @contextlib.contextmanager
-    def stat_cache_reader(self) -> Iterator[Callable[[str], StatEntry | None]]:
-        """Point lookups in the stat cache through one read transaction (a streamed
-        commit asks about each file as it reaches it instead of loading the cache)."""
-        size = _STAT.size
-        db = self._dbs["statcache"]
-        with self.env.begin() as txn:
-            def get(path: str) -> StatEntry | None:
-                v = txn.get(path.encode("utf-8", "surrogateescape"), db=db)
-                return None if v is None else (*_STAT.unpack_from(v), v[size:])
-            yield get
+    def stat_cache_reader(self) -> Iterator[StatReader]:
+        """Point lookups in the stat cache (a streamed commit asks about each file as it
+        reaches it instead of loading the cache)."""
+        reader = StatReader(self.env, self._dbs["statcache"])
+        try:
+            yield reader
+        finally:
+            reader.close()
 
     def save_stat_spool(self, spool: StatSpool, tree: Cid | None, commit: Cid | None = None) -> None:
         """Replace the stat cache with ``spool``'s records (as :meth:`save_stat_cache`), in
@@ -164,6 +184,7 @@ class StatCache(LmdbEnv):
                 if last:
                     self._put_cache_meta(txn, spool.digest(), tree, commit)
             self.write(fn)
+            self.release_map()
             first = False
 
     def _put_cache_meta(self, txn: Any, digest: bytes, tree: Cid | None, commit: Cid | None) -> None:

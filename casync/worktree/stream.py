@@ -25,17 +25,21 @@ from casync.model.objects import DirLink
 from casync.progress import Progress
 from casync.repo.repository import Repository
 from casync.store.lmdb import StatEntry
-from casync.store.statcache import StatSpool
+from casync.store.statcache import StatReader, StatSpool
 from casync.trees.unixfs import Entry, entry_for, find_entry, list_dir, write_directory
 from casync.worktree.disk import FileStat, Ignore, unstorable
 from casync.worktree.snapshot import Snapshotter
 
-__all__ = ["FLUSH_BLOCKS", "Streamed", "list_directory", "stream_snapshot"]
+__all__ = ["FLUSH_BLOCKS", "RELEASE_FILES", "Streamed", "list_directory", "stream_snapshot"]
 
-FLUSH_BLOCKS = 65_536
+FLUSH_BLOCKS = 131_072
 """New blocks between two flushes of the store: the pack store indexes a pending block
-in memory (~200 bytes) until its flush.  Blocks flushed by a commit that then fails are
-unreferenced, as any a failed push leaves, and ``gc`` reclaims them."""
+in memory (~220 bytes) until its flush, and a flush rewrites the index pages its new
+entries land on (random keys: most of them), so a flush costs the index's size.  Blocks flushed by a commit that then
+fails are unreferenced, as any a failed push leaves, and ``gc`` reclaims them."""
+
+RELEASE_FILES = 16_384
+"""Files between two releases of the store's resident map pages (``LmdbEnv.release_map``)."""
 
 Child = tuple[str, "FileStat | None"]
 """A directory's child as the walk holds it: its name and, for a file or symlink, its lstat
@@ -130,7 +134,7 @@ class _Spooling(Snapshotter):
     """A snapshotter whose new cache entries go to a spool (in walk order, which is path order)."""
 
     def __init__(self, repo: Repository, progress: Progress, expected: Callable[[str], Entry | None],
-                 cached: Callable[[str], StatEntry | None], spool: StatSpool) -> None:
+                 cached: StatReader, spool: StatSpool) -> None:
         super().__init__(repo, repo.new_file_writer(), progress, expected, cached)
         self.spool = spool
 
@@ -148,14 +152,16 @@ def stream_snapshot(repo: Repository, ignore: Ignore, exclude: set[str], checked
             cached = reading.enter_context(repo.store.stat_cache_reader())
             snap = _Spooling(repo, progress, _Committed(repo, checked_out), cached, spool)
             progress.start("hashing", None)
-            tree, files, skipped = _walk(repo, snap, ignore, exclude)
+            tree, files, skipped = _walk(repo, snap, ignore, exclude, cached.renew)
             progress.finish()
         yield Streamed(tree, files, skipped, spool, repo)
     finally:
         spool.close()
 
 
-def _walk(repo: Repository, snap: Snapshotter, ignore: Ignore, exclude: set[str]) -> tuple[Cid, int, list[str]]:
+def _walk(repo: Repository, snap: Snapshotter, ignore: Ignore, exclude: set[str],
+          flushed: Callable[[], None]) -> tuple[Cid, int, list[str]]:
+    """The walk itself; ``flushed`` is called after each flush of the store."""
     root = str(repo.root)
     skipped: list[str] = []
     # an open directory: its path, its children still to visit, the links made so far
@@ -176,9 +182,13 @@ def _walk(repo: Repository, snap: Snapshotter, ignore: Ignore, exclude: set[str]
             if entry is not None:
                 links.append(DirLink(name, entry.cid, entry.tsize))
                 files += 1
+            if files % RELEASE_FILES == 0:
+                repo.store.release_map()  # the index pages the dedupe lookups touched
             if writer.new_blocks - flushed_at >= FLUSH_BLOCKS:
                 repo.blocks.flush()
                 flushed_at = writer.new_blocks
+                flushed()
+                repo.store.release_map()
         else:
             stack.pop()
             if not stack:
