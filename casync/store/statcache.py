@@ -31,7 +31,7 @@ def stat_records_digest(records: bytes | bytearray) -> bytes:
     return bytes(blake3.blake3(records).digest())
 
 
-_SPOOL_BATCH = 65_536  # records a write transaction (each one syncs): bounds the batch (~15 MiB) and LMDB's dirty pages (~7 MiB)
+_SPOOL_BATCH = 65_536  # records a transaction (each syncs): bounds the batch (~15 MiB) and dirty pages (~7 MiB)
 _LEN = struct.Struct("<HH")  # key length, value length of one spooled record
 
 

@@ -182,7 +182,7 @@ def _walk(repo: Repository, snap: Snapshotter, ignore: Ignore, exclude: set[str]
             if entry is not None:
                 links.append(DirLink(name, entry.cid, entry.tsize))
                 files += 1
-            if files % RELEASE_FILES == 0:
+            if files and files % RELEASE_FILES == 0 and entry is not None:
                 repo.store.release_map()  # the index pages the dedupe lookups touched
             if writer.new_blocks - flushed_at >= FLUSH_BLOCKS:
                 repo.blocks.flush()
