@@ -3,13 +3,18 @@ it was last hashed, so unchanged files are never read again (docs/design.md §10
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from casync.model.cid import Cid
 from casync.store.env import LmdbEnv
 
-__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "stat_records_digest"]
+__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "StatReader", "StatSpool", "stat_records_digest"]
 
 _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, tsize
 STAT_KEY = struct.Struct("<qqqQI")  # the part compared against a fresh lstat
@@ -24,6 +29,74 @@ def stat_records_digest(records: bytes | bytearray) -> bytes:
     import blake3
 
     return bytes(blake3.blake3(records).digest())
+
+
+_SPOOL_BATCH = 65_536  # records a transaction (each syncs): bounds the batch (~15 MiB) and dirty pages (~7 MiB)
+_LEN = struct.Struct("<HH")  # key length, value length of one spooled record
+
+
+class StatSpool:
+    """A new stat cache being collected, in path order, in a temporary file (not in
+    memory: a commit of 1,000,000 files would hold ~250 MiB of Python tuples), with its
+    digest computed as records arrive.  Written out by :meth:`StatCache.save_stat_spool`
+    once the commit it describes is in."""
+
+    def __init__(self, directory: Path) -> None:
+        import blake3
+
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="statspool-")  # noqa: SIM115 (closed by close())
+        self._digest = blake3.blake3()
+        self._last: bytes | None = None
+        self.count = 0
+
+    def add(self, path: str, entry: StatEntry) -> None:
+        """Append ``path``'s entry; paths must come in increasing UTF-8 byte order."""
+        key = path.encode("utf-8", "surrogateescape")
+        if self._last is not None and key <= self._last:
+            raise ValueError(f"stat spool out of order: {path!r} after {self._last!r}")
+        self._last = key
+        m, c, s, i, mode, tsize, cid = entry
+        value = _STAT.pack(m, c, s, i, mode, tsize) + cid
+        self._file.write(_LEN.pack(len(key), len(value)) + key + value)
+        self._digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
+        self.count += 1
+
+    def digest(self) -> bytes:
+        return bytes(self._digest.digest())
+
+    def records(self) -> Iterator[tuple[bytes, bytes]]:
+        f = self._file
+        f.flush()
+        f.seek(0)
+        while head := f.read(_LEN.size):
+            klen, vlen = _LEN.unpack(head)
+            body = f.read(klen + vlen)
+            yield body[:klen], body[klen:]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class StatReader:
+    """``reader(path)``: the stat cache's entry for ``path``, through one read transaction
+    that :meth:`renew` moves to the newest data (a read transaction held open pins every
+    page written meanwhile: a long commit's flushes would grow the file by a copy each)."""
+
+    def __init__(self, env: Any, db: Any) -> None:
+        self._env = env
+        self._db = db
+        self._txn = env.begin()
+
+    def __call__(self, path: str) -> StatEntry | None:
+        v = self._txn.get(path.encode("utf-8", "surrogateescape"), db=self._db)
+        return None if v is None else (*_STAT.unpack_from(v), v[_STAT.size:])
+
+    def renew(self) -> None:
+        self._txn.abort()
+        self._txn = self._env.begin()
+
+    def close(self) -> None:
+        self._txn.abort()
 
 
 class StatCache(LmdbEnv):
@@ -53,13 +126,13 @@ class StatCache(LmdbEnv):
     def refresh_stat_cache_digest(self) -> None:
         """Recompute the digest from the cache itself (caches written before the digest
         existed have none).  Caller holds the writer lock."""
+        import blake3
+
         def fn(txn: Any) -> None:
-            records = bytearray()  # compact: ~60 bytes a file, no object per piece
+            digest = blake3.blake3()  # fed record by record: nothing a file is held
             for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
-                records += key
-                records += b"\0"
-                records += value[:STAT_KEY_SIZE]
-            txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
+                digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
+            txn.put(b"statcache_digest", bytes(digest.digest()), db=self._dbs["meta"])
         self.write(fn)
 
     def stat_cache_complete(self) -> bool:
@@ -77,6 +150,56 @@ class StatCache(LmdbEnv):
             cur = txn.cursor(db=self._dbs["statcache"])
             return bool(cur.set_range(key)) and bytes(cur.key()).startswith(key)
 
+    @contextlib.contextmanager
+    def stat_cache_reader(self) -> Iterator[StatReader]:
+        """Point lookups in the stat cache (a streamed commit asks about each file as it
+        reaches it instead of loading the cache)."""
+        reader = StatReader(self.env, self._dbs["statcache"])
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+    def save_stat_spool(self, spool: StatSpool, tree: Cid | None, commit: Cid | None = None) -> None:
+        """Replace the stat cache with ``spool``'s records (as :meth:`save_stat_cache`), in
+        transactions of at most ``_SPOOL_BATCH`` records.  The first drops the old cache and
+        its meta keys and the last writes them, so a cache cut short by a kill describes no
+        tree (and every entry it holds is one this commit stored)."""
+        db = self._dbs["statcache"]
+        records = spool.records()
+        first, last = True, False
+        while not last:
+            batch = list(itertools.islice(records, _SPOOL_BATCH))
+            last = len(batch) < _SPOOL_BATCH
+
+            def fn(txn: Any, batch: list[tuple[bytes, bytes]] = batch, first: bool = first, last: bool = last
+                   ) -> None:
+                if first:
+                    txn.drop(db, delete=False)
+                    txn.delete(b"statcache_digest", db=self._dbs["meta"])
+                    txn.delete(b"statcache_tree", db=self._dbs["meta"])
+                    txn.delete(b"statcache_commit", db=self._dbs["meta"])
+                for key, value in batch:
+                    txn.put(key, value, db=db, append=True)
+                if last:
+                    self._put_cache_meta(txn, spool.digest(), tree, commit)
+            self.write(fn)
+            self.release_map()
+            first = False
+
+    def _put_cache_meta(self, txn: Any, digest: bytes, tree: Cid | None, commit: Cid | None) -> None:
+        txn.put(b"statcache_digest", digest, db=self._dbs["meta"])
+        if tree is None:
+            txn.delete(b"statcache_tree", db=self._dbs["meta"])
+        else:
+            txn.put(b"statcache_tree", tree, db=self._dbs["meta"])
+        # caches of older versions describing a tree could leave out racy files
+        txn.put(b"statcache_complete", b"1", db=self._dbs["meta"])
+        if commit is None or tree is None:
+            txn.delete(b"statcache_commit", db=self._dbs["meta"])
+        else:
+            txn.put(b"statcache_commit", commit, db=self._dbs["meta"])
+
     def save_stat_cache(self, entries: dict[str, StatEntry], tree: Cid | None, commit: Cid | None = None) -> None:
         """Replace the stat cache; ``tree`` is the tree whose files it describes exactly —
         ``entries`` then name every file of it, an untrusted one with ``st_mode`` 0 — (and
@@ -92,15 +215,5 @@ class StatCache(LmdbEnv):
                 records += key
                 records += b"\0"
                 records += value[:STAT_KEY_SIZE]
-            txn.put(b"statcache_digest", stat_records_digest(records), db=self._dbs["meta"])
-            if tree is None:
-                txn.delete(b"statcache_tree", db=self._dbs["meta"])
-            else:
-                txn.put(b"statcache_tree", tree, db=self._dbs["meta"])
-            # caches of older versions describing a tree could leave out racy files
-            txn.put(b"statcache_complete", b"1", db=self._dbs["meta"])
-            if commit is None or tree is None:
-                txn.delete(b"statcache_commit", db=self._dbs["meta"])
-            else:
-                txn.put(b"statcache_commit", commit, db=self._dbs["meta"])
+            self._put_cache_meta(txn, stat_records_digest(records), tree, commit)
         self.write(fn)

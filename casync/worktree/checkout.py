@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from casync.errors import NothingToCommit, StorageFull, UnstableFile, UsageError, WorktreeDirty
+from casync.errors import NothingToCommit, StorageFull, UsageError, WorktreeDirty
 from casync.model.cid import Cid, cid_str, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
@@ -28,15 +28,13 @@ from casync.trees.ingest import FileWriter
 from casync.trees.paths import grafted, outside_entries
 from casync.trees.unixfs import (
     Entry,
-    Kind,
     diff_flat,
     directories_of,
     read_symlink,
-    write_symlink,
 )
 from casync.worktree import monitor
 from casync.worktree import state as workstate
-from casync.worktree.content import check_room, same_content
+from casync.worktree.content import check_room
 from casync.worktree.disk import (
     FileStat,
     Ignore,
@@ -46,12 +44,11 @@ from casync.worktree.disk import (
     remove_stale_temps,
     scan,
 )
+from casync.worktree.snapshot import RACY_NS, Snapshotter, stat_key, untrusted
+from casync.worktree.stream import stream_snapshot
 
 __all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
            "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
-
-RACY_NS = 1_000_000_000
-MAX_RETRIES = 3
 
 
 @dataclass
@@ -86,130 +83,38 @@ class Status:
                 "walk": self.walked, "monitor": self.monitor}
 
 
-def _stat_key(st: FileStat | os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_mode)
-
-
-class _Snapshotter:
-    """Turns working-tree files into entries, reusing the stat cache, writing blocks to
-    ``writer.store`` (the repository, or a throwaway store for a dry run)."""
-
-    def __init__(self, repo: Repository, writer: FileWriter, progress: Progress,
-                 expected: Callable[[str], Entry | None] | None = None) -> None:
-        self.repo = repo
-        self.writer = writer
-        self.expected = expected  # the committed entry at a path: kept when the bytes are its
-        self.progress = progress
-        self.cache = repo.store.load_stat_cache()
-        self.new_cache: dict[str, StatEntry] = {}
-        self.hashed: set[str] = set()  # paths read and hashed (not taken from the cache)
-        self.now_ns = time.time_ns()
-        self.root = str(repo.root)
-
-    def entry(self, path: str, st: FileStat | os.stat_result) -> Entry | None:
-        """The entry for ``path`` (None if it vanished).  Re-reads until stable."""
-        cached = self.cache.get(path)
-        key = _stat_key(st)
-        if cached is not None and cached[:5] == key:
-            mode = st.st_mode
-            kind: Kind = "symlink" if stat_mod.S_ISLNK(mode) else "file"
-            entry = Entry(cached[6], kind, cached[5], kind == "file" and bool(mode & stat_mod.S_IXUSR))
-            self._remember(path, st, entry)
-            return entry
-        committed = self.expected(path) if self.expected is not None else None
-        if (committed is not None and committed.kind == "file" and stat_mod.S_ISREG(st.st_mode)
-                and committed.executable == bool(st.st_mode & stat_mod.S_IXUSR)
-                and same_content(self.repo, committed, os.path.join(self.root, path), st)):
-            self._remember(path, st, committed)  # its bytes, whatever layout it was committed in
-            return committed
-        if (committed is not None and committed.kind == "symlink" and stat_mod.S_ISLNK(st.st_mode)
-                and _same_target(self.repo, committed, os.path.join(self.root, path))):
-            self._remember(path, st, committed)  # its target, however the node was encoded (an import)
-            return committed
-        for _attempt in range(MAX_RETRIES):
-            try:
-                entry, st_after = self._read(path, st)
-            except FileNotFoundError:
-                return None
-            if st_after is not None and _stat_key(st_after)[:3] == key[:3] and st_after.st_size == st.st_size:
-                self.hashed.add(path)
-                self._remember(path, st_after, entry)
-                return entry
-            try:
-                st = os.lstat(os.path.join(self.root, path))
-            except FileNotFoundError:
-                return None
-            key = _stat_key(st)
-        raise UnstableFile(f"file {path} kept changing while it was being committed",
-                           hint="stop the process writing it, or add it to .casyncignore, and retry")
-
-    def _read(self, path: str, st: FileStat | os.stat_result) -> tuple[Entry, os.stat_result | None]:
-        abs_path = os.path.join(self.root, path)
-        if stat_mod.S_ISLNK(st.st_mode):
-            target = os.readlink(abs_path)
-            after = os.lstat(abs_path)
-            return write_symlink(self.writer.store, target, self.repo.hash_name), after
-        fd = os.open(abs_path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            before = os.fstat(fd)
-            if (before.st_size, before.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-                return Entry(b"", "file", 0), None  # changed between scan and open: retry
-            entry = self.writer.write(f, bool(before.st_mode & stat_mod.S_IXUSR), self.progress.advance)
-            after = os.fstat(fd)
-        return entry, after
-
-    def _remember(self, path: str, st: FileStat | os.stat_result, entry: Entry) -> None:
-        racy = st.st_mtime_ns >= self.now_ns - RACY_NS or st.st_ctime_ns >= self.now_ns - RACY_NS
-        self.new_cache[path] = _untrusted(entry) if racy else (*_stat_key(st), entry.tsize, entry.cid)
-
-    def snapshot(self, tracked_tree: Cid | None, merged_tree: Cid | None = None) -> tuple[dict[str, Entry], list[str]]:
-        """The files to commit; ``merged_tree`` (a stopped merge's) is tracked as well."""
-        tracked: Callable[[str, bool], bool] | None = None
-        if merged_tree is not None:
-            pending = workstate.untracks(self.repo)
-            trees = [workstate.TreePaths(self.repo, t, pending) for t in (tracked_tree, merged_tree)]
-
-            def in_either(path: str, is_dir: bool) -> bool:
-                return any(t(path, is_dir) for t in trees)
-            tracked = in_either
-        files, skipped, _ = _scan(self.repo, tracked_tree, tracked=tracked)
-        total = sum(st.st_size for p, st in files.items() if self.cache.get(p, (None,))[:5] != _stat_key(st))
-        self.progress.start("hashing", total)
-        out: dict[str, Entry] = {}
-        for path in sorted(files):
-            entry = self.entry(path, files[path])
-            if entry is not None:
-                out[path] = entry
-        self.progress.finish()
-        return out, skipped
-
-
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
                     progress: Progress = NULL_PROGRESS, extra_parents: tuple[Cid, ...] = (),
                     merged_tree: Cid | None = None, sign: bool | None = None) -> Cid:
     """Snapshot the whole working tree (new, changed, deleted files) as a commit on HEAD
     (``sign``: see :meth:`Repository.make_commit`).
     ``merged_tree``: the tree a stopped merge wrote; its paths are tracked (an ignore
-    rule must not drop a file the merge brought in)."""
+    rule must not drop a file the merge brought in).  Without it, outside a partial clone,
+    the tree is streamed directory by directory (:mod:`casync.worktree.stream`)."""
     repo.require_worktree("commit")
     if not message:
         raise UsageError("empty commit message", hint="pass -m MESSAGE")
-    with repo.store.writer_lock():
+    with repo.store.writer_lock(), contextlib.ExitStack() as cleanup:
         workstate.require_current(repo, "committing")
         head = repo.head()
-        snap = _Snapshotter(repo, repo.new_file_writer(), progress, _lazy_flat(repo, workstate.checked_out(repo).tree))
+        head_tree = repo.tree_of(head) if head is not None else None
         try:
-            files, skipped = snap.snapshot(repo.tree_of(head) if head is not None else None, merged_tree)
+            if merged_tree is None and repo.partial is None:
+                pending = workstate.untracks(repo)
+                streamed = cleanup.enter_context(stream_snapshot(
+                    repo, _ignore(repo, head_tree, pending), pending, workstate.checked_out(repo).tree, progress))
+                tree, nfiles, skipped = streamed.tree, streamed.files, streamed.skipped
+                save: Callable[[Cid, Cid], None] = streamed.save_cache
+            else:
+                tree, nfiles, skipped, save = _snapshot_whole(repo, head_tree, merged_tree, progress)
             remove_stale_temps(repo.root, skipped)  # a killed checkout's (never stored: disk.TEMP_NAME)
-            tree = _build(repo, _with_unfetched(repo, files, merged_tree if merged_tree is not None else
-                                                 repo.tree_of(head) if head is not None else None))
-            if not files and head is None and not allow_empty:
+            if not nfiles and head is None and not allow_empty:
                 repo.blocks.discard()
                 raise NothingToCommit("nothing to commit: the working tree is empty",
                                       hint="add files first, or pass --allow-empty")
-            if head is not None and tree == repo.tree_of(head) and not allow_empty:
+            if head is not None and tree == head_tree and not allow_empty:
                 repo.blocks.discard()
-                repo.store.save_stat_cache(snap.new_cache, tree, head)
+                save(tree, head)
                 workstate.record(repo, tree, head)
                 raise NothingToCommit(f"nothing to commit: the working tree matches {short(head)}")
             workstate.intend_commit(repo, tree, head)
@@ -220,17 +125,39 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
         # the commit is in: a disk that fills now costs only the cache, and the intent above
         # tells the next command which tree the files hold
         with contextlib.suppress(StorageFull):
-            repo.store.save_stat_cache(snap.new_cache, tree, cid)
+            save(tree, cid)
             workstate.record(repo, tree, cid)
             workstate.clear_untracks(repo)
         return cid
 
 
-def _same_target(repo: Repository, committed: Entry, abs_path: str) -> bool:
-    try:
-        return os.readlink(abs_path) == read_symlink(repo.blocks, committed.cid)
-    except OSError:
-        return False
+def _snapshot_whole(repo: Repository, head_tree: Cid | None, merged_tree: Cid | None, progress: Progress
+                    ) -> tuple[Cid, int, list[str], Callable[[Cid, Cid], None]]:
+    """The whole-tree snapshot (a stopped merge's commit, a partial clone): every file's
+    entry in one map, then the tree; ``merged_tree``'s paths are tracked as well."""
+    snap = Snapshotter(repo, repo.new_file_writer(), progress, _lazy_flat(repo, workstate.checked_out(repo).tree))
+    tracked: Callable[[str, bool], bool] | None = None
+    if merged_tree is not None:
+        pending = workstate.untracks(repo)
+        trees = [workstate.TreePaths(repo, t, pending) for t in (head_tree, merged_tree)]
+
+        def in_either(path: str, is_dir: bool) -> bool:
+            return any(t(path, is_dir) for t in trees)
+        tracked = in_either
+    files, skipped, _ = _scan(repo, head_tree, tracked=tracked)
+    total = sum(st.st_size for p, st in files.items() if (snap.cached(p) or (None,))[:5] != stat_key(st))
+    progress.start("hashing", total)
+    out: dict[str, Entry] = {}
+    for path in sorted(files):
+        entry = snap.entry(path, files[path])
+        if entry is not None:
+            out[path] = entry
+    progress.finish()
+    tree = _build(repo, _with_unfetched(repo, out, merged_tree if merged_tree is not None else head_tree))
+
+    def save(tree: Cid, commit: Cid) -> None:
+        repo.store.save_stat_cache(snap.new_cache, tree, commit)
+    return tree, len(out), skipped, save
 
 
 def _lazy_flat(repo: Repository, tree: Cid | None) -> Callable[[str], Entry | None]:
@@ -303,7 +230,7 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
         return result
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     committed = repo.flatten(state.tree) if state.tree is not None else {}
-    snap = _Snapshotter(repo, scratch, progress, committed.get)
+    snap = Snapshotter(repo, scratch, progress, committed.get)
     current: dict[str, Entry] = {}
     progress.start("checking the working tree", None)  # files not in the stat cache are hashed
     for path in sorted(files):
@@ -389,7 +316,7 @@ def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry],
 def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
     """``{path: Entry}`` for the working tree as it is now (nothing is stored)."""
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    snap = _Snapshotter(repo, scratch, progress)
+    snap = Snapshotter(repo, scratch, progress)
     files, _, _ = _scan(repo, workstate.checked_out(repo).tree)
     out = {}
     for path in sorted(files):
@@ -403,7 +330,7 @@ def disk_entries(repo: Repository, paths: Iterable[str]) -> dict[str, Entry]:
     """``{path: Entry}`` for just ``paths`` as they are on disk (missing ones left out),
     hashed into a throwaway store."""
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    snap = _Snapshotter(repo, scratch, NULL_PROGRESS)
+    snap = Snapshotter(repo, scratch, NULL_PROGRESS)
     out: dict[str, Entry] = {}
     for path in sorted(paths):
         try:
@@ -590,13 +517,6 @@ def untracked_in_replaced_dirs(repo: Repository, old: dict[str, Entry], new: dic
     return out
 
 
-def _untrusted(entry: Entry) -> StatEntry:
-    """A cache entry that names a tracked file but never matches an lstat (st_mode 0: no
-    file has it), so the file is hashed again: racily clean, or with uncommitted edits.
-    With it, a cache that describes a tree names every file of it (see status)."""
-    return (0, 0, 0, 0, 0, entry.tsize, entry.cid)
-
-
 def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid, stale: set[str] | None = None) -> None:
     """After writing ``tree`` (whose files are ``entries``) out, record stat data so the
     next status reads nothing; ``stale`` paths (uncommitted edits kept) are not trusted."""
@@ -609,7 +529,7 @@ def refresh_cache(repo: Repository, entries: dict[str, Entry], tree: Cid, stale:
             st = None
         if (st is None or (stale and path in stale) or st.st_mtime_ns >= now - RACY_NS
                 or st.st_ctime_ns >= now - RACY_NS):
-            cache[path] = _untrusted(entry)
+            cache[path] = untrusted(entry)
         else:
-            cache[path] = (*_stat_key(st), entry.tsize, entry.cid)
+            cache[path] = (*stat_key(st), entry.tsize, entry.cid)
     repo.store.save_stat_cache(cache, tree)

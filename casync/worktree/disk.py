@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pathspec import GitIgnoreSpec
 
 __all__ = ["IGNORE_FILE", "TEMP_REASON", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter",
-           "native_stat_records", "remove_stale_temps", "scan"]
+           "native_stat_records", "remove_stale_temps", "scan", "unstorable"]
 
 try:  # optional native walk (casync/_cscan.c); the pure-Python scan() below is the reference
     from casync._cscan import walk as _native_walk
@@ -227,7 +227,7 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, FileStat], list[str]]:
                 path = f"{rel}/{name}" if rel else name
                 if name == REPO_DIR and not rel:
                     continue
-                problem = _unstorable(name)
+                problem = unstorable(name)
                 if problem:
                     skipped.append(f"{path} ({problem})")
                     continue
@@ -260,13 +260,13 @@ def native_stat_records(root: Path, ignore: Ignore) -> tuple[bytes, list[str]] |
     """
     if _native_walk is None:
         return None
-    return _native_walk(str(root), ignore.ignored if ignore.rules else None, _unstorable)
+    return _native_walk(str(root), ignore.ignored if ignore.rules else None, unstorable)
 
 
 _CHECKED: dict[str, str | None] = {}
 
 
-def _unstorable(name: str) -> str | None:
+def unstorable(name: str) -> str | None:
     """Why a file name cannot go into a tree (None if it can).
 
     Plain printable-ASCII names that cannot spell ``.casync`` skip the Unicode checks, and
