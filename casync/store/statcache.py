@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ class StatSpool:
     once the commit it describes is in."""
 
     def __init__(self, directory: Path) -> None:
+        import tempfile  # commit-only: status and the read commands start without it (and shutil)
+
         import blake3
 
         self._file = tempfile.TemporaryFile(dir=directory, prefix="statspool-")  # noqa: SIM115 (closed by close())
