@@ -52,11 +52,13 @@ from casync.model.cid import Cid, cid_str
 from casync.repo.tags import TagUpdate
 from casync.transfer.stream import TransferStats
 from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
+from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, FrameReader, read_ahead
 
 __all__ = ["HttpPeer"]
 
 MAX_JSON_BODY = 1 << 20
 _CHUNK = 1 << 16
+_READ_BUFFER = 1 << 20  # a framed reply is read straight into the blocks (most are up to 1 MiB)
 
 
 def _early_reply(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
@@ -216,16 +218,23 @@ class HttpPeer:
 
     def _car(self, path: str, body: bytes) -> Iterator[tuple[Cid, bytes]]:
         """The blocks of a zstd CAR answer (each hash-checked by the CAR reader)."""
-        resp = self._request("POST", path, body, {"Content-Type": "application/json"})
-        stream = zstandard.ZstdDecompressor().stream_reader(resp)
-        reader = io.BufferedReader(stream, _CHUNK)
+        resp = self._request("POST", path, body, {"Content-Type": "application/json", FRAMES_HEADER: "1"})
+        raw: Any
+        if (resp.getheader("Content-Type") or "").split(";")[0] == FRAMES_TYPE.split(";")[0]:
+            raw, size = FrameReader(resp, self.url), _READ_BUFFER
+        else:  # an older server: one zstd stream
+            raw, size = zstandard.ZstdDecompressor().stream_reader(resp), _CHUNK
         try:
-            read_header(reader)
-            yield from iter_car(reader)
-        except zstandard.ZstdError as exc:
-            raise InvalidObject(f"stream from {self.url} is corrupt or truncated ({exc})") from None
+            yield from read_ahead(self._car_blocks(io.BufferedReader(raw, size)))
         finally:
             resp.close()
+
+    def _car_blocks(self, reader: io.BufferedReader) -> Iterator[tuple[Cid, bytes]]:
+        try:
+            read_header(reader)
+            yield from iter_car(reader)  # each block hash-checked before it is handed on
+        except zstandard.ZstdError as exc:
+            raise InvalidObject(f"stream from {self.url} is corrupt or truncated ({exc})") from None
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})

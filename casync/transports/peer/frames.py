@@ -1,0 +1,205 @@
+"""Framed CAR replies (``casync-frames/1``): a fetch's CAR cut into frames, each sent as it
+is or zstd-compressed, chosen per frame.
+
+One zstd stream over the whole CAR (the reply older clients get) costs the server a
+compression pass over every byte even when the bytes are random (file contents usually
+are: already compressed media, archives), and the client a decompression pass; on
+loopback that, not the link, bounded a clone.  A client that sends
+``X-Casync-Frames: 1`` gets instead ``Content-Type:`` :data:`FRAMES_TYPE` and a body of
+frames::
+
+    kind (1 byte: 0 stored, 1 zstd)  length (4 bytes, big-endian)  payload
+
+The payloads, in order (a zstd payload decompressed), are the CAR, byte for byte: the
+client reads it with the same strict CAR reader, so every block is still hash-checked
+against its CID and every receiving check still runs.  A stored payload is at most
+:data:`MAX_FRAME` bytes, and so is a zstd payload decompressed (its frame must declare
+its size; a frame that expands past the bound is refused, as is a truncated one).
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import zstandard
+
+from casync.errors import InvalidObject
+from casync.model.car import TruncatedCar, car_parts
+from casync.model.cid import Cid
+
+__all__ = ["FRAMES_HEADER", "FRAMES_TYPE", "MAX_FRAME", "FrameReader", "frame_batches", "read_ahead"]
+
+FRAMES_HEADER = "X-Casync-Frames"
+"""Request header (value ``1``) by which a client asks for a framed reply."""
+FRAMES_TYPE = "application/vnd.casync.car-frames; version=1"
+MAX_FRAME = 8 << 20
+"""Most bytes of CAR one frame carries (a batch of blocks is about 1 MiB; one block <= 1 MiB)."""
+STORED, ZSTD = 0, 1
+_HEAD = struct.Struct(">BI")
+_SAMPLE = 16 << 10  # bytes of a batch compressed to decide whether compressing it is worth it
+_WORTH = 0.9  # compress a batch only if its sample shrinks below this fraction
+
+
+def _worth_compressing(parts: list[bytes | memoryview], cctx: zstandard.ZstdCompressor) -> bool:
+    """Whether zstd shrinks a sample of the batch: the middle of its largest block (random
+    bytes do not shrink), or its first bytes when every block is small."""
+    big = max(parts, key=len)
+    if len(big) >= _SAMPLE:
+        mid = (len(big) - _SAMPLE) // 2
+        sample = bytes(memoryview(big)[mid : mid + _SAMPLE])
+    else:
+        sample = b"".join(parts)[: 4 * _SAMPLE]
+    return len(sample) >= 64 and len(cctx.compress(sample)) < _WORTH * len(sample)
+
+
+def frame_batches(roots: list[Cid], batches: Iterable[list[tuple[Cid, bytes]]], level: int = 3
+                  ) -> Iterator[bytes]:
+    """The framed reply: the CAR header and each batch of blocks as one frame (stored, or
+    zstd when a sample of it compresses); pieces are yielded without joining a stored batch."""
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    first = True
+    for batch in batches:
+        parts = car_parts(roots, batch) if first else car_parts([], batch)[1:]
+        first = False
+        size = sum(len(p) for p in parts)
+        if size == 0:
+            continue
+        if _worth_compressing(parts, cctx):
+            packed = cctx.compress(b"".join(parts))
+            yield _HEAD.pack(ZSTD, len(packed)) + packed
+        else:
+            yield _HEAD.pack(STORED, size)
+            yield from (p if isinstance(p, bytes) else bytes(p) for p in parts)
+    if first:  # no block at all: the header alone
+        header = car_parts(roots, [])[0]
+        yield _HEAD.pack(STORED, len(header)) + bytes(header)
+
+
+class FrameReader(io.RawIOBase):
+    """The CAR inside a framed reply, as a raw stream (wrap it in a ``BufferedReader``)."""
+
+    def __init__(self, stream: Any, where: str) -> None:
+        self._stream = stream
+        self._where = where
+        self._stored = 0  # bytes of the current stored frame still to read
+        self._buf = memoryview(b"")  # the rest of the current decompressed frame
+        self._dctx = zstandard.ZstdDecompressor()
+
+    def readable(self) -> bool:
+        return True
+
+    def _exact(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            piece = self._stream.read(n - len(out))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
+
+    def _next_frame(self) -> bool:
+        """Read the next frame's head (and a zstd payload); False at the end of the reply."""
+        head = self._exact(_HEAD.size)
+        if not head:
+            return False
+        if len(head) < _HEAD.size:
+            raise TruncatedCar(f"framed reply from {self._where} ends inside a frame header")
+        kind, length = _HEAD.unpack(head)
+        if kind == STORED:
+            if length > MAX_FRAME:
+                raise InvalidObject(f"framed reply from {self._where}: a frame of {length} bytes "
+                                    f"(at most {MAX_FRAME})")
+            self._stored = length
+            return True
+        if kind != ZSTD:
+            raise InvalidObject(f"framed reply from {self._where}: unknown frame kind {kind}")
+        if length > MAX_FRAME:
+            raise InvalidObject(f"framed reply from {self._where}: a zstd frame of {length} bytes")
+        payload = self._exact(length)
+        if len(payload) < length:
+            raise TruncatedCar(f"framed reply from {self._where} ends inside a frame")
+        try:
+            declared = zstandard.frame_content_size(payload)
+            if declared < 0 or declared > MAX_FRAME:
+                raise InvalidObject(f"framed reply from {self._where}: a zstd frame without its size "
+                                    f"or over {MAX_FRAME} bytes")
+            self._buf = memoryview(self._dctx.decompress(payload, max_output_size=MAX_FRAME))
+        except zstandard.ZstdError as exc:
+            raise InvalidObject(f"framed reply from {self._where}: corrupt zstd frame ({exc})") from None
+        return True
+
+    def readinto(self, b: Any) -> int:
+        want = len(b)
+        while True:
+            if self._buf:
+                n = min(want, len(self._buf))
+                b[:n] = self._buf[:n]
+                self._buf = self._buf[n:]
+                return n
+            if self._stored:
+                n = self._stream.readinto(memoryview(b)[: min(want, self._stored)])
+                if not n:
+                    raise TruncatedCar(f"framed reply from {self._where} ends inside a frame")
+                self._stored -= n
+                return int(n)
+            if not self._next_frame():
+                return 0
+
+
+_END = object()
+
+
+def read_ahead(blocks: Iterator[tuple[Cid, bytes]], batch_bytes: int = 1 << 20, depth: int = 8
+               ) -> Iterator[tuple[Cid, bytes]]:
+    """``blocks``, produced on a worker thread up to ``depth`` batches of about ``batch_bytes``
+    ahead: reading the socket and hash-checking each block (the CAR reader, before a block
+    is handed on) overlap with storing the blocks before them.  Both release the GIL, so
+    on two cores they run at once.  An error of the producer is raised here, at the point
+    in the stream where it happened; closing this generator stops the producer."""
+    out: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        batch: list[tuple[Cid, bytes]] = []
+        size = 0
+        try:
+            for item in blocks:
+                batch.append(item)
+                size += len(item[1])
+                if size >= batch_bytes or len(batch) >= 4096:
+                    if not put(batch):
+                        return
+                    batch, size = [], 0
+            put(batch)
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(batch)
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="casync-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
+        worker.join(1.0)  # at most one blocked read later it sees the stop (the caller closes the reply)
