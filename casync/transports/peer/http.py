@@ -6,7 +6,9 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 * ``GET  /v1/info``                      -> JSON :class:`PeerInfo`
 * ``POST /v1/negotiate`` ``{"haves": [cid...]}`` -> ``{"common": [cid...]}``
 * ``POST /v1/fetch``  ``{"wants": [...], "haves": [...]}`` -> zstd-compressed CAR of the
-  missing blocks (post-order per commit, commit block last), streamed
+  missing blocks (post-order per commit, commit block last), streamed; a client that sends
+  ``X-Casync-Frames: 1`` (this one does) gets the CAR framed instead, each batch stored or
+  zstd-compressed (:mod:`casync.transports.peer.frames`)
 * ``POST /v1/push?branch=B&old=CID&new=CID`` with a zstd-compressed CAR body (chunked
   transfer encoding) -> ``{"updated": ...}``; 409 on a non-fast-forward
 * ``POST /v1/tags?tags={"NAME":"CID",...}`` with a zstd-compressed CAR of the commits the
