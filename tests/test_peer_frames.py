@@ -190,3 +190,14 @@ def test_read_ahead_raises_where_the_stream_broke_and_stops_when_closed() -> Non
     assert next(stream)[1] == b"0"
     stream.close()  # the producer stops: a few batches ahead at most, not the whole stream
     assert len(produced) < 100
+
+
+def test_a_stored_frame_is_few_pieces_and_large_blocks_are_not_copied() -> None:
+    small = [_block(b"%d" % i) for i in range(50)]
+    large = [_block(os.urandom(100_000)) for _ in range(2)]
+    pieces = list(frame_batches([], [small + large]))
+    # the header and the small sections (with the first large block's section head) joined,
+    # then each large block as it is, and its successor's section head
+    assert len(pieces) == 4 and all(pieces)
+    assert pieces[1] is large[0][1] and pieces[3] is large[1][1]
+    assert _read_frames(b"".join(pieces)) == ([], small + large)

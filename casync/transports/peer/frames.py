@@ -42,6 +42,7 @@ MAX_FRAME = 8 << 20
 STORED, ZSTD = 0, 1
 _HEAD = struct.Struct(">BI")
 _SAMPLE = 16 << 10  # bytes of a batch compressed to decide whether compressing it is worth it
+_LARGE = 64 << 10  # a block this big is yielded on its own, not copied into a joined piece
 _WORTH = 0.9  # compress a batch only if its sample shrinks below this fraction
 
 
@@ -73,11 +74,26 @@ def frame_batches(roots: list[Cid], batches: Iterable[list[tuple[Cid, bytes]]], 
             packed = cctx.compress(b"".join(parts))
             yield _HEAD.pack(ZSTD, len(packed)) + packed
         else:
-            yield _HEAD.pack(STORED, size)
-            yield from (p if isinstance(p, bytes) else bytes(p) for p in parts)
+            yield from _pieces(_HEAD.pack(STORED, size), parts)
     if first:  # no block at all: the header alone
         header = car_parts(roots, [])[0]
         yield _HEAD.pack(STORED, len(header)) + bytes(header)
+
+
+def _pieces(head: bytes, parts: list[bytes | memoryview]) -> Iterator[bytes]:
+    """``head`` and ``parts`` as few pieces as possible without copying a large block: each
+    piece costs waitress a lock and a wake-up of its event loop (small blocks are joined)."""
+    pending: list[bytes | memoryview] = [head]
+    for part in parts:
+        if len(part) >= _LARGE:
+            if pending:
+                yield b"".join(pending)
+                pending = []
+            yield part if isinstance(part, bytes) else bytes(part)
+        else:
+            pending.append(part)
+    if pending:
+        yield b"".join(pending)
 
 
 class FrameReader(io.RawIOBase):
