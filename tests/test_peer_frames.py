@@ -26,7 +26,6 @@ from casync.transports.peer.frames import (
     MAX_FRAME,
     FrameReader,
     frame_batches,
-    read_ahead,
 )
 from casync.transports.peer.http import HttpPeer
 
@@ -165,31 +164,6 @@ def test_a_framed_block_that_does_not_match_its_cid_is_refused(peer: EvilPeer, t
     finally:
         client.close()
     assert peer.requests == ["POST /v1/fetch"]
-
-
-def test_read_ahead_raises_where_the_stream_broke_and_stops_when_closed() -> None:
-    def blocks() -> Iterator[tuple[Cid, bytes]]:
-        yield _block(b"one")
-        yield _block(b"two")
-        raise InvalidObject("cut here")
-
-    got = []
-    with pytest.raises(InvalidObject, match="cut here"):
-        for item in read_ahead(blocks(), batch_bytes=1):
-            got.append(item[1])
-    assert got == [b"one", b"two"]
-
-    produced = []
-
-    def endless() -> Iterator[tuple[Cid, bytes]]:
-        for i in range(100_000):
-            produced.append(i)
-            yield _block(b"%d" % i)
-
-    stream = read_ahead(endless(), batch_bytes=1, depth=2)
-    assert next(stream)[1] == b"0"
-    stream.close()  # the producer stops: a few batches ahead at most, not the whole stream
-    assert len(produced) < 100
 
 
 def test_a_stored_frame_is_few_pieces_and_large_blocks_are_not_copied() -> None:

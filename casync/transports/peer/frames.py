@@ -20,9 +20,7 @@ its size; a frame that expands past the bound is refused, as is a truncated one)
 from __future__ import annotations
 
 import io
-import queue
 import struct
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -32,7 +30,7 @@ from casync.errors import InvalidObject
 from casync.model.car import TruncatedCar, car_parts
 from casync.model.cid import Cid
 
-__all__ = ["FRAMES_HEADER", "FRAMES_TYPE", "MAX_FRAME", "FrameReader", "frame_batches", "read_ahead"]
+__all__ = ["FRAMES_HEADER", "FRAMES_TYPE", "MAX_FRAME", "FrameReader", "frame_batches"]
 
 FRAMES_HEADER = "X-Casync-Frames"
 """Request header (value ``1``) by which a client asks for a framed reply."""
@@ -166,56 +164,3 @@ class FrameReader(io.RawIOBase):
             if not self._next_frame():
                 return 0
 
-
-_END = object()
-
-
-def read_ahead(blocks: Iterator[tuple[Cid, bytes]], batch_bytes: int = 1 << 20, depth: int = 8
-               ) -> Iterator[tuple[Cid, bytes]]:
-    """``blocks``, produced on a worker thread up to ``depth`` batches of about ``batch_bytes``
-    ahead: reading the socket and hash-checking each block (the CAR reader, before a block
-    is handed on) overlap with storing the blocks before them.  Both release the GIL, so
-    on two cores they run at once.  An error of the producer is raised here, at the point
-    in the stream where it happened; closing this generator stops the producer."""
-    out: queue.Queue[Any] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        batch: list[tuple[Cid, bytes]] = []
-        size = 0
-        try:
-            for item in blocks:
-                batch.append(item)
-                size += len(item[1])
-                if size >= batch_bytes or len(batch) >= 4096:
-                    if not put(batch):
-                        return
-                    batch, size = [], 0
-            put(batch)
-            put(_END)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(batch)
-            put(exc)
-
-    worker = threading.Thread(target=produce, name="casync-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = out.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-    finally:
-        stop.set()
-        worker.join(1.0)  # at most one blocked read later it sees the stop (the caller closes the reply)

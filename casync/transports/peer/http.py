@@ -54,7 +54,7 @@ from casync.model.cid import Cid, cid_str
 from casync.repo.tags import TagUpdate
 from casync.transfer.stream import TransferStats
 from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
-from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, FrameReader, read_ahead
+from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, FrameReader
 
 __all__ = ["HttpPeer"]
 
@@ -226,17 +226,14 @@ class HttpPeer:
             raw, size = FrameReader(resp, self.url), _READ_BUFFER
         else:  # an older server: one zstd stream
             raw, size = zstandard.ZstdDecompressor().stream_reader(resp), _CHUNK
-        try:
-            yield from read_ahead(self._car_blocks(io.BufferedReader(raw, size)))
-        finally:
-            resp.close()
-
-    def _car_blocks(self, reader: io.BufferedReader) -> Iterator[tuple[Cid, bytes]]:
+        reader = io.BufferedReader(raw, size)
         try:
             read_header(reader)
             yield from iter_car(reader)  # each block hash-checked before it is handed on
         except zstandard.ZstdError as exc:
             raise InvalidObject(f"stream from {self.url} is corrupt or truncated ({exc})") from None
+        finally:
+            resp.close()
 
     def push(self, branch: str, old: Cid | None, new: Cid, blocks: Iterable[tuple[Cid, bytes]]) -> TransferStats:
         query = urllib.parse.urlencode({"branch": branch, "new": cid_str(new), "old": cid_str(old) if old else ""})
