@@ -175,3 +175,20 @@ def test_a_stored_frame_is_few_pieces_and_large_blocks_are_not_copied() -> None:
     assert len(pieces) == 4 and all(pieces)
     assert pieces[1] is large[0][1] and pieces[3] is large[1][1]
     assert _read_frames(b"".join(pieces)) == ([], small + large)
+
+
+@pytest.mark.parametrize("shape", ["large", "tiny"])
+def test_a_big_batch_is_cut_into_frames_the_client_accepts(shape: str) -> None:
+    """/v1/blocks answers up to 1024 blocks of 1 MiB in one batch; a fetch batch may hold
+    many tiny blocks: no frame may pass MAX_FRAME, or the client refuses the reply."""
+    blocks = [_block(os.urandom(1 << 20)) for _ in range(12)] if shape == "large" else \
+        [_block(b"%d" % i) for i in range(250_000)]
+    body = b"".join(frame_batches([], [blocks]))
+    at, frames = 0, 0
+    while at < len(body):
+        _kind, length = _HEAD.unpack_from(body, at)
+        assert length <= MAX_FRAME
+        at += _HEAD.size + length
+        frames += 1
+    assert frames > 1
+    assert _read_frames(body) == ([], blocks)

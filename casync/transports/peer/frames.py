@@ -37,6 +37,7 @@ FRAMES_HEADER = "X-Casync-Frames"
 FRAMES_TYPE = "application/vnd.casync.car-frames; version=1"
 MAX_FRAME = 8 << 20
 """Most bytes of CAR one frame carries (a batch of blocks is about 1 MiB; one block <= 1 MiB)."""
+FRAME_TARGET = 2 << 20  # a frame holds blocks up to this many bytes (or one larger block)
 STORED, ZSTD = 0, 1
 _HEAD = struct.Struct(">BI")
 _SAMPLE = 16 << 10  # bytes of a batch compressed to decide whether compressing it is worth it
@@ -62,7 +63,7 @@ def frame_batches(roots: list[Cid], batches: Iterable[list[tuple[Cid, bytes]]], 
     zstd when a sample of it compresses); pieces are yielded without joining a stored batch."""
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
     first = True
-    for batch in batches:
+    for batch in _within_frames(batches):
         parts = car_parts(roots, batch) if first else car_parts([], batch)[1:]
         first = False
         size = sum(len(p) for p in parts)
@@ -76,6 +77,25 @@ def frame_batches(roots: list[Cid], batches: Iterable[list[tuple[Cid, bytes]]], 
     if first:  # no block at all: the header alone
         header = car_parts(roots, [])[0]
         yield _HEAD.pack(STORED, len(header)) + bytes(header)
+
+
+def _within_frames(batches: Iterable[list[tuple[Cid, bytes]]]) -> Iterator[list[tuple[Cid, bytes]]]:
+    """``batches`` cut so that no frame's CAR sections pass :data:`FRAME_TARGET` bytes but for
+    a single block (at most ``MAX_BLOCK_SIZE``): a ``/v1/blocks`` answer is one batch of up to
+    1024 blocks, and a fetch batch of tiny blocks is mostly section heads; every frame stays
+    under :data:`MAX_FRAME`."""
+    for batch in batches:
+        group: list[tuple[Cid, bytes]] = []
+        size = 0
+        for item in batch:
+            cost = len(item[0]) + len(item[1]) + 10  # its section in the CAR, length prefix included
+            if group and size + cost > FRAME_TARGET:
+                yield group
+                group, size = [], 0
+            group.append(item)
+            size += cost
+        if group:
+            yield group
 
 
 def _pieces(head: bytes, parts: list[bytes | memoryview]) -> Iterator[bytes]:
