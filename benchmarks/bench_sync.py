@@ -216,7 +216,8 @@ def history_change(i: int) -> dict[str, bytes]:
 def build_casync_history(repo: Repository, n: int) -> Cid:
     """``n`` commits on ``main``, written in one writer session with one flush.  Commit
     objects are built as ``make_commit`` builds them (single replica: clock = generation)
-    but without its per-commit LMDB write of the HLC."""
+    but without its per-commit LMDB write of the HLC; the commit-graph rows are written once
+    at the end, as a commit leaves them (a peer that serves them reads the table, not commits)."""
     base_ms = int(time.time() * 1000) - n - 60_000
     tree: Cid | None = None
     parent: Cid | None = None
@@ -231,7 +232,9 @@ def build_casync_history(repo: Repository, n: int) -> Cid:
             block = encode_commit(commit)
             parent = compute_cid(DAG_CBOR, block, repo.hash_name)
             repo.blocks.put(parent, block)
+            repo.graph.remember(parent, commit)  # as a commit does: its commit-graph row
         repo.blocks.flush()
+        repo.graph.save()
         assert parent is not None
         repo.update_branch("main", None, parent, "bench history")
     return parent

@@ -99,9 +99,11 @@ def test_bundle(case: Case, tmp_path: Path) -> None:
         _untouched(repo, case, before)
 
 
+@pytest.mark.parametrize("framed", [False, True], ids=["zstd", "frames"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_peer_clone(case: Case, peer: EvilPeer, tmp_path: Path) -> None:
+def test_peer_clone(case: Case, framed: bool, peer: EvilPeer, tmp_path: Path) -> None:
     peer.serve_history(RID, case.tip, case.blocks)
+    peer.framed = framed
     tmp_path.joinpath("here").mkdir()
     cli = Cli(tmp_path / "here")
     _cli_fails_naming(cli, case, "clone", peer.url, str(tmp_path / "clone"), "--token-file",
@@ -113,9 +115,11 @@ def test_peer_clone(case: Case, peer: EvilPeer, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted({"here", "clone", "token"} & set(os.listdir(tmp_path)))
 
 
+@pytest.mark.parametrize("framed", [False, True], ids=["zstd", "frames"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_peer_pull(case: Case, peer: EvilPeer, tmp_path: Path) -> None:
+def test_peer_pull(case: Case, framed: bool, peer: EvilPeer, tmp_path: Path) -> None:
     peer.serve_history(RID, case.tip, case.blocks)
+    peer.framed = framed
     repo = _victim(tmp_path)
     with repo.transaction(branch="main", message="mine") as tx:
         tx.write("mine.txt", b"kept")

@@ -266,3 +266,40 @@ def test_a_big_file_hashed_on_a_second_thread_gives_the_same_dag(chunker: str,
         results.append((entry, set(store.iter_cids()), writer.new_blocks, writer.new_bytes, sum(seen)))
     assert results[0] == results[1] and results[1][4] == len(data) and len(results[1][1]) > 20
     assert b"".join(iter_file(store, results[1][0].cid)) == data
+
+
+def test_the_flat_dag_pb_reader_accepts_and_refuses_exactly_what_the_field_reader_does() -> None:
+    """decode_pbnode's fast path must not widen (or narrow) what a node may be: every
+    mutation of real nodes decodes to the same node by both readers, or fails in both."""
+    import random
+
+    from casync.model.objects import _decode_pbnode_fields, _decode_pbnode_flat
+
+    rng = random.Random(15)
+    links = tuple(PBLink(compute_cid(RAW, b"%d" % i), b"name-%d" % i if i % 3 else None,
+                         [None, 7, 200, 1 << 40][i % 4]) for i in range(6))
+    nodes = [PBNode(links, b"\x08\x01"), PBNode(links[:2], None), PBNode((), b"\x08\x02" + b"d" * 200)]
+    for node in nodes:
+        assert decode_pbnode(encode_pbnode(node)) == node
+        assert _decode_pbnode_flat(encode_pbnode(node)) == node  # the common shape takes the fast path
+    both = 0
+    for _ in range(20_000):
+        buf = bytearray(encode_pbnode(rng.choice(nodes)))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(buf))
+            op = rng.random()
+            if op < 0.5:
+                buf[at] = rng.randrange(256)
+            elif op < 0.75:
+                del buf[at]
+            else:
+                buf.insert(at, rng.randrange(256))
+        results = []
+        for read in (decode_pbnode, _decode_pbnode_fields):
+            try:
+                results.append(read(bytes(buf)))
+            except InvalidObject:
+                results.append(None)
+        assert results[0] == results[1], bytes(buf).hex()
+        both += results[0] is not None
+    assert both > 1000  # the mutations reach accepted nodes too, not only errors

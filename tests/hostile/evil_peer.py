@@ -18,6 +18,7 @@ import zstandard
 
 from casync.model.car import CarWriter
 from casync.model.cid import Cid, cid_str
+from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, frame_batches
 
 __all__ = ["EvilPeer", "evil_peer"]
 
@@ -31,6 +32,8 @@ class EvilPeer:
     info: bytes = b"{}"
     blocks: list[tuple[Cid, bytes]] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    framed: bool = False  # answer a client that asks for casync-frames/1 with frames
+    raw_frames: bytes | None = None  # a framed reply as given (framing attacks), else the blocks framed
 
     def serve_history(self, repository_id: str, tip: Cid, blocks: list[tuple[Cid, bytes]],
                       **info: Any) -> None:
@@ -45,6 +48,11 @@ class EvilPeer:
             writer.add(cid, block)
         return zstandard.ZstdCompressor().compress(buf.getvalue())
 
+    def frames(self) -> bytes:
+        if self.raw_frames is not None:
+            return self.raw_frames
+        return b"".join(frame_batches([], [self.blocks[i : i + 3] for i in range(0, len(self.blocks), 3)]))
+
 
 def _handler(peer: EvilPeer) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,7 +64,7 @@ def _handler(peer: EvilPeer) -> type[http.server.BaseHTTPRequestHandler]:
         def _send(self, body: bytes, kind: str = "application/json", close: bool = False) -> None:
             self.send_response(200)
             self.send_header("Content-Type", kind)
-            if kind != "application/json":
+            if kind.startswith("application/vnd.ipld.car"):
                 self.send_header("Content-Encoding", "zstd")
             self.send_header("Content-Length", str(len(body)))
             if close:
@@ -73,6 +81,8 @@ def _handler(peer: EvilPeer) -> type[http.server.BaseHTTPRequestHandler]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path.startswith("/v1/negotiate"):
                 self._send(b'{"common": []}')
+            elif peer.framed and self.headers.get(FRAMES_HEADER) == "1":
+                self._send(peer.frames(), FRAMES_TYPE, close=True)
             else:
                 self._send(peer.car(), "application/vnd.ipld.car; version=1", close=True)
 

@@ -45,6 +45,7 @@ from casync.transports.peer.exchange import (
     parse_cid_list,
     parse_tag_map,
 )
+from casync.transports.peer.frames import FRAMES_TYPE, frame_batches
 from casync.transports.peer.http import _CHUNK, MAX_JSON_BODY, _car_body
 from casync.trees.paths import parse_requested_paths
 
@@ -60,6 +61,7 @@ _PUSHES = ("/v1/push", "/v1/tags")
 _BODY_ENDPOINTS = {"/v1/negotiate": MAX_JSON_BODY, "/v1/fetch": MAX_JSON_BODY, "/v1/blocks": MAX_JSON_BODY,
                    "/v1/push": 0, "/v1/tags": 0}  # pushes: PeerApp.push_limit()
 _CAR_TYPE = "application/vnd.ipld.car; version=1"
+_FRAMES_ENV = "HTTP_X_CASYNC_FRAMES"  # the request header FRAMES_HEADER, as WSGI names it
 _REFUSED = "casync.refused"  # environ key: _Gate's refusal (None: none) decided before the body
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -202,7 +204,8 @@ class PeerApp:
         if method == "GET" and path == "/v1/peers" and self.directory is not None:
             return _Reply.json(200, self.directory())
         try:
-            return self._route(method, path, urllib.parse.parse_qs(query), environ["wsgi.input"], length)
+            framed = environ.get(_FRAMES_ENV, "") == "1"  # the client reads casync-frames/1 replies
+            return self._route(method, path, urllib.parse.parse_qs(query), environ["wsgi.input"], length, framed)
         except (CasyncError, zstandard.ZstdError) as exc:
             return self._error_reply(exc)
 
@@ -245,7 +248,8 @@ class PeerApp:
 
     # --- endpoints ------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any, length: int) -> _Reply:
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any, length: int,
+               framed: bool = False) -> _Reply:
         if method != "POST" or path not in _BODY_ENDPOINTS:
             return _Reply.error(404, "unknown endpoint")
         if path == "/v1/push":
@@ -259,14 +263,14 @@ class PeerApp:
                 common = self.service.negotiate(haves)
             return _Reply.json(200, {"common": [cid_str(c) for c in common]})
         if path == "/v1/fetch":
-            return self._fetch(request)
+            return self._fetch(request, framed)
         cids = parse_cid_list(request.get("cids") if isinstance(request, dict) else None, "cids", MAX_WANTS,
                               commits=False)
         with self.lock:
             blocks = list(self.service.blocks(cids))  # at most 1024 blocks of <= 1 MiB
-        return _car_reply([], blocks)
+        return _car_reply([], [blocks], framed)
 
-    def _fetch(self, request: Any) -> _Reply:
+    def _fetch(self, request: Any, framed: bool = False) -> _Reply:
         if not isinstance(request, dict):
             raise InvalidObject("fetch request must be a JSON object")
         wants = parse_cid_list(request.get("wants"), "wants", MAX_WANTS)
@@ -275,14 +279,14 @@ class PeerApp:
         with self.lock:
             blocks = self.service.fetch(wants, haves, paths)
             first = _take(blocks, FETCH_BATCH_BYTES)  # surfaces errors before the 200 goes out
-        return _car_reply(wants, self._locked_batches(blocks, first))
+        return _car_reply(wants, self._locked_batches(blocks, first), framed)
 
     def _locked_batches(self, blocks: Iterator[tuple[Cid, bytes]],
-                        batch: list[tuple[Cid, bytes]]) -> Iterator[tuple[Cid, bytes]]:
+                        batch: list[tuple[Cid, bytes]]) -> Iterator[list[tuple[Cid, bytes]]]:
         """``batch``, then the rest of ``blocks`` read a batch at a time under the lock;
         between batches (while waitress sends them) the lock is free."""
         while batch:
-            yield from batch
+            yield batch
             with self.lock:
                 batch = _take(blocks, FETCH_BATCH_BYTES)
 
@@ -328,7 +332,12 @@ def _json_body(body: Any, length: int) -> Any:
     return safejson.loads(body.read(length), "request body")
 
 
-def _car_reply(roots: list[Cid], blocks: Iterable[tuple[Cid, bytes]]) -> _Reply:
-    """A 200 with a zstd CAR of ``blocks``, streamed (waitress closes the connection after)."""
+def _car_reply(roots: list[Cid], batches: Iterable[list[tuple[Cid, bytes]]], framed: bool = False) -> _Reply:
+    """A 200 with a CAR of the blocks of ``batches``, streamed (waitress closes the
+    connection after): framed (:mod:`casync.transports.peer.frames`) for a client that asked,
+    else one zstd stream."""
+    if framed:
+        return _Reply(200, [("Content-Type", FRAMES_TYPE)], frame_batches(roots, batches))
+    blocks = (item for batch in batches for item in batch)
     return _Reply(200, [("Content-Type", _CAR_TYPE), ("Content-Encoding", "zstd")],
                   _car_body(roots, blocks, _REPLY_PIECE))  # each piece costs waitress a lock and a wake-up

@@ -6,7 +6,9 @@ Endpoints (all require ``Authorization: Bearer <token>``; compared in constant t
 * ``GET  /v1/info``                      -> JSON :class:`PeerInfo`
 * ``POST /v1/negotiate`` ``{"haves": [cid...]}`` -> ``{"common": [cid...]}``
 * ``POST /v1/fetch``  ``{"wants": [...], "haves": [...]}`` -> zstd-compressed CAR of the
-  missing blocks (post-order per commit, commit block last), streamed
+  missing blocks (post-order per commit, commit block last), streamed; a client that sends
+  ``X-Casync-Frames: 1`` (this one does) gets the CAR framed instead, each batch stored or
+  zstd-compressed (:mod:`casync.transports.peer.frames`)
 * ``POST /v1/push?branch=B&old=CID&new=CID`` with a zstd-compressed CAR body (chunked
   transfer encoding) -> ``{"updated": ...}``; 409 on a non-fast-forward
 * ``POST /v1/tags?tags={"NAME":"CID",...}`` with a zstd-compressed CAR of the commits the
@@ -52,11 +54,13 @@ from casync.model.cid import Cid, cid_str
 from casync.repo.tags import TagUpdate
 from casync.transfer.stream import TransferStats
 from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
+from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, FrameReader
 
 __all__ = ["HttpPeer"]
 
 MAX_JSON_BODY = 1 << 20
 _CHUNK = 1 << 16
+_READ_BUFFER = 1 << 20  # a framed reply is read straight into the blocks (most are up to 1 MiB)
 
 
 def _early_reply(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
@@ -216,12 +220,16 @@ class HttpPeer:
 
     def _car(self, path: str, body: bytes) -> Iterator[tuple[Cid, bytes]]:
         """The blocks of a zstd CAR answer (each hash-checked by the CAR reader)."""
-        resp = self._request("POST", path, body, {"Content-Type": "application/json"})
-        stream = zstandard.ZstdDecompressor().stream_reader(resp)
-        reader = io.BufferedReader(stream, _CHUNK)
+        resp = self._request("POST", path, body, {"Content-Type": "application/json", FRAMES_HEADER: "1"})
+        raw: Any
+        if (resp.getheader("Content-Type") or "").split(";")[0] == FRAMES_TYPE.split(";")[0]:
+            raw, size = FrameReader(resp, self.url), _READ_BUFFER
+        else:  # an older server: one zstd stream
+            raw, size = zstandard.ZstdDecompressor().stream_reader(resp), _CHUNK
+        reader = io.BufferedReader(raw, size)
         try:
             read_header(reader)
-            yield from iter_car(reader)
+            yield from iter_car(reader)  # each block hash-checked before it is handed on
         except zstandard.ZstdError as exc:
             raise InvalidObject(f"stream from {self.url} is corrupt or truncated ({exc})") from None
         finally:
