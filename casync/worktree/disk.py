@@ -32,7 +32,7 @@ from casync.store.locks import process_gone
 if TYPE_CHECKING:
     from pathspec import GitIgnoreSpec
 
-__all__ = ["IGNORE_FILE", "TEMP_REASON", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter",
+__all__ = ["IGNORE_FILE", "TEMP_REASON", "FileStat", "Ignore", "UntrackedIgnore", "WorktreeWriter", "directory_entries",
            "native_stat_records", "remove_stale_temps", "scan", "unstorable"]
 
 try:  # optional native walk (casync/_cscan.c); the pure-Python scan() below is the reference
@@ -203,6 +203,44 @@ class FileStat(NamedTuple):
     st_mode: int
 
 
+def directory_entries(rel: str, abs_dir: str, ignore: Ignore,
+                      skipped: list[str]) -> Iterator[tuple[str, str, FileStat | None]]:
+    """One directory's entries as :func:`scan` keeps them, in the order the file system
+    lists them: ``(name, path, lstat)`` for a regular file or symlink, ``(name, path, None)``
+    for a subdirectory; what cannot be stored goes to ``skipped`` with its reason.  A
+    directory that vanished (or is no longer one) mid-walk simply has no entries."""
+    has_rules = bool(ignore.rules)
+    try:
+        it = os.scandir(abs_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with it:
+        for de in it:
+            name = de.name
+            path = f"{rel}/{name}" if rel else name
+            if name == REPO_DIR and not rel:
+                continue
+            problem = unstorable(name)
+            if problem:
+                skipped.append(f"{path} ({problem})")
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            mode = st.st_mode
+            if stat_mod.S_ISDIR(mode):
+                if not (has_rules and ignore.ignored(path, True)):
+                    yield name, path, None
+                continue
+            if has_rules and ignore.ignored(path, False):
+                continue
+            if stat_mod.S_ISREG(mode) or stat_mod.S_ISLNK(mode):
+                yield name, path, FileStat(st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, mode)
+            else:
+                skipped.append(f"{path} (not a regular file or symlink)")
+
+
 def scan(root: Path, ignore: Ignore) -> tuple[dict[str, FileStat], list[str]]:
     """``({path: lstat}, skipped)`` for every regular file and symlink under ``root``.
 
@@ -214,39 +252,13 @@ def scan(root: Path, ignore: Ignore) -> tuple[dict[str, FileStat], list[str]]:
     files: dict[str, FileStat] = {}
     skipped: list[str] = []
     stack = [("", str(root))]
-    has_rules = bool(ignore.rules)
     while stack:
         rel, abs_dir = stack.pop()
-        try:
-            it = os.scandir(abs_dir)
-        except FileNotFoundError:
-            continue  # vanished while scanning: it is simply not in this snapshot
-        with it:
-            for de in it:
-                name = de.name
-                path = f"{rel}/{name}" if rel else name
-                if name == REPO_DIR and not rel:
-                    continue
-                problem = unstorable(name)
-                if problem:
-                    skipped.append(f"{path} ({problem})")
-                    continue
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                mode = st.st_mode
-                if stat_mod.S_ISDIR(mode):
-                    if has_rules and ignore.ignored(path, True):
-                        continue
-                    stack.append((path, de.path))
-                    continue
-                if has_rules and ignore.ignored(path, False):
-                    continue
-                if stat_mod.S_ISREG(mode) or stat_mod.S_ISLNK(mode):
-                    files[path] = FileStat(st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, mode)
-                else:
-                    skipped.append(f"{path} (not a regular file or symlink)")
+        for name, path, st in directory_entries(rel, abs_dir, ignore, skipped):
+            if st is None:
+                stack.append((path, os.path.join(abs_dir, name)))
+            else:
+                files[path] = st
     return files, skipped
 
 

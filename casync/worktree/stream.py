@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat as stat_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from casync.model.cid import Cid
-from casync.model.names import REPO_DIR
 from casync.model.objects import DirLink
 from casync.progress import Progress
 from casync.repo.repository import Repository
 from casync.store.lmdb import StatEntry
 from casync.store.statcache import StatReader, StatSpool
 from casync.trees.unixfs import Entry, entry_for, find_entry, list_dir, write_directory
-from casync.worktree.disk import FileStat, Ignore, unstorable
+from casync.worktree.disk import FileStat, Ignore, directory_entries
 from casync.worktree.snapshot import Snapshotter
 
 __all__ = ["FLUSH_BLOCKS", "RELEASE_FILES", "Streamed", "list_directory", "stream_snapshot"]
@@ -63,38 +61,12 @@ class Streamed:
 def list_directory(rel: str, abs_dir: str, ignore: Ignore, skipped: list[str], exclude: set[str]) -> list[Child]:
     """``rel``'s children as :func:`casync.worktree.disk.scan` keeps them (same rules,
     same ``skipped`` lines), in UTF-8 path order; ``exclude``: files left out."""
-    has_rules = bool(ignore.rules)
     keyed: list[tuple[bytes, str, FileStat | None]] = []
-    try:
-        it = os.scandir(abs_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return []  # vanished while scanning: it is simply not in this snapshot
-    with it:
-        for de in it:
-            name = de.name
-            path = f"{rel}/{name}" if rel else name
-            if name == REPO_DIR and not rel:
-                continue
-            problem = unstorable(name)
-            if problem:
-                skipped.append(f"{path} ({problem})")
-                continue
-            try:
-                st = de.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            mode = st.st_mode
-            if stat_mod.S_ISDIR(mode):
-                if not (has_rules and ignore.ignored(path, True)):
-                    keyed.append((name.encode("utf-8") + b"/", name, None))
-                continue
-            if (has_rules and ignore.ignored(path, False)) or path in exclude:
-                continue
-            if stat_mod.S_ISREG(mode) or stat_mod.S_ISLNK(mode):
-                keyed.append((name.encode("utf-8"), name,
-                              FileStat(st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, mode)))
-            else:
-                skipped.append(f"{path} (not a regular file or symlink)")
+    for name, path, st in directory_entries(rel, abs_dir, ignore, skipped):
+        if st is None:
+            keyed.append((name.encode("utf-8") + b"/", name, None))
+        elif path not in exclude:
+            keyed.append((name.encode("utf-8"), name, st))
     keyed.sort(key=lambda k: k[0])
     return [(name, st) for _, name, st in keyed]
 
