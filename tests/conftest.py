@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
@@ -69,6 +70,20 @@ def age(root: Path, seconds: float = 10.0) -> None:
             p = os.path.join(dirpath, f)
             st = os.lstat(p)
             os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)), follow_symlinks=False)
+
+
+def flip_pack_byte(repo_root: Path, cid: bytes) -> None:
+    """Flip one byte in the middle of ``cid``'s bytes in its pack file (bit rot)."""
+    with Repository.open(repo_root) as repo:
+        raw = repo.store.get("index", cid)
+        assert raw is not None
+        pack, offset, length = struct.unpack("<IQI", raw)
+        path = repo.store.pack_dir / f"{pack:08d}.pack"
+    with open(path, "r+b") as f:
+        f.seek(offset + length // 2)
+        byte = f.read(1)
+        f.seek(offset + length // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
 
 
 @contextlib.contextmanager

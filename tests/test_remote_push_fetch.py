@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from casync.transports.ipfs import missing_blocks
 from casync.transports.ipfs.push import all_blocks
 from casync.trees.unixfs import validated_links
 
-from .conftest import Cli, write
+from .conftest import Cli, flip_pack_byte, write
 from .kubo_fixture import Kubo
 from .kubo_node import KuboError
 
@@ -259,15 +258,8 @@ def test_a_corrupt_local_block_fails_the_push_naming_the_local_store(tmp_path: P
     with Repository.open(origin.cwd) as repo:
         root = repo.entry_at("HEAD:data/fresh.bin")[2].cid
         leaf = validated_links(root, repo.blocks.get(root))[0]  # a dag-pb root over raw leaves
-        raw = repo.store.get("index", leaf)
-        assert cid_codec(leaf) == RAW and raw is not None
-        pack, offset, length = struct.unpack("<IQI", raw)
-        path = repo.store.pack_dir / f"{pack:08d}.pack"
-    with open(path, "r+b") as f:
-        f.seek(offset + length // 2)
-        byte = f.read(1)
-        f.seek(offset + length // 2)
-        f.write(bytes([byte[0] ^ 0x01]))
+        assert cid_codec(leaf) == RAW
+    flip_pack_byte(origin.cwd, leaf)
     r = origin("push", ok=False)
     assert r.exit_code == 1, r.stderr
     assert f"block {cid_str(leaf)} in the local store is corrupt" in r.stderr and "Traceback" not in r.stderr

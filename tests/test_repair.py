@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,24 +14,10 @@ from casync import Repository
 from casync.errors import CorruptBlock
 from casync.model.cid import RAW, Cid, cid_codec, cid_str
 
-from .conftest import Cli, serving, write
+from .conftest import Cli, flip_pack_byte, serving, write
 from .kubo_fixture import Kubo
 
 TOKEN = "repair token"
-
-
-def _flip_byte(repo_root: Path, cid: Cid) -> None:
-    """Flip one byte of ``cid``'s bytes in its pack file (bit rot)."""
-    with Repository.open(repo_root) as repo:
-        raw = repo.store.get("index", cid)
-        assert raw is not None
-        pack, offset, length = struct.unpack("<IQI", raw)
-        path = repo.store.pack_dir / f"{pack:08d}.pack"
-    with open(path, "r+b") as f:
-        f.seek(offset + length // 2)
-        byte = f.read(1)
-        f.seek(offset + length // 2)
-        f.write(bytes([byte[0] ^ 0x01]))
 
 
 def _leaf(repo_root: Path, path: str) -> Cid:
@@ -56,7 +41,7 @@ def _sites(tmp_path: Path) -> tuple[Cli, Cli, bytes]:
 def test_repair_a_flipped_byte_from_a_serve_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, data = _sites(tmp_path)
     leaf = _leaf(b.cwd, "data/sensor.bin")
-    _flip_byte(b.cwd, leaf)
+    flip_pack_byte(b.cwd, leaf)
     r = b("fsck", ok=False)
     assert r.exit_code == 1 and f"corrupt  {cid_str(leaf)}" in r.stdout
     assert "casync fsck --repair REMOTE" in r.stderr
@@ -81,7 +66,7 @@ def test_repair_from_a_path_needs_rounds_below_a_damaged_directory(tmp_path: Pat
     with Repository.open(b.cwd) as repo:
         data_dir = repo.entry_at("HEAD:data")[2].cid
         repo.blocks.delete(leaf)  # a lost block, below a damaged directory fsck cannot read
-    _flip_byte(b.cwd, data_dir)
+    flip_pack_byte(b.cwd, data_dir)
     first = json.loads(b("fsck", "--json", ok=False).stdout)
     assert list(first["corrupt"]) == [cid_str(data_dir)] and not first["missing"]  # the leaf is hidden
     r = b("fsck", "--repair", "../a")
@@ -94,8 +79,8 @@ def test_repair_from_a_path_needs_rounds_below_a_damaged_directory(tmp_path: Pat
 def test_repair_reports_what_the_remote_cannot_give(tmp_path: Path) -> None:
     a, b, _data = _sites(tmp_path)
     leaf = _leaf(b.cwd, "notes.txt")
-    _flip_byte(a.cwd, leaf)  # the source's copy is damaged too
-    _flip_byte(b.cwd, leaf)
+    flip_pack_byte(a.cwd, leaf)  # the source's copy is damaged too
+    flip_pack_byte(b.cwd, leaf)
     r = b("fsck", "--repair", "origin", ok=False)
     assert r.exit_code == 1
     assert "repaired 0 block(s) from origin; 1 still missing or damaged (origin has no good copy)" in r.stdout
@@ -109,7 +94,7 @@ def test_replace_repoints_the_index_and_survives_reopen(tmp_path: Path) -> None:
         cid = repo.entry_at("HEAD:x.bin")[2].cid
     finally:
         repo.close()
-    _flip_byte(tmp_path / "r", cid)
+    flip_pack_byte(tmp_path / "r", cid)
     with Repository.open(tmp_path / "r") as repo:
         with pytest.raises(CorruptBlock):
             repo.blocks.get(cid)
@@ -137,7 +122,7 @@ def test_repair_from_kubo(tmp_path: Path, kubo_factory: Callable[[], Kubo]) -> N
     with Repository.open(a.cwd) as repo:
         empty = repo.entry_at("HEAD:empty.txt")[2].cid
         repo.blocks.delete(empty)  # the zero-length block is made, not fetched
-    _flip_byte(a.cwd, leaf)
+    flip_pack_byte(a.cwd, leaf)
     assert a("fsck", ok=False).exit_code == 1
     out = json.loads(a("fsck", "--repair", "origin", "--json").stdout)
     assert out["ok"] and sorted(out["repaired"]) == sorted([cid_str(leaf), cid_str(empty)])
