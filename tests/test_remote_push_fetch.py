@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from casync import Repository
+from casync.model.chunking import CDC_MAX
 from casync.model.cid import RAW, cid_codec, cid_str
 from casync.transports.ipfs import missing_blocks
 from casync.transports.ipfs.push import all_blocks
@@ -253,7 +254,9 @@ def test_a_corrupt_local_block_fails_the_push_naming_the_local_store(tmp_path: P
                                                                       origin: Cli) -> None:
     """Push reads its leaves unverified (Kubo hash-checks every imported block): a flipped byte
     is still refused, reported as the local store's corruption, and nothing is published."""
-    write(origin.cwd, "data/fresh.bin", os.urandom(600_000))  # blocks no other test gave the node
+    # More than CDC_MAX bytes, so the file is always cut (600,000 random bytes were one chunk in one
+    # CI run: a raw-leaf root with no links); fresh random blocks no other test gave the node.
+    write(origin.cwd, "data/fresh.bin", os.urandom(2 * CDC_MAX + 1))
     origin("commit", "-m", "fresh")
     with Repository.open(origin.cwd) as repo:
         root = repo.entry_at("HEAD:data/fresh.bin")[2].cid
