@@ -24,7 +24,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import LogEntry, Repository
 from casync.trees.unixfs import Entry
 from casync.worktree import checkout as _checkout
-from casync.worktree.checkout import Status
+from casync.worktree import status as _status
 
 if TYPE_CHECKING:
     from casync.merge.threeway import ResolverFn
@@ -79,9 +79,9 @@ def import_dag(repo: Repository, cid: str, path: str | None = None, message: str
         return _import(repo, node, root, path=path, message=message, progress=progress, wait=wait)
 
 
-def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
+def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> _status.Status:
     """New, modified and deleted paths since HEAD (``casync status``)."""
-    return _checkout.status(repo, progress)
+    return _status.status(repo, progress)
 
 
 def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress = NULL_PROGRESS) -> str:

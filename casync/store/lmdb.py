@@ -24,11 +24,11 @@ from casync.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE
 from casync.store.locks import WriterLock
 from casync.store.packs import PACK_MAGIC, PACK_ROTATE_BYTES, SYNC_AHEAD_BYTES, PackBlockStore
 from casync.store.refs import LmdbRefStore
-from casync.store.statcache import STAT_KEY, STAT_KEY_SIZE, StatCache, StatEntry, stat_records_digest
+from casync.store.statcache import STAT_KEY, STAT_KEY_SIZE, StatCache, StatEntry, stat_entry, stat_records_digest
 
 __all__ = ["FORMAT", "INITIAL_MAP_SIZE", "MAX_MAP_SIZE", "PACK_MAGIC", "PACK_ROTATE_BYTES", "STAT_KEY",
            "STAT_KEY_SIZE", "SYNC_AHEAD_BYTES", "LmdbRefStore", "LmdbStore", "PackBlockStore", "StatEntry",
-           "check_format", "stat_records_digest"]
+           "check_format", "stat_entry", "stat_records_digest"]
 
 FORMAT = 1
 """The repository format this casync writes (config key ``format``; docs/design.md §7.4)."""

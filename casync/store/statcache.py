@@ -13,7 +13,8 @@ from typing import Any
 from casync.model.cid import Cid
 from casync.store.env import LmdbEnv
 
-__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "StatReader", "StatSpool", "stat_records_digest"]
+__all__ = ["STAT_KEY", "STAT_KEY_SIZE", "StatCache", "StatEntry", "StatReader", "StatSpool", "stat_entry",
+           "stat_records_digest"]
 
 _STAT = struct.Struct("<qqqQIQ")  # mtime_ns, ctime_ns, size, inode, st_mode, tsize
 STAT_KEY = struct.Struct("<qqqQI")  # the part compared against a fresh lstat
@@ -21,6 +22,11 @@ STAT_KEY_SIZE = STAT_KEY.size
 
 StatEntry = tuple[int, int, int, int, int, int, Cid]
 """(mtime_ns, ctime_ns, size, inode, st_mode, tsize, cid) of a file when it was last hashed."""
+
+
+def stat_entry(value: bytes) -> StatEntry:
+    """A stat cache value (the packed stat data, then the CID) as a :data:`StatEntry`."""
+    return (*_STAT.unpack_from(value), value[_STAT.size:])
 
 
 def stat_records_digest(records: bytes | bytearray) -> bytes:
@@ -90,7 +96,7 @@ class StatReader:
 
     def __call__(self, path: str) -> StatEntry | None:
         v = self._txn.get(path.encode("utf-8", "surrogateescape"), db=self._db)
-        return None if v is None else (*_STAT.unpack_from(v), v[_STAT.size:])
+        return None if v is None else stat_entry(v)
 
     def renew(self) -> None:
         self._txn.abort()
@@ -104,13 +110,9 @@ class StatCache(LmdbEnv):
     """Stat-cache reads and wholesale replacement."""
 
     def load_stat_cache(self) -> dict[str, StatEntry]:
-        out: dict[str, StatEntry] = {}
-        size = _STAT.size
-        with self.env.begin(buffers=True) as txn:
-            for key, value in txn.cursor(db=self._dbs["statcache"]):
-                v = bytes(value)
-                out[bytes(key).decode("utf-8", "surrogateescape")] = (*_STAT.unpack_from(v), v[size:])
-        return out
+        with self.env.begin() as txn:
+            return {key.decode("utf-8", "surrogateescape"): stat_entry(value)
+                    for key, value in txn.cursor(db=self._dbs["statcache"]).iternext()}
 
     def load_stat_cache_raw(self) -> dict[str, bytes]:
         """``{path: packed value}``: the first :data:`STAT_KEY_SIZE` bytes are the packed
@@ -124,17 +126,43 @@ class StatCache(LmdbEnv):
         produces, so an unchanged tree is recognised without loading the cache."""
         return self.get("meta", b"statcache_digest")
 
+    @contextlib.contextmanager
+    def stat_cache_records(self) -> Iterator[Iterator[tuple[bytes, bytes]]]:
+        """The cache's (path, packed value) records in UTF-8 path order, through one read
+        transaction (status merges them with a walk's records without loading the cache)."""
+        with self.env.begin() as txn:
+            yield txn.cursor(db=self._dbs["statcache"]).iternext()
+
     def refresh_stat_cache_digest(self) -> None:
         """Recompute the digest from the cache itself (caches written before the digest
         existed have none).  Caller holds the writer lock."""
+        self.write(self._put_digest)
+
+    def _put_digest(self, txn: Any) -> None:
         import blake3
 
-        def fn(txn: Any) -> None:
-            digest = blake3.blake3()  # fed record by record: nothing a file is held
-            for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
-                digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
-            txn.put(b"statcache_digest", bytes(digest.digest()), db=self._dbs["meta"])
-        self.write(fn)
+        digest = blake3.blake3()  # fed record by record: nothing a file is held
+        for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
+            digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
+        txn.put(b"statcache_digest", bytes(digest.digest()), db=self._dbs["meta"])
+
+    def update_stat_cache(self, entries: dict[str, StatEntry], tree: Cid) -> bool:
+        """Give files of ``tree`` new stat data (touched, content unchanged: each entry's CID is
+        the tree's), keeping the cache's description of ``tree``.  Does nothing (False) when
+        the cache no longer describes ``tree`` (a commit or checkout came in between).  Caller
+        holds the writer lock."""
+        db, meta = self._dbs["statcache"], self._dbs["meta"]
+
+        def fn(txn: Any) -> bool:
+            if txn.get(b"statcache_tree", db=meta) != tree:
+                return False
+            for path, (m, c, s, i, mode, tsize, cid) in entries.items():
+                key = path.encode("utf-8", "surrogateescape")
+                if txn.get(key, db=db) is not None:  # (never adds a file: the cache names the tree's)
+                    txn.put(key, _STAT.pack(m, c, s, i, mode, tsize) + cid, db=db)
+            self._put_digest(txn)
+            return True
+        return bool(self.write(fn))
 
     def stat_cache_complete(self) -> bool:
         """Whether the cache, when it describes a tree, names every file of it (as every

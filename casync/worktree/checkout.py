@@ -15,14 +15,12 @@ import os
 import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 from casync.errors import NothingToCommit, StorageFull, UsageError, WorktreeDirty
-from casync.model.cid import Cid, cid_str, short
+from casync.model.cid import Cid, short
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
-from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_records_digest
+from casync.store.lmdb import StatEntry
 from casync.store.memory import MemoryBlockStore
 from casync.trees.ingest import FileWriter
 from casync.trees.paths import grafted, outside_entries
@@ -32,55 +30,18 @@ from casync.trees.unixfs import (
     directories_of,
     read_symlink,
 )
-from casync.worktree import monitor
 from casync.worktree import state as workstate
 from casync.worktree.content import check_room
 from casync.worktree.disk import (
-    FileStat,
-    Ignore,
-    UntrackedIgnore,
     WorktreeWriter,
-    native_stat_records,
     remove_stale_temps,
-    scan,
 )
 from casync.worktree.snapshot import RACY_NS, Snapshotter, stat_key, untrusted
+from casync.worktree.status import Status, ignore_rules, scan_worktree, status
 from casync.worktree.stream import stream_snapshot
 
-__all__ = ["RACY_NS", "Status", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
-           "status", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
-
-
-@dataclass
-class Status:
-    added: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    branch: str | None = None
-    head: Cid | None = None
-    ignored_tracked: list[str] = field(default_factory=list)  # tracked files an ignore rule matches
-    checked_out: Cid | None = None  # set when HEAD moved since: the commit the files are still at
-    moved: bool = False  # HEAD's tree is no longer the one checked out (a transaction, a push)
-    merge_in_progress: bool = False
-    partial: tuple[str, ...] = ()  # a partial clone's paths: nothing outside them is on disk or compared
-    walked: bool = True  # False: the file-system monitor vouched that nothing changed (no walk)
-    monitor: str | None = None  # what the monitor said, or why it was not used (None: not asked)
-
-    @property
-    def clean(self) -> bool:
-        return not (self.added or self.modified or self.deleted)
-
-    def paths(self) -> set[str]:
-        return {*self.added, *self.modified, *self.deleted}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"branch": self.branch, "head": cid_str(self.head) if self.head else None, "clean": self.clean,
-                "added": self.added, "modified": self.modified, "deleted": self.deleted,
-                "skipped": self.skipped, "ignored_tracked": self.ignored_tracked, "moved": self.moved,
-                "checked_out": cid_str(self.checked_out) if self.checked_out else None,
-                "merge_in_progress": self.merge_in_progress, "partial": list(self.partial) or None,
-                "walk": self.walked, "monitor": self.monitor}
+__all__ = ["RACY_NS", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
+           "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
 
 
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
@@ -102,7 +63,7 @@ def commit_worktree(repo: Repository, message: str, author: str | None = None, a
             if merged_tree is None and repo.partial is None:
                 pending = workstate.untracks(repo)
                 streamed = cleanup.enter_context(stream_snapshot(
-                    repo, _ignore(repo, head_tree, pending), pending, workstate.checked_out(repo).tree, progress))
+                    repo, ignore_rules(repo, head_tree, pending), pending, workstate.checked_out(repo).tree, progress))
                 tree, nfiles, skipped = streamed.tree, streamed.files, streamed.skipped
                 save: Callable[[Cid, Cid], None] = streamed.save_cache
             else:
@@ -144,7 +105,7 @@ def _snapshot_whole(repo: Repository, head_tree: Cid | None, merged_tree: Cid | 
         def in_either(path: str, is_dir: bool) -> bool:
             return any(t(path, is_dir) for t in trees)
         tracked = in_either
-    files, skipped, _ = _scan(repo, head_tree, tracked=tracked)
+    files, skipped, _ = scan_worktree(repo, head_tree, tracked=tracked)
     total = sum(st.st_size for p, st in files.items() if (snap.cached(p) or (None,))[:5] != stat_key(st))
     progress.start("hashing", total)
     out: dict[str, Entry] = {}
@@ -187,137 +148,11 @@ def _build(repo: Repository, files: dict[str, Entry]) -> Cid:
     return build_tree(repo.blocks, files, repo.hash_name).cid
 
 
-def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> Status:
-    """Compare the working tree with the tree it was checked out at (HEAD's, unless
-    HEAD moved since: then ``moved`` is set) without storing anything."""
-    repo.require_worktree("status")
-    head = repo.head()
-    state = workstate.checked_out(repo)
-    moved = workstate.moved_since_checkout(repo) is not None
-    result = Status(branch=repo.current_branch(), head=head, moved=moved,
-                    checked_out=state.commit if moved else None,
-                    merge_in_progress=workstate.merge_in_progress(repo),
-                    partial=repo.partial.paths if repo.partial is not None else ())
-    pending = workstate.untracks(repo)
-    described = state.tree is not None and not pending and _cache_describes(repo, state.tree)
-    # when the cache describes the tree it names every file of it: which paths are tracked
-    # is then a point lookup in it, not a read of tree blocks
-    tracked = repo.store.stat_cache_tracks if described and repo.store.stat_cache_complete() else None
-    # asked before any walk, so the token covers every change the walk might miss
-    asked = monitor.ask(repo) if state.tree is not None and not pending else None
-    if asked is not None and state.tree is not None:
-        result.monitor = asked.why
-        known = monitor.known_clean(repo, asked, state.tree)
-        if known is not None:
-            result.skipped, result.ignored_tracked = known
-            result.walked = False
-            return result
-    if described:
-        ignore = _ignore(repo, state.tree, pending, tracked)
-        native = native_stat_records(repo.root, ignore)
-        if native is not None and stat_records_digest(native[0]) == repo.store.stat_cache_digest():
-            result.skipped, result.ignored_tracked = native[1], sorted(_tracked_ignored(ignore))
-            _remember_clean(repo, asked, state.tree, result)
-            return result
-    files, result.skipped, ignore = _scan(repo, state.tree, pending, tracked)
-    result.ignored_tracked = sorted(_tracked_ignored(ignore))
-    if described and state.tree is not None and _unchanged_since_cache(repo, state.tree, files):
-        if repo.store.stat_cache_digest() is None:
-            with repo.store.try_writer_lock() as locked:
-                if locked:
-                    repo.store.refresh_stat_cache_digest()
-        _remember_clean(repo, asked, state.tree, result)
-        return result
-    scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
-    committed = repo.flatten(state.tree) if state.tree is not None else {}
-    snap = Snapshotter(repo, scratch, progress, committed.get)
-    current: dict[str, Entry] = {}
-    progress.start("checking the working tree", None)  # files not in the stat cache are hashed
-    for path in sorted(files):
-        entry = snap.entry(path, files[path])
-        if entry is not None:
-            current[path] = entry
-    progress.finish()
-    for change in diff_flat(committed, current):
-        getattr(result, change.status).append(change.path)
-    # Files hashed here went to a throwaway store: caching their CIDs would let the next
-    # commit trust entries whose blocks the repository never got.  Keep only entries whose
-    # content the repository holds (unchanged files, or content already committed).
-    cache = {p: e for p, e in snap.new_cache.items() if p not in snap.hashed or repo.blocks.has(e[6])}
-    clean = result.clean and not pending
-    _save_cache_opportunistically(repo, cache, state.tree if clean else None, state.commit if clean else None)
-    if clean:
-        _remember_clean(repo, asked, state.tree, result)
-    return result
-
-
-def _remember_clean(repo: Repository, asked: monitor.Answer | None, tree: Cid | None, result: Status) -> None:
-    if asked is not None and tree is not None:
-        monitor.remember(repo, asked, tree, result.skipped, result.ignored_tracked)
-
-
-def _ignore(repo: Repository, tracked_tree: Cid | None, pending: set[str],
-            tracked: Callable[[str, bool], bool] | None = None) -> Ignore:
-    """The root ignore rules, applied to paths ``tracked_tree`` does not hold (as in git);
-    ``tracked`` answers that question when the caller has a faster way."""
-    rules = Ignore.load(repo.root)
-    if not rules.rules:
-        return rules
-    return rules.untracked_only(tracked or workstate.TreePaths(repo, tracked_tree, pending))
-
-
-def _tracked_ignored(ignore: Ignore) -> list[str]:
-    return ignore.tracked_ignored if isinstance(ignore, UntrackedIgnore) else []
-
-
-def _scan(repo: Repository, tracked_tree: Cid | None, pending: set[str] | None = None,
-          tracked: Callable[[str, bool], bool] | None = None) -> tuple[dict[str, FileStat], list[str], Ignore]:
-    """``scan`` of the working tree with ignore rules for untracked paths, leaving out the
-    files ``rm --cached`` untracked (until the next commit records that)."""
-    pending = workstate.untracks(repo) if pending is None else pending
-    ignore = _ignore(repo, tracked_tree, pending, tracked)
-    files, skipped = scan(repo.root, ignore)
-    for path in pending:
-        files.pop(path, None)
-    return files, skipped, ignore
-
-
-def _cache_describes(repo: Repository, tree: Cid) -> bool:
-    """The stat cache was written for exactly ``tree`` (the checked-out tree)."""
-    return repo.store.get("meta", b"statcache_tree") == tree
-
-
-def _unchanged_since_cache(repo: Repository, tree: Cid, files: dict[str, FileStat]) -> bool:
-    """The fast path: the stat cache describes the checked-out tree exactly and every
-    file's lstat matches its entry byte for byte.  Reads no tree blocks, hashes nothing.
-    (With the native walk, ``status`` first tries the same test as one digest comparison.)"""
-    if not _cache_describes(repo, tree):
-        return False
-    raw = repo.store.load_stat_cache_raw()
-    if len(raw) != len(files):
-        return False
-    pack = STAT_KEY.pack
-    for path, st in files.items():
-        value = raw.get(path)
-        if value is None or value[:STAT_KEY_SIZE] != pack(st.st_mtime_ns, st.st_ctime_ns, st.st_size,
-                                                          st.st_ino, st.st_mode):
-            return False
-    return True
-
-
-def _save_cache_opportunistically(repo: Repository, cache: dict[str, StatEntry], tree: Cid | None,
-                                  commit: Cid | None) -> None:
-    """Like ``git status``, refresh the stat cache when no writer is busy (never wait)."""
-    with repo.store.try_writer_lock() as locked:
-        if locked:
-            repo.store.save_stat_cache(cache, tree, commit)
-
-
 def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
     """``{path: Entry}`` for the working tree as it is now (nothing is stored)."""
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     snap = Snapshotter(repo, scratch, progress)
-    files, _, _ = _scan(repo, workstate.checked_out(repo).tree)
+    files, _, _ = scan_worktree(repo, workstate.checked_out(repo).tree)
     out = {}
     for path in sorted(files):
         entry = snap.entry(path, files[path])

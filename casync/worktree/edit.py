@@ -18,8 +18,9 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.trees.unixfs import Entry, diff_flat
 from casync.worktree import state as workstate
-from casync.worktree.checkout import apply_changes, disk_entries, refresh_cache, status, untracked_in_replaced_dirs
+from casync.worktree.checkout import apply_changes, disk_entries, refresh_cache, untracked_in_replaced_dirs
 from casync.worktree.disk import WorktreeWriter
+from casync.worktree.status import status
 
 __all__ = ["abort_merge_worktree", "remove", "restore"]
 

@@ -20,7 +20,8 @@ from casync.transports.peer.exchange import FetchResult, Peer, fetch_from
 from casync.trees.paths import PathFilter, flatten_within, normalize_paths
 from casync.trees.unixfs import flatten_tree
 from casync.worktree import state as workstate
-from casync.worktree.checkout import status, update_worktree
+from casync.worktree.checkout import update_worktree
+from casync.worktree.status import status
 
 __all__ = ["widen_from"]
 
