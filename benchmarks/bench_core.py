@@ -30,7 +30,8 @@ Scenarios and targets (the anchors):
    a commit made more than 1 s after the files were written (casync re-hashes files
    modified within 1 s of hashing, "racily clean").  First and steady-state runs of
    ``casync status`` vs ``git status --porcelain``, then (median of 5, alternated) with
-   ``casync monitor`` running, so a clean status skips its walk.  Target: no slower than git.
+   ``casync monitor`` running, so a clean status skips its walk; then the same file edited in
+   both trees (median of 5, alternated).  Target: no slower than git.
 5. optional (``--big-gib N``): peak RSS of ``casync commit`` of an N GiB file,
    target <= 256 MiB.  Off by default (disk and time).
 6. optional (``--million-files N``, e.g. 1000000): commit of N files of 100 B in 1,000
@@ -481,6 +482,9 @@ def scenario_status(r: Runner, base: Path, count: int) -> list[Row]:
     m_s, g_s = status_with_monitor(r, cs, gt)
     rows.append(Row(f"{label}: steady, monitor running (median of {MONITOR_RUNS})", sec(m_s), sec(g_s),
                     speedup(g_s, m_s), "<= git (>= 1x)", m_s <= g_s, {"casync_s": m_s, "git_s": g_s}))
+    d_s, dg_s = status_one_edit(r, cs, gt, f"d{count // 2 % 1000:04d}/f{count // 2:07d}.bin")
+    rows.append(Row(f"4. status, one of {count} files edited (median of {MONITOR_RUNS})", sec(d_s), sec(dg_s),
+                    speedup(dg_s, d_s), "<= git (>= 1x)", d_s <= dg_s, {"casync_s": d_s, "git_s": dg_s}))
     shutil.rmtree(cs)
     shutil.rmtree(gt)
     return rows
@@ -505,6 +509,23 @@ def status_with_monitor(r: Runner, cs: Path, gt: Path) -> tuple[float, float]:
             git_s.append(r.git(f"4 status (steady) {i + 1}", gt, "status", "--porcelain").seconds)
     finally:
         r.casync("4 monitor stop", cs, "monitor", "stop")
+    return statistics.median(casync_s), statistics.median(git_s)
+
+
+def status_one_edit(r: Runner, cs: Path, gt: Path, rel: str) -> tuple[float, float]:
+    """Median seconds of ``casync status`` and ``git status --porcelain`` (alternated) after the
+    same file is edited in both trees: the stat-changed file is read, the rest is stat data."""
+    for tree in (cs, gt):
+        with open(tree / rel, "ab") as f:
+            f.write(b"edited\n")
+    time.sleep(1.1)  # past the racily-clean window, as for the clean rows
+    casync_s, git_s = [], []
+    for i in range(MONITOR_RUNS):
+        step = r.casync(f"4 status (one edit) {i + 1}", cs, "status")
+        if "modified:" not in step.stdout:
+            log(f"warning: casync status did not report the edit:\n{step.stdout[:500]}")
+        casync_s.append(step.seconds)
+        git_s.append(r.git(f"4 status (one edit) {i + 1}", gt, "status", "--porcelain").seconds)
     return statistics.median(casync_s), statistics.median(git_s)
 
 

@@ -166,7 +166,10 @@ def test_commits_that_break_the_clock_rules_are_reported(snap: Cli, changes: dic
         if changes.get("time") == "future":
             from casync.model.objects import HybridTime
 
-            changes = {"time": HybridTime(repo.load_commit(repo.resolve("main")).time.wall_ms + 3_600_000, 0)}
+            ahead = HybridTime(repo.load_commit(repo.resolve("main")).time.wall_ms + 3_600_000, 0)
+            changes = {"time": ahead}
+            # made here by a clock running an hour ahead: hlc_last has it (else it is foreign, below)
+            repo.store.put("meta", b"hlc_last", f"{ahead.wall_ms}.{ahead.logical}".encode())
         cid = _replace_head(repo, **changes)
         assert repo.fsck().ok is not (fsck_sees and kind is not None)
     report = _audit(snap, code=1 if kind else 0)
@@ -174,6 +177,20 @@ def test_commits_that_break_the_clock_rules_are_reported(snap: Cli, changes: dic
     if kind == "future":  # within a configured tolerance it is not
         snap("config", "audit.skew_tolerance_ms", "7200000")
         assert _audit(snap)["ok"] is True
+
+
+def test_a_commit_of_this_replica_id_later_than_any_made_here_is_foreign(snap: Cli) -> None:
+    """Its time is after meta hlc_last, so this repository did not make it (another site uses
+    the id): fsck fails and audit reports a foreign-commit finding."""
+    with Repository.open(snap.cwd) as repo:
+        from casync.model.objects import HybridTime
+
+        last = repo.last_local_time()
+        assert last is not None
+        cid = _replace_head(repo, time=HybridTime(last.wall_ms + 1, 0))
+        report = repo.fsck()
+        assert not report.ok and list(report.foreign) == [cid]
+    assert [(f["kind"], f["cid"]) for f in _findings(_audit(snap, code=1))] == [("foreign-commit", cid)]
 
 
 def test_a_non_canonical_unixfs_node_is_reported_with_its_path(snap: Cli) -> None:

@@ -105,6 +105,10 @@ def _print_report(report: Any) -> None:
     for kind, count in sorted(shown.items()):
         if count > _SHOWN_PER_KIND:
             click.echo(f"... and {count - _SHOWN_PER_KIND} more {kind} finding(s) (--json lists all)")
+    for note in report.notes[:_SHOWN_PER_KIND]:
+        click.echo(f"{'note':<14} {cid_str(note.cid) if note.cid is not None else '-'}  {note.kind}: {note.detail}")
+    if len(report.notes) > _SHOWN_PER_KIND:
+        click.echo(f"... and {len(report.notes) - _SHOWN_PER_KIND} more note(s) (--json lists all)")
     click.echo("ok" if report.ok else f"{len(report.findings)} finding(s)")
 
 

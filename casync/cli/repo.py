@@ -91,16 +91,19 @@ def _print_fsck(report: FsckReport) -> None:
         click.echo(f"missing  {cid}  (needed by {where})")
     for cid, why in report.corrupt.items():
         click.echo(f"corrupt  {cid}  {why}")
+    for cid, why in report.foreign.items():
+        click.echo(f"foreign  {cid}  {why}")
     for stamp, cids in report.reused_stamps.items():
-        click.echo(f"reused   replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)}")
+        click.echo(f"note     replica:counter {stamp} stamps {len(cids)} different commits: {', '.join(cids)} "
+                   "(commits on two branches of one replica, or two sites sharing a replica id)")
     summary = f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
-    if report.reused_stamps:
-        summary += f", {len(report.reused_stamps)} reused replica stamp(s)"
+    if report.foreign:
+        summary += f", {len(report.foreign)} commit(s) of this replica id not made here"
     unfetched = f" ({report.unfetched} entries outside a partial clone's paths, never fetched)" \
         if report.unfetched else ""
     click.echo(f"checked {report.checked} blocks: " + ("ok" if report.ok else summary) + unfetched)
-    if report.reused_stamps:
-        click.echo("hint: two sites commit under one replica id: make one of them a new replica "
+    if report.foreign:
+        click.echo("hint: another site commits under this repository's replica id: make one of them a new replica "
                    "('casync clone SOURCE DIR --replica NEW-ID') and retire the old copy", err=True)
     if report.damaged:
         click.echo("hint: 'casync fsck --repair REMOTE' fetches good copies from a remote that has them",

@@ -85,6 +85,7 @@ class AuditReport:
     seed: int | None = None
     signatures: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)  # worth knowing, not damage (``ok`` stays)
 
     @property
     def ok(self) -> bool:
@@ -96,7 +97,7 @@ class AuditReport:
     def to_json(self) -> dict[str, Any]:
         return {"root": cid_str(self.root), "ok": self.ok, "commits": self.commits, "blocks": self.blocks,
                 "bytes": self.bytes, "read": self.read, "seed": self.seed, "signatures": self.signatures,
-                "findings": [f.to_json() for f in self.findings]}
+                "findings": [f.to_json() for f in self.findings], "notes": [f.to_json() for f in self.notes]}
 
 
 Extra = Callable[[AuditReport, set[Cid]], None]
@@ -120,7 +121,8 @@ class _Auditor:
                                else settings_require_signed(repo.config))
         self.now_ms = options.now_ms if options.now_ms is not None else int(time.time() * 1000)
         self.skew_ms = audit_skew_ms(repo.config)
-        self.stamps = FsckReport()  # its stamp(): one (replica, counter) on two commits
+        # its stamp(): one (replica, counter) on two commits; this replica id's commits not made here
+        self.stamps = FsckReport(own_replica=repo.replica, last_local=repo.last_local_time())
         self.seen: set[Cid] = set()
         self.leaves: list[Cid] = []
         self.trees: list[Cid] = []  # the commits' trees (or the root itself), for the path walk
@@ -140,7 +142,11 @@ class _Auditor:
         for stamp, cids in self.stamps.reused_stamps.items():
             for text in cids[1:]:
                 cid = next(c for c in self.seen if cid_str(c) == text)
-                self.report.add("reused-stamp", cid, f"replica:counter {stamp} also stamps {cids[0]}")
+                self.report.notes.append(Finding("reused-stamp", cid, f"replica:counter {stamp} also stamps "
+                                                 f"{cids[0]} (commits on two branches of one replica, or two "
+                                                 "sites sharing a replica id)"))
+        for text, why in self.stamps.foreign.items():
+            self.report.add("foreign-commit", next(c for c in self.seen if cid_str(c) == text), why)
         if extra is not None:
             extra(self.report, self.seen)
         damaged = {f.cid for f in self.report.findings if f.cid is not None and cid_codec(f.cid) != DAG_CBOR}

@@ -462,6 +462,11 @@ class Repository:
         except (OSError, KeyError):
             return "unknown"
 
+    def last_local_time(self) -> HybridTime | None:
+        """The hybrid-logical time of the last commit made here (meta ``hlc_last``; None: none yet)."""
+        raw = self.store.get("meta", b"hlc_last")
+        return HybridTime(*map(int, raw.split(b"."))) if raw else None
+
     def make_commit(self, tree: Cid, parents: list[Cid], message: str, author: str | None = None,
                     meta: dict[str, str] | None = None, sign: bool | None = None) -> Cid:
         """Write a commit object on ``tree`` (blocks must already be stored) and return its CID.
@@ -471,9 +476,7 @@ class Repository:
         comes through here, so the config switch covers them all."""
         seed = self._signing_seed(sign)
         parent_commits = [self.load_commit(p) for p in parents]
-        last_raw = self.store.get("meta", b"hlc_last")
-        last = HybridTime(*map(int, last_raw.split(b"."))) if last_raw else None
-        now = vclock.hlc_next(int(time.time() * 1000), last, [c.time for c in parent_commits])
+        now = vclock.hlc_next(int(time.time() * 1000), self.last_local_time(), [c.time for c in parent_commits])
         commit = Commit(
             tree=tree,
             parents=tuple(parents),
@@ -592,10 +595,10 @@ class Repository:
         ``casync agent`` exports as ``audit_last_result`` for the AuditFailed alert."""
         import json
 
-        findings = len(report.missing) + len(report.corrupt) + len(report.reused_stamps)
+        findings = len(report.missing) + len(report.corrupt) + len(report.foreign)
         value = {"ok": report.ok, "findings": findings, "time": time.time(), "kind": "fsck",
                  "checked": report.checked, "missing": len(report.missing), "corrupt": len(report.corrupt),
-                 "reused_stamps": len(report.reused_stamps)}
+                 "foreign": len(report.foreign), "reused_stamps": len(report.reused_stamps)}
         with self.store.writer_lock():
             self.store.put("meta", AUDIT_KEY, json.dumps(value).encode())
 
