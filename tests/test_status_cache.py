@@ -15,9 +15,9 @@ import pytest
 
 from casync import Repository, porcelain
 from casync.repo.repository import Repository as RepositoryClass
+from casync.trees import walk as walk_mod
 from casync.worktree import disk as worktree_disk
 from casync.worktree import state as workstate
-from casync.worktree import status as status_mod
 
 from .conftest import write
 
@@ -54,16 +54,16 @@ def big(tmp_path: Path) -> Iterator[Repository]:
 
 
 class _Reads:
-    """Counts the directory listings status reads; refuses a flatten of the tree."""
+    """Counts the directory blocks status decodes; refuses a flatten of the tree."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.dirs = 0
-        real = status_mod.read_dir
+        real = walk_mod.read_dir_block
 
-        def counting(store: Any, cid: bytes) -> Any:
+        def counting(cid: bytes, node: Any) -> Any:
             self.dirs += 1
-            return real(store, cid)
-        monkeypatch.setattr(status_mod, "read_dir", counting)
+            return real(cid, node)
+        monkeypatch.setattr(walk_mod, "read_dir_block", counting)
 
         def refuse(*_args: Any, **_kw: Any) -> Any:
             raise AssertionError("status flattened the whole tree")

@@ -139,12 +139,36 @@ class StatCache(LmdbEnv):
         self.write(self._put_digest)
 
     def _put_digest(self, txn: Any) -> None:
+        txn.put(b"statcache_digest", self._digest(txn), db=self._dbs["meta"])
+
+    def _digest(self, txn: Any) -> bytes:
         import blake3
 
         digest = blake3.blake3()  # fed record by record: nothing a file is held
         for key, value in txn.cursor(db=self._dbs["statcache"]).iternext():
             digest.update(key + b"\0" + value[:STAT_KEY_SIZE])
-        txn.put(b"statcache_digest", bytes(digest.digest()), db=self._dbs["meta"])
+        return bytes(digest.digest())
+
+    def move_stat_cache(self, old_tree: Cid | None, new_tree: Cid, commit: Cid | None, removed: set[str],
+                        entries: dict[str, StatEntry]) -> bool:
+        """After the working tree moved from ``old_tree`` to ``new_tree``: drop the entries of
+        ``removed`` paths and write ``entries`` (every file the move wrote, and those it kept
+        dirty), in one transaction, so the cache describes ``new_tree`` without a write of
+        every file's entry.  False (nothing written) unless the cache described ``old_tree``
+        completely: then the caller writes a whole new cache.  Caller holds the writer lock."""
+        db, meta = self._dbs["statcache"], self._dbs["meta"]
+
+        def fn(txn: Any) -> bool:
+            if (old_tree is None or txn.get(b"statcache_tree", db=meta) != old_tree
+                    or txn.get(b"statcache_complete", db=meta) is None):
+                return False
+            for path in removed:
+                txn.delete(path.encode("utf-8", "surrogateescape"), db=db)
+            for path, (m, c, s, i, mode, tsize, cid) in entries.items():
+                txn.put(path.encode("utf-8", "surrogateescape"), _STAT.pack(m, c, s, i, mode, tsize) + cid, db=db)
+            self._put_cache_meta(txn, self._digest(txn), new_tree, commit)
+            return True
+        return bool(self.write(fn))
 
     def update_stat_cache(self, entries: dict[str, StatEntry], tree: Cid) -> bool:
         """Give files of ``tree`` new stat data (touched, content unchanged: each entry's CID is

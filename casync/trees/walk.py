@@ -40,17 +40,18 @@ from casync.model.objects import (
     UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
+    DirLink,
     Entry,
     PBNode,
     decode_pbnode,
     decode_unixfs,
 )
 from casync.store.base import BlockStore
-from casync.trees.hamt import diff_hamt, is_shard_node
+from casync.trees.hamt import diff_hamt, find_in_hamt, is_shard_node
 from casync.trees.paths import INSIDE, OUTSIDE, PathFilter
-from casync.trees.unixfs import TreeChange, diff_flat, list_dir, lookup
+from casync.trees.unixfs import TreeChange, diff_flat, entry_for, list_dir, read_dir_block
 
-__all__ = ["Block", "TreeWalker", "changed_paths", "commit_blocks", "diff_trees", "held_entries"]
+__all__ = ["Block", "EntryLookup", "TreeWalker", "changed_paths", "commit_blocks", "diff_trees", "held_entries"]
 
 GetBlock = Callable[[Cid], bytes]
 
@@ -320,17 +321,58 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
 def diff_trees(store: BlockStore, old: Cid | None, new: Cid | None) -> list[TreeChange]:
     """:func:`diff_flat` of two trees, read in time proportional to the change (a
     one-entry change in a directory of a million reads a few shards, not the million)."""
+    at_old, at_new = EntryLookup(store, old), EntryLookup(store, new)
     old_entries: dict[str, Entry] = {}
     new_entries: dict[str, Entry] = {}
     for path in changed_paths(store.get, old, new):
-        old_entries |= _file_at(store, old, path)
-        new_entries |= _file_at(store, new, path)
+        if (a := at_old(path)) is not None:
+            old_entries[path] = a
+        if (b := at_new(path)) is not None:
+            new_entries[path] = b
     return diff_flat(old_entries, new_entries)
 
 
-def _file_at(store: BlockStore, root: Cid | None, path: str) -> dict[str, Entry]:
-    entry = lookup(store, root, tuple(path.split("/"))) if root is not None else None
-    return {path: entry} if entry is not None and entry.kind != "dir" else {}
+class EntryLookup:
+    """``lookup(path)``: the file or symlink entry the tree ``root`` has at ``path`` (None: no
+    such path, or a directory there).  Each plain directory on the way is decoded once however
+    many paths are asked in it; in a HAMT-sharded one only the name's bucket path is read.  So
+    asking about the few paths a change touches reads a few directories, not the tree."""
+
+    def __init__(self, store: BlockStore, root: Cid | None) -> None:
+        self._store = store
+        self._dirs: dict[str, Cid | None] = {"": root}
+        self._plain: dict[Cid, dict[str, DirLink] | None] = {}  # None: a HAMT (asked name by name)
+
+    def __call__(self, path: str) -> Entry | None:
+        parent, _, name = path.rpartition("/")
+        directory = self._dir(parent)
+        link = self._link(directory, name) if directory is not None else None
+        if link is None:
+            return None
+        entry = entry_for(self._store, link.cid, link.tsize)
+        return None if entry.kind == "dir" else entry
+
+    def _dir(self, path: str) -> Cid | None:
+        if path not in self._dirs:
+            parent, _, name = path.rpartition("/")
+            above = self._dir(parent)
+            link = self._link(above, name) if above is not None else None
+            is_dir = link is not None and entry_for(self._store, link.cid, link.tsize).kind == "dir"
+            self._dirs[path] = link.cid if link is not None and is_dir else None
+        return self._dirs[path]
+
+    def _link(self, directory: Cid, name: str) -> DirLink | None:
+        if directory not in self._plain:
+            if cid_codec(directory) != DAG_PB:
+                raise InvalidObject(f"{cid_str(directory)} is not a directory")
+            node = decode_pbnode(self._store.get(directory))
+            self._plain[directory] = (None if is_shard_node(node)
+                                      else {link.name: link for link in read_dir_block(directory, node)})
+        listing = self._plain[directory]
+        if listing is not None:
+            return listing.get(name)
+        leaf = find_in_hamt(self._store.get, directory, name)
+        return None if leaf is None else DirLink(*leaf)
 
 
 def _named_entries(get: GetBlock, old: Cid | None, new: Cid | None) -> tuple[dict[str, Cid], dict[str, Cid]]:

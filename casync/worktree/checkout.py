@@ -15,6 +15,7 @@ import os
 import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from casync.errors import NothingToCommit, StorageFull, UsageError, WorktreeDirty
 from casync.model.cid import Cid, short
@@ -30,6 +31,7 @@ from casync.trees.unixfs import (
     directories_of,
     read_symlink,
 )
+from casync.trees.walk import EntryLookup, changed_paths
 from casync.worktree import state as workstate
 from casync.worktree.content import check_room
 from casync.worktree.disk import (
@@ -40,8 +42,8 @@ from casync.worktree.snapshot import RACY_NS, Snapshotter, stat_key, untrusted
 from casync.worktree.status import Status, ignore_rules, scan_worktree, status
 from casync.worktree.stream import stream_snapshot
 
-__all__ = ["RACY_NS", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
-           "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
+__all__ = ["RACY_NS", "TreeDelta", "apply_changes", "checkout", "commit_worktree", "disk_entries", "refresh_cache",
+           "move_worktree", "tree_delta", "untracked_in_replaced_dirs", "update_worktree", "worktree_entries"]
 
 
 def commit_worktree(repo: Repository, message: str, author: str | None = None, allow_empty: bool = False,
@@ -233,9 +235,8 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         # from what the files hold: HEAD's tree, or an older one if HEAD moved without them
         state = workstate.checked_out(repo)
         try:
-            update_worktree(repo, repo.flatten(state.tree) if state.tree is not None else {},
-                            repo.flat_tree(target), repo.tree_of(target), f"checkout of {rev}", force, progress,
-                            can_force=True, commit=target)
+            move_worktree(repo, state.tree, repo.tree_of(target), f"checkout of {rev}", force=force,
+                          progress=progress, can_force=True, commit=target)
         except WorktreeDirty as exc:
             if state.commit is None or workstate.moved_since_checkout(repo) is None:
                 raise
@@ -250,10 +251,53 @@ def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress
         return target
 
 
+@dataclass(frozen=True)
+class TreeDelta:
+    """Two trees' entries at the paths that differ between them and at given extra paths (the
+    working tree's uncommitted changes): all :func:`update_worktree` looks at, read in
+    proportion to the change rather than the tree."""
+
+    old_tree: Cid | None
+    new_tree: Cid
+    old: dict[str, Entry]
+    new: dict[str, Entry]
+
+
+def tree_delta(repo: Repository, old_tree: Cid | None, new_tree: Cid, also: Iterable[str] = ()) -> TreeDelta:
+    """The :class:`TreeDelta` from ``old_tree`` to ``new_tree`` with the paths ``also``
+    (in a partial clone, within its paths)."""
+    partial = repo.partial
+    keep = partial.holds if partial is not None else None
+    paths = changed_paths(repo.blocks.get, old_tree, new_tree, keep=keep) | {
+        p for p in also if keep is None or keep(p)}
+    at_old, at_new = EntryLookup(repo.blocks, old_tree), EntryLookup(repo.blocks, new_tree)
+    old: dict[str, Entry] = {}
+    new: dict[str, Entry] = {}
+    for path in paths:
+        if (a := at_old(path)) is not None:
+            old[path] = a
+        if (b := at_new(path)) is not None:
+            new[path] = b
+    return TreeDelta(old_tree, new_tree, old, new)
+
+
+def move_worktree(repo: Repository, old_tree: Cid | None, new_tree: Cid, what: str, force: bool = False,
+                  progress: Progress = NULL_PROGRESS, dry_run: bool = False, st: Status | None = None,
+                  can_force: bool = False, commit: Cid | None = None) -> Status:
+    """:func:`update_worktree` from the stored tree ``old_tree`` (the one checked out) to
+    ``new_tree``, reading both in proportion to what differs (and to the uncommitted changes)."""
+    if repo.bare:
+        return Status(branch=repo.current_branch(), head=repo.head())
+    st = st if st is not None else status(repo, progress)
+    delta = tree_delta(repo, old_tree, new_tree, st.paths())
+    return update_worktree(repo, delta.old, delta.new, new_tree, what, force, progress, dry_run, st, can_force,
+                           commit, delta)
+
+
 def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entry], new_tree: Cid | None,
                     what: str, force: bool = False, progress: Progress = NULL_PROGRESS,
                     dry_run: bool = False, st: Status | None = None, can_force: bool = False,
-                    commit: Cid | None = None) -> Status:
+                    commit: Cid | None = None, delta: TreeDelta | None = None) -> Status:
     """Move the working tree from ``old`` (the tree it was checked out at) to ``new``.
 
     Uncommitted changes on paths this touches make it refuse with :class:`WorktreeDirty`
@@ -262,7 +306,10 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     ``st`` is the working tree's status against ``old`` when the caller already has it
     (e.g. from a dry run before moving HEAD).  ``can_force``: the command offers --force
     (the refusal's hint says so only then).  ``commit`` is the commit ``new_tree`` is from,
-    recorded with it (see :mod:`casync.worktree.state`).  Returns that status.
+    recorded with it (see :mod:`casync.worktree.state`).  ``delta``: ``old`` and ``new`` are
+    its maps (only the changed and dirty paths, ``st`` the status they were read with); the
+    stat cache is then moved, not rewritten, when it described ``delta.old_tree``.  Returns
+    that status.
     """
     if repo.bare:
         return Status(branch=repo.current_branch(), head=repo.head())
@@ -310,9 +357,35 @@ def update_worktree(repo: Repository, old: dict[str, Entry], new: dict[str, Entr
     if new_tree is None:
         repo.store.save_stat_cache({}, None)
     else:
-        refresh_cache(repo, new, new_tree, stale=keep_dirty)
+        if delta is None or not _move_cache(repo, delta, touched, keep_dirty, commit):
+            refresh_cache(repo, new if delta is None else repo.flatten(new_tree), new_tree, stale=keep_dirty)
         workstate.record(repo, new_tree, commit)
     return st
+
+
+def _move_cache(repo: Repository, delta: TreeDelta, touched: set[str], keep_dirty: set[str],
+                commit: Cid | None) -> bool:
+    """The stat cache of ``delta.old_tree`` made the cache of ``delta.new_tree``: entries for
+    the files just written (racy ones untrusted, as :func:`refresh_cache` does) and for the
+    dirty files kept (untrusted), the removed paths dropped; every other file is the same
+    in both trees, and so is its entry.  False when the cache did not describe the old tree."""
+    now = time.time_ns()
+    entries: dict[str, StatEntry] = {}
+    for path in touched | keep_dirty:
+        entry = delta.new.get(path)
+        if entry is None:
+            continue
+        try:
+            st = os.lstat(repo.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if (st is None or path in keep_dirty or st.st_mtime_ns >= now - RACY_NS
+                or st.st_ctime_ns >= now - RACY_NS):
+            entries[path] = untrusted(entry)
+        else:
+            entries[path] = (*stat_key(st), entry.tsize, entry.cid)
+    removed = {p for p in touched if p not in delta.new}
+    return repo.store.move_stat_cache(delta.old_tree, delta.new_tree, commit, removed, entries)
 
 
 def _unlisted_files_at(repo: Repository, paths: set[str], new: dict[str, Entry]) -> set[str]:

@@ -35,7 +35,7 @@ from casync.repo.repository import Repository, is_executable
 from casync.settings import limits, merge_rules, priorities
 from casync.trees.paths import grafted, merged_outside
 from casync.trees.unixfs import Entry, build_tree
-from casync.worktree.checkout import update_worktree
+from casync.worktree.checkout import move_worktree, update_worktree
 from casync.worktree.disk import WorktreeWriter
 from casync.worktree.state import MERGE_STATE_KEY, checked_out, intend_move, interrupted_move, require_current
 
@@ -105,13 +105,12 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:
                 return MergeOutcome("up-to-date", ours)
-            old_flat, new_flat = repo.flat_tree(ours), repo.flat_tree(theirs)
-            st = update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
-                                 progress=progress, dry_run=True)
+            old_tree, new_tree = repo.tree_of(ours) if ours is not None else None, repo.tree_of(theirs)
+            st = move_worktree(repo, old_tree, new_tree, f"fast-forward to {rev}", progress=progress, dry_run=True)
             intend_move(repo, theirs)
             _move(repo, branch, ours, theirs, f"merge {rev}: fast-forward")
-            update_worktree(repo, old_flat, new_flat, repo.tree_of(theirs), f"fast-forward to {rev}",
-                            progress=progress, st=st, commit=theirs)
+            move_worktree(repo, old_tree, new_tree, f"fast-forward to {rev}", progress=progress, st=st,
+                          commit=theirs)
             return MergeOutcome("fast-forward", theirs)
         if repo.graph.is_ancestor(theirs, ours):
             return MergeOutcome("up-to-date", ours)

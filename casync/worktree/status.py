@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casync.model.cid import Cid, cid_str
-from casync.model.objects import DirLink, same_entry
+from casync.model.objects import same_entry
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_entry, stat_records_digest
 from casync.store.memory import MemoryBlockStore
 from casync.trees.ingest import FileWriter
-from casync.trees.unixfs import Entry, diff_flat, entry_for, read_dir
+from casync.trees.unixfs import Entry, diff_flat
+from casync.trees.walk import EntryLookup
 from casync.worktree import monitor
 from casync.worktree import state as workstate
 from casync.worktree.disk import FileStat, Ignore, UntrackedIgnore, native_stat_records, scan
@@ -149,7 +150,7 @@ def _compare_with_cache(repo: Repository, tree: Cid, disk: Iterator[tuple[bytes,
                 if c[1][:STAT_KEY_SIZE] != d[1]:
                     suspects[_path(d[0])] = stat_entry(c[1])
                 d, c = next(disk, None), next(cached, None)
-    committed = _CommittedEntries(repo, tree)
+    committed = EntryLookup(repo.blocks, tree)
     modified: list[str] = []
     if suspects:
         scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
@@ -186,36 +187,6 @@ def _disk_entry(repo: Repository, snap: Snapshotter, path: str) -> Entry | None:
     if not (stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISLNK(st.st_mode)):
         return None
     return snap.entry(path, st)
-
-
-class _CommittedEntries:
-    """``committed(path)``: the entry ``tree`` has at ``path``, each directory on the way read
-    once (a status with a few changes reads a few directories, not the tree)."""
-
-    def __init__(self, repo: Repository, tree: Cid) -> None:
-        self._repo = repo
-        self._listings: dict[str, dict[str, DirLink] | None] = {"": self._list(tree)}
-
-    def _list(self, cid: Cid) -> dict[str, DirLink]:
-        return {link.name: link for link in read_dir(self._repo.blocks, cid)}
-
-    def _listing(self, directory: str) -> dict[str, DirLink] | None:
-        if directory not in self._listings:
-            parent, _, name = directory.rpartition("/")
-            above = self._listing(parent)
-            link = above.get(name) if above is not None else None
-            is_dir = link is not None and entry_for(self._repo.blocks, link.cid, link.tsize).kind == "dir"
-            self._listings[directory] = self._list(link.cid) if link is not None and is_dir else None
-        return self._listings[directory]
-
-    def __call__(self, path: str) -> Entry | None:
-        parent, _, name = path.rpartition("/")
-        listing = self._listing(parent)
-        link = listing.get(name) if listing is not None else None
-        if link is None:
-            return None
-        entry = entry_for(self._repo.blocks, link.cid, link.tsize)
-        return None if entry.kind == "dir" else entry
 
 
 def _compare_by_hashing(repo: Repository, state: workstate.CheckedOut, files: dict[str, FileStat],

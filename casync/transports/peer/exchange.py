@@ -44,7 +44,7 @@ from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.settings import require_signed as settings_require_signed
 from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
 from casync.trees.paths import PathFilter
-from casync.worktree.checkout import update_worktree
+from casync.worktree.checkout import move_worktree
 from casync.worktree.state import merge_in_progress, moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
@@ -233,8 +233,9 @@ class PeerService:
             if checked_out and current == old:
                 # like git's receive.denyCurrentBranch=updateInstead: the files follow the
                 # branch, and a push that would overwrite uncommitted edits is refused
-                st = update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new), None,
-                                     f"push to the checked-out branch {branch}", dry_run=True)
+                old_tree = self.repo.tree_of(old) if old is not None else None
+                st = move_worktree(self.repo, old_tree, self.repo.tree_of(new),
+                                   f"push to the checked-out branch {branch}", dry_run=True)
             if current != old:
                 raise RefConflict(f"push to {branch} rejected: the branch moved to "
                                   f"{short(current) if current else 'nothing'} (non-fast-forward)",
@@ -244,8 +245,8 @@ class PeerService:
                                   f"{short(old)} (non-fast-forward)", hint="fetch and merge, then push again")
             self.repo.update_branch(branch, old, new, "push")
             if checked_out:
-                update_worktree(self.repo, self.repo.flat_tree(old), self.repo.flat_tree(new),
-                                self.repo.tree_of(new), f"push to {branch}", st=st, commit=new)
+                move_worktree(self.repo, self.repo.tree_of(old) if old is not None else None, self.repo.tree_of(new),
+                              f"push to {branch}", st=st, commit=new)
             return stats
 
     def check_push_tags(self, tags: dict[str, Cid]) -> None:
