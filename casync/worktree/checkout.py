@@ -1,11 +1,11 @@
-"""Working-directory operations: snapshot (commit), status and checkout.
+"""Working-directory operations: snapshot (commit) and checkout.
 
 The stat cache makes unchanged files free: a file whose (mtime, ctime, size, inode,
 mode) match the cache is not re-read.  Files modified within the last
 :data:`RACY_NS` of a cache write are never cached ("racily clean", as git calls it),
-so an edit in the same timestamp tick as a commit is not missed.  When the cache is
-known to describe exactly HEAD's tree, ``status`` on an unchanged tree reads no tree
-blocks at all.
+so an edit in the same timestamp tick as a commit is not missed.  Moving the files
+between two stored trees reads and writes in proportion to what differs
+(:func:`move_worktree`); ``status`` lives in :mod:`casync.worktree.status`.
 """
 
 from __future__ import annotations
