@@ -7,6 +7,7 @@ import contextlib
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from casync import Repository
+from casync import Repository, porcelain
 from casync.cli.main import main
 from casync.transports.peer.server import PeerServer, serve
 
@@ -59,6 +60,45 @@ def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> P
     if mode is not None:
         os.chmod(p, mode)
     return p
+
+
+def settle() -> None:
+    """Wait out the racily-clean second (``RACY_NS``): the stat cache then trusts the files
+    written before."""
+    time.sleep(1.1)
+
+
+def committed_grid(root: Path, dirs: int, files: int) -> Repository:
+    """A repository at ``root`` with ``dirs`` directories of ``files`` files
+    (``dNN/fNN.txt`` holding ``file D F``), committed once they are settled."""
+    repo = Repository.init(root, replica="site-a")
+    for d in range(dirs):
+        for f in range(files):
+            write(repo.root, f"d{d:02}/f{f:02}.txt", f"file {d} {f}\n")
+    settle()
+    porcelain.commit(repo, "base")
+    return repo
+
+
+def refuse_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any read of a whole tree fail the test (the caller must read in proportion to a change)."""
+    def refuse(*_args: object, **_kw: object) -> object:
+        raise AssertionError("the whole tree was flattened")
+    monkeypatch.setattr(Repository, "flatten", refuse)
+    monkeypatch.setattr(Repository, "flat_tree", refuse)
+
+
+def assert_cache_describes_tree(repo: Repository) -> None:
+    """docs/design.md §10.2's invariant: the stat cache describes the checked-out tree, one
+    entry per file of it, each with the tree's CID and tsize."""
+    from casync.worktree import state as workstate
+
+    tree = workstate.checked_out(repo).tree
+    assert tree is not None and repo.store.get("meta", b"statcache_tree") == tree
+    flat = repo.flatten(tree)
+    cache = repo.store.load_stat_cache()
+    assert cache.keys() == flat.keys()
+    assert all(cache[p][6] == e.cid and cache[p][5] == e.tsize for p, e in flat.items())
 
 
 def age(root: Path, seconds: float = 10.0) -> None:

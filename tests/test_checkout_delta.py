@@ -6,7 +6,6 @@ instead of re-stating and rewriting every file's entry."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,52 +14,23 @@ import pytest
 
 from casync import Repository, porcelain
 from casync.errors import WorktreeDirty
-from casync.repo.repository import Repository as RepositoryClass
 from casync.worktree import checkout as checkout_mod
-from casync.worktree import state as workstate
 
-from .conftest import write
-
-
-def _settle() -> None:
-    time.sleep(1.1)  # past the racily-clean second: the cache trusts what was written before
+from .conftest import assert_cache_describes_tree, committed_grid, refuse_flatten, settle, write
 
 
 @pytest.fixture
 def two_branches(tmp_path: Path) -> Iterator[Repository]:
     """``main`` and ``other``, 40 directories of 10 files, differing in one file of d07."""
-    repo = Repository.init(tmp_path / "wt", replica="site-a")
-    for d in range(40):
-        for f in range(10):
-            write(repo.root, f"d{d:02}/f{f}.txt", f"{d} {f}\n")
-    _settle()
-    porcelain.commit(repo, "base")
+    repo = committed_grid(tmp_path / "wt", 40, 10)
     repo.update_branch("other", None, repo.head(), "branch")
-    write(repo.root, "d07/f3.txt", "changed on main\n")
-    _settle()
+    write(repo.root, "d07/f03.txt", "changed on main\n")
+    settle()
     porcelain.commit(repo, "one change")
     try:
         yield repo
     finally:
         repo.close()
-
-
-def _no_flatten(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_args: Any, **_kw: Any) -> Any:
-        raise AssertionError("the whole tree was flattened")
-    monkeypatch.setattr(RepositoryClass, "flatten", refuse)
-    monkeypatch.setattr(RepositoryClass, "flat_tree", refuse)
-
-
-def _cache_matches_tree(repo: Repository) -> None:
-    """§10.2's invariant: the cache describes the checked-out tree, one entry per file, each
-    with the tree's CID."""
-    tree = workstate.checked_out(repo).tree
-    assert tree is not None and repo.store.get("meta", b"statcache_tree") == tree
-    flat = repo.flatten(tree)
-    cache = repo.store.load_stat_cache()
-    assert cache.keys() == flat.keys()
-    assert all(cache[p][6] == e.cid and cache[p][5] == e.tsize for p, e in flat.items())
 
 
 def test_a_checkout_of_a_one_file_change_reads_and_writes_only_that_file(
@@ -73,53 +43,53 @@ def test_a_checkout_of_a_one_file_change_reads_and_writes_only_that_file(
     def counting(path: Any, *args: Any, **kw: Any) -> os.stat_result:
         lstats.append(os.fspath(path))
         return real_lstat(path, *args, **kw)
-    _no_flatten(monkeypatch)
+    refuse_flatten(monkeypatch)
     monkeypatch.setattr(checkout_mod.os, "lstat", counting)
     porcelain.checkout(repo, "other")
-    assert (repo.root / "d07" / "f3.txt").read_text() == "7 3\n"
+    assert (repo.root / "d07" / "f03.txt").read_text() == "file 7 3\n"
     assert len(lstats) < 10, lstats  # the changed file (and a few checks), not the 400 files
     monkeypatch.undo()
-    _cache_matches_tree(repo)
+    assert_cache_describes_tree(repo)
     assert porcelain.status(repo).clean
 
 
 def test_the_moved_cache_is_the_cache_a_full_refresh_writes(two_branches: Repository) -> None:
     repo = two_branches
-    write(repo.root, "d20/f1.txt", "an uncommitted edit, kept\n")
+    write(repo.root, "d20/f01.txt", "an uncommitted edit, kept\n")
     porcelain.checkout(repo, "other")
-    _cache_matches_tree(repo)
+    assert_cache_describes_tree(repo)
     cache = repo.store.load_stat_cache()
-    assert cache["d20/f1.txt"][4] == 0  # the kept edit is not trusted
+    assert cache["d20/f01.txt"][4] == 0  # the kept edit is not trusted
     st = porcelain.status(repo)
-    assert (st.modified, st.added, st.deleted) == (["d20/f1.txt"], [], [])
+    assert (st.modified, st.added, st.deleted) == (["d20/f01.txt"], [], [])
     porcelain.checkout(repo, "main")
-    _cache_matches_tree(repo)
-    assert porcelain.status(repo).modified == ["d20/f1.txt"]
+    assert_cache_describes_tree(repo)
+    assert porcelain.status(repo).modified == ["d20/f01.txt"]
 
 
 def test_without_a_cache_of_the_old_tree_the_whole_cache_is_written(two_branches: Repository) -> None:
     repo = two_branches
     repo.store.write(lambda txn: txn.delete(b"statcache_tree", db=repo.store._dbs["meta"]))
     porcelain.checkout(repo, "other")
-    _cache_matches_tree(repo)
+    assert_cache_describes_tree(repo)
     assert porcelain.status(repo).clean
 
 
 def test_an_edit_in_the_way_is_refused_and_force_discards_every_edit(two_branches: Repository) -> None:
     repo = two_branches
-    write(repo.root, "d07/f3.txt", "mine\n")  # the file the checkout changes
-    write(repo.root, "d30/f0.txt", "mine too\n")  # a file both trees share
-    (repo.root / "d31" / "f1.txt").unlink()
+    write(repo.root, "d07/f03.txt", "mine\n")  # the file the checkout changes
+    write(repo.root, "d30/f00.txt", "mine too\n")  # a file both trees share
+    (repo.root / "d31" / "f01.txt").unlink()
     write(repo.root, "d32/new.txt", "untracked\n")
-    with pytest.raises(WorktreeDirty, match=r"d07/f3\.txt"):
+    with pytest.raises(WorktreeDirty, match=r"d07/f03\.txt"):
         porcelain.checkout(repo, "other")
-    assert (repo.root / "d07" / "f3.txt").read_text() == "mine\n"
+    assert (repo.root / "d07" / "f03.txt").read_text() == "mine\n"
     porcelain.checkout(repo, "other", force=True)
-    assert (repo.root / "d07" / "f3.txt").read_text() == "7 3\n"
-    assert (repo.root / "d30" / "f0.txt").read_text() == "30 0\n"  # outside the change: discarded too
-    assert (repo.root / "d31" / "f1.txt").read_text() == "31 1\n"
+    assert (repo.root / "d07" / "f03.txt").read_text() == "file 7 3\n"
+    assert (repo.root / "d30" / "f00.txt").read_text() == "file 30 0\n"  # outside the change: discarded too
+    assert (repo.root / "d31" / "f01.txt").read_text() == "file 31 1\n"
     assert (repo.root / "d32" / "new.txt").read_text() == "untracked\n"  # untracked files survive
-    _cache_matches_tree(repo)
+    assert_cache_describes_tree(repo)
     st = porcelain.status(repo)
     assert (st.modified, st.deleted, st.added) == ([], [], ["d32/new.txt"])
 
@@ -128,13 +98,13 @@ def test_a_fast_forward_reads_in_proportion_to_the_change(two_branches: Reposito
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     repo = two_branches
     porcelain.checkout(repo, "other")
-    _settle()
-    _no_flatten(monkeypatch)
+    settle()
+    refuse_flatten(monkeypatch)
     outcome = porcelain.merge(repo, "main")
     assert outcome.kind == "fast-forward"
-    assert (repo.root / "d07" / "f3.txt").read_text() == "changed on main\n"
+    assert (repo.root / "d07" / "f03.txt").read_text() == "changed on main\n"
     monkeypatch.undo()
-    _cache_matches_tree(repo)
+    assert_cache_describes_tree(repo)
     assert porcelain.status(repo).clean
 
 
@@ -144,7 +114,7 @@ def test_a_directory_replaced_by_a_file_and_back(tmp_path: Path) -> None:
         for f in range(3):
             write(repo.root, f"x/f{f}", f"{f}\n")
         write(repo.root, "keep", "k\n")
-        _settle()
+        settle()
         porcelain.commit(repo, "a dir")
         repo.update_branch("dir", None, repo.head(), "branch")
         for f in range(3):
@@ -154,10 +124,10 @@ def test_a_directory_replaced_by_a_file_and_back(tmp_path: Path) -> None:
         porcelain.commit(repo, "a file")
         porcelain.checkout(repo, "dir")
         assert sorted(os.listdir(repo.root / "x")) == ["f0", "f1", "f2"]
-        _cache_matches_tree(repo)
+        assert_cache_describes_tree(repo)
         porcelain.checkout(repo, "main")
         assert (repo.root / "x").read_text() == "now a file\n"
-        _cache_matches_tree(repo)
+        assert_cache_describes_tree(repo)
         assert porcelain.status(repo).clean
     finally:
         repo.close()

@@ -6,7 +6,6 @@ checked-out tree (§10.2's invariant), so the next one can do the same."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,17 +13,11 @@ from typing import Any
 import pytest
 
 from casync import Repository, porcelain
-from casync.repo.repository import Repository as RepositoryClass
 from casync.trees import walk as walk_mod
 from casync.worktree import disk as worktree_disk
 from casync.worktree import state as workstate
 
-from .conftest import write
-
-
-def _settle() -> None:
-    """Files written within the last second are 'racily clean' and never trusted."""
-    time.sleep(1.1)
+from .conftest import assert_cache_describes_tree, refuse_flatten, settle, write
 
 
 @pytest.fixture(params=["native", "python"])
@@ -39,13 +32,13 @@ def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 @pytest.fixture
 def big(tmp_path: Path) -> Iterator[Repository]:
-    """30 directories of 20 files, committed and settled (the cache trusts every file)."""
+    """30 directories of 20 files and one deeper, committed and settled (the cache trusts every file)."""
     repo = Repository.init(tmp_path / "wt", replica="site-a")
     for d in range(30):
         for f in range(20):
             write(repo.root, f"d{d:02}/f{f:02}.txt", f"file {d} {f}\n")
     write(repo.root, "d05/sub/deep.txt", "deep\n")
-    _settle()
+    settle()
     porcelain.commit(repo, "base")
     try:
         yield repo
@@ -64,15 +57,7 @@ class _Reads:
             self.dirs += 1
             return real(cid, node)
         monkeypatch.setattr(walk_mod, "read_dir_block", counting)
-
-        def refuse(*_args: Any, **_kw: Any) -> Any:
-            raise AssertionError("status flattened the whole tree")
-        monkeypatch.setattr(RepositoryClass, "flatten", refuse)
-
-
-def _described(repo: Repository) -> bool:
-    tree = workstate.checked_out(repo).tree
-    return tree is not None and repo.store.get("meta", b"statcache_tree") == tree
+        refuse_flatten(monkeypatch)
 
 
 def test_one_edit_in_a_large_tree_reads_only_its_path(big: Repository, walk: str,
@@ -83,7 +68,8 @@ def test_one_edit_in_a_large_tree_reads_only_its_path(big: Repository, walk: str
     st = porcelain.status(big)
     assert (st.modified, st.added, st.deleted) == (["d05/sub/deep.txt"], [], [])
     assert reads.dirs == 3  # the root, d05, d05/sub: not the 31 directories of the tree
-    assert _described(big)
+    monkeypatch.undo()  # (the check below reads the whole tree)
+    assert_cache_describes_tree(big)
 
 
 def test_every_kind_of_change_is_found_without_the_tree(big: Repository, walk: str,
@@ -115,7 +101,8 @@ def test_every_kind_of_change_is_found_without_the_tree(big: Repository, walk: s
     assert st.deleted == ["d06/f06.txt", "d08/f08.txt"] + [f"d09/f{i:02}.txt" for i in range(20)]
     assert st.added == ["d07/new.txt", "d08/f08.txt/inside", "d09", "d10-x", "d10/é-accent", "new-top"]
     assert reads.dirs == 6  # the root, d01-d04 and d11 (files whose stat changed): not 31
-    assert _described(big)
+    monkeypatch.undo()  # (the check below reads the whole tree)
+    assert_cache_describes_tree(big)
 
 
 def test_a_touched_file_gets_new_stat_data_and_the_next_status_reads_nothing(
@@ -124,7 +111,7 @@ def test_a_touched_file_gets_new_stat_data_and_the_next_status_reads_nothing(
     old = os.lstat(target)
     os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns - 5_000_000_000))
     write(big.root, "untracked.txt", "keeps the tree dirty\n")
-    _settle()
+    settle()
     assert porcelain.status(big).added == ["untracked.txt"]
     entry = big.store.load_stat_cache()["d12/f12.txt"]
     now = os.lstat(target)
@@ -166,7 +153,7 @@ def test_a_dirty_status_leaves_a_cache_that_describes_the_tree(big: Repository, 
     big.store.write(lambda txn: txn.delete(b"statcache_tree", db=big.store._dbs["meta"]))  # as after restore
     first = porcelain.status(big)  # way 4
     assert (first.modified, first.deleted) == (["d13/f13.txt"], ["d14/f14.txt"])
-    assert _described(big)
+    assert_cache_describes_tree(big)
     cache = big.store.load_stat_cache()
     tree = workstate.checked_out(big).tree
     assert tree is not None
