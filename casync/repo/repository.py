@@ -347,6 +347,12 @@ class Repository:
         validate_branch_name(branch)
         self.refs.cas_ref(f"heads/{branch}", old, new, reason)
 
+    def is_strong(self, branch: str) -> bool:
+        """Whether ``branch``'s head lives in etcd (:mod:`casync.repo.strong`): a move of it
+        other replicas may already have seen is never undone."""
+        strong_branch = getattr(self.refs, "strong_branch", None)
+        return strong_branch is not None and strong_branch(f"heads/{branch}") is not None
+
     # --- revisions -----------------------------------------------------------------------
 
     def resolve_cid(self, rev: str) -> str:

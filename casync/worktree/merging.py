@@ -37,7 +37,13 @@ from casync.trees.paths import grafted, merged_outside
 from casync.trees.unixfs import Entry, build_tree
 from casync.worktree.checkout import move_worktree, update_worktree
 from casync.worktree.disk import WorktreeWriter
-from casync.worktree.state import MERGE_STATE_KEY, checked_out, intend_move, interrupted_move, require_current
+from casync.worktree.state import (
+    MERGE_STATE_KEY,
+    checked_out,
+    interrupted_move,
+    move_branch_then_files,
+    require_current,
+)
 
 __all__ = ["MergeOutcome", "OpenConflict", "abort_merge", "continue_merge", "list_conflicts",
            "load_entry_point_resolvers", "merge", "merge_state", "resolve_conflict"]
@@ -107,10 +113,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
                 return MergeOutcome("up-to-date", ours)
             old_tree, new_tree = repo.tree_of(ours) if ours is not None else None, repo.tree_of(theirs)
             st = move_worktree(repo, old_tree, new_tree, f"fast-forward to {rev}", progress=progress, dry_run=True)
-            intend_move(repo, theirs)
-            _move(repo, branch, ours, theirs, f"merge {rev}: fast-forward")
-            move_worktree(repo, old_tree, new_tree, f"fast-forward to {rev}", progress=progress, st=st,
-                          commit=theirs)
+            move_branch_then_files(repo, branch, ours, theirs, f"merge {rev}: fast-forward",
+                                   lambda: move_worktree(repo, old_tree, new_tree, f"fast-forward to {rev}",
+                                                         progress=progress, st=st, commit=theirs))
             return MergeOutcome("fast-forward", theirs)
         if repo.graph.is_ancestor(theirs, ours):
             return MergeOutcome("up-to-date", ours)
@@ -140,15 +145,19 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
             written = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name).cid
             repo.blocks.flush()  # merged/json blocks the user may commit later
             _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, written)
-            update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, st=st)
+            try:
+                update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, st=st)
+            except WorktreeDirty:  # a file written since the dry run: refused before any file was
+                repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
+                raise
             return MergeOutcome("conflicts", None, result.decisions, result.siblings, result.conflicts)
         tree = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name)
         meta = _conflict_meta(result.siblings)
         cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
         repo.blocks.flush()
-        intend_move(repo, cid)
-        _move(repo, branch, ours, cid, f"merge {rev}")
-        update_worktree(repo, ours_flat, result.tree, tree.cid, what, progress=progress, st=st, commit=cid)
+        move_branch_then_files(repo, branch, ours, cid, f"merge {rev}",
+                               lambda: update_worktree(repo, ours_flat, result.tree, tree.cid, what,
+                                                       progress=progress, st=st, commit=cid))
         return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
 
 
@@ -193,13 +202,6 @@ def _finish_interrupted_move(repo: Repository, progress: Progress) -> None:
     old = repo.flatten(state.tree) if state.tree is not None else {}
     update_worktree(repo, old, repo.flat_tree(head), repo.tree_of(head), "finishing the interrupted merge",
                     progress=progress, commit=head)
-
-
-def _move(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str) -> None:
-    if branch is not None:
-        repo.update_branch(branch, old, new, reason)
-    else:
-        repo.set_head(None, new, reason=reason)
 
 
 def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:

@@ -16,6 +16,7 @@ commit.  Ignore rules apply to untracked paths only, as in git.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +26,8 @@ from casync.repo.repository import Repository
 from casync.trees.unixfs import entry_for, read_dir
 
 __all__ = ["MERGE_STATE_KEY", "CheckedOut", "TreePaths", "checked_out", "clear_untracks", "intend_commit",
-           "intend_move", "interrupted_move", "merge_in_progress", "moved_since_checkout", "record",
-           "refuse_mid_merge", "require_current", "untracks"]
+           "intend_move", "interrupted_move", "merge_in_progress", "move_branch_then_files", "moved_since_checkout",
+           "record", "refuse_mid_merge", "require_current", "untracks"]
 
 _KEY = b"worktree"
 _UNTRACK_KEY = b"untrack"
@@ -63,6 +64,34 @@ def intend_move(repo: Repository, to: Cid) -> None:
     by the next merge instead of refused as a moved branch."""
     if not repo.bare:
         repo.store.put("meta", _MOVE_KEY, cid_str(to).encode())
+
+
+def move_branch_then_files(repo: Repository, branch: str | None, old: Cid | None, new: Cid, reason: str,
+                           files: Callable[[], object]) -> None:
+    """Move HEAD (``branch``, or a detached HEAD) from ``old`` to ``new``, then the files
+    (``files``, an update checked by a dry run before this).  The update checks the working
+    tree again: a file the user wrote since the dry run, where the update writes, makes it
+    refuse (:class:`WorktreeDirty`) before a file is written.  The branch then goes back to
+    ``old``, so the refusal leaves branch and files where they were and the next pull or
+    push tries again; without that the branch stayed moved and the user's next commit was
+    refused as one on a moved branch.  A strong branch stays moved (other replicas may
+    already have seen its head in etcd); its files follow at the next merge, as after a
+    killed one (:func:`interrupted_move`)."""
+    intend_move(repo, new)
+    if branch is not None:
+        repo.update_branch(branch, old, new, reason)
+    else:
+        repo.set_head(None, new, reason=reason)
+    try:
+        files()
+    except WorktreeDirty:
+        if branch is None or not repo.is_strong(branch):
+            if branch is not None:
+                repo.update_branch(branch, new, old, f"{reason}: undone, the working tree changed meanwhile")
+            elif old is not None:
+                repo.set_head(None, old, reason=f"{reason}: undone, the working tree changed meanwhile")
+            repo.store.write(lambda txn: txn.delete(_MOVE_KEY, db=repo.store.db("meta")))
+        raise
 
 
 def interrupted_move(repo: Repository) -> Cid | None:

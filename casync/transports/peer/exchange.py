@@ -45,7 +45,7 @@ from casync.settings import require_signed as settings_require_signed
 from casync.transfer.stream import FLUSH_BYTES, PackReceiver, TransferStats, blocks_for_commits
 from casync.trees.paths import PathFilter
 from casync.worktree.checkout import move_worktree
-from casync.worktree.state import merge_in_progress, moved_since_checkout
+from casync.worktree.state import merge_in_progress, move_branch_then_files, moved_since_checkout
 
 __all__ = ["MAX_HAVES", "FetchResult", "LocalPeer", "Peer", "PeerInfo", "PeerService", "fetch_from",
            "push_tags_to", "push_to"]
@@ -243,10 +243,13 @@ class PeerService:
             if old is not None and not self.repo.graph.is_ancestor(old, new):
                 raise RefConflict(f"push to {branch} rejected: {short(new)} does not contain "
                                   f"{short(old)} (non-fast-forward)", hint="fetch and merge, then push again")
-            self.repo.update_branch(branch, old, new, "push")
-            if checked_out:
-                move_worktree(self.repo, self.repo.tree_of(old) if old is not None else None, self.repo.tree_of(new),
-                              f"push to {branch}", st=st, commit=new)
+            if checked_out:  # the files follow; an edit made since the dry run undoes the move
+                old_tree = self.repo.tree_of(old) if old is not None else None
+                move_branch_then_files(self.repo, branch, old, new, "push",
+                                       lambda: move_worktree(self.repo, old_tree, self.repo.tree_of(new),
+                                                             f"push to {branch}", st=st, commit=new))
+            else:
+                self.repo.update_branch(branch, old, new, "push")
             return stats
 
     def check_push_tags(self, tags: dict[str, Cid]) -> None:
