@@ -84,7 +84,7 @@ def test_a_merge_refused_after_the_branch_moved_moves_it_back(repo: Repository,
     write(repo.root, "notes.txt", "notes, edited here\n")
     age(repo.root)
     head = repo.resolve(porcelain.commit(repo, "local edit"))
-    fired = _write_after_dry_run(monkeypatch, merging, "update_worktree", repo.root / "shared.txt")
+    fired = _write_after_dry_run(monkeypatch, merging, "move_worktree", repo.root / "shared.txt")
     with pytest.raises(WorktreeDirty):
         porcelain.merge(repo, "other")
     assert fired
@@ -102,7 +102,7 @@ def test_a_merge_that_stops_for_conflicts_and_is_refused_leaves_no_merge_state(
     write(repo.root, "notes.txt", "ours\n")
     age(repo.root)
     head = repo.resolve(porcelain.commit(repo, "ours"))
-    fired = _write_after_dry_run(monkeypatch, merging, "update_worktree", repo.root / "shared.txt")
+    fired = _write_after_dry_run(monkeypatch, merging, "move_worktree", repo.root / "shared.txt")
     with pytest.raises(WorktreeDirty):
         porcelain.merge(repo, "other", policy="manual")
     assert fired

@@ -146,6 +146,9 @@ class MergeInput:
     # deleted it, or set it back to the base's value, still wrote it (ABA, as for paths), so
     # a later delete of a key is not undone by an older write of it
     key_changed: Callable[[str, Side, tuple[str, ...]], bool] | None = None
+    # whether ours or theirs has a file at a path, for maps that hold only the paths the
+    # sides changed (a sibling name must not land on a file neither side changed)
+    occupied: Callable[[str], bool] | None = None
 
 
 def sibling_name(path: str, replica: str) -> str:
@@ -323,7 +326,7 @@ def _keep_both(inp: MergeInput, result: MergeResult, path: str, b: Entry | None,
         kept, other, other_write = (o, t, wt) if keep_ours else (t, o, wo)
         fallback = "theirs" if keep_ours else "ours"
         sib = sibling_name(path, other_write.replica or fallback)
-        if sib in inp.ours or sib in inp.theirs:
+        if sib in inp.ours or sib in inp.theirs or (inp.occupied is not None and inp.occupied(sib)):
             sib = sibling_name(path, f"{other_write.replica or fallback}.{other.cid.hex()[-8:]}")
         result.tree[path] = kept
         result.tree[sib] = other

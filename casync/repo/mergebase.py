@@ -28,10 +28,10 @@ from casync.merge.threeway import MergeInput, MergeResult, PolicyRules, Resolver
 from casync.model.cid import DAG_PB, Cid, cid_codec, cid_str
 from casync.model.objects import DirLink, decode_pbnode, entry_key, same_entry
 from casync.repo.repository import Repository
-from casync.trees.unixfs import Entry, directories_of, entry_for, read_dir
-from casync.trees.walk import changed_paths
+from casync.trees.unixfs import Entry, directories_of, entry_for, read_dir, update_tree
+from casync.trees.walk import EntryLookup, changed_paths
 
-__all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "merge_sides", "real_side"]
+__all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "SideMerge", "merge_sides", "real_side"]
 
 DEFAULT_PRIORITY = 100
 MAX_DEPTH = 8  # virtual bases nested deeper than this fall back to the newest base
@@ -40,16 +40,32 @@ MAX_DEPTH = 8  # virtual bases nested deeper than this fall back to the newest b
 @dataclass(frozen=True)
 class MergeSide:
     """One side of a merge: a commit, or a virtual merge of merge bases (``cid`` None)
-    whose history is its parents' histories plus itself."""
+    whose history is its parents' histories plus itself.  ``tree`` is its tree (a virtual
+    side's is stored: its first parent's tree with the virtual merge's changes), read only
+    at the paths a merge looks at; ``merged`` are the paths where a virtual side may differ
+    from its first parent (everywhere else it is that parent)."""
 
-    flat: Mapping[str, Entry]
+    tree: Cid | None
     heads: tuple[Cid, ...]  # the real commits whose histories this side includes
     cid: Cid | None = None
     parents: tuple[MergeSide, ...] = field(default=())
+    merged: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SideMerge:
+    """A three-way merge of two sides.  ``result.tree`` holds the merged entries only at the
+    paths where the sides (or the base) differ, and the conflict siblings; ``changes`` is the
+    merged tree as edits of ours' tree (None: delete), what ``update_tree`` applies."""
+
+    result: MergeResult
+    bases: list[Cid]
+    changes: dict[str, Entry | None]
+    paths: frozenset[str]  # every path looked at: where ours, theirs and the base are not all equal
 
 
 def real_side(repo: Repository, cid: Cid) -> MergeSide:
-    return MergeSide(repo.flat_tree(cid), (cid,), cid)
+    return MergeSide(repo.tree_of(cid), (cid,), cid)
 
 
 class _History:
@@ -65,6 +81,7 @@ class _History:
         self._dirs: dict[Cid, dict[str, DirLink]] = {}
         self._kinds: dict[Cid, Entry] = {}
         self._sides: dict[Cid, MergeSide] = {}
+        self._lookups: dict[Cid | None, EntryLookup] = {}
         # virtual bases by (bases, depth): criss-cross histories (replicas that sync with
         # each other) reach the same sets of bases again and again, so without this the
         # recursion is exponential in the number of criss-crosses
@@ -76,11 +93,28 @@ class _History:
             self._sides[cid] = real_side(self.repo, cid)
         return self._sides[cid]
 
+    def at(self, side: MergeSide | None, path: str) -> Entry | None:
+        """The file or symlink ``side`` has at ``path`` (None: nothing, or a directory)."""
+        if side is None:
+            return None
+        lookup = self._lookups.get(side.tree)
+        if lookup is None:
+            lookup = self._lookups[side.tree] = EntryLookup(self.repo.blocks, side.tree)
+        return lookup(path)
+
+    def entries(self, side: MergeSide | None, paths: frozenset[str]) -> dict[str, Entry]:
+        """``side``'s files at ``paths``: its flat tree, as far as a merge over them needs it."""
+        return {p: e for p in sorted(paths) if (e := self.at(side, p)) is not None}
+
     def entry(self, commit: Cid, path: str) -> Entry | None:
         key = (commit, path)
         if key not in self._entries:
             self._entries[key] = self._lookup(self.repo.graph.node(commit).tree, path.split("/"))
         return self._entries[key]
+
+    def entry_in(self, tree: Cid | None, path: str) -> Entry | None:
+        """What ``tree`` has at ``path``, a directory too."""
+        return self._lookup(tree, path.split("/")) if tree is not None else None
 
     def _lookup(self, root: Cid, parts: list[str]) -> Entry | None:
         """:func:`casync.trees.unixfs.lookup` with the directories decoded once per merge (a merge
@@ -117,9 +151,9 @@ class _History:
         version has that parent's write; one that made a new one (a json merge) counts as
         written when the latest of its parents' writes was."""
         if side.cid is None:
-            here = version(side.flat.get(path))
+            here = version(self.at(side, path))
             for parent in side.parents:
-                if version(parent.flat.get(path)) == here:
+                if version(self.at(parent, path)) == here:
                     return self._last(parent, path, version)
             a, b = (self._last(p, path, version) for p in side.parents)
             return a if lww_winner(a, b, 0) == "ours" else b
@@ -180,10 +214,10 @@ class _History:
         out: set[str] = set()
         for parent in side.parents:
             out |= self.touched(parent, bases)
-        a, b = (p.flat for p in side.parents)
-        here = side.flat
-        out |= {path for path in set(here) | set(a) | set(b)
-                if not same_entry(here.get(path), a.get(path)) and not same_entry(here.get(path), b.get(path))}
+        a, b = side.parents  # outside ``merged`` the side is its first parent: nothing written there
+        out |= {path for path in side.merged
+                if not same_entry(here := self.at(side, path), self.at(a, path))
+                and not same_entry(here, self.at(b, path))}
         return frozenset(out)
 
     def _commit_touched(self, head: Cid, bases: tuple[Cid, ...]) -> frozenset[str]:
@@ -228,34 +262,47 @@ class _History:
 
 
 def merge_sides(repo: Repository, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
-                resolvers: Mapping[str, ResolverFn], priorities: Mapping[str, int]) -> tuple[MergeResult, list[Cid]]:
+                resolvers: Mapping[str, ResolverFn], priorities: Mapping[str, int]) -> SideMerge:
     """The three-way merge of two sides, over their (possibly virtual) merge base."""
     return _merge(_History(repo, priorities), ours, theirs, rules, resolvers, 0)
 
 
 def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRules,
-           resolvers: Mapping[str, ResolverFn], depth: int) -> tuple[MergeResult, list[Cid]]:
+           resolvers: Mapping[str, ResolverFn], depth: int) -> SideMerge:
+    """The merge reads the three trees only where they are not all equal (``paths``: what
+    changed since the base on either side, equal subtrees skipped by CID).  Everywhere else
+    base, ours and theirs agree and the merge keeps ours, so the path-by-path merge below sees
+    exactly what it would see of the whole flat trees: every rename, clash and sibling of the
+    merge involves only such paths (a rename's old and new paths changed on a side; a file
+    where the other side has a directory differs from the base on one side)."""
     repo = hist.repo
     bases = hist.merge_bases(ours, theirs)
     base = _virtual_base(hist, bases, rules, resolvers, depth)
-    base_flat: Mapping[str, Entry] = base.flat if base is not None else {}
+    partial = repo.partial
+    keep = partial.holds if partial is not None else None
+    base_tree = base.tree if base is not None else None
+    empty: set[str] = set()
+    paths = frozenset(changed_paths(repo.blocks.get, base_tree, ours.tree, keep=keep, empty_dirs=empty)
+                      | changed_paths(repo.blocks.get, base_tree, theirs.tree, keep=keep, empty_dirs=empty))
+    base_flat, ours_flat, theirs_flat = (hist.entries(side, paths) for side in (base, ours, theirs))
+    flats = {"ours": ours_flat, "theirs": theirs_flat}
     touched_o, touched_t = hist.touched(ours, bases), hist.touched(theirs, bases)
     writes: dict[tuple[str, Side], Write] = {}
-    renames = find_renames(base_flat, ours.flat, theirs.flat, hist.chunks)
+    renames = find_renames(base_flat, ours_flat, theirs_flat, hist.chunks)
     settled = set()  # paths the renames settle: the path-by-path merge needs no writes for them
     for carry in renames.carries:
         renamer, other = (ours, theirs) if carry.renamer == "ours" else (theirs, ours)
         settled |= {carry.old, carry.new}
-        if not same_entry(renamer.flat[carry.new], base_flat[carry.old]):  # renamed and edited: a conflict at new
+        if not same_entry(flats[carry.renamer][carry.new], base_flat[carry.old]):  # renamed and edited: conflict
             writes[(carry.new, carry.renamer)] = hist.last_write(renamer, carry.new)
             writes[(carry.new, "theirs" if carry.renamer == "ours" else "ours")] = hist.last_write(other, carry.old)
     settled |= {c.old for c in renames.conflicts if c.kind == "rename/modify"}
     # a file on one side where the other has a directory: the file moves to a sibling named
     # after the replica that wrote it, so every replica must know who that was
-    dirs_ours, dirs_theirs = directories_of(ours.flat), directories_of(theirs.flat)
-    clashes = {p for p in theirs.flat if p in dirs_ours} | {p for p in ours.flat if p in dirs_theirs}
-    for path in (set(ours.flat) | set(theirs.flat) | set(base_flat)) - settled:
-        b, o, t = base_flat.get(path), ours.flat.get(path), theirs.flat.get(path)
+    dirs_ours, dirs_theirs = directories_of(ours_flat), directories_of(theirs_flat)
+    clashes = {p for p in theirs_flat if p in dirs_ours} | {p for p in ours_flat if p in dirs_theirs}
+    for path in (set(ours_flat) | set(theirs_flat) | set(base_flat)) - settled:
+        b, o, t = base_flat.get(path), ours_flat.get(path), theirs_flat.get(path)
         if same_entry(o, t):
             continue
         both = path in touched_o and path in touched_t
@@ -275,10 +322,33 @@ def _merge(hist: _History, ours: MergeSide, theirs: MergeSide, rules: PolicyRule
             return True
         return key_write(path, side, keys) != hist.last_key_write(base, path, keys)
 
-    result = merge_trees(MergeInput(base_flat, ours.flat, theirs.flat, writes, rules, load,
+    result = merge_trees(MergeInput(base_flat, ours_flat, theirs_flat, writes, rules, load,
                                     lambda data: _store(repo, data), resolvers, touched_o, touched_t, renames,
-                                    key_write, key_changed))
-    return result, list(bases)
+                                    key_write, key_changed,
+                                    lambda p: hist.at(ours, p) is not None or hist.at(theirs, p) is not None))
+    changes: dict[str, Entry | None] = {}
+    for path in sorted(paths | result.tree.keys()):
+        merged, mine = result.tree.get(path), ours_flat.get(path) if path in paths else hist.at(ours, path)
+        if merged != mine:
+            changes[path] = merged
+    changes.update(_dropped_empty_dirs(hist, ours, empty, changes))
+    return SideMerge(result, list(bases), changes, paths)
+
+
+def _dropped_empty_dirs(hist: _History, ours: MergeSide, empty: set[str],
+                        changes: Mapping[str, Entry | None]) -> dict[str, None]:
+    """Ours' empty directories where a side changed something (added, removed or emptied
+    one), removed: a merge of flat trees has no empty directories, and keeping ours' would
+    make two replicas merging the same heads in opposite directions build different trees
+    (and merge again, forever).  One the merge writes a file into stays, of course."""
+    out: dict[str, None] = {}
+    for path in sorted(empty):
+        entry = hist.entry_in(ours.tree, path)
+        if entry is None or entry.kind != "dir" or read_dir(hist.repo.blocks, entry.cid):
+            continue
+        if not any(p.startswith(path + "/") for p in changes):
+            out[path] = None
+    return out
 
 
 def _store(repo: Repository, data: bytes) -> Entry:
@@ -302,15 +372,16 @@ def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
         return acc
     for cid in bases[1:]:
         other = hist.side(cid)
-        sub, _ = _merge(hist, acc, other, rules, resolvers, depth + 1)
-        tree = dict(sub.tree)
-        for c in sub.conflicts:  # what 'manual' leaves to a person: a marker no side holds
+        sub = _merge(hist, acc, other, rules, resolvers, depth + 1)
+        changes = dict(sub.changes)
+        for c in sub.result.conflicts:  # what 'manual' leaves to a person: a marker no side holds
             if c.kind == "file/directory":
                 continue
             if c.sibling is not None:
-                tree.pop(c.sibling, None)
-            tree[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
-        acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other))
+                changes[c.sibling] = None
+            changes[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
+        tree = update_tree(hist.repo.blocks, acc.tree, changes, hist.repo.hash_name).cid if changes else acc.tree
+        acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other), frozenset(changes) | sub.paths)
     return acc
 
 

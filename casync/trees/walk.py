@@ -287,9 +287,11 @@ def commit_blocks(get: GetBlock, graph: CommitGraph, commits: Sequence[Cid], pat
 
 
 def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str = "",
-                  keep: Callable[[str], bool] | None = None) -> set[str]:
+                  keep: Callable[[str], bool] | None = None, empty_dirs: set[str] | None = None) -> set[str]:
     """Paths of files and symlinks that differ between two trees (either may be None);
-    with ``keep`` (a partial clone's ``PathFilter.holds``), only paths it keeps.
+    with ``keep`` (a partial clone's ``PathFilter.holds``), only paths it keeps.  With
+    ``empty_dirs``, the paths of the empty directories met in either tree where the two
+    differ are added to it (a flat tree has no directories, so no file path names them).
 
     Walks both trees together and skips identical subtrees by CID, so the cost is
     proportional to the change, not to the tree.  Names are validated as they are read.
@@ -302,6 +304,9 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
         if old == new:
             continue
         old_links, new_links = _named_entries(get, old, new)
+        if empty_dirs is not None and prefix and ((old is not None and not old_links)
+                                                 or (new is not None and not new_links)):
+            empty_dirs.add(prefix[:-1])  # (a HAMT, whose listing here may be partial, is never empty)
         for name in old_links.keys() | new_links.keys():
             a, b = old_links.get(name), new_links.get(name)
             if a == b:

@@ -33,9 +33,10 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.mergebase import merge_sides, real_side
 from casync.repo.repository import Repository, is_executable
 from casync.settings import limits, merge_rules, priorities
-from casync.trees.paths import grafted, merged_outside
-from casync.trees.unixfs import Entry, build_tree
-from casync.worktree.checkout import move_worktree, update_worktree
+from casync.trees.paths import grafted, merged_outside, outside_entries
+from casync.trees.unixfs import Entry, update_tree
+from casync.trees.walk import EntryLookup
+from casync.worktree.checkout import move_worktree, tree_delta, update_worktree
 from casync.worktree.disk import WorktreeWriter
 from casync.worktree.state import (
     MERGE_STATE_KEY,
@@ -124,11 +125,15 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
                                 hint="check where it came from; pass --allow-unrelated-histories if intended")
         outside = _unfetched_merge(repo, ours, theirs)  # before anything: a partial clone may lack what it needs
         our_side = real_side(repo, ours)
-        result, _bases = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers,
-                                     _priorities(repo) if replica_priorities is None else replica_priorities)
-        ours_flat = dict(our_side.flat)
+        merged = merge_sides(repo, our_side, real_side(repo, theirs), rules, all_resolvers,
+                             _priorities(repo) if replica_priorities is None else replica_priorities)
+        result, ours_tree = merged.result, our_side.tree
+        # the merged tree is ours with the merge's changes: only the directories on their paths
+        # are read and written, so a merge costs what the two sides changed, not the tree
+        new_tree = update_tree(repo.blocks, ours_tree, _graft(repo, ours_tree, merged.changes, outside),
+                               repo.hash_name).cid
         what = f"merge of {rev}"
-        st = update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, dry_run=True)
+        st = move_worktree(repo, ours_tree, new_tree, what, progress=progress, dry_run=True)
         if result.conflicts and repo.bare:
             listed = ", ".join(c.path for c in result.conflicts[:5])
             raise ConflictError(f"merge of {rev} has conflicts the 'manual' policy leaves to a person: {listed}",
@@ -136,28 +141,28 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         if result.conflicts:
             # stopping mid-merge mixes the merge into the working tree; 'merge --abort' must
             # be able to restore HEAD without losing anything, so local edits block it
-            local = sorted({*st.modified, *st.deleted, *(p for p in st.added if p in result.tree)})
+            in_merged = EntryLookup(repo.blocks, new_tree)
+            local = sorted({*st.modified, *st.deleted, *(p for p in st.added if in_merged(p) is not None)})
             if local:
                 listed = ", ".join(local[:5]) + (" ..." if len(local) > 5 else "")
                 raise WorktreeDirty(f"merge of {rev} stops for conflicts, and these uncommitted changes would be "
                                     f"mixed into it: {listed}",
                                     hint="commit them first, or merge with a policy that does not stop")
-            written = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name).cid
             repo.blocks.flush()  # merged/json blocks the user may commit later
-            _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, written)
-            try:
-                update_worktree(repo, ours_flat, result.tree, None, what, progress=progress, st=st)
+            _save_state(repo, theirs, message or f"Merge {rev}", result.conflicts, new_tree)
+            try:  # the files become the merged tree; the working tree stays recorded at ours
+                delta = tree_delta(repo, ours_tree, new_tree, st.paths())
+                update_worktree(repo, delta.old, delta.new, None, what, progress=progress, st=st)
             except WorktreeDirty:  # a file written since the dry run: refused before any file was
                 repo.store.write(lambda txn: txn.delete(_STATE_KEY, db=repo.store.db("meta")))
                 raise
             return MergeOutcome("conflicts", None, result.decisions, result.siblings, result.conflicts)
-        tree = build_tree(repo.blocks, _graft(repo, result.tree, outside), repo.hash_name)
         meta = _conflict_meta(result.siblings)
-        cid = repo.make_commit(tree.cid, [ours, theirs], message or f"Merge {rev}", meta=meta)
+        cid = repo.make_commit(new_tree, [ours, theirs], message or f"Merge {rev}", meta=meta)
         repo.blocks.flush()
         move_branch_then_files(repo, branch, ours, cid, f"merge {rev}",
-                               lambda: update_worktree(repo, ours_flat, result.tree, tree.cid, what,
-                                                       progress=progress, st=st, commit=cid))
+                               lambda: move_worktree(repo, ours_tree, new_tree, what, progress=progress, st=st,
+                                                     commit=cid))
         return MergeOutcome("merged", cid, result.decisions, result.siblings, [])
 
 
@@ -173,9 +178,20 @@ def _unfetched_merge(repo: Repository, ours: Cid, theirs: Cid) -> dict[str, tupl
     return merged_outside(repo.blocks.get, partial, base, repo.tree_of(ours), repo.tree_of(theirs))
 
 
-def _graft(repo: Repository, files: Mapping[str, Entry], outside: dict[str, tuple[Cid, int]]) -> Mapping[str, Entry]:
+def _graft(repo: Repository, ours_tree: Cid | None, changes: dict[str, Entry | None],
+           outside: dict[str, tuple[Cid, int]]) -> dict[str, Entry | None]:
+    """The merge's ``changes`` to ours' tree, and in a partial clone those outside its paths:
+    each outside entry as :func:`casync.trees.paths.merged_outside` picked it, and ours'
+    outside entries it did not keep removed.  A merged file outside the paths is refused."""
     partial = repo.partial
-    return files if partial is None else grafted(files, outside, partial)
+    if partial is None:
+        return changes
+    grafted({p: e for p, e in changes.items() if e is not None}, {}, partial)  # refuses one outside
+    mine = outside_entries(repo.blocks.get, ours_tree, partial) if ours_tree is not None else {}
+    out = dict(changes)
+    out.update({p: Entry(cid, "file", tsize) for p, (cid, tsize) in outside.items() if mine.get(p) != (cid, tsize)})
+    out.update({p: None for p in mine if p not in outside})
+    return out
 
 
 def _conflict_meta(siblings: list[Conflict]) -> dict[str, str]:
