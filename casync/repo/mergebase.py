@@ -1,6 +1,9 @@
-"""What a three-way merge needs to know of the histories: the merge base (a virtual one
+"""What a three-way merge needs to know of the histories and trees: the merge base (a virtual one
 for criss-cross histories), the paths each side wrote since it, and when each side last
-wrote a path.  The decisions themselves are :mod:`casync.merge.threeway`'s (pure).
+wrote a path.  The decisions themselves are :mod:`casync.merge.threeway`'s (pure).  The
+trees are read only where base, ours and theirs are not all equal, and the result is ours'
+tree with the merge's changes (docs/design.md §14 step 7), so a merge costs what the sides
+changed, not the size of the tree.
 
 Criss-cross histories have several best common ancestors.  As git's ``recursive``
 strategy does, they are merged into one *virtual* base: the first two bases are merged,
