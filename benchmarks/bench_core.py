@@ -485,12 +485,46 @@ def scenario_status(r: Runner, base: Path, count: int) -> list[Row]:
     d_s, dg_s = status_one_edit(r, cs, gt, f"d{count // 2 % 1000:04d}/f{count // 2:07d}.bin")
     rows.append(Row(f"4. status, one of {count} files edited (median of {MONITOR_RUNS})", sec(d_s), sec(dg_s),
                     speedup(dg_s, d_s), "<= git (>= 1x)", d_s <= dg_s, {"casync_s": d_s, "git_s": dg_s}))
+    mc_s, mg_s = merge_one_edit_a_side(r, cs, gt, count)
+    rows.append(Row(f"4. merge, one edit a side, {count} files (median of {MONITOR_RUNS})", sec(mc_s), sec(mg_s),
+                    speedup(mg_s, mc_s), "-", None, {"casync_s": mc_s, "git_s": mg_s}))
     shutil.rmtree(cs)
     shutil.rmtree(gt)
     return rows
 
 
 MONITOR_RUNS = 5
+
+
+def merge_one_edit_a_side(r: Runner, cs: Path, gt: Path, count: int) -> tuple[float, float]:
+    """Median seconds of ``casync merge`` and ``git merge --no-edit`` (alternated) of a branch
+    that edited one file into main, which edited another since the same base: a real
+    three-way merge each time (main moves on with every merge; each branch starts at the base)."""
+    r.casync("4 commit the edit", cs, "commit", "-m", "ours")  # status_one_edit's edit: main's side
+    r.git("4 commit the edit", gt, "commit", "-q", "-a", "-m", "ours")
+    r.casync("4 branch base", cs, "branch", "base", "HEAD~1")
+    r.git("4 branch base", gt, "branch", "base", "HEAD~1")
+    for i in range(MONITOR_RUNS):
+        rel = f"d{(count // 3 + i) % 1000:04d}/f{count // 3 + i:07d}.bin"
+        r.casync(f"4 branch other{i}", cs, "branch", f"other{i}", "base")
+        r.casync(f"4 switch other{i}", cs, "switch", f"other{i}")
+        r.git(f"4 branch other{i}", gt, "switch", "-q", "-c", f"other{i}", "base")
+        for tree in (cs, gt):
+            with open(tree / rel, "ab") as f:
+                f.write(b"edited on a branch\n")
+        r.casync(f"4 commit other{i}", cs, "commit", "-m", f"theirs {i}")
+        r.git(f"4 commit other{i}", gt, "commit", "-q", "-a", "-m", f"theirs {i}")
+        r.casync("4 switch main", cs, "switch", "main")
+        r.git("4 switch main", gt, "switch", "-q", "main")
+    time.sleep(1.1)  # past the racily-clean window: the merges' status reads no file
+    casync_s, git_s = [], []
+    for i in range(MONITOR_RUNS):
+        casync_s.append(r.casync(f"4 merge other{i}", cs, "merge", f"other{i}").seconds)
+        git_s.append(r.git(f"4 merge other{i}", gt, "merge", "-q", "--no-edit", f"other{i}").seconds)
+    last = json.loads(r.run("casync", "4 log", [r.casync_exe, "log", "--json", "-n", "1"], cs, record=False).stdout)
+    if len(last[0]["parents"]) != 2:
+        log(f"warning: casync's last merge is not a merge commit: {last[0]}")
+    return statistics.median(casync_s), statistics.median(git_s)
 
 
 def status_with_monitor(r: Runner, cs: Path, gt: Path) -> tuple[float, float]:

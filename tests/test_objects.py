@@ -303,3 +303,28 @@ def test_the_flat_dag_pb_reader_accepts_and_refuses_exactly_what_the_field_reade
         assert results[0] == results[1], bytes(buf).hex()
         both += results[0] is not None
     assert both > 1000  # the mutations reach accepted nodes too, not only errors
+
+
+def test_large_dag_pb_nodes_are_decoded_once_while_kept_and_bad_ones_always_refused() -> None:
+    """A merge or checkout reads the same big root directories many times; the last few large
+    nodes stay decoded (by their bytes), never more than the bound, and a bad node is never kept."""
+    from casync.model import objects
+
+    def big_dir(tag: int) -> bytes:
+        links = tuple(PBLink(compute_cid(RAW, f"{tag}-{i}".encode()), f"f{i:04d}".encode(), 10)
+                      for i in range(300))
+        return encode_pbnode(PBNode(links, b"\x08\x01"))
+
+    block = big_dir(0)
+    assert len(block) >= objects._DECODED_MIN
+    first = decode_pbnode(block)
+    assert decode_pbnode(memoryview(bytes(block))) is first  # equal bytes, however they are held
+    assert len(first.links) == 300 and first.links[7].name == b"f0007"
+    for tag in range(1, 3 * objects._DECODED_MAX):
+        decode_pbnode(big_dir(tag))
+    assert len(objects._DECODED) <= objects._DECODED_MAX
+    assert decode_pbnode(block) == first
+    bad = block[:-3] + b"\xff\xff\xff"
+    for _ in range(2):
+        with pytest.raises(InvalidObject):
+            decode_pbnode(bad)

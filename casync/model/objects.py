@@ -8,6 +8,7 @@ content-addressed store must never hold two encodings of one value.  See
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -177,13 +178,35 @@ def encode_pbnode(node: PBNode) -> bytes:
     return b"".join(parts)
 
 
+_DECODED: dict[bytes, PBNode] = {}  # large nodes by their bytes, the oldest dropped first
+_DECODED_MIN = 8192  # a directory of ~100 entries and up: decoding costs ~1 ms a 1,000 links
+_DECODED_MAX = 8  # at most ~2 MiB of blocks (a plain directory's links stay under 256 KiB)
+
+
 def decode_pbnode(buf: bytes | memoryview) -> PBNode:
     """A dag-pb node, strictly: see :func:`_decode_pbnode_fields`.  The common shape (links
     of Hash, Name, Tsize with one-byte keys and lengths, then Data) is read by a flat loop
     at about a third of the cost; anything else (or anything wrong) goes to the field-by-field
-    reader, which accepts exactly the same nodes and names what is wrong."""
-    node = _decode_pbnode_flat(buf)
-    return node if node is not None else _decode_pbnode_fields(buf)
+    reader, which accepts exactly the same nodes and names what is wrong.
+
+    The last few large nodes are kept decoded, by their bytes (a node is immutable, and the
+    answer depends on the bytes alone): a merge, checkout or status reads the same big root
+    directories of three or four trees dozens of times."""
+    if len(buf) < _DECODED_MIN:
+        node = _decode_pbnode_flat(buf)
+        return node if node is not None else _decode_pbnode_fields(buf)
+    key = buf if isinstance(buf, bytes) else bytes(buf)
+    hit = _DECODED.get(key)
+    if hit is not None:
+        return hit
+    decoded = _decode_pbnode_flat(key)
+    if decoded is None:
+        decoded = _decode_pbnode_fields(key)
+    if len(_DECODED) >= _DECODED_MAX:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # another thread dropped it first
+            del _DECODED[next(iter(_DECODED))]
+    _DECODED[key] = decoded
+    return decoded
 
 
 def _decode_pbnode_flat(buf: bytes | memoryview) -> PBNode | None:
