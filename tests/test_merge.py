@@ -461,3 +461,33 @@ def test_json_merge_of_an_unpaired_surrogate_escape_is_not_a_traceback() -> None
     out = json_merge(base, b'{"a": 1, "s": "\\ud800"}', b'{"a": 0, "s": "\\ud800", "b": 2}', "ours")
     assert out is not None and json.loads(out) == {"a": 1, "b": 2, "s": "\ud800"}
     assert b"\\ud800" in out
+
+
+def test_a_resolver_an_installed_package_registers_merges_the_paths_its_rule_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``casync.resolvers`` entry-point group: a distribution on the path registers
+    ``custom:upper``; a merge whose rule names it loads it (and only such a merge looks)."""
+    site = tmp_path / "site"
+    (site / "casync_upper-1.0.dist-info").mkdir(parents=True)
+    (site / "casync_upper-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: casync-upper\n"
+                                                                   "Version: 1.0\n")
+    (site / "casync_upper-1.0.dist-info" / "entry_points.txt").write_text(
+        "[casync.resolvers]\nupper = casync_upper_resolver:resolve\n")
+    (site / "casync_upper_resolver.py").write_text(
+        "def resolve(path, base, ours, theirs):\n    return (ours or b'').upper() + (theirs or b'').upper()\n")
+    monkeypatch.syspath_prepend(str(site))
+    repo = Repository.init(tmp_path / "bare", replica="site-a", bare=True)
+    try:
+        with repo.transaction(message="base") as tx:
+            tx.write("note.txt", b"base\n")
+        repo.update_branch("other", None, repo.resolve("main"), "branch")
+        with repo.transaction(branch="other", message="theirs") as tx:
+            tx.write("note.txt", b"theirs\n")
+        with repo.transaction(message="ours") as tx:
+            tx.write("note.txt", b"ours\n")
+        repo.set_config("merge", {"policy": "lww", "rules": {"note.txt": "custom:upper"}})
+        outcome = porcelain.merge(repo, "other")
+        assert outcome.kind == "merged"
+        assert repo.read("note.txt") == b"OURS\nTHEIRS\n"
+    finally:
+        repo.close()

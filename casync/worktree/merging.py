@@ -108,7 +108,9 @@ def merge(repo: Repository, rev: str, policy: str | None = None, message: str | 
         cap = limits(repo.config)
         if cap.future_commits == "clamp":  # a commit from a clock far ahead weighs as now + max_future_ms
             rules = dataclasses.replace(rules, time_ceiling_ms=int(time.time() * 1000) + cap.max_future_ms)
-        all_resolvers = {**load_entry_point_resolvers(), **(resolvers or {})}
+        # installed resolvers only when a rule names one (importlib.metadata costs a merge ~30 ms)
+        named = any(p.startswith("custom:") for p in (rules.default, *(p for _, p in rules.rules)))
+        all_resolvers = {**(load_entry_point_resolvers() if named else {}), **(resolvers or {})}
         if ours is None or repo.graph.is_ancestor(ours, theirs):
             if ours == theirs:
                 return MergeOutcome("up-to-date", ours)
