@@ -5,6 +5,7 @@ instead of re-stating and rewriting every file's entry."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,21 @@ def test_a_directory_replaced_by_a_file_and_back(tmp_path: Path) -> None:
         assert porcelain.status(repo).clean
     finally:
         repo.close()
+
+
+def test_diff_and_show_of_a_one_file_commit_read_no_whole_tree(two_branches: Repository,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Repository.diff`` and ``casync show`` flattened both trees (every file of both
+    commits listed to report one change)."""
+    from click.testing import CliRunner
+
+    from casync.cli.main import main
+
+    repo = two_branches
+    refuse_flatten(monkeypatch)
+    assert [(c.path, c.status) for c in repo.diff("other", "main")] == [("d07/f03.txt", "modified")]
+    assert [(c.path, c.status) for c in repo.diff("main", "other")] == [("d07/f03.txt", "modified")]
+    assert len(repo.diff(None, "other")) == 400  # from nothing: every file added
+    r = CliRunner().invoke(main, ["-C", str(repo.root), "show", "--json", "main"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["changes"] == [{"path": "d07/f03.txt", "status": "modified"}]

@@ -13,7 +13,6 @@ from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
 from casync.repo.repository import Repository
 from casync.trees.unixfs import diff_flat, entry_for, file_size, read_dir, read_symlink
-from casync.trees.walk import diff_trees
 
 __all__ = ["branch", "cat", "diff", "log", "ls_cmd", "reflog", "show"]
 
@@ -88,9 +87,8 @@ def show(obj: Context, rev: str, as_json: bool) -> None:
     cid = repo.resolve(rev)
     entry = repo.log(cid_str(cid), limit=1)[0]
     parent = entry.commit.parents[0] if entry.commit.parents else None
-    tree = repo.flat_tree(cid)
     try:
-        changes: list[Any] | None = diff_flat(repo.flat_tree(parent), tree)
+        changes: list[Any] | None = repo.diff(cid_str(parent) if parent is not None else None, cid_str(cid))
     except StateRefused:  # retention forgot the parent's tree: what changed is not known
         changes = None
     if as_json:
@@ -185,7 +183,7 @@ def diff(obj: Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     """Files that differ between REV and the working tree, or between two REVs."""
     repo = obj.repo()
     if rev_b is not None:  # two trees: read in proportion to what changed
-        changes = diff_trees(repo.blocks, repo.tree_of(repo.resolve(rev_a)), repo.tree_of(repo.resolve(rev_b)))
+        changes = repo.diff(rev_a, rev_b)
     else:
         changes = diff_flat(repo.flat_tree(repo.resolve(rev_a)), porcelain.worktree_entries(repo))
     if as_json:

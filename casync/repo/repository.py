@@ -53,12 +53,12 @@ from casync.trees.paths import PathFilter, flatten_within
 from casync.trees.unixfs import (
     Entry,
     TreeChange,
-    diff_flat,
     flatten_tree,
     iter_file,
     lookup,
     read_symlink,
 )
+from casync.trees.walk import diff_trees
 
 AUDIT_KEY = b"audit_last"  # meta: the last full fsck's outcome (JSON)
 
@@ -591,8 +591,12 @@ class Repository:
             out.append(LogEntry(cid, commit))
         return out
 
-    def diff(self, a: str, b: str = "HEAD") -> list[TreeChange]:
-        return diff_flat(self.flat_tree(self.resolve(a)), self.flat_tree(self.resolve(b)))
+    def diff(self, a: str | None, b: str = "HEAD") -> list[TreeChange]:
+        """What changed from ``a`` (None: nothing) to ``b``, read in proportion to the change
+        (equal subtrees skipped); in a partial clone, within its paths."""
+        partial = self.partial
+        return diff_trees(self.blocks, self.tree_of(self.resolve(a)) if a is not None else None,
+                          self.tree_of(self.resolve(b)), keep=partial.holds if partial is not None else None)
 
     # --- integrity -----------------------------------------------------------------------
 

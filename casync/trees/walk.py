@@ -323,13 +323,15 @@ def changed_paths(get: GetBlock, old: Cid | None, new: Cid | None, prefix: str =
     return out
 
 
-def diff_trees(store: BlockStore, old: Cid | None, new: Cid | None) -> list[TreeChange]:
+def diff_trees(store: BlockStore, old: Cid | None, new: Cid | None,
+               keep: Callable[[str], bool] | None = None) -> list[TreeChange]:
     """:func:`diff_flat` of two trees, read in time proportional to the change (a
-    one-entry change in a directory of a million reads a few shards, not the million)."""
+    one-entry change in a directory of a million reads a few shards, not the million);
+    with ``keep`` (a partial clone's paths), of the paths it keeps only."""
     at_old, at_new = EntryLookup(store, old), EntryLookup(store, new)
     old_entries: dict[str, Entry] = {}
     new_entries: dict[str, Entry] = {}
-    for path in changed_paths(store.get, old, new):
+    for path in changed_paths(store.get, old, new, keep=keep):
         if (a := at_old(path)) is not None:
             old_entries[path] = a
         if (b := at_new(path)) is not None:
