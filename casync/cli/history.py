@@ -87,6 +87,7 @@ def show(obj: Context, rev: str, as_json: bool) -> None:
     cid = repo.resolve(rev)
     entry = repo.log(cid_str(cid), limit=1)[0]
     parent = entry.commit.parents[0] if entry.commit.parents else None
+    repo.tree_of(cid)  # a commit whose own tree retention forgot is refused, by name
     try:
         changes: list[Any] | None = repo.diff(cid_str(parent) if parent is not None else None, cid_str(cid))
     except StateRefused:  # retention forgot the parent's tree: what changed is not known
