@@ -216,10 +216,8 @@ def _finish_interrupted_move(repo: Repository, progress: Progress) -> None:
     head = interrupted_move(repo)
     if head is None:
         return
-    state = checked_out(repo)
-    old = repo.flatten(state.tree) if state.tree is not None else {}
-    update_worktree(repo, old, repo.flat_tree(head), repo.tree_of(head), "finishing the interrupted merge",
-                    progress=progress, commit=head)
+    move_worktree(repo, checked_out(repo).tree, repo.tree_of(head), "finishing the interrupted merge",
+                  progress=progress, commit=head)
 
 
 def _save_state(repo: Repository, theirs: Cid, message: str, conflicts: list[Conflict], written: Cid) -> None:
