@@ -22,18 +22,18 @@ from casync.errors import StateRefused
 from casync.model.cid import cid_str
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import LogEntry, Repository
-from casync.trees.unixfs import Entry
-from casync.worktree import checkout as _checkout
 from casync.worktree import status as _status
 
 if TYPE_CHECKING:
     from casync.merge.threeway import ResolverFn
     from casync.store.retry import RetryPolicy
     from casync.transports.ipfs.imports import ImportResult
+    from casync.trees.unixfs import Entry
     from casync.worktree.merging import MergeOutcome, OpenConflict
 
-# The merge engine, edits, tags and path history are imported by the functions that use them:
-# 'casync status' and 'casync log' never load them (start-up is most of a small command's time).
+# The merge engine, edits, tags, path history and checkout are imported by the functions that
+# use them: 'casync status' and 'casync log' never load them (start-up is most of a small
+# command's time; tests/test_startup.py names what status must not import).
 
 __all__ = ["checkout", "commit", "conflicts", "create_tag", "delete_tag", "import_dag", "list_tags", "merge",
            "path_log", "remove", "resolve_conflict", "restore", "status", "worktree_entries"]
@@ -48,6 +48,7 @@ def commit(repo: Repository, message: str, author: str | None = None, allow_empt
     :class:`casync.errors.StateRefused` while a merge is stopped for conflicts (its
     commit is ``merge --continue``, which records both parents).
     """
+    from casync.worktree import checkout as _checkout
     from casync.worktree.state import merge_in_progress  # (not merging: the merge engine is ~7 ms to import)
 
     if merge_in_progress(repo):
@@ -86,6 +87,8 @@ def status(repo: Repository, progress: Progress = NULL_PROGRESS) -> _status.Stat
 
 def checkout(repo: Repository, rev: str, force: bool = False, progress: Progress = NULL_PROGRESS) -> str:
     """Make the working tree ``rev`` (``casync checkout``); refuses to clobber edits unless ``force``."""
+    from casync.worktree import checkout as _checkout
+
     return cid_str(_checkout.checkout(repo, rev, force, progress))
 
 
@@ -106,6 +109,8 @@ def remove(repo: Repository, paths: list[str], cached: bool = False, recursive: 
 
 def worktree_entries(repo: Repository, progress: Progress = NULL_PROGRESS) -> dict[str, Entry]:
     """What the working tree holds now, as tree entries (hashes files; stores nothing)."""
+    from casync.worktree import checkout as _checkout
+
     return _checkout.worktree_entries(repo, progress)
 
 

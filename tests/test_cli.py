@@ -420,32 +420,3 @@ def test_review_small_fixes(cli: Cli) -> None:
     out = cli("status").stdout
     assert out.count("not a regular file or symlink") == 1
     assert '  skipped:   "two\\nlines (' in out  # one line, quoted, with its reason
-
-
-def test_status_loads_only_what_status_needs(cli: Cli) -> None:
-    """`casync status` is mostly start-up on a clean tree (issue 15: it must not be slower
-    than git's), so the modules it imports are part of its cost: no IPFS client, no
-    ed25519 (cryptography), no sync, merge or fsck code, no other command group."""
-    import subprocess
-    import sys
-    import time
-
-    from casync.worktree.checkout import RACY_NS
-
-    cli("init")
-    write(cli.cwd, "a.txt", "a\n")
-    time.sleep(RACY_NS / 1e9 + 0.1)  # not "racily clean" (mtime and ctime): commit's cache is trusted
-    cli("commit", "-m", "one")
-    code = ("import sys\nfrom casync.cli.main import main\n"
-            "try:\n    main(['status'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(' '.join(sorted(sys.modules)))\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=cli.cwd, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "nothing to commit" in r.stdout
-    loaded = set(r.stdout.split("\n")[-2].split())
-    assert "casync.cli.tree" in loaded and "casync.worktree.checkout" in loaded  # the listing is real
-    unwanted = {"cryptography", "ipfshttpclient", "multiformats", "pyfastcdc", "zstandard", "waitress",
-                "prometheus_client", "shutil", "casync.transports", "casync.transfer", "casync.merge",
-                "casync.repo.fsck", "casync.cli.history", "casync.cli.repo", "casync.cli.remote", "ctypes",
-                "casync.worktree.monitord", "casync.worktree.inotify", "casync.cli.monitor"}
-    assert not loaded & unwanted, sorted(loaded & unwanted)

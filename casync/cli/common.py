@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from casync.errors import UsageError
-from casync.repo.repository import Repository
 
 if TYPE_CHECKING:
+    from casync.repo.repository import Repository
     from casync.store.retry import RetryPolicy
 
 __all__ = ["Context", "F", "ProgressBar", "format_time", "human_bytes", "json_option", "lazy_module", "pass_context",
@@ -103,6 +103,8 @@ class Context:
 
     def repo(self) -> Repository:
         if self._repo is None:
+            from casync.repo.repository import Repository  # not at import: --help and usage errors need none
+
             self._repo = Repository.open(self.directory)
         return self._repo
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from casync import porcelain
 from casync.cli.common import Context, format_time, json_option, pass_context, print_json, repo_relative
 from casync.errors import StateRefused, UnknownRevision, UsageError
 from casync.model.cid import RAW, cid_codec, cid_str, short
@@ -186,6 +185,8 @@ def diff(obj: Context, rev_a: str, rev_b: str | None, as_json: bool) -> None:
     if rev_b is not None:  # two trees: read in proportion to what changed
         changes = repo.diff(rev_a, rev_b)
     else:
+        from casync import porcelain  # the working tree's side: hashing, not a read of history
+
         changes = diff_flat(repo.flat_tree(repo.resolve(rev_a)), porcelain.worktree_entries(repo))
     if as_json:
         print_json([{"path": c.path, "status": c.status,

@@ -21,21 +21,22 @@ import os
 import stat as stat_mod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from casync.model.cid import Cid, cid_str
-from casync.model.objects import same_entry
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import Repository
 from casync.store.lmdb import STAT_KEY, STAT_KEY_SIZE, StatEntry, stat_entry, stat_records_digest
-from casync.store.memory import MemoryBlockStore
-from casync.trees.ingest import FileWriter
-from casync.trees.unixfs import Entry, diff_flat
-from casync.trees.walk import EntryLookup
 from casync.worktree import monitor
 from casync.worktree import state as workstate
 from casync.worktree.disk import FileStat, Ignore, UntrackedIgnore, native_stat_records, scan
-from casync.worktree.snapshot import Snapshotter, untrusted
+
+if TYPE_CHECKING:
+    from casync.repo.repository import Repository
+    from casync.trees.unixfs import Entry
+    from casync.worktree.snapshot import Snapshotter
+
+# What only a tree with changes needs (ways 3 and 4: reading files, looking entries up) is
+# imported by the functions below that use it; a clean status (ways 1 and 2) never loads it.
 
 __all__ = ["Status", "ignore_rules", "scan_worktree", "status", "tracked_ignored"]
 
@@ -134,6 +135,12 @@ def _compare_with_cache(repo: Repository, tree: Cid, disk: Iterator[tuple[bytes,
                         progress: Progress) -> None:
     """Way 3: ``disk``'s records (path, packed stat key; in UTF-8 path order) merged with the
     stat cache's.  Memory is bounded by the number of changes, not of files."""
+    from casync.model.objects import same_entry
+    from casync.store.memory import MemoryBlockStore
+    from casync.trees.ingest import FileWriter
+    from casync.trees.walk import EntryLookup
+    from casync.worktree.snapshot import Snapshotter
+
     added: list[str] = []
     deleted: list[str] = []
     suspects: dict[str, StatEntry] = {}
@@ -194,6 +201,11 @@ def _compare_by_hashing(repo: Repository, state: workstate.CheckedOut, files: di
     """Way 4: the checked-out tree flattened, every file the cache does not vouch for hashed;
     then, like ``git status``, the cache refreshed when no writer is busy (never wait).  It
     describes the tree unless ``rm --cached`` paths are pending (``clean_counts`` False)."""
+    from casync.store.memory import MemoryBlockStore
+    from casync.trees.ingest import FileWriter
+    from casync.trees.unixfs import diff_flat
+    from casync.worktree.snapshot import Snapshotter, untrusted
+
     tree = state.tree
     scratch = FileWriter(MemoryBlockStore(), repo.new_file_writer().chunker, repo.hash_name)
     committed = repo.flatten(tree) if tree is not None else {}
