@@ -151,3 +151,24 @@ def test_package_import_is_light() -> None:
             "assert Repository.__module__ == 'casync.repo.repository'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_console_entry_pauses_the_gc_only_while_loading(clean: Cli) -> None:
+    """The ``casync`` script (casync.__main__.run) imports with the cyclic GC off and then
+    freezes what was built; the command itself runs with the GC on.  The in-process entry
+    that tests and library callers use (casync.cli.main.main) leaves the GC as it was."""
+    probe = ("import atexit, gc, sys\n"
+             "import casync.worktree.status as st\n"
+             "real = st.status\n"
+             "def status(*a, **k):\n"
+             "    print('during', gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)\n"
+             "    return real(*a, **k)\n"
+             "st.status = status\n"
+             "atexit.register(lambda: print('after', gc.isenabled(), file=sys.stderr))\n")
+    entry = probe + "sys.argv = ['casync', 'status']\nfrom casync.__main__ import run\nrun()\n"
+    r = subprocess.run([sys.executable, "-c", entry], cwd=clean.cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "nothing to commit" in r.stdout, r.stderr
+    assert r.stderr.split() == ["during", "True", "True", "after", "True"]
+    in_process = probe + "from casync.cli.main import main\nmain(['status'])\n"
+    r = subprocess.run([sys.executable, "-c", in_process], cwd=clean.cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.split() == ["during", "True", "False", "after", "True"], r.stderr

@@ -8,6 +8,7 @@ one ``error:`` line and an optional ``hint:`` line on stderr, never a traceback.
 from __future__ import annotations
 
 import errno
+import gc
 import importlib
 import json
 import os
@@ -112,6 +113,7 @@ def main(ctx: click.Context, directory: str, quiet: bool, force_progress: bool) 
 
     Exit codes: 0 ok, 1 failure, 2 usage error.
     """
+    _resume_gc()  # the command's module is imported by now (click resolves it before this runs)
     obj = Context(directory, quiet, force_progress)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
@@ -210,8 +212,26 @@ main.list_commands = _lazy_list_commands  # type: ignore[method-assign]
 main.get_command = _lazy_get_command  # type: ignore[method-assign,assignment]
 
 
-def run() -> None:  # pragma: no cover - console entry for `python -m casync`
-    main(prog_name="casync")
+class _Startup:
+    gc_paused = False  # set by console(): the collector is off until the command is loaded
+
+
+def console() -> None:
+    """The ``casync`` command as casync/__main__.py starts it, with the cyclic garbage
+    collector already paused: it stays off until the command's module is imported, and
+    what the imports built is then frozen (never traced again; it lives until exit)."""
+    _Startup.gc_paused = not gc.isenabled()
+    try:
+        main(prog_name="casync")
+    finally:
+        _resume_gc()
+
+
+def _resume_gc() -> None:
+    if _Startup.gc_paused:
+        _Startup.gc_paused = False
+        gc.freeze()
+        gc.enable()
 
 
 if __name__ == "__main__":  # pragma: no cover
