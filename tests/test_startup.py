@@ -69,11 +69,12 @@ def clean(cli: Cli) -> Cli:
 @pytest.mark.parametrize("args", [("status",), ("status", "--json")])
 def test_clean_status_loads_no_worktree_writer(clean: Cli, args: tuple[str, ...]) -> None:
     """A clean status is the stat cache's digest against the native walk's: it imports
-    status, the monitor client and the state files, nothing of WORKTREE_WRITES or NOT_FOR_READS."""
+    status, the monitor client and the state files, nothing of WORKTREE_WRITES or
+    NOT_FOR_READS, and with no monitor running not even the C ``_socket``."""
     printed, loaded = _modules(clean.cwd, *args)
     assert ("nothing to commit" in printed) if args == ("status",) else '"clean": true' in printed
     assert {"casync.cli.tree", "casync.worktree.status", "casync.worktree.monitor"} <= loaded  # the listing is real
-    assert not _loaded(loaded, NOT_FOR_READS | WORKTREE_WRITES | {"casync.cli.history"})
+    assert not _loaded(loaded, NOT_FOR_READS | WORKTREE_WRITES | {"casync.cli.history", "_socket"})
 
 
 def test_status_with_changes_still_works_without_them(clean: Cli) -> None:

@@ -4,13 +4,13 @@ with inotify and answers, over a Unix socket in ``.casync/``, whether anything c
 a token it handed out.  ``status`` stores the token it got *before* a walk that found the
 tree clean, and next time skips the walk when the daemon says nothing changed since.
 
-This side imports only the C ``_socket`` module (``status`` pays for every import); docs/design.md §10.8
-is the argument that a clean answer from it is as true as a walk.
+This side imports only the C ``_socket`` module, and only when a monitor runs (``status`` pays
+for every import); docs/design.md §10.8 is the argument that a clean answer from it is as true
+as a walk.
 """
 
 from __future__ import annotations
 
-import _socket  # the C module: socket.py's enum set-up costs status 1-10 ms, and only connect is needed
 import json
 import os
 from dataclasses import dataclass
@@ -87,6 +87,8 @@ def request(dot: Path, line: str, timeout: float = TIMEOUT) -> str:
     path = str(socket_path(dot))
     if len(path.encode()) > _UNIX_PATH_MAX:
         raise OSError(f"the socket path is longer than a Unix socket allows: {path}")
+    import _socket  # the C module (socket.py's enum set-up costs 1-10 ms); only when a monitor runs
+
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
