@@ -31,13 +31,8 @@ from casync.history.consistency import check_derived
 from casync.history.graph import CommitGraph
 from casync.model.chunking import CHUNKERS, chunker_for
 from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
+from casync.model.commit import Commit, HybridTime, decode_commit, encode_commit
 from casync.model.names import REPO_DIR, TEMP_NAME, is_replica_name, is_repo_id, split_path, temp_name
-from casync.model.objects import (
-    Commit,
-    HybridTime,
-    decode_commit,
-    encode_commit,
-)
 from casync.model.signing import sign_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.keys import load_seed
