@@ -14,8 +14,7 @@ from typing import Any, Protocol
 
 from casync.errors import InvalidObject, RemoteError, UsageError
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, parse_cid
-from casync.model.names import is_replica_name, is_repo_id
-from casync.repo.repository import validate_branch_name
+from casync.model.names import is_replica_name, is_repo_id, validate_branch_name
 from casync.repo.tags import TagUpdate, checked_tags
 from casync.transfer.stream import TransferStats
 

@@ -24,7 +24,8 @@ from casync.errors import (
     UsageError,
 )
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, short
-from casync.repo.repository import Repository, validate_branch_name
+from casync.model.names import validate_branch_name
+from casync.repo.repository import Repository
 from casync.repo.signatures import require_signed_history
 from casync.repo.tags import TagUpdate, checked_tags, list_tags, receive_tags
 from casync.settings import require_signed as settings_require_signed
