@@ -81,7 +81,7 @@ from typing import Any
 from _report import Row, log, rows_table  # benchmarks/_report.py (the script's directory)
 
 from casync.model.cid import DAG_CBOR, Cid, cid_str, compute_cid
-from casync.model.objects import Commit, HybridTime, encode_commit
+from casync.model.commit import Commit, HybridTime, encode_commit
 from casync.repo.repository import Repository
 from casync.transports.peer.exchange import LocalPeer, fetch_from
 from casync.transports.peer.http import HttpPeer

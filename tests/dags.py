@@ -10,7 +10,8 @@ from casync import Repository
 from casync.history.clock import tick
 from casync.history.graph import CommitGraph
 from casync.model.cid import DAG_CBOR, DAG_PB, Cid, compute_cid
-from casync.model.objects import Commit, HybridTime, encode_commit, encode_directory
+from casync.model.commit import Commit, HybridTime, encode_commit
+from casync.model.objects import encode_directory
 
 EMPTY_TREE = compute_cid(DAG_PB, encode_directory([]))
 

@@ -152,7 +152,7 @@ def test_fsck_reports_a_commit_whose_time_is_not_after_its_parent(repo: Reposito
     """Every casync commit's hybrid-logical time exceeds its parents' (lww relies on it); a
     commit from elsewhere that breaks this is reported."""
     from casync.model.cid import DAG_CBOR, cid_str, compute_cid
-    from casync.model.objects import Commit, encode_commit
+    from casync.model.commit import Commit, encode_commit
 
     (repo.root / "f").write_bytes(b"x")
     porcelain.commit(repo, "one")

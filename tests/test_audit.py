@@ -17,15 +17,8 @@ import pytest
 
 from casync import Repository
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid, varint
-from casync.model.objects import (
-    UNIXFS_DIRECTORY,
-    PBNode,
-    UnixFSData,
-    decode_pbnode,
-    encode_commit,
-    encode_pbnode,
-    encode_unixfs,
-)
+from casync.model.commit import encode_commit
+from casync.model.objects import UNIXFS_DIRECTORY, PBNode, UnixFSData, decode_pbnode, encode_pbnode, encode_unixfs
 from casync.repo.audit import last_audit
 
 from .conftest import Cli, write
@@ -164,7 +157,7 @@ def test_commits_that_break_the_clock_rules_are_reported(snap: Cli, changes: dic
                                                          fsck_sees: bool) -> None:
     with Repository.open(snap.cwd) as repo:
         if changes.get("time") == "future":
-            from casync.model.objects import HybridTime
+            from casync.model.commit import HybridTime
 
             ahead = HybridTime(repo.load_commit(repo.resolve("main")).time.wall_ms + 3_600_000, 0)
             changes = {"time": ahead}
@@ -183,7 +176,7 @@ def test_a_commit_of_this_replica_id_later_than_any_made_here_is_foreign(snap: C
     """Its time is after meta hlc_last, so this repository did not make it (another site uses
     the id): fsck fails and audit reports a foreign-commit finding."""
     with Repository.open(snap.cwd) as repo:
-        from casync.model.objects import HybridTime
+        from casync.model.commit import HybridTime
 
         last = repo.last_local_time()
         assert last is not None

@@ -14,7 +14,7 @@ from casync.errors import InvalidObject
 from casync.model import cbor
 from casync.model.cbor import Link
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, compute_cid, is_cid
-from casync.model.objects import Commit, HybridTime, decode_commit, encode_commit
+from casync.model.commit import Commit, HybridTime, decode_commit, encode_commit
 
 LINKS = [compute_cid(c, bytes([i]), h) for i, (c, h) in
          enumerate([(RAW, "blake3"), (DAG_PB, "sha2-256"), (DAG_CBOR, "blake3")])]

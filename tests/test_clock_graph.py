@@ -13,7 +13,7 @@ from casync.history.clock import Order, compare, hlc_next, join, tick
 from casync.history.graph import CommitGraph
 from casync.model import cbor
 from casync.model.cid import DAG_CBOR, Cid, cid_str, compute_cid
-from casync.model.objects import Commit, HybridTime, decode_commit
+from casync.model.commit import Commit, HybridTime, decode_commit
 from casync.store.ipfs import IpfsBlockStore, IpfsClient, RetryPolicy
 
 from .dags import EMPTY_TREE, CommitDag

@@ -11,7 +11,7 @@ import pytest
 
 from casync import Repository
 from casync.model.cid import Cid
-from casync.model.objects import HybridTime
+from casync.model.commit import HybridTime
 from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
 from casync.worktree.merging import merge
 

@@ -15,7 +15,7 @@ from casync.errors import StateRefused
 from casync.model.chunking import chunker_for
 from casync.model.cid import cid_str
 from casync.repo.gc import gc
-from casync.store.packs import scan_pack
+from casync.store.packfile import scan_pack
 
 from .conftest import Cli, write
 

@@ -21,7 +21,8 @@ from casync.errors import CasyncError
 from casync.model import cbor, safejson
 from casync.model.car import CarWriter, iter_car, read_header
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, compute_cid
-from casync.model.objects import decode_commit, decode_pbnode, decode_unixfs
+from casync.model.commit import decode_commit
+from casync.model.objects import decode_pbnode, decode_unixfs
 from casync.transports.bundle import _parse_manifest
 from casync.transports.ipfs.records import decode_record
 from casync.transports.peer.exchange import PeerInfo

@@ -19,17 +19,8 @@ from casync import Repository
 from casync.errors import CasyncError, FutureCommit, InvalidObject, RemoteError
 from casync.merge.threeway import MergeInput, PolicyRules, Write, merge_trees
 from casync.model.cid import DAG_PB, RAW, Cid, cid_str, compute_cid
-from casync.model.objects import (
-    UNIXFS_FILE,
-    Commit,
-    HybridTime,
-    PBLink,
-    PBNode,
-    UnixFSData,
-    encode_commit,
-    encode_pbnode,
-    encode_unixfs,
-)
+from casync.model.commit import Commit, HybridTime, encode_commit
+from casync.model.objects import UNIXFS_FILE, PBLink, PBNode, UnixFSData, encode_pbnode, encode_unixfs
 from casync.transports.peer.exchange import PeerInfo
 from casync.transports.peer.http import HttpPeer
 from casync.transports.peer.server import PeerApp

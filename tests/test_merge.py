@@ -11,7 +11,7 @@ import pytest
 from casync import Repository, porcelain
 from casync.merge.threeway import MergeInput, PolicyRules, Write, json_merge, lww_winner, merge_trees
 from casync.model.cid import RAW, compute_cid
-from casync.model.objects import HybridTime
+from casync.model.commit import HybridTime
 from casync.trees.unixfs import Entry, walk_dag
 
 from .conftest import Cli, write
@@ -271,7 +271,8 @@ def test_commit_with_hostile_replica_id_is_rejected() -> None:
 
     from casync.errors import InvalidObject
     from casync.model.cid import DAG_PB
-    from casync.model.objects import Commit, HybridTime, decode_commit, encode_directory
+    from casync.model.commit import Commit, HybridTime, decode_commit
+    from casync.model.objects import encode_directory
 
     tree = compute_cid(DAG_PB, encode_directory([]))
     good = Commit(tree=tree, parents=(), clock={"a": 1}, time=HybridTime(1, 0), replica="a", author="x",

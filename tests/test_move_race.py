@@ -112,7 +112,7 @@ def test_a_merge_that_stops_for_conflicts_and_is_refused_leaves_no_merge_state(
 
 def test_a_push_into_the_checked_out_branch_refused_after_it_moved_moves_it_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import casync.transports.peer.exchange as exchange
+    import casync.transports.peer.service as service
     from casync.transports.peer.exchange import LocalPeer, fetch_from, push_to
 
     origin = Repository.init(tmp_path / "origin", replica="origin")
@@ -126,7 +126,7 @@ def test_a_push_into_the_checked_out_branch_refused_after_it_moved_moves_it_back
         site.update_branch("main", None, site.refs.get_ref("remotes/origin/main"), "track")
         with site.transaction(branch="main", message="from the site") as tx:
             tx.write("shared.txt", b"the site's shared.txt\n")
-        fired = _write_after_dry_run(monkeypatch, exchange, "move_worktree", origin.root / "shared.txt")
+        fired = _write_after_dry_run(monkeypatch, service, "move_worktree", origin.root / "shared.txt")
         with pytest.raises(WorktreeDirty):
             push_to(site, peer, "origin", "main")
         peer.close()

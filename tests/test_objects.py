@@ -15,18 +15,15 @@ from casync.model import cbor
 from casync.model.cbor import Link
 from casync.model.chunking import FixedChunker, chunker_for
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, cid_str, compute_cid, parse_cid, verify_block
+from casync.model.commit import Commit, HybridTime, decode_commit, encode_commit
 from casync.model.objects import (
-    Commit,
     DirLink,
     FileLayoutBuilder,
-    HybridTime,
     PBLink,
     PBNode,
     UnixFSData,
-    decode_commit,
     decode_pbnode,
     decode_unixfs,
-    encode_commit,
     encode_directory,
     encode_pbnode,
     encode_unixfs,

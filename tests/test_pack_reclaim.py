@@ -21,7 +21,7 @@ import casync.trees.ingest as ingest
 from casync import Repository
 from casync.model.chunking import CDC_MAX
 from casync.store.lmdb import PACK_MAGIC
-from casync.store.packs import scan_pack
+from casync.store.packfile import scan_pack
 
 from .conftest import Cli, write
 

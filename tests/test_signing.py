@@ -16,7 +16,8 @@ import pytest
 from casync import Repository
 from casync.errors import UntrustedHistory
 from casync.model.cid import DAG_CBOR, cid_str, compute_cid, parse_cid
-from casync.model.objects import Commit, HybridTime, decode_commit, encode_commit, encode_directory
+from casync.model.commit import Commit, HybridTime, decode_commit, encode_commit
+from casync.model.objects import encode_directory
 from casync.model.signing import format_signer_line, parse_signers, public_key, sign_commit, verify_commit
 from casync.transports.peer.exchange import fetch_from
 from casync.transports.peer.http import HttpPeer

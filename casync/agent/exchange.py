@@ -10,7 +10,7 @@ from casync.errors import ConflictError
 from casync.merge.threeway import PolicyRules
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
-from casync.transports.peer.exchange import Peer
+from casync.transports.peer.protocol import Peer
 
 __all__ = ["exchange"]
 

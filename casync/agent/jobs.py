@@ -22,8 +22,8 @@ from casync.repo.repository import Repository
 from casync.repo.tags import TagUpdate
 from casync.store.retry import RetryPolicy
 from casync.transfer.stream import TransferStats
-from casync.transports.peer.exchange import Peer, PeerInfo
 from casync.transports.peer.http import HttpPeer
+from casync.transports.peer.protocol import Peer, PeerInfo
 from casync.transports.wrap import TransferCounter, wrap_peer
 
 __all__ = ["Abandoned", "JobResult", "read_token", "run_job"]

@@ -261,7 +261,7 @@ def reflog(obj: Context, ref: str, max_count: int | None, as_json: bool) -> None
         full = "HEAD"
         entries = list(reversed(repo.refs.reflog("HEAD")))[:max_count]
     else:
-        from casync.repo.repository import ref_candidates
+        from casync.repo.revisions import ref_candidates
 
         found = repo.ref_named(ref)  # the names 'log' takes: main, v1, origin/main, remotes/origin/main, ...
         # a deleted ref has no commit but keeps its reflog

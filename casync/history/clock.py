@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from enum import Enum
 
-from casync.model.objects import MAX_LOGICAL, HybridTime
+from casync.model.commit import MAX_LOGICAL, HybridTime
 
 __all__ = ["Order", "compare", "hlc_next", "join", "tick"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from casync.errors import InvalidObject
 from casync.history import clock as vclock
 from casync.model.cid import Cid, cid_str
-from casync.model.objects import Commit
+from casync.model.commit import Commit
 
 __all__ = ["check_derived", "future_problem", "parent_problems"]
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from casync.errors import BlockNotFound, InvalidObject, UnknownRevision
 from casync.history.reach import Reach, first_parent_ancestor
 from casync.model.cid import Cid
-from casync.model.objects import Commit, HybridTime
+from casync.model.commit import Commit, HybridTime
 
 __all__ = ["CommitGraph", "Node", "NodeCache"]
 

@@ -9,14 +9,8 @@ from __future__ import annotations
 
 from casync.errors import InvalidObject
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec
-from casync.model.objects import (
-    decode_commit,
-    decode_pbnode,
-    decode_unixfs,
-    encode_commit,
-    encode_pbnode,
-    encode_unixfs,
-)
+from casync.model.commit import decode_commit, encode_commit
+from casync.model.objects import decode_pbnode, decode_unixfs, encode_pbnode, encode_unixfs
 
 __all__ = ["canonical_problem"]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from casync.errors import InvalidPath
+from casync.errors import InvalidPath, UsageError
 
 __all__ = ["MAX_NAME_BYTES", "REPLICA_RE", "REPO_DIR", "REPO_ID_RE", "TEMP_NAME", "is_plain_name", "is_repo_id",
-           "is_reserved_name", "is_replica_name", "split_path", "temp_name", "validate_name"]
+           "is_reserved_name", "is_replica_name", "split_path", "temp_name", "validate_branch_name", "validate_name",
+           "validate_replica_name"]
 
 REPLICA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -105,3 +106,20 @@ def split_path(path: str, context: str = "path") -> tuple[str, ...]:
             raise InvalidPath(f"{context} {path!r} escapes the working tree")
         validate_name(part, f"{context} {path!r}")
     return parts
+
+
+_BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]+$")
+
+
+def validate_branch_name(name: str) -> None:
+    """Refuse (:class:`UsageError`) a branch name that cannot be a ref ``heads/NAME``."""
+    if len(name) > 200 or not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
+        raise UsageError(f"invalid branch name {name!r}",
+                         hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')")
+
+
+def validate_replica_name(name: str) -> None:
+    """Refuse (:class:`UsageError`) what :func:`is_replica_name` does not accept."""
+    if not is_replica_name(name):
+        raise UsageError(f"invalid replica name {name!r}",
+                         hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from casync.errors import InvalidObject, UsageError
+from casync.model.commit import Commit
 from casync.model.names import is_replica_name
-from casync.model.objects import Commit
 
 if TYPE_CHECKING:  # imported where a key is used: cryptography is ~6 ms of every command's start-up
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

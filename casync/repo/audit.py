@@ -26,14 +26,8 @@ from casync.errors import BlockNotFound, CasyncError, CorruptBlock
 from casync.history.consistency import future_problem, parent_problems
 from casync.model.canonical import canonical_problem
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str
-from casync.model.objects import (
-    UNIXFS_DIRECTORY,
-    UNIXFS_HAMT_SHARD,
-    Commit,
-    decode_commit,
-    decode_pbnode,
-    decode_unixfs,
-)
+from casync.model.commit import Commit, decode_commit
+from casync.model.objects import UNIXFS_DIRECTORY, UNIXFS_HAMT_SHARD, decode_pbnode, decode_unixfs
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.fsck import FsckReport
 from casync.repo.repository import Repository

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from casync.history.graph import CommitGraph
 from casync.model.cid import DAG_CBOR, Cid, cid_codec
-from casync.model.objects import Commit, decode_commit
+from casync.model.commit import Commit, decode_commit
 from casync.store.ipfs import IpfsBlockStore, IpfsClient
 from casync.store.packs import PackBlockStore
 from casync.trees.unixfs import validated_links

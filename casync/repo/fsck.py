@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str
-from casync.model.objects import Commit, HybridTime, decode_commit
+from casync.model.commit import Commit, HybridTime, decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.trees.paths import outside_cids
 from casync.trees.unixfs import validated_links

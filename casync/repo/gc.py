@@ -301,7 +301,7 @@ def _copy_live(rewriter: PackRewriter, rewrite: list[PackUse], marked: set[Cid],
 def _swap(repo: Repository, rewriter: PackRewriter, rewrite: list[PackUse], delete: list[PackUse],
           marked: set[Cid], forgotten: set[Cid], cutoff: int | None, report: GcReport) -> None:
     """Under the writer lock: mark again, copy what became reachable, install, swap, delete."""
-    from casync.store.repack import record_size
+    from casync.store.packfile import record_size
 
     store = repo.store
     with store.writer_lock():
@@ -340,7 +340,7 @@ def _swap(repo: Repository, rewriter: PackRewriter, rewrite: list[PackUse], dele
 
 def _fill_dry(report: GcReport, keep: list[PackUse], rewrite: list[PackUse], delete: list[PackUse],
               marked: set[Cid], reachable: int) -> None:
-    from casync.store.repack import record_size
+    from casync.store.packfile import record_size
 
     report.reachable_blocks = reachable
     after = sum(u.size for u in keep)

@@ -1,9 +1,10 @@
-"""Repository plumbing: configuration, refs and HEAD, revision parsing, commits,
-transactions, reading, history and integrity checks.
+"""Repository plumbing: configuration, refs and HEAD, commits, transactions, reading,
+history and integrity checks.
 
 A repository is a working tree with a ``.casync/`` directory holding the embedded
 store (:mod:`casync.store.lmdb`).  Working-tree operations (status, checkout,
-restore) live in :mod:`casync.worktree.checkout`, which builds on this module.
+restore) live in :mod:`casync.worktree.checkout`, which builds on this module; a new
+store is built by :mod:`casync.repo.create`, revisions are parsed by :mod:`casync.repo.revisions`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import stat as stat_mod
 import time
 from collections.abc import Iterator
@@ -21,7 +21,6 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 from casync.errors import (
     CasyncError,
-    NotARepository,
     StateRefused,
     UnknownRevision,
     UsageError,
@@ -29,24 +28,20 @@ from casync.errors import (
 from casync.history import clock as vclock
 from casync.history.consistency import check_derived
 from casync.history.graph import CommitGraph
-from casync.model.chunking import CHUNKERS, chunker_for
-from casync.model.cid import DAG_CBOR, HASHES, Cid, cid_codec, cid_str, compute_cid, parse_cid, short
-from casync.model.names import REPO_DIR, TEMP_NAME, is_replica_name, is_repo_id, split_path, temp_name
-from casync.model.objects import (
-    Commit,
-    HybridTime,
-    decode_commit,
-    encode_commit,
-)
+from casync.model.chunking import chunker_for
+from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid, short
+from casync.model.commit import Commit, HybridTime, decode_commit, encode_commit
+from casync.model.names import split_path, validate_branch_name
 from casync.model.signing import sign_commit
 from casync.progress import NULL_PROGRESS, Progress
+from casync.repo import revisions
+from casync.repo.create import create_store, find_store
 from casync.repo.keys import load_seed
 from casync.repo.transaction import Transaction
 from casync.settings import author as settings_author
 from casync.settings import check_value, partial_paths, sign_commits
 from casync.settings import strong as settings_strong
 from casync.store.lmdb import LmdbStore
-from casync.store.locks import process_gone
 from casync.store.refs import LmdbRefStore
 from casync.trees.ingest import FileWriter
 from casync.trees.paths import PathFilter, flatten_within
@@ -66,55 +61,13 @@ if TYPE_CHECKING:
     from casync.repo.fsck import FsckReport
     from casync.repo.strong import StrongRefStore
 
-__all__ = ["FORGOTTEN_PREFIX", "LogEntry", "Repository", "Transaction", "ref_candidates",
-           "unfinished_init", "validate_branch_name"]
+__all__ = ["FORGOTTEN_PREFIX", "LogEntry", "Repository", "Transaction"]
 
 # Transaction lives in casync.repo.transaction; re-exported because it is part of this API
 
 FORGOTTEN_PREFIX = b"forgotten/"
 """``meta`` key prefix of commits retention forgot (docs/design.md §8.2): their trees are kept
 by nothing, so fsck and gc follow such a commit's parents but not its tree."""
-
-_BRANCH_RE = re.compile(r"^(?!.*\.\.)(?!.*//)(?!/)(?!.*/$)(?!.*\.lock$)[A-Za-z0-9._/-]+$")
-_REV_SUFFIX = re.compile(r"^(.*?)((?:~\d*|\^\d*)*)$")
-
-
-def validate_branch_name(name: str) -> None:
-    if len(name) > 200 or not _BRANCH_RE.match(name) or name in ("HEAD",) or name.startswith("-"):
-        raise UsageError(f"invalid branch name {name!r}",
-                         hint="use letters, digits, '.', '_', '-' and '/' (no '..', no leading '-')")
-
-
-def unfinished_init(store_dir: Path) -> bool:
-    """``store_dir`` (a ``.casync``) is what a killed ``init`` of an older casync left: a
-    store without config, no block in its index and no ref.  Nothing of a user's is in it."""
-    if store_dir.is_symlink() or not store_dir.is_dir():
-        return False
-    if not (store_dir / "db" / "data.mdb").exists():
-        return not any(p.stat().st_size for p in (store_dir / "packs").glob("*") if p.is_file())
-    store = LmdbStore(store_dir)
-    try:
-        return not store.get_config() and not store.items_count("index") and not store.items_count("refs")
-    finally:
-        store.close()
-
-
-def _remove_killed_builds(root: Path) -> None:
-    """Remove the half-built stores of killed inits here (their process is gone)."""
-    import shutil  # init-only, as uuid below: read commands start without them
-
-    for build in root.glob(f".{REPO_DIR}.casync-tmp-*"):
-        match = TEMP_NAME.fullmatch(build.name)
-        if match and process_gone(int(match["pid"])) and build.is_dir() and not build.is_symlink():
-            shutil.rmtree(build, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +89,6 @@ class LogEntry:
             "message": c.message,
             "meta": dict(c.meta),
         }
-
-
-def ref_candidates(name: str) -> list[str]:
-    """The full ref names a short name may mean, in the order they are tried."""
-    # a branch of the same name comes before a tag, as in git
-    return [f"heads/{name}", f"tags/{name}"] + ([name, f"remotes/{name}"] if "/" in name else [])
 
 
 class Repository:
@@ -196,84 +143,15 @@ class Repository:
         A *bare* repository has no working tree: applications write through
         transactions, merges and pushes move branches without touching files.
         """
-        import shutil
-        import uuid
-
         root = Path(path).resolve()
-        if hash not in HASHES:
-            raise UsageError(f"unsupported hash {hash!r}", hint=f"use one of: {', '.join(HASHES)}")
-        if chunker not in CHUNKERS:
-            raise UsageError(f"unknown chunker {chunker!r}", hint=f"use one of: {', '.join(CHUNKERS)}")
-        replica = replica or f"r-{uuid.uuid4().hex[:12]}"
-        validate_replica_name(replica)
-        validate_branch_name(branch)
-        if repository_id is not None and not is_repo_id(repository_id):
-            raise UsageError(f"invalid repository id {repository_id[:80]!r}",
-                             hint="1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        target = root / REPO_DIR
-        if target.exists() or target.is_symlink():
-            if not unfinished_init(target):
-                raise UsageError(f"{root} is already a casync repository ({target} exists)")
-            shutil.rmtree(target)  # an older casync's killed init: an empty store without config
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_killed_builds(root)
-        # built beside under a name no scan stores (worktree.disk.TEMP_NAME), renamed into
-        # place whole: a kill leaves either no .casync or a complete one (docs/design.md §7.4)
-        build = root / temp_name(REPO_DIR, os.getpid())
-        if build.exists():
-            shutil.rmtree(build)
-        try:
-            cls._build(build, f"heads/{branch}".encode(), bare, clone_pending, {
-                "format": 1,
-                "repository_id": repository_id or uuid.uuid4().hex,
-                "replica": replica,
-                "hash": hash,
-                "chunker": chunker,
-                "bare": bare,
-            })
-            os.rename(build, target)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-        _fsync_dir(root)
-        return cls(root, LmdbStore(target))
-
-    @staticmethod
-    def _build(build: Path, head: bytes, bare: bool, clone_pending: bytes | None, config: dict[str, Any]) -> None:
-        """A complete store at ``build``, durable before init renames it into place."""
-        store = LmdbStore(build, create=True)
-        meta = store.db("meta")
-
-        def fn(txn: Any) -> None:
-            txn.put(b"HEAD", head, db=meta)
-            if not bare:  # the working tree holds nothing yet (the record of casync.worktree.state)
-                txn.put(b"worktree", b'{"tree": null, "commit": null}', db=meta)
-            if clone_pending is not None:
-                txn.put(b"clone_pending", clone_pending, db=meta)
-        try:
-            store.set_config(config)
-            store.write(fn)
-            store.env.sync(True)
-        finally:
-            store.close()
-        _fsync_dir(build / "db")
-        _fsync_dir(build)
+        store = create_store(root, replica=replica, hash=hash, chunker=chunker, repository_id=repository_id,
+                             branch=branch, bare=bare, clone_pending=clone_pending)
+        return cls(root, store)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] = ".", *, search_parents: bool = True) -> Self:
         """Open the repository at ``path`` or (by default) the nearest one above it."""
-        start = Path(path).resolve()
-        candidates = [start, *start.parents] if search_parents else [start]
-        for cand in candidates:
-            if (cand / REPO_DIR / "db").is_dir():
-                store = LmdbStore(cand / REPO_DIR)
-                if "repository_id" not in store.get_config():
-                    store.close()
-                    raise UsageError(f"not a casync repository: {cand} (its {REPO_DIR} was left by a killed "
-                                     "'casync init' and holds nothing)",
-                                     hint="run 'casync init' (or the same 'casync clone') there again")
-                return cls(cand, store)
-        raise NotARepository(str(start))
+        return cls(*find_store(path, search_parents=search_parents))
 
     def close(self) -> None:
         if not isinstance(self.refs, LmdbRefStore):
@@ -360,71 +238,15 @@ class Repository:
         return cid_str(self.resolve(rev))
 
     def resolve(self, rev: str) -> Cid:
-        """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``."""
-        m = _REV_SUFFIX.match(rev.strip())
-        assert m is not None
-        base, suffix = m.group(1), m.group(2)
-        cid = self._resolve_base(base or "HEAD", rev)
-        if cid_codec(cid) != DAG_CBOR:
-            raise UnknownRevision(f"{rev!r} names a file or directory block, not a commit",
-                                  hint="give a commit CID (see 'casync log'); 'casync ls' shows tree CIDs")
-        for op in re.findall(r"[~^]\d*", suffix):
-            n = int(op[1:]) if len(op) > 1 else 1
-            if op[0] == "~":
-                for _ in range(n):
-                    parents = self.load_commit(cid).parents
-                    if not parents:
-                        raise UnknownRevision(f"revision {rev!r} goes past the first commit")
-                    cid = parents[0]
-            else:
-                parents = self.load_commit(cid).parents
-                if n == 0:
-                    continue
-                if n > len(parents):
-                    raise UnknownRevision(f"revision {rev!r}: commit has {len(parents)} parent(s)")
-                cid = parents[n - 1]
-        return cid
+        """A commit CID for ``HEAD``, a branch, a tag, a CID or unique CID prefix, with ``~N``/``^N``
+        (:func:`casync.repo.revisions.resolve`)."""
+        return revisions.resolve(self, rev)
 
     def ref_named(self, name: str) -> tuple[str, Cid] | None:
         """(full ref name, commit) for a branch, a tag, or a ref that a name with ``/`` gives in full
         (``remotes/origin/main``, ``bundles/main``) or as a remote-tracking head (``origin/main``);
         the order revisions are resolved in.  None when no ref has that name."""
-        for full in ref_candidates(name):
-            cid = self.refs.get_ref(full)
-            if cid is not None:
-                return full, cid
-        return None
-
-    def _resolve_base(self, base: str, rev: str) -> Cid:
-        if base == "HEAD":
-            head = self.head()
-            if head is None:
-                raise UnknownRevision("HEAD has no commits yet", hint="make a first commit with 'casync commit'")
-            return head
-        named = self.ref_named(base)
-        if named is not None:
-            return named[1]
-        if len(base) >= 4 and base.isalnum():
-            if base.startswith("b") and len(base) > 50:
-                with contextlib.suppress(UsageError):
-                    cid = parse_cid(base)
-                    if self.blocks.has(cid):
-                        return cid
-                    raise UnknownRevision(f"commit {base} is not in this repository",
-                                          hint="fetch it from a remote first")
-            matches = [c for c in self._commit_cids() if cid_str(c).startswith(base)]
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise UnknownRevision(f"revision {base!r} is ambiguous ({len(matches)} commits match)",
-                                      hint="give more characters of the CID")
-        raise UnknownRevision(f"unknown revision {rev!r}",
-                              hint="use a branch or tag name, HEAD, HEAD~N or a commit CID (see 'casync log')")
-
-    def _commit_cids(self) -> Iterator[Cid]:
-        prefix = compute_cid(DAG_CBOR, b"", self.hash_name)[:-32]
-        for key, _ in self.store.items("index", prefix):
-            yield key
+        return revisions.ref_named(self.refs, name)
 
     def resolve_path(self, spec: str) -> tuple[Cid, tuple[str, ...]]:
         """Split ``REV:PATH`` into a commit CID and validated path parts."""
@@ -643,12 +465,6 @@ class Repository:
             except CasyncError:
                 return
         check_derived(cid, commit, parents)
-
-
-def validate_replica_name(name: str) -> None:
-    if not is_replica_name(name):
-        raise UsageError(f"invalid replica name {name!r}",
-                         hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
 class _ChunkStream(io.RawIOBase):

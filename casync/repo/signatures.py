@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from casync.errors import UntrustedHistory
 from casync.model.cid import Cid, cid_str
-from casync.model.objects import Commit
+from casync.model.commit import Commit
 from casync.model.signing import Verdict, verify_commit
 from casync.repo.keys import trusted_keys
 from casync.repo.repository import Repository

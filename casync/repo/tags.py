@@ -17,7 +17,8 @@ from typing import Any
 
 from casync.errors import RefConflict, UsageError
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, short
-from casync.repo.repository import Repository, validate_branch_name
+from casync.model.names import validate_branch_name
+from casync.repo.repository import Repository
 
 __all__ = ["CONFLICT_PREFIX", "TAG_PREFIX", "TagUpdate", "checked_tags", "create_tag", "delete_tag",
            "list_tags", "receive_tags", "tag_conflicts", "tags_reaching", "validate_tag_name"]

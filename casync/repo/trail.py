@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from casync.model.cid import Cid, cid_str
-from casync.model.objects import Commit
+from casync.model.commit import Commit
 from casync.model.signing import Verdict
 from casync.repo.repository import Repository
 from casync.repo.signatures import Verifier, signature_json

@@ -9,7 +9,7 @@ from typing import Any
 from casync.history.graph import Node
 from casync.history.reach import Reach, label
 from casync.model.cid import Cid
-from casync.model.objects import HybridTime
+from casync.model.commit import HybridTime
 from casync.store.env import LmdbEnv
 
 __all__ = ["CommitGraphTables"]

@@ -1,7 +1,7 @@
 """A Kubo node as a casync block store (:class:`IpfsBlockStore`).
 
-The node's RPC API is :mod:`casync.store.ipfs_client` (the only module that imports
-``ipfshttpclient``), its errors :mod:`casync.store.ipfs_errors`, its credentials
+The node's RPC API is :mod:`casync.store.ipfs_client` (over :mod:`casync.store.ipfs_rpc`, the only
+module that imports ``ipfshttpclient``), its errors :mod:`casync.store.ipfs_errors`, its credentials
 :mod:`casync.store.ipfs_auth`, the upload body :mod:`casync.store.ipfs_multipart`, and the
 backoff every remote call shares :mod:`casync.store.retry`.  Every block read from the node
 is hash-verified.

@@ -22,7 +22,8 @@ from casync.errors import UnsupportedFormat
 from casync.store.commitgraph import CommitGraphTables
 from casync.store.env import INITIAL_MAP_SIZE, MAX_MAP_SIZE
 from casync.store.locks import WriterLock
-from casync.store.packs import PACK_MAGIC, PACK_ROTATE_BYTES, SYNC_AHEAD_BYTES, PackBlockStore
+from casync.store.packfile import PACK_MAGIC
+from casync.store.packs import PACK_ROTATE_BYTES, SYNC_AHEAD_BYTES, PackBlockStore
 from casync.store.refs import LmdbRefStore
 from casync.store.statcache import STAT_KEY, STAT_KEY_SIZE, StatCache, StatEntry, stat_entry, stat_records_digest
 

@@ -21,73 +21,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from casync.errors import BlockNotFound, CasyncError, CorruptBlock, StorageError, StorageFull
-from casync.model.cid import Cid, cid_str, read_varint, varint, verify_block
+from casync.model.cid import Cid, cid_str, verify_block
 from casync.store.env import DISK_FULL as _DISK_FULL
 from casync.store.env import LmdbEnv
+from casync.store.packfile import (
+    PACK_MAGIC,
+    decode_location,
+    encode_location,
+    pack_problems,
+    record_header,
+    record_size,
+)
 
-__all__ = ["PACK_MAGIC", "PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore", "PackRecord", "decode_location",
-           "encode_location", "scan_pack"]
+__all__ = ["PACK_ROTATE_BYTES", "SYNC_AHEAD_BYTES", "PackBlockStore"]
 
-_LOC = struct.Struct("<IQI")  # pack number, data offset, data length
-PACK_MAGIC = b"CASYNCPACK\x00\x00\x00\x00\x00\x01"  # 16 bytes: name + format version 1
 PACK_ROTATE_BYTES = 1 << 30
 SYNC_AHEAD_BYTES = 64 << 20
-_MAX_HEADER = 160  # varint + a CID (at most 128 bytes here) + varint
-
-
-def encode_location(pack: int, offset: int, length: int) -> bytes:
-    """An ``index`` value: pack number, offset of the block data, data length (§7.1)."""
-    return _LOC.pack(pack, offset, length)
-
-
-def decode_location(raw: bytes) -> tuple[int, int, int]:
-    pack, offset, length = _LOC.unpack(raw)
-    return pack, offset, length
-
-
-@dataclass(frozen=True)
-class PackRecord:
-    """One record of a pack file: its CID, where its data starts, and the data's length."""
-
-    cid: Cid
-    offset: int
-    length: int
-
-
-def scan_pack(path: Path) -> tuple[list[PackRecord], int]:
-    """Parse a pack file from start to end: (its records, where parsing stopped).
-
-    The second value equals the file's length exactly when the pack is parseable end to
-    end; a torn record (a killed append) stops the scan at its start.  Streams the file
-    (block data is skipped, not read)."""
-    records: list[PackRecord] = []
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if f.read(len(PACK_MAGIC)) != PACK_MAGIC:
-            return records, 0
-        pos = len(PACK_MAGIC)
-        while pos < size:
-            head = f.read(min(96, size - pos))  # two varints and a CID fit in 96 bytes
-            try:
-                cid_len, at = read_varint(head, 0)
-                cid = head[at:at + cid_len]
-                data_len, at = read_varint(head, at + cid_len)
-            except (CasyncError, IndexError):
-                break
-            if len(cid) != cid_len or pos + at + data_len > size:
-                break
-            records.append(PackRecord(cid, pos + at, data_len))
-            pos += at + data_len
-            f.seek(pos)
-    return records, pos
 
 
 class _PackMissing(Exception):
@@ -96,46 +51,11 @@ class _PackMissing(Exception):
         self.path = path
 
 
-def _scan_pack(path: Path, number: int, indexed: dict[int, Cid]) -> list[tuple[int, int, str, Cid | None]]:
-    """Problems parsing one pack (see :meth:`PackBlockStore.scan_packs`): reads each record
-    header, jumps over its data (a pack is never held in memory).  ``indexed`` maps the data
-    offsets the index names in this pack to their CIDs; what the parse does not reach stays."""
-    from casync.errors import BadVarint
-    from casync.model.cid import read_varint
-
-    out: list[tuple[int, int, str, Cid | None]] = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if os.pread(fd, len(PACK_MAGIC), 0) != PACK_MAGIC:
-            return [(number, 0, "bad pack magic", None)]
-        pos = len(PACK_MAGIC)
-        while pos < size:
-            head = os.pread(fd, _MAX_HEADER, pos)
-            try:
-                n, at = read_varint(head, 0, "pack record")
-                cid = head[at : at + n]
-                length, at = read_varint(head, at + n, "pack record")
-            except BadVarint as exc:
-                return [*out, (number, pos, f"unparseable record header ({exc.message})", None)]
-            data_at = pos + at
-            if n < 4 or n > 128 or len(cid) != n or data_at + length > size:
-                return [*out, (number, pos, "unparseable record header (lengths past the record or the pack)", None)]
-            expected = indexed.pop(data_at, None)
-            if expected is not None and expected != cid:
-                out.append((number, pos, "the record header names another CID than the index", expected))
-            pos = data_at + length
-    finally:
-        os.close(fd)
-    return out
-
-
 class PackBlockStore:
     """Blocks appended to ``packs/NNNNNNNN.pack``, located through the LMDB ``index`` DB.
 
-    Pack format: a 16-byte magic, then records ``varint(len(cid)) cid varint(len(data))
-    data``.  Packs are self-describing, so the index can be rebuilt from them.  A pack
-    ``rotate_bytes`` long is closed for a new one (a parameter so tests can reach rotation).
+    The records' layout is :mod:`casync.store.packfile`'s.  A pack ``rotate_bytes`` long is
+    closed for a new one (a parameter so tests can reach rotation).
     """
 
     def __init__(self, store: LmdbEnv, *, rotate_bytes: int = PACK_ROTATE_BYTES) -> None:
@@ -167,7 +87,7 @@ class PackBlockStore:
         raw = self._store.get("index", cid)
         if raw is None:
             return None
-        pack, offset, length = _LOC.unpack(raw)
+        pack, offset, length = decode_location(raw)
         return pack, offset, length
 
     def _reader(self, pack: int) -> int:
@@ -252,7 +172,7 @@ class PackBlockStore:
                     continue
                 raw = txn.get(cid, db=db)
                 if raw is not None:
-                    out[cid] = _LOC.unpack(bytes(raw))[2]
+                    out[cid] = decode_location(bytes(raw))[2]
         return out
 
     def record_problem(self, cid: Cid) -> str | None:
@@ -264,7 +184,7 @@ class PackBlockStore:
             if loc is None:
                 return "not indexed"
             pack, offset, length = loc
-            header = varint(len(cid)) + cid + varint(length)
+            header = record_header(cid, length)
             if offset < len(PACK_MAGIC) + len(header):
                 return f"pack {pack:08d}: index offset {offset} leaves no room for the record header"
             if self._writer is not None and pack == self._writer_no:
@@ -284,7 +204,7 @@ class PackBlockStore:
         by_pack: dict[int, dict[int, Cid]] = {}
         with self._store.env.begin() as txn:
             for k, v in txn.cursor(db=self._store.db("index")):
-                pack, offset, _length = _LOC.unpack(bytes(v))
+                pack, offset, _length = decode_location(bytes(v))
                 by_pack.setdefault(pack, {})[offset] = bytes(k)
         problems: list[tuple[int, int, str, Cid | None]] = []
         with self._lock:
@@ -296,7 +216,7 @@ class PackBlockStore:
                 except ValueError:
                     continue
                 left = by_pack.pop(number, {})
-                problems += _scan_pack(path, number, left)
+                problems += pack_problems(path, number, left)
                 problems += [(number, off, "indexed data that no parsed record holds", cid)
                              for off, cid in sorted(left.items())]
         problems += [(number, off, "indexed in a pack file that does not exist", cid)
@@ -310,8 +230,8 @@ class PackBlockStore:
         used = len(PACK_MAGIC) * len(packs)
         with self._store.env.begin() as txn:
             for k, v in txn.cursor(db=self._store.db("index")):
-                length = _LOC.unpack(bytes(v))[2]
-                used += len(varint(len(k))) + len(k) + len(varint(length)) + length
+                length = decode_location(bytes(v))[2]
+                used += record_size(k, length)
         return total, used
 
     # --- writing ---------------------------------------------------------------------------
@@ -344,7 +264,7 @@ class PackBlockStore:
         end = len(PACK_MAGIC)
         with self._store.env.begin() as txn:
             for value in txn.cursor(db=self._store.db("index")).iternext(keys=False):
-                pack, offset, length = _LOC.unpack(bytes(value))
+                pack, offset, length = decode_location(bytes(value))
                 if pack == number:
                     end = max(end, offset + length)
         return end
@@ -438,7 +358,7 @@ class PackBlockStore:
         """Write one record to the current pack; indexed at :meth:`flush` (caller holds the lock)."""
         if self._writer is None:
             self._open_writer()
-        header = varint(len(cid)) + cid + varint(len(data))
+        header = record_header(cid, len(data))
         try:
             self._writer.write(header)
             self._writer.write(data)
@@ -495,7 +415,7 @@ class PackBlockStore:
 
             def fn(txn: Any) -> None:
                 for cid, loc in pending:
-                    txn.put(cid, _LOC.pack(*loc), db=db, overwrite=cid in replacing)
+                    txn.put(cid, encode_location(*loc), db=db, overwrite=cid in replacing)
                 txn.put(b"pack_end/%d" % self._writer_no, str(end).encode(), db=meta_db)
 
             try:

@@ -17,19 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from casync.model.cid import Cid, varint, verify_block
+from casync.model.cid import Cid, verify_block
 from casync.store.env import LmdbEnv
-from casync.store.packs import PACK_MAGIC, PACK_ROTATE_BYTES, decode_location, encode_location
+from casync.store.packfile import PACK_MAGIC, decode_location, encode_location, record_header, record_size
+from casync.store.packs import PACK_ROTATE_BYTES
 
-__all__ = ["TMP_SUFFIX", "PackRewriter", "PackUse", "pack_numbers", "pack_usage", "record_size", "swap_index"]
+__all__ = ["TMP_SUFFIX", "PackRewriter", "PackUse", "pack_numbers", "pack_usage", "swap_index"]
 
 TMP_SUFFIX = ".pack.gc-tmp"
 """Packs being written by gc: ``packs/gc-<K>.pack.gc-tmp``, renamed to ``NNNNNNNN.pack`` at the swap."""
-
-
-def record_size(cid: Cid, length: int) -> int:
-    """Bytes one record takes in a pack: its header and its data."""
-    return len(varint(len(cid))) + len(cid) + len(varint(length)) + length
 
 
 def pack_numbers(pack_dir: Path) -> list[int]:
@@ -115,7 +111,7 @@ class PackRewriter:
         verify_block(cid, data, f"pack {pack:08d}")
         if self._out is None or self._pos >= self.rotate_bytes:
             self._next_file()
-        header = varint(len(cid)) + cid + varint(length)
+        header = record_header(cid, length)
         self._out.write(header)
         self._out.write(data)
         self.placed[cid] = (len(self._files) - 1, self._pos + len(header), length)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from casync.errors import FutureCommit, InvalidObject, LimitExceeded
 from casync.history.consistency import check_derived
 from casync.model.cid import DAG_PB, RAW, Cid, cid_codec, cid_str
+from casync.model.commit import Commit
 from casync.model.objects import (
     MAX_FILE_DEPTH,
     MAX_TREE_DEPTH,
@@ -27,7 +28,6 @@ from casync.model.objects import (
     UNIXFS_FILE,
     UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
-    Commit,
     decode_pbnode,
     decode_unixfs,
 )

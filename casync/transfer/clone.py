@@ -28,7 +28,8 @@ from casync.errors import CasyncError, RemoteError, UsageError
 from casync.model.cid import Cid, cid_str, parse_cid
 from casync.model.names import REPO_DIR, TEMP_NAME
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import Repository, unfinished_init
+from casync.repo.create import unfinished_init
+from casync.repo.repository import Repository
 from casync.worktree.checkout import update_worktree
 
 __all__ = ["CloneInterrupted", "CloneTarget", "clear_pending", "is_resumable_failure", "kept_hint", "mark_pending",

@@ -34,9 +34,9 @@ from casync.model import cbor
 from casync.model.car import CarWriter, iter_car, read_header
 from casync.model.cbor import Link
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_hash, cid_str, compute_cid, short, verify_block
-from casync.model.names import is_repo_id
+from casync.model.names import is_repo_id, validate_branch_name
 from casync.progress import NULL_PROGRESS, Progress
-from casync.repo.repository import Repository, validate_branch_name
+from casync.repo.repository import Repository
 from casync.repo.tags import TagUpdate, checked_tags, receive_tags, tags_reaching
 from casync.transfer.clone import CloneTarget, refuse_replica_in_use, replicas_in_history
 from casync.transfer.dfs import DfsReceiver, block_links, dfs_blocks

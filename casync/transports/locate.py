@@ -4,7 +4,7 @@ transport shares (as Dulwich's ``get_transport_and_path`` and restic's retrying 
 :func:`locate` maps what a user typed to a :class:`Location`: a configured remote's name,
 ``ipfs+http(s)://`` (a Kubo node), ``http(s)://`` (``casync serve``), a bundle file
 (``FILE.car``), or a repository path (``file://`` or plain).  :func:`open_peer` opens the
-two kinds that speak the peer protocol (:class:`casync.transports.peer.exchange.Peer`) and wraps
+two kinds that speak the peer protocol (:class:`casync.transports.peer.protocol.Peer`) and wraps
 them (:mod:`casync.transports.wrap`): retried with backoff, counted, and limited in concurrency,
 whichever transport it is.  Kubo nodes and bundles keep their own protocols (head records;
 one file read once) and are only classified here.
@@ -21,7 +21,8 @@ from typing import Literal, TypeVar
 from casync.errors import UsageError
 from casync.settings import RemoteEntry
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy
-from casync.transports.peer.exchange import LocalPeer, Peer
+from casync.transports.peer.protocol import Peer
+from casync.transports.peer.service import LocalPeer
 from casync.transports.wrap import TransferCounter, wrap_peer
 
 __all__ = ["Location", "locate", "open_peer"]

@@ -1,7 +1,7 @@
 """Wrappers every peer transport shares, as restic wraps its backends: retry with backoff
 (:class:`RetryingPeer`), counting what moves with progress (:class:`CountingPeer`) and a bound
 on concurrent calls (:class:`LimitedPeer`).  Each takes any
-:class:`~casync.transports.peer.exchange.Peer` and is one, so they stack; :func:`wrap_peer`
+:class:`~casync.transports.peer.protocol.Peer` and is one, so they stack; :func:`wrap_peer`
 stacks them in the one order every caller uses (limit, then count, then retry: a retried
 stream is counted once, and a call waiting for a slot is not retrying)."""
 
@@ -22,7 +22,7 @@ from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.tags import TagUpdate
 from casync.store.retry import DEFAULT_RETRY, RetryPolicy, retrying
 from casync.transfer.stream import TransferStats
-from casync.transports.peer.exchange import Peer, PeerInfo
+from casync.transports.peer.protocol import Peer, PeerInfo
 
 __all__ = ["CountingPeer", "LimitedPeer", "RetryingPeer", "TransferCounter", "wrap_peer"]
 
@@ -166,7 +166,7 @@ def _broke(exc: BaseException) -> bool:
 
 
 class RetryingPeer:
-    """Any :class:`~casync.transports.peer.exchange.Peer`, its calls retried with backoff while the link is
+    """Any :class:`~casync.transports.peer.protocol.Peer`, its calls retried with backoff while the link is
     what fails.  A request that sent a body (a push's blocks) is not sent twice; a block
     stream that broke off is asked for again and the blocks already delivered are skipped,
     so the caller sees one uninterrupted stream."""

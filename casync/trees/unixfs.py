@@ -14,6 +14,7 @@ from typing import Literal, NamedTuple
 
 from casync.errors import InvalidObject, InvalidPath, LimitExceeded
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, compute_cid
+from casync.model.commit import Commit, decode_commit
 from casync.model.hamt import HamtEntry, build_hamt, entry_estimate, name_hash, sharded
 from casync.model.names import validate_name
 from casync.model.objects import (
@@ -25,13 +26,11 @@ from casync.model.objects import (
     UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
     UNIXFS_SYMLINK,
-    Commit,
     DirLink,
     Entry,
     Kind,
     PBNode,
     UnixFSData,
-    decode_commit,
     decode_pbnode,
     decode_unixfs,
     encode_directory,

@@ -21,13 +21,13 @@ from typing import BinaryIO
 from casync.errors import CorruptBlock, RemoteError, RemoteUnreachable, UnverifiedBlock, UsageError
 from casync.model.car import iter_car, read_header
 from casync.model.cid import DAG_CBOR, DAG_PB, RAW, Cid, cid_codec, cid_str, parse_cid, verify_block
+from casync.model.commit import decode_commit
 from casync.model.hamt import HAMT_MAX_DEPTH, name_hash, shard_links
 from casync.model.objects import (
     UNIXFS_DIRECTORY,
     UNIXFS_FILE,
     UNIXFS_HAMT_SHARD,
     UNIXFS_RAW,
-    decode_commit,
     decode_pbnode,
     decode_unixfs,
 )

@@ -37,8 +37,8 @@ from casync.model import cbor
 from casync.model.car import car_parts
 from casync.model.cbor import Link
 from casync.model.cid import DAG_CBOR, Cid, cid_codec, cid_str, compute_cid, verify_block
+from casync.model.names import validate_replica_name
 from casync.model.objects import MAX_BLOCK_SIZE
-from casync.repo.repository import validate_replica_name
 from casync.store.base import BlockStore
 from casync.transports.config import validate_repo_id
 from casync.transports.ipfs.records import FORMAT as RECORD_FORMAT

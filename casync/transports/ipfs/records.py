@@ -32,7 +32,7 @@ from typing import Any
 from casync.errors import CasyncError, InvalidObject, RemoteError, UsageError
 from casync.model.chunking import CHUNKERS
 from casync.model.cid import DAG_CBOR, DAG_PB, HASHES, Cid, cid_codec, cid_str, parse_cid
-from casync.repo.repository import validate_branch_name, validate_replica_name
+from casync.model.names import validate_branch_name, validate_replica_name
 from casync.repo.tags import checked_tags
 from casync.store.ipfs import DEFAULT_RETRY, IpfsBlockStore, IpfsClient, RetryPolicy
 from casync.transports.config import RemoteUrl, validate_repo_id

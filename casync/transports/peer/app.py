@@ -38,15 +38,10 @@ from casync.model.car import iter_car, read_header
 from casync.model.cid import Cid, cid_str, parse_cid
 from casync.repo.repository import Repository
 from casync.repo.tags import TagUpdate
-from casync.transports.peer.exchange import (
-    MAX_HAVES,
-    MAX_WANTS,
-    PeerService,
-    parse_cid_list,
-    parse_tag_map,
-)
 from casync.transports.peer.frames import FRAMES_TYPE, frame_batches
 from casync.transports.peer.http import _CHUNK, MAX_JSON_BODY, _car_body
+from casync.transports.peer.protocol import MAX_HAVES, MAX_WANTS, parse_cid_list, parse_tag_map
+from casync.transports.peer.service import PeerService
 from casync.trees.paths import parse_requested_paths
 
 __all__ = ["FETCH_BATCH_BYTES", "MAX_PUSH_BYTES", "PeerApp", "PushTooLarge"]

@@ -53,8 +53,8 @@ from casync.model.car import CarWriter, iter_car, read_header
 from casync.model.cid import Cid, cid_str
 from casync.repo.tags import TagUpdate
 from casync.transfer.stream import TransferStats
-from casync.transports.peer.exchange import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
 from casync.transports.peer.frames import FRAMES_HEADER, FRAMES_TYPE, FrameReader
+from casync.transports.peer.protocol import MAX_HAVES, MAX_WANTS, PeerInfo, parse_cid_list
 
 __all__ = ["HttpPeer"]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from casync.errors import UsageError
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.repository import Repository
-from casync.transports.peer.exchange import FetchResult, Peer, fetch_from
+from casync.transports.peer.exchange import FetchResult, fetch_from
+from casync.transports.peer.protocol import Peer
 from casync.trees.paths import PathFilter, flatten_within, normalize_paths
 from casync.trees.unixfs import flatten_tree
 from casync.worktree import state as workstate
