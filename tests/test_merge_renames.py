@@ -285,7 +285,7 @@ def test_conflicts_decodes_only_the_merges_that_recorded_something(tmp_path: Pat
     """'casync conflicts' (and resolve, merge --continue) walk the whole history for
     recorded rename conflicts; replicas that sync often make thousands of merges that
     record none, and decoding each made the listing linear in them at ~0.15 ms a merge."""
-    from casync.model import objects
+    from casync.model import commit as commit_codec
     from casync.model.cid import parse_cid
     from casync.repo import repository as repo_mod
     from casync.worktree import merging as merger
@@ -302,9 +302,9 @@ def test_conflicts_decodes_only_the_merges_that_recorded_something(tmp_path: Pat
         repo.update_branch("main", repo.resolve("main"), head, "test: many merges")
     decoded: list[bytes] = []
 
-    def counting(block: bytes, cid: bytes) -> objects.Commit:
+    def counting(block: bytes, cid: bytes) -> commit_codec.Commit:
         decoded.append(cid)
-        return objects.decode_commit(block, cid)
+        return commit_codec.decode_commit(block, cid)
 
     monkeypatch.setattr(repo_mod, "decode_commit", counting)
     monkeypatch.setattr(merger, "decode_commit", counting, raising=False)

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 from casync.errors import UsageError
 from casync.merge.renames import SIBLING_MARK, RenamePlan
+from casync.model.commit import HybridTime
 from casync.model.names import is_replica_name
-from casync.model.objects import Entry, HybridTime, same_entry
+from casync.model.objects import Entry, same_entry
 
 __all__ = [
     "POLICIES",

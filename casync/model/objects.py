@@ -25,16 +25,6 @@ from casync.model.cid import (
     read_varint,
     varint,
 )
-from casync.model.commit import (
-    MAX_COUNT,
-    MAX_LOGICAL,
-    MAX_PARENTS,
-    MAX_WALL_MS,
-    Commit,
-    HybridTime,
-    decode_commit,
-    encode_commit,
-)
 
 __all__ = [
     "entry_key",
@@ -63,14 +53,6 @@ __all__ = [
     "Entry",
     "Kind",
     # re-exported from casync.model.commit
-    "MAX_COUNT",
-    "MAX_LOGICAL",
-    "MAX_PARENTS",
-    "MAX_WALL_MS",
-    "Commit",
-    "HybridTime",
-    "decode_commit",
-    "encode_commit",
 ]
 
 MAX_BLOCK_SIZE = 1 << 20

@@ -28,7 +28,7 @@ from casync.merge.threeway import (
     ResolverFn,
 )
 from casync.model.cid import Cid, cid_str, parse_cid, short
-from casync.model.objects import decode_commit
+from casync.model.commit import decode_commit
 from casync.progress import NULL_PROGRESS, Progress
 from casync.repo.mergebase import merge_sides, real_side
 from casync.repo.repository import Repository, is_executable
