@@ -14,8 +14,9 @@ import pytest
 
 from casync import Repository, porcelain
 from casync.model.cid import DAG_PB, Cid, compute_cid
-from casync.model.objects import encode_directory
-from casync.trees.unixfs import Entry, update_tree
+from casync.model.objects import decode_pbnode, encode_directory
+from casync.trees.hamt import is_shard_node
+from casync.trees.unixfs import Entry, read_dir, update_tree
 
 from .conftest import assert_cache_describes_tree, committed_grid, refuse_flatten, settle, write
 
@@ -130,5 +131,55 @@ def test_a_conflict_sibling_never_replaces_a_file_neither_side_changed(tmp_path:
         assert contents["p.~site-a"] == b"kept from an earlier merge\n"
         assert sorted(contents.values()) == sorted([b"kept from an earlier merge\n", b"ours\n", b"theirs\n"])
         assert len(flat) == 3
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "hamt"])
+def test_a_directory_one_side_replaced_by_a_file_survives_the_merge_both_ways(tmp_path: Path,
+                                                                              sharded: bool) -> None:
+    """Found by a differential review against the flat merge: ours (the side that did not
+    touch ``a``) still had ``a/b``, so the changes were ``{"a": file, "a/b": None}``, and
+    update_tree applied the delete after the file and removed ``a`` with the directory:
+    the file a replica wrote vanished in one merge direction (plain and HAMT directories)."""
+    repo = Repository.init(tmp_path / "bare", replica="site-a", bare=True)
+    try:
+        where = "big/" if sharded else ""
+        with repo.transaction(message="base") as tx:
+            tx.write("z", b"z\n")
+            tx.write(f"{where}a/b", b"1\n")
+        if sharded:  # 6,000 names: the directory is a HAMT (Kubo's 256 KiB links estimate)
+            blob = _blob(repo, b"x\n")
+            _commit_on(repo, "main", {f"big/entry-{i:05d}": blob for i in range(6000)})
+            big = next(link.cid for link in read_dir(repo.blocks, repo.tree_of(repo.resolve("main")))
+                       if link.name == "big")
+            assert is_shard_node(decode_pbnode(repo.blocks.get(big)))
+        repo.update_branch("b", None, repo.resolve("main"), "branch")
+        with repo.transaction(message="a directory becomes a file") as tx:
+            tx.delete(f"{where}a/b")
+            tx.write(f"{where}a", b"F\n")
+        with repo.transaction(branch="b", message="elsewhere") as tx:
+            tx.write("z", b"z2\n")
+        one, other = _merge_both_ways(repo, "main", "b")
+        assert one == other
+        flat = repo.flatten(one)
+        assert f"{where}a" in flat and f"{where}a/b" not in flat and "z" in flat
+        assert repo.read(f"{where}a", "main") == b"F\n"
+    finally:
+        repo.close()
+
+
+def test_update_tree_lets_an_entry_replace_a_directory_and_refuses_a_contradiction(tmp_path: Path) -> None:
+    repo = Repository.init(tmp_path / "bare", replica="site-a", bare=True)
+    try:
+        with repo.transaction(message="base") as tx:
+            tx.write("a/b", b"1\n")
+            tx.write("keep", b"k\n")
+        tree = repo.tree_of(repo.resolve("main"))
+        f = _blob(repo, b"F\n")
+        replaced = update_tree(repo.blocks, tree, {"a": f, "a/b": None}, repo.hash_name).cid
+        assert repo.flatten(replaced) == {"a": f, "keep": repo.flatten(tree)["keep"]}
+        with pytest.raises(ValueError, match="'a'"):
+            update_tree(repo.blocks, tree, {"a": f, "a/c": f}, repo.hash_name)
     finally:
         repo.close()

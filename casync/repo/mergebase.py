@@ -31,7 +31,7 @@ from casync.merge.threeway import MergeInput, MergeResult, PolicyRules, Resolver
 from casync.model.cid import DAG_PB, Cid, cid_codec, cid_str
 from casync.model.objects import DirLink, decode_pbnode, entry_key, same_entry
 from casync.repo.repository import Repository
-from casync.trees.unixfs import Entry, directories_of, entry_for, read_dir, update_tree
+from casync.trees.unixfs import Entry, directories_of, entry_for, flatten_tree, read_dir, update_tree
 from casync.trees.walk import EntryLookup, changed_paths
 
 __all__ = ["DEFAULT_PRIORITY", "MAX_DEPTH", "MergeSide", "SideMerge", "merge_sides", "real_side"]
@@ -382,10 +382,23 @@ def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
                 continue
             if c.sibling is not None:
                 changes[c.sibling] = None
+            if _directory_after(hist, acc.tree, c.path, changes):
+                continue  # a tree cannot hold a file where it has a directory: the directory stays
             changes[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
         tree = update_tree(hist.repo.blocks, acc.tree, changes, hist.repo.hash_name).cid if changes else acc.tree
         acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other), frozenset(changes) | sub.paths)
     return acc
+
+
+def _directory_after(hist: _History, tree: Cid | None, path: str, changes: Mapping[str, Entry | None]) -> bool:
+    """Whether ``tree`` with ``changes`` has a directory at ``path`` (a file below it)."""
+    if any(p.startswith(path + "/") and e is not None for p, e in changes.items()):
+        return True
+    entry = hist.entry_in(tree, path)
+    if entry is None or entry.kind != "dir":
+        return False
+    below = flatten_tree(hist.repo.blocks, entry.cid, path)
+    return any(changes.get(p, e) is not None for p, e in below.items())
 
 
 def _marker(repo: Repository, path: str, ours: Entry | None, theirs: Entry | None) -> Entry:

@@ -407,7 +407,9 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
 
     Only directories on changed paths are re-encoded, so a one-file transaction on a
     huge tree costs a handful of blocks (in a HAMT, the shards on the changed names'
-    bucket paths).  Directories left empty are removed.
+    bucket paths).  Directories left empty are removed.  An entry set at a path replaces
+    what was below it, so deletes below it are moot (a merge's ``{"a": file, "a/b": None}``:
+    a directory that became a file); entries *added* below it contradict it (ValueError).
     """
     by_child: dict[str, dict[str, Entry | None]] = {}
     here: dict[str, Entry | None] = {}
@@ -417,6 +419,10 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
             by_child.setdefault(head, {})[rest] = entry
         else:
             here[head] = entry
+    for name in [n for n in by_child if here.get(n) is not None]:
+        if any(e is not None for e in by_child[name].values()):
+            raise ValueError(f"update_tree: {name!r} is given an entry and entries below it")
+        del by_child[name]  # (applied after it, they used to delete the new entry with the directory)
     node = decode_pbnode(store.get(root)) if root is not None else None
     if root is not None and node is not None and is_shard_node(node):
         return _update_sharded(store, root, here, by_child, hash_name)
