@@ -192,3 +192,20 @@ def test_a_later_transaction_change_wins_over_pending_changes_below_it(tmp_path:
         assert sorted(repo.flat_tree(repo.resolve("main"))) == ["d", "e/new.txt"]
     finally:
         repo.close()
+
+
+def test_a_delete_below_a_file_written_earlier_in_the_transaction_keeps_the_file(tmp_path: Path) -> None:
+    """write("e") then delete("e/x.txt") (a path below the new file, so nothing) used to drop
+    "e": update_tree applied the moot delete after the file and removed it with the directory."""
+    repo = Repository.init(tmp_path / "r", replica="site-a", bare=True)
+    try:
+        with repo.transaction(branch="main", message="base") as tx:
+            tx.write("e/x.txt", b"x")
+            tx.write("keep.txt", b"k")
+        with repo.transaction(branch="main", message="e becomes a file") as tx:
+            tx.write("e", b"now a file")
+            tx.delete("e/x.txt")
+        assert sorted(repo.flat_tree(repo.resolve("main"))) == ["e", "keep.txt"]
+        assert repo.read("e", rev="main") == b"now a file"
+    finally:
+        repo.close()

@@ -383,7 +383,7 @@ def _fold_bases(hist: _History, bases: tuple[Cid, ...], rules: PolicyRules,
             if c.sibling is not None:
                 changes[c.sibling] = None
             if _directory_after(hist, acc.tree, c.path, changes):
-                continue  # a tree cannot hold a file where it has a directory: the directory stays
+                continue  # a tree cannot hold a file where it has a directory (update_tree would drop the rest)
             changes[c.path] = _marker(hist.repo, c.path, c.ours, c.theirs)
         tree = update_tree(hist.repo.blocks, acc.tree, changes, hist.repo.hash_name).cid if changes else acc.tree
         acc = MergeSide(tree, acc.heads + other.heads, None, (acc, other), frozenset(changes) | sub.paths)

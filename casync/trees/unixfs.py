@@ -409,7 +409,8 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
     huge tree costs a handful of blocks (in a HAMT, the shards on the changed names'
     bucket paths).  Directories left empty are removed.  An entry set at a path replaces
     what was below it, so deletes below it are moot (a merge's ``{"a": file, "a/b": None}``:
-    a directory that became a file); entries *added* below it contradict it (ValueError).
+    a directory that became a file); entries *added* below it make it a directory of those
+    entries instead (a transaction's later ``write("a/x")`` after ``write("a")``).
     """
     by_child: dict[str, dict[str, Entry | None]] = {}
     here: dict[str, Entry | None] = {}
@@ -420,9 +421,8 @@ def update_tree(store: BlockStore, root: Cid | None, changes: Mapping[str, Entry
         else:
             here[head] = entry
     for name in [n for n in by_child if here.get(n) is not None]:
-        if any(e is not None for e in by_child[name].values()):
-            raise ValueError(f"update_tree: {name!r} is given an entry and entries below it")
-        del by_child[name]  # (applied after it, they used to delete the new entry with the directory)
+        if not any(e is not None for e in by_child[name].values()):
+            del by_child[name]  # (applied after it, they used to delete the new entry with the directory)
     node = decode_pbnode(store.get(root)) if root is not None else None
     if root is not None and node is not None and is_shard_node(node):
         return _update_sharded(store, root, here, by_child, hash_name)
